@@ -1,0 +1,19 @@
+"""Adversarial attacks with cleverhans's class API and parameter names.
+
+Example:
+    >>> from advlib.attacks import FastGradientMethod
+    >>> x_adv = FastGradientMethod(model).generate_np(x, eps=0.1, clip_min=0., clip_max=1.)
+"""
+
+from advlib.attacks import losses
+from advlib.attacks.base import Attack
+from advlib.attacks.fast_gradient_method import FastGradientMethod
+from advlib.attacks.gradient import GradientAttack
+from advlib.attacks.momentum_iterative_method import MomentumIterativeMethod
+from advlib.attacks.projected_gradient_descent import (BasicIterativeMethod, MadryEtAl,
+                                                       ProjectedGradientDescent)
+from advlib.attacks.utils import clip_eta, optimize_linear, project_l1_ball, random_lp_vector
+
+__all__ = ["Attack", "BasicIterativeMethod", "FastGradientMethod", "GradientAttack",
+           "MadryEtAl", "MomentumIterativeMethod", "ProjectedGradientDescent", "clip_eta",
+           "losses", "optimize_linear", "project_l1_ball", "random_lp_vector"]

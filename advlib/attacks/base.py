@@ -1,0 +1,134 @@
+"""The `Attack` base class: argument checks, labels, and NumPy batching."""
+
+from __future__ import annotations
+
+import abc
+import inspect
+from typing import Any, Dict, Optional, Tuple
+
+import numpy as np
+import tensorflow as tf
+
+from advlib import _checks
+from advlib.models.base import Model, as_model
+
+
+class Attack(abc.ABC):
+    """Base class of all attacks.
+
+    Subclasses define `parse_params`, whose keyword arguments and defaults
+    are the attack's parameters (cleverhans's names), and `_generate`, which
+    crafts adversarial examples for one checked batch.
+
+    Args:
+        model: an `advlib.models.Model`, or a bare `keras.Model` that is
+            wrapped with `KerasModelWrapper`.
+    """
+
+    # Parameters holding one entry per example; generate_np slices them.
+    per_example_params: Tuple[str, ...] = ("y", "y_target")
+
+    def __init__(self, model):
+        self.model: Model = as_model(model)
+
+    # -- public API --------------------------------------------------------
+    def generate(self, x, **params) -> tf.Tensor:
+        """Crafts adversarial examples for the batch `x`.
+
+        Args:
+            x: a batch (NumPy array or tensor) of any rank, batch first.
+            **params: the attack's parameters; see `parse_params`.
+
+        Returns:
+            A `tf.Tensor` of the same shape and dtype as `x`.
+        """
+        parsed = self._parse(params)
+        x = self._check_input(x, parsed)
+        if x.shape[0] == 0:
+            return tf.identity(x)
+        self.model.check_output(x)
+        labels, targeted = self._resolve_labels(x, parsed)
+        options = {k: v for k, v in parsed.items()
+                   if k not in self.per_example_params + ("targeted",)}
+        return self._generate(x, labels, targeted, **options)
+
+    def generate_np(self, x, batch_size: int = 128, **params) -> np.ndarray:
+        """Like `generate`, but NumPy in, NumPy out, in batches of `batch_size`."""
+        _checks.check_number("batch_size", batch_size, low=1, integer=True)
+        x = np.asarray(x)
+        per_example = {k: np.asarray(v) for k, v in params.items()
+                       if k in self.per_example_params and v is not None}
+        for name, value in per_example.items():
+            if value.ndim == 0 or len(value) != len(x):
+                raise ValueError(f"{name} must have one entry per example "
+                                 f"({len(x)}), got shape {value.shape}.")
+        self._parse(params)  # fail before the first batch, not after many
+        if len(x) == 0:
+            return self.generate(x, **params).numpy()
+        chunks = []
+        for start in range(0, len(x), batch_size):
+            stop = start + batch_size
+            batch_params = dict(params, **{k: v[start:stop] for k, v in per_example.items()})
+            chunks.append(self.generate(x[start:stop], **batch_params).numpy())
+        return np.concatenate(chunks)
+
+    @abc.abstractmethod
+    def parse_params(self, **params) -> Dict[str, Any]:
+        """Checks the parameters and returns them with defaults filled in."""
+
+    @abc.abstractmethod
+    def _generate(self, x: tf.Tensor, labels: tf.Tensor, targeted: bool, **params) -> tf.Tensor:
+        """Crafts adversarial examples for a checked, non-empty batch."""
+
+    # -- checks shared by all attacks ------------------------------------
+    def _parse(self, params: Dict[str, Any]) -> Dict[str, Any]:
+        signature = inspect.signature(self.parse_params)
+        unknown = sorted(set(params) - set(signature.parameters))
+        if unknown:
+            raise TypeError(f"{type(self).__name__} got unknown parameter(s) {unknown}; "
+                            f"allowed: {sorted(signature.parameters)}.")
+        parsed = self.parse_params(**params)
+        if parsed.get("y") is not None and parsed.get("y_target") is not None:
+            raise ValueError("y and y_target must not be given together: y gives the true "
+                             "labels of an untargeted attack, y_target the targets of a "
+                             "targeted one.")
+        if parsed.get("targeted") and parsed.get("y_target") is None:
+            if parsed.get("y") is None:
+                raise ValueError("targeted=True needs target labels: pass y_target (or y, "
+                                 "as in cleverhans 4, which then holds the targets).")
+            parsed["y_target"], parsed["y"] = parsed["y"], None
+        if "clip_min" in parsed:
+            _checks.check_clip_bounds(parsed["clip_min"], parsed["clip_max"])
+        return parsed
+
+    def _check_input(self, x, parsed) -> tf.Tensor:
+        array = x.numpy() if isinstance(x, tf.Tensor) else np.asarray(x)
+        if not np.issubdtype(array.dtype, np.floating):
+            raise TypeError(f"x must be a floating-point array, got dtype {array.dtype}.")
+        if array.ndim < 2:
+            raise ValueError(f"x must be a batch with the batch first (rank >= 2), got "
+                             f"shape {array.shape}.")
+        _checks.check_finite_array("x", array)
+        _checks.check_in_range("x", array, parsed.get("clip_min"), parsed.get("clip_max"))
+        return tf.convert_to_tensor(x)
+
+    def _resolve_labels(self, x: tf.Tensor, parsed) -> Tuple[tf.Tensor, bool]:
+        """Returns (labels, targeted): the targets, or the labels to move away from.
+
+        Without `y` or `y_target`, the model's own predictions are used, which
+        avoids label leaking (Kurakin et al. 2016).
+        """
+        nb_classes = self.model.nb_classes
+        batch = int(x.shape[0])
+        if parsed.get("y_target") is not None:
+            return tf.constant(_checks.check_labels("y_target", parsed["y_target"],
+                                                    batch, nb_classes)), True
+        if parsed.get("y") is not None:
+            return tf.constant(_checks.check_labels("y", parsed["y"], batch, nb_classes)), False
+        return self.model.predict_classes(x), False
+
+    @staticmethod
+    def _seed_pair(seed: Optional[int]) -> np.ndarray:
+        if seed is None:
+            seed = int(np.random.default_rng().integers(2 ** 31))
+        return np.array([seed, 0], dtype=np.int64)

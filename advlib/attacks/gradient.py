@@ -1,0 +1,140 @@
+"""One mechanism behind FGM, BIM, PGD and MIM: compiled signed-gradient steps.
+
+Each step is a compiled `tf.function` called from a Python loop. That is the
+fastest design measured on CPU (a loop inside one `tf.function` and XLA were
+both slower; see benchmarks/attack_speed.py). Every number that varies
+between calls (eps, step size, bounds, labels, the batch) enters as a tensor,
+so none of them retraces the step.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Dict, Optional
+
+import numpy as np
+import tensorflow as tf
+
+from advlib import _checks
+from advlib.attacks import losses, utils
+from advlib.attacks.base import Attack
+
+
+class GradientAttack(Attack):
+    """Iterated steps along the best linear ascent direction, projected.
+
+    Subclasses fix the defaults; the parameters are those of cleverhans:
+
+    Args (to `generate`):
+        eps: radius of the perturbation ball.
+        eps_iter: step size of each iteration.
+        nb_iter: number of iterations.
+        norm: np.inf, 1 or 2 (`ord` is accepted as an alias).
+        y: true labels (integer or one-hot). Default: the model's predictions.
+        y_target: target labels; makes the attack targeted.
+        targeted: cleverhans 4's flag; with it, `y` holds the targets.
+        clip_min, clip_max: bounds of the input domain (None: unbounded).
+        loss_fn: per-example loss, `loss_fn(labels=, logits=)`, or "ce"/"cw".
+        rand_init: start from a uniform random point in the ball.
+        rand_minmax: radius of that random start (default: eps).
+        nb_restarts: independent runs; per example the most damaging is kept.
+        decay_factor: momentum decay (MIM); None disables momentum.
+        seed: makes random starts reproducible.
+    """
+
+    _defaults: Dict[str, Any] = {}
+
+    def __init__(self, model):
+        super().__init__(model)
+        self._step = tf.function(self._step_fn, reduce_retracing=True)
+        self._score = tf.function(self._score_fn, reduce_retracing=True)
+
+    def parse_params(self, eps=None, eps_iter=None, nb_iter=None, norm=None, ord=None,
+                     y=None, y_target=None, targeted=False, clip_min=None, clip_max=None,
+                     loss_fn=None, rand_init=None, rand_minmax=None, nb_restarts=1,
+                     decay_factor=None, seed=None) -> Dict[str, Any]:
+        d = self._defaults
+        eps = d.get("eps", 0.3) if eps is None else eps
+        if norm is not None and ord is not None and utils.normalize_norm(norm) != \
+                utils.normalize_norm(ord):
+            raise ValueError(f"norm and its alias ord disagree: norm={norm!r}, ord={ord!r}.")
+        norm = utils.normalize_norm(norm if norm is not None else
+                                    ord if ord is not None else d.get("norm", np.inf))
+        _checks.check_number("eps", eps, low=0)
+        nb_iter = d.get("nb_iter", 10) if nb_iter is None else nb_iter
+        _checks.check_number("nb_iter", nb_iter, low=1, integer=True)
+        eps_iter = d.get("eps_iter", eps) if eps_iter is None else eps_iter
+        _checks.check_number("eps_iter", eps_iter, low=0)
+        rand_init = d.get("rand_init", False) if rand_init is None else bool(rand_init)
+        rand_minmax = eps if rand_minmax is None else rand_minmax
+        _checks.check_number("rand_minmax", rand_minmax, low=0)
+        _checks.check_number("nb_restarts", nb_restarts, low=1, integer=True)
+        if decay_factor is None:
+            decay_factor = d.get("decay_factor")
+        _checks.check_number("decay_factor", decay_factor, low=0, allow_none=True)
+        _checks.check_number("seed", seed, low=0, integer=True, allow_none=True)
+        return dict(eps=eps, eps_iter=eps_iter, nb_iter=int(nb_iter), norm=norm, y=y,
+                    y_target=y_target, targeted=bool(targeted), clip_min=clip_min,
+                    clip_max=clip_max, loss_fn=losses.get(loss_fn), rand_init=rand_init,
+                    rand_minmax=rand_minmax, nb_restarts=int(nb_restarts),
+                    decay_factor=decay_factor, seed=seed)
+
+    # -- compiled pieces ---------------------------------------------------
+    def _step_fn(self, x_adv, x, labels, momentum, eps, eps_iter, decay, clip_min, clip_max,
+                 norm, targeted, loss_fn, use_momentum):
+        _, grad, _ = self.model.loss_gradient(x_adv, labels, loss_fn, targeted)
+        if use_momentum:
+            axes = tf.range(1, tf.rank(grad))
+            scale = tf.maximum(tf.reduce_mean(tf.abs(grad), axes, keepdims=True), 1e-12)
+            momentum = decay * momentum + grad / scale
+            grad = momentum
+        x_adv = x_adv + utils.optimize_linear(grad, eps_iter, norm)
+        x_adv = x + utils.clip_eta(x_adv - x, norm, eps)
+        return tf.clip_by_value(x_adv, clip_min, clip_max), momentum
+
+    def _score_fn(self, x_adv, labels, loss_fn, targeted):
+        """Per example: whether the attack succeeded, and its objective."""
+        logits = self.model.get_logits(x_adv)
+        loss = loss_fn(labels=labels, logits=logits)
+        predicted = tf.argmax(logits, axis=-1, output_type=labels.dtype)
+        success = tf.equal(predicted, labels) if targeted else tf.not_equal(predicted, labels)
+        return success, -loss if targeted else loss
+
+    # -- the attack --------------------------------------------------------
+    def _generate(self, x, labels, targeted, *, eps, eps_iter, nb_iter, norm, clip_min,
+                  clip_max, loss_fn, rand_init, rand_minmax, nb_restarts, decay_factor,
+                  seed, **unused):
+        if eps == 0:
+            return tf.identity(x)
+        dtype = x.dtype
+        const = lambda value: tf.constant(value, dtype)
+        eps_t, eps_iter_t = const(eps), const(eps_iter)
+        low = const(-np.inf if clip_min is None else clip_min)
+        high = const(np.inf if clip_max is None else clip_max)
+        use_momentum = decay_factor is not None
+        decay = const(0.0 if decay_factor is None else decay_factor)
+        seed_pair = self._seed_pair(seed)
+        best = None
+        for restart in range(nb_restarts):
+            x_adv = x
+            if rand_init:
+                noise = utils.random_lp_vector(tuple(x.shape), norm, const(rand_minmax),
+                                               seed_pair + [0, restart], dtype=dtype)
+                x_adv = tf.clip_by_value(x + utils.clip_eta(noise, norm, eps_t), low, high)
+            momentum = tf.zeros_like(x) if use_momentum else tf.zeros((), dtype)
+            for _ in range(nb_iter):
+                x_adv, momentum = self._step(x_adv, x, labels, momentum, eps_t, eps_iter_t,
+                                             decay, low, high, norm, targeted, loss_fn,
+                                             use_momentum)
+            if nb_restarts > 1:
+                best = self._keep_most_damaging(best, x_adv, labels, loss_fn, targeted)
+        return x_adv if best is None else best[0]
+
+    def _keep_most_damaging(self, best, x_adv, labels, loss_fn, targeted):
+        success, loss = self._score(x_adv, labels, loss_fn, targeted)
+        if best is None:
+            return x_adv, success, loss
+        best_x, best_success, best_loss = best
+        better = (success & ~best_success) | ((success == best_success) & (loss > best_loss))
+        mask = tf.reshape(better, [-1] + [1] * (x_adv.shape.rank - 1))
+        return (tf.where(mask, x_adv, best_x), tf.where(better, success, best_success),
+                tf.where(better, loss, best_loss))

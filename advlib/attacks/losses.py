@@ -1,0 +1,46 @@
+"""Per-example losses on logits that attacks ascend.
+
+Each takes integer `labels` of shape (batch,) and `logits` of shape
+(batch, classes) as keywords, the convention of
+`tf.nn.sparse_softmax_cross_entropy_with_logits`, so TensorFlow's own loss
+functions can be passed to attacks as `loss_fn` too.
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+
+def cross_entropy(labels, logits):
+    """Softmax cross-entropy, computed stably from logits."""
+    logits = tf.cast(logits, tf.float32) if logits.dtype == tf.float16 else logits
+    return tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
+
+
+def margin_loss(labels, logits):
+    """Carlini-Wagner margin: best other logit minus the logit of `labels`.
+
+    Positive exactly when the model does not predict `labels`.
+    """
+    depth = tf.shape(logits)[-1]
+    label_mask = tf.one_hot(labels, depth, dtype=tf.bool)
+    label_logit = tf.reduce_sum(tf.where(label_mask, logits, tf.zeros_like(logits)), axis=-1)
+    lowest = tf.reduce_min(logits, axis=-1, keepdims=True) - 1
+    best_other = tf.reduce_max(tf.where(label_mask, lowest, logits), axis=-1)
+    return best_other - label_logit
+
+
+LOSSES = {"ce": cross_entropy, "cross_entropy": cross_entropy,
+          "cw": margin_loss, "margin": margin_loss}
+
+
+def get(loss_fn):
+    """Resolves a loss name ("ce", "cw") or returns a callable unchanged."""
+    if loss_fn is None:
+        return cross_entropy
+    if callable(loss_fn):
+        return loss_fn
+    if isinstance(loss_fn, str) and loss_fn in LOSSES:
+        return LOSSES[loss_fn]
+    raise ValueError(f"loss_fn must be a callable(labels=, logits=) or one of "
+                     f"{sorted(LOSSES)}, got {loss_fn!r}.")

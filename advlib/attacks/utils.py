@@ -1,0 +1,128 @@
+"""Tensor helpers shared by the gradient attacks.
+
+All functions treat axis 0 as the batch and reduce over every other axis,
+so they work for inputs of any rank.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+
+NORMS = (np.inf, 1, 2)
+_TINY = 1e-12
+
+
+def normalize_norm(norm):
+    """Maps the accepted spellings of a norm to np.inf, 1 or 2."""
+    if isinstance(norm, str) and norm.lower() in ("inf", "linf", "l_inf"):
+        return np.inf
+    if isinstance(norm, str) and norm.lower() in ("l1", "l2"):
+        return int(norm[1])
+    try:
+        if not isinstance(norm, bool) and float(norm) in NORMS:
+            return np.inf if float(norm) == np.inf else int(norm)
+    except (TypeError, ValueError):
+        pass
+    raise ValueError(f"norm must be one of np.inf, 1 or 2, got {norm!r}.")
+
+
+def _axes(x):
+    return tf.range(1, tf.rank(x))
+
+
+def _per_example(value, x):
+    """Reshapes a (batch,) tensor so that it broadcasts against `x`."""
+    return tf.reshape(value, tf.concat([[-1], tf.ones([tf.rank(x) - 1], tf.int32)], 0))
+
+
+def optimize_linear(grad, eps, norm=np.inf):
+    """The perturbation of size `eps` in `norm` that maximises <grad, eta>.
+
+    L-inf: eps * sign(grad). L2: eps * grad / ||grad||_2. L1: eps spread over
+    the coordinates of largest |grad| (ties share it). A zero gradient gives a
+    zero perturbation.
+    """
+    if norm == np.inf:
+        return eps * tf.sign(grad)
+    axes = _axes(grad)
+    if norm == 2:
+        square = tf.reduce_sum(tf.square(grad), axes, keepdims=True)
+        return eps * grad / tf.sqrt(tf.maximum(square, _TINY))
+    abs_grad = tf.abs(grad)
+    max_abs = tf.reduce_max(abs_grad, axes, keepdims=True)
+    ties = tf.cast(tf.equal(abs_grad, max_abs), grad.dtype) * tf.cast(max_abs > 0, grad.dtype)
+    count = tf.reduce_sum(ties, axes, keepdims=True)
+    return eps * tf.sign(grad) * ties / tf.maximum(count, 1)
+
+
+def project_l1_ball(eta, eps):
+    """Exact Euclidean projection of each example onto the L1 ball of radius eps.
+
+    The sort-based algorithm of Duchi et al. (2008), batched.
+    """
+    shape = tf.shape(eta)
+    flat = tf.reshape(eta, [shape[0], -1])
+    abs_flat = tf.abs(flat)
+    eps = tf.cast(eps, flat.dtype)
+    inside = tf.reduce_sum(abs_flat, axis=1, keepdims=True) <= eps
+    sorted_abs = tf.sort(abs_flat, axis=1, direction="DESCENDING")
+    cumulative = tf.cumsum(sorted_abs, axis=1)
+    ranks = tf.cast(tf.range(1, tf.shape(flat)[1] + 1), flat.dtype)
+    # rho: the last index where sorted_abs exceeds its own threshold.
+    active = sorted_abs * ranks > cumulative - eps
+    rho = tf.reduce_sum(tf.cast(active, tf.int32), axis=1, keepdims=True)
+    rho = tf.maximum(rho, 1)
+    cumulative_at_rho = tf.gather(cumulative, rho - 1, batch_dims=1)
+    theta = (cumulative_at_rho - eps) / tf.cast(rho, flat.dtype)
+    projected = tf.sign(flat) * tf.maximum(abs_flat - theta, 0)
+    return tf.reshape(tf.where(inside, flat, projected), shape)
+
+
+def clip_eta(eta, norm, eps):
+    """Projects the perturbation `eta` onto the `norm` ball of radius `eps`."""
+    eps = tf.cast(eps, eta.dtype)
+    if norm == np.inf:
+        return tf.clip_by_value(eta, -eps, eps)
+    if norm == 1:
+        return project_l1_ball(eta, eps)
+    axes = _axes(eta)
+    length = tf.sqrt(tf.maximum(tf.reduce_sum(tf.square(eta), axes, keepdims=True), _TINY))
+    return eta * tf.minimum(1.0 + tf.zeros_like(length), eps / length)
+
+
+def random_lp_vector(shape, norm, eps, seed, dtype=tf.float32):
+    """Samples uniformly from the `norm` ball of radius `eps`, reproducibly.
+
+    L-inf: uniform in the box. L1 and L2: the construction of Barthe et al.
+    (2005): Y / (||Y||_p^p + W)^(1/p) with Y generalized Gaussian and W ~ Exp(1).
+
+    Args:
+        shape: the full shape, batch first.
+        seed: a pair of ints for TensorFlow's stateless random ops.
+    """
+    if norm == np.inf:
+        return tf.random.stateless_uniform(shape, seed, -eps, eps, dtype=dtype)
+    seed_y, seed_w = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+    if norm == 2:
+        y = tf.random.stateless_normal(shape, seed_y, stddev=np.sqrt(0.5), dtype=dtype)
+    else:
+        uniform = tf.random.stateless_uniform(shape, seed_y, -0.5, 0.5, dtype=dtype)
+        y = -tf.sign(uniform) * tf.math.log1p(-2 * tf.abs(uniform))  # Laplace(0, 1)
+    w = -tf.math.log(tf.random.stateless_uniform(shape[:1], seed_w, np.finfo(np.float32).tiny,
+                                                 1.0, dtype=dtype))
+    axes = tf.range(1, len(shape))
+    power = tf.reduce_sum(tf.abs(y) ** norm, axes) + w
+    return eps * y / _per_example(power ** (1.0 / norm), y)
+
+
+def clip_to_bounds(x, clip_min, clip_max):
+    return tf.clip_by_value(x, clip_min, clip_max)
+
+
+def lp_norms(delta: np.ndarray):
+    """Per-example L0, L2 and L-inf norms of a NumPy perturbation batch."""
+    flat = delta.reshape(len(delta), -1).astype(np.float64)
+    return {"l0": (flat != 0).sum(axis=1).astype(np.int64),
+            "l2": np.sqrt((flat ** 2).sum(axis=1)),
+            "linf": np.abs(flat).max(axis=1, initial=0.0)}

@@ -1,0 +1,192 @@
+"""Wrappers that expose Keras models and plain callables as `Model`s."""
+
+from __future__ import annotations
+
+import warnings
+from typing import Callable, Optional
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from advlib.models.base import Model
+
+_PROBS_FLOOR = 1e-30
+
+
+def _is_softmax(fn) -> bool:
+    return getattr(fn, "__name__", None) == "softmax"
+
+
+def _ends_in_softmax(layer) -> str:
+    """'layer' if `layer` is a softmax, 'activation' if it applies one, else ''."""
+    if isinstance(layer, keras.layers.Softmax):
+        return "layer" if layer.axis in (-1, [-1]) else ""
+    if isinstance(layer, keras.layers.Activation):
+        return "layer" if _is_softmax(layer.activation) else ""
+    return "activation" if _is_softmax(getattr(layer, "activation", None)) else ""
+
+
+def _call_without_activation(layer, inputs):
+    """Calls `layer` with its activation replaced by the identity.
+
+    The weights are the layer's own, so later training is seen at once.
+    """
+    saved = layer.activation
+    layer.activation = keras.activations.linear
+    try:
+        return layer(inputs, training=False)
+    finally:
+        layer.activation = saved
+
+
+def _logits_function(model) -> Optional[Callable]:
+    """Builds x -> pre-softmax logits for a model ending in a softmax, or None.
+
+    Sequential and functional models are taken apart structurally (nested
+    models included); subclassed models cannot be, and return None.
+    """
+    if isinstance(model, keras.Sequential):
+        if not model.layers:
+            return None
+        body, last = model.layers[:-1], model.layers[-1]
+
+        def run_body(x):
+            for layer in body:
+                x = layer(x, training=False)
+            return x
+    elif _is_functional(model):
+        if len(model.inputs) != 1 or len(model.outputs) != 1:
+            return None
+        history = model.outputs[0]._keras_history
+        last = history.operation
+        node = last._inbound_nodes[history.node_index]
+        if len(node.input_tensors) != 1:
+            return None
+        penultimate = node.input_tensors[0]
+        if penultimate is model.inputs[0]:
+            run_body = lambda x: x
+        else:
+            body_model = keras.Model(model.inputs[0], penultimate)
+            run_body = lambda x: body_model(x, training=False)
+    else:
+        return None
+
+    kind = _ends_in_softmax(last)
+    if kind == "layer":
+        return run_body
+    if kind == "activation":
+        return lambda x: _call_without_activation(last, run_body(x))
+    if isinstance(last, keras.Model):
+        inner = _logits_function(last)
+        if inner is not None:
+            return lambda x: inner(run_body(x))
+    return None
+
+
+def _is_functional(model) -> bool:
+    return (not isinstance(model, keras.Sequential) and hasattr(model, "_inbound_nodes")
+            and type(model).__name__ == "Functional")
+
+
+class KerasModelWrapper(Model):
+    """Exposes any Keras 3 model to attacks.
+
+    If the model ends in a softmax (a `Softmax` layer, or a layer with
+    `activation="softmax"`, found without needing a layer name), attacks
+    differentiate the pre-softmax logits, never the saturated probabilities.
+    Any other output is taken as logits.
+
+    Args:
+        model: a Sequential, functional or subclassed `keras.Model`.
+        from_logits: overrides the detection. `True`: the output is logits.
+            `False`: the output is probabilities; if the softmax cannot be
+            taken apart (subclassed models), log-probabilities are used.
+        nb_classes: the number of classes, checked against the output.
+
+    Example:
+        >>> wrapped = KerasModelWrapper(keras_model)
+        >>> logits = wrapped.get_logits(x)
+    """
+
+    def __init__(self, model, from_logits: Optional[bool] = None,
+                 nb_classes: Optional[int] = None):
+        if not isinstance(model, keras.Model):
+            raise TypeError(f"model must be a keras.Model, got {type(model).__name__}.")
+        if from_logits not in (None, True, False):
+            raise TypeError(f"from_logits must be None, True or False, got {from_logits!r}.")
+        self.model = model
+        self._detected = from_logits is None
+        split = _logits_function(model) if from_logits is not True else None
+        if split is not None:
+            self._logits = split
+            self.output_kind = "softmax-split"
+        elif from_logits is False:
+            self._logits = lambda x: tf.math.log(
+                tf.maximum(tf.cast(model(x, training=False), tf.float32), _PROBS_FLOOR))
+            self.output_kind = "log-probs"
+            warnings.warn("the model's softmax could not be taken apart; attacks use "
+                          "log-probabilities, whose gradients vanish where the softmax "
+                          "saturates. Expose the logits for reliable attacks.",
+                          stacklevel=2)
+        else:
+            self._logits = lambda x: model(x, training=False)
+            self.output_kind = "logits"
+        super().__init__(nb_classes=nb_classes or _static_classes(model))
+
+    def get_logits(self, x):
+        return self._logits(x)
+
+    def _on_first_output(self, logits):
+        if not (self._detected and self.output_kind == "logits"):
+            return
+        values = logits.numpy().astype(np.float64)
+        if np.all(values >= 0) and np.allclose(values.sum(axis=-1), 1.0, atol=1e-5):
+            warnings.warn("the model's outputs look like probabilities (non-negative, "
+                          "rows summing to 1) but no softmax layer was found to take "
+                          "apart; they are treated as logits. Pass from_logits=False, or "
+                          "better, expose the pre-softmax logits.", stacklevel=3)
+
+
+def _static_classes(model) -> Optional[int]:
+    try:
+        shape = model.output_shape
+    except (AttributeError, ValueError, RuntimeError):
+        return None
+    if isinstance(shape, tuple) and len(shape) == 2 and isinstance(shape[1], int):
+        return shape[1]
+    if isinstance(shape, tuple) and len(shape) != 2 and all(
+            isinstance(d, (int, type(None))) for d in shape):
+        raise ValueError(f"the model must return a 2-D batch of class scores "
+                         f"(batch, nb_classes); its output shape is {shape}.")
+    return None
+
+
+class CallableModelWrapper(Model):
+    """Exposes a function of a batch as a `Model`.
+
+    Args:
+        fn: maps an input batch to a (batch, classes) tensor.
+        output_layer: "logits" if `fn` returns logits, "probs" if it returns
+            probabilities (attacks then use their logarithm).
+        nb_classes: the number of classes, if known in advance.
+
+    Example:
+        >>> model = CallableModelWrapper(lambda x: x @ w, output_layer="logits")
+    """
+
+    def __init__(self, fn: Callable, output_layer: str = "logits",
+                 nb_classes: Optional[int] = None):
+        if not callable(fn):
+            raise TypeError(f"fn must be callable, got {type(fn).__name__}.")
+        if output_layer not in ("logits", "probs"):
+            raise ValueError(f"output_layer must be 'logits' or 'probs', got {output_layer!r}.")
+        self.fn = fn
+        self.output_layer = output_layer
+        super().__init__(nb_classes=nb_classes)
+
+    def get_logits(self, x):
+        out = self.fn(x)
+        if self.output_layer == "probs":
+            return tf.math.log(tf.maximum(tf.cast(out, tf.float32), _PROBS_FLOOR))
+        return out

@@ -1,0 +1,188 @@
+"""Attack throughput against a hand-written floor and the peer libraries.
+
+Setup (as in ../shared/notes/peers-on-keras3.md): the cleverhans-tutorial CNN
+for 28x28x1 inputs, trained 2 epochs on Fashion-MNIST when it is available
+(random weights otherwise), the first 1,000 test images, L-inf eps 0.1,
+PGD-40 with step 2.5*eps/40 and no random start, true labels.
+
+Every implementation runs once to warm up (tracing), then `--repeats` times;
+the best time counts. Prints a table of seconds, examples per second, ratio
+to advlib and accuracy left, and writes JSON to `--out`.
+
+    python benchmarks/attack_speed.py [--n 1000] [--repeats 3] [--out FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+import advlib  # noqa: E402
+from advlib.attacks import BasicIterativeMethod, FastGradientMethod  # noqa: E402
+from advlib.models import small_cnn, train_classifier  # noqa: E402
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+RESULTS = os.path.join(HERE, "results")
+
+
+def load_model_and_data(n: int, epochs: int):
+    from advlib.datasets import load
+
+    try:
+        (x_train, y_train), (x_test, y_test) = load("fashion-mnist", download=False)
+        source = "fashion-mnist"
+    except FileNotFoundError:
+        rng = np.random.default_rng(0)
+        x_test = rng.random((n, 28, 28, 1), dtype=np.float32)
+        y_test = rng.integers(0, 10, n)
+        source = "random"
+    cache = os.path.join(RESULTS, f"fashion_cnn_{epochs}ep.keras")
+    if source == "fashion-mnist" and os.path.exists(cache):
+        model = keras.models.load_model(cache)
+    else:
+        model = small_cnn((28, 28, 1))
+        if source == "fashion-mnist":
+            start = time.perf_counter()
+            train_classifier(model, x_train, y_train, epochs=epochs, batch_size=128, seed=0)
+            print(f"trained the CNN for {epochs} epochs in {time.perf_counter() - start:.0f} s")
+            os.makedirs(RESULTS, exist_ok=True)
+            model.save(cache)
+    return model, x_test[:n], y_test[:n], source
+
+
+def floor_pgd(model, eps, eps_iter, nb_iter):
+    """The fastest hand-written TF2 loop measured: Python loop, compiled step."""
+    loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction="sum")
+
+    @tf.function(reduce_retracing=True)
+    def step(x_adv, x, y):
+        with tf.GradientTape() as tape:
+            tape.watch(x_adv)
+            loss = loss_fn(y, model(x_adv, training=False))
+        x_adv = x_adv + eps_iter * tf.sign(tape.gradient(loss, x_adv))
+        x_adv = x + tf.clip_by_value(x_adv - x, -eps, eps)
+        return tf.clip_by_value(x_adv, 0.0, 1.0)
+
+    def run(x, y):
+        x, y = tf.constant(x), tf.constant(y)
+        x_adv = x
+        for _ in range(nb_iter):
+            x_adv = step(x_adv, x, y)
+        return x_adv.numpy()
+    return run
+
+
+def implementations(model, eps, nb_iter, n):
+    eps_iter = 2.5 * eps / nb_iter
+    bounds = dict(clip_min=0.0, clip_max=1.0)
+    fgsm, bim = FastGradientMethod(model), BasicIterativeMethod(model)
+    impls = {
+        ("FGSM", "advlib"): lambda x, y: fgsm.generate_np(x, y=y, eps=eps, batch_size=n, **bounds),
+        ("FGSM", "hand-written floor"): floor_pgd(model, eps, eps, 1),
+        (f"PGD-{nb_iter}", "advlib"): lambda x, y: bim.generate_np(
+            x, y=y, eps=eps, eps_iter=eps_iter, nb_iter=nb_iter, batch_size=n, **bounds),
+        (f"PGD-{nb_iter}", "hand-written floor"): floor_pgd(model, eps, eps_iter, nb_iter),
+    }
+    try:
+        from cleverhans.tf2.attacks.fast_gradient_method import fast_gradient_method
+        from cleverhans.tf2.attacks.projected_gradient_descent import projected_gradient_descent
+        impls[("FGSM", "cleverhans 4")] = lambda x, y: fast_gradient_method(
+            model, tf.constant(x), eps, np.inf, y=tf.constant(y), **bounds).numpy()
+        impls[(f"PGD-{nb_iter}", "cleverhans 4")] = lambda x, y: projected_gradient_descent(
+            model, tf.constant(x), eps, eps_iter, nb_iter, np.inf, y=tf.constant(y),
+            rand_init=False, sanity_checks=False, **bounds).numpy()
+    except ImportError:
+        pass
+    try:
+        from art.attacks.evasion import FastGradientMethod as ArtFGM
+        from art.attacks.evasion import ProjectedGradientDescent as ArtPGD
+        from art.estimators.classification import TensorFlowV2Classifier
+        classifier = TensorFlowV2Classifier(
+            model, nb_classes=10, input_shape=(28, 28, 1), clip_values=(0.0, 1.0),
+            loss_object=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        art_fgsm = ArtFGM(classifier, eps=eps, batch_size=n)
+        art_pgd = ArtPGD(classifier, norm=np.inf, eps=eps, eps_step=eps_iter, max_iter=nb_iter,
+                         num_random_init=0, batch_size=n, verbose=False)
+        onehot = lambda y: np.eye(10, dtype=np.float32)[y]
+        impls[("FGSM", "ART")] = lambda x, y: art_fgsm.generate(x, y=onehot(y))
+        impls[(f"PGD-{nb_iter}", "ART")] = lambda x, y: art_pgd.generate(x, y=onehot(y))
+    except ImportError:
+        pass
+    try:
+        import foolbox
+        fmodel = foolbox.TensorFlowModel(model, bounds=(0.0, 1.0))
+        fb_fgsm = foolbox.attacks.FGSM(random_start=False)
+        fb_bim = foolbox.attacks.LinfBasicIterativeAttack(abs_stepsize=eps_iter, steps=nb_iter,
+                                                          random_start=False)
+        def run_foolbox(attack):
+            return lambda x, y: attack(fmodel, tf.constant(x), tf.constant(y),
+                                       epsilons=eps)[1].numpy()
+        impls[("FGSM", "Foolbox 3")] = run_foolbox(fb_fgsm)
+        impls[(f"PGD-{nb_iter}", "Foolbox 3")] = run_foolbox(fb_bim)
+    except ImportError:
+        pass
+    return impls
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=1000)
+    parser.add_argument("--eps", type=float, default=0.1)
+    parser.add_argument("--nb-iter", type=int, default=40)
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--out", default=os.path.join(RESULTS, "attack_speed.json"))
+    args = parser.parse_args(argv)
+
+    model, x, y, source = load_model_and_data(args.n, args.epochs)
+    clean = float(np.mean(model.predict(x, verbose=0).argmax(1) == y))
+    print(f"model: CNN on {source}, clean accuracy {clean:.3f} on {len(x)} examples")
+    impls = implementations(model, args.eps, args.nb_iter, args.n)
+    outputs = {key: run(x, y) for key, run in impls.items()}  # warm-up: tracing, first calls
+    times = {key: [] for key in impls}
+    for _ in range(args.repeats):  # interleaved, so drifts in machine speed hit all alike
+        for key, run in impls.items():
+            start = time.perf_counter()
+            outputs[key] = run(x, y)
+            times[key].append(time.perf_counter() - start)
+    rows = []
+    for (attack, name), x_adv in outputs.items():
+        best = min(times[(attack, name)])
+        accuracy = float(np.mean(model.predict(x_adv, verbose=0).argmax(1) == y))
+        rows.append(dict(attack=attack, implementation=name, seconds=best,
+                         examples_per_second=len(x) / best, accuracy_left=accuracy,
+                         linf=float(np.abs(x_adv - x).max())))
+    for row in rows:
+        ours = next(r for r in rows if r["attack"] == row["attack"]
+                    and r["implementation"] == "advlib")
+        row["time_vs_advlib"] = row["seconds"] / ours["seconds"]
+
+    print(f"\n| attack | implementation | seconds | examples/s | time / advlib | accuracy left |")
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['attack']} | {r['implementation']} | {r['seconds']:.2f} | "
+              f"{r['examples_per_second']:.0f} | {r['time_vs_advlib']:.2f}x | "
+              f"{r['accuracy_left']:.3f} |")
+    report = dict(benchmark="attack_speed", advlib=advlib.__version__, tensorflow=tf.__version__,
+                  keras=keras.__version__, machine=platform.machine(), cpus=os.cpu_count(),
+                  data=source, n=len(x), eps=args.eps, nb_iter=args.nb_iter,
+                  clean_accuracy=clean, repeats=args.repeats, rows=rows)
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    with open(args.out, "w") as handle:
+        json.dump(report, handle, indent=2)
+    print(f"\nwrote {args.out}")
+    return report
+
+
+if __name__ == "__main__":
+    sys.exit(0 if main() else 1)

@@ -1,0 +1,60 @@
+"""advlib: adversarial robustness for TensorFlow/Keras models."""
+
+import os
+import re
+
+from setuptools import find_packages, setup
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+with open(os.path.join(HERE, "advlib", "__init__.py"), encoding="utf-8") as handle:
+    VERSION = re.search(r'__version__ = "([^"]+)"', handle.read()).group(1)
+with open(os.path.join(HERE, "README.md"), encoding="utf-8") as handle:
+    README = handle.read()
+
+# Which TensorFlow distribution to install. The default, tensorflow-cpu, is a
+# third of the size of the full wheel and installs quickly wherever tests run.
+# Users with NVIDIA GPUs build with ADVLIB_TENSORFLOW="tensorflow[and-cuda]",
+# which brings the CUDA build of TensorFlow and its CUDA libraries. Platforms
+# with no tensorflow-cpu wheel (macOS, ARM Linux) get the plain `tensorflow`.
+TENSORFLOW = os.environ.get("ADVLIB_TENSORFLOW")
+if TENSORFLOW:
+    TENSORFLOW_REQUIREMENTS = [f"{TENSORFLOW}>=2.16"]
+else:
+    CPU_WHEELS = ("(platform_system == 'Linux' and platform_machine == 'x86_64') or "
+                  "(platform_system == 'Windows' and platform_machine == 'AMD64')")
+    OTHERS = ("(platform_system != 'Linux' or platform_machine != 'x86_64') and "
+              "(platform_system != 'Windows' or platform_machine != 'AMD64')")
+    TENSORFLOW_REQUIREMENTS = [f"tensorflow-cpu>=2.16; {CPU_WHEELS}",
+                               f"tensorflow>=2.16; {OTHERS}"]
+
+setup(
+    name="advlib",
+    version=VERSION,
+    description="Adversarial robustness for TensorFlow/Keras models: attacks, "
+                "adversarial training, quantized networks and a benchmark harness.",
+    long_description=README,
+    long_description_content_type="text/markdown",
+    license="MIT",
+    python_requires=">=3.10",
+    packages=find_packages(include=["advlib", "advlib.*"]),
+    include_package_data=True,
+    package_data={"advlib": ["**/*.cu", "**/*.json"]},
+    install_requires=TENSORFLOW_REQUIREMENTS + [
+        "keras>=3.0",
+        "numpy>=1.26",
+        "scipy>=1.10",
+        "scikit-learn>=1.3",
+        "matplotlib>=3.7",
+        "tqdm>=4.60",
+    ],
+    extras_require={
+        "gpu": ["cupy-cuda12x>=13", "nvidia-cuda-nvrtc-cu12"],
+        "dev": ["pytest>=7", "hypothesis>=6"],
+    },
+    entry_points={"console_scripts": ["advlib=advlib.cli:main"]},
+    classifiers=[
+        "License :: OSI Approved :: MIT License",
+        "Programming Language :: Python :: 3",
+        "Topic :: Scientific/Engineering :: Artificial Intelligence",
+    ],
+)

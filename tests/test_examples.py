@@ -1,0 +1,53 @@
+"""The runnable scripts behind the README and the tutorials."""
+
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "examples"))
+
+
+def test_quickstart_reports_accuracy_drops(capsys):
+    import quickstart
+
+    results = quickstart.main(["--epochs", "8", "--eps", "0.15"])
+    clean, fgsm, pgd = results.values()
+    assert clean > 0.85
+    assert fgsm < clean - 0.2
+    assert pgd <= fgsm
+    printed = capsys.readouterr().out
+    assert re.search(r"clean\s+0\.\d{3}", printed) and "PGD-20" in printed
+
+
+def readme_commands():
+    text = open(os.path.join(ROOT, "README.md")).read()
+    return re.findall(r"```bash\n(.*?)\n```", text, re.S)
+
+
+def test_readme_opens_with_two_setup_commands_and_ci_runs_the_second():
+    text = open(os.path.join(ROOT, "README.md")).read()
+    head = text.split("## ")[0]
+    commands = re.findall(r"```bash\n(.*?)\n```", head, re.S)
+    assert len(commands) == 2
+    assert all("python3 -m venv" in c and "\n" not in c for c in commands)
+    assert "pytest" in commands[1] and "examples/" in commands[0]
+    out = subprocess.run(["bash", "-c", "source <(sed -n '/^command=/p' .ci/run); "
+                          "echo \"$command\""], cwd=ROOT, capture_output=True, text=True)
+    assert out.stdout.strip() == commands[1]
+
+
+def test_cli_version_and_info():
+    out = subprocess.run([sys.executable, "-m", "advlib.cli", "--version"],
+                         capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 0 and out.stdout.startswith("advlib ")
+    out = subprocess.run([sys.executable, "-m", "advlib.cli", "info"],
+                         capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    assert "tensorflow" in out.stdout and "fashion-mnist:" in out.stdout
+    bad = subprocess.run([sys.executable, "-m", "advlib.cli", "nonsense"],
+                         capture_output=True, text=True, cwd=ROOT)
+    assert bad.returncode == 2 and "invalid choice" in bad.stderr
