@@ -5,11 +5,19 @@ for 28x28x1 inputs, trained 2 epochs on Fashion-MNIST when it is available
 (random weights otherwise), the first 1,000 test images, L-inf eps 0.1,
 PGD-40 with step 2.5*eps/40 and no random start, true labels.
 
-Every implementation runs once to warm up (tracing), then `--repeats` times;
-the best time counts. Prints a table of seconds, examples per second, ratio
-to advlib and accuracy left, and writes JSON to `--out`.
+Every implementation runs once to warm up (tracing), then `--repeats` times,
+interleaved; the best time counts. Prints a table of seconds, examples per
+second, ratio to advlib and accuracy left, and writes JSON to `--out`.
 
-    python benchmarks/attack_speed.py [--n 1000] [--repeats 3] [--out FILE]
+`--sections cw,jsma` adds the optimisation attacks on `--opt-n` correctly
+classified test images, each run once (they take minutes):
+- CW-L2 with `--cw-iterations` (default 1000) and 5 binary-search steps,
+  batch 100, lr 5e-3, initial constant 1e-2: advlib, cleverhans 4, ART's
+  CarliniL2Method and Foolbox 3's L2CarliniWagnerAttack. Success rate and the
+  mean L2 of the successful examples sit beside the times.
+- JSMA, theta 1, gamma 0.1, the same random targets: advlib and ART.
+
+    python benchmarks/attack_speed.py [--sections fgsm-pgd,cw,jsma] [--skip ART]
 """
 
 from __future__ import annotations
@@ -134,6 +142,87 @@ def implementations(model, eps, nb_iter, n):
     return impls
 
 
+def optimisation_attacks(model, x, y, sections, cw_iterations, skip):
+    """CW-L2 and JSMA rows: (attack, implementation, seconds, success, norm)."""
+    from advlib.attacks import CarliniWagnerL2, SaliencyMapMethod
+    from advlib.attacks.saliency_map_method import random_targets
+
+    onehot = lambda labels: np.eye(10, dtype=np.float32)[labels]
+    cw = dict(learning_rate=5e-3, binary_search_steps=5, max_iterations=cw_iterations,
+              initial_const=1e-2, confidence=0.0)
+    runs = {}
+    if "cw" in sections:
+        name = f"CW-L2 ({cw_iterations} it.)"
+        runs[(name, "advlib")] = lambda: CarliniWagnerL2(model).generate_np(
+            x, y=y, batch_size=100, **cw)
+        try:
+            from cleverhans.tf2.attacks.carlini_wagner_l2 import carlini_wagner_l2
+            runs[(name, "cleverhans 4")] = lambda: np.concatenate([carlini_wagner_l2(
+                model, x[i:i + 100], y=y[i:i + 100], batch_size=100, clip_min=0.0,
+                clip_max=1.0, **cw) for i in range(0, len(x), 100)])
+        except ImportError:
+            pass
+        try:
+            from art.attacks.evasion import CarliniL2Method
+            from art.estimators.classification import TensorFlowV2Classifier
+            classifier = TensorFlowV2Classifier(
+                model, nb_classes=10, input_shape=x.shape[1:], clip_values=(0.0, 1.0),
+                loss_object=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+            art_cw = CarliniL2Method(classifier, confidence=0.0, learning_rate=5e-3,
+                                     binary_search_steps=5, max_iter=cw_iterations,
+                                     initial_const=1e-2, batch_size=100, verbose=False)
+            runs[(name, "ART")] = lambda: art_cw.generate(x, y=onehot(y))
+        except ImportError:
+            pass
+        try:
+            import foolbox
+            fmodel = foolbox.TensorFlowModel(model, bounds=(0.0, 1.0))
+            fb_cw = foolbox.attacks.L2CarliniWagnerAttack(
+                binary_search_steps=5, steps=cw_iterations, stepsize=5e-3, confidence=0.0,
+                initial_const=1e-2, abort_early=True)
+            runs[(name, "Foolbox 3")] = lambda: np.concatenate([fb_cw(
+                fmodel, tf.constant(x[i:i + 100]), tf.constant(y[i:i + 100]),
+                epsilons=None)[0].numpy() for i in range(0, len(x), 100)])
+        except ImportError:
+            pass
+    if "jsma" in sections:
+        targets = random_targets(y, 10, 0)
+        runs[("JSMA (gamma 0.1)", "advlib")] = lambda: SaliencyMapMethod(model).generate_np(
+            x, y_target=targets, theta=1.0, gamma=0.1, batch_size=100)
+        try:
+            from art.attacks.evasion import SaliencyMapMethod as ArtJSMA
+            from art.estimators.classification import TensorFlowV2Classifier
+            classifier = TensorFlowV2Classifier(
+                model, nb_classes=10, input_shape=x.shape[1:], clip_values=(0.0, 1.0),
+                loss_object=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+            art_jsma = ArtJSMA(classifier, theta=1.0, gamma=0.1, batch_size=100, verbose=False)
+            runs[("JSMA (gamma 0.1)", "ART")] = lambda: art_jsma.generate(x, y=onehot(targets))
+        except ImportError:
+            pass
+    rows = []
+    for (attack, name), run in runs.items():
+        if name in skip:
+            continue
+        print(f"running {attack} with {name} ...", flush=True)
+        start = time.perf_counter()
+        try:
+            x_adv = np.asarray(run())
+        except Exception as error:  # a peer that crashes is a result too
+            rows.append(dict(attack=attack, implementation=name, error=repr(error)[:200]))
+            continue
+        seconds = time.perf_counter() - start
+        predicted = model.predict(x_adv, verbose=0).argmax(1)
+        success = predicted == targets if attack.startswith("JSMA") else predicted != y
+        delta = (x_adv - x).reshape(len(x), -1)
+        norm = (np.linalg.norm(delta, axis=1) if attack.startswith("CW")
+                else (delta != 0).mean(axis=1))
+        rows.append(dict(attack=attack, implementation=name, seconds=seconds,
+                         success_rate=float(success.mean()),
+                         mean_norm=float(norm[success].mean()) if success.any() else None,
+                         norm="L2" if attack.startswith("CW") else "fraction of features"))
+    return rows
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=1000)
@@ -141,13 +230,57 @@ def main(argv=None):
     parser.add_argument("--nb-iter", type=int, default=40)
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--sections", default="fgsm-pgd",
+                        help="comma-separated: fgsm-pgd, cw, jsma")
+    parser.add_argument("--opt-n", type=int, default=100)
+    parser.add_argument("--cw-iterations", type=int, default=1000)
+    parser.add_argument("--skip", default="", help="comma-separated implementations to skip")
     parser.add_argument("--out", default=os.path.join(RESULTS, "attack_speed.json"))
     args = parser.parse_args(argv)
+    sections = args.sections.split(",")
+    skip = [s for s in args.skip.split(",") if s]
 
     model, x, y, source = load_model_and_data(args.n, args.epochs)
     clean = float(np.mean(model.predict(x, verbose=0).argmax(1) == y))
     print(f"model: CNN on {source}, clean accuracy {clean:.3f} on {len(x)} examples")
-    impls = implementations(model, args.eps, args.nb_iter, args.n)
+    report = dict(benchmark="attack_speed", advlib=advlib.__version__, tensorflow=tf.__version__,
+                  keras=keras.__version__, machine=platform.machine(), cpus=os.cpu_count(),
+                  data=source, n=len(x), eps=args.eps, nb_iter=args.nb_iter,
+                  clean_accuracy=clean, repeats=args.repeats, rows=[], optimisation_rows=[])
+    if "fgsm-pgd" in sections:
+        report["rows"] = fgsm_pgd(model, x, y, args, skip)
+    if "cw" in sections or "jsma" in sections:
+        correct = np.flatnonzero(model.predict(x, verbose=0).argmax(1) == y)[:args.opt_n]
+        rows = optimisation_attacks(model, x[correct], y[correct], sections,
+                                    args.cw_iterations, skip)
+        report["optimisation_rows"] = rows
+        report["cw_iterations"] = args.cw_iterations
+        print_optimisation_table(rows)
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    with open(args.out, "w") as handle:
+        json.dump(report, handle, indent=2)
+    print(f"\nwrote {args.out}")
+    return report
+
+
+def print_optimisation_table(rows):
+    print("\n| attack | implementation | seconds | advlib speed-up | success | mean norm |")
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        if "error" in r:
+            print(f"| {r['attack']} | {r['implementation']} | crashed: {r['error'][:60]} | | | |")
+            continue
+        ours = next((o for o in rows if o["attack"] == r["attack"]
+                     and o["implementation"] == "advlib" and "seconds" in o), None)
+        ratio = f"{r['seconds'] / ours['seconds']:.1f}x" if ours else "-"
+        norm = "-" if r["mean_norm"] is None else f"{r['mean_norm']:.4f} ({r['norm']})"
+        print(f"| {r['attack']} | {r['implementation']} | {r['seconds']:.1f} | {ratio} | "
+              f"{r['success_rate']:.3f} | {norm} |")
+
+
+def fgsm_pgd(model, x, y, args, skip):
+    impls = {key: run for key, run in implementations(model, args.eps, args.nb_iter,
+                                                      args.n).items() if key[1] not in skip}
     outputs = {key: run(x, y) for key, run in impls.items()}  # warm-up: tracing, first calls
     times = {key: [] for key in impls}
     for _ in range(args.repeats):  # interleaved, so drifts in machine speed hit all alike
@@ -173,15 +306,7 @@ def main(argv=None):
         print(f"| {r['attack']} | {r['implementation']} | {r['seconds']:.2f} | "
               f"{r['examples_per_second']:.0f} | {r['time_vs_advlib']:.2f}x | "
               f"{r['accuracy_left']:.3f} |")
-    report = dict(benchmark="attack_speed", advlib=advlib.__version__, tensorflow=tf.__version__,
-                  keras=keras.__version__, machine=platform.machine(), cpus=os.cpu_count(),
-                  data=source, n=len(x), eps=args.eps, nb_iter=args.nb_iter,
-                  clean_accuracy=clean, repeats=args.repeats, rows=rows)
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as handle:
-        json.dump(report, handle, indent=2)
-    print(f"\nwrote {args.out}")
-    return report
+    return rows
 
 
 if __name__ == "__main__":

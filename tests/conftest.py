@@ -46,3 +46,21 @@ def linear_model(weights, bias=None):
     dense.set_weights([weights, np.zeros(weights.shape[1], np.float32) if bias is None
                        else np.asarray(bias, np.float32)])
     return model
+
+
+@pytest.fixture(scope="session")
+def digits_cnn(digits):
+    """The small CNN of the examples, trained on digits (about 96% test accuracy)."""
+    from advlib.models import small_cnn
+
+    (x_train, y_train), _ = digits
+    return train_classifier(small_cnn((8, 8, 1)), x_train, y_train, epochs=15, seed=0)
+
+
+@pytest.fixture(scope="session")
+def cnn_eval(digits, digits_cnn):
+    """100 test digits that the CNN classifies correctly."""
+    _, (x_test, y_test) = digits
+    predicted = digits_cnn.predict(x_test, verbose=0).argmax(1)
+    keep = np.flatnonzero(predicted == y_test)[:100]
+    return x_test[keep], y_test[keep]

@@ -281,3 +281,17 @@ def test_clip_eta_and_optimize_linear_norms():
         step = optimize_linear(grad, 0.3, norm).numpy()
         np.testing.assert_allclose(lp(step, norm), 0.3)
         np.testing.assert_allclose(lp(clip_eta(grad * 10, norm, 0.3).numpy(), norm), 0.3)
+
+
+def test_margin_loss_and_its_use_in_pgd(digits_mlp, digits_eval):
+    from advlib.attacks.losses import margin_loss
+
+    logits = np.array([[2.0, 5.0, 1.0], [0.5, -1.0, 3.0]], np.float32)
+    np.testing.assert_allclose(margin_loss(labels=tf.constant([1, 0]), logits=logits),
+                               [2.0 - 5.0, 3.0 - 0.5])
+    x, y = digits_eval
+    x_adv = ProjectedGradientDescent(digits_mlp).generate_np(
+        x, y=y, eps=0.15, eps_iter=0.015, nb_iter=40, loss_fn="cw", seed=0, **BOUNDS)
+    assert accuracy(digits_mlp, x_adv, y) < 0.3
+    with pytest.raises(ValueError, match="loss_fn must be"):
+        ProjectedGradientDescent(digits_mlp).generate_np(x, loss_fn="hinge")

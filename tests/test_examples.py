@@ -51,3 +51,17 @@ def test_cli_version_and_info():
     bad = subprocess.run([sys.executable, "-m", "advlib.cli", "nonsense"],
                          capture_output=True, text=True, cwd=ROOT)
     assert bad.returncode == 2 and "invalid choice" in bad.stderr
+
+
+def test_attack_gallery_with_tiny_settings(tmp_path):
+    import attack_gallery
+
+    results, path = attack_gallery.main(["--n", "12", "--epochs", "6", "--cw-iterations", "60",
+                                         "--out-dir", str(tmp_path)])
+    assert os.path.getsize(path) > 10_000
+    from matplotlib.image import imread
+    assert imread(path).shape[0] > 500  # a 5-row grid
+    assert set(results) == {"FGSM (Linf 0.1)", "PGD-40 (Linf 0.1)", "JSMA (gamma 0.3)", "CW-L2"}
+    jsma = results["JSMA (gamma 0.3)"]
+    assert jsma.success_rate > 0.5 and jsma.l0.max() <= 19
+    assert results["PGD-40 (Linf 0.1)"].linf.max() <= 0.1 + 1e-6

@@ -7,13 +7,17 @@ Example:
 
 from advlib.attacks import losses
 from advlib.attacks.base import Attack
+from advlib.attacks.carlini_wagner_l2 import CarliniWagnerL2
 from advlib.attacks.fast_gradient_method import FastGradientMethod
 from advlib.attacks.gradient import GradientAttack
 from advlib.attacks.momentum_iterative_method import MomentumIterativeMethod
 from advlib.attacks.projected_gradient_descent import (BasicIterativeMethod, MadryEtAl,
                                                        ProjectedGradientDescent)
+from advlib.attacks.result import AttackResult
+from advlib.attacks.saliency_map_method import SaliencyMapMethod
 from advlib.attacks.utils import clip_eta, optimize_linear, project_l1_ball, random_lp_vector
 
-__all__ = ["Attack", "BasicIterativeMethod", "FastGradientMethod", "GradientAttack",
-           "MadryEtAl", "MomentumIterativeMethod", "ProjectedGradientDescent", "clip_eta",
+__all__ = ["Attack", "AttackResult", "BasicIterativeMethod", "CarliniWagnerL2", "FastGradientMethod", "GradientAttack",
+           "MadryEtAl", "MomentumIterativeMethod", "ProjectedGradientDescent", "SaliencyMapMethod",
+           "clip_eta",
            "losses", "optimize_linear", "project_l1_ball", "random_lp_vector"]

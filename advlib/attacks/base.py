@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import abc
 import inspect
+import time
 from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
 import tensorflow as tf
 
 from advlib import _checks
+from advlib.attacks.result import AttackResult
 from advlib.models.base import Model, as_model
 
 
@@ -30,6 +32,13 @@ class Attack(abc.ABC):
 
     def __init__(self, model):
         self.model: Model = as_model(model)
+        self.forward_passes = 0
+        self.backward_passes = 0
+
+    def _count(self, batch: int, forward: int = 1, backward: int = 0) -> None:
+        """Records model evaluations: `forward` / `backward` passes over `batch` examples."""
+        self.forward_passes += batch * forward
+        self.backward_passes += batch * backward
 
     # -- public API --------------------------------------------------------
     def generate(self, x, **params) -> tf.Tensor:
@@ -56,6 +65,7 @@ class Attack(abc.ABC):
         """Like `generate`, but NumPy in, NumPy out, in batches of `batch_size`."""
         _checks.check_number("batch_size", batch_size, low=1, integer=True)
         x = np.asarray(x)
+        params = self._whole_batch_params(x, params)
         per_example = {k: np.asarray(v) for k, v in params.items()
                        if k in self.per_example_params and v is not None}
         for name, value in per_example.items():
@@ -71,6 +81,51 @@ class Attack(abc.ABC):
             batch_params = dict(params, **{k: v[start:stop] for k, v in per_example.items()})
             chunks.append(self.generate(x[start:stop], **batch_params).numpy())
         return np.concatenate(chunks)
+
+    def run(self, x, y=None, batch_size: int = 128, **params) -> AttackResult:
+        """Runs the attack and reports per-example success, norms and costs.
+
+        Args:
+            x: NumPy batch.
+            y: true labels. Default: the model's predictions on `x`.
+            batch_size: examples per batch.
+            **params: the attack's parameters (`y_target` makes it targeted).
+
+        Returns:
+            An `AttackResult`.
+        """
+        x = np.asarray(x)
+        self.forward_passes = self.backward_passes = 0
+        start = time.perf_counter()
+        params = self._whole_batch_params(x, dict(params, y=y))
+        y = params.pop("y")
+        targeted = params.get("y_target") is not None or bool(params.get("targeted"))
+        if targeted:
+            labels = params.get("y_target")
+            labels = y if labels is None else labels
+        else:
+            # the labels judged against are those the attack moves away from
+            labels = y if y is not None else self._predict_np(x, batch_size)
+            y = labels
+        x_adv = self.generate_np(x, batch_size=batch_size, y=y, **params)
+        labels = _checks.check_labels("y_target" if targeted else "y", labels, len(x),
+                                      self.model.nb_classes) if len(x) else \
+            np.zeros(0, np.int64)
+        predictions = self._predict_np(x_adv, batch_size)
+        return AttackResult.from_arrays(x, x_adv, labels, targeted, predictions,
+                                        self.forward_passes, self.backward_passes,
+                                        time.perf_counter() - start)
+
+    def _whole_batch_params(self, x: np.ndarray, params: Dict[str, Any]) -> Dict[str, Any]:
+        """Fixes, once for all of `x`, parameters that would differ per batch."""
+        return params
+
+    def _predict_np(self, x: np.ndarray, batch_size: int) -> np.ndarray:
+        if len(x) == 0:
+            return np.zeros(0, np.int64)
+        self._count(len(x))
+        return np.concatenate([self.model.predict_classes(x[i:i + batch_size]).numpy()
+                               for i in range(0, len(x), batch_size)])
 
     @abc.abstractmethod
     def parse_params(self, **params) -> Dict[str, Any]:
@@ -125,6 +180,7 @@ class Attack(abc.ABC):
                                                     batch, nb_classes)), True
         if parsed.get("y") is not None:
             return tf.constant(_checks.check_labels("y", parsed["y"], batch, nb_classes)), False
+        self._count(batch)
         return self.model.predict_classes(x), False
 
     @staticmethod

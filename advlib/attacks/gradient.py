@@ -125,12 +125,14 @@ class GradientAttack(Attack):
                 x_adv, momentum = self._step(x_adv, x, labels, momentum, eps_t, eps_iter_t,
                                              decay, low, high, norm, targeted, loss_fn,
                                              use_momentum)
+            self._count(len(x), forward=nb_iter, backward=nb_iter)
             if nb_restarts > 1:
                 best = self._keep_most_damaging(best, x_adv, labels, loss_fn, targeted)
         return x_adv if best is None else best[0]
 
     def _keep_most_damaging(self, best, x_adv, labels, loss_fn, targeted):
         success, loss = self._score(x_adv, labels, loss_fn, targeted)
+        self._count(len(x_adv))
         if best is None:
             return x_adv, success, loss
         best_x, best_success, best_loss = best

@@ -23,7 +23,7 @@ def margin_loss(labels, logits):
     Positive exactly when the model does not predict `labels`.
     """
     depth = tf.shape(logits)[-1]
-    label_mask = tf.one_hot(labels, depth, dtype=tf.bool)
+    label_mask = tf.one_hot(labels, depth, on_value=True, off_value=False)
     label_logit = tf.reduce_sum(tf.where(label_mask, logits, tf.zeros_like(logits)), axis=-1)
     lowest = tf.reduce_min(logits, axis=-1, keepdims=True) - 1
     best_other = tf.reduce_max(tf.where(label_mask, lowest, logits), axis=-1)

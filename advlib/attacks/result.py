@@ -1,0 +1,70 @@
+"""`AttackResult`: what an attack did to each example, and at what cost."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Dict, Optional
+
+import numpy as np
+
+from advlib.attacks.utils import lp_norms
+
+
+@dataclasses.dataclass
+class AttackResult:
+    """The outcome of `Attack.run`.
+
+    Attributes:
+        x_adv: adversarial examples, same shape and dtype as the inputs.
+        success: per example, whether the attack reached its goal (a wrong
+            class when untargeted, the target class when targeted).
+        labels: the true labels (or targets, if `targeted`) judged against.
+        targeted: whether `labels` are targets.
+        predictions: the model's classes on `x_adv`.
+        l0, l2, linf: per-example norms of `x_adv - x` (float64).
+        forward_passes, backward_passes: model evaluations summed over
+            examples (a batch of 100 through one step counts 100).
+        wall_time: seconds.
+    """
+
+    x_adv: np.ndarray
+    success: np.ndarray
+    labels: np.ndarray
+    targeted: bool
+    predictions: np.ndarray
+    l0: np.ndarray
+    l2: np.ndarray
+    linf: np.ndarray
+    forward_passes: int
+    backward_passes: int
+    wall_time: float
+
+    @classmethod
+    def from_arrays(cls, x, x_adv, labels, targeted, predictions, forward_passes,
+                    backward_passes, wall_time) -> "AttackResult":
+        success = predictions == labels if targeted else predictions != labels
+        return cls(x_adv=x_adv, success=success, labels=labels, targeted=targeted,
+                   predictions=predictions, forward_passes=int(forward_passes),
+                   backward_passes=int(backward_passes), wall_time=float(wall_time),
+                   **lp_norms(np.asarray(x_adv) - np.asarray(x)))
+
+    @property
+    def success_rate(self) -> float:
+        return float(self.success.mean()) if self.success.size else 0.0
+
+    def summary(self, norm: Optional[str] = None) -> Dict[str, float]:
+        """Success rate and median / mean norms over the successful examples."""
+        out = {"n": int(self.success.size), "success_rate": self.success_rate,
+               "forward_passes": self.forward_passes, "backward_passes": self.backward_passes,
+               "wall_time": self.wall_time}
+        for name in ([norm] if norm else ["l0", "l2", "linf"]):
+            values = getattr(self, name)[self.success]
+            out[f"median_{name}"] = float(np.median(values)) if values.size else float("nan")
+            out[f"mean_{name}"] = float(np.mean(values)) if values.size else float("nan")
+        return out
+
+    def __repr__(self) -> str:
+        s = self.summary()
+        return (f"AttackResult(n={s['n']}, success_rate={s['success_rate']:.3f}, "
+                f"mean_l2={s['mean_l2']:.4g}, mean_linf={s['mean_linf']:.4g}, "
+                f"wall_time={self.wall_time:.2f}s)")

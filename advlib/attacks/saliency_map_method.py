@@ -1,0 +1,214 @@
+"""Jacobian-based Saliency Map Attack (Papernot et al. 2016)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Dict
+
+import numpy as np
+import tensorflow as tf
+
+from advlib import _checks
+from advlib.attacks.base import Attack
+
+# Elements of one (batch, chunk, features) block of pair scores: bounds the
+# memory of the pair search at a few hundred MB whatever the input size.
+_PAIR_BLOCK = 2 ** 22
+
+
+def random_targets(labels: np.ndarray, nb_classes: int, seed) -> np.ndarray:
+    """A uniformly random class other than `labels`, reproducible from `seed`."""
+    offsets = np.random.default_rng(seed).integers(1, nb_classes, size=len(labels))
+    return (labels + offsets) % nb_classes
+
+
+def refuse_true_class_targets(targets: np.ndarray, true_classes: np.ndarray) -> None:
+    same = np.flatnonzero(targets == true_classes)
+    if same.size:
+        i = int(same[0])
+        raise ValueError(f"y_target[{i}]={int(targets[i])} is the example's own class "
+                         f"({len(same)} such examples); a targeted attack needs a target "
+                         "other than the true (or, without y, the predicted) class.")
+
+
+class SaliencyMapMethod(Attack):
+    """JSMA: greedily saturates the pair of features with the best saliency.
+
+    At each step, for target t and the model's class probabilities F (the
+    paper's choice; logits Z with `use_logits=True`, the variant of
+    cleverhans 3), with alpha = dF_t/dx and beta = sum_{j != t} dF_j/dx, the pair (p, q) maximising
+    -(alpha_p + alpha_q)(beta_p + beta_q) subject to alpha_p + alpha_q > 0 and
+    beta_p + beta_q < 0 (signs reversed when decreasing) moves by
+    theta * (clip_max - clip_min). Features that reach the bound leave the
+    search domain. An example stops when it is classified as its target,
+    when changing another pair would exceed gamma * features, or when no pair
+    satisfies the sign conditions.
+
+    With probabilities, which sum to one, beta = -alpha exactly, so the best
+    pair is the two largest alphas (one backward pass, O(features)). With
+    logits the pair search runs in blocks, so memory grows as batch x
+    features x block, never as batch x features^2.
+
+    Args (to `generate` / `generate_np`):
+        theta: change per step, as a fraction of the range; > 0 increases
+            features, < 0 decreases them (default 1.0).
+        gamma: the largest fraction of features changed, in (0, 1] (default 1.0).
+        clip_min, clip_max: the input domain (default [0, 1]).
+        y_target: targets. Without it, a random class other than the true one.
+        y: the true classes, used to draw random targets (default: the model's
+            predictions).
+        seed: makes the random targets reproducible.
+        use_logits: take the saliency map from logits instead of
+            probabilities (default False; on a Fashion-MNIST CNN at gamma=0.1
+            probabilities gave 92% targeted success, logits 79%).
+
+    Example:
+        >>> jsma = SaliencyMapMethod(keras_model)
+        >>> x_adv = jsma.generate_np(x, theta=1.0, gamma=0.1, y_target=targets)
+    """
+
+    def __init__(self, model):
+        super().__init__(model)
+        self._step = tf.function(self._step_fn)
+
+    def parse_params(self, theta=1.0, gamma=1.0, clip_min=0.0, clip_max=1.0, y=None,
+                     y_target=None, seed=None, use_logits=False) -> Dict[str, Any]:
+        _checks.check_number("theta", theta, low=-1, high=1)
+        if theta == 0:
+            raise ValueError("theta must be nonzero (positive increases features, negative "
+                             "decreases them), got 0.")
+        _checks.check_number("gamma", gamma, low=0, high=1, low_open=True)
+        for name, value in (("clip_min", clip_min), ("clip_max", clip_max)):
+            if value is None:
+                raise ValueError(f"{name} must be a number for JSMA, which moves features "
+                                 "to the bounds of the input domain; got None.")
+        _checks.check_number("seed", seed, low=0, integer=True, allow_none=True)
+        return dict(theta=theta, gamma=gamma, clip_min=clip_min, clip_max=clip_max, y=y,
+                    y_target=y_target, seed=seed, use_logits=bool(use_logits))
+
+    def _whole_batch_params(self, x, params):
+        """Draws the random targets for all of `x` at once, so batching cannot change them."""
+        if params.get("y_target") is not None or len(x) == 0:
+            return params
+        self._parse(params)
+        true_classes = params.get("y")
+        if true_classes is None:
+            self.model.check_output(tf.convert_to_tensor(x[:1]))
+            true_classes = np.concatenate([self.model.predict_classes(x[i:i + 512]).numpy()
+                                           for i in range(0, len(x), 512)])
+            self._count(len(x))
+        true_classes = _checks.check_labels("y", true_classes, len(x), self.model.nb_classes)
+        targets = random_targets(true_classes, self.model.nb_classes, params.get("seed"))
+        return dict(params, y=None, y_target=targets)
+
+    def _generate(self, x, labels, targeted, *, theta, gamma, clip_min, clip_max, seed,
+                  use_logits):
+        nb_classes = self.model.nb_classes
+        predicted = self.model.predict_classes(x).numpy()
+        self._count(len(x))
+        if targeted:
+            refuse_true_class_targets(labels.numpy(), predicted)
+            targets = labels
+        else:
+            targets = tf.constant(random_targets(labels.numpy(), nb_classes, seed))
+        shape = x.shape
+        flat = tf.reshape(x, [shape[0], -1])
+        features = int(flat.shape[1])
+        budget = int(math.floor(gamma * features))
+        increase = theta > 0
+        dtype = x.dtype
+        low, high = tf.constant(clip_min, dtype), tf.constant(clip_max, dtype)
+        domain = flat < high if increase else flat > low
+        changed = tf.zeros_like(domain)
+        step = tf.constant(theta * (clip_max - clip_min), dtype)
+        # every step changes a feature by |theta| of the range, or saturates it
+        max_steps = budget * math.ceil(1 / abs(theta)) + 1
+        for _ in range(max_steps):
+            flat, domain, changed, any_active = self._step(
+                flat, domain, changed, targets, step, low, high, tf.constant(budget),
+                tuple(int(d) for d in shape[1:]), increase, use_logits)
+            self._count(len(x), forward=1, backward=2 if use_logits else 1)
+            if not bool(any_active):
+                break
+        return tf.reshape(flat, shape)
+
+    def _step_fn(self, flat, domain, changed, targets, step, low, high, budget, shape,
+                 increase, use_logits):
+        features = flat.shape[1]
+        target_mask = tf.one_hot(targets, self.model.nb_classes, dtype=tf.float32)
+        with tf.GradientTape(persistent=use_logits) as tape:
+            tape.watch(flat)
+            logits = tf.cast(self.model.get_logits(tf.reshape(flat, [-1, *shape])), tf.float32)
+            scores = logits if use_logits else tf.nn.softmax(logits)
+            target_score = tf.reduce_sum(scores * target_mask, axis=-1)
+            other_scores = tf.reduce_sum(scores, axis=-1) - target_score
+        alpha = tf.cast(tape.gradient(target_score, flat), tf.float32)
+        if use_logits:
+            beta = tf.cast(tape.gradient(other_scores, flat), tf.float32)
+            del tape
+            p, q, found = best_pair(alpha, beta, domain, increase)
+        else:
+            # probabilities sum to one, so beta = -alpha exactly: the sign conditions
+            # reduce to alpha_p + alpha_q > 0 (< 0 when decreasing) and the score
+            # (alpha_p + alpha_q)^2 peaks at the two largest (smallest) alphas
+            p, q, found = best_pair_from_target_gradient(alpha, domain, increase)
+        predicted = tf.argmax(logits, axis=-1, output_type=targets.dtype)
+        pair = tf.logical_or(tf.one_hot(p, features, on_value=True, off_value=False),
+                             tf.one_hot(q, features, on_value=True, off_value=False))
+        within_budget = tf.reduce_sum(tf.cast(changed | pair, tf.int32), axis=1) <= budget
+        active = (predicted != targets) & found & within_budget
+        pair = pair & active[:, None]
+        flat = tf.where(pair, tf.clip_by_value(flat + step, low, high), flat)
+        changed = changed | pair
+        domain = domain & ((flat < high) if increase else (flat > low))
+        return flat, domain, changed, tf.reduce_any(active)
+
+
+def _oriented(values, domain, increase):
+    """Flips signs when decreasing, and sends features outside the domain to -inf."""
+    values = values if increase else -values
+    return tf.where(domain, values, tf.constant(-np.inf, values.dtype))
+
+
+def best_pair_from_target_gradient(alpha, domain, increase):
+    """The two admissible features with the largest (oriented) target gradient."""
+    oriented = _oriented(alpha, domain, increase)
+    top, index = tf.math.top_k(oriented, k=2)
+    found = (top[:, 0] + top[:, 1] > 0) & tf.math.is_finite(top[:, 1])
+    return index[:, 0], index[:, 1], found
+
+
+def best_pair(alpha, beta, domain, increase):
+    """Per example, the admissible pair (p != q) maximising
+    relu(a) * relu(-b), a = alpha_p + alpha_q, b = beta_p + beta_q (oriented):
+    -a * b under the conditions a > 0, b < 0, and zero where they fail.
+
+    Scans the first feature of the pair in blocks of rows of the
+    (features x features) score matrix, so memory grows as
+    batch x block x features.
+    """
+    batch, features = alpha.shape
+    alpha = _oriented(alpha, domain, increase)  # -inf outside: relu(a) = 0
+    beta = beta if increase else -beta
+    block = max(1, min(features, _PAIR_BLOCK // max(1, batch * features)))
+    blocks = -(-features // block)
+    padding = blocks * block - features
+    alpha_rows = tf.pad(alpha, [[0, 0], [0, padding]], constant_values=-np.inf)
+    beta_rows = tf.pad(beta, [[0, 0], [0, padding]])
+    columns = tf.range(features)
+    best_score = tf.zeros([batch])
+    best_p = tf.zeros([batch], tf.int32)
+    best_q = tf.zeros([batch], tf.int32)
+    for start in tf.range(0, blocks * block, block):
+        rows = start + tf.range(block)
+        off_diagonal = tf.cast(rows[:, None] != columns[None, :], tf.float32)
+        a = tf.nn.relu(alpha_rows[:, start:start + block, None] + alpha[:, None, :])
+        b = tf.nn.relu(-(beta_rows[:, start:start + block, None] + beta[:, None, :]))
+        score = tf.reshape(a * b * off_diagonal, [batch, block * features])
+        index = tf.argmax(score, axis=1, output_type=tf.int32)
+        value = tf.reduce_max(score, axis=1)
+        better = value > best_score
+        best_score = tf.where(better, value, best_score)
+        best_p = tf.where(better, start + index // features, best_p)
+        best_q = tf.where(better, index % features, best_q)
+    return best_p, best_q, best_score > 0
