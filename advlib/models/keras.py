@@ -27,7 +27,7 @@ def _ends_in_softmax(layer) -> str:
     return "activation" if _is_softmax(getattr(layer, "activation", None)) else ""
 
 
-def _call_without_activation(layer, inputs):
+def _call_without_activation(layer, inputs, training=False):
     """Calls `layer` with its activation replaced by the identity.
 
     The weights are the layer's own, so later training is seen at once.
@@ -35,13 +35,13 @@ def _call_without_activation(layer, inputs):
     saved = layer.activation
     layer.activation = keras.activations.linear
     try:
-        return layer(inputs, training=False)
+        return layer(inputs, training=training)
     finally:
         layer.activation = saved
 
 
 def _logits_function(model) -> Optional[Callable]:
-    """Builds x -> pre-softmax logits for a model ending in a softmax, or None.
+    """Builds (x, training) -> pre-softmax logits for a model ending in a softmax, or None.
 
     Sequential and functional models are taken apart structurally (nested
     models included); subclassed models cannot be, and return None.
@@ -51,9 +51,9 @@ def _logits_function(model) -> Optional[Callable]:
             return None
         body, last = model.layers[:-1], model.layers[-1]
 
-        def run_body(x):
+        def run_body(x, training):
             for layer in body:
-                x = layer(x, training=False)
+                x = layer(x, training=training)
             return x
     elif _is_functional(model):
         if len(model.inputs) != 1 or len(model.outputs) != 1:
@@ -65,10 +65,10 @@ def _logits_function(model) -> Optional[Callable]:
             return None
         penultimate = node.input_tensors[0]
         if penultimate is model.inputs[0]:
-            run_body = lambda x: x
+            run_body = lambda x, training: x
         else:
             body_model = keras.Model(model.inputs[0], penultimate)
-            run_body = lambda x: body_model(x, training=False)
+            run_body = lambda x, training: body_model(x, training=training)
     else:
         return None
 
@@ -76,11 +76,12 @@ def _logits_function(model) -> Optional[Callable]:
     if kind == "layer":
         return run_body
     if kind == "activation":
-        return lambda x: _call_without_activation(last, run_body(x))
+        return lambda x, training: _call_without_activation(last, run_body(x, training),
+                                                            training)
     if isinstance(last, keras.Model):
         inner = _logits_function(last)
         if inner is not None:
-            return lambda x: inner(run_body(x))
+            return lambda x, training: inner(run_body(x, training), training)
     return None
 
 
@@ -122,20 +123,21 @@ class KerasModelWrapper(Model):
             self._logits = split
             self.output_kind = "softmax-split"
         elif from_logits is False:
-            self._logits = lambda x: tf.math.log(
-                tf.maximum(tf.cast(model(x, training=False), tf.float32), _PROBS_FLOOR))
+            self._logits = lambda x, training: tf.math.log(
+                tf.maximum(tf.cast(model(x, training=training), tf.float32), _PROBS_FLOOR))
             self.output_kind = "log-probs"
             warnings.warn("the model's softmax could not be taken apart; attacks use "
                           "log-probabilities, whose gradients vanish where the softmax "
                           "saturates. Expose the logits for reliable attacks.",
                           stacklevel=2)
         else:
-            self._logits = lambda x: model(x, training=False)
+            self._logits = lambda x, training: model(x, training=training)
             self.output_kind = "logits"
         super().__init__(nb_classes=nb_classes or _static_classes(model))
 
-    def get_logits(self, x):
-        return self._logits(x)
+    def get_logits(self, x, training: bool = False):
+        """Pre-softmax logits; `training=True` runs BatchNorm and Dropout in training mode."""
+        return self._logits(x, training)
 
     def _on_first_output(self, logits):
         if not (self._detected and self.output_kind == "logits"):

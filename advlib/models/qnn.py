@@ -1,0 +1,60 @@
+"""`QNNModelWrapper`: attacks on quantized networks, with a chosen sign surrogate."""
+
+from __future__ import annotations
+
+from typing import Optional, Union
+
+import numpy as np
+import tensorflow as tf
+
+from advlib.models.keras import KerasModelWrapper
+
+
+class QNNModelWrapper(KerasModelWrapper):
+    """A `KerasModelWrapper` for networks with `SteSign` activations.
+
+    The sign has no useful gradient: differentiated naively it is zero almost
+    everywhere and the network looks robust when it is not (Galloway et al.
+    2018; Gupta & Ajanthan 2020). Attacks through this wrapper keep the exact
+    sign forward and use a surrogate backward (BPDA):
+
+    Args:
+        model: a Keras QNN (from `advlib.qnn`).
+        surrogate: "ste" (BinaryNet's 1[|x| <= 1], the default), "identity",
+            "smooth" (the derivative of tanh(x / temperature)) or "zero" (the
+            naive gradient, for demonstrations of gradient masking).
+        temperature: the smooth sign's temperature.
+        engine: a `BinaryEngine`, or the path of an exported `.npz`. When
+            given, `predict_classes` runs the exact bit-packed engine, so
+            robust accuracy is judged by binary inference itself.
+
+    Example:
+        >>> wrapped = QNNModelWrapper(qnn, surrogate="smooth", temperature=0.5)
+        >>> x_adv = ProjectedGradientDescent(wrapped).generate_np(x, eps=0.1)
+    """
+
+    def __init__(self, model, surrogate: str = "ste", temperature: float = 1.0,
+                 engine: Optional[Union[str, object]] = None,
+                 from_logits: Optional[bool] = None):
+        from advlib.qnn.quantizers import sign_surrogate
+
+        with sign_surrogate(surrogate, temperature):  # validates both
+            pass
+        super().__init__(model, from_logits=from_logits)
+        self.surrogate, self.temperature = surrogate, float(temperature)
+        if isinstance(engine, str):
+            from advlib.qnn.engine import BinaryEngine
+            engine = BinaryEngine.load(engine)
+        self.engine = engine
+
+    def get_logits(self, x, training: bool = False):
+        from advlib.qnn.quantizers import sign_surrogate
+
+        with sign_surrogate(self.surrogate, self.temperature):
+            return super().get_logits(x, training)
+
+    def predict_classes(self, x) -> tf.Tensor:
+        if self.engine is None:
+            return super().predict_classes(x)
+        x = x.numpy() if isinstance(x, tf.Tensor) else np.asarray(x)
+        return tf.constant(self.engine.predict_classes(x), tf.int64)

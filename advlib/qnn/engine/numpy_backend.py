@@ -1,0 +1,118 @@
+"""The reference implementation of the engine's operations, in NumPy.
+
+Every operation works on integers and bits only, so it is exact; the CUDA
+kernels must reproduce it bit for bit.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from advlib.qnn.engine.packing import WORD_DTYPE, pack_bits, popcount, unpack_bits
+
+# Words of one (rows, units, words) XOR block: bounds temporary memory.
+_BLOCK_WORDS = 2 ** 24
+
+
+def _row_blocks(rows: int, units: int, words: int):
+    step = max(1, _BLOCK_WORDS // max(1, units * words))
+    return range(0, rows, step), step
+
+
+def binary_dot(a: np.ndarray, w: np.ndarray, length: int) -> np.ndarray:
+    """+-1 dot products from packed bits: K - 2 * popcount(a XOR w).
+
+    Args:
+        a: (M, words) packed activations.
+        w: (N, words) packed weights.
+        length: K, the number of true bits per row.
+
+    Returns:
+        (M, N) int32 accumulators.
+    """
+    out = np.empty((a.shape[0], w.shape[0]), np.int32)
+    starts, step = _row_blocks(a.shape[0], w.shape[0], w.shape[1])
+    for start in starts:
+        mismatches = popcount(a[start:start + step, None, :] ^ w[None, :, :]).sum(
+            axis=-1, dtype=np.int32)
+        out[start:start + step] = length - 2 * mismatches
+    return out
+
+
+def bit_planes(x8: np.ndarray) -> np.ndarray:
+    """(8, ...) packed bit-planes of uint8 values along the last axis, LSB first."""
+    return np.stack([pack_bits((x8 >> b) & 1) for b in range(8)])
+
+
+def plane_dot(planes: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """Exact dot products of 8-bit inputs with +-1 weights, from bit-planes.
+
+    For a plane P and packed weights W (bit 1 = +1):
+    sum_i P_i w_i = popcount(P & W) - popcount(P & ~W) = 2 popcount(P & W) - popcount(P);
+    the planes add up weighted by 2**b.
+
+    Args:
+        planes: (8, M, words) packed planes.
+        w: (N, words) packed weights.
+
+    Returns:
+        (M, N) int64 accumulators.
+    """
+    rows = planes.shape[1]
+    out = np.zeros((rows, w.shape[0]), np.int64)
+    starts, step = _row_blocks(rows, w.shape[0], w.shape[1])
+    for bit in range(8):
+        plane = planes[bit]
+        ones = popcount(plane).sum(axis=-1, dtype=np.int64)
+        for start in starts:
+            block = plane[start:start + step]
+            agree = popcount(block[:, None, :] & w[None, :, :]).sum(axis=-1, dtype=np.int64)
+            out[start:start + step] += (2 * agree - ones[start:start + step, None]) << bit
+    return out
+
+
+def pad_spatial(words: np.ndarray, pads, fill: np.ndarray) -> np.ndarray:
+    """Pads (N, H, W, words) with the word vector `fill` around H and W."""
+    (top, bottom), (left, right) = pads
+    if not (top or bottom or left or right):
+        return words
+    n, h, w, c = words.shape
+    out = np.empty((n, h + top + bottom, w + left + right, c), words.dtype)
+    out[...] = fill
+    out[:, top:top + h, left:left + w] = words
+    return out
+
+
+def im2col(words: np.ndarray, kernel, strides) -> np.ndarray:
+    """(N, H', W', kh * kw * C) patches of a padded (N, H, W, C) array, in
+    (row, column, channel) order, the order of a Keras kernel."""
+    kh, kw = kernel
+    sh, sw = strides
+    windows = np.lib.stride_tricks.sliding_window_view(words, (kh, kw), axis=(1, 2))
+    windows = windows[:, ::sh, ::sw]  # (N, H', W', C, kh, kw)
+    n, ho, wo = windows.shape[:3]
+    return np.ascontiguousarray(windows.transpose(0, 1, 2, 4, 5, 3)).reshape(n, ho, wo, -1)
+
+
+def threshold_bits(acc: np.ndarray, threshold: np.ndarray, flip: np.ndarray) -> np.ndarray:
+    """BatchNorm + sign as integer comparisons: +1 where acc >= threshold,
+    or acc <= threshold on channels whose BatchNorm scale is negative."""
+    return np.where(flip, acc <= threshold, acc >= threshold)
+
+
+def max_pool_words(words: np.ndarray, pool, strides, pads) -> np.ndarray:
+    """Max-pooling of +-1 values as the bitwise OR of their packed words.
+
+    Padding is -1 (bit 0), the identity of OR, like the -inf of max-pooling.
+    """
+    padded = pad_spatial(words, pads, np.zeros(words.shape[-1], WORD_DTYPE))
+    windows = np.lib.stride_tricks.sliding_window_view(padded, tuple(pool), axis=(1, 2))
+    windows = windows[:, ::strides[0], ::strides[1]]
+    return np.bitwise_or.reduce(windows.reshape(windows.shape[:4] + (-1,)), axis=-1)
+
+
+def flatten_words(words: np.ndarray, shape) -> np.ndarray:
+    """Re-packs (N, H, W, words of C) bits as (N, words of H*W*C), in Keras's
+    (row, column, channel) flattening order."""
+    bits = unpack_bits(words, shape[-1])
+    return pack_bits(bits.reshape(bits.shape[0], -1))

@@ -1,0 +1,224 @@
+"""Export of a trained Keras binary network to the bit-packed engine format."""
+
+from __future__ import annotations
+
+from typing import Dict, List, Optional
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from advlib.qnn.engine import spec as spec_io
+from advlib.qnn.engine.packing import pack_signs
+from advlib.qnn.layers import QuantConv2D, QuantDense, same_padding
+from advlib.qnn.quantizers import SteSign, StochasticBinarization, Uint8Input
+
+_SKIPPED = (keras.layers.InputLayer, keras.layers.Dropout)
+_INT_MIN, _INT_MAX = np.iinfo(np.int64).min, np.iinfo(np.int64).max
+
+
+def _fail(layer, why):
+    raise ValueError(f"layer {layer.name!r} ({type(layer).__name__}) cannot be exported to "
+                     f"the binary engine: {why}")
+
+
+def _binary_kernel(layer) -> bool:
+    return isinstance(layer.kernel_quantizer, (SteSign, StochasticBinarization))
+
+
+def _input_kind(layer, first: bool) -> str:
+    quantizer = layer.input_quantizer
+    if first and isinstance(quantizer, Uint8Input):
+        return "uint8"
+    if not first and isinstance(quantizer, SteSign):
+        return "binary"
+    wanted = "Uint8Input (8-bit inputs)" if first else "SteSign (binary activations)"
+    _fail(layer, f"its input quantizer is {type(quantizer).__name__ if quantizer else None}; "
+                 f"the engine needs {wanted} here.")
+
+
+def _decision_function(layer, batchnorm, rank: int):
+    """acc -> (the sign the model gives acc), evaluated by the model's own layers."""
+    units = int(layer.kernel.shape[-1])
+    shape = [1] * (rank - 1) + [units]
+
+    @tf.function
+    def decide(values):
+        outputs = tf.reshape(values, shape)
+        if layer.use_bias:
+            outputs = keras.ops.add(outputs, layer.bias)
+        if batchnorm is not None:
+            outputs = batchnorm(outputs, training=False)
+        return tf.reshape(outputs >= 0, [units])
+
+    return lambda values: decide(tf.constant(values.astype(np.float32))).numpy()
+
+
+def fold_thresholds(layer, batchnorm, max_abs: int, rank: int):
+    """Integer thresholds equivalent to BatchNorm (+ bias) followed by sign.
+
+    The model's float32 decision is monotone in the integer accumulator, so a
+    bisection over [-max_abs - 1, max_abs + 1], evaluated by the model's own
+    layers, finds per channel where it switches: exactly, rounding included.
+
+    Returns:
+        (threshold int64, flip bool): +1 iff acc >= threshold, or acc <= threshold
+        where flip (a negative BatchNorm scale).
+    """
+    decide = _decision_function(layer, batchnorm, rank)
+    units = int(layer.kernel.shape[-1])
+    low = np.full(units, -max_abs - 1, np.int64)
+    high = np.full(units, max_abs + 1, np.int64)
+    at_low, at_high = decide(low), decide(high)
+    while np.any(high - low > 1):
+        middle = (low + high) // 2
+        same_as_low = decide(middle) == at_low
+        low = np.where(same_as_low, middle, low)
+        high = np.where(same_as_low, high, middle)
+    increasing = ~at_low & at_high
+    decreasing = at_low & ~at_high
+    threshold = np.where(increasing, high, np.where(decreasing, low,
+                                                    np.where(at_low, _INT_MIN, _INT_MAX)))
+    return threshold.astype(np.int64), decreasing
+
+
+def _affine(layer, batchnorm):
+    """The last layer's logits = acc * scale + shift, in float32."""
+    units = int(layer.kernel.shape[-1])
+    bias = layer.bias.numpy().astype(np.float32) if layer.use_bias else np.zeros(units,
+                                                                                 np.float32)
+    if batchnorm is None:
+        return np.ones(units, np.float32), bias
+    gamma = batchnorm.gamma.numpy() if batchnorm.scale else np.ones(units, np.float32)
+    beta = batchnorm.beta.numpy() if batchnorm.center else np.zeros(units, np.float32)
+    inv = (tf.math.rsqrt(batchnorm.moving_variance + batchnorm.epsilon) * gamma).numpy()
+    shift = beta - batchnorm.moving_mean.numpy() * inv
+    return inv.astype(np.float32), (shift + bias * inv).astype(np.float32)
+
+
+def _pack_kernel(layer) -> np.ndarray:
+    kernel = layer.kernel.numpy()
+    if isinstance(layer, QuantDense):
+        return pack_signs(kernel.T)
+    filters = kernel.shape[-1]
+    packed = pack_signs(np.transpose(kernel, (3, 0, 1, 2)))  # (F, kh, kw, words(C))
+    return packed.reshape(filters, -1)
+
+
+def _sequence(model) -> List[keras.layers.Layer]:
+    layers = [layer for layer in model.layers if not isinstance(layer, _SKIPPED)]
+    if not layers:
+        raise ValueError("the model has no layers to export.")
+    return layers
+
+
+def export(model: keras.Model, path: Optional[str] = None) -> Dict:
+    """Writes a Keras binary network as a self-describing `.npz` for `BinaryEngine`.
+
+    Supported: a chain of `QuantConv2D` / `QuantDense` layers with binary
+    kernels, each optionally followed by BatchNormalization, MaxPooling2D
+    (after the BatchNorm) and Flatten. The first compute layer takes
+    `Uint8Input` inputs; the others binary (`SteSign`) inputs. BatchNorm and
+    sign fold into integer thresholds; the last layer keeps a float affine
+    transform and gives the logits.
+
+    Args:
+        model: the trained Keras model.
+        path: where to write; None only builds the network.
+
+    Returns:
+        {"spec": ..., "arrays": ...}, as written.
+
+    Raises:
+        ValueError: naming the first layer the engine cannot represent exactly.
+    """
+    layers = _sequence(model)
+    compute = [i for i, layer in enumerate(layers) if isinstance(layer, (QuantDense,
+                                                                         QuantConv2D))]
+    if not compute:
+        raise ValueError("the model has no QuantDense or QuantConv2D layer to export.")
+    shape = [int(d) for d in model.input_shape[1:]]
+    spec_layers, arrays = [], {}
+    i = 0
+    while i < len(layers):
+        layer = layers[i]
+        index = len(spec_layers)
+        entry = {"name": layer.name, "in_shape": list(shape)}
+        if isinstance(layer, keras.layers.Flatten):
+            entry.update(type="flatten", out_shape=[int(np.prod(shape))])
+        elif isinstance(layer, keras.layers.MaxPooling2D):
+            if not spec_layers or spec_layers[-1].get("output") == "logits" or \
+                    spec_layers[-1]["type"] == "flatten":
+                _fail(layer, "max-pooling must follow a binary layer's BatchNorm.")
+            pads = ([same_padding(shape[a], layer.pool_size[a], layer.strides[a], 1)
+                     for a in (0, 1)] if layer.padding == "same" else [(0, 0), (0, 0)])
+            out = [(shape[a] + sum(pads[a]) - layer.pool_size[a]) // layer.strides[a] + 1
+                   for a in (0, 1)]
+            entry.update(type="maxpool", pool=list(layer.pool_size), strides=list(layer.strides),
+                         pads=[list(p) for p in pads], out_shape=out + [shape[-1]])
+        elif isinstance(layer, (QuantDense, QuantConv2D)):
+            if not _binary_kernel(layer):
+                _fail(layer, "its kernel quantizer is not binary (SteSign).")
+            first, last = i == compute[0], i == compute[-1]
+            kind = _input_kind(layer, first)
+            batchnorm = None
+            if i + 1 < len(layers) and isinstance(layers[i + 1],
+                                                  keras.layers.BatchNormalization):
+                batchnorm = layers[i + 1]
+                i += 1
+            units = int(layer.kernel.shape[-1])
+            if isinstance(layer, QuantDense):
+                if len(shape) != 1:
+                    _fail(layer, f"a dense layer needs flat inputs, got shape {shape}.")
+                length = shape[0]
+                entry.update(type="dense", out_shape=[units])
+            else:
+                if layer.activation is not None and layer.activation.__name__ != "linear":
+                    _fail(layer, "the engine folds only BatchNorm after a layer, "
+                                 "not an activation.")
+                if tuple(layer.dilation_rate) != (1, 1):
+                    _fail(layer, "dilated convolutions are not supported.")
+                kh, kw = layer.kernel_size
+                pads = ([same_padding(shape[a], layer.kernel_size[a], layer.strides[a], 1)
+                         for a in (0, 1)] if layer.padding == "same" else [(0, 0), (0, 0)])
+                if kind == "binary" and layer.padding == "same" and layer.pad_values == 0:
+                    _fail(layer, "binary 'same' convolutions must pad with +1 or -1 "
+                                 "(pad_values), since packed bits have no zero.")
+                out_h = (shape[0] + sum(pads[0]) - kh) // layer.strides[0] + 1
+                out_w = (shape[1] + sum(pads[1]) - kw) // layer.strides[1] + 1
+                length = kh * kw * shape[-1]
+                entry.update(type="conv", out_shape=[out_h, out_w, units], kernel=[kh, kw],
+                             strides=list(layer.strides), pads=[list(p) for p in pads],
+                             pad_value=float(layer.pad_values))
+            if isinstance(layer, QuantDense) and layer.activation is not None and \
+                    layer.activation.__name__ != "linear":
+                _fail(layer, "the engine folds only BatchNorm after a layer, not an activation.")
+            max_abs = 255 * length if kind == "uint8" else length
+            if max_abs >= 2 ** 24:
+                _fail(layer, f"accumulators up to {max_abs} exceed float32's exact integers.")
+            entry.update(input=kind, output="logits" if last else "bits",
+                         keras_output=(batchnorm or layer).name)
+            arrays[f"layer{index}/weights"] = _pack_kernel(layer)
+            if last:
+                scale, shift = _affine(layer, batchnorm)
+                arrays[f"layer{index}/scale"], arrays[f"layer{index}/shift"] = scale, shift
+            else:
+                rank = 2 if isinstance(layer, QuantDense) else 4
+                threshold, flip = fold_thresholds(layer, batchnorm, max_abs, rank)
+                arrays[f"layer{index}/threshold"], arrays[f"layer{index}/flip"] = threshold, flip
+        elif i > compute[-1]:
+            _fail(layer, "the engine's output is the last binary layer's logits (after its "
+                         "BatchNorm); remove the layers after it.")
+        else:
+            _fail(layer, "not a layer type the engine supports (QuantDense, QuantConv2D, "
+                         "BatchNormalization, MaxPooling2D, Flatten, Dropout).")
+        spec_layers.append(entry)
+        shape = entry["out_shape"]
+        i += 1
+    spec = {"format": spec_io.FORMAT, "version": spec_io.VERSION, "word_bits": 32,
+            "input_shape": [int(d) for d in model.input_shape[1:]], "layers": spec_layers}
+    if path is not None:
+        spec_io.save(path, spec, arrays)
+    else:
+        spec_io.validate(spec, arrays)
+    return {"spec": spec, "arrays": arrays}

@@ -1,0 +1,118 @@
+"""Quantized Keras 3 layers: Dense and Conv2D with quantized inputs and kernels."""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+from keras import ops
+
+from advlib.qnn import quantizers
+
+_PACKAGE = "advlib"
+
+
+class _QuantizedMixin:
+    """The quantizer bookkeeping shared by `QuantDense` and `QuantConv2D`."""
+
+    def _set_quantizers(self, input_quantizer, kernel_quantizer):
+        self.input_quantizer = quantizers.get(input_quantizer)
+        self.kernel_quantizer = quantizers.get(kernel_quantizer)
+
+    def _quantized(self, inputs):
+        if self.input_quantizer is not None:
+            inputs = self.input_quantizer(inputs)
+        kernel = self.kernel
+        if self.kernel_quantizer is not None:
+            kernel = self.kernel_quantizer(kernel)
+        return inputs, kernel
+
+    def _finish(self, outputs):
+        if self.use_bias:
+            outputs = ops.add(outputs, self.bias)
+        return self.activation(outputs) if self.activation is not None else outputs
+
+    def _quantizer_config(self):
+        return {name: None if q is None else keras.saving.serialize_keras_object(q)
+                for name, q in (("input_quantizer", self.input_quantizer),
+                                ("kernel_quantizer", self.kernel_quantizer))}
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class QuantDense(_QuantizedMixin, keras.layers.Dense):
+    """A Dense layer whose inputs and kernel pass through quantizers.
+
+    Args:
+        units: output width.
+        input_quantizer: applied to the inputs (None: real-valued inputs).
+        kernel_quantizer: applied to the latent kernel in every call.
+        kernel_constraint: e.g. `WeightClip(1.0)`, which keeps the latent
+            weights in [-1, 1] as BinaryNet does.
+        **kwargs: the arguments of `keras.layers.Dense`.
+
+    Example:
+        >>> QuantDense(512, input_quantizer="ste_sign", kernel_quantizer="ste_sign",
+        ...            kernel_constraint=WeightClip(1.0), use_bias=False)
+    """
+
+    def __init__(self, units, input_quantizer=None, kernel_quantizer=None, **kwargs):
+        super().__init__(units, **kwargs)
+        self._set_quantizers(input_quantizer, kernel_quantizer)
+
+    def call(self, inputs, training=None):
+        inputs, kernel = self._quantized(inputs)
+        return self._finish(ops.matmul(inputs, kernel))
+
+    def get_config(self):
+        return {**super().get_config(), **self._quantizer_config()}
+
+
+def same_padding(size: int, kernel: int, stride: int, dilation: int):
+    """TensorFlow's 'same' padding (before, after) along one axis."""
+    effective = (kernel - 1) * dilation + 1
+    out = -(-size // stride)
+    total = max((out - 1) * stride + effective - size, 0)
+    return total // 2, total - total // 2
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class QuantConv2D(_QuantizedMixin, keras.layers.Conv2D):
+    """A Conv2D layer whose inputs and kernel pass through quantizers.
+
+    Args:
+        filters, kernel_size: as in `keras.layers.Conv2D` (channels_last).
+        input_quantizer, kernel_quantizer, kernel_constraint: as in `QuantDense`.
+        pad_values: the value "same" padding adds around the quantized inputs.
+            Binary activations are +-1 and the packed engine has no zero, so
+            binary layers pad with 1.0 (or -1.0); 0.0 keeps Keras's zeros, which
+            suits integer inputs (the first layer).
+
+    Example:
+        >>> QuantConv2D(64, 3, padding="same", pad_values=1.0,
+        ...             input_quantizer="ste_sign", kernel_quantizer="ste_sign")
+    """
+
+    def __init__(self, filters, kernel_size, input_quantizer=None, kernel_quantizer=None,
+                 pad_values: float = 0.0, **kwargs):
+        super().__init__(filters, kernel_size, **kwargs)
+        if self.data_format != "channels_last":
+            raise ValueError(f"data_format must be 'channels_last', got {self.data_format!r}.")
+        self._set_quantizers(input_quantizer, kernel_quantizer)
+        self.pad_values = float(pad_values)
+
+    def call(self, inputs, training=None):
+        inputs, kernel = self._quantized(inputs)
+        padding = self.padding
+        if padding == "same" and self.pad_values != 0.0:
+            pads = [same_padding(int(inputs.shape[axis]), self.kernel_size[axis - 1],
+                                 self.strides[axis - 1], self.dilation_rate[axis - 1])
+                    for axis in (1, 2)]
+            inputs = tf.pad(inputs, [[0, 0], list(pads[0]), list(pads[1]), [0, 0]],
+                            constant_values=self.pad_values)
+            padding = "valid"
+        outputs = ops.conv(inputs, kernel, strides=self.strides, padding=padding,
+                           dilation_rate=self.dilation_rate, data_format=self.data_format)
+        return self._finish(outputs)
+
+    def get_config(self):
+        return {**super().get_config(), **self._quantizer_config(),
+                "pad_values": self.pad_values}

@@ -1,0 +1,105 @@
+"""Builders for the reference quantized architectures of the QNN paper."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import keras
+
+from advlib.qnn.layers import QuantConv2D, QuantDense
+from advlib.qnn.quantizers import KBitQuantizer, SteSign, Uint8Input, WeightClip
+
+# BinaryNet's batch normalisation settings
+_BN = dict(momentum=0.9, epsilon=1e-4)
+
+
+def _activation(bits: int):
+    if bits == 1:
+        return SteSign()
+    if bits == 32:
+        return None
+    return KBitQuantizer(bits)
+
+
+def _binary_kwargs(activation_bits: int, binary: bool):
+    if not binary:
+        return dict(input_quantizer=_activation(activation_bits) if activation_bits != 32
+                    else None, use_bias=False)
+    return dict(input_quantizer=_activation(activation_bits), kernel_quantizer=SteSign(),
+                kernel_constraint=WeightClip(1.0), use_bias=False)
+
+
+def _check_bits(activation_bits):
+    if activation_bits not in (1, 2, 3, 4, 5, 6, 7, 8, 32):
+        raise ValueError(f"activation_bits must be 1 to 8, or 32 for real-valued "
+                         f"activations, got {activation_bits!r}.")
+
+
+def binary_mlp(input_shape: Sequence[int] = (28, 28, 1), nb_classes: int = 10,
+               width: int = 4096, depth: int = 3, activation_bits: int = 1,
+               binary: bool = True, name: str = "binary_mlp") -> keras.Model:
+    """The BinaryNet MLP: `depth` hidden binary layers of `width` units.
+
+    Each layer is QuantDense -> BatchNorm; the next layer binarizes its input.
+    The first layer sees 8-bit inputs (`Uint8Input`) with binary weights; the
+    model outputs logits (the last BatchNorm's output).
+
+    Args:
+        width: hidden units (4096 in the paper).
+        activation_bits: 1 for binary activations, 2-8 for k-bit ones.
+        binary: False builds the float twin (same layers, no quantizers, with
+            ReLU activations in place of the quantized ones).
+    """
+    _check_bits(activation_bits)
+    if not binary:
+        activation_bits = 32
+    layers = [keras.Input(tuple(input_shape)), keras.layers.Flatten()]
+    for index in range(depth + 1):
+        units = width if index < depth else nb_classes
+        kwargs = _binary_kwargs(activation_bits, binary)
+        if index == 0:
+            kwargs["input_quantizer"] = Uint8Input() if binary else None
+        elif not binary:
+            layers.append(keras.layers.Activation("relu"))
+        layers += [QuantDense(units, **kwargs), keras.layers.BatchNormalization(**_BN)]
+    return keras.Sequential(layers, name=name)
+
+
+def binary_cnn(input_shape: Sequence[int] = (28, 28, 1), nb_classes: int = 10,
+               filters: Sequence[int] = (64, 64, 128, 128), dense: int = 512,
+               activation_bits: int = 1, binary: bool = True,
+               name: str = "binary_cnn") -> keras.Model:
+    """A binary VGG-style CNN for 28x28 inputs.
+
+    conv(f0) conv(f1) pool conv(f2) conv(f3) pool dense(dense) dense(classes),
+    each followed by BatchNorm. Pooling follows BatchNorm, so the packed engine
+    pools binary values with a bitwise OR. "same" convolutions pad binary
+    inputs with +1 (`pad_values=1.0`) and the 8-bit first layer with 0.
+
+    Args:
+        filters: the four convolutions' widths.
+        dense: the hidden dense width.
+        activation_bits, binary: as in `binary_mlp`.
+    """
+    _check_bits(activation_bits)
+    if not binary:
+        activation_bits = 32
+    layers = [keras.Input(tuple(input_shape))]
+    for index, width in enumerate(filters):
+        kwargs = _binary_kwargs(activation_bits, binary)
+        if index == 0:
+            kwargs["input_quantizer"] = Uint8Input() if binary else None
+        elif not binary:
+            layers.append(keras.layers.Activation("relu"))
+        pad = 0.0 if index == 0 or not binary else 1.0
+        layers += [QuantConv2D(width, 3, padding="same", pad_values=pad, **kwargs),
+                   keras.layers.BatchNormalization(**_BN)]
+        if index % 2 == 1:
+            layers.append(keras.layers.MaxPooling2D(2))
+    layers.append(keras.layers.Flatten())
+    for units in (dense, nb_classes):
+        if not binary:
+            layers.append(keras.layers.Activation("relu"))
+        layers += [QuantDense(units, **_binary_kwargs(activation_bits, binary)),
+                   keras.layers.BatchNormalization(**_BN)]
+    return keras.Sequential(layers, name=name)

@@ -1,0 +1,239 @@
+"""Quantizers: small functions with straight-through gradients, and
+serializable objects wrapping them for use in layers.
+
+The objects are registered Keras serializables, so models that use them save
+to `.keras` files and load back with `safe_mode=True`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+from typing import Optional
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+_PACKAGE = "advlib"
+
+
+def ste_sign(x):
+    """Binarizes to +1 where x >= 0 and -1 elsewhere: never 0.
+
+    Gradient: the straight-through estimator with cancellation of BinaryNet,
+    upstream * 1[|x| <= 1] (the derivative of hard tanh).
+    """
+    # read variables (kernels) outside the custom gradient, which must see a tensor
+    return _ste_sign(tf.convert_to_tensor(x))
+
+
+@tf.custom_gradient
+def _ste_sign(x):
+    forward = tf.where(x >= 0, tf.ones_like(x), -tf.ones_like(x))
+
+    def grad(upstream):
+        return upstream * tf.cast(tf.abs(x) <= 1, upstream.dtype)
+    return forward, grad
+
+
+SURROGATES = ("ste", "identity", "smooth", "zero")
+_surrogate = contextvars.ContextVar("advlib_sign_surrogate", default=("ste", 1.0))
+
+
+@contextlib.contextmanager
+def sign_surrogate(name: str = "ste", temperature: float = 1.0):
+    """Chooses the backward pass of `SteSign` for the models traced inside.
+
+    The forward pass stays the exact sign, so predictions never change
+    (BPDA, Athalye et al. 2018). The backward pass is:
+
+    - "ste": BinaryNet's straight-through estimator, 1[|x| <= 1];
+    - "identity": the plain straight-through estimator, 1;
+    - "smooth": the derivative of tanh(x / temperature);
+    - "zero": the true derivative of sign, 0 almost everywhere: the naive
+      gradient that makes binary networks look robust.
+
+    Example:
+        >>> with sign_surrogate("smooth", temperature=0.5):
+        ...     logits = model(x)
+    """
+    if name not in SURROGATES:
+        raise ValueError(f"surrogate must be one of {list(SURROGATES)}, got {name!r}.")
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature!r}.")
+    token = _surrogate.set((name, float(temperature)))
+    try:
+        yield
+    finally:
+        _surrogate.reset(token)
+
+
+def sign_with_surrogate(x, name: str, temperature: float = 1.0):
+    """sign(x) in {-1, +1} forward, the named surrogate's derivative backward."""
+    if name == "ste":
+        return ste_sign(x)
+    forward = tf.where(x >= 0, tf.ones_like(x), -tf.ones_like(x))
+    if name == "zero":
+        proxy = tf.zeros_like(x) * x  # keeps a (zero) gradient path, never None
+    elif name == "identity":
+        proxy = x
+    else:
+        proxy = tf.tanh(x / temperature)
+    return proxy + tf.stop_gradient(forward - proxy)
+
+
+def _ste_round(x):
+    """round(x) forward, identity backward."""
+    return x + tf.stop_gradient(tf.round(x) - x)
+
+
+def quantize_k_bits(x, k: int, clip_min: float = -1.0, clip_max: float = 1.0):
+    """Uniform quantization to 2**k levels on [clip_min, clip_max], with an STE.
+
+    The gradient passes unchanged inside the clipping range and is zero
+    outside it (the clipped straight-through estimator).
+    """
+    levels = 2 ** k - 1
+    scale = (clip_max - clip_min) / levels
+    clipped = tf.clip_by_value(x, clip_min, clip_max)
+    return _ste_round((clipped - clip_min) / scale) * scale + clip_min
+
+
+class Quantizer(keras.layers.Layer):
+    """Base class of quantizers: layers without weights, applied elementwise.
+
+    `precision` is the number of bits of the quantized value, used by the
+    memory summary and the export to the bit-packed engine.
+    """
+
+    precision: int = 32
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class SteSign(Quantizer):
+    """`ste_sign` as a layer: +1 / -1 with BinaryNet's hard-tanh STE.
+
+    Example:
+        >>> QuantDense(256, input_quantizer=SteSign(), kernel_quantizer=SteSign())
+    """
+
+    precision = 1
+
+    def call(self, inputs):
+        name, temperature = _surrogate.get()
+        return sign_with_surrogate(inputs, name, temperature)
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class StochasticBinarization(Quantizer):
+    """Stochastic binarization of the QNN paper, for weights.
+
+    In training, x becomes +1 with probability hard_sigmoid(x) =
+    clip((x + 1) / 2, 0, 1), else -1; the draws are reproducible from `seed`.
+    In inference it is deterministic, like `ste_sign`. The gradient is the
+    same straight-through estimator as `ste_sign`.
+
+    Args:
+        seed: seed of the random draws.
+    """
+
+    precision = 1
+
+    def __init__(self, seed: int = 0, **kwargs):
+        super().__init__(**kwargs)
+        self.seed = int(seed)
+        self._generator = keras.random.SeedGenerator(self.seed)
+
+    def call(self, inputs, training=None):
+        deterministic = ste_sign(inputs)
+        if not training:
+            return deterministic
+        probability = tf.clip_by_value((inputs + 1) / 2, 0, 1)
+        uniform = keras.random.uniform(tf.shape(inputs), seed=self._generator,
+                                       dtype=inputs.dtype)
+        sampled = tf.where(uniform < probability, tf.ones_like(inputs), -tf.ones_like(inputs))
+        # forward: the sample; backward: the STE of the deterministic sign
+        return deterministic + tf.stop_gradient(sampled - deterministic)
+
+    def get_config(self):
+        return {**super().get_config(), "seed": self.seed}
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class KBitQuantizer(Quantizer):
+    """Uniform k-bit quantizer on [clip_min, clip_max] with a clipped STE.
+
+    Args:
+        k: bits, 1 to 8. With k = 1 the two levels are clip_min and clip_max.
+        clip_min, clip_max: the quantization range.
+    """
+
+    def __init__(self, k: int = 2, clip_min: float = -1.0, clip_max: float = 1.0, **kwargs):
+        super().__init__(**kwargs)
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= 8:
+            raise ValueError(f"k must be an integer from 1 to 8, got {k!r}.")
+        if not clip_min < clip_max:
+            raise ValueError(f"clip_min must be below clip_max, got {clip_min} and {clip_max}.")
+        self.k, self.clip_min, self.clip_max = int(k), float(clip_min), float(clip_max)
+        self.precision = self.k
+
+    def call(self, inputs):
+        return quantize_k_bits(inputs, self.k, self.clip_min, self.clip_max)
+
+    def get_config(self):
+        return {**super().get_config(), "k": self.k, "clip_min": self.clip_min,
+                "clip_max": self.clip_max}
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class Uint8Input(Quantizer):
+    """Maps inputs in [0, 1] to the integers round(255 x), 0 to 255.
+
+    The first layer of a binary network sees 8-bit inputs, as in the QNN
+    paper. With integer inputs and +-1 weights, float32 sums are exact, so the
+    bit-plane engine reproduces the layer bit for bit. The gradient is the
+    STE of the rounding, scaled by 255.
+    """
+
+    precision = 8
+
+    def call(self, inputs):
+        return _ste_round(tf.clip_by_value(inputs, 0.0, 1.0) * 255.0)
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class WeightClip(keras.constraints.Constraint):
+    """Clips latent real-valued weights to [-clip_value, clip_value] after each update."""
+
+    def __init__(self, clip_value: float = 1.0):
+        self.clip_value = float(clip_value)
+
+    def __call__(self, w):
+        return keras.ops.clip(w, -self.clip_value, self.clip_value)
+
+    def get_config(self):
+        return {"clip_value": self.clip_value}
+
+
+_BY_NAME = {"ste_sign": SteSign, "stochastic": StochasticBinarization,
+            "uint8": Uint8Input}
+
+
+def get(identifier) -> Optional[Quantizer]:
+    """A quantizer from None, a name ("ste_sign", "stochastic", "uint8",
+    "2bit" ... "8bit"), a config dict, or a `Quantizer` (returned as is)."""
+    if identifier is None or isinstance(identifier, Quantizer):
+        return identifier
+    if isinstance(identifier, dict):
+        return keras.saving.deserialize_keras_object(identifier)
+    if isinstance(identifier, str):
+        if identifier in _BY_NAME:
+            return _BY_NAME[identifier]()
+        if identifier.endswith("bit") and identifier[:-3].isdigit():
+            return KBitQuantizer(int(identifier[:-3]))
+    raise ValueError(f"quantizer must be None, a Quantizer, or one of "
+                     f"{sorted(_BY_NAME) + ['1bit', ..., '8bit']}, got {identifier!r}.")

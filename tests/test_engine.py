@@ -1,0 +1,210 @@
+"""The bit-packed engine's operations against plain integer arithmetic.
+
+Nothing here imports TensorFlow: the engine must run where only NumPy is.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from advlib.qnn.engine import BinaryEngine, pack_bits, pack_signs, unpack_bits, words_for
+from advlib.qnn.engine import numpy_backend as ops
+from advlib.qnn.engine import spec as spec_io
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def signs(rng, *shape):
+    return np.where(rng.random(shape) < 0.5, -1, 1).astype(np.int64)
+
+
+def test_engine_imports_no_tensorflow():
+    code = ("import sys, advlib.qnn.engine, advlib.qnn.engine.spec; "
+            "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 5), st.integers(1, 130), st.integers(0, 2 ** 31))
+def test_pack_round_trip(rows, length, seed):
+    bits = np.random.default_rng(seed).random((rows, length)) < 0.5
+    words = pack_bits(bits)
+    assert words.dtype == np.uint32 and words.shape == (rows, words_for(length))
+    np.testing.assert_array_equal(unpack_bits(words, length), bits)
+    # unused high bits of the last word are zero
+    assert np.all(words[:, -1] >> np.uint32(length % 32) == 0) if length % 32 else True
+
+
+def test_bit_order_and_sign_convention():
+    values = np.array([1.0, -2.0, 0.0, -0.0, 3.0] + [-1.0] * 30)
+    words = pack_signs(values)
+    # element i is bit i % 32 of word i // 32; x >= 0 (zero included) is bit 1
+    assert words[0] == 0b11101 and words[1] == 0
+
+
+@pytest.mark.parametrize("length", [1, 31, 32, 33, 64, 65, 200])
+@pytest.mark.parametrize("rows", [1, 7])
+def test_binary_dot_equals_integer_matmul(length, rows):
+    rng = np.random.default_rng(length)
+    a, w = signs(rng, rows, length), signs(rng, 9, length)
+    acc = ops.binary_dot(pack_signs(a), pack_signs(w), length)
+    np.testing.assert_array_equal(acc, a @ w.T)
+
+
+@pytest.mark.parametrize("length", [1, 33, 100])
+def test_bit_plane_dot_equals_integer_matmul(length):
+    rng = np.random.default_rng(0)
+    x8 = rng.integers(0, 256, (6, length), dtype=np.uint8)
+    w = signs(rng, 5, length)
+    acc = ops.plane_dot(ops.bit_planes(x8), pack_signs(w))
+    np.testing.assert_array_equal(acc, x8.astype(np.int64) @ w.T)
+
+
+def reference_conv(x, w, stride, pads, pad_value):
+    """Direct convolution of (N, H, W, C) integers with (F, kh, kw, C) weights."""
+    (top, bottom), (left, right) = pads
+    x = np.pad(x, [(0, 0), (top, bottom), (left, right), (0, 0)], constant_values=pad_value)
+    n, h, width, _ = x.shape
+    f, kh, kw, _ = w.shape
+    out_h, out_w = (h - kh) // stride + 1, (width - kw) // stride + 1
+    out = np.zeros((n, out_h, out_w, f), np.int64)
+    for i in range(out_h):
+        for j in range(out_w):
+            patch = x[:, i * stride:i * stride + kh, j * stride:j * stride + kw]
+            out[:, i, j] = np.einsum("nhwc,fhwc->nf", patch, w)
+    return out
+
+
+def single_layer(kind, in_shape, weights_signs, pads=((1, 1), (1, 1)), stride=1,
+                 pad_value=1.0, input_kind="binary"):
+    """A one-layer network whose logits are its accumulators (scale 1, shift 0)."""
+    f = weights_signs.shape[0]
+    if kind == "conv":
+        kh, kw = weights_signs.shape[1:3]
+        h, w, _ = in_shape
+        out = [(h + sum(pads[0]) - kh) // stride + 1, (w + sum(pads[1]) - kw) // stride + 1, f]
+        layer = dict(type="conv", in_shape=list(in_shape), out_shape=out, kernel=[kh, kw],
+                     strides=[stride, stride], pads=[list(p) for p in pads],
+                     pad_value=pad_value)
+        packed = pack_signs(weights_signs).reshape(f, -1)
+    else:
+        layer = dict(type="dense", in_shape=list(in_shape), out_shape=[f])
+        packed = pack_signs(weights_signs)
+    layer.update(input=input_kind, output="logits", name="l", keras_output="l")
+    spec = {"format": spec_io.FORMAT, "version": spec_io.VERSION, "word_bits": 32,
+            "input_shape": list(in_shape), "layers": [layer]}
+    arrays = {"layer0/weights": packed, "layer0/scale": np.ones(f, np.float32),
+              "layer0/shift": np.zeros(f, np.float32)}
+    return BinaryEngine(spec, arrays)
+
+
+@pytest.mark.parametrize("channels", [1, 3, 33])
+@pytest.mark.parametrize("pad_value", [1.0, -1.0])
+@pytest.mark.parametrize("stride", [1, 2])
+def test_binary_conv_equals_direct_convolution(channels, pad_value, stride):
+    rng = np.random.default_rng(channels)
+    x = signs(rng, 3, 7, 6, channels)
+    w = signs(rng, 5, 3, 3, channels)
+    engine = single_layer("conv", (7, 6, channels), w, stride=stride, pad_value=pad_value)
+    # binary input layers see +-1 values; feed them as the engine's packed state
+    state = pack_signs(x)
+    acc = engine._accumulate(0, engine.spec["layers"][0], state)
+    expected = reference_conv(x, w, stride, ((1, 1), (1, 1)), int(pad_value))
+    np.testing.assert_array_equal(acc, expected)
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_first_layer_conv_on_bytes_is_exact(channels):
+    rng = np.random.default_rng(5)
+    x8 = rng.integers(0, 256, (4, 6, 5, channels), dtype=np.uint8)
+    w = signs(rng, 4, 3, 3, channels)
+    engine = single_layer("conv", (6, 5, channels), w, pad_value=0.0, input_kind="uint8")
+    logits = engine.predict(x8.astype(np.float32) / 255)
+    expected = reference_conv(x8.astype(np.int64), w, 1, ((1, 1), (1, 1)), 0)
+    np.testing.assert_array_equal(logits, expected.astype(np.float32))
+
+
+def test_max_pool_is_or_of_bits():
+    rng = np.random.default_rng(2)
+    x = signs(rng, 2, 5, 6, 40)
+    pooled = ops.max_pool_words(pack_signs(x), (2, 2), (2, 2), ((0, 0), (0, 0)))
+    expected = x[:, :4].reshape(2, 2, 2, 3, 2, 40).max(axis=(2, 4))
+    np.testing.assert_array_equal(unpack_bits(pooled, 40), expected > 0)
+
+
+def test_flatten_follows_keras_order():
+    rng = np.random.default_rng(3)
+    x = signs(rng, 2, 3, 4, 5)
+    flat = ops.flatten_words(pack_signs(x), (3, 4, 5))
+    np.testing.assert_array_equal(unpack_bits(flat, 60), x.reshape(2, -1) > 0)
+
+
+def test_thresholds_and_flips():
+    acc = np.array([[-3, -1, 1, 3]]).T
+    bits = ops.threshold_bits(acc, np.array([1, 1]), np.array([False, True]))
+    np.testing.assert_array_equal(bits, [[False, True], [False, True], [True, True],
+                                         [True, False]])
+
+
+# -- bad input ----------------------------------------------------------------------
+@pytest.fixture
+def saved(tmp_path):
+    w = signs(np.random.default_rng(0), 3, 10)
+    engine = single_layer("dense", (10,), w, input_kind="uint8")
+    path = str(tmp_path / "net.npz")
+    spec_io.save(path, engine.spec, engine.arrays)
+    return path, engine
+
+
+def test_saved_network_loads_and_predicts(saved):
+    path, engine = saved
+    x = np.random.default_rng(1).random((4, 10), dtype=np.float32)
+    np.testing.assert_array_equal(BinaryEngine.load(path).predict(x), engine.predict(x))
+
+
+def test_truncated_or_corrupted_files(saved, tmp_path):
+    path, _ = saved
+    raw = open(path, "rb").read()
+    for name, content in (("truncated.npz", raw[:len(raw) // 2]),
+                          ("garbage.npz", b"\x00" * 100), ("empty.npz", b"")):
+        bad = tmp_path / name
+        bad.write_bytes(content)
+        with pytest.raises(ValueError, match="missing, corrupted or truncated"):
+            BinaryEngine.load(str(bad))
+    with pytest.raises(ValueError, match="missing, corrupted or truncated"):
+        BinaryEngine.load(str(tmp_path / "absent.npz"))
+
+
+def test_inconsistent_specs(saved, tmp_path):
+    path, engine = saved
+    spec = json.loads(json.dumps(engine.spec))
+    spec["layers"][0]["in_shape"] = [11]
+    bad = str(tmp_path / "chain.npz")
+    np.savez(bad, spec=np.array(json.dumps(spec)), **engine.arrays)
+    with pytest.raises(ValueError, match="do not chain"):
+        BinaryEngine.load(bad)
+    arrays = dict(engine.arrays, **{"layer0/weights": engine.arrays["layer0/weights"][:2]})
+    np.savez(bad, spec=np.array(json.dumps(engine.spec)), **arrays)
+    with pytest.raises(ValueError, match="layer0/weights.*shape"):
+        BinaryEngine.load(bad)
+    np.savez(bad, spec=np.array("{not json"), **engine.arrays)
+    with pytest.raises(ValueError, match="not valid JSON"):
+        BinaryEngine.load(bad)
+
+
+def test_bad_inputs_to_predict(saved):
+    _, engine = saved
+    with pytest.raises(ValueError, match=r"shape \(n,\) \+ \(10,\), got \(4, 9\)"):
+        engine.predict(np.zeros((4, 9), np.float32))
+    x = np.zeros((2, 10), np.float32)
+    x[1, 3] = np.nan
+    with pytest.raises(ValueError, match="finite"):
+        engine.predict(x)
+    with pytest.raises(ValueError, match="backend must be one of"):
+        BinaryEngine(engine.spec, engine.arrays, backend="fpga")
