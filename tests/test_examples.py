@@ -65,3 +65,37 @@ def test_attack_gallery_with_tiny_settings(tmp_path):
     jsma = results["JSMA (gamma 0.3)"]
     assert jsma.success_rate > 0.5 and jsma.l0.max() <= 19
     assert results["PGD-40 (Linf 0.1)"].linf.max() <= 0.1 + 1e-6
+
+
+def test_qnn_example_on_digits(tmp_path):
+    import qnn_fashion_mnist
+
+    report = qnn_fashion_mnist.main(["--dataset", "digits", "--epochs", "10", "--width", "128",
+                                     "--batch-size", "64",
+                                     "--attack-n", "100", "--eps", "0.15", "--float-twin",
+                                     "--out-dir", str(tmp_path)])
+    assert report["test_accuracy"] > 0.8
+    assert report["exactness"]["exact"]
+    assert report["memory"]["ratio"] > 10
+    attacks = report["attacks"]
+    assert attacks["binary, STE gradients"]["pgd"] < attacks["binary, STE gradients"]["clean"]
+    assert (attacks["binary, naive (zero) gradients"]["pgd"] >
+            attacks["binary, STE gradients"]["pgd"])
+    assert os.path.exists(tmp_path / "binary_cnn.npz")
+    assert os.path.exists(tmp_path / "binary_cnn_report.json")
+
+
+def test_adversarial_training_example_on_digits(tmp_path):
+    import adversarial_training
+
+    report = adversarial_training.main(["--dataset", "digits", "--epochs", "3", "--eps", "0.2",
+                                        "--eval-iter", "10", "--out-dir", str(tmp_path)])
+    natural, robust = report["results"]["natural"], report["results"]["fast AT"]
+    at_eps = lambda rows: next(r for r in rows if abs(r["eps"] - 0.2) < 1e-9)
+    assert at_eps(robust)["pgd"] > at_eps(natural)["pgd"]
+    # robust accuracy never rises with eps
+    for rows in (natural, robust):
+        pgd = [r["pgd"] for r in rows]
+        assert all(b <= a + 0.02 for a, b in zip(pgd, pgd[1:]))
+    assert os.path.getsize(report["plot"]) > 10_000
+    assert len(report["robust_epoch_seconds"]) == 3

@@ -115,11 +115,8 @@ class GradientAttack(Attack):
         seed_pair = self._seed_pair(seed)
         best = None
         for restart in range(nb_restarts):
-            x_adv = x
-            if rand_init:
-                noise = utils.random_lp_vector(tuple(x.shape), norm, const(rand_minmax),
-                                               seed_pair + [0, restart], dtype=dtype)
-                x_adv = tf.clip_by_value(x + utils.clip_eta(noise, norm, eps_t), low, high)
+            x_adv = self._start(x, rand_init, norm, eps_t, const(rand_minmax),
+                                seed_pair + [0, restart], low, high)
             momentum = tf.zeros_like(x) if use_momentum else tf.zeros((), dtype)
             for _ in range(nb_iter):
                 x_adv, momentum = self._step(x_adv, x, labels, momentum, eps_t, eps_iter_t,
@@ -129,6 +126,45 @@ class GradientAttack(Attack):
             if nb_restarts > 1:
                 best = self._keep_most_damaging(best, x_adv, labels, loss_fn, targeted)
         return x_adv if best is None else best[0]
+
+    @staticmethod
+    def _start(x, rand_init, norm, eps, rand_minmax, seed_pair, low, high):
+        if not rand_init:
+            return x
+        noise = utils.random_lp_vector(tf.shape(x), norm, rand_minmax, seed_pair, dtype=x.dtype)
+        return tf.clip_by_value(x + utils.clip_eta(noise, norm, eps), low, high)
+
+    def perturb(self, x, labels, *, eps, eps_iter, nb_iter, norm=np.inf, targeted=False,
+                clip_min=None, clip_max=None, loss_fn=None, rand_init=False, rand_minmax=None,
+                decay_factor=None, seed_pair=None):
+        """Crafts adversarial examples with TensorFlow ops only.
+
+        For use inside compiled code, such as a training step: no NumPy, no
+        checks, a graph loop over the same step as `generate`. Numbers may be
+        tensors; `labels` may be anything `loss_fn` accepts (a distribution,
+        for TRADES's KL). `seed_pair` is an int tensor of shape (2,) for the
+        random start.
+        """
+        dtype = x.dtype
+        cast = lambda value: tf.cast(value, dtype)
+        eps, eps_iter = cast(eps), cast(eps_iter)
+        low = cast(-np.inf if clip_min is None else clip_min)
+        high = cast(np.inf if clip_max is None else clip_max)
+        use_momentum = decay_factor is not None
+        decay = cast(0.0 if decay_factor is None else decay_factor)
+        rand_minmax = eps if rand_minmax is None else cast(rand_minmax)
+        x_adv = self._start(x, rand_init, norm, eps, rand_minmax, seed_pair, low, high)
+        momentum = tf.zeros_like(x) if use_momentum else tf.zeros((), dtype)
+        norm, loss_fn = utils.normalize_norm(norm), losses.get(loss_fn)
+
+        def step(i, x_adv, momentum):
+            x_adv, momentum = self._step_fn(x_adv, x, labels, momentum, eps, eps_iter, decay,
+                                            low, high, norm, targeted, loss_fn, use_momentum)
+            return i + 1, x_adv, momentum
+
+        _, x_adv, _ = tf.while_loop(lambda i, *_: i < nb_iter, step,
+                                    [tf.constant(0), x_adv, momentum])
+        return tf.stop_gradient(x_adv)
 
     def _keep_most_damaging(self, best, x_adv, labels, loss_fn, targeted):
         success, loss = self._score(x_adv, labels, loss_fn, targeted)

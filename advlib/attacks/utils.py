@@ -111,7 +111,7 @@ def random_lp_vector(shape, norm, eps, seed, dtype=tf.float32):
         y = -tf.sign(uniform) * tf.math.log1p(-2 * tf.abs(uniform))  # Laplace(0, 1)
     w = -tf.math.log(tf.random.stateless_uniform(shape[:1], seed_w, np.finfo(np.float32).tiny,
                                                  1.0, dtype=dtype))
-    axes = tf.range(1, len(shape))
+    axes = tf.range(1, tf.size(shape))
     power = tf.reduce_sum(tf.abs(y) ** norm, axes) + w
     return eps * y / _per_example(power ** (1.0 / norm), y)
 

@@ -1,0 +1,300 @@
+"""Adversarial training through model.fit: recipes, callback, saving, devices."""
+
+import os
+import subprocess
+import sys
+import textwrap
+import warnings
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from advlib.attacks import FastGradientMethod, ProjectedGradientDescent
+from advlib.models import KerasModelWrapper, small_cnn
+from advlib.training import (RECIPES, AdversarialModel, CatastrophicOverfittingWarning,
+                             RobustnessCallback)
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EPS = 0.2
+EPOCHS = 4
+
+
+def pgd_accuracy(model, x, y, eps=EPS):
+    wrapped = KerasModelWrapper(model)
+    x_adv = ProjectedGradientDescent(wrapped).generate_np(
+        x, y=y, eps=eps, eps_iter=eps / 8, nb_iter=20, seed=0, clip_min=0.0, clip_max=1.0)
+    return float(np.mean(wrapped.predict_classes(x_adv).numpy() == y))
+
+
+def fit_recipe(recipe, digits, epochs=EPOCHS, **kwargs):
+    (x_train, y_train), _ = digits
+    keras.utils.set_random_seed(0)
+    model = small_cnn((8, 8, 1))
+    robust = AdversarialModel.from_recipe(recipe, model, eps=EPS, **kwargs)
+    robust.compile(keras.optimizers.Adam(2e-3))
+    history = robust.fit(x_train, y_train, epochs=epochs, batch_size=64, verbose=0)
+    return model, robust, history
+
+
+@pytest.fixture(scope="module")
+def clean_pgd(digits):
+    (x_train, y_train), (x_test, y_test) = digits
+    keras.utils.set_random_seed(0)
+    model = small_cnn((8, 8, 1))
+    model.compile(keras.optimizers.Adam(2e-3),
+                  keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(x_train, y_train, epochs=EPOCHS, batch_size=64, verbose=0)
+    return pgd_accuracy(model, x_test, y_test)
+
+
+@pytest.mark.parametrize("recipe", sorted(RECIPES))
+def test_every_recipe_improves_pgd_accuracy(recipe, digits, clean_pgd):
+    _, (x_test, y_test) = digits
+    model, robust, history = fit_recipe(recipe, digits)
+    logs = history.history
+    for key in ("loss", "clean_loss", "clean_accuracy", "adv_loss", "adv_accuracy"):
+        assert len(logs[key]) == EPOCHS and np.isfinite(logs[key]).all()
+    assert logs["adv_loss"][-1] < logs["adv_loss"][0]
+    robust_pgd = pgd_accuracy(model, x_test, y_test)
+    assert robust_pgd > clean_pgd + 0.15, (robust_pgd, clean_pgd)
+
+
+def test_recipe_fields_follow_the_papers():
+    assert RECIPES["goodfellow"].adv_ratio == 0.5 and RECIPES["goodfellow"].nb_iter == 1
+    assert RECIPES["fast"].step_size == 1.25 and RECIPES["fast"].rand_init
+    assert RECIPES["madry"].adv_ratio == 1.0 and RECIPES["madry"].rand_init
+    assert RECIPES["trades"].trades_beta == 6.0
+    params = RECIPES["madry"].attack_params(0.3)
+    assert params["eps_iter"] == pytest.approx(2.5 * 0.3 / 7)
+
+
+def test_training_attack_uses_current_weights_in_graph(digits):
+    """The step's adversarial loss equals the loss at PGD examples crafted afresh."""
+    (x_train, y_train), _ = digits
+    model, robust, _ = fit_recipe("goodfellow", digits, epochs=1)
+    x, y = x_train[:64], y_train[:64]
+    logs = robust.evaluate(x, y, batch_size=64, verbose=0, return_dict=True)
+    x_adv = FastGradientMethod(model).generate_np(x, y=y, eps=EPS, clip_min=0.0, clip_max=1.0)
+    expected = keras.losses.sparse_categorical_crossentropy(
+        y, model.predict(x_adv, verbose=0), from_logits=True).numpy().mean()
+    assert logs["adv_loss"] == pytest.approx(expected, rel=1e-4)
+
+
+def test_tf_data_class_weights_validation_and_softmax_models(digits):
+    (x_train, y_train), (x_test, y_test) = digits
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Flatten(),
+                              keras.layers.Dense(32, activation="relu"),
+                              keras.layers.Dense(10, activation="softmax")])
+    robust = AdversarialModel.from_recipe("fast", model, eps=EPS)
+    robust.compile(keras.optimizers.Adam(2e-3))
+    data = tf.data.Dataset.from_tensor_slices((x_train, y_train)).batch(64)
+    weights = {c: (3.0 if c == 0 else 1.0) for c in range(10)}
+    history = robust.fit(data, epochs=2, class_weight=weights, verbose=0,
+                         validation_data=(x_test, y_test))
+    assert "val_adv_accuracy" in history.history and "val_clean_loss" in history.history
+    # the loss is computed on the logits before the softmax
+    logs = robust.evaluate(x_test, y_test, verbose=0, return_dict=True, batch_size=len(x_test))
+    logits = KerasModelWrapper(model).get_logits(x_test).numpy()
+    expected = keras.losses.sparse_categorical_crossentropy(y_test, logits,
+                                                            from_logits=True).numpy().mean()
+    assert logs["clean_loss"] == pytest.approx(expected, rel=1e-4)
+
+
+def test_mixed_precision(digits):
+    (x_train, y_train), _ = digits
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        keras.utils.set_random_seed(0)
+        model = small_cnn((8, 8, 1))
+        robust = AdversarialModel.from_recipe("fast", model, eps=EPS)
+        robust.compile(keras.optimizers.Adam(2e-3))
+        assert isinstance(robust.optimizer, keras.optimizers.LossScaleOptimizer)
+        history = robust.fit(x_train, y_train, epochs=2, batch_size=64, verbose=0)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    assert np.isfinite(history.history["loss"]).all()
+    assert history.history["adv_accuracy"][-1] > 0.3
+
+
+def test_inner_model_saves_and_loads_without_advlib(digits, tmp_path):
+    (x_train, y_train), (x_test, _) = digits
+    model, robust, _ = fit_recipe("fast", digits, epochs=1)
+    path = str(tmp_path / "robust.keras")
+    robust.model.save(path)
+    script = textwrap.dedent(f"""
+        import sys, numpy as np, keras
+        model = keras.models.load_model({path!r}, safe_mode=True)
+        np.save({str(tmp_path / 'out.npy')!r}, model.predict(np.load({str(tmp_path / 'x.npy')!r}), verbose=0))
+        assert not any(m.startswith('advlib') for m in sys.modules)
+    """)
+    np.save(tmp_path / "x.npy", x_test)
+    subprocess.run([sys.executable, "-c", script], check=True, cwd=str(tmp_path),
+                   env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+    np.testing.assert_allclose(np.load(tmp_path / "out.npy"), model.predict(x_test, verbose=0),
+                               atol=1e-5)
+
+
+def test_binary_networks_train_with_ste_gradients(digits):
+    from advlib import qnn
+
+    (x_train, y_train), (x_test, y_test) = digits
+    keras.utils.set_random_seed(0)
+    model = qnn.binary_cnn((8, 8, 1), filters=(16, 16, 32, 32), dense=64)
+    robust = AdversarialModel.from_recipe("fast", model, eps=EPS)
+    robust.compile(keras.optimizers.Adam(3e-3))
+    history = robust.fit(x_train, y_train, epochs=3, batch_size=64, verbose=0)
+    assert history.history["adv_accuracy"][-1] > history.history["adv_accuracy"][0]
+    x_adv = ProjectedGradientDescent(model).generate_np(x_test[:50], eps=EPS, nb_iter=3,
+                                                        eps_iter=0.1, seed=0)
+    assert np.abs(x_adv - x_test[:50]).max() > 0  # STE gradients are not zero
+
+
+# -- bad input -------------------------------------------------------------------
+def test_bad_arguments(digits):
+    (x_train, y_train), _ = digits
+    model = small_cnn((8, 8, 1))
+    with pytest.raises(ValueError, match=r"adv_ratio must be in \[0, 1\], got 1.5"):
+        AdversarialModel(model, attack_params=dict(eps=0.1), adv_ratio=1.5)
+    with pytest.raises(TypeError, match="attack must be a gradient attack class"):
+        AdversarialModel(model, attack="pgd")
+    with pytest.raises(ValueError, match="eps=2.0 is larger than the data range"):
+        AdversarialModel(model, attack_params=dict(eps=2.0, clip_min=0.0, clip_max=1.0))
+    with pytest.raises(ValueError, match="eps must be in"):
+        AdversarialModel(model, attack_params=dict(eps=-1.0))
+    with pytest.raises(ValueError, match="must not hold 'y_target'"):
+        AdversarialModel(model, attack_params=dict(eps=0.1, y_target=[1]))
+    with pytest.raises(ValueError, match="recipe must be one of"):
+        AdversarialModel.from_recipe("free", model, eps=0.1)
+    robust = AdversarialModel(model, attack_params=dict(eps=0.1))
+    with pytest.raises(ValueError, match="needs a compiled model"):
+        robust.fit(x_train, y_train)
+    with pytest.raises(ValueError, match="defines its own loss"):
+        robust.compile(optimizer="adam", loss="mse")
+    robust.compile(optimizer="adam")
+    with pytest.raises(ValueError, match="needs labels"):
+        robust.fit(x_train, epochs=1, verbose=0)
+    wide = AdversarialModel(small_cnn((8, 8, 1)), attack_params=dict(eps=300.0))
+    wide.compile(optimizer="adam")
+    with pytest.raises(ValueError, match="larger than the range of the training data"):
+        wide.fit(x_train, y_train, verbose=0)
+
+
+# -- the callback ------------------------------------------------------------------
+class ScriptedCallback(RobustnessCallback):
+    """Replays (PGD, FGSM) accuracies instead of attacking."""
+
+    def __init__(self, script, **kwargs):
+        super().__init__(np.zeros((4, 8, 8, 1), np.float32), np.zeros(4, int), eps=0.1,
+                         verbose=0, **kwargs)
+        self.script = list(script)
+
+    def evaluate(self):
+        return self.script.pop(0)
+
+
+def run_scripted(callback, epochs, digits):
+    (x_train, y_train), _ = digits
+    keras.utils.set_random_seed(0)
+    model = small_cnn((8, 8, 1))
+    model.compile(keras.optimizers.Adam(1e-3),
+                  keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    snapshots = []
+
+    class Snap(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            snapshots.append(model.get_weights())
+    history = model.fit(x_train[:128], y_train[:128], epochs=epochs, verbose=0,
+                        callbacks=[Snap(), callback])
+    return model, history, snapshots
+
+
+def test_callback_stops_on_catastrophic_overfitting(digits):
+    callback = ScriptedCallback([(0.5, 0.6), (0.7, 0.72), (0.2, 0.95), (0.1, 0.99)],
+                                on_overfit="stop", restore_best=False)
+    with pytest.warns(CatastrophicOverfittingWarning, match="epoch 3.*0.700.*0.200"):
+        _, history, _ = run_scripted(callback, 4, digits)
+    assert len(history.history["loss"]) == 3
+    assert callback.overfit_epoch == 2 and callback.best_epoch == 1
+    assert history.history["val_pgd_accuracy"] == [0.5, 0.7, 0.2]
+
+
+def test_callback_rolls_back_to_the_best_robust_weights(digits):
+    callback = ScriptedCallback([(0.5, 0.6), (0.7, 0.72), (0.2, 0.95)], on_overfit="rollback",
+                                restore_best=False)
+    with pytest.warns(CatastrophicOverfittingWarning):
+        model, _, snapshots = run_scripted(callback, 5, digits)
+    for restored, best in zip(model.get_weights(), snapshots[1]):
+        np.testing.assert_array_equal(restored, best)
+
+
+def test_callback_warns_only_when_fgsm_rises(digits):
+    callback = ScriptedCallback([(0.7, 0.8), (0.4, 0.5), (0.45, 0.6)], on_overfit="stop")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", CatastrophicOverfittingWarning)
+        _, history, _ = run_scripted(callback, 3, digits)  # robustness lost, not masked
+    assert len(history.history["loss"]) == 3
+
+
+def test_callback_patience_and_restore_best(digits):
+    callback = ScriptedCallback([(0.5, 0.6), (0.6, 0.6), (0.55, 0.5), (0.58, 0.5), (0.5, 0.5)],
+                                patience=2, restore_best=True)
+    model, history, snapshots = run_scripted(callback, 5, digits)
+    assert len(history.history["loss"]) == 4  # two epochs without improvement
+    for restored, best in zip(model.get_weights(), snapshots[1]):
+        np.testing.assert_array_equal(restored, best)
+
+
+def test_callback_measures_real_pgd_accuracy(digits):
+    (x_train, y_train), (x_test, y_test) = digits
+    keras.utils.set_random_seed(0)
+    model = small_cnn((8, 8, 1))
+    robust = AdversarialModel.from_recipe("fast", model, eps=EPS)
+    robust.compile(keras.optimizers.Adam(2e-3))
+    callback = RobustnessCallback(x_test, y_test, eps=EPS, eps_iter=EPS / 8, n=100, verbose=0,
+                                  restore_best=False)
+    robust.fit(x_train, y_train, epochs=2, batch_size=64, verbose=0, callbacks=[callback])
+    assert callback.history[-1]["pgd_accuracy"] == pgd_accuracy(model, x_test[:100],
+                                                                y_test[:100], EPS)
+    with pytest.raises(ValueError, match="on_overfit must be one of"):
+        RobustnessCallback(x_test, y_test, eps=0.1, on_overfit="panic")
+
+
+def test_mirrored_strategy_matches_one_device():
+    script = textwrap.dedent("""
+        import os, json, numpy as np, tensorflow as tf
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+        import keras
+        from advlib.datasets import load
+        from advlib.training import AdversarialModel
+        (x, y), _ = load("digits")
+        x, y = x[:512], y[:512]
+
+        def train(strategy):
+            with strategy.scope():
+                keras.utils.set_random_seed(0)
+                model = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Flatten(),
+                                          keras.layers.Dense(32, activation="tanh"),
+                                          keras.layers.Dense(10)])
+                robust = AdversarialModel.from_recipe("goodfellow", model, eps=0.2)
+                robust.compile(keras.optimizers.SGD(0.1))
+            history = robust.fit(x, y, epochs=2, batch_size=64, shuffle=False, verbose=0)
+            return model.get_weights(), history.history["loss"]
+
+        mirrored = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+        assert mirrored.num_replicas_in_sync == 2
+        w1, l1 = train(tf.distribute.get_strategy())
+        w2, l2 = train(mirrored)
+        print(json.dumps({"max_weight_diff": max(float(np.abs(a - b).max()) for a, b in zip(w1, w2)),
+                          "losses": [l1, l2]}))
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         cwd=ROOT, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+    assert out.returncode == 0, out.stderr[-3000:]
+    import json
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["max_weight_diff"] < 1e-4, result
+    np.testing.assert_allclose(result["losses"][0], result["losses"][1], rtol=1e-4)
