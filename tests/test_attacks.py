@@ -304,3 +304,18 @@ def test_margin_loss_and_its_use_in_pgd(digits_mlp, digits_eval):
     assert accuracy(digits_mlp, x_adv, y) < 0.3
     with pytest.raises(ValueError, match="loss_fn must be"):
         ProjectedGradientDescent(digits_mlp).generate_np(x, loss_fn="hinge")
+
+
+def test_targeted_pgd_tries_the_top_classes(digits_mlp, digits_eval):
+    from advlib.attacks import TargetedPGD
+
+    x, y = digits_eval
+    attack = TargetedPGD(digits_mlp)
+    result = attack.run(x, y, eps=0.15, eps_iter=0.03, nb_iter=10, top_classes=2, seed=0,
+                        **BOUNDS)
+    assert result.success_rate > 0.5 and result.linf.max() <= 0.15 + 1e-6
+    assert not result.targeted  # untargeted robustness, checked by targeted runs
+    one = attack.run(x, y, eps=0.15, eps_iter=0.03, nb_iter=10, top_classes=1, seed=0, **BOUNDS)
+    assert np.all(result.success[one.success])  # more targets only add breaks
+    with pytest.raises(TypeError, match="unknown parameter"):
+        attack.generate_np(x, y_target=y)

@@ -34,7 +34,7 @@ def test_readme_opens_with_two_setup_commands_and_ci_runs_the_second():
     commands = re.findall(r"```bash\n(.*?)\n```", head, re.S)
     assert len(commands) == 2
     assert all("python3 -m venv" in c and "\n" not in c for c in commands)
-    assert "pytest" in commands[1] and "examples/" in commands[0]
+    assert "pytest" in commands[1] and commands[0].endswith("advlib bench")
     out = subprocess.run(["bash", "-c", "source <(sed -n '/^command=/p' .ci/run); "
                           "echo \"$command\""], cwd=ROOT, capture_output=True, text=True)
     assert out.stdout.strip() == commands[1]

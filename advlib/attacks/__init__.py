@@ -12,12 +12,12 @@ from advlib.attacks.fast_gradient_method import FastGradientMethod
 from advlib.attacks.gradient import GradientAttack
 from advlib.attacks.momentum_iterative_method import MomentumIterativeMethod
 from advlib.attacks.projected_gradient_descent import (BasicIterativeMethod, MadryEtAl,
-                                                       ProjectedGradientDescent)
+                                                       ProjectedGradientDescent, TargetedPGD)
 from advlib.attacks.result import AttackResult
 from advlib.attacks.saliency_map_method import SaliencyMapMethod
 from advlib.attacks.utils import clip_eta, optimize_linear, project_l1_ball, random_lp_vector
 
 __all__ = ["Attack", "AttackResult", "BasicIterativeMethod", "CarliniWagnerL2", "FastGradientMethod", "GradientAttack",
-           "MadryEtAl", "MomentumIterativeMethod", "ProjectedGradientDescent", "SaliencyMapMethod",
+           "MadryEtAl", "MomentumIterativeMethod", "ProjectedGradientDescent", "SaliencyMapMethod", "TargetedPGD",
            "clip_eta",
            "losses", "optimize_linear", "project_l1_ball", "random_lp_vector"]

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
+import tensorflow as tf
 
+from advlib import _checks
 from advlib.attacks.gradient import GradientAttack
 
 
@@ -42,3 +44,50 @@ class BasicIterativeMethod(ProjectedGradientDescent):
     """PGD started at `x` itself (no random start), after Kurakin et al. (2016)."""
 
     _defaults = dict(eps=0.3, eps_iter=0.05, nb_iter=10, rand_init=False)
+
+
+class TargetedPGD(ProjectedGradientDescent):
+    """Untargeted robustness checked by targeted PGD against the top classes.
+
+    For k = 1 .. `top_classes`, runs targeted PGD towards the k-th most likely
+    wrong class (by the clean logits) on the examples that are still
+    classified correctly, and keeps the first adversarial example that changes
+    the prediction: AutoAttack's targeted sweep. The default loss is the
+    targeted margin `Z_t - max_{j != t} Z_j`.
+
+    Args (to `generate`), beyond PGD's:
+        top_classes (3): how many target classes to try.
+    """
+
+    def parse_params(self, eps=None, eps_iter=None, nb_iter=None, norm=None, ord=None, y=None,
+                     clip_min=None, clip_max=None, loss_fn="cw", rand_init=None,
+                     rand_minmax=None, seed=None, top_classes=3):
+        _checks.check_number("top_classes", top_classes, low=1, integer=True)
+        parsed = super().parse_params(
+            eps=eps, eps_iter=eps_iter, nb_iter=nb_iter, norm=norm, ord=ord, y=y,
+            clip_min=clip_min, clip_max=clip_max, loss_fn=loss_fn, rand_init=rand_init,
+            rand_minmax=rand_minmax, seed=seed)
+        parsed["top_classes"] = int(top_classes)
+        return parsed
+
+    def _generate(self, x, labels, targeted, *, top_classes, **options):
+        logits = self.model.predict_logits(x).numpy()
+        self._count(len(x))
+        true = labels.numpy()
+        logits[np.arange(len(x)), true] = -np.inf
+        ranked = np.argsort(-logits, axis=1)[:, :min(top_classes, logits.shape[1] - 1)]
+        x_adv = x.numpy().copy()
+        open_ = np.ones(len(x), bool)
+        for k in range(ranked.shape[1]):
+            index = np.flatnonzero(open_)
+            if index.size == 0:
+                break
+            candidate = super()._generate(tf.gather(x, index), tf.constant(ranked[index, k]),
+                                          True, **options).numpy()
+            fooled = self.model.predict_classes(candidate).numpy() != true[index]
+            self._count(len(index))
+            x_adv[index[fooled]] = candidate[fooled]
+            if k == ranked.shape[1] - 1:  # keep the last try where none fooled the model
+                x_adv[index[~fooled]] = candidate[~fooled]
+            open_[index[fooled]] = False
+        return tf.constant(x_adv)

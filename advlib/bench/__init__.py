@@ -1,0 +1,15 @@
+"""The standardized benchmark harness: protocols, evaluation, reports.
+
+Example:
+    >>> from advlib import bench
+    >>> report = bench.evaluate(keras_model, protocol="fashion-mnist-linf-0.1", out_dir="runs/a")
+    >>> report["results"]["robust_accuracy"]["value"]
+"""
+
+from advlib.bench.protocol import ProtocolError, available, load as load_protocol
+from advlib.bench.reference import reference_model
+from advlib.bench.report import compare, markdown, wilson_interval
+from advlib.bench.runner import evaluate, merge
+
+__all__ = ["ProtocolError", "available", "compare", "evaluate", "load_protocol", "markdown",
+           "merge", "reference_model", "wilson_interval"]

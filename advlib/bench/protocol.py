@@ -1,0 +1,163 @@
+"""Versioned evaluation protocols: the data, threat model, attacks and seeds.
+
+A protocol is a JSON document:
+
+    {"name": ..., "version": 1, "description": ...,
+     "dataset": {"name": "fashion-mnist", "split": "test", "n": 10000},
+     "threat": {"norm": "inf" | "2", "eps": 0.1},
+     "clip": {"min": 0.0, "max": 1.0},
+     "seed": 0, "batch_size": 500,
+     "attacks": [{"name": "pgd-ce", "attack": "ProjectedGradientDescent",
+                  "params": {"nb_iter": 100, "eps_iter_fraction": 0.25, ...}}, ...],
+     "sweep": [0.025, 0.05]}
+
+The first `n` examples of the split are evaluated, in order. Each attack runs
+on the examples that the attacks before it did not break. `eps_iter_fraction`
+sets the step size as a fraction of eps, so the `sweep` (extra eps values,
+for the robustness curve) scales every attack alike. Unknown keys are
+refused.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import inspect
+import json
+import os
+from typing import Any, Dict, List
+
+import numpy as np
+
+from advlib import _checks
+
+PROTOCOL_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "protocols")
+_TOP_KEYS = {"name", "version", "description", "dataset", "threat", "clip", "seed",
+             "batch_size", "attacks", "sweep"}
+_REQUIRED = {"name", "version", "dataset", "threat", "attacks"}
+_DATASET_KEYS = {"name", "split", "n"}
+_THREAT_KEYS = {"norm", "eps"}
+_ATTACK_KEYS = {"name", "attack", "params"}
+# parameters the harness sets itself, per example batch
+_HARNESS_PARAMS = {"eps", "norm", "ord", "y", "y_target", "targeted", "clip_min", "clip_max",
+                   "seed", "batch_size"}
+ATTACKS = ("FastGradientMethod", "BasicIterativeMethod", "ProjectedGradientDescent",
+           "MomentumIterativeMethod", "CarliniWagnerL2", "TargetedPGD")
+
+
+class ProtocolError(ValueError):
+    """A protocol file that is not valid."""
+
+
+def available() -> List[str]:
+    """The names of the protocols shipped with advlib."""
+    names = []
+    for filename in sorted(os.listdir(PROTOCOL_DIR)):
+        if filename.endswith(".json"):
+            with open(os.path.join(PROTOCOL_DIR, filename)) as handle:
+                names.append(json.load(handle)["name"])
+    return names
+
+
+def load(name_or_path: str) -> Dict[str, Any]:
+    """A shipped protocol by name (e.g. "digits-linf-0.2"), or a JSON file by path."""
+    if isinstance(name_or_path, dict):
+        return validate(copy.deepcopy(name_or_path))
+    path = name_or_path
+    if not os.path.exists(path):
+        path = os.path.join(PROTOCOL_DIR, name_or_path.replace("/", "_") + ".json")
+    if not os.path.exists(path):
+        raise ProtocolError(f"protocol {name_or_path!r} is neither a file nor one of the "
+                            f"shipped protocols: {available()}.")
+    try:
+        with open(path) as handle:
+            document = json.load(handle)
+    except json.JSONDecodeError as error:
+        raise ProtocolError(f"protocol file {path!r} is not valid JSON: {error}") from error
+    return validate(document, source=path)
+
+
+def _unknown(keys, allowed, where):
+    extra = sorted(set(keys) - set(allowed))
+    if extra:
+        raise ProtocolError(f"{where} has unknown key(s) {extra}; allowed: {sorted(allowed)}.")
+
+
+def attack_signature(attack: str):
+    from advlib.bench.ensemble import attack_class
+    return set(inspect.signature(attack_class(attack).parse_params).parameters)
+
+
+def validate(document: Dict[str, Any], source: str = "protocol") -> Dict[str, Any]:
+    """Checks a protocol and fills in defaults; raises ProtocolError naming the problem."""
+    if not isinstance(document, dict):
+        raise ProtocolError(f"{source} must be a JSON object, got {type(document).__name__}.")
+    _unknown(document, _TOP_KEYS, source)
+    missing = sorted(_REQUIRED - set(document))
+    if missing:
+        raise ProtocolError(f"{source} lacks required key(s) {missing}.")
+    from advlib.datasets import NAMES
+    dataset = document["dataset"]
+    _unknown(dataset, _DATASET_KEYS, f"{source}: dataset")
+    if dataset.get("name") not in NAMES:
+        raise ProtocolError(f"{source}: dataset name must be one of {list(NAMES)}, got "
+                            f"{dataset.get('name')!r}.")
+    dataset.setdefault("split", "test")
+    if dataset["split"] not in ("train", "test"):
+        raise ProtocolError(f"{source}: dataset split must be 'train' or 'test', got "
+                            f"{dataset['split']!r}.")
+    _check(source, "dataset n", dataset.get("n"), low=1, integer=True)
+    threat = document["threat"]
+    _unknown(threat, _THREAT_KEYS, f"{source}: threat")
+    if str(threat.get("norm")) not in ("inf", "2"):
+        raise ProtocolError(f"{source}: threat norm must be 'inf' or '2', got "
+                            f"{threat.get('norm')!r}.")
+    threat["norm"] = str(threat["norm"])
+    _check(source, "threat eps", threat.get("eps"), low=0, low_open=True)
+    clip = document.setdefault("clip", {"min": 0.0, "max": 1.0})
+    _unknown(clip, {"min", "max"}, f"{source}: clip")
+    document.setdefault("seed", 0)
+    _check(source, "seed", document["seed"], low=0, integer=True)
+    document.setdefault("batch_size", 500)
+    _check(source, "batch_size", document["batch_size"], low=1, integer=True)
+    document.setdefault("sweep", [])
+    document.setdefault("description", "")
+    for eps in document["sweep"]:
+        _check(source, "sweep eps", eps, low=0, low_open=True)
+    attacks = document["attacks"]
+    if not isinstance(attacks, list) or not attacks:
+        raise ProtocolError(f"{source}: attacks must be a non-empty list.")
+    names = set()
+    for index, entry in enumerate(attacks):
+        where = f"{source}: attacks[{index}]"
+        _unknown(entry, _ATTACK_KEYS, where)
+        if entry.get("attack") not in ATTACKS:
+            raise ProtocolError(f"{where}: unknown attack {entry.get('attack')!r}; known: "
+                                f"{list(ATTACKS)}.")
+        entry.setdefault("name", entry["attack"])
+        if entry["name"] in names:
+            raise ProtocolError(f"{where}: attack name {entry['name']!r} is used twice.")
+        names.add(entry["name"])
+        params = entry.setdefault("params", {})
+        allowed = (attack_signature(entry["attack"]) - _HARNESS_PARAMS) | {"eps_iter_fraction"}
+        _unknown(params, allowed, f"{where} ({entry['attack']}) params")
+    return document
+
+
+def _check(source, name, value, **bounds):
+    try:
+        _checks.check_number(name, value, **bounds)
+    except (TypeError, ValueError) as error:
+        raise ProtocolError(f"{source}: {error}") from error
+
+
+def protocol_hash(protocol: Dict[str, Any]) -> str:
+    """SHA-256 of the protocol's canonical JSON (the description excluded)."""
+    content = {k: v for k, v in protocol.items() if k != "description"}
+    return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
+
+
+def eps_values(protocol) -> List[float]:
+    """The main eps first, then the sweep."""
+    main = float(protocol["threat"]["eps"])
+    return [main] + [float(e) for e in protocol["sweep"] if not np.isclose(e, main)]

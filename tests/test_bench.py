@@ -1,0 +1,254 @@
+"""The benchmark harness: a full digits run, resume, shards, compare, bad input."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import keras
+import numpy as np
+import pytest
+
+from advlib import bench
+from advlib.bench import protocol as protocols
+from advlib.bench.runner import parse_shard
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+QUICK = "digits-linf-0.2"
+
+
+def quick_protocol(**changes):
+    """The digits protocol with fewer attack steps, for tests."""
+    document = protocols.load(QUICK)
+    for entry in document["attacks"]:
+        if "nb_iter" in entry["params"]:
+            entry["params"]["nb_iter"] = 10
+    document["sweep"] = [0.1]
+    document.update(changes)
+    return document
+
+
+@pytest.fixture(scope="module")
+def full_run(digits_cnn, tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("full"))
+    report = bench.evaluate(digits_cnn, protocol=quick_protocol(), out_dir=out, batch_size=90,
+                            progress=False)
+    return report, out
+
+
+def test_full_digits_run(full_run, digits, digits_cnn):
+    report, out = full_run
+    _, (x_test, y_test) = digits
+    results = report["results"]
+    clean = np.mean(digits_cnn.predict(x_test, verbose=0).argmax(1) == y_test)
+    assert results["clean_accuracy"]["value"] == pytest.approx(clean)
+    assert report["n"] == 360 and report["complete"]
+    main = results["per_eps"][0]
+    after = [a["robust_accuracy_after"]["value"] for a in main["attacks"]]
+    assert all(b <= a for a, b in zip(after, after[1:]))  # each attack only removes
+    assert main["robust_accuracy"]["value"] == after[-1] < 0.2
+    low, high = main["robust_accuracy"]["ci95"]
+    assert low <= main["robust_accuracy"]["value"] <= high
+    for key in ("schema_version", "protocol_hash", "environment", "seeds"):
+        assert key in report
+    assert report["model"]["fingerprint"] != "unknown"
+    assert {"tensorflow", "keras", "numpy"} <= set(report["environment"])
+    for name in ("report.json", "report.md", "examples.npz", "robustness.png"):
+        assert os.path.getsize(os.path.join(out, name)) > 0
+    with np.load(os.path.join(out, "examples.npz")) as data:
+        robust = data["correct"] & (data["broken_by"][0] < 0)
+        assert robust.mean() == pytest.approx(main["robust_accuracy"]["value"])
+        broken = data["broken_by"][0] >= 0
+        assert np.all(data["norm"][0][broken] <= 0.2 + 1e-5)
+    assert "robust (worst case), eps=0.2" in open(os.path.join(out, "report.md")).read()
+
+
+def test_sweep_is_monotone(full_run):
+    report, _ = full_run
+    by_eps = sorted(report["results"]["per_eps"], key=lambda e: e["eps"])
+    values = [e["robust_accuracy"]["value"] for e in by_eps]
+    assert values[0] >= values[-1] and len(values) == 2
+
+
+def test_shards_merge_into_the_single_run(full_run, digits_cnn, tmp_path):
+    report, out = full_run
+    shards = []
+    for i in (1, 2, 3):
+        folder = str(tmp_path / f"shard{i}")
+        part = bench.evaluate(digits_cnn, protocol=quick_protocol(), out_dir=folder,
+                              batch_size=90, shard=f"{i}/3", progress=False)
+        assert not part["complete"] and part["shard"] == f"{i}/3"
+        shards.append(folder)
+    merged = bench.merge(shards, str(tmp_path / "merged"))
+    assert merged["results"]["robust_accuracy"] == report["results"]["robust_accuracy"]
+    for ours, theirs in zip(merged["results"]["per_eps"], report["results"]["per_eps"]):
+        for a, b in zip(ours["attacks"], theirs["attacks"]):
+            assert a["robust_accuracy_after"] == b["robust_accuracy_after"]
+            assert a["forward_passes"] == b["forward_passes"]
+    with np.load(os.path.join(out, "examples.npz")) as one, \
+            np.load(str(tmp_path / "merged" / "examples.npz")) as many:
+        for key in ("correct", "broken_by", "success", "attacked"):
+            np.testing.assert_array_equal(one[key], many[key])
+    with pytest.raises(ValueError, match="leave batches"):
+        bench.merge(shards[:2], str(tmp_path / "partial"))
+    with pytest.raises(ValueError, match="appears in two shards"):
+        bench.merge(shards + shards[:1], str(tmp_path / "twice"))
+
+
+def run_cli(args, env):
+    return subprocess.Popen([sys.executable, "-m", "advlib.cli", "bench"] + args, cwd=ROOT,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+@pytest.fixture(scope="module")
+def cli_env(tmp_path_factory):
+    cache = str(tmp_path_factory.mktemp("cache"))
+    env = dict(os.environ, ADVLIB_CACHE=cache, TF_CPP_MIN_LOG_LEVEL="3")
+    previous = os.environ.get("ADVLIB_CACHE")
+    os.environ["ADVLIB_CACHE"] = cache
+    try:
+        bench.reference_model(verbose=False)  # trained once, shared by the subprocesses
+    finally:
+        if previous is None:
+            del os.environ["ADVLIB_CACHE"]
+        else:
+            os.environ["ADVLIB_CACHE"] = previous
+    return env
+
+
+def test_resume_after_sigkill_gives_identical_numbers(cli_env, tmp_path):
+    protocol_file = str(tmp_path / "quick.json")
+    json.dump(quick_protocol(), open(protocol_file, "w"))
+    common = ["--protocol", protocol_file, "--batch-size", "45", "--no-progress"]
+    reference = run_cli(common + ["--out", str(tmp_path / "straight")], cli_env)
+    assert reference.wait(timeout=300) == 0, reference.stderr.read()
+
+    interrupted = str(tmp_path / "interrupted")
+    process = run_cli(common + ["--out", interrupted], cli_env)
+    state = os.path.join(interrupted, "state.json")
+    deadline = time.time() + 240
+    while time.time() < deadline:
+        if os.path.exists(state) and len(json.load(open(state))["done"]) >= 2:
+            break
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    done = json.load(open(state))["done"]
+    assert 2 <= len(done) < 8, "the run was not interrupted half-way"
+    assert not os.path.exists(os.path.join(interrupted, "report.json"))
+    resumed = run_cli(common + ["--out", interrupted, "--resume"], cli_env)
+    assert resumed.wait(timeout=300) == 0, resumed.stderr.read()
+    a = json.load(open(tmp_path / "straight" / "report.json"))
+    b = json.load(open(os.path.join(interrupted, "report.json")))
+    assert a["results"]["robust_accuracy"] == b["results"]["robust_accuracy"]
+    assert a["results"]["clean_accuracy"] == b["results"]["clean_accuracy"]
+    for x, y in zip(a["results"]["per_eps"], b["results"]["per_eps"]):
+        assert [t["robust_accuracy_after"] for t in x["attacks"]] == \
+            [t["robust_accuracy_after"] for t in y["attacks"]]
+    with np.load(tmp_path / "straight" / "examples.npz") as one, \
+            np.load(os.path.join(interrupted, "examples.npz")) as two:
+        for key in ("broken_by", "success", "norm"):
+            np.testing.assert_array_equal(one[key], two[key])
+
+
+def test_cli_bad_inputs_write_nothing(cli_env, tmp_path):
+    out = str(tmp_path / "never")
+    cases = [
+        (["--model", str(tmp_path / "missing.keras")], "does not exist"),
+        (["--protocol", "no-such-protocol"], "neither a file nor one of the shipped"),
+        (["--shard", "4/3"], "outside 1..n"),
+        (["--shard", "x"], "must look like 'i/n'"),
+    ]
+    corrupt = tmp_path / "corrupt.keras"
+    corrupt.write_bytes(b"PK\x03\x04 not really a zip")
+    cases.append((["--model", str(corrupt)], "cannot load model"))
+    for args, message in cases:
+        process = run_cli(args + ["--out", out, "--no-progress"], cli_env)
+        assert process.wait(timeout=120) == 2
+        assert message in process.stderr.read()
+        assert not os.path.exists(out)
+
+
+def test_models_that_do_not_fit_the_protocol(tmp_path):
+    wrong_shape = keras.Sequential([keras.Input((28, 28, 1)), keras.layers.Flatten(),
+                                    keras.layers.Dense(10)])
+    with pytest.raises(ValueError, match=r"expects inputs of shape \(None, 28, 28, 1\)"):
+        bench.evaluate(wrong_shape, protocol=quick_protocol(), out_dir=str(tmp_path / "a"),
+                       progress=False)
+    few_classes = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Flatten(),
+                                    keras.layers.Dense(5)])
+    with pytest.raises(ValueError, match="has 5 classes"):
+        bench.evaluate(few_classes, protocol=quick_protocol(), out_dir=str(tmp_path / "b"),
+                       progress=False)
+    assert not os.path.exists(tmp_path / "a") and not os.path.exists(tmp_path / "b")
+
+
+def test_resume_refuses_another_run(full_run, digits_cnn, digits_mlp):
+    _, out = full_run
+    with pytest.raises(ValueError, match="belongs to another run: its model_fingerprint"):
+        bench.evaluate(digits_mlp, protocol=quick_protocol(), out_dir=out, batch_size=90,
+                       resume=True, progress=False)
+    with pytest.raises(ValueError, match="its protocol_hash"):
+        bench.evaluate(digits_cnn, protocol=quick_protocol(seed=1), out_dir=out, batch_size=90,
+                       resume=True, progress=False)
+    with pytest.raises(ValueError, match="already holds a run's state"):
+        bench.evaluate(digits_cnn, protocol=quick_protocol(), out_dir=out, batch_size=90,
+                       progress=False)
+
+
+def test_compare_ranks_and_refuses_mismatched_protocols(full_run, digits_mlp, tmp_path):
+    report, _ = full_run
+    other = bench.evaluate(digits_mlp, protocol=quick_protocol(), batch_size=90,
+                           progress=False)
+    table = bench.compare([report, other])
+    rows = [line for line in table.splitlines() if line.startswith("| 1 ") or
+            line.startswith("| 2 ")]
+    assert len(rows) == 2
+    different = bench.evaluate(digits_mlp, protocol=quick_protocol(
+        threat={"norm": "inf", "eps": 0.1}), batch_size=90, progress=False)
+    with pytest.raises(ValueError, match="different protocols"):
+        bench.compare([report, different])
+    assert "| 2 |" in bench.compare([report, different], force=True)
+
+
+def test_protocols_validate_and_refuse_unknown_keys(tmp_path):
+    assert set(bench.available()) >= {"mnist-linf-0.3", "fashion-mnist-linf-0.1",
+                                      "cifar10-linf-8/255", "cifar10-l2-0.5", QUICK}
+    for name in bench.available():
+        protocol = bench.load_protocol(name)
+        assert protocol["name"] == name
+        assert protocols.protocol_hash(protocol) == protocols.protocol_hash(
+            bench.load_protocol(name))
+    cases = [
+        (dict(colour="red"), "unknown key(s) ['colour']"),
+        (dict(attacks=[{"attack": "DeepFool"}]), "unknown attack 'DeepFool'"),
+        (dict(attacks=[{"attack": "ProjectedGradientDescent", "params": {"nb_iters": 3}}]),
+         "params has unknown key(s) ['nb_iters']"),
+        (dict(threat={"norm": "1", "eps": 0.1}), "threat norm must be 'inf' or '2'"),
+        (dict(threat={"norm": "inf", "eps": -1}), "threat eps must be in"),
+        (dict(dataset={"name": "svhn", "n": 10}), "dataset name must be one of"),
+    ]
+    for change, message in cases:
+        path = tmp_path / "custom.json"
+        path.write_text(json.dumps(quick_protocol(**change)))
+        with pytest.raises(bench.ProtocolError) as info:
+            bench.load_protocol(str(path))
+        assert message in str(info.value)
+    path.write_text("{broken")
+    with pytest.raises(bench.ProtocolError, match="not valid JSON"):
+        bench.load_protocol(str(path))
+
+
+def test_shard_specs():
+    assert parse_shard("2/4") == (2, 4) and parse_shard(None) is None
+    for bad in ("0/3", "4/3", "1/0", "a/b", "3"):
+        with pytest.raises(ValueError):
+            parse_shard(bad)
+
+
+def test_wilson_interval():
+    low, high = bench.wilson_interval(50, 100)
+    assert low == pytest.approx(0.4038, abs=1e-3) and high == pytest.approx(0.5962, abs=1e-3)
+    assert bench.wilson_interval(0, 10)[0] == 0.0
