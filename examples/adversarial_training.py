@@ -134,6 +134,7 @@ def main(argv=None):
     robust_model, robust_times, monitor = train_robust(
         data, args.recipe, args.eps, args.epochs, args.batch_size, args.seed, **overrides)
     robust_model.save(os.path.join(args.out_dir, f"{args.recipe}_{args.dataset}.keras"))
+    clean_model.save(os.path.join(args.out_dir, f"natural_{args.dataset}.keras"))
 
     eps_values = [0.0] + [args.eps * f for f in (0.25, 0.5, 0.75, 1.0, 1.5)]
     results = {"natural": evaluate(clean_model, x_eval, y_eval, eps_values, args.eval_iter,

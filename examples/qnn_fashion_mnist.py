@@ -76,6 +76,10 @@ def main(argv=None):
                         help="also train the float-precision twin and attack both")
     parser.add_argument("--eps", type=float, default=0.1, help="PGD L-inf radius")
     parser.add_argument("--attack-n", type=int, default=500)
+    parser.add_argument("--check-n", type=int, default=None,
+                        help="test images for the exactness check (default: all)")
+    parser.add_argument("--binary-model", default=None,
+                        help="a trained binary .keras file to use instead of training one")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out-dir", default="qnn_out")
     args = parser.parse_args(argv)
@@ -86,25 +90,34 @@ def main(argv=None):
     report = {"dataset": args.dataset, "model": args.model,
               "activation_bits": args.activation_bits, "epochs": args.epochs}
 
-    model = build(args.model, x_train.shape[1:], args.activation_bits, True, args.width)
-    accuracy, seconds = train(model, data, args.epochs, args.batch_size, args.learning_rate,
-                              args.seed)
+    if args.binary_model:
+        model = keras.models.load_model(args.binary_model, safe_mode=True)
+        model.compile(metrics=["accuracy"],
+                      loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        accuracy = float(model.evaluate(x_test, y_test, verbose=0, batch_size=500)[1])
+        seconds = None
+    else:
+        model = build(args.model, x_train.shape[1:], args.activation_bits, True, args.width)
+        accuracy, seconds = train(model, data, args.epochs, args.batch_size,
+                                  args.learning_rate, args.seed)
     report.update(test_accuracy=accuracy, train_seconds=seconds)
+    trained = "loaded" if seconds is None else f"trained in {seconds:.0f} s"
     print(f"\n{model.name} ({args.activation_bits}-bit activations): test accuracy "
-          f"{accuracy:.4f}, trained in {seconds:.0f} s")
+          f"{accuracy:.4f}, {trained}")
     memory = qnn.summary(model)
     report["memory"] = {"total_bytes": memory["total_bytes"],
                         "float32_bytes": memory["float32_bytes"], "ratio": memory["ratio"]}
-    model.save(os.path.join(args.out_dir, f"{model.name}.keras"))
+    if not args.binary_model:
+        model.save(os.path.join(args.out_dir, f"{model.name}.keras"))
 
     engine = None
     if args.activation_bits == 1:
         path = os.path.join(args.out_dir, f"{model.name}.npz")
         qnn.export(model, path)
         engine = BinaryEngine.load(path)
-        check = qnn.check_exactness(model, engine, x_test)
+        check = qnn.check_exactness(model, engine, x_test[:args.check_n])
         report["exactness"] = check
-        print(f"engine vs Keras on {len(x_test)} test images: hidden bits differing "
+        print(f"engine vs Keras on {len(x_test[:args.check_n])} test images: hidden bits differing "
               f"{check['hidden_mismatches']}, predictions agreeing "
               f"{check['prediction_agreement']:.4f}, max logit relative error "
               f"{check['max_logit_rel_error']:.2e}")

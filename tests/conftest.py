@@ -1,58 +1,50 @@
+"""Shared fixtures. TensorFlow is imported inside fixtures only, so that the
+engine's tests collect on machines with NumPy and CuPy but no TensorFlow."""
+
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
-
-from advlib.datasets import load  # noqa: E402
-from advlib.models import mlp, train_classifier  # noqa: E402
 
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "gpu: needs an NVIDIA GPU and CuPy")
-    config.addinivalue_line("markers", "slow: long-running; run with -m slow")
 
 
 @pytest.fixture(scope="session")
 def digits():
     """scikit-learn's digits: ((x_train, y_train), (x_test, y_test))."""
+    from advlib.datasets import load
     return load("digits")
+
+
+def correctly_classified(model, data, count):
+    """The first `count` test examples that `model` classifies correctly."""
+    _, (x_test, y_test) = data
+    keep = np.flatnonzero(model.predict(x_test, verbose=0).argmax(1) == y_test)[:count]
+    return x_test[keep], y_test[keep]
 
 
 @pytest.fixture(scope="session")
 def digits_mlp(digits):
     """An MLP trained on digits in a few seconds (about 96% test accuracy)."""
+    from advlib.models import mlp, train_classifier
     (x_train, y_train), _ = digits
     return train_classifier(mlp((8, 8, 1), hidden=(64,)), x_train, y_train, epochs=30, seed=0)
 
 
 @pytest.fixture(scope="session")
 def digits_eval(digits, digits_mlp):
-    """200 correctly classified test digits with their labels."""
-    _, (x_test, y_test) = digits
-    predicted = digits_mlp.predict(x_test, verbose=0).argmax(1)
-    keep = np.flatnonzero(predicted == y_test)[:200]
-    return x_test[keep], y_test[keep]
-
-
-def linear_model(weights, bias=None):
-    """A functional Keras model computing flatten(x) @ weights + bias."""
-    weights = np.asarray(weights, np.float32)
-    inputs = keras.Input((weights.shape[0],))
-    dense = keras.layers.Dense(weights.shape[1])
-    model = keras.Model(inputs, dense(inputs))
-    dense.set_weights([weights, np.zeros(weights.shape[1], np.float32) if bias is None
-                       else np.asarray(bias, np.float32)])
-    return model
+    """200 test digits that the MLP classifies correctly."""
+    return correctly_classified(digits_mlp, digits, 200)
 
 
 @pytest.fixture(scope="session")
 def digits_cnn(digits):
     """The small CNN of the examples, trained on digits (about 96% test accuracy)."""
-    from advlib.models import small_cnn
-
+    from advlib.models import small_cnn, train_classifier
     (x_train, y_train), _ = digits
     return train_classifier(small_cnn((8, 8, 1)), x_train, y_train, epochs=15, seed=0)
 
@@ -60,7 +52,16 @@ def digits_cnn(digits):
 @pytest.fixture(scope="session")
 def cnn_eval(digits, digits_cnn):
     """100 test digits that the CNN classifies correctly."""
-    _, (x_test, y_test) = digits
-    predicted = digits_cnn.predict(x_test, verbose=0).argmax(1)
-    keep = np.flatnonzero(predicted == y_test)[:100]
-    return x_test[keep], y_test[keep]
+    return correctly_classified(digits_cnn, digits, 100)
+
+
+def linear_model(weights, bias=None):
+    """A functional Keras model computing flatten(x) @ weights + bias."""
+    import keras
+    weights = np.asarray(weights, np.float32)
+    inputs = keras.Input((weights.shape[0],))
+    dense = keras.layers.Dense(weights.shape[1])
+    model = keras.Model(inputs, dense(inputs))
+    dense.set_weights([weights, np.zeros(weights.shape[1], np.float32) if bias is None
+                       else np.asarray(bias, np.float32)])
+    return model

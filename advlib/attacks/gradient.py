@@ -19,6 +19,14 @@ from advlib.attacks import losses, utils
 from advlib.attacks.base import Attack
 
 
+def _as_tensors(dtype, eps, eps_iter, clip_min, clip_max, decay_factor):
+    """The step's numbers as tensors of the input's dtype; open bounds are +-inf."""
+    cast = lambda value: tf.cast(value, dtype)
+    return (cast(eps), cast(eps_iter), cast(-np.inf if clip_min is None else clip_min),
+            cast(np.inf if clip_max is None else clip_max),
+            cast(0.0 if decay_factor is None else decay_factor))
+
+
 class GradientAttack(Attack):
     """Iterated steps along the best linear ascent direction, projected.
 
@@ -105,19 +113,15 @@ class GradientAttack(Attack):
                   seed, **unused):
         if eps == 0:
             return tf.identity(x)
-        dtype = x.dtype
-        const = lambda value: tf.constant(value, dtype)
-        eps_t, eps_iter_t = const(eps), const(eps_iter)
-        low = const(-np.inf if clip_min is None else clip_min)
-        high = const(np.inf if clip_max is None else clip_max)
+        eps_t, eps_iter_t, low, high, decay = _as_tensors(
+            x.dtype, eps, eps_iter, clip_min, clip_max, decay_factor)
         use_momentum = decay_factor is not None
-        decay = const(0.0 if decay_factor is None else decay_factor)
         seed_pair = self._seed_pair(seed)
         best = None
         for restart in range(nb_restarts):
-            x_adv = self._start(x, rand_init, norm, eps_t, const(rand_minmax),
+            x_adv = self._start(x, rand_init, norm, eps_t, tf.cast(rand_minmax, x.dtype),
                                 seed_pair + [0, restart], low, high)
-            momentum = tf.zeros_like(x) if use_momentum else tf.zeros((), dtype)
+            momentum = tf.zeros_like(x) if use_momentum else tf.zeros((), x.dtype)
             for _ in range(nb_iter):
                 x_adv, momentum = self._step(x_adv, x, labels, momentum, eps_t, eps_iter_t,
                                              decay, low, high, norm, targeted, loss_fn,
@@ -145,16 +149,12 @@ class GradientAttack(Attack):
         for TRADES's KL). `seed_pair` is an int tensor of shape (2,) for the
         random start.
         """
-        dtype = x.dtype
-        cast = lambda value: tf.cast(value, dtype)
-        eps, eps_iter = cast(eps), cast(eps_iter)
-        low = cast(-np.inf if clip_min is None else clip_min)
-        high = cast(np.inf if clip_max is None else clip_max)
+        eps, eps_iter, low, high, decay = _as_tensors(x.dtype, eps, eps_iter, clip_min,
+                                                      clip_max, decay_factor)
         use_momentum = decay_factor is not None
-        decay = cast(0.0 if decay_factor is None else decay_factor)
-        rand_minmax = eps if rand_minmax is None else cast(rand_minmax)
+        rand_minmax = eps if rand_minmax is None else tf.cast(rand_minmax, x.dtype)
         x_adv = self._start(x, rand_init, norm, eps, rand_minmax, seed_pair, low, high)
-        momentum = tf.zeros_like(x) if use_momentum else tf.zeros((), dtype)
+        momentum = tf.zeros_like(x) if use_momentum else tf.zeros((), x.dtype)
         norm, loss_fn = utils.normalize_norm(norm), losses.get(loss_fn)
 
         def step(i, x_adv, momentum):

@@ -88,9 +88,15 @@ def check_model_fits(wrapped, x, y, protocol) -> None:
                          f"has labels up to {int(y.max())}.")
 
 
-def _write_atomic(path: str, writer) -> None:
+def _write_atomic(path: str, content) -> None:
+    """Writes text, or a dict of arrays as .npz, so that `path` is never half-written."""
     temporary = path + ".tmp"
-    writer(temporary)
+    if isinstance(content, str):
+        with open(temporary, "w") as handle:
+            handle.write(content)
+    else:
+        with open(temporary, "wb") as handle:
+            np.savez(handle, **content)
     os.replace(temporary, path)
 
 
@@ -143,10 +149,9 @@ class Evaluation:
         self.done = list(saved["done"])
 
     def save(self) -> None:
-        _write_atomic(self._path(STATE_NPZ), lambda p: np.savez(open(p, "wb"), **self.arrays))
-        state = {"identity": self.identity, "done": self.done}
+        _write_atomic(self._path(STATE_NPZ), self.arrays)
         _write_atomic(self._path(STATE_JSON),
-                      lambda p: open(p, "w").write(json.dumps(state, indent=1)))
+                      json.dumps({"identity": self.identity, "done": self.done}, indent=1))
 
     # -- the loop ----------------------------------------------------------------
     def run_batch(self, b: int, on_attack=None) -> None:
@@ -213,12 +218,10 @@ def write_outputs(report: Dict, arrays: Dict, out_dir: str) -> Dict[str, str]:
     files = {name: os.path.join(out_dir, name) for name in
              ("report.json", "examples.npz", "report.md", "robustness.png")}
     report["files"] = {k: os.path.basename(v) for k, v in files.items()}
-    _write_atomic(files["examples.npz"], lambda p: np.savez(open(p, "wb"), **arrays))
-    _write_atomic(files["report.md"], lambda p: open(p, "w").write(reports.markdown(report)
-                                                                   + "\n"))
+    _write_atomic(files["examples.npz"], arrays)
+    _write_atomic(files["report.md"], reports.markdown(report) + "\n")
     reports.plot(report, files["robustness.png"])
-    _write_atomic(files["report.json"], lambda p: open(p, "w").write(
-        json.dumps(report, indent=2)))
+    _write_atomic(files["report.json"], json.dumps(report, indent=2))
     return files
 
 

@@ -38,8 +38,7 @@ def check_exactness(model: keras.Model, engine, x: np.ndarray, batch_size: int =
         outputs = probe.predict(batch, verbose=0, batch_size=batch_size)
         outputs = outputs if isinstance(outputs, list) else [outputs]
         keras_logits = outputs[-1]
-        logits = engine.predict(batch)
-        hidden = engine.hidden_bits(batch)
+        logits, hidden = engine.forward(batch)
         for i, (ours, theirs) in enumerate(zip(hidden, outputs[:-1])):
             mismatches[i] += int(np.sum(ours != (theirs >= 0)))
             counts[i] += ours.size

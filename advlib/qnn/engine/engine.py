@@ -59,7 +59,11 @@ class BinaryEngine:
     def hidden_bits(self, x) -> List[np.ndarray]:
         """Each thresholded layer's +-1 outputs as booleans (True = +1), after
         any pooling that follows it: the values the next layer sees."""
-        return self._forward(self._check_input(x))[1]
+        return self.forward(x)[1]
+
+    def forward(self, x) -> Tuple[np.ndarray, List[np.ndarray]]:
+        """(logits, hidden bits) for one batch, in a single pass."""
+        return self._forward(self._check_input(x))
 
     # -- internals -----------------------------------------------------------
     def _check_input(self, x) -> np.ndarray:
