@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Dict, List, Tuple
 
 import numpy as np
@@ -10,7 +11,7 @@ from advlib.qnn.engine import numpy_backend as ops
 from advlib.qnn.engine import spec as spec_io
 from advlib.qnn.engine.packing import pack_bits, unpack_bits, valid_bits_mask
 
-BACKENDS = ("numpy",)
+BACKENDS = ("numpy", "cupy", "auto")
 
 
 class BinaryEngine:
@@ -28,20 +29,39 @@ class BinaryEngine:
     layer's affine transform is in floating point.
     """
 
-    def __init__(self, spec: Dict, arrays: Dict[str, np.ndarray], backend: str = "numpy"):
+    def __init__(self, spec: Dict, arrays: Dict[str, np.ndarray], backend: str = "numpy",
+                 gemm: str = "auto"):
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {list(BACKENDS)}, got {backend!r}.")
         spec_io.validate(spec, arrays)
         self.spec = spec
         self.arrays = arrays
-        self.backend = backend
         self.input_shape = tuple(spec["input_shape"])
+        self._gpu = None
+        if backend in ("cupy", "auto"):
+            from advlib.qnn.engine import cupy_backend
+            usable, why = cupy_backend.available()
+            if usable:
+                self._gpu = cupy_backend.CupyBackend(spec, arrays, gemm=gemm)
+            elif backend == "cupy":
+                raise RuntimeError(f"backend='cupy' needs CuPy and a GPU: {why}.")
+            else:
+                print(f"BinaryEngine: {why}; falling back to the NumPy backend.",
+                      file=sys.stderr)
+        self.backend = "numpy" if self._gpu is None else "cupy"
 
     @classmethod
-    def load(cls, path: str, backend: str = "numpy") -> "BinaryEngine":
-        """Reads an exported `.npz`; raises ValueError if it is corrupt or inconsistent."""
+    def load(cls, path: str, backend: str = "numpy", gemm: str = "auto") -> "BinaryEngine":
+        """Reads an exported `.npz`; raises ValueError if it is corrupt or inconsistent.
+
+        Args:
+            backend: "numpy" (the reference), "cupy" (CUDA kernels; needs a GPU),
+                or "auto": CuPy when a GPU is usable, else NumPy with a notice.
+            gemm: for the CuPy backend, "tensor" (binary tensor cores), "cuda"
+                (CUDA cores) or "auto" (tensor cores from compute capability 8.0).
+        """
         spec, arrays = spec_io.load(path)
-        return cls(spec, arrays, backend=backend)
+        return cls(spec, arrays, backend=backend, gemm=gemm)
 
     @property
     def nb_classes(self) -> int:
@@ -50,7 +70,8 @@ class BinaryEngine:
     def predict(self, x, batch_size: int = 1000) -> np.ndarray:
         """Logits (float32) for images `x` in [0, 1] of shape (n,) + input_shape."""
         x = self._check_input(x)
-        chunks = [self._forward(x[i:i + batch_size])[0] for i in range(0, len(x), batch_size)]
+        chunks = [self._forward(x[i:i + batch_size], keep_hidden=False)[0]
+                  for i in range(0, len(x), batch_size)]
         return np.concatenate(chunks) if chunks else np.zeros((0, self.nb_classes), np.float32)
 
     def predict_classes(self, x, batch_size: int = 1000) -> np.ndarray:
@@ -76,9 +97,12 @@ class BinaryEngine:
             raise ValueError("x must contain only finite values; found NaN or Inf.")
         return x
 
-    def _forward(self, x: np.ndarray) -> Tuple[np.ndarray, List[np.ndarray]]:
+    def _forward(self, x: np.ndarray, keep_hidden: bool = True
+                 ) -> Tuple[np.ndarray, List[np.ndarray]]:
         # Uint8Input: round(clip(x, 0, 1) * 255) in float32, rounding half to even
         x8 = np.round(np.clip(x.astype(np.float32), 0, 1) * np.float32(255)).astype(np.uint8)
+        if self._gpu is not None:
+            return self._gpu.forward(x8, keep_hidden=keep_hidden)
         state, hidden = x8, []
         layers = self.spec["layers"]
         for index, layer in enumerate(layers):

@@ -1,0 +1,239 @@
+"""The GPU fast path: the engine's layers as CUDA kernels loaded through CuPy.
+
+The kernels live beside this file as `.cu` sources (see `kernels/`). They
+reproduce `numpy_backend` bit for bit: the same packing, integer
+accumulators, integer thresholds, and float logits rounded without FMA.
+Dense layers use tensor cores (`mma.sync ... .b1 ... .and.popc`) on compute
+capability 8.0 and newer, CUDA cores otherwise; convolutions run as implicit
+GEMMs on CUDA cores.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, List, Tuple
+
+import numpy as np
+
+from advlib.qnn.engine import nvrtc
+from advlib.qnn.engine.packing import words_for
+
+GEMM_KERNELS = ("auto", "cuda", "tensor")
+_TILE = 64
+
+
+def available() -> Tuple[bool, str]:
+    """(True, "") if CuPy and a CUDA device are usable, else (False, why)."""
+    try:
+        import cupy
+    except ImportError as error:
+        return False, f"CuPy is not installed ({error})"
+    try:
+        if cupy.cuda.runtime.getDeviceCount() < 1:
+            return False, "no CUDA device"
+    except Exception as error:  # no driver, no device
+        return False, f"no usable CUDA device ({type(error).__name__}: {error})"
+    return True, ""
+
+
+class Kernels:
+    """The compiled kernels of every `.cu` file, by function name."""
+
+    def __init__(self):
+        import cupy
+        self.cupy = cupy
+        self.modules = [cupy.RawModule(code=source, options=nvrtc.OPTIONS, name_expressions=None)
+                        for source in nvrtc.sources().values()]
+        self.compute_capability = int(cupy.cuda.Device().compute_capability)  # "90" -> 90
+        self._cache: Dict[str, object] = {}
+
+    def __getitem__(self, name: str):
+        if name not in self._cache:
+            for module in self.modules:
+                try:
+                    self._cache[name] = module.get_function(name)
+                    break
+                except Exception:  # not in this module
+                    continue
+            else:
+                raise KeyError(f"no kernel named {name!r}")
+        return self._cache[name]
+
+
+class CupyBackend:
+    """Runs an exported network on the GPU; weights stay on the device.
+
+    Without `spec` and `arrays`, it offers the kernels alone (`gemm`, `conv`,
+    `pack_signs`, ...), as the benchmarks and tests use them.
+    """
+
+    def __init__(self, spec: Dict = None, arrays: Dict[str, np.ndarray] = None,
+                 gemm: str = "auto"):
+        if gemm not in GEMM_KERNELS:
+            raise ValueError(f"gemm must be one of {list(GEMM_KERNELS)}, got {gemm!r}.")
+        ok, why = available()
+        if not ok:
+            raise RuntimeError(f"the CuPy backend needs a GPU: {why}.")
+        self.kernels = Kernels()
+        self.cp = self.kernels.cupy
+        self.use_tensor_cores = (gemm == "tensor" or
+                                 (gemm == "auto" and self.kernels.compute_capability >= 80))
+        self.spec = spec
+        self.device = {name: self.cp.asarray(value) for name, value in (arrays or {}).items()}
+        self.weight_ones = {}
+        for name, value in self.device.items():
+            if name.endswith("/weights"):
+                self.weight_ones[name] = self.row_popcounts(value)
+
+    # -- primitives (also used by the GPU tests) ------------------------------------
+    def row_popcounts(self, rows):
+        cp = self.cp
+        out = cp.empty(rows.shape[0], cp.int32)
+        count, words = rows.shape
+        self.kernels["row_popcounts"](((count + 255) // 256,), (256,),
+                                      (rows, out, np.int32(count), np.int32(words)))
+        return out
+
+    def pack_signs(self, x):
+        cp = self.cp
+        x = cp.ascontiguousarray(x, dtype=cp.float32)
+        rows, length = int(np.prod(x.shape[:-1])), x.shape[-1]
+        words = words_for(length)
+        out = cp.empty(x.shape[:-1] + (words,), cp.uint32)
+        self.kernels["pack_signs"](((rows * words + 255) // 256,), (256,),
+                                   (x, out, np.int64(rows), np.int32(length), np.int32(words)))
+        return out
+
+    def bit_planes(self, x8):
+        cp = self.cp
+        x8 = cp.ascontiguousarray(x8, dtype=cp.uint8)
+        rows, length = int(np.prod(x8.shape[:-1])), x8.shape[-1]
+        words = words_for(length)
+        out = cp.empty((8,) + x8.shape[:-1] + (words,), cp.uint32)
+        self.kernels["pack_bit_planes"](((rows * words + 255) // 256,), (256,),
+                                        (x8, out, np.int64(rows), np.int32(length),
+                                         np.int32(words)))
+        return out
+
+    def gemm(self, a, b, length, planes=1, epilogue=("int",), b_ones=None,
+             tensor_cores=None):
+        """Dense layer: a (planes, M, words) or (M, words) against b (N, words)."""
+        cp = self.cp
+        m, words = a.shape[-2], a.shape[-1]
+        n = b.shape[0]
+        out, extra = self._epilogue_output(m, n, epilogue)
+        tensor = self.use_tensor_cores if tensor_cores is None else tensor_cores
+        if tensor and planes == 1:
+            a_ones = self.row_popcounts(a)
+            b_ones = self.row_popcounts(b) if b_ones is None else b_ones
+            grid = ((m + 15) // 16, (n + 31) // 32)
+            self.kernels[f"mma_{epilogue[0]}"](
+                grid, (128,), (a, b, a_ones, b_ones, out, np.int32(m), np.int32(n),
+                               np.int32(words), np.int32(length), *extra))
+        else:
+            grid = ((m + _TILE - 1) // _TILE, (n + _TILE - 1) // _TILE)
+            self.kernels[f"gemm_{epilogue[0]}"](
+                grid, (256,), (cp.ascontiguousarray(a), b, out, np.int32(m), np.int32(n),
+                               np.int32(words), np.int32(length), np.int32(planes), *extra))
+        return out
+
+    def conv(self, x, b, layer, planes=1, epilogue=("int",)):
+        """Convolution: x (planes, n, H, W, words) or (n, H, W, words) as an implicit GEMM."""
+        height, width, channels = layer["in_shape"]
+        out_h, out_w, filters = layer["out_shape"]
+        images = x.shape[-4]
+        m = images * out_h * out_w
+        out, extra = self._epilogue_output(m, filters, epilogue)
+        (top, _), (left, _) = layer["pads"]
+        grid = ((m + _TILE - 1) // _TILE, (filters + _TILE - 1) // _TILE)
+        self.kernels[f"conv_{epilogue[0]}"](grid, (256,), (
+            self.cp.ascontiguousarray(x), b, np.int32(images), np.int32(height),
+            np.int32(width), np.int32(x.shape[-1]), np.int32(channels), np.int32(out_h),
+            np.int32(out_w), np.int32(layer["kernel"][0]), np.int32(layer["kernel"][1]),
+            np.int32(layer["strides"][0]), np.int32(layer["strides"][1]), np.int32(top),
+            np.int32(left), np.int32(1 if layer.get("pad_value", 0) > 0 else 0),
+            np.int32(filters), np.int32(planes), out, *extra))
+        return out
+
+    def max_pool(self, x, layer):
+        cp = self.cp
+        n, height, width, words = x.shape
+        out_h, out_w, _ = layer["out_shape"]
+        out = cp.empty((n, out_h, out_w, words), cp.uint32)
+        total = out.size
+        (top, _), (left, _) = layer["pads"]
+        self.kernels["max_pool_words"](((total + 255) // 256,), (256,), (
+            cp.ascontiguousarray(x), out, np.int32(n), np.int32(height), np.int32(width),
+            np.int32(words), np.int32(out_h), np.int32(out_w), np.int32(layer["pool"][0]),
+            np.int32(layer["pool"][1]), np.int32(layer["strides"][0]),
+            np.int32(layer["strides"][1]), np.int32(top), np.int32(left)))
+        return out
+
+    def _epilogue_output(self, m, n, epilogue):
+        cp = self.cp
+        kind = epilogue[0]
+        if kind == "int":
+            return cp.empty((m, n), cp.int32), ()
+        if kind == "logits":
+            return cp.empty((m, n), cp.float32), (epilogue[1], epilogue[2])
+        out_words = words_for(n)
+        return (cp.zeros((m, out_words), cp.uint32),
+                (epilogue[1], epilogue[2], np.int32(out_words)))
+
+    def unpack(self, words, length):
+        cp = self.cp
+        bits = cp.unpackbits(cp.ascontiguousarray(words).view(cp.uint8), axis=-1,
+                             bitorder="little")
+        return bits[..., :length].astype(bool)
+
+    def repack(self, bits):
+        cp = self.cp
+        length = bits.shape[-1]
+        padded = words_for(length) * 32
+        if padded != length:
+            bits = cp.concatenate([bits, cp.zeros(bits.shape[:-1] + (padded - length,), bool)],
+                                  axis=-1)
+        return cp.packbits(bits, axis=-1, bitorder="little").view(cp.uint32)
+
+    # -- the network ------------------------------------------------------------------
+    def forward(self, x8: np.ndarray, keep_hidden: bool = False):
+        """Logits (NumPy float32) and, if asked, each thresholded layer's bits."""
+        cp = self.cp
+        state = cp.asarray(x8)
+        hidden: List[np.ndarray] = []
+        for index, layer in enumerate(self.spec["layers"]):
+            kind = layer["type"]
+            if kind == "flatten":
+                if state.dtype == cp.uint8:
+                    state = state.reshape(len(state), -1)
+                else:
+                    bits = self.unpack(state, layer["in_shape"][-1])
+                    state = self.repack(bits.reshape(len(bits), -1))
+                continue
+            if kind == "maxpool":
+                state = self.max_pool(state, layer)
+                if keep_hidden:
+                    hidden[-1] = self.unpack(state, layer["out_shape"][-1]).get()
+                continue
+            name = f"layer{index}"
+            weights = self.device[f"{name}/weights"]
+            if layer["output"] == "logits":
+                epilogue = ("logits", self.device[f"{name}/scale"], self.device[f"{name}/shift"])
+            else:
+                epilogue = ("bits", self.device[f"{name}/threshold"], self.device[f"{name}/flip"])
+            first = layer["input"] == "uint8"
+            if layer["type"] == "dense":
+                rows = self.bit_planes(state) if first else state.reshape(len(state), -1)
+                out = self.gemm(rows, weights, layer["in_shape"][0], planes=8 if first else 1,
+                                epilogue=epilogue, b_ones=self.weight_ones[f"{name}/weights"])
+                shape = (len(state), layer["out_shape"][0])
+            else:
+                source = self.bit_planes(state) if first else state
+                out = self.conv(source, weights, layer, planes=8 if first else 1,
+                                epilogue=epilogue)
+                shape = (len(state),) + tuple(layer["out_shape"])
+            if layer["output"] == "logits":
+                return out.reshape(len(state), -1).get(), hidden
+            state = out.reshape(shape[:-1] + (words_for(shape[-1]),))
+            if keep_hidden:
+                hidden.append(self.unpack(state, shape[-1]).get())
+        raise AssertionError("validated specs end in a logits layer")

@@ -1,0 +1,67 @@
+// Bit packing, with the NumPy engine's convention (advlib/qnn/engine/packing.py):
+// +1 (x >= 0) is bit 1, -1 is bit 0; element i of a row is bit i % 32 of word i / 32;
+// unused bits of a row's last word are 0.
+
+// One thread per output word, over rows * words (1-D: rows can number millions).
+extern "C" __global__ void pack_signs(const float* __restrict__ x, unsigned int* __restrict__ out,
+                                      long long rows, int length, int words) {
+    long long index = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (index >= rows * words) return;
+    long long row = index / words;
+    int word = index % words;
+    const float* source = x + (long long)row * length;
+    unsigned int bits = 0u;
+    int first = word * 32;
+    int count = min(32, length - first);
+    for (int i = 0; i < count; ++i) {
+        bits |= (source[first + i] >= 0.0f ? 1u : 0u) << i;
+    }
+    out[row * words + word] = bits;
+}
+
+// The 8 bit-planes of uint8 inputs: out[plane][row][word], planes LSB first.
+extern "C" __global__ void pack_bit_planes(const unsigned char* __restrict__ x,
+                                           unsigned int* __restrict__ out,
+                                           long long rows, int length, int words) {
+    long long index = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (index >= rows * words) return;
+    long long row = index / words;
+    int word = index % words;
+    const unsigned char* source = x + (long long)row * length;
+    unsigned int planes[8] = {0u, 0u, 0u, 0u, 0u, 0u, 0u, 0u};
+    int first = word * 32;
+    int count = min(32, length - first);
+    for (int i = 0; i < count; ++i) {
+        unsigned int value = source[first + i];
+        for (int b = 0; b < 8; ++b) planes[b] |= ((value >> b) & 1u) << i;
+    }
+    long long plane_stride = rows * words;
+    for (int b = 0; b < 8; ++b) out[b * plane_stride + row * words + word] = planes[b];
+}
+
+// Max-pooling of +-1 values: the bitwise OR of packed words; padding is -1 (bit 0).
+extern "C" __global__ void max_pool_words(const unsigned int* __restrict__ x,
+                                          unsigned int* __restrict__ out,
+                                          int n, int height, int width, int words,
+                                          int out_h, int out_w, int pool_h, int pool_w,
+                                          int stride_h, int stride_w, int pad_top, int pad_left) {
+    long long index = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    long long total = (long long)n * out_h * out_w * words;
+    if (index >= total) return;
+    int word = index % words;
+    long long pixel = index / words;
+    int ow = pixel % out_w;
+    int oh = (pixel / out_w) % out_h;
+    int image = pixel / ((long long)out_w * out_h);
+    unsigned int bits = 0u;
+    for (int i = 0; i < pool_h; ++i) {
+        int h = oh * stride_h - pad_top + i;
+        if (h < 0 || h >= height) continue;
+        for (int j = 0; j < pool_w; ++j) {
+            int w = ow * stride_w - pad_left + j;
+            if (w < 0 || w >= width) continue;
+            bits |= x[(((long long)image * height + h) * width + w) * words + word];
+        }
+    }
+    out[index] = bits;
+}
