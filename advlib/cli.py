@@ -36,6 +36,7 @@ def _load_model(path: str, custom_objects_module: Optional[str]):
 
     import keras
 
+    import advlib.models  # noqa: F401  registers advlib's layers (QNNs) with Keras
     custom = {}
     if custom_objects_module:
         module = importlib.import_module(custom_objects_module)

@@ -22,6 +22,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 from advlib import qnn  # noqa: E402
+import advlib.qnn.layers  # noqa: E402,F401  registers the layers for load_model
 from advlib.attacks import ProjectedGradientDescent  # noqa: E402
 from advlib.datasets import load  # noqa: E402
 from advlib.models import KerasModelWrapper, QNNModelWrapper  # noqa: E402
@@ -123,9 +124,10 @@ def main(argv=None):
               f"{check['max_logit_rel_error']:.2e}")
 
     x, y = x_test[:args.attack_n], y_test[:args.attack_n]
-    rows = [("binary, STE gradients", QNNModelWrapper(model, surrogate="ste", engine=engine)),
-            ("binary, naive (zero) gradients", QNNModelWrapper(model, surrogate="zero",
-                                                               engine=engine))]
+    rows = [("binary, STE gradients", QNNModelWrapper(model, surrogate="ste", engine=engine))]
+    if args.activation_bits == 1:  # the surrogate acts on sign activations
+        rows.append(("binary, naive (zero) gradients",
+                     QNNModelWrapper(model, surrogate="zero", engine=engine)))
     if args.float_twin:
         twin = build(args.model, x_train.shape[1:], args.activation_bits, False, args.width)
         twin_accuracy, twin_seconds = train(twin, data, args.epochs, args.batch_size,

@@ -251,3 +251,19 @@ def test_attacks_on_qnns_use_the_surrogate_and_the_engine(trained_qnns, digits, 
         ProjectedGradientDescent(naive).generate_np(x, **params)).numpy() == y)
     assert broken < clean - 0.3  # STE gradients break the binary network
     assert masked > broken + 0.2  # naive gradients make it look robust
+
+
+def test_keras_loads_qnn_files_after_importing_advlib_models(tmp_path):
+    import subprocess
+    import sys
+    import textwrap
+
+    model = qnn.binary_mlp((4,), width=8)
+    path = str(tmp_path / "m.keras")
+    model.save(path)
+    script = textwrap.dedent(f"""
+        import keras, advlib.models
+        keras.models.load_model({path!r}, safe_mode=True)
+    """)
+    subprocess.run([sys.executable, "-c", script], check=True,
+                   env={**__import__("os").environ, "TF_CPP_MIN_LOG_LEVEL": "3"})

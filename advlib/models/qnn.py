@@ -7,6 +7,7 @@ from typing import Optional, Union
 import numpy as np
 import tensorflow as tf
 
+import advlib.qnn.layers  # noqa: F401  registers the QNN layers for keras.models.load_model
 from advlib.models.keras import KerasModelWrapper
 
 

@@ -94,24 +94,21 @@ class CupyBackend:
         return out
 
     def pack_signs(self, x):
-        cp = self.cp
-        x = cp.ascontiguousarray(x, dtype=cp.float32)
-        rows, length = int(np.prod(x.shape[:-1])), x.shape[-1]
-        words = words_for(length)
-        out = cp.empty(x.shape[:-1] + (words,), cp.uint32)
-        self.kernels["pack_signs"](((rows * words + 255) // 256,), (256,),
-                                   (x, out, np.int64(rows), np.int32(length), np.int32(words)))
-        return out
+        """Packs floats along the last axis: bit 1 where x >= 0."""
+        return self._pack(x, np.float32, "pack_signs", ())
 
     def bit_planes(self, x8):
+        """(8, ...) bit-planes of uint8 values, packed along the last axis."""
+        return self._pack(x8, np.uint8, "pack_bit_planes", (8,))
+
+    def _pack(self, x, dtype, kernel, leading):
         cp = self.cp
-        x8 = cp.ascontiguousarray(x8, dtype=cp.uint8)
-        rows, length = int(np.prod(x8.shape[:-1])), x8.shape[-1]
+        x = cp.ascontiguousarray(x, dtype=dtype)
+        rows, length = int(np.prod(x.shape[:-1])), x.shape[-1]
         words = words_for(length)
-        out = cp.empty((8,) + x8.shape[:-1] + (words,), cp.uint32)
-        self.kernels["pack_bit_planes"](((rows * words + 255) // 256,), (256,),
-                                        (x8, out, np.int64(rows), np.int32(length),
-                                         np.int32(words)))
+        out = cp.empty(leading + x.shape[:-1] + (words,), cp.uint32)
+        self.kernels[kernel](((rows * words + 255) // 256,), (256,),
+                             (x, out, np.int64(rows), np.int32(length), np.int32(words)))
         return out
 
     def gemm(self, a, b, length, planes=1, epilogue=("int",), b_ones=None,
