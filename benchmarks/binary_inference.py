@@ -121,6 +121,7 @@ def keras_side(args):
     """Builds or loads the Keras model; returns (model, engine path, x, y)."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import keras
+    import advlib.qnn.layers  # noqa: F401  registers the layers for load_model
     from advlib import qnn
     from advlib.datasets import load
 

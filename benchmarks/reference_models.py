@@ -22,6 +22,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # noqa: E402
 
 from advlib import bench, qnn  # noqa: E402
+import advlib.qnn.layers  # noqa: E402,F401  registers the layers for load_model
 from advlib.datasets import load  # noqa: E402
 from advlib.models import QNNModelWrapper, small_cnn, train_classifier  # noqa: E402
 from advlib.training import AdversarialModel  # noqa: E402
