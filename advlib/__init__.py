@@ -8,7 +8,7 @@ import importlib
 
 __version__ = "0.1.0"
 
-_SUBMODULES = ("attacks", "datasets", "models")
+_SUBMODULES = ("attacks", "bench", "datasets", "models", "qnn", "training")
 
 
 def __getattr__(name):
