@@ -4,7 +4,6 @@ engine's tests on machines that have only NumPy and CuPy."""
 import numpy as np
 
 from advlib.qnn.engine import pack_signs, spec as spec_io
-from advlib.qnn.engine.packing import words_for
 
 
 def random_network(seed=0, input_shape=(9, 7, 2), channels=(3, 33), dense=(40,), classes=5,
@@ -68,7 +67,3 @@ def random_network(seed=0, input_shape=(9, 7, 2), channels=(3, 33), dense=(40,),
             "input_shape": list(input_shape), "layers": layers}
     spec_io.validate(spec, arrays)
     return spec, arrays
-
-
-def words(length):
-    return words_for(length)

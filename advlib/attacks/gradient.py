@@ -110,7 +110,7 @@ class GradientAttack(Attack):
     # -- the attack --------------------------------------------------------
     def _generate(self, x, labels, targeted, *, eps, eps_iter, nb_iter, norm, clip_min,
                   clip_max, loss_fn, rand_init, rand_minmax, nb_restarts, decay_factor,
-                  seed, **unused):
+                  seed):
         if eps == 0:
             return tf.identity(x)
         eps_t, eps_iter_t, low, high, decay = _as_tensors(
