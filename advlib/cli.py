@@ -36,7 +36,8 @@ def _load_model(path: str, custom_objects_module: Optional[str]):
 
     import keras
 
-    import advlib.models  # noqa: F401  registers advlib's layers (QNNs) with Keras
+    import advlib.bench.testbeds  # noqa: F401  registers advlib's layers (QNNs, testbeds)
+    import advlib.models  # noqa: F401
     custom = {}
     if custom_objects_module:
         module = importlib.import_module(custom_objects_module)
@@ -64,13 +65,17 @@ def _bench_run(args) -> int:
         name = "reference digits CNN"
     else:
         model, source, name = _load_model(args.model, args.custom_objects), args.model, None
-    if args.engine:
-        model = QNNModelWrapper(model, engine=args.engine)
+    if args.engine or args.surrogate:
+        model = QNNModelWrapper(model, surrogate=args.surrogate or "ste",
+                                temperature=args.temperature, engine=args.engine)
+    transfer = None if args.transfer_from is None else _load_model(args.transfer_from,
+                                                                   args.custom_objects)
     out = args.out or os.path.join("advlib-bench", protocol["name"].replace("/", "_"),
                                    time.strftime("%Y%m%d-%H%M%S"))
     report = bench.evaluate(model, protocol=protocol, out_dir=out, resume=args.resume,
                             shard=args.shard, batch_size=args.batch_size,
-                            progress=not args.no_progress, model_name=name)
+                            progress=not args.no_progress, model_name=name,
+                            adaptive=args.adaptive, transfer_from=transfer)
     print()
     print(bench.markdown(report))
     print(f"\nmodel: {source}\nreport: {os.path.join(out, 'report.json')} (and report.md, "
@@ -127,6 +132,17 @@ def bench_parser() -> argparse.ArgumentParser:
                                                  "callables) the model needs")
     parser.add_argument("--engine", help="exported .npz of a binary network: predictions "
                                          "come from the exact binary engine")
+    parser.add_argument("--surrogate", choices=("ste", "identity", "smooth", "zero"),
+                        help="QNNs: the sign's backward pass that the attacks use (default "
+                             "ste; zero is the naive gradient)")
+    parser.add_argument("--temperature", type=float, default=1.0,
+                        help="QNNs: temperature of --surrogate smooth")
+    parser.add_argument("--adaptive", action="store_true",
+                        help="also attack through BPDA / sign-surrogate gradients and "
+                             "report the worst case")
+    parser.add_argument("--transfer-from", metavar="PATH",
+                        help="a .keras surrogate (e.g. a QNN's float twin) for the transfer "
+                             "diagnostic")
     parser.add_argument("--no-progress", action="store_true")
     parser.set_defaults(handler=_bench_run)
     return parser

@@ -1,10 +1,12 @@
 """The README's table: reference models under the shipped protocols.
 
-Trains (or loads, with --natural / --robust / --binary) three models of a
-data set — the naturally trained CNN, the fast-adversarially-trained CNN
-and the binary CNN (evaluated through its exact engine, with STE
-gradients) — and runs `advlib bench` on each. Prints a Markdown table and
-writes JSON to `--out`.
+Trains (or loads, with --natural / --robust / --binary / --twin) three models
+of a data set — the naturally trained CNN, the fast-adversarially-trained CNN
+and the binary CNN (evaluated through its exact engine, with STE gradients) —
+and runs `advlib bench` on each, with its gradient-masking diagnostics. The
+transfer diagnostic crafts on the natural CNN for the fast-AT CNN and on the
+float twin for the binary CNN. Prints two Markdown tables (numbers and
+diagnostics) and writes JSON to `--out`.
 
     python benchmarks/reference_models.py --dataset digits
     python benchmarks/reference_models.py --dataset fashion-mnist \\
@@ -48,12 +50,13 @@ def robust(data, eps, epochs):
     return model
 
 
-def binary(data, epochs):
+def binary(data, epochs, is_binary=True):
     (x, y), _ = data
     keras.utils.set_random_seed(0)
     small = x.shape[1] < 16
     model = qnn.binary_cnn(x.shape[1:], filters=(32, 32, 64, 64) if small else
-                           (64, 64, 128, 128), dense=128 if small else 512)
+                           (64, 64, 128, 128), dense=128 if small else 512, binary=is_binary,
+                           name="binary_cnn" if is_binary else "float_twin")
     model.compile(keras.optimizers.Adam(3e-3),
                   keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     model.fit(x, y, epochs=epochs, batch_size=64 if small else 100, verbose=0)
@@ -66,6 +69,9 @@ def main(argv=None):
     parser.add_argument("--natural")
     parser.add_argument("--robust")
     parser.add_argument("--binary")
+    parser.add_argument("--twin", help="the binary CNN's float twin (.keras)")
+    parser.add_argument("--no-twin", action="store_true",
+                        help="no float twin: skip the binary CNN's transfer diagnostic")
     parser.add_argument("--epochs", type=int, default=15)
     parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument("--shard", default=None, help="i/n: evaluate a deterministic slice")
@@ -83,6 +89,10 @@ def main(argv=None):
         "binary CNN (engine, STE)": loaded(args.binary) if args.binary else binary(
             data, args.epochs),
     }
+    surrogates = {"fast-AT CNN": models["natural CNN"]}
+    if not args.no_twin:
+        surrogates["binary CNN (engine, STE)"] = loaded(args.twin) if args.twin else binary(
+            data, args.epochs, is_binary=False)
     protocol = PROTOCOLS[args.dataset]
     rows = []
     for name, model in models.items():
@@ -95,11 +105,14 @@ def main(argv=None):
                                     engine=None if args.keras_predictions else path)
         start = time.perf_counter()
         report = bench.evaluate(model, protocol=protocol, out_dir=folder + f"-{int(start)}",
-                                batch_size=args.batch_size, model_name=name, shard=args.shard)
+                                batch_size=args.batch_size, model_name=name, shard=args.shard,
+                                transfer_from=surrogates.get(name))
         seconds = time.perf_counter() - start
         rows.append(dict(model=name, clean=report["results"]["clean_accuracy"],
                          robust=report["results"]["robust_accuracy"], seconds=seconds,
-                         n=report["n"], shard=report["shard"]))
+                         n=report["n"], shard=report["shard"],
+                         diagnostics={c["id"]: c["status"] for c in report["diagnostics"]},
+                         flag=report["headline_flag"].strip()))
     print(f"\n{protocol}" + (f", shard {args.shard} ({rows[0]['n']} examples)"
                               if args.shard else ""))
     print("| model | clean | robust (worst case) [95% CI] | evaluation time |")
@@ -109,6 +122,11 @@ def main(argv=None):
         print(f"| {r['model']} | {100 * r['clean']['value']:.2f}% | "
               f"{100 * r['robust']['value']:.2f}% [{100 * low:.1f}, {100 * high:.1f}] | "
               f"{r['seconds']:.0f} s |")
+    checks = list(rows[0]["diagnostics"])
+    print("\n| model | " + " | ".join(checks) + " |")
+    print("|---|" + "---|" * len(checks))
+    for r in rows:
+        print(f"| {r['model']} | " + " | ".join(r["diagnostics"][c] for c in checks) + " |")
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, f"{args.dataset}.json"), "w") as handle:
         json.dump(dict(protocol=protocol, rows=rows), handle, indent=2)

@@ -55,6 +55,26 @@ def cnn_eval(digits, digits_cnn):
     return correctly_classified(digits_cnn, digits, 100)
 
 
+@pytest.fixture(scope="session")
+def digits_qnns(digits):
+    """A binary CNN and a binary MLP trained on digits: {"cnn": ..., "mlp": ...}."""
+    import keras
+    from advlib import qnn
+    (x_train, y_train), _ = digits
+    models = {}
+    for kind in ("cnn", "mlp"):
+        keras.utils.set_random_seed(0)
+        model = (qnn.binary_cnn((8, 8, 1), filters=(32, 32, 64, 64), dense=128)
+                 if kind == "cnn" else qnn.binary_mlp((8, 8, 1), width=256))
+        model.compile(keras.optimizers.Adam(3e-3),
+                      keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                      metrics=["accuracy"])
+        model.fit(x_train, y_train, epochs=15 if kind == "cnn" else 20, batch_size=64,
+                  verbose=0)
+        models[kind] = model
+    return models
+
+
 def linear_model(weights, bias=None):
     """A functional Keras model computing flatten(x) @ weights + bias."""
     import keras

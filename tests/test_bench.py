@@ -87,6 +87,7 @@ def test_shards_merge_into_the_single_run(full_run, digits_cnn, tmp_path):
         for a, b in zip(ours["attacks"], theirs["attacks"]):
             assert a["robust_accuracy_after"] == b["robust_accuracy_after"]
             assert a["forward_passes"] == b["forward_passes"]
+    assert merged["diagnostics"] == report["diagnostics"]  # every shard probes the same subset
     with np.load(os.path.join(out, "examples.npz")) as one, \
             np.load(str(tmp_path / "merged" / "examples.npz")) as many:
         for key in ("correct", "broken_by", "success", "attacked"):
@@ -144,6 +145,7 @@ def test_resume_after_sigkill_gives_identical_numbers(cli_env, tmp_path):
     b = json.load(open(os.path.join(interrupted, "report.json")))
     assert a["results"]["robust_accuracy"] == b["results"]["robust_accuracy"]
     assert a["results"]["clean_accuracy"] == b["results"]["clean_accuracy"]
+    assert a["diagnostics"] == b["diagnostics"] and a["probes"] == b["probes"]
     for x, y in zip(a["results"]["per_eps"], b["results"]["per_eps"]):
         assert [t["robust_accuracy_after"] for t in x["attacks"]] == \
             [t["robust_accuracy_after"] for t in y["attacks"]]

@@ -1,5 +1,6 @@
 """The runnable scripts behind the README and the tutorials."""
 
+import json
 import os
 import re
 import subprocess
@@ -99,3 +100,19 @@ def test_adversarial_training_example_on_digits(tmp_path):
         assert all(b <= a + 0.02 for a, b in zip(pgd, pgd[1:]))
     assert os.path.getsize(report["plot"]) > 10_000
     assert len(report["robust_epoch_seconds"]) == 3
+
+
+def test_trustworthy_evaluation_example(tmp_path):
+    import trustworthy_evaluation
+
+    summary = trustworthy_evaluation.main(["--n", "60", "--epochs", "10", "--no-sweep",
+                                           "--spsa-iter", "20", "--out-dir", str(tmp_path)])
+    assert summary["cnn"]["flag"] == "" and summary["binary, STE"]["flag"] == ""
+    assert "gradient-health" in summary["defended"]["flag"]
+    assert "gradient-health" in summary["binary, naive gradients"]["flag"]
+    for naive, adaptive in (("defended", "defended, adaptive"),
+                            ("binary, naive gradients", "binary, naive gradients, adaptive")):
+        assert summary[adaptive]["flag"] == ""
+        assert summary[adaptive]["robust_accuracy"] < summary[naive]["robust_accuracy"]
+    assert os.path.exists(tmp_path / "defended_adaptive.md")
+    assert json.load(open(tmp_path / "summary.json")).keys() == summary.keys()

@@ -91,27 +91,10 @@ def test_quant_conv_pads_with_pad_values():
     assert plain(x).numpy()[0, 0, 0, 0] == -4  # Keras's zeros
 
 
-@pytest.fixture(scope="module")
-def trained_qnns(digits):
-    (x_train, y_train), _ = digits
-    models = {}
-    for kind in ("cnn", "mlp"):
-        keras.utils.set_random_seed(0)
-        model = (qnn.binary_cnn((8, 8, 1), filters=(32, 32, 64, 64), dense=128)
-                 if kind == "cnn" else qnn.binary_mlp((8, 8, 1), width=256))
-        model.compile(keras.optimizers.Adam(3e-3),
-                      keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                      metrics=["accuracy"])
-        model.fit(x_train, y_train, epochs=15 if kind == "cnn" else 20, batch_size=64,
-                  verbose=0)
-        models[kind] = model
-    return models
-
-
 @pytest.mark.parametrize("kind", ["cnn", "mlp"])
-def test_binary_networks_learn_digits(trained_qnns, digits, kind):
+def test_binary_networks_learn_digits(digits_qnns, digits, kind):
     _, (x_test, y_test) = digits
-    model = trained_qnns[kind]
+    model = digits_qnns[kind]
     assert model.evaluate(x_test, y_test, verbose=0)[1] >= 0.85
     for layer in model.layers:
         if isinstance(layer, (qnn.QuantDense, qnn.QuantConv2D)):
@@ -120,9 +103,9 @@ def test_binary_networks_learn_digits(trained_qnns, digits, kind):
 
 
 @pytest.mark.parametrize("kind", ["cnn", "mlp"])
-def test_engine_is_bit_exact_on_all_digits(trained_qnns, digits, tmp_path, kind):
+def test_engine_is_bit_exact_on_all_digits(digits_qnns, digits, tmp_path, kind):
     (x_train, _), (x_test, _) = digits
-    model = trained_qnns[kind]
+    model = digits_qnns[kind]
     path = str(tmp_path / f"{kind}.npz")
     qnn.export(model, path)
     engine = BinaryEngine.load(path)
@@ -200,9 +183,9 @@ def test_export_refuses_what_it_cannot_represent():
         qnn.export(softmax_end)
 
 
-def test_save_and_load_keras_file_in_safe_mode(trained_qnns, digits, tmp_path):
+def test_save_and_load_keras_file_in_safe_mode(digits_qnns, digits, tmp_path):
     _, (x_test, _) = digits
-    model = trained_qnns["cnn"]
+    model = digits_qnns["cnn"]
     path = str(tmp_path / "binary.keras")
     model.save(path)
     loaded = keras.models.load_model(path, safe_mode=True)
@@ -233,9 +216,9 @@ def test_memory_summary_counts_bits():
     assert report["ratio"] > 10
 
 
-def test_attacks_on_qnns_use_the_surrogate_and_the_engine(trained_qnns, digits, tmp_path):
+def test_attacks_on_qnns_use_the_surrogate_and_the_engine(digits_qnns, digits, tmp_path):
     _, (x_test, y_test) = digits
-    model = trained_qnns["cnn"]
+    model = digits_qnns["cnn"]
     path = str(tmp_path / "cnn.npz")
     qnn.export(model, path)
     x, y = x_test[:150], y_test[:150]

@@ -15,9 +15,11 @@ from advlib.attacks.projected_gradient_descent import (BasicIterativeMethod, Mad
                                                        ProjectedGradientDescent, TargetedPGD)
 from advlib.attacks.result import AttackResult
 from advlib.attacks.saliency_map_method import SaliencyMapMethod
+from advlib.attacks.spsa import SPSA
 from advlib.attacks.utils import clip_eta, optimize_linear, project_l1_ball, random_lp_vector
 
 __all__ = ["Attack", "AttackResult", "BasicIterativeMethod", "CarliniWagnerL2", "FastGradientMethod", "GradientAttack",
-           "MadryEtAl", "MomentumIterativeMethod", "ProjectedGradientDescent", "SaliencyMapMethod", "TargetedPGD",
+           "MadryEtAl", "MomentumIterativeMethod", "ProjectedGradientDescent", "SPSA", "SaliencyMapMethod",
+           "TargetedPGD",
            "clip_eta",
            "losses", "optimize_linear", "project_l1_ball", "random_lp_vector"]

@@ -2,24 +2,38 @@
 
 from __future__ import annotations
 
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import numpy as np
 
 from advlib import attacks as attack_module
 
 _NORM_TOLERANCE = 1e-5
+SEEDED = ("ProjectedGradientDescent", "TargetedPGD", "BasicIterativeMethod", "SPSA")
+BLACK_BOX = ("SPSA",)
 
 
 def attack_class(name: str):
     return getattr(attack_module, name)
 
 
-def perturbation_norms(delta: np.ndarray, norm: str) -> np.ndarray:
+def perturbation_norms(delta: np.ndarray, norm) -> np.ndarray:
     flat = delta.reshape(len(delta), -1).astype(np.float64)
-    if norm == "inf":
+    if str(norm) == "inf":
         return np.abs(flat).max(axis=1, initial=0.0)
     return np.sqrt((flat ** 2).sum(axis=1))
+
+
+def within_threat(x_adv: np.ndarray, x: np.ndarray, eps: float, norm, clip_min,
+                  clip_max) -> np.ndarray:
+    """Per example: the perturbation lies within the eps ball and the input domain."""
+    within = perturbation_norms(x_adv - x, norm) <= eps * (1 + _NORM_TOLERANCE) + 1e-7
+    flat = x_adv.reshape(len(x_adv), -1)
+    if clip_min is not None:
+        within &= flat.min(axis=1, initial=np.inf) >= clip_min - 1e-6
+    if clip_max is not None:
+        within &= flat.max(axis=1, initial=-np.inf) <= clip_max + 1e-6
+    return within
 
 
 def attack_params(entry: Dict, eps: float, norm: str, clip, seed: int) -> Dict:
@@ -32,18 +46,24 @@ def attack_params(entry: Dict, eps: float, norm: str, clip, seed: int) -> Dict:
                   clip_max=clip["max"])
     if fraction is not None:
         params["eps_iter"] = fraction * eps
-    if entry["attack"] in ("ProjectedGradientDescent", "TargetedPGD", "BasicIterativeMethod"):
+    if entry["attack"] in SEEDED:
         params["seed"] = seed
     return params
 
 
 def run_ensemble(model, protocol: Dict, x: np.ndarray, y: np.ndarray, eps: float,
-                 seed: int, on_attack=None) -> Dict[str, np.ndarray]:
+                 seed: int, on_attack=None, attacks: Optional[List[Dict]] = None,
+                 variants: Optional[Dict] = None) -> Dict[str, np.ndarray]:
     """Runs every attack of the protocol, in order, on the examples still robust.
 
-    An example counts as broken only if the model misclassifies the
-    adversarial example and the perturbation lies within the threat model
-    (norm <= eps) and the input domain.
+    An example counts as broken only if `model` (the model as evaluated)
+    misclassifies the adversarial example and the perturbation lies within the
+    threat model (norm <= eps) and the input domain.
+
+    Args:
+        attacks: the entries to run (default: the protocol's). An entry with a
+            "variant" key attacks `variants[variant]` (an adaptive model, e.g.
+            with BPDA gradients) while `model` still judges the result.
 
     Returns:
         per-example arrays: "broken_by" (attack index, or -1), "norm" (of the
@@ -51,37 +71,47 @@ def run_ensemble(model, protocol: Dict, x: np.ndarray, y: np.ndarray, eps: float
         (attacks, batch); and per-attack "forward", "backward", "seconds".
     """
     norm, clip = protocol["threat"]["norm"], protocol["clip"]
-    count = len(protocol["attacks"])
+    attacks = protocol["attacks"] if attacks is None else attacks
+    count = len(attacks)
     robust = model.predict_classes(x).numpy() == y
     out = {"broken_by": np.full(len(x), -1, np.int16), "norm": np.full(len(x), np.nan),
            "attacked": np.zeros((count, len(x)), bool), "success": np.zeros((count, len(x)), bool),
            "forward": np.zeros(count, np.int64), "backward": np.zeros(count, np.int64),
            "seconds": np.zeros(count)}
-    for index, entry in enumerate(protocol["attacks"]):
+    for index, entry in enumerate(attacks):
         todo = np.flatnonzero(robust)
         if todo.size == 0:
             break
         if on_attack is not None:
             on_attack(entry["name"])
-        attack = attack_class(entry["attack"])(model)
+        variant = entry.get("variant")
+        attack = attack_class(entry["attack"])(model if variant is None else variants[variant])
         params = attack_params(entry, eps, norm, clip, seed * 1000 + index)
         result = attack.run(x[todo], y[todo], batch_size=len(todo), **params)
-        norms = perturbation_norms(result.x_adv - x[todo], norm)
-        within = norms <= eps * (1 + _NORM_TOLERANCE) + 1e-7
-        if clip["min"] is not None:
-            within &= result.x_adv.reshape(len(todo), -1).min(axis=1) >= clip["min"] - 1e-6
-        if clip["max"] is not None:
-            within &= result.x_adv.reshape(len(todo), -1).max(axis=1) <= clip["max"] + 1e-6
-        broken = result.success & within
+        success = result.success if variant is None else \
+            model.predict_classes(result.x_adv).numpy() != y[todo]
+        broken = success & within_threat(result.x_adv, x[todo], eps, norm, clip["min"],
+                                         clip["max"])
         out["attacked"][index, todo] = True
         out["success"][index, todo] = broken
         out["broken_by"][todo[broken]] = index
-        out["norm"][todo[broken]] = norms[broken]
+        out["norm"][todo[broken]] = perturbation_norms(result.x_adv - x[todo], norm)[broken]
         out["forward"][index] = result.forward_passes
         out["backward"][index] = result.backward_passes
         out["seconds"][index] = result.wall_time
         robust[todo[broken]] = False
     return out
+
+
+def expand(attacks: List[Dict], variant_names: List[str]) -> List[Dict]:
+    """The ensemble of an adaptive run: the gradient attacks once more per model
+    variant, after the originals; the black-box attacks last, so that they
+    cross-check every white-box attack."""
+    white = [a for a in attacks if a["attack"] not in BLACK_BOX]
+    black = [a for a in attacks if a["attack"] in BLACK_BOX]
+    adapted = [dict(a, name=f"{a['name']}@{v}", variant=v) for v in variant_names
+               for a in white]
+    return white + adapted + black
 
 
 def attack_names(protocol) -> List[str]:

@@ -9,13 +9,15 @@ A protocol is a JSON document:
      "seed": 0, "batch_size": 500,
      "attacks": [{"name": "pgd-ce", "attack": "ProjectedGradientDescent",
                   "params": {"nb_iter": 100, "eps_iter_fraction": 0.25, ...}}, ...],
-     "sweep": [0.025, 0.05]}
+     "sweep": [0.025, 0.05],
+     "diagnostics": {"n": 100, "convergence_threshold": 0.01, "black_box_margin": 0.01}}
 
 The first `n` examples of the split are evaluated, in order. Each attack runs
 on the examples that the attacks before it did not break. `eps_iter_fraction`
 sets the step size as a fraction of eps, so the `sweep` (extra eps values,
-for the robustness curve) scales every attack alike. Unknown keys are
-refused.
+for the robustness curve) scales every attack alike. `diagnostics` sets the
+subset and thresholds of the gradient-masking checks
+(`advlib.bench.diagnostics`; all optional). Unknown keys are refused.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from advlib import _checks
 
 PROTOCOL_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "protocols")
 _TOP_KEYS = {"name", "version", "description", "dataset", "threat", "clip", "seed",
-             "batch_size", "attacks", "sweep"}
+             "batch_size", "attacks", "sweep", "diagnostics"}
 _REQUIRED = {"name", "version", "dataset", "threat", "attacks"}
 _DATASET_KEYS = {"name", "split", "n"}
 _THREAT_KEYS = {"norm", "eps"}
@@ -42,7 +44,7 @@ _ATTACK_KEYS = {"name", "attack", "params"}
 _HARNESS_PARAMS = {"eps", "norm", "ord", "y", "y_target", "targeted", "clip_min", "clip_max",
                    "seed", "batch_size"}
 ATTACKS = ("FastGradientMethod", "BasicIterativeMethod", "ProjectedGradientDescent",
-           "MomentumIterativeMethod", "CarliniWagnerL2", "TargetedPGD")
+           "MomentumIterativeMethod", "CarliniWagnerL2", "TargetedPGD", "SPSA")
 
 
 class ProtocolError(ValueError):
@@ -124,6 +126,7 @@ def validate(document: Dict[str, Any], source: str = "protocol") -> Dict[str, An
     document.setdefault("description", "")
     for eps in document["sweep"]:
         _check(source, "sweep eps", eps, low=0, low_open=True)
+    _validate_diagnostics(document, source)
     attacks = document["attacks"]
     if not isinstance(attacks, list) or not attacks:
         raise ProtocolError(f"{source}: attacks must be a non-empty list.")
@@ -142,6 +145,21 @@ def validate(document: Dict[str, Any], source: str = "protocol") -> Dict[str, An
         allowed = (attack_signature(entry["attack"]) - _HARNESS_PARAMS) | {"eps_iter_fraction"}
         _unknown(params, allowed, f"{where} ({entry['attack']}) params")
     return document
+
+
+def _validate_diagnostics(document, source):
+    from advlib.bench.diagnostics import DEFAULTS
+
+    settings = document.get("diagnostics", {})
+    if not isinstance(settings, dict):
+        raise ProtocolError(f"{source}: diagnostics must be an object with keys "
+                            f"{sorted(DEFAULTS)}, got {settings!r}.")
+    _unknown(settings, DEFAULTS, f"{source}: diagnostics")
+    if "n" in settings:
+        _check(source, "diagnostics n", settings["n"], low=1, integer=True)
+    for key in ("convergence_threshold", "black_box_margin"):
+        if key in settings:
+            _check(source, f"diagnostics {key}", settings[key], low=0, high=1)
 
 
 def _check(source, name, value, **bounds):

@@ -7,7 +7,7 @@ from typing import Dict, List, Sequence
 
 import numpy as np
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 def wilson_interval(successes: int, n: int, z: float = 1.959964) -> List[float]:
@@ -88,7 +88,24 @@ def markdown(report: Dict) -> str:
     flag = report.get("headline_flag", "")
     lines.append(f"| **robust (worst case), eps={main['eps']:.4g}** | "
                  f"**{_percent(main['robust_accuracy'])}**{flag} | | | | |")
+    adaptive = report.get("adaptive")
+    if adaptive:
+        if adaptive["variants"]:
+            lines += ["", f"Adaptive attacks through {', '.join(adaptive['variants'])}: robust "
+                          f"accuracy {100 * adaptive['robust_before']:.2f}% after the "
+                          f"original gradient attacks, {100 * adaptive['robust_after']:.2f}% "
+                          "after the adaptive ones."]
+        else:
+            lines += ["", "Adaptive mode found nothing to adapt: no sign or quantized "
+                          "activations and no layer with a zero gradient."]
+    if report.get("diagnostics"):
+        lines += ["", "| diagnostic | status | evidence |", "|---|---|---|"]
+        lines += [f"| {c['id']} | {_STATUS[c['status']]} | {c['message']} |"
+                  for c in report["diagnostics"]]
     return "\n".join(lines)
+
+
+_STATUS = {"pass": "pass", "warn": "**warn**", "fail": "**FAIL**", "skip": "skip"}
 
 
 def plot(report: Dict, path: str) -> None:

@@ -12,7 +12,7 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 
 import advlib
-from advlib.bench import ensemble, protocol as protocols, report as reports
+from advlib.bench import diagnostics, ensemble, protocol as protocols, report as reports
 
 STATE_JSON, STATE_NPZ = "state.json", "state.npz"
 _PER_EXAMPLE = ("index", "label", "clean_pred", "correct", "broken_by", "norm", "attacked",
@@ -103,10 +103,14 @@ def _write_atomic(path: str, content) -> None:
 class Evaluation:
     """One run of a protocol on a model: its identity, arrays and state files."""
 
-    def __init__(self, wrapped, protocol, x, y, batch_size, shard, out_dir, name):
+    def __init__(self, wrapped, protocol, x, y, batch_size, shard, out_dir, name,
+                 variants: Optional[Dict] = None):
         self.wrapped, self.protocol, self.x, self.y = wrapped, protocol, x, y
         self.batch_size, self.shard, self.out_dir, self.name = batch_size, shard, out_dir, name
-        self.names = ensemble.attack_names(protocol)
+        self.variants = variants
+        self.attacks = (protocol["attacks"] if variants is None else
+                        ensemble.expand(protocol["attacks"], list(variants)))
+        self.names = [entry["name"] for entry in self.attacks]
         self.eps_list = protocols.eps_values(protocol)
         self.batches = -(-len(x) // batch_size)
         self.identity = {
@@ -114,7 +118,8 @@ class Evaluation:
             "model_fingerprint": model_fingerprint(wrapped),
             "data_fingerprint": fingerprint_arrays([x, y]),
             "batch_size": batch_size, "n": len(x),
-            "shard": None if shard is None else f"{shard[0]}/{shard[1]}"}
+            "shard": None if shard is None else f"{shard[0]}/{shard[1]}",
+            "adaptive": None if variants is None else list(variants)}
         self.mine = [b for b in range(self.batches)
                      if shard is None or b % shard[1] == shard[0] - 1]
         e, a, n = len(self.eps_list), len(self.names), len(x)
@@ -127,6 +132,7 @@ class Evaluation:
                        "backward": np.zeros((self.batches, e, a), np.int64),
                        "seconds": np.zeros((self.batches, e, a))}
         self.done: List[int] = []
+        self.probes: Optional[Dict] = None
 
     # -- state ----------------------------------------------------------------
     def _path(self, name):
@@ -147,11 +153,13 @@ class Evaluation:
             for key in self.arrays:
                 self.arrays[key] = data[key]
         self.done = list(saved["done"])
+        self.probes = saved.get("probes")
 
     def save(self) -> None:
         _write_atomic(self._path(STATE_NPZ), self.arrays)
         _write_atomic(self._path(STATE_JSON),
-                      json.dumps({"identity": self.identity, "done": self.done}, indent=1))
+                      json.dumps({"identity": self.identity, "done": self.done,
+                                 "probes": self.probes}, indent=1))
 
     # -- the loop ----------------------------------------------------------------
     def run_batch(self, b: int, on_attack=None) -> None:
@@ -164,7 +172,8 @@ class Evaluation:
         for e, eps in enumerate(self.eps_list):
             hook = None if on_attack is None else (lambda name, eps=eps: on_attack(name, eps))
             out = ensemble.run_ensemble(self.wrapped, self.protocol, x, y, eps,
-                                        seed=(seed * 10007 + b) * 16 + e, on_attack=hook)
+                                        seed=(seed * 10007 + b) * 16 + e, on_attack=hook,
+                                        attacks=self.attacks, variants=self.variants)
             self.arrays["broken_by"][e, start:stop] = out["broken_by"]
             self.arrays["norm"][e, start:stop] = out["norm"]
             self.arrays["attacked"][e, :, start:stop] = out["attacked"]
@@ -172,6 +181,15 @@ class Evaluation:
             for key in _PER_BATCH:
                 self.arrays[key][b, e] = out[key]
         self.done.append(b)
+
+    def run_probes(self, transfer_from=None, on_step=None) -> None:
+        """The diagnostics' own attacks, on the protocol's first examples; with
+        --adaptive they attack through the first adaptive variant."""
+        n = min(diagnostics.settings(self.protocol)["n"], len(self.x))
+        attacked = next(iter(self.variants.values())) if self.variants else self.wrapped
+        self.probes = diagnostics.probe(attacked, self.wrapped, self.protocol, self.x[:n],
+                                        self.y[:n], seed=int(self.protocol["seed"]),
+                                        surrogate=transfer_from, on_step=on_step)
 
     def selection(self) -> np.ndarray:
         """The examples of the finished batches."""
@@ -187,12 +205,37 @@ def summarize_arrays(arrays, selection, batches_done, names, eps_list):
     return reports.summarize(view, names, eps_list)
 
 
+def assess(report: Dict, arrays: Dict, selection: np.ndarray) -> Dict:
+    """Adds the diagnostics, and their flag on the headline, to a report."""
+    standing = ~(selection & (arrays["broken_by"][0] >= 0))
+    checks = diagnostics.assess(report["probes"], report["results"], report["ensemble"],
+                                report["protocol"], report.get("nb_classes"), standing)
+    report["diagnostics"] = checks
+    report["headline_flag"] = diagnostics.headline_flag(checks)
+    if report.get("adaptive"):
+        report["adaptive"] = adaptive_summary(report)
+    return report
+
+
+def adaptive_summary(report: Dict) -> Dict:
+    """Robust accuracy before and after the adaptive attacks, at the main eps."""
+    attacks = report["results"]["per_eps"][0]["attacks"]
+    entries = report["ensemble"]
+    last = lambda keep: max((i for i, e in enumerate(entries) if keep(e)), default=None)
+    before = last(lambda e: "variant" not in e and e["attack"] not in ensemble.BLACK_BOX)
+    after = last(lambda e: e["attack"] not in ensemble.BLACK_BOX)
+    value = lambda i: None if i is None else attacks[i]["robust_accuracy_after"]["value"]
+    return {"variants": report["adaptive"]["variants"], "robust_before": value(before),
+            "robust_after": value(after)}
+
+
 def build_report(evaluation: Evaluation, model_name: str) -> Dict:
     selection = evaluation.selection()
     done = sorted(evaluation.done)
     results = summarize_arrays(evaluation.arrays, selection, done, evaluation.names,
                                evaluation.eps_list)
-    return {
+    variants = evaluation.variants
+    return assess({
         "schema_version": reports.SCHEMA_VERSION,
         "protocol": evaluation.protocol,
         "protocol_hash": evaluation.identity["protocol_hash"],
@@ -208,8 +251,12 @@ def build_report(evaluation: Evaluation, model_name: str) -> Dict:
         "complete": len(done) == evaluation.batches,
         "n": int(selection.sum()),
         "results": results,
+        "ensemble": evaluation.attacks,
+        "nb_classes": evaluation.wrapped.nb_classes,
+        "probes": evaluation.probes,
+        "adaptive": None if variants is None else {"variants": list(variants)},
         "headline_flag": "",
-    }
+    }, evaluation.arrays, selection)
 
 
 def write_outputs(report: Dict, arrays: Dict, out_dir: str) -> Dict[str, str]:
@@ -228,7 +275,8 @@ def write_outputs(report: Dict, arrays: Dict, out_dir: str) -> Dict[str, str]:
 def evaluate(model, protocol="digits-linf-0.2", out_dir: Optional[str] = None,
              resume: bool = False, shard: Optional[str] = None,
              batch_size: Optional[int] = None, progress: bool = True,
-             model_name: Optional[str] = None) -> Dict:
+             model_name: Optional[str] = None, adaptive: bool = False,
+             transfer_from=None) -> Dict:
     """Evaluates a live model under a protocol; returns the report.
 
     Args:
@@ -241,6 +289,12 @@ def evaluate(model, protocol="digits-linf-0.2", out_dir: Optional[str] = None,
         shard: "i/n" evaluates every n-th batch from the i-th (1-based).
         batch_size: overrides the protocol's (part of the run's identity).
         progress: show a progress bar.
+        model_name: the name in the report (default: the Keras model's).
+        adaptive: also attack through adaptive variants of the model (sign
+            surrogates for QNNs, BPDA through layers with zero gradients; see
+            `advlib.bench.adaptive`). The worst case over all attacks is reported.
+        transfer_from: a surrogate model (e.g. a QNN's float twin) for the
+            transfer diagnostic.
 
     Returns:
         The report (see `advlib.bench.report`), as also written to out_dir.
@@ -253,7 +307,12 @@ def evaluate(model, protocol="digits-linf-0.2", out_dir: Optional[str] = None,
     x, y = load_examples(protocol)
     check_model_fits(wrapped, x, y, protocol)
     size = batch_size or protocol["batch_size"]
-    evaluation = Evaluation(wrapped, protocol, x, y, size, shard_spec, out_dir, model_name)
+    variants = None
+    if adaptive:
+        from advlib.bench.adaptive import variants as adaptive_variants
+        variants = adaptive_variants(wrapped, x[:min(len(x), 64)])
+    evaluation = Evaluation(wrapped, protocol, x, y, size, shard_spec, out_dir, model_name,
+                            variants)
     if out_dir is not None:
         if resume:
             evaluation.restore()
@@ -271,6 +330,11 @@ def evaluate(model, protocol="digits-linf-0.2", out_dir: Optional[str] = None,
     on_attack = (None if bar is None else
                  lambda name, eps: bar.set_postfix_str(f"{name} @ eps={eps:.4g}"))
     start = time.perf_counter()
+    if evaluation.probes is None:
+        step = None if bar is None else lambda name: bar.set_postfix_str(f"diagnostics: {name}")
+        evaluation.run_probes(None if transfer_from is None else as_model(transfer_from), step)
+        if out_dir is not None:
+            evaluation.save()
     for b in todo:
         evaluation.run_batch(b, on_attack)
         if out_dir is not None:
@@ -332,7 +396,7 @@ def merge(report_paths: List[str], out_dir: str) -> Dict:
             for key in _PER_BATCH:
                 arrays[key][b] = part[key][b]
     protocol = first["protocol"]
-    names = ensemble.attack_names(protocol)
+    names = [entry["name"] for entry in first["ensemble"]]
     eps_list = protocols.eps_values(protocol)
     selection = np.ones(len(arrays["index"]), bool)
     merged = dict(first, shard=None, batches=list(range(total)), complete=True,
@@ -341,5 +405,8 @@ def merge(report_paths: List[str], out_dir: str) -> Dict:
                                            eps_list),
                   merged_from=[r["shard"] for r, _ in loaded])
     merged.pop("wall_seconds_this_session", None)
+    if merged.get("adaptive"):
+        merged["adaptive"] = {"variants": merged["adaptive"]["variants"]}
+    assess(merged, arrays, selection)
     write_outputs(merged, arrays, out_dir)
     return merged

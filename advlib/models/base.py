@@ -109,7 +109,10 @@ class Model(abc.ABC):
             loss = loss_fn(labels=labels, logits=logits)
             if targeted:
                 loss = -loss
-        return loss, tape.gradient(loss, x), logits
+        # a model that cuts the input off (stop_gradient, tf.round) has a zero gradient,
+        # not a missing one: attacks see it, and the diagnostics report it
+        return loss, tape.gradient(loss, x, unconnected_gradients=tf.UnconnectedGradients.ZERO), \
+            logits
 
 
 def as_model(model, **kwargs) -> Model:

@@ -26,7 +26,7 @@ class QNNModelWrapper(KerasModelWrapper):
             naive gradient, for demonstrations of gradient masking).
         temperature: the smooth sign's temperature.
         engine: a `BinaryEngine`, or the path of an exported `.npz`. When
-            given, `predict_classes` runs the exact bit-packed engine, so
+            given, `predict_logits` and `predict_classes` run the exact binary engine, so
             robust accuracy is judged by binary inference itself.
 
     Example:
@@ -54,8 +54,10 @@ class QNNModelWrapper(KerasModelWrapper):
         with sign_surrogate(self.surrogate, self.temperature):
             return super().get_logits(x, training)
 
-    def predict_classes(self, x) -> tf.Tensor:
+    def predict_logits(self, x) -> tf.Tensor:
+        """Logits of the exact binary engine when there is one (gradient-free callers
+        such as `SPSA` then query the bit-packed network itself)."""
         if self.engine is None:
-            return super().predict_classes(x)
+            return super().predict_logits(x)
         x = x.numpy() if isinstance(x, tf.Tensor) else np.asarray(x)
-        return tf.constant(self.engine.predict_classes(x), tf.int64)
+        return tf.constant(self.engine.predict(x))

@@ -1,0 +1,176 @@
+"""SPSA: a gradient-free attack (Uesato et al. 2018), batched over examples."""
+
+from __future__ import annotations
+
+from typing import Any, Dict
+
+import numpy as np
+import tensorflow as tf
+
+from advlib import _checks
+from advlib.attacks import utils
+from advlib.attacks.base import Attack
+from advlib.attacks.losses import margin_loss
+
+# Model evaluations per call: bounds the memory of the perturbed copies.
+_MAX_POINTS = 16384
+_ADAM_BETAS = (0.9, 0.999)
+_ADAM_EPSILON = 1e-9
+
+
+class SPSA(Attack):
+    """Simultaneous Perturbation Stochastic Approximation of the gradient, with Adam.
+
+    The attack sees only the model's logits, never its gradients, so gradient
+    masking does not stop it: it is the black-box cross-check of an
+    evaluation. Each iteration estimates the gradient of the margin loss from
+    `spsa_samples` evaluations at `x +- delta * v` (v a random sign vector,
+    drawn in antithetic pairs), takes an Adam step and projects onto the eps
+    ball and the input domain. Unlike cleverhans, a batch of any size is
+    attacked at once; examples stop changing once their loss falls below
+    `early_stop_loss_threshold`. The iterate with the lowest loss is returned.
+
+    Forward passes go through `model.predict_logits`; for a `QNNModelWrapper`
+    with an engine that is the exact bit-packed binary network.
+
+    Args (to `generate` / `generate_np`):
+        eps: radius of the perturbation ball (default 0.3).
+        nb_iter: Adam iterations (default 100).
+        learning_rate: Adam's step size (default 0.01).
+        delta: size of the finite-difference perturbation (default 0.01).
+        spsa_samples: model evaluations per gradient estimate; even (default 128).
+        spsa_iters: gradient estimates averaged per iteration (default 1).
+        early_stop_loss_threshold: an example stops once its margin loss is
+            below this (default None: never). 0 stops at the first success.
+        norm: np.inf (default) or 2.
+        y, y_target, targeted: as for the gradient attacks.
+        clip_min, clip_max: input domain bounds.
+        seed: makes the random start and the directions reproducible.
+
+    Example:
+        >>> spsa = SPSA(model)
+        >>> x_adv = spsa.generate_np(x, eps=0.1, nb_iter=50, clip_min=0., clip_max=1.,
+        ...                          early_stop_loss_threshold=0.0, seed=0)
+    """
+
+    def parse_params(self, eps=0.3, nb_iter=100, learning_rate=0.01, delta=0.01,
+                     spsa_samples=128, spsa_iters=1, early_stop_loss_threshold=None,
+                     norm=np.inf, ord=None, y=None, y_target=None, targeted=False,
+                     clip_min=None, clip_max=None, seed=None) -> Dict[str, Any]:
+        _checks.check_number("eps", eps, low=0)
+        _checks.check_number("nb_iter", nb_iter, low=0, integer=True)
+        _checks.check_number("learning_rate", learning_rate, low=0, low_open=True)
+        _checks.check_number("delta", delta, low=0, low_open=True)
+        _checks.check_number("spsa_samples", spsa_samples, low=2, integer=True)
+        if spsa_samples % 2:
+            raise ValueError(f"spsa_samples must be even (the directions come in antithetic "
+                             f"pairs), got {spsa_samples}.")
+        _checks.check_number("spsa_iters", spsa_iters, low=1, integer=True)
+        _checks.check_number("early_stop_loss_threshold", early_stop_loss_threshold,
+                             allow_none=True)
+        _checks.check_number("seed", seed, low=0, integer=True, allow_none=True)
+        norm = utils.normalize_norm(norm if ord is None else ord)
+        if norm == 1:
+            raise ValueError("norm must be np.inf or 2 for SPSA, got 1.")
+        return dict(eps=float(eps), nb_iter=int(nb_iter), learning_rate=float(learning_rate),
+                    delta=float(delta), spsa_samples=int(spsa_samples),
+                    spsa_iters=int(spsa_iters), early_stop_loss_threshold=(
+                        None if early_stop_loss_threshold is None
+                        else float(early_stop_loss_threshold)),
+                    norm=norm, y=y, y_target=y_target, targeted=bool(targeted),
+                    clip_min=clip_min, clip_max=clip_max, seed=seed)
+
+    def _generate(self, x, labels, targeted, *, eps, nb_iter, learning_rate, delta,
+                  spsa_samples, spsa_iters, early_stop_loss_threshold, norm, clip_min,
+                  clip_max, seed):
+        if eps == 0:
+            return tf.identity(x)
+        low = tf.cast(-np.inf if clip_min is None else clip_min, x.dtype)
+        high = tf.cast(np.inf if clip_max is None else clip_max, x.dtype)
+        threshold = -np.inf if early_stop_loss_threshold is None else early_stop_loss_threshold
+        seed_pair = self._seed_pair(seed)
+        eps_t = tf.cast(eps, x.dtype)
+        x_adv = tf.clip_by_value(
+            x + utils.random_lp_vector(tf.shape(x), norm, eps_t, seed_pair, x.dtype), low, high)
+        first, second = tf.zeros_like(x), tf.zeros_like(x)
+        best, best_loss = x_adv, self._loss(x_adv, labels, targeted)
+        for step in range(nb_iter):
+            active = best_loss.numpy() >= threshold
+            if not active.any():
+                break
+            # only the examples still running cost model evaluations
+            rows = tf.constant(np.flatnonzero(active)[:, None])
+            x_active, labels_active = tf.gather_nd(x_adv, rows), tf.gather_nd(labels, rows)
+            grad = tf.zeros_like(x_active)
+            for repeat in range(spsa_iters):
+                grad += self._estimate_gradient(
+                    x_active, labels_active, targeted, delta, spsa_samples,
+                    seed_pair + [1, step * spsa_iters + repeat], rows, len(active))
+            grad = tf.scatter_nd(rows, grad / spsa_iters, tf.shape(x, out_type=tf.int64))
+            x_adv, first, second = _adam_step(
+                x_adv, x, grad, first, second, tf.constant(active),
+                tf.cast(step + 1, x.dtype), tf.cast(learning_rate, x.dtype), eps_t, low, high,
+                norm)
+            loss = tf.tensor_scatter_nd_update(
+                best_loss, rows, self._loss(tf.gather_nd(x_adv, rows), labels_active, targeted))
+            better = tf.cast(loss < best_loss, x.dtype)
+            best = tf.where(utils._per_example(better, x) > 0, x_adv, best)
+            best_loss = tf.minimum(loss, best_loss)
+        return best
+
+    def _loss(self, points, labels, targeted) -> tf.Tensor:
+        """The margin loss to minimise: negative once the attack has succeeded."""
+        logits = tf.concat([self.model.predict_logits(points[i:i + _MAX_POINTS])
+                            for i in range(0, int(points.shape[0]), _MAX_POINTS)], axis=0)
+        self._count(int(points.shape[0]))
+        margin = margin_loss(labels=labels, logits=logits)
+        return margin if targeted else -margin
+
+    def _estimate_gradient(self, x_adv, labels, targeted, delta, samples, seed_pair,
+                           rows=None, batch=None):
+        """The gradient estimate at each row of `x_adv`; `rows` are their places in
+        a batch of `batch`, so that an example's directions do not depend on
+        which other examples are still running."""
+        pairs = samples // 2
+        if rows is None:
+            rows, batch = tf.range(int(x_adv.shape[0]), dtype=tf.int64)[:, None], x_adv.shape[0]
+        directions, points = _probe_points(x_adv, tf.constant(delta, x_adv.dtype), pairs,
+                                           tf.constant(seed_pair), rows, batch)
+        repeated = tf.repeat(labels, 2 * pairs)
+        loss = tf.reshape(self._loss(points, repeated, targeted), (-1, 2, pairs))
+        return _combine(directions, loss, tf.constant(delta, x_adv.dtype))
+
+
+@tf.function(reduce_retracing=True)
+def _probe_points(x_adv, delta, pairs, seed_pair, rows, batch):
+    """Random sign directions (rows, pairs, ...) and the points x +- delta * v."""
+    shape = tf.concat([[batch, pairs], tf.shape(x_adv)[1:]], 0)
+    directions = tf.sign(tf.gather_nd(tf.random.stateless_uniform(
+        shape, seed_pair, -1.0, 1.0, dtype=x_adv.dtype), rows))
+    directions = tf.where(directions == 0, tf.ones_like(directions), directions)
+    centre = tf.expand_dims(x_adv, 1)
+    points = tf.stack([centre + delta * directions, centre - delta * directions], axis=1)
+    return directions, tf.reshape(points, tf.concat([[-1], tf.shape(x_adv)[1:]], 0))
+
+
+@tf.function(reduce_retracing=True)
+def _combine(directions, loss, delta):
+    """The central-difference estimate, averaged over the antithetic pairs."""
+    slope = (loss[:, 0] - loss[:, 1]) / (2 * delta)  # (batch, pairs)
+    slope = tf.reshape(slope, tf.concat([tf.shape(slope), tf.ones([tf.rank(directions) - 2],
+                                                                  tf.int32)], 0))
+    return tf.reduce_mean(slope * directions, axis=1)
+
+
+@tf.function(reduce_retracing=True)
+def _adam_step(x_adv, x, grad, first, second, active, t, learning_rate, eps, low, high, norm):
+    """One Adam descent step on x_adv, projected; inactive examples are left as they are."""
+    beta1, beta2 = _ADAM_BETAS
+    new_first = beta1 * first + (1 - beta1) * grad
+    new_second = beta2 * second + (1 - beta2) * tf.square(grad)
+    step = learning_rate * (new_first / (1 - beta1 ** t)) / (
+        tf.sqrt(new_second / (1 - beta2 ** t)) + _ADAM_EPSILON)
+    moved = tf.clip_by_value(x + utils.clip_eta(x_adv - step - x, norm, eps), low, high)
+    keep = utils._per_example(tf.cast(active, x.dtype), x) > 0
+    return (tf.where(keep, moved, x_adv), tf.where(keep, new_first, first),
+            tf.where(keep, new_second, second))

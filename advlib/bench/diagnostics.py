@@ -1,0 +1,396 @@
+"""Indicators of a failed evaluation: gradient masking and attacks that did not work.
+
+Every `advlib bench` run computes these checks and reports each as pass,
+warn, fail or skip, with its evidence. They follow the checklist of Carlini
+et al. 2019, "On Evaluating Adversarial Robustness" (section numbers below),
+and the "indicators of attack failure" of Pintor et al. 2022:
+
+1. iterative-vs-single-step: PGD must break at least what FGSM breaks
+   (Carlini et al. 5.2.3; Pintor et al. "silent success").
+2. convergence: twice the iterations and restarts must not add more than
+   `convergence_threshold` (Carlini et al. 5.2.4, 5.2.5; Pintor et al.
+   "non-converging attack").
+3. monotone-in-eps: robust accuracy must not rise with eps (Carlini et al.
+   5.2.2); unbounded: PGD with an unbounded budget must reach chance level
+   (Carlini et al. 5.2.2; Athalye et al. 2018).
+4. black-box-vs-white-box: SPSA (gradient-free) must not break more than
+   `black_box_margin` of the examples that the gradient attacks left
+   (Carlini et al. 5.2.6; Uesato et al. 2018).
+5. gradient-health: the input gradients must be finite and nonzero (Pintor
+   et al. "broken gradients"); ste-window: for sign or quantized activations
+   with a straight-through estimator, the share of units whose window is
+   closed (their gradient is cut) must stay moderate.
+6. determinism: logits must be identical across calls; randomized models
+   need EOT (Athalye et al. 2018, section 4.1).
+7. transfer: examples crafted on a surrogate (a QNN's float twin) must not
+   beat the white-box attacks (Carlini et al. 5.2.7).
+
+The checks that need attacks of their own ("probes") run on the first
+`diagnostics.n` examples of the protocol; the others read the run's results.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Dict, List, Optional
+
+import numpy as np
+import tensorflow as tf
+
+from advlib.bench import ensemble
+
+DEFAULTS = {"n": 100, "convergence_threshold": 0.01, "black_box_margin": 0.01}
+# gradient health: share of examples with a zero or non-finite gradient
+GRADIENT_WARN, GRADIENT_FAIL = 0.01, 0.1
+# STE window: share of quantized units whose straight-through gradient is cut
+WINDOW_WARN, WINDOW_FAIL = 0.5, 0.9
+
+CHECKS = {
+    "iterative-vs-single-step": ("PGD breaks at least what FGSM breaks",
+                                 "Carlini et al. 2019, 5.2.3; Pintor et al. 2022"),
+    "convergence": ("more iterations and restarts add little",
+                    "Carlini et al. 2019, 5.2.4-5.2.5; Pintor et al. 2022"),
+    "monotone-in-eps": ("robust accuracy does not rise with eps", "Carlini et al. 2019, 5.2.2"),
+    "unbounded": ("an unbounded attack reaches chance level",
+                  "Carlini et al. 2019, 5.2.2; Athalye et al. 2018"),
+    "black-box-vs-white-box": ("SPSA breaks no more than the gradient attacks",
+                               "Carlini et al. 2019, 5.2.6; Uesato et al. 2018"),
+    "gradient-health": ("input gradients are finite and nonzero", "Pintor et al. 2022"),
+    "ste-window": ("straight-through windows are open", "Gupta & Ajanthan 2020; Hubara et al."),
+    "determinism": ("logits are identical across calls", "Athalye et al. 2018, 4.1 (EOT)"),
+    "transfer": ("transfer from a surrogate does not beat white-box",
+                 "Carlini et al. 2019, 5.2.7"),
+}
+
+
+def settings(protocol) -> Dict:
+    return {**DEFAULTS, **protocol.get("diagnostics", {})}
+
+
+# -- probes: attacks and measurements on the diagnostic subset ----------------------
+def _pgd_entry(protocol) -> Dict:
+    """The protocol's first PGD, or a standard PGD-50 with steps of eps / 4."""
+    for entry in protocol["attacks"]:
+        if entry["attack"] == "ProjectedGradientDescent":
+            return entry
+    return {"name": "pgd", "attack": "ProjectedGradientDescent",
+            "params": {"nb_iter": 50, "eps_iter_fraction": 0.25, "rand_init": True}}
+
+
+def _broken(model, attack_name, x, y, params, judge) -> np.ndarray:
+    """Which examples the attack breaks, judged by `judge` (the model as evaluated)."""
+    result = ensemble.attack_class(attack_name)(model).run(x, y, batch_size=len(x), **params)
+    return (judge.predict_classes(result.x_adv).numpy() != y) & ensemble.within_threat(
+        result.x_adv, x, params.get("eps"), params.get("norm"), params.get("clip_min"),
+        params.get("clip_max"))
+
+
+def probe(model, judge, protocol, x, y, seed: int, surrogate=None,
+          on_step: Optional[Callable[[str], None]] = None) -> Dict:
+    """Runs the diagnostic attacks and measurements on the examples `x`.
+
+    Args:
+        model: the `Model` whose gradients the attacks use.
+        judge: the `Model` whose predictions count (the model as evaluated).
+        protocol: a validated protocol.
+        x, y: the diagnostic subset.
+        seed: for the random starts.
+        surrogate: optional `Model` to transfer attacks from.
+        on_step: called with the name of each probe as it starts.
+
+    Returns:
+        A JSON-serializable dict of evidence, read by `assess`.
+    """
+    step = on_step or (lambda name: None)
+    norm, clip = protocol["threat"]["norm"], protocol["clip"]
+    eps = float(protocol["threat"]["eps"])
+    correct = judge.predict_classes(x).numpy() == y
+    places = np.flatnonzero(correct)  # positions in the protocol's examples
+    x, y = x[correct], y[correct]
+    out: Dict = {"n": int(correct.size), "attacked": int(correct.sum())}
+    step("determinism")
+    out["determinism"] = _determinism(judge, x if len(x) else np.zeros((1,) + x.shape[1:],
+                                                                       x.dtype))
+    if len(x) == 0:
+        return out
+    step("gradients")
+    out["gradients"] = _gradient_health(model, x, y)
+    out["ste_window"] = ste_window(model, x)
+    pgd = _pgd_entry(protocol)
+    strong = dict(pgd, params={**pgd["params"], "nb_iter": 2 * pgd["params"].get("nb_iter", 10),
+                               "nb_restarts": 2 * pgd["params"].get("nb_restarts", 1)})
+    runs = {"fgsm": {"name": "fgsm", "attack": "FastGradientMethod", "params": {}},
+            "pgd": pgd, "pgd_strong": strong}
+    broken = {}
+    for index, (name, entry) in enumerate(runs.items()):
+        step(name)
+        params = ensemble.attack_params(entry, eps, norm, clip, seed * 100 + index)
+        broken[name] = _broken(model, entry["attack"], x, y, params, judge)
+        out[name] = int(broken[name].sum())
+    out["fgsm_only"] = int((broken["fgsm"] & ~broken["pgd"]).sum())
+    out["strong_only"] = places[broken["pgd_strong"] & ~broken["pgd"]].tolist()
+    out["pgd_params"] = dict(pgd["params"])
+    step("unbounded")
+    out["unbounded"] = _unbounded(model, judge, pgd, x, y, norm, clip, seed * 100 + 7)
+    if surrogate is not None:
+        step("transfer")
+        params = ensemble.attack_params(pgd, eps, norm, clip, seed * 100 + 8)
+        crafted = ensemble.attack_class("ProjectedGradientDescent")(surrogate).generate_np(
+            x, batch_size=len(x), y=y, **params)
+        transferred = (judge.predict_classes(crafted).numpy() != y) & ensemble.within_threat(
+            crafted, x, eps, params["norm"], clip["min"], clip["max"])
+        white = broken["fgsm"] | broken["pgd"] | broken["pgd_strong"]
+        out["transfer"] = {"transfer": int(transferred.sum()), "white_box": int(white.sum()),
+                           "transfer_only": places[transferred & ~white].tolist()}
+    return out
+
+
+def _determinism(judge, x) -> Dict:
+    calls = [judge.predict_logits(x).numpy() for _ in range(3)]
+    difference = max(float(np.max(np.abs(c - calls[0]), initial=0.0)) for c in calls[1:])
+    return {"calls": len(calls), "max_abs_difference": difference}
+
+
+def _gradient_health(model, x, y) -> Dict:
+    from advlib.attacks.losses import margin_loss
+
+    _, grad, _ = model.loss_gradient(tf.convert_to_tensor(x), tf.constant(y), margin_loss)
+    flat = grad.numpy().reshape(len(x), -1)
+    nonfinite = ~np.isfinite(flat).all(axis=1)
+    zero = ~nonfinite & ~np.any(flat, axis=1)
+    return {"zero": int(zero.sum()), "nonfinite": int(nonfinite.sum()), "n": len(x),
+            "loss": "margin (logit difference)"}
+
+
+def _unbounded(model, judge, pgd, x, y, norm, clip, seed) -> Dict:
+    """PGD on the margin loss with a budget covering the whole input domain."""
+    low = 0.0 if clip["min"] is None else clip["min"]
+    high = 1.0 if clip["max"] is None else clip["max"]
+    span = high - low
+    eps = span if norm == "inf" else span * float(np.sqrt(np.prod(x.shape[1:])))
+    # no random start: it alone would misclassify, and hide a zero gradient
+    entry = dict(pgd, params={**pgd["params"], "loss_fn": "cw", "rand_init": False,
+                              "nb_restarts": 1})
+    params = ensemble.attack_params(entry, eps, norm, clip, seed)
+    broken = _broken(model, "ProjectedGradientDescent", x, y, params, judge)
+    return {"eps": eps, "robust": int((~broken).sum()), "n": len(x)}
+
+
+def quantized_units(model) -> List:
+    """(layer name, quantizer) for each quantizer of a layer's input in a Keras QNN."""
+    from advlib.qnn.quantizers import KBitQuantizer, SteSign
+
+    keras_model = getattr(model, "model", None)
+    found = []
+    for layer in getattr(keras_model, "layers", []):
+        quantizer = layer if isinstance(layer, (SteSign, KBitQuantizer)) else \
+            getattr(layer, "input_quantizer", None)
+        if isinstance(quantizer, (SteSign, KBitQuantizer)):
+            found.append((layer, quantizer))
+    return found
+
+
+def ste_window(model, x) -> Optional[Dict]:
+    """The share of quantized units whose straight-through window is closed on `x`."""
+    from advlib.models.bpda import layer_inputs
+    from advlib.qnn.quantizers import SteSign
+
+    units = quantized_units(model)
+    if not units:
+        return None
+    try:
+        values = layer_inputs(model.model, [layer for layer, _ in units], x)
+    except (ValueError, TypeError, AttributeError) as error:
+        return {"error": f"{type(error).__name__}: {error}"}
+    layers, closed_total, size_total = [], 0, 0
+    for (layer, quantizer), value in zip(units, values):
+        value = np.asarray(value)
+        if isinstance(quantizer, SteSign):
+            closed = np.abs(value) > 1
+        else:
+            closed = (value < quantizer.clip_min) | (value > quantizer.clip_max)
+        layers.append({"layer": layer.name, "closed": float(closed.mean())})
+        closed_total += int(closed.sum())
+        size_total += closed.size
+    return {"layers": layers, "closed": closed_total / max(size_total, 1),
+            "surrogate": getattr(model, "surrogate", "ste")}
+
+
+# -- assessment ---------------------------------------------------------------------
+def _check(check_id, status, message, **evidence) -> Dict:
+    title, source = CHECKS[check_id]
+    return {"id": check_id, "title": title, "status": status, "message": message,
+            "evidence": evidence, "source": source}
+
+
+def assess(probes: Optional[Dict], results: Dict, attacks: List[Dict], protocol: Dict,
+           nb_classes: Optional[int], standing: Optional[np.ndarray] = None) -> List[Dict]:
+    """Pass / warn / fail / skip for every check, from the probes and the run's results.
+
+    Args:
+        standing: per example of the protocol, False where the run's ensemble
+            broke it at the main eps. An example that a stronger attack (or a
+            transfer) breaks counts against the evaluation only if the
+            ensemble left it standing.
+    """
+    config = settings(protocol)
+    still_standing = (lambda places: list(places)) if standing is None else \
+        (lambda places: [i for i in places if standing[i]])
+    checks = [_monotone(results), _black_box(results, attacks, config)]
+    if probes is None or probes.get("attacked", 0) == 0:
+        reason = ("the diagnostic subset was not evaluated in this run" if probes is None
+                  else "no example of the diagnostic subset is classified correctly")
+        checks += [_check(cid, "skip", reason) for cid in
+                   ("iterative-vs-single-step", "convergence", "unbounded", "gradient-health",
+                    "ste-window", "transfer")]
+        if probes is not None:
+            checks.append(_determinism_check(probes["determinism"]))
+        return _ordered(checks)
+    attacked = probes["attacked"]
+    checks.append(_determinism_check(probes["determinism"]))
+    fgsm, pgd, strong = probes["fgsm"], probes["pgd"], probes["pgd_strong"]
+    checks.append(_check(
+        "iterative-vs-single-step", "warn" if pgd < fgsm else "pass",
+        f"PGD broke {pgd} of {attacked}, FGSM {fgsm}" + (
+            ": the iterative attack is weaker than one step; its step size, iterations or "
+            "loss are wrong for this model" if pgd < fgsm else ""),
+        fgsm=fgsm, pgd=pgd, fgsm_only=probes["fgsm_only"], attacked=attacked))
+    threshold = config["convergence_threshold"]
+    missed = still_standing(probes["strong_only"])
+    gain = len(missed) / attacked
+    unconverged = _beyond_noise(len(missed), threshold, attacked)
+    checks.append(_check(
+        "convergence", "warn" if unconverged else "pass",
+        f"2x iterations and restarts broke {strong} of {attacked} against {pgd}; "
+        f"{len(missed)} of those it added survived the whole ensemble "
+        f"({100 * gain:.1f} points; threshold {100 * threshold:.1f}, and more than one "
+        f"example)" + (": the attacks have not converged, raise nb_iter or nb_restarts"
+                       if unconverged else ""),
+        pgd=pgd, pgd_strong=strong, missed_by_ensemble=missed, gain=gain,
+        threshold=threshold, attacked=attacked))
+    unbounded = probes["unbounded"]
+    chance = 1.0 / nb_classes if nb_classes else 0.0
+    left = unbounded["robust"] / max(unbounded["n"], 1)
+    checks.append(_check(
+        "unbounded", "fail" if left > chance else "pass",
+        f"at eps={unbounded['eps']:.4g} (the whole domain) {100 * left:.1f}% stay correct; "
+        f"chance is {100 * chance:.1f}%" + (": the gradients are broken" if left > chance
+                                             else ""),
+        eps=unbounded["eps"], robust_accuracy=left, chance=chance))
+    checks.append(_gradient_check(probes["gradients"]))
+    checks.append(_window_check(probes.get("ste_window")))
+    checks.append(_transfer_check(probes.get("transfer"), attacked, config, still_standing))
+    return _ordered(checks)
+
+
+def _beyond_noise(count: int, share: float, n: int) -> bool:
+    """More than `share` of `n` examples, and more than one: a single example is
+    within the noise of random starts."""
+    return count > max(1, share * n)
+
+
+def _ordered(checks):
+    order = list(CHECKS)
+    return sorted(checks, key=lambda c: order.index(c["id"]))
+
+
+def _monotone(results) -> Dict:
+    curve = sorted((e["eps"], e["robust_accuracy"]["count"], e["robust_accuracy"]["n"])
+                   for e in results["per_eps"])
+    if len(curve) < 2:
+        return _check("monotone-in-eps", "skip", "the protocol has a single eps (no sweep)")
+    rises = [(a[0], b[0], b[1] - a[1]) for a, b in zip(curve, curve[1:]) if b[1] > a[1]]
+    n = max(curve[0][2], 1)
+    worst = max((r[2] for r in rises), default=0)
+    status = "pass" if worst <= 1 else "fail" if _beyond_noise(worst, 0.01, n) else "warn"
+    message = ("robust accuracy falls as eps grows" if not rises else
+               "; ".join(f"from eps={a:.4g} to {b:.4g} it rises by {d} example(s)"
+                         for a, b, d in rises))
+    if status == "fail":
+        message += ": the attacks fail at larger budgets, a sign of broken gradients"
+    return _check("monotone-in-eps", status, message,
+                  curve=[{"eps": e, "robust": c} for e, c, _ in curve])
+
+
+def _black_box(results, attacks, config) -> Dict:
+    index = [i for i, a in enumerate(attacks) if a["attack"] == "SPSA"]
+    if not index:
+        return _check("black-box-vs-white-box", "skip", "the protocol has no SPSA attack")
+    main = results["per_eps"][0]
+    spsa = main["attacks"][index[0]]
+    correct = results["clean_accuracy"]["count"]
+    share = spsa["broken"] / max(correct, 1)
+    margin = config["black_box_margin"]
+    status = "fail" if _beyond_noise(spsa["broken"], margin, correct) else "pass"
+    return _check(
+        "black-box-vs-white-box", status,
+        f"SPSA broke {spsa['broken']} of the {spsa['attacked']} examples that the gradient "
+        f"attacks left ({100 * share:.2f}% of {correct} correct; margin "
+        f"{100 * margin:.1f}%)" + (": gradient masking, the gradients mislead the white-box "
+                                   "attacks; try --adaptive" if status == "fail" else ""),
+        broken=spsa["broken"], attacked=spsa["attacked"], share=share, margin=margin)
+
+
+def _determinism_check(evidence) -> Dict:
+    difference = evidence["max_abs_difference"]
+    if difference == 0:
+        return _check("determinism", "pass", f"{evidence['calls']} calls gave identical "
+                                             "logits", **evidence)
+    return _check("determinism", "warn",
+                  f"logits differ between calls by up to {difference:.3g}: the model is "
+                  "randomized. Gradients of one call follow one draw of the noise; attack the "
+                  "expectation instead (EOT): advlib.models.EOTModelWrapper(model, samples=k)",
+                  **evidence)
+
+
+def _gradient_check(evidence) -> Dict:
+    share = (evidence["zero"] + evidence["nonfinite"]) / max(evidence["n"], 1)
+    status = "fail" if share > GRADIENT_FAIL else "warn" if share > GRADIENT_WARN else "pass"
+    return _check("gradient-health", status,
+                  f"{evidence['zero']} zero and {evidence['nonfinite']} non-finite input "
+                  f"gradients of {evidence['n']} ({100 * share:.1f}%)" + (
+                      ": the attacks are blind here; use --adaptive (BPDA) or a surrogate "
+                      "gradient" if status == "fail" else ""), share=share, **evidence)
+
+
+def _window_check(evidence) -> Dict:
+    if evidence is None:
+        return _check("ste-window", "skip", "the model has no sign or quantized activations")
+    if "error" in evidence:
+        return _check("ste-window", "skip", f"the quantized layers could not be probed: "
+                                            f"{evidence['error']}")
+    closed, surrogate = evidence["closed"], evidence["surrogate"]
+    if surrogate == "zero":
+        return _check("ste-window", "skip", "the 'zero' surrogate cuts every unit's gradient "
+                      "(see gradient-health)", **evidence)
+    if surrogate != "ste":
+        return _check("ste-window", "pass", f"{100 * closed:.1f}% of quantized units lie "
+                      f"outside [-1, 1], but the {surrogate!r} surrogate has no window",
+                      **evidence)
+    status = "fail" if closed > WINDOW_FAIL else "warn" if closed > WINDOW_WARN else "pass"
+    return _check("ste-window", status,
+                  f"{100 * closed:.1f}% of quantized units have a closed straight-through "
+                  f"window (gradient cut)" + ("" if status == "pass" else
+                                              ": use --adaptive (identity or smooth sign)"),
+                  **evidence)
+
+
+def _transfer_check(evidence, attacked, config, still_standing) -> Dict:
+    if evidence is None:
+        return _check("transfer", "skip", "no surrogate model was given (--transfer-from, e.g. "
+                                          "a QNN's float twin)")
+    missed = still_standing(evidence["transfer_only"])
+    share = len(missed) / max(attacked, 1)
+    status = "fail" if _beyond_noise(len(missed), config["black_box_margin"], attacked) \
+        else "pass"
+    return _check("transfer", status,
+                  f"transfer broke {evidence['transfer']} of {attacked}, white-box PGD "
+                  f"{evidence['white_box']}; {len(missed)} broken only by transfer survived "
+                  f"the whole ensemble" + (
+                      ": the white-box gradients are worse than a surrogate's, a sign of "
+                      "masking" if status == "fail" else ""),
+                  share=share, missed_by_ensemble=missed, **evidence)
+
+
+def headline_flag(checks: List[Dict]) -> str:
+    failed = [c["id"] for c in checks if c["status"] == "fail"]
+    return f" ⚠ failed checks: {', '.join(failed)}" if failed else ""

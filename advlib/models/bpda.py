@@ -1,0 +1,149 @@
+"""Wrappers for adaptive attacks: BPDA through non-differentiable layers, and EOT."""
+
+from __future__ import annotations
+
+from typing import List, Optional, Sequence
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from advlib import _checks
+from advlib.models.base import Model
+from advlib.models.keras import KerasModelWrapper
+
+
+class _IdentityBackward(keras.layers.Layer):
+    """Runs `inner` forward exactly; differentiates as the identity."""
+
+    def __init__(self, inner, **kwargs):
+        super().__init__(name=f"bpda_{inner.name}", **kwargs)
+        self.inner = inner
+
+    def call(self, inputs):
+        # f(x) + (x - x) is f(x) bit for bit, with the gradient of x
+        return tf.stop_gradient(self.inner(inputs)) + (inputs - tf.stop_gradient(inputs))
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+
+def layer_inputs(model, layers, x) -> List[np.ndarray]:
+    """The values that each of `layers` receives when `model` runs on `x`."""
+    if isinstance(model, keras.Sequential):
+        seen, state = {}, tf.convert_to_tensor(x)
+        for layer in model.layers:
+            seen[layer.name] = state
+            state = layer(state, training=False)
+        return [seen[layer.name] for layer in layers]
+    inputs = model.inputs[0] if len(model.inputs) == 1 else model.inputs
+    probe = keras.Model(inputs, [layer.input for layer in layers])
+    values = probe(x, training=False)
+    return list(values) if isinstance(values, (list, tuple)) else [values]
+
+
+def find_masking_layers(model, x) -> List[str]:
+    """Names of the layers whose input gradient is zero everywhere on `x`.
+
+    Only weightless layers that keep their input's shape are candidates
+    (input quantization, rounding, thresholding): those can be replaced by the
+    identity backward without changing the forward pass (Athalye et al. 2018).
+
+    Args:
+        model: a Sequential or functional `keras.Model`.
+        x: a batch of inputs, at which the gradients are measured.
+
+    Returns:
+        The names, in the model's layer order; empty if none is found or the
+        model cannot be taken apart.
+    """
+    if not isinstance(model, keras.Model) or not (
+            isinstance(model, keras.Sequential) or hasattr(model, "_inbound_nodes")):
+        return []
+    candidates = [layer for layer in model.layers if not layer.weights
+                  and not isinstance(layer, keras.layers.InputLayer)]
+    try:
+        inputs = layer_inputs(model, candidates, x)
+    except (ValueError, TypeError, AttributeError):
+        return []
+    found = []
+    for layer, value in zip(candidates, inputs):
+        value = tf.cast(value, tf.float32)
+        with tf.GradientTape() as tape:
+            tape.watch(value)
+            output = layer(value, training=False)
+            if output.shape != value.shape:
+                continue
+            weights = tf.random.stateless_normal(tf.shape(output), [0, 1])
+            objective = tf.reduce_sum(tf.cast(output, tf.float32) * weights)
+        grad = tape.gradient(objective, value)
+        if grad is None or not np.any(grad.numpy()):
+            found.append(layer.name)
+    return found
+
+
+class BPDAModelWrapper(KerasModelWrapper):
+    """A Keras model whose named layers are differentiated as the identity (BPDA).
+
+    The forward pass is unchanged, bit for bit; only the backward pass of the
+    given layers is replaced. This is the Backward Pass Differentiable
+    Approximation of Athalye, Carlini & Wagner (2018), the standard adaptive
+    attack on input quantization, thresholding and other defences with zero
+    or undefined gradients.
+
+    Args:
+        model: a Sequential or functional `keras.Model`.
+        layers: names of the layers to bypass; None finds them from
+            `sample` with `find_masking_layers`.
+        sample: an input batch, needed when `layers` is None.
+
+    Example:
+        >>> wrapped = BPDAModelWrapper(defended, sample=x[:32])
+        >>> x_adv = ProjectedGradientDescent(wrapped).generate_np(x, eps=0.1)
+    """
+
+    def __init__(self, model, layers: Optional[Sequence[str]] = None, sample=None):
+        if layers is None:
+            if sample is None:
+                raise ValueError("BPDAModelWrapper needs layers=[names] or a sample batch "
+                                 "to find the non-differentiable layers from.")
+            layers = find_masking_layers(model, sample)
+        known = {layer.name for layer in model.layers}
+        unknown = sorted(set(layers) - known)
+        if unknown:
+            raise ValueError(f"layers {unknown} are not layers of model {model.name!r}; "
+                             f"its layers are {sorted(known)}.")
+        self.bypassed = list(layers)
+        bypass = set(layers)
+        clone = keras.models.clone_model(
+            model, clone_function=lambda layer: _IdentityBackward(layer)
+            if layer.name in bypass else layer)
+        super().__init__(clone)
+        self.original = model
+
+
+class EOTModelWrapper(Model):
+    """Expectation over Transformation: the mean logits of `samples` calls.
+
+    For randomized models (noise, random transforms), gradients of a single
+    call follow one draw of the randomness; the gradient of the mean follows
+    the expectation that the defence's prediction relies on (Athalye et al.
+    2018).
+
+    Args:
+        model: an `advlib.models.Model` or a `keras.Model`.
+        samples: calls averaged per evaluation.
+
+    Example:
+        >>> x_adv = ProjectedGradientDescent(EOTModelWrapper(noisy, samples=16)).generate_np(x)
+    """
+
+    def __init__(self, model, samples: int = 8):
+        from advlib.models.base import as_model
+
+        _checks.check_number("samples", samples, low=1, integer=True)
+        self.inner, self.samples = as_model(model), int(samples)
+        super().__init__()
+
+    def get_logits(self, x):
+        return tf.add_n([self.inner.get_logits(x) for _ in range(self.samples)]) / self.samples

@@ -1,0 +1,249 @@
+"""The gradient-masking diagnostics: each passes on an honest model and fires on
+a model (or protocol) built to trip it; --adaptive exposes the masking."""
+
+import json
+import os
+
+import keras
+import numpy as np
+import pytest
+
+from advlib import bench
+from advlib.bench import diagnostics
+from advlib.bench.testbeds import AlwaysOnNoise, InputQuantization, defended
+from advlib.bench import protocol as protocols
+from advlib.cli import main
+from advlib.models import (BPDAModelWrapper, EOTModelWrapper, KerasModelWrapper,
+                           QNNModelWrapper, find_masking_layers, small_cnn)
+
+CHECKED = ["iterative-vs-single-step", "convergence", "monotone-in-eps", "unbounded",
+           "black-box-vs-white-box", "gradient-health", "determinism"]
+
+
+def small_protocol(eps=0.2, sweep=(0.1,), **attack_changes):
+    document = protocols.load("digits-linf-0.2")
+    document["dataset"]["n"], document["batch_size"] = 120, 120
+    document["threat"]["eps"], document["sweep"] = eps, list(sweep)
+    document["diagnostics"] = {"n": 60}
+    for entry in document["attacks"]:
+        if entry["attack"] == "SPSA":
+            entry["params"].update(nb_iter=40, spsa_samples=64)
+        for name, params in attack_changes.items():
+            if entry["name"] == name:
+                entry["params"].update(params)
+    return document
+
+
+def statuses(report):
+    return {check["id"]: check["status"] for check in report["diagnostics"]}
+
+
+@pytest.fixture(scope="module")
+def masked(digits_cnn):
+    return defended(digits_cnn, InputQuantization(levels=5, name="quantize"))
+
+
+@pytest.fixture(scope="module")
+def natural_report(digits_cnn):
+    return bench.evaluate(digits_cnn, small_protocol(), progress=False,
+                          transfer_from=digits_cnn)
+
+
+@pytest.fixture(scope="module")
+def masked_reports(masked, digits_cnn):
+    naive = bench.evaluate(masked, small_protocol(), progress=False, transfer_from=digits_cnn)
+    adaptive = bench.evaluate(masked, small_protocol(), progress=False, adaptive=True)
+    return naive, adaptive
+
+
+@pytest.fixture(scope="module")
+def adversarially_trained(digits):
+    from advlib.training import AdversarialModel
+    (x_train, y_train), _ = digits
+    keras.utils.set_random_seed(0)
+    model = small_cnn((8, 8, 1))
+    robust = AdversarialModel.from_recipe("madry", model, eps=0.1)
+    robust.compile(keras.optimizers.Adam(2e-3))
+    robust.fit(x_train, y_train, epochs=10, batch_size=64, verbose=0)
+    return model
+
+
+def test_natural_cnn_passes_every_check(natural_report):
+    found = statuses(natural_report)
+    assert all(found[check] == "pass" for check in CHECKED), found
+    assert found["transfer"] == "pass" and found["ste-window"] == "skip"
+    assert natural_report["headline_flag"] == ""
+    assert "| determinism | pass |" in bench.markdown(natural_report)
+
+
+def test_adversarially_trained_cnn_passes_every_check(adversarially_trained, digits_cnn):
+    report = bench.evaluate(adversarially_trained, small_protocol(eps=0.1, sweep=(0.05, 0.2)),
+                            progress=False, transfer_from=digits_cnn)
+    found = statuses(report)
+    assert all(found[check] == "pass" for check in CHECKED + ["transfer"]), found
+    assert report["results"]["robust_accuracy"]["value"] > 0.5  # a robust model, not a broken one
+
+
+def test_masking_defence_is_flagged(masked_reports):
+    naive, _ = masked_reports
+    found = statuses(naive)
+    for check in ("unbounded", "black-box-vs-white-box", "gradient-health", "transfer"):
+        assert found[check] == "fail", (check, found)
+    gradients = naive["probes"]["gradients"]
+    assert gradients["zero"] == gradients["n"] > 0
+    assert "failed checks" in naive["headline_flag"] and "gradient-health" in naive["headline_flag"]
+    table = bench.markdown(naive)
+    assert naive["headline_flag"] in table and "**FAIL**" in table
+    assert naive["results"]["robust_accuracy"]["value"] > 0.3  # the number it would have reported
+
+
+def test_adaptive_mode_exposes_the_masking(masked_reports):
+    naive, adaptive = masked_reports
+    assert adaptive["adaptive"]["variants"] == ["bpda"]
+    assert adaptive["adaptive"]["robust_after"] < adaptive["adaptive"]["robust_before"] - 0.3
+    assert adaptive["results"]["robust_accuracy"]["value"] < \
+        naive["results"]["robust_accuracy"]["value"] - 0.3
+    assert adaptive["headline_flag"] == ""
+    found = statuses(adaptive)
+    assert all(found[check] == "pass" for check in CHECKED), found
+    assert [e["name"] for e in adaptive["ensemble"]][-1] == "spsa"  # the cross-check comes last
+    assert "Adaptive attacks through bpda" in bench.markdown(adaptive)
+
+
+def test_binary_cnn_is_flagged_with_naive_gradients_but_not_with_ste(digits_qnns):
+    model = digits_qnns["cnn"]
+    protocol = small_protocol(sweep=())
+    naive = bench.evaluate(QNNModelWrapper(model, surrogate="zero"), protocol, progress=False)
+    ste = bench.evaluate(QNNModelWrapper(model, surrogate="ste"), protocol, progress=False)
+    assert {"unbounded", "gradient-health"} <= {c["id"] for c in naive["diagnostics"]
+                                                if c["status"] == "fail"}
+    assert ste["headline_flag"] == "", statuses(ste)
+    assert statuses(ste)["ste-window"] == "pass"
+    assert ste["results"]["robust_accuracy"]["value"] < naive["results"]["robust_accuracy"][
+        "value"]
+    adaptive = bench.evaluate(QNNModelWrapper(model, surrogate="zero"), protocol,
+                              progress=False, adaptive=True)
+    assert adaptive["adaptive"]["variants"] == ["ste", "identity", "smooth-1"]
+    assert adaptive["headline_flag"] == ""
+    assert adaptive["results"]["robust_accuracy"]["value"] <= \
+        ste["results"]["robust_accuracy"]["value"] + 0.02
+
+
+def test_closed_ste_windows_are_reported(digits_qnns, digits):
+    """The same function with pre-activations scaled 20x: every window closes."""
+    model = digits_qnns["cnn"]
+    scaled = keras.models.clone_model(model)
+    scaled.set_weights(model.get_weights())
+    for layer in scaled.layers[:-1]:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            gamma, beta, mean, variance = layer.get_weights()
+            layer.set_weights([gamma * 20, beta * 20, mean, variance])
+    _, (x_test, _) = digits
+    np.testing.assert_array_equal(QNNModelWrapper(model).predict_classes(x_test),
+                                  QNNModelWrapper(scaled).predict_classes(x_test))
+    healthy = diagnostics.ste_window(QNNModelWrapper(model), x_test[:60])
+    closed = diagnostics.ste_window(QNNModelWrapper(scaled), x_test[:60])
+    assert healthy["closed"] < diagnostics.WINDOW_WARN < diagnostics.WINDOW_FAIL < \
+        closed["closed"]
+    assert diagnostics._window_check(closed)["status"] == "fail"
+    assert diagnostics._window_check(healthy)["status"] == "pass"
+
+
+def test_weak_pgd_is_caught_by_single_step_and_convergence_checks(digits_cnn):
+    """Both checks pass on the shipped protocol (test_natural_cnn_passes_every_check)."""
+    weak = dict(nb_iter=2, eps_iter_fraction=0.1, rand_init=False)
+    protocol = small_protocol(sweep=(), **{"pgd-ce": dict(weak, nb_restarts=1), "pgd-cw": weak,
+                                           "pgd-targeted": weak})
+    # an under-powered ensemble: no FGSM or SPSA to make up for the weak PGDs
+    protocol["attacks"] = [a for a in protocol["attacks"] if a["name"].startswith("pgd")]
+    report = bench.evaluate(digits_cnn, protocol, progress=False)
+    found = statuses(report)
+    assert found["black-box-vs-white-box"] == "skip"
+    assert found["iterative-vs-single-step"] == "warn", report["diagnostics"]
+    assert found["convergence"] == "warn"
+    assert report["probes"]["fgsm"] > report["probes"]["pgd"]
+
+
+def test_randomized_model_gets_a_determinism_warning_pointing_to_eot(digits_cnn, cnn_eval):
+    noisy = defended(digits_cnn, AlwaysOnNoise(0.05))
+    report = bench.evaluate(noisy, small_protocol(sweep=()), progress=False)
+    check = next(c for c in report["diagnostics"] if c["id"] == "determinism")
+    assert check["status"] == "warn" and "EOTModelWrapper" in check["message"]
+    assert check["evidence"]["max_abs_difference"] > 0
+    x, _ = cnn_eval
+    single = KerasModelWrapper(noisy).predict_logits(x[:50]).numpy()
+    averaged = EOTModelWrapper(noisy, samples=16).predict_logits(x[:50]).numpy()
+    clean = KerasModelWrapper(digits_cnn).predict_logits(x[:50]).numpy()
+    assert np.abs(averaged - clean).mean() < np.abs(single - clean).mean()
+    from advlib.bench.adaptive import variants
+    assert list(variants(KerasModelWrapper(noisy), x[:20])) == ["eot-8"]
+    assert list(variants(KerasModelWrapper(digits_cnn), x[:20])) == []
+
+
+def test_monotone_check_fires_on_a_rising_curve():
+    def results(counts):
+        return {"per_eps": [{"eps": eps, "robust_accuracy": {"count": c, "n": 100}}
+                            for eps, c in counts]}
+    assert diagnostics._monotone(results([(0.1, 50), (0.2, 30), (0.3, 10)]))["status"] == "pass"
+    assert diagnostics._monotone(results([(0.1, 50), (0.2, 51)]))["status"] == "pass"
+    assert diagnostics._monotone(results([(0.1, 50), (0.3, 60)]))["status"] == "fail"
+    assert diagnostics._monotone(results([(0.1, 50)]))["status"] == "skip"
+
+
+def test_testbed_parameters_are_checked():
+    with pytest.raises(ValueError, match="levels"):
+        InputQuantization(levels=1)
+    with pytest.raises(TypeError, match="levels"):
+        InputQuantization(levels=2.5)
+    with pytest.raises(ValueError, match="stddev"):
+        AlwaysOnNoise(stddev=-1.0)
+
+
+def test_bpda_wrapper_keeps_the_forward_pass_and_restores_the_gradient(masked, cnn_eval):
+    x, y = cnn_eval
+    assert find_masking_layers(masked, x[:32]) == ["quantize"]
+    wrapped = BPDAModelWrapper(masked, sample=x[:32])
+    np.testing.assert_array_equal(wrapped.predict_logits(x).numpy(),
+                                  KerasModelWrapper(masked).predict_logits(x).numpy())
+    import tensorflow as tf
+    from advlib.attacks.losses import cross_entropy
+    _, naive, _ = KerasModelWrapper(masked).loss_gradient(tf.constant(x), tf.constant(y),
+                                                          cross_entropy)
+    _, bpda, _ = wrapped.loss_gradient(tf.constant(x), tf.constant(y), cross_entropy)
+    assert not np.any(naive.numpy()) and np.all(np.abs(bpda.numpy()).sum(axis=(1, 2, 3)) > 0)
+    with pytest.raises(ValueError, match="not layers of model"):
+        BPDAModelWrapper(masked, layers=["no_such_layer"])
+    with pytest.raises(ValueError, match="needs layers"):
+        BPDAModelWrapper(masked)
+    with pytest.raises(ValueError, match="samples"):
+        EOTModelWrapper(masked, samples=0)
+
+
+def test_diagnostics_settings_are_validated():
+    document = small_protocol()
+    document["diagnostics"] = {"n": 10, "typo": 1}
+    with pytest.raises(protocols.ProtocolError, match="unknown key"):
+        protocols.validate(document)
+    document["diagnostics"] = {"black_box_margin": 2.0}
+    with pytest.raises(protocols.ProtocolError, match="black_box_margin"):
+        protocols.validate(document)
+    document = small_protocol()
+    document["attacks"][-1]["params"]["nb_iters"] = 3
+    with pytest.raises(protocols.ProtocolError, match="nb_iters"):
+        protocols.validate(document)
+
+
+def test_cli_adaptive_on_a_saved_defended_model(masked, tmp_path, capsys):
+    path = str(tmp_path / "defended.keras")
+    masked.save(path)
+    protocol = str(tmp_path / "small.json")
+    json.dump(small_protocol(sweep=()), open(protocol, "w"))
+    common = ["bench", "--model", path, "--protocol", protocol, "--no-progress"]
+    assert main(common + ["--out", str(tmp_path / "naive")]) == 0
+    naive = capsys.readouterr().out
+    assert "failed checks" in naive and "**FAIL**" in naive
+    assert main(common + ["--adaptive", "--out", str(tmp_path / "adaptive")]) == 0
+    adaptive = capsys.readouterr().out
+    assert "Adaptive attacks through bpda" in adaptive and "failed checks" not in adaptive
+    report = json.load(open(os.path.join(tmp_path, "adaptive", "report.json")))
+    assert report["results"]["robust_accuracy"]["value"] < 0.1
