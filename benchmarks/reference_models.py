@@ -86,12 +86,12 @@ def main(argv=None):
         "natural CNN": loaded(args.natural) if args.natural else natural(data, args.epochs),
         "fast-AT CNN": loaded(args.robust) if args.robust else robust(data, EPS[args.dataset],
                                                                      args.epochs),
-        "binary CNN (engine, STE)": loaded(args.binary) if args.binary else binary(
+        "binary CNN (STE)": loaded(args.binary) if args.binary else binary(
             data, args.epochs),
     }
     surrogates = {"fast-AT CNN": models["natural CNN"]}
     if not args.no_twin:
-        surrogates["binary CNN (engine, STE)"] = loaded(args.twin) if args.twin else binary(
+        surrogates["binary CNN (STE)"] = loaded(args.twin) if args.twin else binary(
             data, args.epochs, is_binary=False)
     protocol = PROTOCOLS[args.dataset]
     rows = []
