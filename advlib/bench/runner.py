@@ -396,6 +396,9 @@ def merge(report_paths: List[str], out_dir: str) -> Dict:
             for key in _PER_BATCH:
                 arrays[key][b] = part[key][b]
     protocol = first["protocol"]
+    # reports of schema 1 predate adaptive ensembles and diagnostics
+    first.setdefault("ensemble", first["protocol"]["attacks"])
+    first.setdefault("probes", None)
     names = [entry["name"] for entry in first["ensemble"]]
     eps_list = protocols.eps_values(protocol)
     selection = np.ones(len(arrays["index"]), bool)
