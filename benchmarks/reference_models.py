@@ -70,6 +70,8 @@ def main(argv=None):
     parser.add_argument("--robust")
     parser.add_argument("--binary")
     parser.add_argument("--twin", help="the binary CNN's float twin (.keras)")
+    parser.add_argument("--models", default="natural,fast-AT,binary",
+                        help="which of natural, fast-AT and binary to evaluate")
     parser.add_argument("--no-twin", action="store_true",
                         help="no float twin: skip the binary CNN's transfer diagnostic")
     parser.add_argument("--epochs", type=int, default=15)
@@ -80,6 +82,9 @@ def main(argv=None):
                              "rather than the NumPy engine")
     parser.add_argument("--out", default=os.path.join(HERE, "results", "reference_models"))
     args = parser.parse_args(argv)
+    unknown = set(args.models.split(",")) - {"natural", "fast-AT", "binary"}
+    if unknown:
+        parser.error(f"--models: unknown {sorted(unknown)}; choose from natural, fast-AT, binary")
     data = load(args.dataset)
     loaded = lambda path: keras.models.load_model(path, safe_mode=True)
     models = {
@@ -95,7 +100,10 @@ def main(argv=None):
             data, args.epochs, is_binary=False)
     protocol = PROTOCOLS[args.dataset]
     rows = []
+    chosen = set(args.models.split(","))
     for name, model in models.items():
+        if name.split()[0] not in chosen:
+            continue
         folder = os.path.join(args.out, protocol, name.split()[0])
         if name.startswith("binary"):
             path = os.path.join(args.out, f"{args.dataset}_binary.npz")
