@@ -247,3 +247,19 @@ def test_cli_adaptive_on_a_saved_defended_model(masked, tmp_path, capsys):
     assert "Adaptive attacks through bpda" in adaptive and "failed checks" not in adaptive
     report = json.load(open(os.path.join(tmp_path, "adaptive", "report.json")))
     assert report["results"]["robust_accuracy"]["value"] < 0.1
+
+
+def test_black_box_check_reads_every_eps():
+    def results(main, sweep):
+        rows = [(0.2, main)] + [(0.1, sweep)]
+        return {"clean_accuracy": {"count": 100},
+                "per_eps": [{"eps": eps, "attacks": [{"broken": b, "attacked": 50}]}
+                            for eps, b in rows]}
+    attacks = [{"attack": "SPSA"}]
+    config = diagnostics.settings({})
+    check = lambda main, sweep: diagnostics._black_box(results(main, sweep), attacks, config)
+    assert check(0, 1)["status"] == "pass"
+    assert check(0, 5)["status"] == "warn" and "in the sweep: 5 of 50 at 0.1" in \
+        check(0, 5)["message"]
+    assert check(5, 0)["status"] == "fail"
+    assert diagnostics._black_box(results(5, 0), [{"attack": "PGD"}], config)["status"] == "skip"

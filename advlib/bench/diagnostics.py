@@ -14,8 +14,9 @@ and the "indicators of attack failure" of Pintor et al. 2022:
    5.2.2); unbounded: PGD with an unbounded budget must reach chance level
    (Carlini et al. 5.2.2; Athalye et al. 2018).
 4. black-box-vs-white-box: SPSA (gradient-free) must not break more than
-   `black_box_margin` of the examples that the gradient attacks left
-   (Carlini et al. 5.2.6; Uesato et al. 2018).
+   `black_box_margin` of the examples that the gradient attacks left: fail
+   at the main eps, warn at another eps of the sweep (Carlini et al. 5.2.6;
+   Uesato et al. 2018).
 5. gradient-health: the input gradients must be finite and nonzero (Pintor
    et al. "broken gradients"); ste-window: for sign or quantized activations
    with a straight-through estimator, the share of units whose window is
@@ -312,22 +313,34 @@ def _monotone(results) -> Dict:
 
 
 def _black_box(results, attacks, config) -> Dict:
+    """SPSA's breaks among the gradient attacks' survivors, at every eps of the run:
+    the sweep's small eps values are where survivors exist to cross-check."""
     index = [i for i, a in enumerate(attacks) if a["attack"] == "SPSA"]
     if not index:
         return _check("black-box-vs-white-box", "skip", "the protocol has no SPSA attack")
-    main = results["per_eps"][0]
-    spsa = main["attacks"][index[0]]
     correct = results["clean_accuracy"]["count"]
-    share = spsa["broken"] / max(correct, 1)
     margin = config["black_box_margin"]
-    status = "fail" if _beyond_noise(spsa["broken"], margin, correct) else "pass"
+    per_eps = [{"eps": e["eps"], "broken": e["attacks"][index[0]]["broken"],
+                "attacked": e["attacks"][index[0]]["attacked"]} for e in results["per_eps"]]
+    main, sweep = per_eps[0], per_eps[1:]
+    share = main["broken"] / max(correct, 1)
+    beyond = lambda row: _beyond_noise(row["broken"], margin, correct)
+    # the headline's eps decides the flag; elsewhere in the sweep it is a warning
+    status = "fail" if beyond(main) else "warn" if any(map(beyond, sweep)) else "pass"
+    counts = ", ".join(f"{row['broken']} of {row['attacked']} at {row['eps']:.4g}"
+                       for row in sweep)
+    advice = {"fail": ": gradient masking, the gradients mislead the white-box attacks; try "
+                      "--adaptive",
+              "warn": ": in the sweep the gradients mislead the white-box attacks; the "
+                      "curve's numbers rest on SPSA there",
+              "pass": ""}[status]
     return _check(
         "black-box-vs-white-box", status,
-        f"SPSA broke {spsa['broken']} of the {spsa['attacked']} examples that the gradient "
-        f"attacks left ({100 * share:.2f}% of {correct} correct; margin "
-        f"{100 * margin:.1f}%)" + (": gradient masking, the gradients mislead the white-box "
-                                   "attacks; try --adaptive" if status == "fail" else ""),
-        broken=spsa["broken"], attacked=spsa["attacked"], share=share, margin=margin)
+        f"SPSA broke {main['broken']} of the {main['attacked']} examples that the gradient "
+        f"attacks left ({100 * share:.2f}% of {correct} correct; margin {100 * margin:.1f}%)"
+        + (f"; in the sweep: {counts}" if counts else "") + advice,
+        broken=main["broken"], attacked=main["attacked"], share=share, margin=margin,
+        per_eps=per_eps)
 
 
 def _determinism_check(evidence) -> Dict:
