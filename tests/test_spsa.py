@@ -20,7 +20,8 @@ def test_gradient_estimate_converges_to_the_true_gradient():
     spsa = SPSA(linear_model(weights))
     spsa.model.check_output(tf.constant(x))
     estimate = spsa._estimate_gradient(tf.constant(x), labels, False, 1e-3, 20000,
-                                       np.array([0, 1])).numpy()
+                                       np.array([0, 1]), tf.constant([[0], [1], [2], [3]],
+                                                                     tf.int64), 4).numpy()
     with tf.GradientTape() as tape:
         xt = tf.constant(x)
         tape.watch(xt)

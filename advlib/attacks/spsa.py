@@ -126,14 +126,12 @@ class SPSA(Attack):
         margin = margin_loss(labels=labels, logits=logits)
         return margin if targeted else -margin
 
-    def _estimate_gradient(self, x_adv, labels, targeted, delta, samples, seed_pair,
-                           rows=None, batch=None):
-        """The gradient estimate at each row of `x_adv`; `rows` are their places in
-        a batch of `batch`, so that an example's directions do not depend on
-        which other examples are still running."""
+    def _estimate_gradient(self, x_adv, labels, targeted, delta, samples, seed_pair, rows,
+                           batch):
+        """The gradient estimate at each row of `x_adv`; `rows` (shape (n, 1)) are
+        their places in a batch of `batch`, so that an example's directions do not
+        depend on which other examples are still running."""
         pairs = samples // 2
-        if rows is None:
-            rows, batch = tf.range(int(x_adv.shape[0]), dtype=tf.int64)[:, None], x_adv.shape[0]
         directions, points = _probe_points(x_adv, tf.constant(delta, x_adv.dtype), pairs,
                                            tf.constant(seed_pair), rows, batch)
         repeated = tf.repeat(labels, 2 * pairs)

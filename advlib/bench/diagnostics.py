@@ -80,9 +80,9 @@ def _pgd_entry(protocol) -> Dict:
 def _broken(model, attack_name, x, y, params, judge) -> np.ndarray:
     """Which examples the attack breaks, judged by `judge` (the model as evaluated)."""
     result = ensemble.attack_class(attack_name)(model).run(x, y, batch_size=len(x), **params)
-    return (judge.predict_classes(result.x_adv).numpy() != y) & ensemble.within_threat(
-        result.x_adv, x, params.get("eps"), params.get("norm"), params.get("clip_min"),
-        params.get("clip_max"))
+    within, _ = ensemble.within_threat(result.x_adv, x, params["eps"], params["norm"],
+                                       params["clip_min"], params["clip_max"])
+    return (judge.predict_classes(result.x_adv).numpy() != y) & within
 
 
 def probe(model, judge, protocol, x, y, seed: int, surrogate=None,
@@ -109,8 +109,8 @@ def probe(model, judge, protocol, x, y, seed: int, surrogate=None,
     x, y = x[correct], y[correct]
     out: Dict = {"n": int(correct.size), "attacked": int(correct.sum())}
     step("determinism")
-    out["determinism"] = _determinism(judge, x if len(x) else np.zeros((1,) + x.shape[1:],
-                                                                       x.dtype))
+    out["determinism"] = logit_spread(judge, x if len(x) else np.zeros((1,) + x.shape[1:],
+                                                                        x.dtype))
     if len(x) == 0:
         return out
     step("gradients")
@@ -135,18 +135,16 @@ def probe(model, judge, protocol, x, y, seed: int, surrogate=None,
     if surrogate is not None:
         step("transfer")
         params = ensemble.attack_params(pgd, eps, norm, clip, seed * 100 + 8)
-        crafted = ensemble.attack_class("ProjectedGradientDescent")(surrogate).generate_np(
-            x, batch_size=len(x), y=y, **params)
-        transferred = (judge.predict_classes(crafted).numpy() != y) & ensemble.within_threat(
-            crafted, x, eps, params["norm"], clip["min"], clip["max"])
+        transferred = _broken(surrogate, pgd["attack"], x, y, params, judge)
         white = broken["fgsm"] | broken["pgd"] | broken["pgd_strong"]
         out["transfer"] = {"transfer": int(transferred.sum()), "white_box": int(white.sum()),
                            "transfer_only": places[transferred & ~white].tolist()}
     return out
 
 
-def _determinism(judge, x) -> Dict:
-    calls = [judge.predict_logits(x).numpy() for _ in range(3)]
+def logit_spread(model, x, calls: int = 3) -> Dict:
+    """The largest difference between the logits of repeated calls: 0 if deterministic."""
+    calls = [model.predict_logits(x).numpy() for _ in range(calls)]
     difference = max(float(np.max(np.abs(c - calls[0]), initial=0.0)) for c in calls[1:])
     return {"calls": len(calls), "max_abs_difference": difference}
 

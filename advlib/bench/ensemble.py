@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -25,15 +25,17 @@ def perturbation_norms(delta: np.ndarray, norm) -> np.ndarray:
 
 
 def within_threat(x_adv: np.ndarray, x: np.ndarray, eps: float, norm, clip_min,
-                  clip_max) -> np.ndarray:
-    """Per example: the perturbation lies within the eps ball and the input domain."""
-    within = perturbation_norms(x_adv - x, norm) <= eps * (1 + _NORM_TOLERANCE) + 1e-7
+                  clip_max) -> Tuple[np.ndarray, np.ndarray]:
+    """Per example: whether the perturbation lies within the eps ball and the input
+    domain, and its norm."""
+    norms = perturbation_norms(x_adv - x, norm)
+    within = norms <= eps * (1 + _NORM_TOLERANCE) + 1e-7
     flat = x_adv.reshape(len(x_adv), -1)
     if clip_min is not None:
         within &= flat.min(axis=1, initial=np.inf) >= clip_min - 1e-6
     if clip_max is not None:
         within &= flat.max(axis=1, initial=-np.inf) <= clip_max + 1e-6
-    return within
+    return within, norms
 
 
 def attack_params(entry: Dict, eps: float, norm: str, clip, seed: int) -> Dict:
@@ -53,7 +55,8 @@ def attack_params(entry: Dict, eps: float, norm: str, clip, seed: int) -> Dict:
 
 def run_ensemble(model, protocol: Dict, x: np.ndarray, y: np.ndarray, eps: float,
                  seed: int, on_attack=None, attacks: Optional[List[Dict]] = None,
-                 variants: Optional[Dict] = None) -> Dict[str, np.ndarray]:
+                 variants: Optional[Dict] = None,
+                 instances: Optional[Dict] = None) -> Dict[str, np.ndarray]:
     """Runs every attack of the protocol, in order, on the examples still robust.
 
     An example counts as broken only if `model` (the model as evaluated)
@@ -64,6 +67,8 @@ def run_ensemble(model, protocol: Dict, x: np.ndarray, y: np.ndarray, eps: float
         attacks: the entries to run (default: the protocol's). An entry with a
             "variant" key attacks `variants[variant]` (an adaptive model, e.g.
             with BPDA gradients) while `model` still judges the result.
+        instances: a dict that keeps the attack objects between calls, so that
+            their compiled steps are traced once per run, not once per batch.
 
     Returns:
         per-example arrays: "broken_by" (attack index, or -1), "norm" (of the
@@ -85,17 +90,24 @@ def run_ensemble(model, protocol: Dict, x: np.ndarray, y: np.ndarray, eps: float
         if on_attack is not None:
             on_attack(entry["name"])
         variant = entry.get("variant")
-        attack = attack_class(entry["attack"])(model if variant is None else variants[variant])
+        key = (entry["attack"], variant)
+        attack = None if instances is None else instances.get(key)
+        if attack is None:
+            attack = attack_class(entry["attack"])(model if variant is None
+                                                   else variants[variant])
+            if instances is not None:
+                instances[key] = attack
         params = attack_params(entry, eps, norm, clip, seed * 1000 + index)
         result = attack.run(x[todo], y[todo], batch_size=len(todo), **params)
         success = result.success if variant is None else \
             model.predict_classes(result.x_adv).numpy() != y[todo]
-        broken = success & within_threat(result.x_adv, x[todo], eps, norm, clip["min"],
-                                         clip["max"])
+        within, norms = within_threat(result.x_adv, x[todo], eps, norm, clip["min"],
+                                      clip["max"])
+        broken = success & within
         out["attacked"][index, todo] = True
         out["success"][index, todo] = broken
         out["broken_by"][todo[broken]] = index
-        out["norm"][todo[broken]] = perturbation_norms(result.x_adv - x[todo], norm)[broken]
+        out["norm"][todo[broken]] = norms[broken]
         out["forward"][index] = result.forward_passes
         out["backward"][index] = result.backward_passes
         out["seconds"][index] = result.wall_time
@@ -112,7 +124,3 @@ def expand(attacks: List[Dict], variant_names: List[str]) -> List[Dict]:
     adapted = [dict(a, name=f"{a['name']}@{v}", variant=v) for v in variant_names
                for a in white]
     return white + adapted + black
-
-
-def attack_names(protocol) -> List[str]:
-    return [entry["name"] for entry in protocol["attacks"]]

@@ -133,6 +133,7 @@ class Evaluation:
                        "seconds": np.zeros((self.batches, e, a))}
         self.done: List[int] = []
         self.probes: Optional[Dict] = None
+        self.instances: Dict = {}  # attack objects, reused across batches and eps
 
     # -- state ----------------------------------------------------------------
     def _path(self, name):
@@ -173,7 +174,8 @@ class Evaluation:
             hook = None if on_attack is None else (lambda name, eps=eps: on_attack(name, eps))
             out = ensemble.run_ensemble(self.wrapped, self.protocol, x, y, eps,
                                         seed=(seed * 10007 + b) * 16 + e, on_attack=hook,
-                                        attacks=self.attacks, variants=self.variants)
+                                        attacks=self.attacks, variants=self.variants,
+                                        instances=self.instances)
             self.arrays["broken_by"][e, start:stop] = out["broken_by"]
             self.arrays["norm"][e, start:stop] = out["norm"]
             self.arrays["attacked"][e, :, start:stop] = out["attacked"]
