@@ -40,8 +40,8 @@ setup(
     include_package_data=True,
     package_data={"advlib": ["**/*.cu", "**/*.json"]},
     install_requires=TENSORFLOW_REQUIREMENTS + [
-        "keras>=3.0",
-        "numpy>=1.26",
+        "keras>=3.14.0",
+        "numpy>=2.0",
         "scipy>=1.10",
         "scikit-learn>=1.3",
         "matplotlib>=3.7",
@@ -50,7 +50,7 @@ setup(
     extras_require={
         "gpu": ["cupy-cuda12x>=13", "nvidia-cuda-nvrtc-cu12"],
         # NVRTC compiles the CUDA kernels in CI, where there is no GPU
-        "dev": ["pytest>=7", "hypothesis>=6",
+        "dev": ["pytest>=7", "pytest-xdist>=3", "hypothesis>=6",
                 "nvidia-cuda-nvrtc-cu12; platform_system == 'Linux' and "
                 "platform_machine == 'x86_64'"],
     },

@@ -7,6 +7,7 @@ reaches TensorFlow.
 
 from __future__ import annotations
 
+import math
 import numbers
 
 import numpy as np
@@ -30,7 +31,8 @@ def check_number(name: str, value, *, low=None, high=None,
         wanted = "an integer" if integer else "a real number"
         raise TypeError(f"{name} must be {wanted}, got {_show(value)} "
                         f"of type {type(value).__name__}.")
-    if not np.isfinite(value):
+    # Python integers have no size limit: np.isfinite would overflow on them
+    if not isinstance(value, numbers.Integral) and not math.isfinite(value):
         raise ValueError(f"{name} must be finite, got {_show(value)}.")
     bad_low = low is not None and (value <= low if low_open else value < low)
     bad_high = high is not None and (value >= high if high_open else value > high)
@@ -40,6 +42,14 @@ def check_number(name: str, value, *, low=None, high=None,
         interval = f"{'(' if low_open else '['}{lo}, {hi}{')' if high_open else ']'}"
         raise ValueError(f"{name} must be in {interval}, got {_show(value)}.")
     return value
+
+
+SEED_MAX = 2 ** 63 - 1  # seeds become int64 pairs for TensorFlow's stateless RNG
+
+
+def check_seed(seed, name: str = "seed", high: int = SEED_MAX):
+    """None, or an integer in [0, high]."""
+    return check_number(name, seed, low=0, high=high, integer=True, allow_none=True)
 
 
 def check_choice(name: str, value, allowed):

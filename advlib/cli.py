@@ -30,27 +30,45 @@ def _info(args) -> int:
     return 0
 
 
-def _load_model(path: str, custom_objects_module: Optional[str]):
-    """Loads a .keras file in safe mode; custom objects only from an explicit module."""
+def _custom_objects(spec: Optional[str]) -> dict:
+    """The CUSTOM_OBJECTS dict of a .py file or an importable module, found the same
+    way however advlib was launched (the working directory first)."""
     import importlib
+    import importlib.util
 
-    import keras
+    if not spec:
+        return {}
+    if spec.endswith(".py") or os.path.sep in spec:
+        if not os.path.isfile(spec):
+            raise ValueError(f"--custom-objects file {spec!r} does not exist.")
+        loader = importlib.util.spec_from_file_location("advlib_custom_objects", spec)
+        module = importlib.util.module_from_spec(loader)
+        loader.loader.exec_module(module)
+    else:
+        sys.path.insert(0, os.getcwd())
+        try:
+            module = importlib.import_module(spec)
+        except ImportError as error:
+            raise ValueError(f"--custom-objects: cannot import module {spec!r} ({error}); "
+                             "give an importable module name or a .py file.") from error
+        finally:
+            sys.path.remove(os.getcwd())
+    custom = getattr(module, "CUSTOM_OBJECTS", None)
+    if not isinstance(custom, dict) or not all(isinstance(k, str) for k in custom):
+        raise ValueError(f"--custom-objects {spec!r} must define CUSTOM_OBJECTS, a dict from "
+                         f"names to classes or functions; found {type(custom).__name__}.")
+    return custom
 
-    import advlib.bench.testbeds  # noqa: F401  registers advlib's layers (QNNs, testbeds)
-    import advlib.models  # noqa: F401
-    custom = {}
-    if custom_objects_module:
-        module = importlib.import_module(custom_objects_module)
-        custom = getattr(module, "CUSTOM_OBJECTS", None) or {
-            name: value for name, value in vars(module).items()
-            if not name.startswith("_") and callable(value)}
+
+def _load_model(path: str, custom_objects_spec: Optional[str]):
+    """Loads a .keras file with advlib's safe loader; the custom objects module is
+    imported only once the file is known to exist."""
+    from advlib.models.loading import load_model
+
     if not os.path.isfile(path):
-        raise ValueError(f"model file {path!r} does not exist.")
-    try:
-        return keras.models.load_model(path, custom_objects=custom, safe_mode=True)
-    except Exception as error:
-        raise ValueError(f"cannot load model {path!r} (safe mode): {type(error).__name__}: "
-                         f"{error}") from error
+        raise ValueError(f"model file {path!r} does not exist"
+                         f"{' (it is a directory)' if os.path.isdir(path) else ''}.")
+    return load_model(path, _custom_objects(custom_objects_spec))
 
 
 def _bench_run(args) -> int:
@@ -75,7 +93,8 @@ def _bench_run(args) -> int:
     report = bench.evaluate(model, protocol=protocol, out_dir=out, resume=args.resume,
                             shard=args.shard, batch_size=args.batch_size,
                             progress=not args.no_progress, model_name=name,
-                            adaptive=args.adaptive, transfer_from=transfer)
+                            adaptive=args.adaptive, transfer_from=transfer,
+                            overwrite=args.overwrite)
     print()
     print(bench.markdown(report))
     print(f"\nmodel: {source}\nreport: {os.path.join(out, 'report.json')} (and report.md, "
@@ -86,21 +105,23 @@ def _bench_run(args) -> int:
 def _bench_merge(args) -> int:
     from advlib import bench
 
-    report = bench.merge(args.reports, args.out)
+    report = bench.merge(args.reports, args.out, overwrite=args.overwrite)
     print(bench.markdown(report))
     print(f"\nmerged {len(args.reports)} shards into {args.out}")
     return 0
 
 
 def _bench_compare(args) -> int:
-    import json
-
     from advlib import bench
+
+    from advlib.bench.report import load_report
 
     reports = []
     for path in args.reports:
-        with open(os.path.join(path, "report.json") if os.path.isdir(path) else path) as handle:
-            reports.append(json.load(handle))
+        file = os.path.join(path, "report.json") if os.path.isdir(path) else path
+        if not os.path.isfile(file):
+            raise ValueError(f"{path!r} is neither a report.json nor a folder holding one.")
+        reports.append(load_report(file))
     print(bench.compare(reports, force=args.force))
     return 0
 
@@ -126,6 +147,8 @@ def bench_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", help="output directory (default: a new one under "
                                       "./advlib-bench/)")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="write into an --out folder that holds other files")
     parser.add_argument("--shard", help="i/n: evaluate every n-th batch from the i-th")
     parser.add_argument("--batch-size", type=int, help="override the protocol's batch size")
     parser.add_argument("--custom-objects", help="module whose CUSTOM_OBJECTS (or public "
@@ -152,7 +175,9 @@ def _bench(argv: List[str]) -> int:
     if argv and argv[0] == "merge":
         parser = argparse.ArgumentParser(prog="advlib bench merge")
         parser.add_argument("reports", nargs="+", help="shard output directories")
-        parser.add_argument("--out", required=True)
+        parser.add_argument("--out", required=True, help="a new folder for the merged report")
+        parser.add_argument("--overwrite", action="store_true",
+                            help="write into an --out folder that holds other files")
         parser.set_defaults(handler=_bench_merge)
         argv = argv[1:]
     elif argv and argv[0] == "compare":
@@ -170,10 +195,38 @@ def _bench(argv: List[str]) -> int:
         parser = bench_parser()
     args = parser.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    return _run_handler("advlib bench", args)
+
+
+def describe_error(error: BaseException) -> str:
+    """One line for the user: the file, if any, and the cause."""
+    import zipfile
+
+    if isinstance(error, (ValueError, TypeError)) and not isinstance(error, zipfile.BadZipFile):
+        return " ".join(str(error).split())
+    if isinstance(error, OSError) and getattr(error, "filename", None):
+        return f"{error.filename}: {error.strerror or type(error).__name__}"
+    if isinstance(error, MemoryError):
+        return "out of memory: the input asks for more memory than this machine has."
+    if isinstance(error, ModuleNotFoundError):
+        return f"cannot import module {error.name!r}: {error}"
+    text = " ".join(str(error).split())
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
+def _run_handler(program: str, args) -> int:
+    """Runs a command; every failure becomes one line and exit code 2 (set
+    ADVLIB_DEBUG=1 for the traceback)."""
     try:
         return args.handler(args)
-    except (ValueError, TypeError, FileNotFoundError) as error:
-        print(f"advlib bench: error: {error}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print(f"{program}: interrupted; finished batches are saved (--resume continues).",
+              file=sys.stderr)
+        return 130
+    except Exception as error:  # noqa: BLE001  the CLI never shows a traceback
+        if os.environ.get("ADVLIB_DEBUG"):
+            raise
+        print(f"{program}: error: {describe_error(error)}", file=sys.stderr)
         return 2
 
 
@@ -194,7 +247,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     if argv and argv[0] == "bench":
         return _bench(argv[1:])
     args = build_parser().parse_args(argv)
-    return args.handler(args)
+    return _run_handler("advlib", args)
 
 
 if __name__ == "__main__":

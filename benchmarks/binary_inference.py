@@ -122,12 +122,13 @@ def keras_side(args):
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import keras
     import advlib.qnn.layers  # noqa: F401  registers the layers for load_model
+    from advlib.models import load_model
     from advlib import qnn
     from advlib.datasets import load
 
     (x_train, y_train), (x_test, y_test) = load(args.dataset)
     if args.model:
-        model = keras.models.load_model(args.model, safe_mode=True)
+        model = load_model(args.model)
     else:
         keras.utils.set_random_seed(0)
         model = qnn.binary_cnn(x_train.shape[1:], filters=(32, 32, 64, 64), dense=128)

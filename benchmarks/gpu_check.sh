@@ -17,7 +17,7 @@ if ! python3 -c "import pytest" 2>/dev/null && [ -d .gpu/wheels ]; then
     && export PYTHONPATH=$PYTHONPATH:/tmp/gpu-site
 fi
 echo "== GPU tests (no TensorFlow here: only the engine's tests are collected)"
-timeout 240 python3 -m pytest -q -p no:cacheprovider tests/test_kernels.py 2>&1 | tail -30
+timeout 240 python3 -m pytest -q -p no:cacheprovider tests/test_kernels.py -k "not emulated" 2>&1 | tail -30
 echo "== benchmarks/binary_gemm.py"
 timeout 200 python3 benchmarks/binary_gemm.py --out "$OUT/binary_gemm.json" 2>&1 | tail -30
 echo "== benchmarks/binary_inference.py (BinaryNet MLP 3x4096, 10,000 inputs)"

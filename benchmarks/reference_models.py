@@ -24,6 +24,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # noqa: E402
 
 from advlib import bench, qnn  # noqa: E402
+from advlib.models import load_model  # noqa: E402
 import advlib.qnn.layers  # noqa: E402,F401  registers the layers for load_model
 from advlib.datasets import load  # noqa: E402
 from advlib.models import QNNModelWrapper, small_cnn, train_classifier  # noqa: E402
@@ -86,7 +87,7 @@ def main(argv=None):
     if unknown:
         parser.error(f"--models: unknown {sorted(unknown)}; choose from natural, fast-AT, binary")
     data = load(args.dataset)
-    loaded = lambda path: keras.models.load_model(path, safe_mode=True)
+    loaded = load_model
     models = {
         "natural CNN": loaded(args.natural) if args.natural else natural(data, args.epochs),
         "fast-AT CNN": loaded(args.robust) if args.robust else robust(data, EPS[args.dataset],

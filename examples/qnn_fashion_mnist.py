@@ -25,7 +25,7 @@ from advlib import qnn  # noqa: E402
 import advlib.qnn.layers  # noqa: E402,F401  registers the layers for load_model
 from advlib.attacks import ProjectedGradientDescent  # noqa: E402
 from advlib.datasets import load  # noqa: E402
-from advlib.models import KerasModelWrapper, QNNModelWrapper  # noqa: E402
+from advlib.models import KerasModelWrapper, QNNModelWrapper, load_model  # noqa: E402
 from advlib.qnn.engine import BinaryEngine  # noqa: E402
 
 
@@ -92,7 +92,7 @@ def main(argv=None):
               "activation_bits": args.activation_bits, "epochs": args.epochs}
 
     if args.binary_model:
-        model = keras.models.load_model(args.binary_model, safe_mode=True)
+        model = load_model(args.binary_model)
         model.compile(metrics=["accuracy"],
                       loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
         accuracy = float(model.evaluate(x_test, y_test, verbose=0, batch_size=500)[1])

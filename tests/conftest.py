@@ -13,6 +13,21 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "gpu: needs an NVIDIA GPU and CuPy")
 
 
+@pytest.fixture
+def emulated_cupy(monkeypatch):
+    """Installs a stand-in CuPy running the kernels under CPU emulation (tests/cudaemu);
+    call it with the compute capability to report (default 90)."""
+    import sys
+
+    from cudaemu import fake_cupy
+
+    def install(cc=90):
+        fake = fake_cupy.make(cc)
+        monkeypatch.setitem(sys.modules, "cupy", fake)
+        return fake
+    return install
+
+
 @pytest.fixture(scope="session")
 def digits():
     """scikit-learn's digits: ((x_train, y_train), (x_test, y_test))."""

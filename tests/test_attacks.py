@@ -153,7 +153,9 @@ def test_targeted_success(digits_mlp, digits_eval, attack_class):
 def test_restarts_keep_the_most_damaging_result(digits_mlp, digits_eval):
     x, y = digits_eval
     attack = ProjectedGradientDescent(digits_mlp)
-    params = dict(eps=0.06, eps_iter=0.02, nb_iter=3, y=y, seed=5, **BOUNDS)
+    # eps 0.08: the restarts add about 9 of 200 (at 0.06 only 1, a margin that
+    # thread scheduling in training could erase)
+    params = dict(eps=0.08, eps_iter=0.08 / 3, nb_iter=3, y=y, seed=5, **BOUNDS)
     single = attack.generate_np(x, **params)
     several = attack.generate_np(x, nb_restarts=4, **params)
     fooled_single = digits_mlp.predict(single, verbose=0).argmax(1) != y

@@ -79,7 +79,7 @@ def test_shards_merge_into_the_single_run(full_run, digits_cnn, tmp_path):
         folder = str(tmp_path / f"shard{i}")
         part = bench.evaluate(digits_cnn, protocol=quick_protocol(), out_dir=folder,
                               batch_size=90, shard=f"{i}/3", progress=False)
-        assert not part["complete"] and part["shard"] == f"{i}/3"
+        assert part["complete"] and part["shard"] == f"{i}/3" and part["n_total"] == 360
         shards.append(folder)
     merged = bench.merge(shards, str(tmp_path / "merged"))
     assert merged["results"]["robust_accuracy"] == report["results"]["robust_accuracy"]
@@ -155,7 +155,10 @@ def test_resume_after_sigkill_gives_identical_numbers(cli_env, tmp_path):
             np.testing.assert_array_equal(one[key], two[key])
 
 
-def test_cli_bad_inputs_write_nothing(cli_env, tmp_path):
+def test_cli_bad_inputs_write_nothing(cli_env, tmp_path, capsys, monkeypatch):
+    from advlib import cli
+
+    monkeypatch.setenv("ADVLIB_CACHE", cli_env["ADVLIB_CACHE"])
     out = str(tmp_path / "never")
     cases = [
         (["--model", str(tmp_path / "missing.keras")], "does not exist"),
@@ -165,11 +168,10 @@ def test_cli_bad_inputs_write_nothing(cli_env, tmp_path):
     ]
     corrupt = tmp_path / "corrupt.keras"
     corrupt.write_bytes(b"PK\x03\x04 not really a zip")
-    cases.append((["--model", str(corrupt)], "cannot load model"))
+    cases.append((["--model", str(corrupt)], "not a .keras archive"))
     for args, message in cases:
-        process = run_cli(args + ["--out", out, "--no-progress"], cli_env)
-        assert process.wait(timeout=120) == 2
-        assert message in process.stderr.read()
+        assert cli.main(["bench"] + args + ["--out", out, "--no-progress"]) == 2
+        assert message in capsys.readouterr().err
         assert not os.path.exists(out)
 
 

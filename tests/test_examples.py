@@ -105,8 +105,8 @@ def test_adversarial_training_example_on_digits(tmp_path):
 def test_trustworthy_evaluation_example(tmp_path):
     import trustworthy_evaluation
 
-    summary = trustworthy_evaluation.main(["--n", "60", "--epochs", "10", "--no-sweep",
-                                           "--spsa-iter", "20", "--out-dir", str(tmp_path)])
+    summary = trustworthy_evaluation.main(["--n", "40", "--epochs", "8", "--no-sweep",
+                                           "--spsa-iter", "10", "--out-dir", str(tmp_path)])
     assert summary["cnn"]["flag"] == "" and summary["binary, STE"]["flag"] == ""
     assert "gradient-health" in summary["defended"]["flag"]
     assert "gradient-health" in summary["binary, naive gradients"]["flag"]

@@ -98,10 +98,10 @@ def test_black_box_attack_runs_through_the_binary_engine(digits_qnns, digits, tm
     calls = []
     original = wrapped.engine.predict
     wrapped.engine.predict = lambda x, *a, **k: calls.append(len(x)) or original(x, *a, **k)
-    x, y = x_test[:40], y_test[:40]
-    result = SPSA(wrapped).run(x, y, batch_size=40, eps=0.2, nb_iter=10, spsa_samples=32,
+    x, y = x_test[:20], y_test[:20]
+    result = SPSA(wrapped).run(x, y, batch_size=20, eps=0.2, nb_iter=8, spsa_samples=16,
                                seed=0, **BOUNDS)
-    assert sum(calls) >= 40 * 32 * 10  # every probe point went through the engine
+    assert sum(calls) >= 20 * 16 * 8  # every probe point went through the engine
     engine_says = original(result.x_adv).argmax(1)
     np.testing.assert_array_equal(result.predictions, engine_says)
     assert result.success.any()

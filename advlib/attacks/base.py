@@ -11,6 +11,7 @@ import numpy as np
 import tensorflow as tf
 
 from advlib import _checks
+from advlib.attacks import utils
 from advlib.attacks.result import AttackResult
 from advlib.models.base import Model, as_model
 
@@ -34,6 +35,9 @@ class Attack(abc.ABC):
         self.model: Model = as_model(model)
         self.forward_passes = 0
         self.backward_passes = 0
+        # examples (or, in iterative attacks, example-steps) whose update was not
+        # finite (a NaN or Inf gradient) and that kept their last finite point
+        self.nonfinite_fallbacks = 0
 
     def _count(self, batch: int, forward: int = 1, backward: int = 0) -> None:
         """Records model evaluations: `forward` / `backward` passes over `batch` examples."""
@@ -59,12 +63,24 @@ class Attack(abc.ABC):
         labels, targeted = self._resolve_labels(x, parsed)
         options = {k: v for k, v in parsed.items()
                    if k not in self.per_example_params + ("targeted",)}
-        return self._generate(x, labels, targeted, **options)
+        return self._finite_or_clean(x, self._generate(x, labels, targeted, **options))
 
-    def generate_np(self, x, batch_size: int = 128, **params) -> np.ndarray:
-        """Like `generate`, but NumPy in, NumPy out, in batches of `batch_size`."""
-        _checks.check_number("batch_size", batch_size, low=1, integer=True)
+    def _finite_or_clean(self, x: tf.Tensor, x_adv: tf.Tensor) -> tf.Tensor:
+        """Never returns a non-finite adversarial example: such an example falls
+        back to the clean input, and the event is counted."""
+        finite = utils.finite_rows(x_adv)
+        bad = int(tf.reduce_sum(tf.cast(~finite, tf.int32)))
+        if not bad:
+            return x_adv
+        self.nonfinite_fallbacks += bad
+        return tf.where(utils._per_example(finite, x), x_adv, tf.cast(x, x_adv.dtype))
+
+    def generate_np(self, x, batch_size: Optional[int] = 128, **params) -> np.ndarray:
+        """Like `generate`, but NumPy in, NumPy out, in batches of `batch_size`
+        (None: all of `x` in one batch)."""
+        _checks.check_number("batch_size", batch_size, low=1, integer=True, allow_none=True)
         x = np.asarray(x)
+        batch_size = max(len(x), 1) if batch_size is None else int(batch_size)
         params = self._whole_batch_params(x, params)
         per_example = {k: np.asarray(v) for k, v in params.items()
                        if k in self.per_example_params and v is not None}
@@ -82,20 +98,22 @@ class Attack(abc.ABC):
             chunks.append(self.generate(x[start:stop], **batch_params).numpy())
         return np.concatenate(chunks)
 
-    def run(self, x, y=None, batch_size: int = 128, **params) -> AttackResult:
+    def run(self, x, y=None, batch_size: Optional[int] = 128, **params) -> AttackResult:
         """Runs the attack and reports per-example success, norms and costs.
 
         Args:
             x: NumPy batch.
             y: true labels. Default: the model's predictions on `x`.
-            batch_size: examples per batch.
+            batch_size: examples per batch (None: all at once).
             **params: the attack's parameters (`y_target` makes it targeted).
 
         Returns:
             An `AttackResult`.
         """
         x = np.asarray(x)
-        self.forward_passes = self.backward_passes = 0
+        _checks.check_number("batch_size", batch_size, low=1, integer=True, allow_none=True)
+        batch_size = max(len(x), 1) if batch_size is None else int(batch_size)
+        self.forward_passes = self.backward_passes = self.nonfinite_fallbacks = 0
         start = time.perf_counter()
         params = self._whole_batch_params(x, dict(params, y=y))
         y = params.pop("y")
@@ -114,7 +132,7 @@ class Attack(abc.ABC):
         predictions = self._predict_np(x_adv, batch_size)
         return AttackResult.from_arrays(x, x_adv, labels, targeted, predictions,
                                         self.forward_passes, self.backward_passes,
-                                        time.perf_counter() - start)
+                                        time.perf_counter() - start, self.nonfinite_fallbacks)
 
     def _whole_batch_params(self, x: np.ndarray, params: Dict[str, Any]) -> Dict[str, Any]:
         """Fixes, once for all of `x`, parameters that would differ per batch."""
@@ -126,6 +144,16 @@ class Attack(abc.ABC):
         self._count(len(x))
         return np.concatenate([self.model.predict_classes(x[i:i + batch_size]).numpy()
                                for i in range(0, len(x), batch_size)])
+
+    @classmethod
+    def check_params(cls, **params) -> Dict[str, Any]:
+        """Checks parameters without a model, e.g. a protocol's at load time.
+
+        Returns:
+            The parsed parameters, as `generate` would use them.
+        """
+        # parse_params reads class attributes only, so no model is needed
+        return cls.__new__(cls)._parse(params)
 
     @abc.abstractmethod
     def parse_params(self, **params) -> Dict[str, Any]:

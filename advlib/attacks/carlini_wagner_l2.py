@@ -30,8 +30,9 @@ class CarliniWagnerL2(Attack):
     Args (to `generate` / `generate_np`), cleverhans's names and defaults:
         y: true labels (default: the model's predictions).
         y_target: targets, which make the attack targeted.
-        batch_size: examples optimised together inside `generate` (default:
-            the whole batch; `generate_np` batches by its own argument).
+        batch_size: examples optimised together (default: the whole batch).
+            `generate_np` and `run` take it as their own batching argument,
+            where None also means all at once.
         confidence (0): required logit margin kappa.
         learning_rate (5e-3): Adam's step size.
         binary_search_steps (5), max_iterations (1000): outer and inner steps.

@@ -79,7 +79,7 @@ class GradientAttack(Attack):
         if decay_factor is None:
             decay_factor = d.get("decay_factor")
         _checks.check_number("decay_factor", decay_factor, low=0, allow_none=True)
-        _checks.check_number("seed", seed, low=0, integer=True, allow_none=True)
+        _checks.check_seed(seed)
         return dict(eps=eps, eps_iter=eps_iter, nb_iter=int(nb_iter), norm=norm, y=y,
                     y_target=y_target, targeted=bool(targeted), clip_min=clip_min,
                     clip_max=clip_max, loss_fn=losses.get(loss_fn), rand_init=rand_init,
@@ -90,14 +90,21 @@ class GradientAttack(Attack):
     def _step_fn(self, x_adv, x, labels, momentum, eps, eps_iter, decay, clip_min, clip_max,
                  norm, targeted, loss_fn, use_momentum):
         _, grad, _ = self.model.loss_gradient(x_adv, labels, loss_fn, targeted)
+        previous_momentum = momentum
         if use_momentum:
             axes = tf.range(1, tf.rank(grad))
             scale = tf.maximum(tf.reduce_mean(tf.abs(grad), axes, keepdims=True), 1e-12)
             momentum = decay * momentum + grad / scale
             grad = momentum
-        x_adv = x_adv + utils.optimize_linear(grad, eps_iter, norm)
-        x_adv = x + utils.clip_eta(x_adv - x, norm, eps)
-        return tf.clip_by_value(x_adv, clip_min, clip_max), momentum
+        moved = x_adv + utils.optimize_linear(grad, eps_iter, norm)
+        moved = tf.clip_by_value(x + utils.clip_eta(moved - x, norm, eps), clip_min, clip_max)
+        # a NaN or Inf gradient must not poison the example: it keeps its last finite iterate
+        finite = utils.finite_rows(moved)
+        keep = utils._per_example(finite, x)
+        if use_momentum:
+            momentum = tf.where(keep, momentum, previous_momentum)
+        return (tf.where(keep, moved, x_adv), momentum,
+                tf.reduce_sum(tf.cast(~finite, tf.int32)))
 
     def _score_fn(self, x_adv, labels, loss_fn, targeted):
         """Per example: whether the attack succeeded, and its objective."""
@@ -117,18 +124,20 @@ class GradientAttack(Attack):
             x.dtype, eps, eps_iter, clip_min, clip_max, decay_factor)
         use_momentum = decay_factor is not None
         seed_pair = self._seed_pair(seed)
-        best = None
+        best, fallbacks = None, tf.zeros((), tf.int32)
         for restart in range(nb_restarts):
             x_adv = self._start(x, rand_init, norm, eps_t, tf.cast(rand_minmax, x.dtype),
                                 seed_pair + [0, restart], low, high)
             momentum = tf.zeros_like(x) if use_momentum else tf.zeros((), x.dtype)
             for _ in range(nb_iter):
-                x_adv, momentum = self._step(x_adv, x, labels, momentum, eps_t, eps_iter_t,
-                                             decay, low, high, norm, targeted, loss_fn,
-                                             use_momentum)
+                x_adv, momentum, bad = self._step(x_adv, x, labels, momentum, eps_t,
+                                                  eps_iter_t, decay, low, high, norm, targeted,
+                                                  loss_fn, use_momentum)
+                fallbacks += bad
             self._count(len(x), forward=nb_iter, backward=nb_iter)
             if nb_restarts > 1:
                 best = self._keep_most_damaging(best, x_adv, labels, loss_fn, targeted)
+        self.nonfinite_fallbacks += int(fallbacks)
         return x_adv if best is None else best[0]
 
     @staticmethod
@@ -158,8 +167,8 @@ class GradientAttack(Attack):
         norm, loss_fn = utils.normalize_norm(norm), losses.get(loss_fn)
 
         def step(i, x_adv, momentum):
-            x_adv, momentum = self._step_fn(x_adv, x, labels, momentum, eps, eps_iter, decay,
-                                            low, high, norm, targeted, loss_fn, use_momentum)
+            x_adv, momentum, _ = self._step_fn(x_adv, x, labels, momentum, eps, eps_iter, decay,
+                                               low, high, norm, targeted, loss_fn, use_momentum)
             return i + 1, x_adv, momentum
 
         _, x_adv, _ = tf.while_loop(lambda i, *_: i < nb_iter, step,

@@ -25,6 +25,8 @@ class AttackResult:
         forward_passes, backward_passes: model evaluations summed over
             examples (a batch of 100 through one step counts 100).
         wall_time: seconds.
+        nonfinite_fallbacks: updates that were NaN or Inf and were replaced by
+            the example's last finite point (see `Attack.nonfinite_fallbacks`).
     """
 
     x_adv: np.ndarray
@@ -38,14 +40,18 @@ class AttackResult:
     forward_passes: int
     backward_passes: int
     wall_time: float
+    nonfinite_fallbacks: int = 0
 
     @classmethod
     def from_arrays(cls, x, x_adv, labels, targeted, predictions, forward_passes,
-                    backward_passes, wall_time) -> "AttackResult":
+                    backward_passes, wall_time, nonfinite_fallbacks=0) -> "AttackResult":
         success = predictions == labels if targeted else predictions != labels
-        return cls(x_adv=x_adv, success=success, labels=labels, targeted=targeted,
+        # a NaN example is no adversarial example, whatever argmax makes of it
+        finite = np.isfinite(np.asarray(x_adv).reshape(len(x_adv), -1)).all(axis=1)
+        return cls(x_adv=x_adv, success=success & finite, labels=labels, targeted=targeted,
                    predictions=predictions, forward_passes=int(forward_passes),
                    backward_passes=int(backward_passes), wall_time=float(wall_time),
+                   nonfinite_fallbacks=int(nonfinite_fallbacks),
                    **lp_norms(np.asarray(x_adv) - np.asarray(x)))
 
     @property

@@ -82,7 +82,7 @@ class SaliencyMapMethod(Attack):
             if value is None:
                 raise ValueError(f"{name} must be a number for JSMA, which moves features "
                                  "to the bounds of the input domain; got None.")
-        _checks.check_number("seed", seed, low=0, integer=True, allow_none=True)
+        _checks.check_seed(seed)
         return dict(theta=theta, gamma=gamma, clip_min=clip_min, clip_max=clip_max, y=y,
                     y_target=y_target, seed=seed, use_logits=bool(use_logits))
 

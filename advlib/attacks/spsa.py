@@ -68,7 +68,7 @@ class SPSA(Attack):
         _checks.check_number("spsa_iters", spsa_iters, low=1, integer=True)
         _checks.check_number("early_stop_loss_threshold", early_stop_loss_threshold,
                              allow_none=True)
-        _checks.check_number("seed", seed, low=0, integer=True, allow_none=True)
+        _checks.check_seed(seed)
         norm = utils.normalize_norm(norm if ord is None else ord)
         if norm == 1:
             raise ValueError("norm must be np.inf or 2 for SPSA, got 1.")
@@ -83,8 +83,15 @@ class SPSA(Attack):
     def _generate(self, x, labels, targeted, *, eps, nb_iter, learning_rate, delta,
                   spsa_samples, spsa_iters, early_stop_loss_threshold, norm, clip_min,
                   clip_max, seed):
-        if eps == 0:
+        if eps == 0 or nb_iter == 0:  # no step: the clean input, not the random start
             return tf.identity(x)
+        if x.dtype.size < 4:
+            # half precision cannot hold Adam's moments; search in float32, return x's dtype
+            return tf.cast(self._generate(
+                tf.cast(x, tf.float32), labels, targeted, eps=eps, nb_iter=nb_iter,
+                learning_rate=learning_rate, delta=delta, spsa_samples=spsa_samples,
+                spsa_iters=spsa_iters, early_stop_loss_threshold=early_stop_loss_threshold,
+                norm=norm, clip_min=clip_min, clip_max=clip_max, seed=seed), x.dtype)
         low = tf.cast(-np.inf if clip_min is None else clip_min, x.dtype)
         high = tf.cast(np.inf if clip_max is None else clip_max, x.dtype)
         threshold = -np.inf if early_stop_loss_threshold is None else early_stop_loss_threshold

@@ -36,6 +36,11 @@ def _per_example(value, x):
     return tf.reshape(value, tf.concat([[-1], tf.ones([tf.rank(x) - 1], tf.int32)], 0))
 
 
+def finite_rows(x):
+    """Per example (axis 0): whether every entry is finite."""
+    return tf.reduce_all(tf.math.is_finite(tf.reshape(x, [tf.shape(x)[0], -1])), axis=1)
+
+
 def optimize_linear(grad, eps, norm=np.inf):
     """The perturbation of size `eps` in `norm` that maximises <grad, eta>.
 

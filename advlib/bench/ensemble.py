@@ -82,7 +82,7 @@ def run_ensemble(model, protocol: Dict, x: np.ndarray, y: np.ndarray, eps: float
     out = {"broken_by": np.full(len(x), -1, np.int16), "norm": np.full(len(x), np.nan),
            "attacked": np.zeros((count, len(x)), bool), "success": np.zeros((count, len(x)), bool),
            "forward": np.zeros(count, np.int64), "backward": np.zeros(count, np.int64),
-           "seconds": np.zeros(count)}
+           "seconds": np.zeros(count), "nonfinite": np.zeros(count, np.int64)}
     for index, entry in enumerate(attacks):
         todo = np.flatnonzero(robust)
         if todo.size == 0:
@@ -111,6 +111,7 @@ def run_ensemble(model, protocol: Dict, x: np.ndarray, y: np.ndarray, eps: float
         out["forward"][index] = result.forward_passes
         out["backward"][index] = result.backward_passes
         out["seconds"][index] = result.wall_time
+        out["nonfinite"][index] = result.nonfinite_fallbacks
         robust[todo[broken]] = False
     return out
 

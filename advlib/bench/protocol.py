@@ -43,6 +43,7 @@ _ATTACK_KEYS = {"name", "attack", "params"}
 # parameters the harness sets itself, per example batch
 _HARNESS_PARAMS = {"eps", "norm", "ord", "y", "y_target", "targeted", "clip_min", "clip_max",
                    "seed", "batch_size"}
+MAX_SEED = 2 ** 32 - 1
 ATTACKS = ("FastGradientMethod", "BasicIterativeMethod", "ProjectedGradientDescent",
            "MomentumIterativeMethod", "CarliniWagnerL2", "TargetedPGD", "SPSA")
 
@@ -116,10 +117,23 @@ def validate(document: Dict[str, Any], source: str = "protocol") -> Dict[str, An
                             f"{threat.get('norm')!r}.")
     threat["norm"] = str(threat["norm"])
     _check(source, "threat eps", threat.get("eps"), low=0, low_open=True)
+    _check(source, "version", document["version"], low=1, integer=True)
     clip = document.setdefault("clip", {"min": 0.0, "max": 1.0})
+    if not isinstance(clip, dict):
+        raise ProtocolError(f"{source}: clip must be an object with keys 'min' and 'max', got "
+                            f"{clip!r}.")
     _unknown(clip, {"min", "max"}, f"{source}: clip")
+    missing_bounds = sorted({"min", "max"} - set(clip))
+    if missing_bounds:
+        raise ProtocolError(f"{source}: clip lacks {missing_bounds}; give both bounds of the "
+                            "input domain (null for unbounded), e.g. {\"min\": 0, \"max\": 1}.")
+    for key in ("min", "max"):
+        _check(source, f"clip {key}", clip[key], allow_none=True)
+    if clip["min"] is not None and clip["max"] is not None and clip["min"] >= clip["max"]:
+        raise ProtocolError(f"{source}: clip min must be below clip max, got {clip}.")
     document.setdefault("seed", 0)
-    _check(source, "seed", document["seed"], low=0, integer=True)
+    # the harness derives per-batch and per-attack seeds from it; they must stay in int64
+    _check(source, "seed", document["seed"], low=0, high=MAX_SEED, integer=True)
     document.setdefault("batch_size", 500)
     _check(source, "batch_size", document["batch_size"], low=1, integer=True)
     document.setdefault("sweep", [])
@@ -142,9 +156,36 @@ def validate(document: Dict[str, Any], source: str = "protocol") -> Dict[str, An
             raise ProtocolError(f"{where}: attack name {entry['name']!r} is used twice.")
         names.add(entry["name"])
         params = entry.setdefault("params", {})
+        if not isinstance(params, dict):
+            raise ProtocolError(f"{where}: params must be an object, got {params!r}.")
         allowed = (attack_signature(entry["attack"]) - _HARNESS_PARAMS) | {"eps_iter_fraction"}
         _unknown(params, allowed, f"{where} ({entry['attack']}) params")
+    _check_attack_params(document, source)
     return document
+
+
+def _check_attack_params(document, source) -> None:
+    """Builds every attack's parameters for every eps, as the harness will, so that a
+    bad value fails now rather than after minutes of evaluation."""
+    from advlib.bench.ensemble import attack_class, attack_params
+
+    attacks = document["attacks"]
+    batches = -(-document["dataset"]["n"] // document["batch_size"])
+    eps_list = eps_values(document)
+    # the largest seed the harness derives (see runner.Evaluation.run_batch)
+    seed = ((document["seed"] * 10007 + batches) * 16 + len(eps_list)) * 1000 + len(attacks)
+    for index, entry in enumerate(attacks):
+        fraction = entry["params"].get("eps_iter_fraction")
+        if fraction is not None:
+            _check(source, f"attacks[{index}] eps_iter_fraction", fraction, low=0, low_open=True)
+        for eps in eps_list:
+            params = attack_params(entry, eps, document["threat"]["norm"], document["clip"],
+                                   seed)
+            try:
+                attack_class(entry["attack"]).check_params(**params)
+            except (TypeError, ValueError) as error:
+                raise ProtocolError(f"{source}: attacks[{index}] ({entry['name']}) at eps "
+                                    f"{eps:g}: {error}") from error
 
 
 def _validate_diagnostics(document, source):

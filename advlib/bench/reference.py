@@ -17,14 +17,13 @@ def cache_dir() -> str:
 
 def reference_model(dataset: str = "digits", verbose: bool = True):
     """The digits CNN, trained once (seed 0, 15 epochs) and cached as a .keras file."""
-    import keras
-
     from advlib.datasets import load
     from advlib.models import small_cnn, train_classifier
+    from advlib.models.loading import load_model
 
     path = os.path.join(cache_dir(), "reference", f"{dataset}_cnn.keras")
     if os.path.exists(path):
-        return keras.models.load_model(path, safe_mode=True), path
+        return load_model(path), path
     if verbose:
         print(f"training the reference {dataset} CNN once; it is cached at {path}")
     (x_train, y_train), _ = load(dataset)

@@ -7,7 +7,7 @@ from typing import Dict, List, Sequence
 
 import numpy as np
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
 def wilson_interval(successes: int, n: int, z: float = 1.959964) -> List[float]:
@@ -55,6 +55,8 @@ def summarize(arrays: Dict[str, np.ndarray], names: Sequence[str], eps_list: Seq
                 "forward_passes": int(arrays["forward"][e, a]),
                 "backward_passes": int(arrays["backward"][e, a]),
                 "seconds": float(arrays["seconds"][e, a]),
+                "nonfinite_fallbacks": int(arrays["nonfinite"][e, a]) if "nonfinite" in arrays
+                else 0,
             })
         per_eps.append({"eps": float(eps), "attacks": attacks,
                         "robust_accuracy": _proportion(robust)})
@@ -108,8 +110,9 @@ def markdown(report: Dict) -> str:
 _STATUS = {"pass": "pass", "warn": "**warn**", "fail": "**FAIL**", "skip": "skip"}
 
 
-def plot(report: Dict, path: str) -> None:
-    """Robust accuracy against eps, after each attack and in the worst case."""
+def plot(report: Dict, path) -> None:
+    """Robust accuracy against eps, after each attack and in the worst case, as a PNG
+    written to `path` (a file name or a binary handle)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -137,31 +140,97 @@ def plot(report: Dict, path: str) -> None:
     axis.grid(alpha=0.3)
     axis.legend(fontsize=7)
     figure.tight_layout()
-    figure.savefig(path, dpi=120)
+    figure.savefig(path, dpi=120, format="png")
     plt.close(figure)
+
+
+# what `compare` and `merge` read from a report.json, with the types they need
+_REPORT_SCHEMA = {"protocol": dict, "protocol_hash": str, "model": dict, "results": dict,
+                  "n": int, "batch_size": int, "batches": list}
+_RESULTS_SCHEMA = {"clean_accuracy": dict, "robust_accuracy": dict, "per_eps": list}
+
+
+def validate_report(report, source: str = "report") -> Dict:
+    """Checks that a loaded report has the keys and types that advlib reads.
+
+    Raises:
+        ValueError: naming `source` and the first missing or malformed key.
+    """
+    def need(mapping, schema, where):
+        for key, kind in schema.items():
+            if key not in mapping:
+                raise ValueError(f"{source} is not an advlib report: {where} lacks {key!r}.")
+            if not isinstance(mapping[key], kind) or isinstance(mapping[key], bool):
+                wanted = " or ".join(k.__name__ for k in (kind if isinstance(kind, tuple)
+                                                          else (kind,)))
+                raise ValueError(f"{source} is not an advlib report: {where}{key!r} is "
+                                 f"{type(mapping[key]).__name__}, expected {wanted}.")
+
+    if not isinstance(report, dict):
+        raise ValueError(f"{source} is not an advlib report: it holds a "
+                         f"{type(report).__name__}, not a JSON object.")
+    need(report, _REPORT_SCHEMA, "")
+    need(report["results"], _RESULTS_SCHEMA, "results.")
+    for key in ("clean_accuracy", "robust_accuracy"):
+        need(report["results"][key], {"value": (int, float), "ci95": list}, f"results.{key}.")
+    need(report["protocol"], {"name": str, "threat": dict}, "protocol.")
+    need(report["model"], {"fingerprint": str}, "model.")
+    return report
+
+
+def load_report(path: str) -> Dict:
+    """Reads and validates a report.json."""
+    import json
+
+    try:
+        with open(path) as handle:
+            report = json.load(handle)
+    except (UnicodeDecodeError, ValueError) as error:
+        raise ValueError(f"{path!r} is not valid JSON ({error}).") from error
+    return validate_report(report, repr(path))
+
+
+def _coverage(report: Dict) -> str:
+    """n, and whether the report covers the whole protocol."""
+    total = report.get("n_total", report["protocol"].get("dataset", {}).get("n"))
+    parts = [f"{report['n']}" + (f" of {total}" if total and total != report["n"] else "")]
+    if report.get("shard"):
+        parts.append(f"shard {report['shard']}")
+    if not report.get("complete", True):
+        parts.append("incomplete")
+    return ", ".join(parts)
 
 
 def compare(reports: Sequence[Dict], force: bool = False) -> str:
     """A leaderboard of reports, best worst-case robust accuracy first.
 
+    Partial reports (a shard, an unfinished run, fewer examples than the
+    protocol's) are flagged in the n column: their numbers cover fewer examples.
+
     Raises:
-        ValueError: if the reports come from different protocols (by hash),
-            unless `force`.
+        ValueError: if a report is malformed, or the reports come from
+            different protocols (by hash), unless `force`.
     """
+    for index, report in enumerate(reports):
+        validate_report(report, f"report {index + 1}")
     hashes = {r["protocol_hash"] for r in reports}
     if len(hashes) > 1 and not force:
         names = sorted({f"{r['protocol']['name']} ({r['protocol_hash'][:12]})" for r in reports})
         raise ValueError(f"the reports come from different protocols: {names}. Their numbers "
                          "are not comparable; pass force=True (--force) to list them anyway.")
     ranked = sorted(reports, key=lambda r: -r["results"]["robust_accuracy"]["value"])
-    lines = ["| rank | model | protocol | clean | robust (worst case) | 95% CI | flags |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| rank | model | protocol | n | clean | robust (worst case) | 95% CI | flags |",
+             "|---|---|---|---|---|---|---|---|"]
     for rank, r in enumerate(ranked, start=1):
         robust = r["results"]["robust_accuracy"]
+        flags = [r.get("headline_flag", "").strip()]
+        coverage = _coverage(r)
+        if "shard" in coverage or "incomplete" in coverage or " of " in coverage:
+            flags.append("partial")
         lines.append(f"| {rank} | {r['model'].get('name', '?')} ({r['model']['fingerprint'][:8]}) "
-                     f"| {r['protocol']['name']} | "
+                     f"| {r['protocol']['name']} | {coverage} | "
                      f"{100 * r['results']['clean_accuracy']['value']:.2f}% | "
                      f"{100 * robust['value']:.2f}% | "
                      f"[{100 * robust['ci95'][0]:.1f}, {100 * robust['ci95'][1]:.1f}] | "
-                     f"{r.get('headline_flag', '').strip() or '-'} |")
+                     f"{'; '.join(f for f in flags if f) or '-'} |")
     return "\n".join(lines)

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import platform
+import tempfile
 import time
-from typing import Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -17,7 +19,9 @@ from advlib.bench import diagnostics, ensemble, protocol as protocols, report as
 STATE_JSON, STATE_NPZ = "state.json", "state.npz"
 _PER_EXAMPLE = ("index", "label", "clean_pred", "correct", "broken_by", "norm", "attacked",
                 "success")
-_PER_BATCH = ("forward", "backward", "seconds")
+_PER_BATCH = ("forward", "backward", "seconds", "nonfinite")
+LOCK = ".advlib.lock"
+_IDENTITY_PROBE = 100  # examples whose predicted classes join a model's identity
 
 
 def parse_shard(shard: Optional[str]) -> Optional[Tuple[int, int]]:
@@ -42,7 +46,56 @@ def fingerprint_arrays(arrays) -> str:
     return digest.hexdigest()
 
 
+def _sha(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def engine_fingerprint(engine) -> str:
+    """SHA-256 of an exported binary network: its spec and every array."""
+    names = sorted(engine.arrays)
+    return _sha(json.dumps(engine.spec, sort_keys=True) +
+                fingerprint_arrays([engine.arrays[name] for name in names]) + ",".join(names))
+
+
+def _model_settings(wrapped) -> Dict[str, Any]:
+    """Everything of a wrapper that decides its predictions and gradients."""
+    kind = type(wrapped)
+    parts: Dict[str, Any] = {"wrapper": f"{kind.__module__}.{kind.__qualname__}"}
+    keras_model = getattr(wrapped, "model", None)
+    if keras_model is not None and hasattr(keras_model, "weights"):
+        try:
+            config = json.dumps(keras_model.get_config(), sort_keys=True, default=repr)
+        except (NotImplementedError, TypeError):
+            config = type(keras_model).__qualname__
+        parts["architecture"] = _sha(config)
+        parts["weights"] = fingerprint_arrays([w.numpy() for w in keras_model.weights])
+    for name in ("output_kind", "surrogate", "temperature", "output_layer", "samples",
+                 "bypassed"):
+        if hasattr(wrapped, name):
+            parts[name] = repr(getattr(wrapped, name))
+    function = getattr(wrapped, "fn", None)
+    if function is not None:
+        parts["function"] = f"{getattr(function, '__module__', '?')}." \
+                            f"{getattr(function, '__qualname__', type(function).__name__)}"
+    if getattr(wrapped, "engine", None) is not None:
+        parts["engine"] = engine_fingerprint(wrapped.engine)
+    if getattr(wrapped, "inner", None) is not None:
+        parts["inner"] = _model_settings(wrapped.inner)
+    return parts
+
+
+def model_identity(wrapped, x_probe: np.ndarray) -> Dict[str, Any]:
+    """The model's part of a run's identity: its wrapper and settings, architecture,
+    weights, engine, and its predicted classes on the first examples (which tell
+    apart even models without weights). `fingerprint` hashes all of it."""
+    parts = _model_settings(wrapped)
+    classes = wrapped.predict_classes(x_probe).numpy().astype(np.int64)
+    parts["predictions"] = fingerprint_arrays([classes])
+    return dict(parts, fingerprint=_sha(json.dumps(parts, sort_keys=True)))
+
+
 def model_fingerprint(wrapped) -> str:
+    """SHA-256 of a Keras model's weights ("unknown" for other models)."""
     keras_model = getattr(wrapped, "model", None)
     if keras_model is None or not hasattr(keras_model, "weights"):
         return "unknown"
@@ -88,23 +141,138 @@ def check_model_fits(wrapped, x, y, protocol) -> None:
                          f"has labels up to {int(y.max())}.")
 
 
+def check_finite_logits(wrapped, x: np.ndarray, offset: int = 0) -> np.ndarray:
+    """The model's logits on clean inputs; refuses a model that gives NaN or Inf,
+    whose argmax (class 0) would count as a prediction."""
+    logits = wrapped.predict_logits(x).numpy()
+    bad = ~np.isfinite(logits).all(axis=1)
+    if bad.any():
+        first = offset + int(np.flatnonzero(bad)[0])
+        raise ValueError(f"the model returns non-finite logits (NaN or Inf) on {int(bad.sum())} "
+                         f"of {len(x)} clean examples (the first is example {first}); its "
+                         "predictions are meaningless there, so it cannot be evaluated.")
+    return logits
+
+
+def finite_json(value):
+    """`value` with every NaN or infinity replaced by None, for strict JSON."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: finite_json(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_json(item) for item in value]
+    if isinstance(value, np.generic):
+        return finite_json(value.item())
+    return value
+
+
+def to_json(document) -> str:
+    return json.dumps(finite_json(document), indent=2, allow_nan=False)
+
+
 def _write_atomic(path: str, content) -> None:
-    """Writes text, or a dict of arrays as .npz, so that `path` is never half-written."""
-    temporary = path + ".tmp"
-    if isinstance(content, str):
-        with open(temporary, "w") as handle:
-            handle.write(content)
-    else:
-        with open(temporary, "wb") as handle:
-            np.savez(handle, **content)
-    os.replace(temporary, path)
+    """Writes text, a dict of arrays (as .npz) or, with a callable, whatever it
+    writes to a binary handle, under a unique temporary name that is then renamed:
+    `path` is never half-written, and two writers never share a temporary file."""
+    folder, name = os.path.split(os.path.abspath(path))
+    handle_number, temporary = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(handle_number, "w" if isinstance(content, str) else "wb") as handle:
+            if isinstance(content, str):
+                handle.write(content)
+            elif callable(content):
+                content(handle)
+            else:
+                np.savez(handle, **content)
+        os.replace(temporary, path)
+    except BaseException:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+        raise
+
+
+class OutputFolder:
+    """An output folder held by one run: an exclusive lock for the run's lifetime,
+    and no user file overwritten unless asked.
+
+    Args:
+        path: the folder.
+        resume: the folder must hold this run's saved state.
+        overwrite: write over files that are not a run's state.
+        ours: the names this run writes (besides its state).
+    """
+
+    def __init__(self, path: str, resume: bool = False, overwrite: bool = False,
+                 ours=("report.json", "report.md", "examples.npz", "robustness.png")):
+        self.path, self.resume, self.overwrite, self.ours = path, resume, overwrite, ours
+        self._handle = None
+
+    def __enter__(self) -> "OutputFolder":
+        if os.path.exists(self.path) and not os.path.isdir(self.path):
+            raise ValueError(f"output folder {self.path!r} is a file, not a folder.")
+        os.makedirs(self.path, exist_ok=True)
+        self._lock()
+        try:
+            self._check_contents()
+        except BaseException:
+            self.release()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+    def _lock(self) -> None:
+        path = os.path.join(self.path, LOCK)
+        self._handle = open(path, "a+")
+        try:
+            import fcntl
+        except ImportError:  # not POSIX: no lock, as before
+            return
+        try:
+            fcntl.flock(self._handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self._handle.seek(0)
+            owner = self._handle.read().strip() or "?"
+            self._handle.close()
+            self._handle = None
+            raise ValueError(f"output folder {self.path!r} is in use by another advlib run "
+                             f"(pid {owner}); wait for it to finish or choose another "
+                             "folder.") from None
+        self._handle.seek(0)
+        self._handle.truncate()
+        self._handle.write(str(os.getpid()))
+        self._handle.flush()
+
+    def _check_contents(self) -> None:
+        entries = sorted(e for e in os.listdir(self.path) if e != LOCK and
+                         not (e.startswith(".") and e.endswith(".tmp")))
+        has_state = STATE_JSON in entries
+        if self.resume:
+            if not has_state:
+                raise ValueError(f"--resume: no saved state in {self.path!r}.")
+            return
+        if has_state:
+            raise ValueError(f"{self.path!r} already holds a run's state: pass resume=True "
+                             "(--resume) to continue it, or choose another directory.")
+        if entries and not self.overwrite:
+            shown = ", ".join(entries[:5]) + (", ..." if len(entries) > 5 else "")
+            raise ValueError(f"output folder {self.path!r} is not empty (it holds {shown}); "
+                             "choose a new or empty folder, or pass --overwrite "
+                             "(overwrite=True) to write over its files.")
+
+    def release(self) -> None:
+        if self._handle is not None:
+            self._handle.close()  # closing drops the lock
+            self._handle = None
 
 
 class Evaluation:
     """One run of a protocol on a model: its identity, arrays and state files."""
 
     def __init__(self, wrapped, protocol, x, y, batch_size, shard, out_dir, name,
-                 variants: Optional[Dict] = None):
+                 variants: Optional[Dict] = None, transfer_from=None):
         self.wrapped, self.protocol, self.x, self.y = wrapped, protocol, x, y
         self.batch_size, self.shard, self.out_dir, self.name = batch_size, shard, out_dir, name
         self.variants = variants
@@ -113,13 +281,21 @@ class Evaluation:
         self.names = [entry["name"] for entry in self.attacks]
         self.eps_list = protocols.eps_values(protocol)
         self.batches = -(-len(x) // batch_size)
+        if shard is not None and shard[0] > self.batches:
+            raise ValueError(f"shard {shard[0]}/{shard[1]} has no batches: {len(x)} examples "
+                             f"in batches of {batch_size} make {self.batches} batches, so at "
+                             f"most {self.batches} shards have work.")
+        probe = x[:min(len(x), _IDENTITY_PROBE)]
+        self.model_parts = model_identity(wrapped, probe)
         self.identity = {
             "protocol_hash": protocols.protocol_hash(protocol),
-            "model_fingerprint": model_fingerprint(wrapped),
+            "model_fingerprint": self.model_parts["fingerprint"],
             "data_fingerprint": fingerprint_arrays([x, y]),
             "batch_size": batch_size, "n": len(x),
             "shard": None if shard is None else f"{shard[0]}/{shard[1]}",
-            "adaptive": None if variants is None else list(variants)}
+            "adaptive": None if variants is None else list(variants),
+            "transfer_from": None if transfer_from is None else
+            model_identity(transfer_from, probe)["fingerprint"]}
         self.mine = [b for b in range(self.batches)
                      if shard is None or b % shard[1] == shard[0] - 1]
         e, a, n = len(self.eps_list), len(self.names), len(x)
@@ -130,7 +306,8 @@ class Evaluation:
                        "success": np.zeros((e, a, n), bool),
                        "forward": np.zeros((self.batches, e, a), np.int64),
                        "backward": np.zeros((self.batches, e, a), np.int64),
-                       "seconds": np.zeros((self.batches, e, a))}
+                       "seconds": np.zeros((self.batches, e, a)),
+                       "nonfinite": np.zeros((self.batches, e, a), np.int64)}
         self.done: List[int] = []
         self.probes: Optional[Dict] = None
         self.instances: Dict = {}  # attack objects, reused across batches and eps
@@ -140,33 +317,60 @@ class Evaluation:
         return os.path.join(self.out_dir, name)
 
     def restore(self) -> None:
+        """Loads the saved state, refusing one that is not this run's or not intact."""
         path = self._path(STATE_JSON)
         if not os.path.exists(path):
             raise ValueError(f"--resume: no saved state in {self.out_dir!r}.")
-        with open(path) as handle:
-            saved = json.load(handle)
+        try:
+            with open(path) as handle:
+                saved = json.load(handle)
+        except ValueError as error:
+            raise ValueError(f"--resume: the state file {path!r} is not valid JSON "
+                             f"({error}).") from error
+        if not isinstance(saved, dict) or not isinstance(saved.get("identity"), dict):
+            raise ValueError(f"--resume: the state file {path!r} has no run identity.")
         for key, value in self.identity.items():
             if saved["identity"].get(key) != value:
                 raise ValueError(f"--resume: the state in {self.out_dir!r} belongs to another "
                                  f"run: its {key} is {saved['identity'].get(key)!r}, this run's "
                                  f"is {value!r}. Use another --out directory.")
-        with np.load(self._path(STATE_NPZ)) as data:
-            for key in self.arrays:
-                self.arrays[key] = data[key]
-        self.done = list(saved["done"])
+        done = saved.get("done")
+        if not isinstance(done, list) or not all(type(b) is int for b in done) or \
+                len(set(done)) != len(done) or not set(done) <= set(self.mine):
+            raise ValueError(f"--resume: the state file {path!r} lists finished batches "
+                             f"{done!r}, which are not distinct batches of this run "
+                             f"(batches {self.mine[:5]}{'...' if len(self.mine) > 5 else ''}).")
+        if not (saved.get("probes") is None or isinstance(saved["probes"], dict)):
+            raise ValueError(f"--resume: the state file {path!r} holds malformed probes.")
+        arrays_path = self._path(STATE_NPZ)
+        try:
+            with np.load(arrays_path, allow_pickle=False) as data:
+                loaded = {key: data[key] for key in self.arrays if key in data.files}
+        except (OSError, ValueError, EOFError) as error:
+            raise ValueError(f"--resume: cannot read {arrays_path!r} ({error}).") from error
+        for key, expected in self.arrays.items():
+            found = loaded.get(key)
+            if found is None or found.shape != expected.shape or found.dtype != expected.dtype:
+                what = "missing" if found is None else f"{found.dtype} {found.shape}"
+                raise ValueError(f"--resume: {arrays_path!r} does not fit this run: array "
+                                 f"{key!r} is {what}, expected {expected.dtype} "
+                                 f"{expected.shape}.")
+        self.arrays = loaded
+        self.done = list(done)
         self.probes = saved.get("probes")
 
     def save(self) -> None:
         _write_atomic(self._path(STATE_NPZ), self.arrays)
         _write_atomic(self._path(STATE_JSON),
-                      json.dumps({"identity": self.identity, "done": self.done,
-                                 "probes": self.probes}, indent=1))
+                      json.dumps(finite_json({"identity": self.identity, "done": self.done,
+                                              "probes": self.probes}), indent=1,
+                                 allow_nan=False))
 
     # -- the loop ----------------------------------------------------------------
     def run_batch(self, b: int, on_attack=None) -> None:
         start, stop = b * self.batch_size, min((b + 1) * self.batch_size, len(self.x))
         x, y = self.x[start:stop], self.y[start:stop]
-        predicted = self.wrapped.predict_classes(x).numpy()
+        predicted = check_finite_logits(self.wrapped, x, start).argmax(axis=1)
         self.arrays["clean_pred"][start:stop] = predicted
         self.arrays["correct"][start:stop] = predicted == y
         seed = int(self.protocol["seed"])
@@ -188,6 +392,7 @@ class Evaluation:
         """The diagnostics' own attacks, on the protocol's first examples; with
         --adaptive they attack through the first adaptive variant."""
         n = min(diagnostics.settings(self.protocol)["n"], len(self.x))
+        check_finite_logits(self.wrapped, self.x[:n])
         attacked = next(iter(self.variants.values())) if self.variants else self.wrapped
         self.probes = diagnostics.probe(attacked, self.wrapped, self.protocol, self.x[:n],
                                         self.y[:n], seed=int(self.protocol["seed"]),
@@ -241,7 +446,10 @@ def build_report(evaluation: Evaluation, model_name: str) -> Dict:
         "schema_version": reports.SCHEMA_VERSION,
         "protocol": evaluation.protocol,
         "protocol_hash": evaluation.identity["protocol_hash"],
-        "model": {"name": model_name, "fingerprint": evaluation.identity["model_fingerprint"]},
+        "model": {"name": model_name, "fingerprint": evaluation.identity["model_fingerprint"],
+                  "identity": {k: v for k, v in evaluation.model_parts.items()
+                               if k != "fingerprint"}},
+        "identity": evaluation.identity,
         "data": {**evaluation.protocol["dataset"],
                  "fingerprint": evaluation.identity["data_fingerprint"]},
         "environment": environment(),
@@ -250,8 +458,9 @@ def build_report(evaluation: Evaluation, model_name: str) -> Dict:
         "batch_size": evaluation.batch_size,
         "shard": evaluation.identity["shard"],
         "batches": done,
-        "complete": len(done) == evaluation.batches,
+        "complete": set(done) == set(evaluation.mine),
         "n": int(selection.sum()),
+        "n_total": len(evaluation.x),
         "results": results,
         "ensemble": evaluation.attacks,
         "nb_classes": evaluation.wrapped.nb_classes,
@@ -262,15 +471,15 @@ def build_report(evaluation: Evaluation, model_name: str) -> Dict:
 
 
 def write_outputs(report: Dict, arrays: Dict, out_dir: str) -> Dict[str, str]:
-    """report.json, examples.npz, report.md and robustness.png in `out_dir`."""
-    os.makedirs(out_dir, exist_ok=True)
+    """report.json, examples.npz, report.md and robustness.png in `out_dir`, each
+    written under a unique temporary name and renamed."""
     files = {name: os.path.join(out_dir, name) for name in
              ("report.json", "examples.npz", "report.md", "robustness.png")}
     report["files"] = {k: os.path.basename(v) for k, v in files.items()}
     _write_atomic(files["examples.npz"], arrays)
     _write_atomic(files["report.md"], reports.markdown(report) + "\n")
-    reports.plot(report, files["robustness.png"])
-    _write_atomic(files["report.json"], json.dumps(report, indent=2))
+    _write_atomic(files["robustness.png"], lambda handle: reports.plot(report, handle))
+    _write_atomic(files["report.json"], to_json(report))
     return files
 
 
@@ -278,7 +487,7 @@ def evaluate(model, protocol="digits-linf-0.2", out_dir: Optional[str] = None,
              resume: bool = False, shard: Optional[str] = None,
              batch_size: Optional[int] = None, progress: bool = True,
              model_name: Optional[str] = None, adaptive: bool = False,
-             transfer_from=None) -> Dict:
+             transfer_from=None, overwrite: bool = False) -> Dict:
     """Evaluates a live model under a protocol; returns the report.
 
     Args:
@@ -297,44 +506,53 @@ def evaluate(model, protocol="digits-linf-0.2", out_dir: Optional[str] = None,
             `advlib.bench.adaptive`). The worst case over all attacks is reported.
         transfer_from: a surrogate model (e.g. a QNN's float twin) for the
             transfer diagnostic.
+        overwrite: write into an `out_dir` that holds other files (never
+            needed for a new or empty folder). The folder is locked for the
+            run's lifetime, so a second run into it is refused.
 
     Returns:
         The report (see `advlib.bench.report`), as also written to out_dir.
     """
+    from advlib import _checks
     from advlib.models.base import as_model
 
     protocol = protocols.load(protocol)
     shard_spec = parse_shard(shard)
+    _checks.check_number("batch_size", batch_size, low=1, integer=True, allow_none=True)
     wrapped = as_model(model)
+    transfer = None if transfer_from is None else as_model(transfer_from)
     x, y = load_examples(protocol)
     check_model_fits(wrapped, x, y, protocol)
-    size = batch_size or protocol["batch_size"]
+    size = protocol["batch_size"] if batch_size is None else int(batch_size)
     variants = None
     if adaptive:
         from advlib.bench.adaptive import variants as adaptive_variants
         variants = adaptive_variants(wrapped, x[:min(len(x), 64)])
     evaluation = Evaluation(wrapped, protocol, x, y, size, shard_spec, out_dir, model_name,
-                            variants)
-    if out_dir is not None:
+                            variants, transfer)
+    if out_dir is None:
+        return _evaluate(evaluation, progress, transfer, model_name, model)
+    with OutputFolder(out_dir, resume=resume, overwrite=overwrite):
         if resume:
             evaluation.restore()
-        elif os.path.exists(os.path.join(out_dir, STATE_JSON)):
-            raise ValueError(f"{out_dir!r} already holds a run's state: pass resume=True "
-                             "(--resume) to continue it, or choose another directory.")
-        os.makedirs(out_dir, exist_ok=True)
+        return _evaluate(evaluation, progress, transfer, model_name, model)
+
+
+def _evaluate(evaluation: Evaluation, progress: bool, transfer, model_name, model) -> Dict:
+    out_dir, size, x = evaluation.out_dir, evaluation.batch_size, evaluation.x
     todo = [b for b in evaluation.mine if b not in evaluation.done]
     bar = None
     if progress:
         from tqdm.auto import tqdm
         total = sum(min(size, len(x) - b * size) for b in evaluation.mine)
         bar = tqdm(total=total, initial=total - sum(min(size, len(x) - b * size) for b in todo),
-                   desc=protocol["name"], unit="ex", dynamic_ncols=True)
+                   desc=evaluation.protocol["name"], unit="ex", dynamic_ncols=True)
     on_attack = (None if bar is None else
                  lambda name, eps: bar.set_postfix_str(f"{name} @ eps={eps:.4g}"))
     start = time.perf_counter()
     if evaluation.probes is None:
         step = None if bar is None else lambda name: bar.set_postfix_str(f"diagnostics: {name}")
-        evaluation.run_probes(None if transfer_from is None else as_model(transfer_from), step)
+        evaluation.run_probes(transfer, step)
         if out_dir is not None:
             evaluation.save()
     for b in todo:
@@ -345,6 +563,7 @@ def evaluate(model, protocol="digits-linf-0.2", out_dir: Optional[str] = None,
             bar.update(min(size, len(x) - b * size))
     if bar is not None:
         bar.close()
+    wrapped = evaluation.wrapped
     name = model_name or getattr(getattr(wrapped, "model", None), "name", type(model).__name__)
     report = build_report(evaluation, name)
     report["wall_seconds_this_session"] = time.perf_counter() - start
@@ -353,29 +572,57 @@ def evaluate(model, protocol="digits-linf-0.2", out_dir: Optional[str] = None,
     return report
 
 
-def merge(report_paths: List[str], out_dir: str) -> Dict:
+def _report_folder(path: str) -> str:
+    """The folder of a shard's report: `path` itself, or the folder of a report.json."""
+    if os.path.isdir(path):
+        folder = path
+    elif os.path.basename(path) == "report.json" and os.path.isfile(path):
+        folder = os.path.dirname(path) or "."
+    else:
+        raise ValueError(f"{path!r} is neither a shard's output folder nor its report.json.")
+    for name in ("report.json", "examples.npz"):
+        if not os.path.isfile(os.path.join(folder, name)):
+            raise ValueError(f"{folder!r} holds no {name}: not a finished run's output folder.")
+    return folder
+
+
+def merge(report_paths: List[str], out_dir: str, overwrite: bool = False) -> Dict:
     """Combines shard reports into the report of one unsharded run.
+
+    Args:
+        report_paths: the shards' output folders (or their report.json files).
+        out_dir: a new or empty folder for the merged report; never one of the
+            shards' folders.
+        overwrite: write into an `out_dir` that holds other files.
 
     Raises:
         ValueError: if the shards come from different runs, overlap, or
-            leave batches out.
+            leave batches out, or if `out_dir` is one of them.
     """
+    if not report_paths:
+        raise ValueError("merge needs at least one shard's output folder.")
+    folders = [_report_folder(path) for path in report_paths]
+    target = os.path.realpath(out_dir)
+    for folder in folders:
+        if os.path.realpath(folder) == target:
+            raise ValueError(f"merge --out {out_dir!r} is one of the shards it merges; choose "
+                             "a new folder.")
     loaded = []
-    for path in report_paths:
-        folder = path if os.path.isdir(path) else os.path.dirname(path)
-        with open(os.path.join(folder, "report.json")) as handle:
-            report = json.load(handle)
-        with np.load(os.path.join(folder, "examples.npz")) as data:
+    for folder in folders:
+        report = reports.load_report(os.path.join(folder, "report.json"))
+        with np.load(os.path.join(folder, "examples.npz"), allow_pickle=False) as data:
             arrays = {key: data[key] for key in data.files}
+        arrays.setdefault("nonfinite", np.zeros_like(arrays["forward"]))  # schema <= 2
         loaded.append((report, arrays))
     first = loaded[0][0]
-    for report, _ in loaded[1:]:
-        if (report["protocol_hash"], report["model"]["fingerprint"],
-                report["data"]["fingerprint"], report["batch_size"]) != (
-                first["protocol_hash"], first["model"]["fingerprint"],
-                first["data"]["fingerprint"], first["batch_size"]):
-            raise ValueError("the reports come from different runs (protocol, model, data or "
-                             "batch size differ); only shards of one run can be merged.")
+    run_key = lambda r: (r["protocol_hash"], r["model"]["fingerprint"],
+                         r["data"]["fingerprint"], r["batch_size"],
+                         {k: v for k, v in (r.get("identity") or {}).items() if k != "shard"})
+    for folder, (report, _) in zip(folders[1:], loaded[1:]):
+        if run_key(report) != run_key(first):
+            raise ValueError(f"the reports come from different runs (protocol, model, data, "
+                             f"batch size or settings differ: {folders[0]!r} and {folder!r}); "
+                             "only shards of one run can be merged.")
     seen: Dict[int, str] = {}
     for report, _ in loaded:
         for b in report["batches"]:
@@ -405,13 +652,16 @@ def merge(report_paths: List[str], out_dir: str) -> Dict:
     eps_list = protocols.eps_values(protocol)
     selection = np.ones(len(arrays["index"]), bool)
     merged = dict(first, shard=None, batches=list(range(total)), complete=True,
-                  n=int(selection.sum()),
+                  n=int(selection.sum()), n_total=int(selection.sum()),
                   results=summarize_arrays(arrays, selection, list(range(total)), names,
                                            eps_list),
                   merged_from=[r["shard"] for r, _ in loaded])
+    if isinstance(merged.get("identity"), dict):
+        merged["identity"] = dict(merged["identity"], shard=None)
     merged.pop("wall_seconds_this_session", None)
     if merged.get("adaptive"):
         merged["adaptive"] = {"variants": merged["adaptive"]["variants"]}
     assess(merged, arrays, selection)
-    write_outputs(merged, arrays, out_dir)
+    with OutputFolder(out_dir, overwrite=overwrite):
+        write_outputs(merged, arrays, out_dir)
     return merged

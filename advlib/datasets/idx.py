@@ -8,6 +8,7 @@ dimension and the raw data in C order. Files may be gzip-compressed.
 from __future__ import annotations
 
 import gzip
+import math
 import os
 
 import numpy as np
@@ -40,7 +41,7 @@ def read_idx(path: str) -> np.ndarray:
     if len(raw) < header:
         raise ValueError(f"{path!r} is truncated inside its header.")
     shape = tuple(int(d) for d in np.frombuffer(raw, ">u4", count=ndim, offset=4))
-    expected = int(np.prod(shape, dtype=np.int64))
+    expected = math.prod(shape)  # Python integers: a forged header cannot overflow it
     if len(raw) - header != expected:
         raise ValueError(f"{path!r} holds {len(raw) - header} data bytes, but its "
                          f"header declares shape {shape} ({expected} bytes).")

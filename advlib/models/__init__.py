@@ -3,9 +3,10 @@
 from advlib.models.base import Model, as_model
 from advlib.models.bpda import BPDAModelWrapper, EOTModelWrapper, find_masking_layers
 from advlib.models.keras import CallableModelWrapper, KerasModelWrapper
+from advlib.models.loading import UnsafeModelError, load_model
 from advlib.models.qnn import QNNModelWrapper
 from advlib.models.zoo import mlp, small_cnn, train_classifier
 
 __all__ = ["BPDAModelWrapper", "CallableModelWrapper", "EOTModelWrapper", "KerasModelWrapper",
-           "Model", "QNNModelWrapper", "as_model", "find_masking_layers", "mlp", "small_cnn",
-           "train_classifier"]
+           "Model", "QNNModelWrapper", "UnsafeModelError", "as_model", "find_masking_layers",
+           "load_model", "mlp", "small_cnn", "train_classifier"]

@@ -6,6 +6,14 @@ accumulators, integer thresholds, and float logits rounded without FMA.
 Dense layers use tensor cores (`mma.sync ... .b1 ... .and.popc`) on compute
 capability 8.0 and newer, CUDA cores otherwise; convolutions run as implicit
 GEMMs on CUDA cores.
+
+The CuPy surface is kept small, and each call was checked against CuPy's own
+source (13 and 14): `cuda.runtime.getDeviceCount`, `cuda.Device().compute_capability`,
+`RawModule(code=, options=)` and `get_function`, kernel launches
+`kernel(grid, block, args)`, `asarray`, `empty(shape, dtype)`, `zeros(shape, dtype)`,
+`ascontiguousarray(a, dtype=None)`, and the ndarray's `shape`, `dtype`, `reshape`
+and `get`. Packing, unpacking and flattening are kernels of our own (CuPy's
+`packbits` / `unpackbits` refuse `axis`).
 """
 
 from __future__ import annotations
@@ -36,26 +44,38 @@ def available() -> Tuple[bool, str]:
 
 
 class Kernels:
-    """The compiled kernels of every `.cu` file, by function name."""
+    """The kernels of the `.cu` files, by function name, each file compiled on first use.
+
+    The tensor-core file (`nvrtc.MIN_COMPUTE`) is compiled only on GPUs that
+    support it, so older GPUs never compile it and run the CUDA-core kernels.
+    """
 
     def __init__(self):
         import cupy
         self.cupy = cupy
-        self.modules = [cupy.RawModule(code=source, options=nvrtc.OPTIONS, name_expressions=None)
-                        for source in nvrtc.sources().values()]
         self.compute_capability = int(cupy.cuda.Device().compute_capability)  # "90" -> 90
+        self.sources = nvrtc.sources()
+        self.files = {name: file for file, source in self.sources.items()
+                      for name in nvrtc.kernel_names(source)}
+        self._modules: Dict[str, object] = {}
         self._cache: Dict[str, object] = {}
+
+    def supports(self, file: str) -> bool:
+        return self.compute_capability >= nvrtc.MIN_COMPUTE.get(file, 0)
 
     def __getitem__(self, name: str):
         if name not in self._cache:
-            for module in self.modules:
-                try:
-                    self._cache[name] = module.get_function(name)
-                    break
-                except Exception:  # not in this module
-                    continue
-            else:
-                raise KeyError(f"no kernel named {name!r}")
+            if name not in self.files:
+                raise KeyError(f"no kernel named {name!r} in {sorted(self.sources)}")
+            file = self.files[name]
+            if not self.supports(file):
+                raise RuntimeError(f"kernel {name!r} ({file}) needs compute capability "
+                                   f"{nvrtc.MIN_COMPUTE[file] / 10:.1f}; this GPU has "
+                                   f"{self.compute_capability / 10:.1f}.")
+            if file not in self._modules:
+                self._modules[file] = self.cupy.RawModule(code=self.sources[file],
+                                                          options=nvrtc.OPTIONS)
+            self._cache[name] = self._modules[file].get_function(name)
         return self._cache[name]
 
 
@@ -75,8 +95,12 @@ class CupyBackend:
             raise RuntimeError(f"the CuPy backend needs a GPU: {why}.")
         self.kernels = Kernels()
         self.cp = self.kernels.cupy
-        self.use_tensor_cores = (gemm == "tensor" or
-                                 (gemm == "auto" and self.kernels.compute_capability >= 80))
+        tensor_ok = self.kernels.supports(nvrtc.TENSOR_CORE_FILE)
+        if gemm == "tensor" and not tensor_ok:
+            raise ValueError(f"gemm='tensor' needs binary tensor cores (compute capability "
+                             f"8.0 or newer); this GPU has "
+                             f"{self.kernels.compute_capability / 10:.1f}. Use 'cuda' or 'auto'.")
+        self.use_tensor_cores = gemm == "tensor" or (gemm == "auto" and tensor_ok)
         self.spec = spec
         self.device = {name: self.cp.asarray(value) for name, value in (arrays or {}).items()}
         self.weight_ones = {}
@@ -85,8 +109,11 @@ class CupyBackend:
                 self.weight_ones[name] = self.row_popcounts(value)
 
     # -- primitives (also used by the GPU tests) ------------------------------------
+    # Every array reaches a kernel through cp.ascontiguousarray: kernels index raw
+    # memory, and a strided view would be read as if it were dense.
     def row_popcounts(self, rows):
         cp = self.cp
+        rows = cp.ascontiguousarray(rows)
         out = cp.empty(rows.shape[0], cp.int32)
         count, words = rows.shape
         self.kernels["row_popcounts"](((count + 255) // 256,), (256,),
@@ -115,6 +142,7 @@ class CupyBackend:
              tensor_cores=None):
         """Dense layer: a (planes, M, words) or (M, words) against b (N, words)."""
         cp = self.cp
+        a, b = cp.ascontiguousarray(a), cp.ascontiguousarray(b)
         m, words = a.shape[-2], a.shape[-1]
         n = b.shape[0]
         out, extra = self._epilogue_output(m, n, epilogue)
@@ -129,7 +157,7 @@ class CupyBackend:
         else:
             grid = ((m + _TILE - 1) // _TILE, (n + _TILE - 1) // _TILE)
             self.kernels[f"gemm_{epilogue[0]}"](
-                grid, (256,), (cp.ascontiguousarray(a), b, out, np.int32(m), np.int32(n),
+                grid, (256,), (a, b, out, np.int32(m), np.int32(n),
                                np.int32(words), np.int32(length), np.int32(planes), *extra))
         return out
 
@@ -143,7 +171,8 @@ class CupyBackend:
         (top, _), (left, _) = layer["pads"]
         grid = ((m + _TILE - 1) // _TILE, (filters + _TILE - 1) // _TILE)
         self.kernels[f"conv_{epilogue[0]}"](grid, (256,), (
-            self.cp.ascontiguousarray(x), b, np.int32(images), np.int32(height),
+            self.cp.ascontiguousarray(x), self.cp.ascontiguousarray(b), np.int32(images),
+            np.int32(height),
             np.int32(width), np.int32(x.shape[-1]), np.int32(channels), np.int32(out_h),
             np.int32(out_w), np.int32(layer["kernel"][0]), np.int32(layer["kernel"][1]),
             np.int32(layer["strides"][0]), np.int32(layer["strides"][1]), np.int32(top),
@@ -177,19 +206,26 @@ class CupyBackend:
                 (epilogue[1], epilogue[2], np.int32(out_words)))
 
     def unpack(self, words, length):
+        """Packed rows (..., words) to booleans (..., length), on the device as uint8."""
         cp = self.cp
-        bits = cp.unpackbits(cp.ascontiguousarray(words).view(cp.uint8), axis=-1,
-                             bitorder="little")
-        return bits[..., :length].astype(bool)
+        words = cp.ascontiguousarray(words)
+        rows = int(np.prod(words.shape[:-1]))
+        out = cp.empty(words.shape[:-1] + (length,), cp.uint8)
+        self.kernels["unpack_words"](((rows * length + 255) // 256,), (256,), (
+            words, out, np.int64(rows), np.int32(length), np.int32(words.shape[-1])))
+        return out
 
-    def repack(self, bits):
+    def flatten(self, state, in_shape):
+        """Keras's Flatten of packed maps (n, H, W, words of C): (n, words of H*W*C)."""
         cp = self.cp
-        length = bits.shape[-1]
-        padded = words_for(length) * 32
-        if padded != length:
-            bits = cp.concatenate([bits, cp.zeros(bits.shape[:-1] + (padded - length,), bool)],
-                                  axis=-1)
-        return cp.packbits(bits, axis=-1, bitorder="little").view(cp.uint32)
+        state = cp.ascontiguousarray(state)
+        n, pixels, channels = state.shape[0], in_shape[0] * in_shape[1], in_shape[2]
+        out_words = words_for(pixels * channels)
+        out = cp.empty((n, out_words), cp.uint32)
+        self.kernels["flatten_words"](((n * out_words + 255) // 256,), (256,), (
+            state, out, np.int32(n), np.int32(pixels), np.int32(channels),
+            np.int32(state.shape[-1]), np.int32(out_words)))
+        return out
 
     # -- the network ------------------------------------------------------------------
     def forward(self, x8: np.ndarray, keep_hidden: bool = False):
@@ -200,16 +236,13 @@ class CupyBackend:
         for index, layer in enumerate(self.spec["layers"]):
             kind = layer["type"]
             if kind == "flatten":
-                if state.dtype == cp.uint8:
-                    state = state.reshape(len(state), -1)
-                else:
-                    bits = self.unpack(state, layer["in_shape"][-1])
-                    state = self.repack(bits.reshape(len(bits), -1))
+                state = (state.reshape(len(state), -1) if state.dtype == cp.uint8
+                         else self.flatten(state, layer["in_shape"]))
                 continue
             if kind == "maxpool":
                 state = self.max_pool(state, layer)
                 if keep_hidden:
-                    hidden[-1] = self.unpack(state, layer["out_shape"][-1]).get()
+                    hidden[-1] = self.unpack(state, layer["out_shape"][-1]).get().astype(bool)
                 continue
             name = f"layer{index}"
             weights = self.device[f"{name}/weights"]
@@ -232,5 +265,5 @@ class CupyBackend:
                 return out.reshape(len(state), -1).get(), hidden
             state = out.reshape(shape[:-1] + (words_for(shape[-1]),))
             if keep_hidden:
-                hidden.append(self.unpack(state, shape[-1]).get())
+                hidden.append(self.unpack(state, shape[-1]).get().astype(bool))
         raise AssertionError("validated specs end in a logits layer")

@@ -10,11 +10,17 @@ from __future__ import annotations
 import ctypes
 import glob
 import os
+import re
 from typing import Dict, List, Optional
 
 KERNEL_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "kernels")
-ARCHITECTURES = ("sm_80", "sm_90")
+ARCHITECTURES = ("sm_75", "sm_80", "sm_86", "sm_90")
 OPTIONS = ("--std=c++14", "-default-device")
+TENSOR_CORE_FILE = "binary_mma.cu"
+# files that need a minimum compute capability (m16n8k256 .b1 with .and.popc: sm_80)
+MIN_COMPUTE = {TENSOR_CORE_FILE: 80}
+_KERNEL = re.compile(r'extern\s+"C"\s+__global__\s+void\s+(?:__launch_bounds__\([^)]*\)\s*)?'
+                     r'(\w+)\s*\(')
 
 
 class CompileError(RuntimeError):
@@ -28,6 +34,17 @@ def sources() -> Dict[str, str]:
         with open(path) as handle:
             out[os.path.basename(path)] = handle.read()
     return out
+
+
+def kernel_names(source: str) -> List[str]:
+    """The `extern "C" __global__` functions a source defines."""
+    return _KERNEL.findall(source)
+
+
+def architectures_for(file: str, architectures=ARCHITECTURES) -> List[str]:
+    """The architectures of `architectures` that a kernel file targets."""
+    low = MIN_COMPUTE.get(file, 0)
+    return [arch for arch in architectures if int(arch.split("_")[1]) >= low]
 
 
 def _library_candidates() -> List[str]:
@@ -100,7 +117,7 @@ def compile_all(architectures=ARCHITECTURES) -> Dict[str, Dict[str, int]]:
     """Compiles every kernel file for every architecture; returns cubin sizes."""
     library = load_library()
     return {name: {arch: len(compile_source(source, name, arch, library))
-                   for arch in architectures}
+                   for arch in architectures_for(name, architectures)}
             for name, source in sources().items()}
 
 

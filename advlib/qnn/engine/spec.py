@@ -19,6 +19,7 @@ Dense and conv layers also have `input` ("uint8": the 8-bit first layer, or
 from __future__ import annotations
 
 import json
+import math
 import zipfile
 from typing import Any, Dict, List
 
@@ -65,24 +66,80 @@ def _expected_out_shape(layer) -> List[int]:
     return [height, width, channels]
 
 
+def _positive_ints(value, length=None) -> bool:
+    return (isinstance(value, list) and (length is None or len(value) == length) and
+            len(value) > 0 and all(type(v) is int and v > 0 for v in value))
+
+
+def _check_fields(layer, where: str) -> None:
+    """The layer's own fields have the right types, before any arithmetic on them."""
+    for key in ("in_shape", "out_shape"):
+        if not _positive_ints(layer.get(key)):
+            raise ValueError(f"{where}: {key} must be a list of positive integers, got "
+                             f"{layer.get(key)!r}.")
+    kind = layer["type"]
+    sizes = {"conv": ("kernel", "strides"), "maxpool": ("pool", "strides")}.get(kind, ())
+    for key in sizes:
+        if not _positive_ints(layer.get(key), 2):
+            raise ValueError(f"{where}: {key} must be two positive integers, got "
+                             f"{layer.get(key)!r}.")
+    if sizes:
+        pads = layer.get("pads")
+        if not (isinstance(pads, list) and len(pads) == 2 and
+                all(isinstance(p, list) and len(p) == 2 and
+                    all(type(v) is int and v >= 0 for v in p) for p in pads)):
+            raise ValueError(f"{where}: pads must be [[top, bottom], [left, right]] of "
+                             f"non-negative integers, got {pads!r}.")
+        if len(layer["in_shape"]) != 3:
+            raise ValueError(f"{where}: in_shape must be [height, width, channels], got "
+                             f"{layer['in_shape']!r}.")
+    if kind == "conv" and layer.get("pad_value") not in (-1, 0, 1):
+        raise ValueError(f"{where}: pad_value must be -1, 0 or +1, got "
+                         f"{layer.get('pad_value')!r}.")
+
+
+def validate_structure(spec) -> None:
+    """Checks the spec's own fields (types, positive sizes), before any array is read.
+
+    Raises:
+        ValueError: naming the first bad field.
+    """
+    if not isinstance(spec, dict) or spec.get("format") != FORMAT or \
+            spec.get("version") != VERSION:
+        got = spec if not isinstance(spec, dict) else {k: spec.get(k)
+                                                        for k in ("format", "version")}
+        raise ValueError(f"spec is not an advlib binary-engine network of version {VERSION} "
+                         f"({got!r}).")
+    if not _positive_ints(spec.get("input_shape")):
+        raise ValueError(f"spec input_shape must be a list of positive integers, got "
+                         f"{spec.get('input_shape')!r}.")
+    layers = spec.get("layers")
+    if not isinstance(layers, list) or not layers:
+        raise ValueError("spec lists no layers.")
+    for index, layer in enumerate(layers):
+        if not isinstance(layer, dict):
+            raise ValueError(f"spec layer {index} must be a mapping, got "
+                             f"{type(layer).__name__}.")
+        where = f"layer {index} ({layer.get('type')!r})"
+        if layer.get("type") not in _COMPUTE + ("maxpool", "flatten"):
+            raise ValueError(f"{where} has an unknown type.")
+        _check_fields(layer, where)
+
+
 def validate(spec: Dict[str, Any], arrays: Dict[str, np.ndarray], source: str = "spec"):
     """Checks that the layers chain and that every array is present and well-shaped.
 
     Raises:
         ValueError: naming the first inconsistency.
     """
-    if spec.get("format") != FORMAT or spec.get("version") != VERSION:
-        raise ValueError(f"{source} is not an advlib binary-engine network of version "
-                         f"{VERSION} (format={spec.get('format')!r}, "
-                         f"version={spec.get('version')!r}).")
-    layers = spec.get("layers")
-    if not isinstance(layers, list) or not layers:
-        raise ValueError(f"{source} lists no layers.")
+    try:
+        validate_structure(spec)
+    except ValueError as error:
+        raise ValueError(f"{source}: {error}") from None
+    layers = spec["layers"]
     shape = list(spec["input_shape"])
     for index, layer in enumerate(layers):
         where = f"{source}: layer {index} ({layer.get('type')!r})"
-        if layer.get("type") not in _COMPUTE + ("maxpool", "flatten"):
-            raise ValueError(f"{where} has an unknown type.")
         if list(layer["in_shape"]) != shape:
             raise ValueError(f"{where} expects input shape {layer['in_shape']}, but the "
                              f"previous layer produces {shape}: the shapes do not chain.")
@@ -114,23 +171,95 @@ def save(path: str, spec: Dict[str, Any], arrays: Dict[str, np.ndarray]) -> None
     np.savez(path, spec=np.array(json.dumps(spec)), **arrays)
 
 
-def load(path: str):
-    """Reads and validates an exported network; returns (spec, arrays)."""
+def load(path: str, max_bytes: int = 2 ** 31):
+    """Reads and validates an exported network; returns (spec, arrays).
+
+    Only the members that the spec names are read. Each one's header is checked
+    against the dtype and shape the spec implies before its data is
+    decompressed, so a forged or oversized archive costs no memory.
+
+    Args:
+        max_bytes: refuse networks whose arrays would take more memory.
+
+    Raises:
+        ValueError: if the file is missing, not an engine network, or inconsistent.
+    """
     try:
-        with np.load(path, allow_pickle=False) as archive:
-            contents = {name: archive[name] for name in archive.files}
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as error:
+        with zipfile.ZipFile(path) as archive:
+            spec = _read_spec(archive, path)
+            try:
+                validate_structure(spec)
+            except ValueError as error:
+                raise ValueError(f"the spec in {path!r} is malformed: {error}") from None
+            wanted = {}
+            for index, layer in enumerate(spec["layers"]):
+                wanted.update(layer_arrays(index, layer))
+            total = sum(np.dtype(d).itemsize * math.prod(s) for d, s in wanted.values())
+            if total > max_bytes:
+                raise ValueError(f"{path!r} declares {total} bytes of arrays, more than "
+                                 f"max_bytes={max_bytes}.")
+            arrays = {name: _read_member(archive, name, dtype, shape, path)
+                      for name, (dtype, shape) in wanted.items()}
+    except (OSError, EOFError, zipfile.BadZipFile, MemoryError) as error:
         raise ValueError(f"cannot read the engine file {path!r}: it is missing, corrupted "
                          f"or truncated ({type(error).__name__}: {error}).") from error
-    if "spec" not in contents:
-        raise ValueError(f"{path!r} holds no 'spec': not an advlib binary-engine network.")
+    validate(spec, arrays, source=repr(path))
+    return spec, arrays
+
+
+_MAX_SPEC_BYTES = 2 ** 20
+_HEADER_ROOM = 4096  # an .npy header is far smaller
+_HEADER_READERS = {(1, 0): np.lib.format.read_array_header_1_0,
+                   (2, 0): np.lib.format.read_array_header_2_0}
+
+
+def _member(archive: zipfile.ZipFile, name: str, path: str) -> zipfile.ZipInfo:
     try:
-        spec = json.loads(str(contents.pop("spec")))
+        return archive.getinfo(name + ".npy")
+    except KeyError:
+        raise ValueError(f"{path!r} lacks the array {name!r}.") from None
+
+
+def _read_spec(archive: zipfile.ZipFile, path: str):
+    try:
+        info = archive.getinfo("spec.npy")
+    except KeyError:
+        raise ValueError(f"{path!r} holds no 'spec': not an advlib binary-engine "
+                         "network.") from None
+    if info.file_size > _MAX_SPEC_BYTES:
+        raise ValueError(f"{path!r}: its spec is {info.file_size} bytes, more than a spec "
+                         f"can need ({_MAX_SPEC_BYTES}).")
+    with archive.open(info) as handle:
+        try:
+            text = np.lib.format.read_array(handle, allow_pickle=False)
+        except ValueError as error:
+            raise ValueError(f"the spec in {path!r} is not a text array ({error}).") from None
+    try:
+        return json.loads(str(text))
     except json.JSONDecodeError as error:
         raise ValueError(f"the spec in {path!r} is not valid JSON: {error}") from error
-    try:
-        validate(spec, contents, source=repr(path))
-    except (KeyError, TypeError, IndexError) as error:
-        raise ValueError(f"the spec in {path!r} is malformed: missing or bad field "
-                         f"{error}.") from error
-    return spec, contents
+
+
+def _read_member(archive: zipfile.ZipFile, name: str, dtype, shape, path: str) -> np.ndarray:
+    """One array, after its size and header match what the spec implies."""
+    info = _member(archive, name, path)
+    nbytes = np.dtype(dtype).itemsize * math.prod(shape)
+    if info.file_size > nbytes + _HEADER_ROOM:
+        raise ValueError(f"{path!r}: array {name!r} is {info.file_size} bytes uncompressed, "
+                         f"but the spec implies {nbytes} bytes of data.")
+    with archive.open(info) as handle:
+        try:
+            version = np.lib.format.read_magic(handle)
+            if version not in _HEADER_READERS:
+                raise ValueError(f"unsupported .npy format version {version}")
+            found_shape, fortran, found_dtype = _HEADER_READERS[version](handle)
+        except ValueError as error:
+            raise ValueError(f"{path!r}: array {name!r} has a bad header ({error}).") from None
+        if found_dtype != np.dtype(dtype) or tuple(found_shape) != tuple(shape) or fortran:
+            raise ValueError(f"{path!r}: array {name!r} has dtype {found_dtype} and shape "
+                             f"{found_shape}; expected {np.dtype(dtype)} and {tuple(shape)}.")
+        data = handle.read(nbytes + 1)
+    if len(data) != nbytes:
+        raise ValueError(f"{path!r}: array {name!r} holds {len(data)} bytes of data; its "
+                         f"shape needs {nbytes}.")
+    return np.frombuffer(data, dtype=dtype).reshape(shape).copy()

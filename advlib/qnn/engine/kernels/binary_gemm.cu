@@ -97,7 +97,8 @@ __device__ void accumulate(const Rows& rows, const unsigned int* __restrict__ b,
         for (int i = 0; i < 4; ++i)
             for (int j = 0; j < 4; ++j) {
                 if (planes == 1) acc[i][j] = (long long)length - 2LL * counted[i][j];
-                else acc[i][j] += (2LL * counted[i][j] - ones[i]) << plane;
+                // a multiply, not a shift: left-shifting a negative value is undefined in C++14
+                else acc[i][j] += (2LL * counted[i][j] - ones[i]) * (1LL << plane);
             }
     }
 }

@@ -1,22 +1,15 @@
 // Binary GEMM on tensor cores: mma.sync m16n8k256 with .b1 operands and .and.popc
 // (sm_80 and newer; Hopper has no XOR form in hardware, so AND is used throughout).
+// This file compiles only for sm_80 and newer, so it is a module of its own: older GPUs
+// never load it and run the CUDA-core kernels of binary_gemm.cu.
 //
 // With bit 1 = +1 and K true bits (padding bits 0 in both operands):
 //     a . w = 4 popc(a & w) - 2 popc(a) - 2 popc(w) + K.
 // Each warp computes a 16 x 8 tile of C, 256 bits of K per instruction; a block of
-// 4 warps covers 16 rows x 32 columns (grid x over rows, grid y over columns). The row popcounts popc(a) and popc(w) come
-// from `row_popcounts`.
+// 4 warps covers 16 rows x 32 columns (grid x over rows, grid y over columns). The row
+// popcounts popc(a) and popc(w) come from `row_popcounts` (packing.cu).
 
 #define WARPS 4
-
-extern "C" __global__ void row_popcounts(const unsigned int* __restrict__ rows, int* out,
-                                         int count, int words) {
-    int row = blockIdx.x * blockDim.x + threadIdx.x;
-    if (row >= count) return;
-    int total = 0;
-    for (int w = 0; w < words; ++w) total += __popc(rows[(long long)row * words + w]);
-    out[row] = total;
-}
 
 __device__ __forceinline__ unsigned int word_at(const unsigned int* m, int rows, int words,
                                                 int row, int word) {

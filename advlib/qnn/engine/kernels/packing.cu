@@ -65,3 +65,46 @@ extern "C" __global__ void max_pool_words(const unsigned int* __restrict__ x,
     }
     out[index] = bits;
 }
+
+// Set bits per packed row (the popcounts that the tensor-core GEMM needs).
+extern "C" __global__ void row_popcounts(const unsigned int* __restrict__ rows, int* out,
+                                         int count, int words) {
+    int row = blockIdx.x * blockDim.x + threadIdx.x;
+    if (row >= count) return;
+    int total = 0;
+    for (int w = 0; w < words; ++w) total += __popc(rows[(long long)row * words + w]);
+    out[row] = total;
+}
+
+// Packed rows back to one byte per element (1 for +1, 0 for -1): out (rows, length).
+extern "C" __global__ void unpack_words(const unsigned int* __restrict__ x,
+                                        unsigned char* __restrict__ out, long long rows,
+                                        int length, int words) {
+    long long index = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (index >= rows * length) return;
+    long long row = index / length;
+    int i = index % length;
+    out[index] = (unsigned char)((x[row * words + i / 32] >> (i % 32)) & 1u);
+}
+
+// Keras's Flatten on packed feature maps: (n, pixels, channel words) packed per pixel to
+// (n, out_words) packed over pixels * channels, in (pixel, channel) order. One thread per
+// output word.
+extern "C" __global__ void flatten_words(const unsigned int* __restrict__ x,
+                                         unsigned int* __restrict__ out, int n, int pixels,
+                                         int channels, int cw, int out_words) {
+    long long index = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (index >= (long long)n * out_words) return;
+    long long image = index / out_words;
+    long long first = (index % out_words) * 32;
+    long long total = (long long)pixels * channels;
+    const unsigned int* source = x + image * pixels * cw;
+    unsigned int bits = 0u;
+    for (int i = 0; i < 32 && first + i < total; ++i) {
+        long long flat = first + i;
+        long long pixel = flat / channels;
+        int channel = flat % channels;
+        bits |= ((source[pixel * cw + channel / 32] >> (channel % 32)) & 1u) << i;
+    }
+    out[index] = bits;
+}
