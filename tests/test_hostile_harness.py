@@ -19,7 +19,7 @@ from advlib.attacks import SPSA, CarliniWagnerL2, ProjectedGradientDescent
 from advlib.attacks.result import AttackResult
 from advlib.bench import protocol as protocols
 from advlib.bench import runner
-from advlib.models import CallableModelWrapper, QNNModelWrapper
+from advlib.models import CallableModelWrapper, QNNModelWrapper, as_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -88,6 +88,18 @@ def test_identity_covers_engine_surrogate_and_weightless_models(digits_qnns, dig
     assert len(set(ids.values())) == len(ids), ids
     assert runner.model_identity(QNNModelWrapper(qnn, engine=engine), x)["fingerprint"] == \
         ids["engine"]
+
+
+def test_a_randomized_model_keeps_its_identity_across_runs(digits_cnn, digits, tmp_path):
+    from advlib.bench.testbeds import AlwaysOnNoise, defended
+
+    _, (x, _) = digits
+    noisy = defended(digits_cnn, AlwaysOnNoise(0.3, name="noise"))
+    first, second = (runner.model_identity(as_model(noisy), x[:100]) for _ in range(2))
+    assert first["predictions"] == "randomized" and first == second
+    with pytest.raises(ValueError, match="no saved state"):
+        run(noisy, tmp_path / "never", resume=True)
+    assert not (tmp_path / "never").exists()
 
 
 def test_resume_refuses_a_state_made_by_another_engine_or_surrogate(digits_qnns, tmp_path):

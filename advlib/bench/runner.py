@@ -89,8 +89,11 @@ def model_identity(wrapped, x_probe: np.ndarray) -> Dict[str, Any]:
     weights, engine, and its predicted classes on the first examples (which tell
     apart even models without weights). `fingerprint` hashes all of it."""
     parts = _model_settings(wrapped)
-    classes = wrapped.predict_classes(x_probe).numpy().astype(np.int64)
-    parts["predictions"] = fingerprint_arrays([classes])
+    logits = wrapped.predict_logits(x_probe).numpy()
+    if np.array_equal(logits, wrapped.predict_logits(x_probe).numpy(), equal_nan=True):
+        parts["predictions"] = fingerprint_arrays([logits.argmax(axis=1).astype(np.int64)])
+    else:  # a randomized model (noise, EOT): its predictions cannot identify it
+        parts["predictions"] = "randomized"
     return dict(parts, fingerprint=_sha(json.dumps(parts, sort_keys=True)))
 
 
@@ -211,6 +214,8 @@ class OutputFolder:
     def __enter__(self) -> "OutputFolder":
         if os.path.exists(self.path) and not os.path.isdir(self.path):
             raise ValueError(f"output folder {self.path!r} is a file, not a folder.")
+        if self.resume and not os.path.exists(os.path.join(self.path, STATE_JSON)):
+            raise ValueError(f"--resume: no saved state in {self.path!r}.")
         os.makedirs(self.path, exist_ok=True)
         self._lock()
         try:
