@@ -47,9 +47,9 @@ def check_number(name: str, value, *, low=None, high=None,
 SEED_MAX = 2 ** 63 - 1  # seeds become int64 pairs for TensorFlow's stateless RNG
 
 
-def check_seed(seed, name: str = "seed", high: int = SEED_MAX):
-    """None, or an integer in [0, high]."""
-    return check_number(name, seed, low=0, high=high, integer=True, allow_none=True)
+def check_seed(seed):
+    """None, or an integer in [0, SEED_MAX]."""
+    return check_number("seed", seed, low=0, high=SEED_MAX, integer=True, allow_none=True)
 
 
 def check_choice(name: str, value, allowed):

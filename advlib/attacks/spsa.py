@@ -80,18 +80,18 @@ class SPSA(Attack):
                     norm=norm, y=y, y_target=y_target, targeted=bool(targeted),
                     clip_min=clip_min, clip_max=clip_max, seed=seed)
 
-    def _generate(self, x, labels, targeted, *, eps, nb_iter, learning_rate, delta,
-                  spsa_samples, spsa_iters, early_stop_loss_threshold, norm, clip_min,
-                  clip_max, seed):
-        if eps == 0 or nb_iter == 0:  # no step: the clean input, not the random start
-            return tf.identity(x)
+    def _generate(self, x, labels, targeted, **options):
         if x.dtype.size < 4:
             # half precision cannot hold Adam's moments; search in float32, return x's dtype
-            return tf.cast(self._generate(
-                tf.cast(x, tf.float32), labels, targeted, eps=eps, nb_iter=nb_iter,
-                learning_rate=learning_rate, delta=delta, spsa_samples=spsa_samples,
-                spsa_iters=spsa_iters, early_stop_loss_threshold=early_stop_loss_threshold,
-                norm=norm, clip_min=clip_min, clip_max=clip_max, seed=seed), x.dtype)
+            return tf.cast(self._search(tf.cast(x, tf.float32), labels, targeted, **options),
+                           x.dtype)
+        return self._search(x, labels, targeted, **options)
+
+    def _search(self, x, labels, targeted, *, eps, nb_iter, learning_rate, delta,
+                spsa_samples, spsa_iters, early_stop_loss_threshold, norm, clip_min, clip_max,
+                seed):
+        if eps == 0 or nb_iter == 0:  # no step: the clean input, not the random start
+            return tf.identity(x)
         low = tf.cast(-np.inf if clip_min is None else clip_min, x.dtype)
         high = tf.cast(np.inf if clip_max is None else clip_max, x.dtype)
         threshold = -np.inf if early_stop_loss_threshold is None else early_stop_loss_threshold

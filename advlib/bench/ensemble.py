@@ -13,6 +13,16 @@ SEEDED = ("ProjectedGradientDescent", "TargetedPGD", "BasicIterativeMethod", "SP
 BLACK_BOX = ("SPSA",)
 
 
+def batch_seed(seed: int, batch: int, eps_index: int) -> int:
+    """The seed of one batch at one eps, from the protocol's seed."""
+    return (seed * 10007 + batch) * 16 + eps_index
+
+
+def attack_seed(seed: int, index: int) -> int:
+    """The seed of the ensemble's `index`-th attack, from the batch's seed."""
+    return seed * 1000 + index
+
+
 def attack_class(name: str):
     return getattr(attack_module, name)
 
@@ -97,7 +107,7 @@ def run_ensemble(model, protocol: Dict, x: np.ndarray, y: np.ndarray, eps: float
                                                    else variants[variant])
             if instances is not None:
                 instances[key] = attack
-        params = attack_params(entry, eps, norm, clip, seed * 1000 + index)
+        params = attack_params(entry, eps, norm, clip, attack_seed(seed, index))
         result = attack.run(x[todo], y[todo], batch_size=len(todo), **params)
         success = result.success if variant is None else \
             model.predict_classes(result.x_adv).numpy() != y[todo]

@@ -167,13 +167,13 @@ def validate(document: Dict[str, Any], source: str = "protocol") -> Dict[str, An
 def _check_attack_params(document, source) -> None:
     """Builds every attack's parameters for every eps, as the harness will, so that a
     bad value fails now rather than after minutes of evaluation."""
-    from advlib.bench.ensemble import attack_class, attack_params
+    from advlib.bench.ensemble import attack_class, attack_params, attack_seed, batch_seed
 
     attacks = document["attacks"]
     batches = -(-document["dataset"]["n"] // document["batch_size"])
     eps_list = eps_values(document)
-    # the largest seed the harness derives (see runner.Evaluation.run_batch)
-    seed = ((document["seed"] * 10007 + batches) * 16 + len(eps_list)) * 1000 + len(attacks)
+    # the largest seed the harness derives
+    seed = attack_seed(batch_seed(document["seed"], batches, len(eps_list)), len(attacks))
     for index, entry in enumerate(attacks):
         fraction = entry["params"].get("eps_iter_fraction")
         if fraction is not None:

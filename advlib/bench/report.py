@@ -55,8 +55,7 @@ def summarize(arrays: Dict[str, np.ndarray], names: Sequence[str], eps_list: Seq
                 "forward_passes": int(arrays["forward"][e, a]),
                 "backward_passes": int(arrays["backward"][e, a]),
                 "seconds": float(arrays["seconds"][e, a]),
-                "nonfinite_fallbacks": int(arrays["nonfinite"][e, a]) if "nonfinite" in arrays
-                else 0,
+                "nonfinite_fallbacks": int(arrays["nonfinite"][e, a]),
             })
         per_eps.append({"eps": float(eps), "attacks": attacks,
                         "robust_accuracy": _proportion(robust)})
@@ -190,15 +189,16 @@ def load_report(path: str) -> Dict:
     return validate_report(report, repr(path))
 
 
-def _coverage(report: Dict) -> str:
-    """n, and whether the report covers the whole protocol."""
+def _coverage(report: Dict):
+    """(n, and how much of the protocol the report covers; whether it is partial)."""
     total = report.get("n_total", report["protocol"].get("dataset", {}).get("n"))
-    parts = [f"{report['n']}" + (f" of {total}" if total and total != report["n"] else "")]
+    fewer = bool(total) and total != report["n"]
+    parts = [f"{report['n']}" + (f" of {total}" if fewer else "")]
     if report.get("shard"):
         parts.append(f"shard {report['shard']}")
     if not report.get("complete", True):
         parts.append("incomplete")
-    return ", ".join(parts)
+    return ", ".join(parts), fewer or len(parts) > 1
 
 
 def compare(reports: Sequence[Dict], force: bool = False) -> str:
@@ -223,10 +223,8 @@ def compare(reports: Sequence[Dict], force: bool = False) -> str:
              "|---|---|---|---|---|---|---|---|"]
     for rank, r in enumerate(ranked, start=1):
         robust = r["results"]["robust_accuracy"]
-        flags = [r.get("headline_flag", "").strip()]
-        coverage = _coverage(r)
-        if "shard" in coverage or "incomplete" in coverage or " of " in coverage:
-            flags.append("partial")
+        coverage, partial = _coverage(r)
+        flags = [r.get("headline_flag", "").strip()] + (["partial"] if partial else [])
         lines.append(f"| {rank} | {r['model'].get('name', '?')} ({r['model']['fingerprint'][:8]}) "
                      f"| {r['protocol']['name']} | {coverage} | "
                      f"{100 * r['results']['clean_accuracy']['value']:.2f}% | "

@@ -97,14 +97,6 @@ def model_identity(wrapped, x_probe: np.ndarray) -> Dict[str, Any]:
     return dict(parts, fingerprint=_sha(json.dumps(parts, sort_keys=True)))
 
 
-def model_fingerprint(wrapped) -> str:
-    """SHA-256 of a Keras model's weights ("unknown" for other models)."""
-    keras_model = getattr(wrapped, "model", None)
-    if keras_model is None or not hasattr(keras_model, "weights"):
-        return "unknown"
-    return fingerprint_arrays([w.numpy() for w in keras_model.weights])
-
-
 def environment() -> Dict:
     import keras
     import tensorflow as tf
@@ -170,8 +162,9 @@ def finite_json(value):
     return value
 
 
-def to_json(document) -> str:
-    return json.dumps(finite_json(document), indent=2, allow_nan=False)
+def to_json(document, indent: int = 2) -> str:
+    """Strict JSON (no NaN or Infinity) of `document`."""
+    return json.dumps(finite_json(document), indent=indent, allow_nan=False)
 
 
 def _write_atomic(path: str, content) -> None:
@@ -203,12 +196,10 @@ class OutputFolder:
         path: the folder.
         resume: the folder must hold this run's saved state.
         overwrite: write over files that are not a run's state.
-        ours: the names this run writes (besides its state).
     """
 
-    def __init__(self, path: str, resume: bool = False, overwrite: bool = False,
-                 ours=("report.json", "report.md", "examples.npz", "robustness.png")):
-        self.path, self.resume, self.overwrite, self.ours = path, resume, overwrite, ours
+    def __init__(self, path: str, resume: bool = False, overwrite: bool = False):
+        self.path, self.resume, self.overwrite = path, resume, overwrite
         self._handle = None
 
     def __enter__(self) -> "OutputFolder":
@@ -253,12 +244,9 @@ class OutputFolder:
     def _check_contents(self) -> None:
         entries = sorted(e for e in os.listdir(self.path) if e != LOCK and
                          not (e.startswith(".") and e.endswith(".tmp")))
-        has_state = STATE_JSON in entries
-        if self.resume:
-            if not has_state:
-                raise ValueError(f"--resume: no saved state in {self.path!r}.")
+        if self.resume:  # __enter__ checked that the state is there
             return
-        if has_state:
+        if STATE_JSON in entries:
             raise ValueError(f"{self.path!r} already holds a run's state: pass resume=True "
                              "(--resume) to continue it, or choose another directory.")
         if entries and not self.overwrite:
@@ -366,10 +354,8 @@ class Evaluation:
 
     def save(self) -> None:
         _write_atomic(self._path(STATE_NPZ), self.arrays)
-        _write_atomic(self._path(STATE_JSON),
-                      json.dumps(finite_json({"identity": self.identity, "done": self.done,
-                                              "probes": self.probes}), indent=1,
-                                 allow_nan=False))
+        _write_atomic(self._path(STATE_JSON), to_json(
+            {"identity": self.identity, "done": self.done, "probes": self.probes}, indent=1))
 
     # -- the loop ----------------------------------------------------------------
     def run_batch(self, b: int, on_attack=None) -> None:
@@ -382,7 +368,7 @@ class Evaluation:
         for e, eps in enumerate(self.eps_list):
             hook = None if on_attack is None else (lambda name, eps=eps: on_attack(name, eps))
             out = ensemble.run_ensemble(self.wrapped, self.protocol, x, y, eps,
-                                        seed=(seed * 10007 + b) * 16 + e, on_attack=hook,
+                                        seed=ensemble.batch_seed(seed, b, e), on_attack=hook,
                                         attacks=self.attacks, variants=self.variants,
                                         instances=self.instances)
             self.arrays["broken_by"][e, start:stop] = out["broken_by"]

@@ -180,10 +180,10 @@ class _Program:
         return matrix, np.concatenate(self.row_low), np.concatenate(self.row_high)
 
 
-def _affine(weights: sparse.csr_matrix, values: _Values):
+def _affine(prepared: Dict, values: _Values):
     """acc = W @ value, as (const, sparse coefficient matrix over variables, low, high)."""
+    weights, positive, negative = prepared["matrix"], prepared["positive"], prepared["negative"]
     const = weights @ values.const
-    positive, negative = weights.maximum(0), weights.minimum(0)
     low = positive @ values.low + negative @ values.high
     high = positive @ values.high + negative @ values.low
     variable = values.var >= 0
@@ -244,6 +244,9 @@ class NetworkEncoding:
                 prepared["matrix"] = sparse.csr_matrix(signs)
             else:
                 prepared["matrix"], prepared["pad"] = self._conv_matrix(layer, signs)
+            # the signs' positive and negative parts, for interval bounds
+            prepared["positive"] = prepared["matrix"].maximum(0).tocsr()
+            prepared["negative"] = prepared["matrix"].minimum(0).tocsr()
             if layer["output"] == "bits":
                 # per output unit: (pixel, filter) order for convolutions
                 repeats = 1 if kind == "dense" else layer["out_shape"][0] * layer["out_shape"][1]
@@ -325,7 +328,7 @@ class NetworkEncoding:
             inputs = values
             if kind == "conv":
                 inputs = _append_constant(values, prepared["pad"])
-            const, matrix, columns, acc_low, acc_high = _affine(prepared["matrix"], inputs)
+            const, matrix, columns, acc_low, acc_high = _affine(prepared, inputs)
             if layer["output"] == "logits":
                 return program, const, matrix, columns, acc_low, acc_high, \
                     {"units": units, "fixed": fixed}

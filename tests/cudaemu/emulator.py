@@ -128,7 +128,7 @@ _GRID_LIMITS = (2 ** 31 - 1, 65535, 65535)
 _BLOCK_LIMITS = (1024, 1024, 64)
 
 
-def _dims(value, name) -> tuple:
+def _dims(value) -> tuple:
     dims = tuple(int(v) for v in (value if isinstance(value, tuple) else (value,)))
     return dims + (1,) * (3 - len(dims))
 
@@ -145,7 +145,7 @@ class Kernel:
         self.signature = describe().decode().split(",")
 
     def __call__(self, grid, block, args: Sequence) -> None:
-        grid, block = _dims(grid, "grid"), _dims(block, "block")
+        grid, block = _dims(grid), _dims(block)
         where = f"{self.name} ({self.file})"
         for dims, limits, what in ((grid, _GRID_LIMITS, "grid"), (block, _BLOCK_LIMITS, "block")):
             if any(d < 1 or d > limit for d, limit in zip(dims, limits)):
