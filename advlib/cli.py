@@ -126,6 +126,16 @@ def _bench_compare(args) -> int:
     return 0
 
 
+def _bench_reassess(args) -> int:
+    from advlib import bench
+
+    settings = {key: value for key, value in (
+        ("black_box_margin", args.black_box_margin),
+        ("convergence_threshold", args.convergence_threshold)) if value is not None}
+    print(bench.markdown(bench.reassess(args.report, settings)))
+    return 0
+
+
 def _bench_list(args) -> int:
     from advlib import bench
 
@@ -139,6 +149,7 @@ def bench_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="advlib bench", description="Standardized robustness evaluation. Also: "
         "'advlib bench merge DIR... --out DIR', 'advlib bench compare A B...', "
+        "'advlib bench reassess DIR [--black-box-margin M]', "
         "'advlib bench list'.")
     parser.add_argument("--model", help="a .keras file (default: the reference digits CNN, "
                                         "trained once and cached)")
@@ -171,25 +182,34 @@ def bench_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _bench_subcommands():
+    """name -> (handler, its arguments as (flags, options) pairs)."""
+    return {
+        "merge": (_bench_merge, [
+            (("reports",), dict(nargs="+", help="shard output directories")),
+            (("--out",), dict(required=True, help="a new folder for the merged report")),
+            (("--overwrite",), dict(action="store_true",
+                                    help="write into an --out folder that holds other files"))]),
+        "compare": (_bench_compare, [
+            (("reports",), dict(nargs="+", help="report.json files or directories")),
+            (("--force",), dict(action="store_true",
+                                help="rank reports of different protocols anyway"))]),
+        "reassess": (_bench_reassess, [
+            (("report",), dict(help="a finished run's folder or its report.json")),
+            (("--black-box-margin",), dict(type=float, help="replaces the protocol's")),
+            (("--convergence-threshold",), dict(type=float, help="replaces the protocol's"))]),
+        "list": (_bench_list, []),
+    }
+
+
 def _bench(argv: List[str]) -> int:
-    if argv and argv[0] == "merge":
-        parser = argparse.ArgumentParser(prog="advlib bench merge")
-        parser.add_argument("reports", nargs="+", help="shard output directories")
-        parser.add_argument("--out", required=True, help="a new folder for the merged report")
-        parser.add_argument("--overwrite", action="store_true",
-                            help="write into an --out folder that holds other files")
-        parser.set_defaults(handler=_bench_merge)
-        argv = argv[1:]
-    elif argv and argv[0] == "compare":
-        parser = argparse.ArgumentParser(prog="advlib bench compare")
-        parser.add_argument("reports", nargs="+", help="report.json files or directories")
-        parser.add_argument("--force", action="store_true",
-                            help="rank reports of different protocols anyway")
-        parser.set_defaults(handler=_bench_compare)
-        argv = argv[1:]
-    elif argv and argv[0] == "list":
-        parser = argparse.ArgumentParser(prog="advlib bench list")
-        parser.set_defaults(handler=_bench_list)
+    subcommands = _bench_subcommands()
+    if argv and argv[0] in subcommands:
+        handler, arguments = subcommands[argv[0]]
+        parser = argparse.ArgumentParser(prog=f"advlib bench {argv[0]}")
+        for flags, options in arguments:
+            parser.add_argument(*flags, **options)
+        parser.set_defaults(handler=handler)
         argv = argv[1:]
     else:
         parser = bench_parser()

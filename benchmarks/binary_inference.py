@@ -92,6 +92,7 @@ def gpu_rows(spec, arrays, x, repeats):
     import cupy as cp
 
     from advlib.qnn.engine import BinaryEngine
+    from advlib.qnn.engine.engine import walk
 
     x8 = np.round(np.clip(x, 0, 1) * np.float32(255)).astype(np.uint8)
     baseline = float_matmul_forward(cp, spec, arrays)
@@ -111,7 +112,7 @@ def gpu_rows(spec, arrays, x, repeats):
                      logits=cp.asnumpy(expected)))
     for gemm in ("cuda", "tensor"):
         engine = BinaryEngine(spec, arrays, backend="cupy", gemm=gemm)
-        seconds, logits = cuda_time(lambda: engine._gpu.forward(x8)[0])
+        seconds, logits = cuda_time(lambda: walk(spec, engine._gpu, x8, keep_hidden=False)[0])
         rows.append(dict(implementation=f"BinaryEngine (cupy, {gemm} cores)", seconds=seconds,
                          logits=logits))
     return rows

@@ -61,7 +61,8 @@ def train_robust(data, recipe, eps, epochs, batch_size, seed, **overrides):
     robust = AdversarialModel.from_recipe(recipe, model, eps=eps, seed=seed, **overrides)
     steps = epochs * -(-len(x_train) // batch_size)
     robust.compile(keras.optimizers.Adam(keras.optimizers.schedules.CosineDecay(
-        1e-3, steps, alpha=0.1)))
+        1e-3, steps, alpha=0.1)),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
     timer = EpochTimer()
     monitor = RobustnessCallback(x_test, y_test, eps=eps, n=500, seed=seed, verbose=1)
     robust.fit(x_train, y_train, epochs=epochs, batch_size=batch_size, verbose=2,

@@ -10,6 +10,7 @@ import pytest
 
 from advlib import bench
 from advlib.bench import diagnostics
+from advlib.models import inspect
 from advlib.bench.testbeds import AlwaysOnNoise, InputQuantization, defended
 from advlib.bench import protocol as protocols
 from advlib.cli import main
@@ -50,10 +51,12 @@ def natural_report(digits_cnn):
 
 
 @pytest.fixture(scope="module")
-def masked_reports(masked, digits_cnn):
-    naive = bench.evaluate(masked, small_protocol(), progress=False, transfer_from=digits_cnn)
+def masked_reports(masked, digits_cnn, tmp_path_factory):
+    folder = str(tmp_path_factory.mktemp("masked"))
+    naive = bench.evaluate(masked, small_protocol(), progress=False, transfer_from=digits_cnn,
+                           out_dir=folder)
     adaptive = bench.evaluate(masked, small_protocol(), progress=False, adaptive=True)
-    return naive, adaptive
+    return naive, adaptive, folder
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +88,7 @@ def test_adversarially_trained_cnn_passes_every_check(adversarially_trained, dig
 
 
 def test_masking_defence_is_flagged(masked_reports):
-    naive, _ = masked_reports
+    naive, _, _ = masked_reports
     found = statuses(naive)
     for check in ("unbounded", "black-box-vs-white-box", "gradient-health", "transfer"):
         assert found[check] == "fail", (check, found)
@@ -97,8 +100,31 @@ def test_masking_defence_is_flagged(masked_reports):
     assert naive["results"]["robust_accuracy"]["value"] > 0.3  # the number it would have reported
 
 
+def test_checks_are_judged_again_from_the_saved_run(masked_reports):
+    naive, _, folder = masked_reports
+    again = bench.reassess(folder)
+    assert again["diagnostics"] == json.loads(json.dumps(naive["diagnostics"]))
+    assert again["headline_flag"] == naive["headline_flag"]
+    # a looser margin turns the two checks that read it, and only those, from fail to pass
+    loose = bench.reassess(os.path.join(folder, "report.json"), {"black_box_margin": 1.0})
+    changed = {k for k, v in statuses(loose).items() if statuses(naive)[k] != v}
+    assert changed == {"black-box-vs-white-box", "transfer"}
+    assert {statuses(loose)[k] for k in changed} == {"pass"}
+    with pytest.raises(protocols.ProtocolError, match="black_box_margin must be in"):
+        bench.reassess(folder, {"black_box_margin": 2.0})
+
+
+def test_the_command_line_reassesses_a_run(masked_reports, capsys):
+    _, _, folder = masked_reports
+    assert main(["bench", "reassess", folder, "--black-box-margin", "1.0"]) == 0
+    assert "| black-box-vs-white-box | pass |" in capsys.readouterr().out
+    assert main(["bench", "reassess", folder, "--black-box-margin", "2"]) == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and "black_box_margin must be in [0, 1], got 2.0" in error[0]
+
+
 def test_adaptive_mode_exposes_the_masking(masked_reports):
-    naive, adaptive = masked_reports
+    naive, adaptive, _ = masked_reports
     assert adaptive["adaptive"]["variants"] == ["bpda"]
     assert adaptive["adaptive"]["robust_after"] < adaptive["adaptive"]["robust_before"] - 0.3
     assert adaptive["results"]["robust_accuracy"]["value"] < \
@@ -141,8 +167,8 @@ def test_closed_ste_windows_are_reported(digits_qnns, digits):
     _, (x_test, _) = digits
     np.testing.assert_array_equal(QNNModelWrapper(model).predict_classes(x_test),
                                   QNNModelWrapper(scaled).predict_classes(x_test))
-    healthy = diagnostics.ste_window(QNNModelWrapper(model), x_test[:60])
-    closed = diagnostics.ste_window(QNNModelWrapper(scaled), x_test[:60])
+    healthy = inspect.ste_window(QNNModelWrapper(model), x_test[:60])
+    closed = inspect.ste_window(QNNModelWrapper(scaled), x_test[:60])
     assert healthy["closed"] < diagnostics.WINDOW_WARN < diagnostics.WINDOW_FAIL < \
         closed["closed"]
     assert diagnostics._window_check(closed)["status"] == "fail"
@@ -262,4 +288,4 @@ def test_black_box_check_reads_every_eps():
     assert check(0, 5)["status"] == "warn" and "in the sweep: 5 of 50 at 0.1" in \
         check(0, 5)["message"]
     assert check(5, 0)["status"] == "fail"
-    assert diagnostics._black_box(results(5, 0), [{"attack": "PGD"}], config)["status"] == "skip"
+    assert diagnostics._black_box(results(5, 0), [{"attack": "ProjectedGradientDescent"}], config)["status"] == "skip"

@@ -114,7 +114,7 @@ def test_binary_conv_equals_direct_convolution(channels, pad_value, stride):
     engine = single_layer("conv", (7, 6, channels), w, stride=stride, pad_value=pad_value)
     # binary input layers see +-1 values; feed them as the engine's packed state
     state = pack_signs(x)
-    acc = engine._accumulate(0, engine.spec["layers"][0], state)
+    acc = engine._backend.accumulate(0, engine.spec["layers"][0], state)
     expected = reference_conv(x, w, stride, ((1, 1), (1, 1)), int(pad_value))
     np.testing.assert_array_equal(acc, expected)
 

@@ -1,6 +1,5 @@
 """Model wrappers: softmax detection, logits, gradients and callables."""
 
-import warnings
 
 import keras
 import numpy as np

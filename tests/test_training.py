@@ -63,7 +63,7 @@ def test_every_recipe_improves_pgd_accuracy(recipe, digits, clean_pgd):
 
 def test_recipe_fields_follow_the_papers():
     assert RECIPES["goodfellow"].adv_ratio == 0.5 and RECIPES["goodfellow"].nb_iter == 1
-    assert RECIPES["fast"].step_size == 1.25 and RECIPES["fast"].rand_init
+    assert RECIPES["fast"].eps_iter_fraction == 1.25 and RECIPES["fast"].rand_init
     assert RECIPES["madry"].adv_ratio == 1.0 and RECIPES["madry"].rand_init
     assert RECIPES["trades"].trades_beta == 6.0
     params = RECIPES["madry"].attack_params(0.3)
@@ -158,8 +158,10 @@ def test_bad_arguments(digits):
     model = small_cnn((8, 8, 1))
     with pytest.raises(ValueError, match=r"adv_ratio must be in \[0, 1\], got 1.5"):
         AdversarialModel(model, attack_params=dict(eps=0.1), adv_ratio=1.5)
-    with pytest.raises(TypeError, match="attack must be a gradient attack class"):
+    with pytest.raises(ValueError, match="attack must be one of .*'ProjectedGradientDescent'"):
         AdversarialModel(model, attack="pgd")
+    with pytest.raises(TypeError, match="attack must be a gradient attack class"):
+        AdversarialModel(model, attack="SPSA")
     with pytest.raises(ValueError, match="eps=2.0 is larger than the data range"):
         AdversarialModel(model, attack_params=dict(eps=2.0, clip_min=0.0, clip_max=1.0))
     with pytest.raises(ValueError, match="eps must be in"):
@@ -171,8 +173,13 @@ def test_bad_arguments(digits):
     robust = AdversarialModel(model, attack_params=dict(eps=0.1))
     with pytest.raises(ValueError, match="needs a compiled model"):
         robust.fit(x_train, y_train)
-    with pytest.raises(ValueError, match="defines its own loss"):
-        robust.compile(optimizer="adam", loss="mse")
+    with pytest.raises(ValueError, match=r"expects probabilities \(from_logits=False\), but "
+                                         "the model returns logits; pass from_logits=True"):
+        robust.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    with pytest.raises(ValueError, match="loss must be a keras.losses.Loss.*'hinge_of_doom'"):
+        robust.compile(optimizer="adam", loss="hinge_of_doom")
+    with pytest.raises(ValueError, match="metrics: 'accuracy_of_doom' is not a Keras metric"):
+        robust.compile(optimizer="adam", metrics=["accuracy_of_doom"])
     robust.compile(optimizer="adam")
     with pytest.raises(ValueError, match="needs labels"):
         robust.fit(x_train, epochs=1, verbose=0)

@@ -1,25 +1,28 @@
 """Adversarial attacks with cleverhans's class API and parameter names.
 
+Every module of this package is imported here, and every concrete `Attack`
+subclass it defines is registered under its class name and exported: a new
+attack is one new file. `by_name("SPSA")` returns the class.
+
 Example:
     >>> from advlib.attacks import FastGradientMethod
     >>> x_adv = FastGradientMethod(model).generate_np(x, eps=0.1, clip_min=0., clip_max=1.)
 """
 
-from advlib.attacks import losses
-from advlib.attacks.base import Attack
-from advlib.attacks.carlini_wagner_l2 import CarliniWagnerL2
-from advlib.attacks.fast_gradient_method import FastGradientMethod
-from advlib.attacks.gradient import GradientAttack
-from advlib.attacks.momentum_iterative_method import MomentumIterativeMethod
-from advlib.attacks.projected_gradient_descent import (BasicIterativeMethod, MadryEtAl,
-                                                       ProjectedGradientDescent, TargetedPGD)
-from advlib.attacks.result import AttackResult
-from advlib.attacks.saliency_map_method import SaliencyMapMethod
-from advlib.attacks.spsa import SPSA
-from advlib.attacks.utils import clip_eta, optimize_linear, project_l1_ball, random_lp_vector
+import importlib
+import pkgutil
 
-__all__ = ["Attack", "AttackResult", "BasicIterativeMethod", "CarliniWagnerL2", "FastGradientMethod", "GradientAttack",
-           "MadryEtAl", "MomentumIterativeMethod", "ProjectedGradientDescent", "SPSA", "SaliencyMapMethod",
-           "TargetedPGD",
-           "clip_eta",
-           "losses", "optimize_linear", "project_l1_ball", "random_lp_vector"]
+from advlib.attacks import losses
+from advlib.attacks.base import Attack, by_name, names, random_targets, refuse_true_class_targets
+from advlib.attacks.gradient import GradientAttack
+from advlib.attacks.result import AttackResult
+from advlib.attacks.utils import (adam_update, clip_eta, optimize_linear, per_example,
+                                  project_l1_ball, random_lp_vector)
+
+for _module in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_module.name}")
+globals().update({name: by_name(name) for name in names()})
+
+__all__ = ["Attack", "AttackResult", "GradientAttack", "adam_update", "by_name", "clip_eta",
+           "losses", "names", "optimize_linear", "per_example", "project_l1_ball",
+           "random_lp_vector", "random_targets", "refuse_true_class_targets", *names()]

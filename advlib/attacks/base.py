@@ -1,19 +1,50 @@
-"""The `Attack` base class: argument checks, labels, and NumPy batching."""
+"""The `Attack` base class (argument checks, labels, NumPy batching), the
+attack registry, and the target helpers shared by targeted attacks."""
 
 from __future__ import annotations
 
 import abc
 import inspect
 import time
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, ClassVar, Dict, List, Optional, Tuple, Type
 
 import numpy as np
 import tensorflow as tf
 
-from advlib import _checks
+from advlib import _checks, _seeding
 from advlib.attacks import utils
 from advlib.attacks.result import AttackResult
-from advlib.models.base import Model, as_model
+from advlib.models.base import Model
+from advlib.models.keras import as_model
+
+_REGISTRY: Dict[str, Type["Attack"]] = {}
+
+
+def by_name(name: str) -> Type["Attack"]:
+    """The attack class registered under `name` (its class name, e.g. "SPSA")."""
+    return _REGISTRY[_checks.check_choice("attack", name, sorted(_REGISTRY))]
+
+
+def names() -> List[str]:
+    """The names of every registered attack."""
+    return sorted(_REGISTRY)
+
+
+def random_targets(labels: np.ndarray, nb_classes: int, seed: Optional[int]) -> np.ndarray:
+    """A uniformly random class other than `labels`, reproducible from `seed`
+    (None: a seed drawn as by `advlib._seeding.draw_seed`)."""
+    generator = np.random.default_rng(_seeding.seed_or_draw(seed))
+    return (labels + generator.integers(1, nb_classes, size=len(labels))) % nb_classes
+
+
+def refuse_true_class_targets(targets: np.ndarray, true_classes: np.ndarray) -> None:
+    """Raises if a target is the example's own class, naming the first one."""
+    same = np.flatnonzero(targets == true_classes)
+    if same.size:
+        i = int(same[0])
+        raise ValueError(f"y_target[{i}]={int(targets[i])} is the example's own class "
+                         f"({len(same)} such examples); a targeted attack needs a target "
+                         "other than the true (or, without y, the predicted) class.")
 
 
 class Attack(abc.ABC):
@@ -21,7 +52,11 @@ class Attack(abc.ABC):
 
     Subclasses define `parse_params`, whose keyword arguments and defaults
     are the attack's parameters (cleverhans's names), and `_generate`, which
-    crafts adversarial examples for one checked batch.
+    crafts adversarial examples for one checked batch. A subclass that only
+    changes defaults sets the `defaults` class attribute. Every concrete
+    subclass is registered under its class name (`by_name`), so that the
+    harness, its protocols and training find it without a list to edit;
+    `register=False` in the class statement opts out.
 
     Args:
         model: an `advlib.models.Model`, or a bare `keras.Model` that is
@@ -29,7 +64,18 @@ class Attack(abc.ABC):
     """
 
     # Parameters holding one entry per example; generate_np slices them.
-    per_example_params: Tuple[str, ...] = ("y", "y_target")
+    per_example_params: ClassVar[Tuple[str, ...]] = ("y", "y_target")
+    # Defaults that override those of parse_params's signature.
+    defaults: ClassVar[Dict[str, Any]] = {}
+    # Sees only the model's outputs: the cross-check against gradient masking.
+    black_box: ClassVar[bool] = False
+    # The parameters an evaluation sets from its threat model.
+    threat_params: ClassVar[Tuple[str, ...]] = ("eps", "norm", "clip_min", "clip_max")
+
+    def __init_subclass__(cls, register: bool = True, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if register and not inspect.isabstract(cls):
+            _REGISTRY[cls.__name__] = cls
 
     def __init__(self, model):
         self.model: Model = as_model(model)
@@ -55,7 +101,7 @@ class Attack(abc.ABC):
         Returns:
             A `tf.Tensor` of the same shape and dtype as `x`.
         """
-        parsed = self._parse(params)
+        parsed = self.parse(**params)
         x = self._check_input(x, parsed)
         if x.shape[0] == 0:
             return tf.identity(x)
@@ -73,7 +119,7 @@ class Attack(abc.ABC):
         if not bad:
             return x_adv
         self.nonfinite_fallbacks += bad
-        return tf.where(utils._per_example(finite, x), x_adv, tf.cast(x, x_adv.dtype))
+        return tf.where(utils.per_example(finite, x), x_adv, tf.cast(x, x_adv.dtype))
 
     def generate_np(self, x, batch_size: Optional[int] = 128, **params) -> np.ndarray:
         """Like `generate`, but NumPy in, NumPy out, in batches of `batch_size`
@@ -88,7 +134,7 @@ class Attack(abc.ABC):
             if value.ndim == 0 or len(value) != len(x):
                 raise ValueError(f"{name} must have one entry per example "
                                  f"({len(x)}), got shape {value.shape}.")
-        self._parse(params)  # fail before the first batch, not after many
+        self.parse(**params)  # fail before the first batch, not after many
         if len(x) == 0:
             return self.generate(x, **params).numpy()
         chunks = []
@@ -153,7 +199,23 @@ class Attack(abc.ABC):
             The parsed parameters, as `generate` would use them.
         """
         # parse_params reads class attributes only, so no model is needed
-        return cls.__new__(cls)._parse(params)
+        return cls.__new__(cls).parse(**params)
+
+    @classmethod
+    def parameters(cls) -> Tuple[str, ...]:
+        """The names of the attack's parameters."""
+        return tuple(inspect.signature(cls.parse_params).parameters)
+
+    @classmethod
+    def takes_seed(cls) -> bool:
+        return "seed" in cls.parameters()
+
+    @classmethod
+    def harness_params(cls) -> Tuple[str, ...]:
+        """The parameters an evaluation sets itself: labels, batching, the threat
+        model and the seed; a protocol gives only the others."""
+        own = ("y", "y_target", "targeted", "ord", "batch_size", "seed") + cls.threat_params
+        return tuple(name for name in cls.parameters() if name in own)
 
     @abc.abstractmethod
     def parse_params(self, **params) -> Dict[str, Any]:
@@ -164,13 +226,16 @@ class Attack(abc.ABC):
         """Crafts adversarial examples for a checked, non-empty batch."""
 
     # -- checks shared by all attacks ------------------------------------
-    def _parse(self, params: Dict[str, Any]) -> Dict[str, Any]:
-        signature = inspect.signature(self.parse_params)
-        unknown = sorted(set(params) - set(signature.parameters))
+    def parse(self, **params) -> Dict[str, Any]:
+        """Checks `params` (unknown names, values, label rules) and returns every
+        parameter with the defaults filled in, as `generate` uses them."""
+        allowed = self.parameters()
+        unknown = sorted(set(params) - set(allowed))
         if unknown:
             raise TypeError(f"{type(self).__name__} got unknown parameter(s) {unknown}; "
-                            f"allowed: {sorted(signature.parameters)}.")
-        parsed = self.parse_params(**params)
+                            f"allowed: {sorted(allowed)}.")
+        defaults = {k: v for k, v in self.defaults.items() if k in allowed}
+        parsed = self.parse_params(**{**defaults, **params})
         if parsed.get("y") is not None and parsed.get("y_target") is not None:
             raise ValueError("y and y_target must not be given together: y gives the true "
                              "labels of an untargeted attack, y_target the targets of a "
@@ -213,6 +278,5 @@ class Attack(abc.ABC):
 
     @staticmethod
     def _seed_pair(seed: Optional[int]) -> np.ndarray:
-        if seed is None:
-            seed = int(np.random.default_rng().integers(2 ** 31))
-        return np.array([seed, 0], dtype=np.int64)
+        """The stateless-RNG seed of one batch; None draws one as Keras seeding allows."""
+        return np.array([_seeding.seed_or_draw(seed), 0], dtype=np.int64)

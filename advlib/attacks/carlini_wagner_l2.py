@@ -8,12 +8,12 @@ import numpy as np
 import tensorflow as tf
 
 from advlib import _checks
-from advlib.attacks.base import Attack
-from advlib.attacks.saliency_map_method import refuse_true_class_targets
+from advlib.attacks import utils
+from advlib.attacks.base import Attack, refuse_true_class_targets
+from advlib.attacks.losses import margin_loss
 
 _LARGE_CONST = 1e10
 _TANH_SHRINK = 0.999999  # keeps atanh finite for inputs on the bounds
-_ADAM = dict(beta_1=0.9, beta_2=0.999, epsilon=1e-8)
 
 
 class CarliniWagnerL2(Attack):
@@ -97,20 +97,15 @@ class CarliniWagnerL2(Attack):
             logits = tf.cast(self.model.get_logits(x_adv), x.dtype)
             axes = tf.range(1, tf.rank(x))
             l2 = tf.reduce_sum(tf.square(x_adv - x), axes)
-            label_mask = tf.one_hot(labels, tf.shape(logits)[-1], on_value=True, off_value=False)
-            real = tf.reduce_sum(tf.where(label_mask, logits, tf.zeros_like(logits)), axis=-1)
-            other = tf.reduce_max(tf.where(label_mask, tf.reduce_min(logits) - 1, logits), -1)
-            margin = real - other if targeted else other - real
+            # margin_loss is positive once the model leaves `labels`
+            margin = margin_loss(labels=labels, logits=logits)
+            margin = -margin if targeted else margin
             loss = l2 + const * tf.maximum(confidence - margin, 0)
         grad = tape.gradient(loss, w)
-        # Adam is elementwise, so each example's search is independent of the batch
         t = t + 1
-        rate = learning_rate * tf.sqrt(1 - _ADAM["beta_2"] ** t) / (1 - _ADAM["beta_1"] ** t)
-        new_m = _ADAM["beta_1"] * m + (1 - _ADAM["beta_1"]) * grad
-        new_v = _ADAM["beta_2"] * v + (1 - _ADAM["beta_2"]) * tf.square(grad)
-        new_w = w - rate * new_m / (tf.sqrt(new_v) + _ADAM["epsilon"])
-        broadcast = lambda mask: tf.reshape(mask, tf.concat([[-1], tf.ones([tf.rank(x) - 1],
-                                                                          tf.int32)], 0))
+        step, new_m, new_v = utils.adam_update(grad, m, v, t, learning_rate)
+        new_w = w - step
+        broadcast = lambda mask: utils.per_example(mask, x)
         moving = broadcast(active)
         # success at the point just evaluated, at the required confidence
         success = (margin > confidence) & active
@@ -124,8 +119,7 @@ class CarliniWagnerL2(Attack):
                       clip_min, clip_max):
         dtype = x.dtype
         use_tanh = clip_min is not None and clip_max is not None
-        low = tf.constant(-np.inf if clip_min is None else clip_min, dtype)
-        high = tf.constant(np.inf if clip_max is None else clip_max, dtype)
+        low, high = utils.bounds_as_tensors(dtype, clip_min, clip_max)
         batch = len(x)
         lower = np.zeros(batch)
         upper = np.full(batch, _LARGE_CONST)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import numpy as np
-
 from advlib.attacks.gradient import GradientAttack
 
 
@@ -30,6 +28,5 @@ class FastGradientMethod(GradientAttack):
     def parse_params(self, eps=0.3, norm=None, ord=None, y=None, y_target=None,
                      targeted=False, clip_min=None, clip_max=None, loss_fn=None):
         return super().parse_params(
-            eps=eps, eps_iter=eps, nb_iter=1, norm=np.inf if norm is None and ord is None
-            else norm, ord=ord, y=y, y_target=y_target, targeted=targeted,
+            eps=eps, eps_iter=eps, nb_iter=1, norm=norm, ord=ord, y=y, y_target=y_target, targeted=targeted,
             clip_min=clip_min, clip_max=clip_max, loss_fn=loss_fn, rand_init=False)

@@ -9,7 +9,7 @@ so none of them retraces the step.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Dict
 
 import numpy as np
 import tensorflow as tf
@@ -22,19 +22,18 @@ from advlib.attacks.base import Attack
 def _as_tensors(dtype, eps, eps_iter, clip_min, clip_max, decay_factor):
     """The step's numbers as tensors of the input's dtype; open bounds are +-inf."""
     cast = lambda value: tf.cast(value, dtype)
-    return (cast(eps), cast(eps_iter), cast(-np.inf if clip_min is None else clip_min),
-            cast(np.inf if clip_max is None else clip_max),
+    return (cast(eps), cast(eps_iter), *utils.bounds_as_tensors(dtype, clip_min, clip_max),
             cast(0.0 if decay_factor is None else decay_factor))
 
 
-class GradientAttack(Attack):
+class GradientAttack(Attack, register=False):
     """Iterated steps along the best linear ascent direction, projected.
 
-    Subclasses fix the defaults; the parameters are those of cleverhans:
+    Subclasses set `defaults`; the parameters are those of cleverhans:
 
     Args (to `generate`):
         eps: radius of the perturbation ball.
-        eps_iter: step size of each iteration.
+        eps_iter: step size of each iteration (default: eps).
         nb_iter: number of iterations.
         norm: np.inf, 1 or 2 (`ord` is accepted as an alias).
         y: true labels (integer or one-hot). Default: the model's predictions.
@@ -49,40 +48,28 @@ class GradientAttack(Attack):
         seed: makes random starts reproducible.
     """
 
-    _defaults: Dict[str, Any] = {}
-
     def __init__(self, model):
         super().__init__(model)
         self._step = tf.function(self._step_fn, reduce_retracing=True)
         self._score = tf.function(self._score_fn, reduce_retracing=True)
 
-    def parse_params(self, eps=None, eps_iter=None, nb_iter=None, norm=None, ord=None,
+    def parse_params(self, eps=0.3, eps_iter=None, nb_iter=10, norm=None, ord=None,
                      y=None, y_target=None, targeted=False, clip_min=None, clip_max=None,
-                     loss_fn=None, rand_init=None, rand_minmax=None, nb_restarts=1,
+                     loss_fn=None, rand_init=False, rand_minmax=None, nb_restarts=1,
                      decay_factor=None, seed=None) -> Dict[str, Any]:
-        d = self._defaults
-        eps = d.get("eps", 0.3) if eps is None else eps
-        if norm is not None and ord is not None and utils.normalize_norm(norm) != \
-                utils.normalize_norm(ord):
-            raise ValueError(f"norm and its alias ord disagree: norm={norm!r}, ord={ord!r}.")
-        norm = utils.normalize_norm(norm if norm is not None else
-                                    ord if ord is not None else d.get("norm", np.inf))
+        norm = utils.resolve_norm(norm, ord)
         _checks.check_number("eps", eps, low=0)
-        nb_iter = d.get("nb_iter", 10) if nb_iter is None else nb_iter
         _checks.check_number("nb_iter", nb_iter, low=1, integer=True)
-        eps_iter = d.get("eps_iter", eps) if eps_iter is None else eps_iter
+        eps_iter = eps if eps_iter is None else eps_iter
         _checks.check_number("eps_iter", eps_iter, low=0)
-        rand_init = d.get("rand_init", False) if rand_init is None else bool(rand_init)
         rand_minmax = eps if rand_minmax is None else rand_minmax
         _checks.check_number("rand_minmax", rand_minmax, low=0)
         _checks.check_number("nb_restarts", nb_restarts, low=1, integer=True)
-        if decay_factor is None:
-            decay_factor = d.get("decay_factor")
         _checks.check_number("decay_factor", decay_factor, low=0, allow_none=True)
         _checks.check_seed(seed)
         return dict(eps=eps, eps_iter=eps_iter, nb_iter=int(nb_iter), norm=norm, y=y,
                     y_target=y_target, targeted=bool(targeted), clip_min=clip_min,
-                    clip_max=clip_max, loss_fn=losses.get(loss_fn), rand_init=rand_init,
+                    clip_max=clip_max, loss_fn=losses.get(loss_fn), rand_init=bool(rand_init),
                     rand_minmax=rand_minmax, nb_restarts=int(nb_restarts),
                     decay_factor=decay_factor, seed=seed)
 
@@ -100,7 +87,7 @@ class GradientAttack(Attack):
         moved = tf.clip_by_value(x + utils.clip_eta(moved - x, norm, eps), clip_min, clip_max)
         # a NaN or Inf gradient must not poison the example: it keeps its last finite iterate
         finite = utils.finite_rows(moved)
-        keep = utils._per_example(finite, x)
+        keep = utils.per_example(finite, x)
         if use_momentum:
             momentum = tf.where(keep, momentum, previous_momentum)
         return (tf.where(keep, moved, x_adv), momentum,

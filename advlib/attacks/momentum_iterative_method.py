@@ -22,11 +22,9 @@ class MomentumIterativeMethod(GradientAttack):
         >>> x_adv = mim.generate_np(x, eps=0.1, eps_iter=0.01, decay_factor=1.0)
     """
 
-    _defaults = dict(eps=0.3, eps_iter=0.06, nb_iter=10, decay_factor=1.0, rand_init=False)
-
-    def parse_params(self, eps=None, eps_iter=None, nb_iter=None, norm=None, ord=None,
+    def parse_params(self, eps=0.3, eps_iter=0.06, nb_iter=10, norm=None, ord=None,
                      y=None, y_target=None, targeted=False, clip_min=None, clip_max=None,
-                     loss_fn=None, decay_factor=None):
+                     loss_fn=None, decay_factor=1.0):
         return super().parse_params(
             eps=eps, eps_iter=eps_iter, nb_iter=nb_iter, norm=norm, ord=ord, y=y,
             y_target=y_target, targeted=targeted, clip_min=clip_min, clip_max=clip_max,

@@ -33,7 +33,7 @@ class ProjectedGradientDescent(GradientAttack):
         ...                         clip_min=0.0, clip_max=1.0, seed=0)
     """
 
-    _defaults = dict(eps=0.3, eps_iter=0.05, nb_iter=10, rand_init=True)
+    defaults = dict(eps_iter=0.05, rand_init=True)
 
 
 class MadryEtAl(ProjectedGradientDescent):
@@ -43,7 +43,7 @@ class MadryEtAl(ProjectedGradientDescent):
 class BasicIterativeMethod(ProjectedGradientDescent):
     """PGD started at `x` itself (no random start), after Kurakin et al. (2016)."""
 
-    _defaults = dict(eps=0.3, eps_iter=0.05, nb_iter=10, rand_init=False)
+    defaults = dict(eps_iter=0.05, rand_init=False)
 
 
 class TargetedPGD(ProjectedGradientDescent):
@@ -59,8 +59,8 @@ class TargetedPGD(ProjectedGradientDescent):
         top_classes (3): how many target classes to try.
     """
 
-    def parse_params(self, eps=None, eps_iter=None, nb_iter=None, norm=None, ord=None, y=None,
-                     clip_min=None, clip_max=None, loss_fn="cw", rand_init=None,
+    def parse_params(self, eps=0.3, eps_iter=0.05, nb_iter=10, norm=None, ord=None, y=None,
+                     clip_min=None, clip_max=None, loss_fn="cw", rand_init=True,
                      rand_minmax=None, seed=None, top_classes=3):
         _checks.check_number("top_classes", top_classes, low=1, integer=True)
         parsed = super().parse_params(

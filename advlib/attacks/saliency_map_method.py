@@ -9,26 +9,11 @@ import numpy as np
 import tensorflow as tf
 
 from advlib import _checks
-from advlib.attacks.base import Attack
+from advlib.attacks.base import Attack, random_targets, refuse_true_class_targets
 
 # Elements of one (batch, chunk, features) block of pair scores: bounds the
 # memory of the pair search at a few hundred MB whatever the input size.
 _PAIR_BLOCK = 2 ** 22
-
-
-def random_targets(labels: np.ndarray, nb_classes: int, seed) -> np.ndarray:
-    """A uniformly random class other than `labels`, reproducible from `seed`."""
-    offsets = np.random.default_rng(seed).integers(1, nb_classes, size=len(labels))
-    return (labels + offsets) % nb_classes
-
-
-def refuse_true_class_targets(targets: np.ndarray, true_classes: np.ndarray) -> None:
-    same = np.flatnonzero(targets == true_classes)
-    if same.size:
-        i = int(same[0])
-        raise ValueError(f"y_target[{i}]={int(targets[i])} is the example's own class "
-                         f"({len(same)} such examples); a targeted attack needs a target "
-                         "other than the true (or, without y, the predicted) class.")
 
 
 class SaliencyMapMethod(Attack):
@@ -90,7 +75,7 @@ class SaliencyMapMethod(Attack):
         """Draws the random targets for all of `x` at once, so batching cannot change them."""
         if params.get("y_target") is not None or len(x) == 0:
             return params
-        self._parse(params)
+        self.parse(**params)
         true_classes = params.get("y")
         if true_classes is None:
             self.model.check_output(tf.convert_to_tensor(x[:1]))

@@ -14,8 +14,6 @@ from advlib.attacks.losses import margin_loss
 
 # Model evaluations per call: bounds the memory of the perturbed copies.
 _MAX_POINTS = 16384
-_ADAM_BETAS = (0.9, 0.999)
-_ADAM_EPSILON = 1e-9
 
 
 class SPSA(Attack):
@@ -42,7 +40,7 @@ class SPSA(Attack):
         spsa_iters: gradient estimates averaged per iteration (default 1).
         early_stop_loss_threshold: an example stops once its margin loss is
             below this (default None: never). 0 stops at the first success.
-        norm: np.inf (default) or 2.
+        norm: np.inf (default) or 2; `ord` is an alias.
         y, y_target, targeted: as for the gradient attacks.
         clip_min, clip_max: input domain bounds.
         seed: makes the random start and the directions reproducible.
@@ -53,9 +51,11 @@ class SPSA(Attack):
         ...                          early_stop_loss_threshold=0.0, seed=0)
     """
 
+    black_box = True
+
     def parse_params(self, eps=0.3, nb_iter=100, learning_rate=0.01, delta=0.01,
                      spsa_samples=128, spsa_iters=1, early_stop_loss_threshold=None,
-                     norm=np.inf, ord=None, y=None, y_target=None, targeted=False,
+                     norm=None, ord=None, y=None, y_target=None, targeted=False,
                      clip_min=None, clip_max=None, seed=None) -> Dict[str, Any]:
         _checks.check_number("eps", eps, low=0)
         _checks.check_number("nb_iter", nb_iter, low=0, integer=True)
@@ -69,9 +69,7 @@ class SPSA(Attack):
         _checks.check_number("early_stop_loss_threshold", early_stop_loss_threshold,
                              allow_none=True)
         _checks.check_seed(seed)
-        norm = utils.normalize_norm(norm if ord is None else ord)
-        if norm == 1:
-            raise ValueError("norm must be np.inf or 2 for SPSA, got 1.")
+        norm = utils.resolve_norm(norm, ord, allowed=(np.inf, 2))
         return dict(eps=float(eps), nb_iter=int(nb_iter), learning_rate=float(learning_rate),
                     delta=float(delta), spsa_samples=int(spsa_samples),
                     spsa_iters=int(spsa_iters), early_stop_loss_threshold=(
@@ -92,8 +90,7 @@ class SPSA(Attack):
                 seed):
         if eps == 0 or nb_iter == 0:  # no step: the clean input, not the random start
             return tf.identity(x)
-        low = tf.cast(-np.inf if clip_min is None else clip_min, x.dtype)
-        high = tf.cast(np.inf if clip_max is None else clip_max, x.dtype)
+        low, high = utils.bounds_as_tensors(x.dtype, clip_min, clip_max)
         threshold = -np.inf if early_stop_loss_threshold is None else early_stop_loss_threshold
         seed_pair = self._seed_pair(seed)
         eps_t = tf.cast(eps, x.dtype)
@@ -121,7 +118,7 @@ class SPSA(Attack):
             loss = tf.tensor_scatter_nd_update(
                 best_loss, rows, self._loss(tf.gather_nd(x_adv, rows), labels_active, targeted))
             better = tf.cast(loss < best_loss, x.dtype)
-            best = tf.where(utils._per_example(better, x) > 0, x_adv, best)
+            best = tf.where(utils.per_example(better, x) > 0, x_adv, best)
             best_loss = tf.minimum(loss, best_loss)
         return best
 
@@ -170,12 +167,8 @@ def _combine(directions, loss, delta):
 @tf.function(reduce_retracing=True)
 def _adam_step(x_adv, x, grad, first, second, active, t, learning_rate, eps, low, high, norm):
     """One Adam descent step on x_adv, projected; inactive examples are left as they are."""
-    beta1, beta2 = _ADAM_BETAS
-    new_first = beta1 * first + (1 - beta1) * grad
-    new_second = beta2 * second + (1 - beta2) * tf.square(grad)
-    step = learning_rate * (new_first / (1 - beta1 ** t)) / (
-        tf.sqrt(new_second / (1 - beta2 ** t)) + _ADAM_EPSILON)
+    step, new_first, new_second = utils.adam_update(grad, first, second, t, learning_rate)
     moved = tf.clip_by_value(x + utils.clip_eta(x_adv - step - x, norm, eps), low, high)
-    keep = utils._per_example(tf.cast(active, x.dtype), x) > 0
+    keep = utils.per_example(tf.cast(active, x.dtype), x) > 0
     return (tf.where(keep, moved, x_adv), tf.where(keep, new_first, first),
             tf.where(keep, new_second, second))

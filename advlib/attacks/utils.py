@@ -1,4 +1,4 @@
-"""Tensor helpers shared by the gradient attacks.
+"""Tensor helpers shared by the attacks: norms, projections, Adam, bounds.
 
 All functions treat axis 0 as the batch and reduce over every other axis,
 so they work for inputs of any rank.
@@ -27,11 +27,53 @@ def normalize_norm(norm):
     raise ValueError(f"norm must be one of np.inf, 1 or 2, got {norm!r}.")
 
 
+def resolve_norm(norm, ord=None, default=np.inf, allowed=NORMS):
+    """The norm from `norm` or its cleverhans alias `ord`, which must agree when
+    both are given; refuses norms outside `allowed`."""
+    if norm is not None and ord is not None and normalize_norm(norm) != normalize_norm(ord):
+        raise ValueError(f"norm and its alias ord disagree: norm={norm!r}, ord={ord!r}.")
+    chosen = normalize_norm(norm if norm is not None else ord if ord is not None else default)
+    if chosen not in allowed:
+        names = " or ".join("np.inf" if n == np.inf else str(n) for n in allowed)
+        raise ValueError(f"norm must be {names} for this attack, got {chosen!r}.")
+    return chosen
+
+
+def bounds_as_tensors(dtype, clip_min, clip_max):
+    """The input domain as two tensors of `dtype`; an open bound is -inf / +inf."""
+    return (tf.cast(-np.inf if clip_min is None else clip_min, dtype),
+            tf.cast(np.inf if clip_max is None else clip_max, dtype))
+
+
+ADAM_BETAS = (0.9, 0.999)
+ADAM_EPSILON = 1e-8
+
+
+def adam_update(grad, first, second, t, learning_rate):
+    """One Adam update (Kingma & Ba 2015), elementwise, so each example's search
+    is independent of the batch.
+
+    Args:
+        grad: the gradient of the objective to minimise.
+        first, second: the moment estimates before this step.
+        t: the step's number, from 1 (a float tensor).
+
+    Returns:
+        (step, first, second): the step to subtract, and the new moments.
+    """
+    beta1, beta2 = ADAM_BETAS
+    first = beta1 * first + (1 - beta1) * grad
+    second = beta2 * second + (1 - beta2) * tf.square(grad)
+    step = learning_rate * (first / (1 - beta1 ** t)) / (
+        tf.sqrt(second / (1 - beta2 ** t)) + ADAM_EPSILON)
+    return step, first, second
+
+
 def _axes(x):
     return tf.range(1, tf.rank(x))
 
 
-def _per_example(value, x):
+def per_example(value, x):
     """Reshapes a (batch,) tensor so that it broadcasts against `x`."""
     return tf.reshape(value, tf.concat([[-1], tf.ones([tf.rank(x) - 1], tf.int32)], 0))
 
@@ -118,11 +160,7 @@ def random_lp_vector(shape, norm, eps, seed, dtype=tf.float32):
                                                  1.0, dtype=dtype))
     axes = tf.range(1, tf.size(shape))
     power = tf.reduce_sum(tf.abs(y) ** norm, axes) + w
-    return eps * y / _per_example(power ** (1.0 / norm), y)
-
-
-def clip_to_bounds(x, clip_min, clip_max):
-    return tf.clip_by_value(x, clip_min, clip_max)
+    return eps * y / per_example(power ** (1.0 / norm), y)
 
 
 def lp_norms(delta: np.ndarray):

@@ -9,7 +9,7 @@ Example:
 from advlib.bench.protocol import ProtocolError, available, load as load_protocol
 from advlib.bench.reference import reference_model
 from advlib.bench.report import compare, markdown, wilson_interval
-from advlib.bench.runner import evaluate, merge
+from advlib.bench.runner import evaluate, merge, reassess
 
 __all__ = ["ProtocolError", "available", "compare", "evaluate", "load_protocol", "markdown",
-           "merge", "reference_model", "wilson_interval"]
+           "merge", "reassess", "reference_model", "wilson_interval"]

@@ -6,7 +6,9 @@ from typing import Dict
 
 import numpy as np
 
-from advlib.bench.diagnostics import logit_spread, quantized_units
+from advlib.models.bpda import BPDAModelWrapper, EOTModelWrapper
+from advlib.models.inspect import find_masking_layers, logit_spread, quantized_units
+from advlib.models.qnn import QNNModelWrapper
 
 # (name, surrogate, temperature): BinaryNet's STE, the plain BPDA identity, and a
 # smooth sign whose derivative reaches beyond the STE window
@@ -28,9 +30,6 @@ def variants(wrapped, x: np.ndarray) -> Dict[str, object]:
     Returns:
         An ordered dict; empty when nothing in the model needs adapting.
     """
-    from advlib.models import (BPDAModelWrapper, EOTModelWrapper, QNNModelWrapper,
-                               find_masking_layers)
-
     out = {}
     if logit_spread(wrapped, x, calls=2)["max_abs_difference"] > 0:
         out[f"eot-{EOT_SAMPLES}"] = EOTModelWrapper(wrapped, samples=EOT_SAMPLES)

@@ -32,10 +32,9 @@ The checks that need attacks of their own ("probes") run on the first
 
 from __future__ import annotations
 
-from typing import Callable, Dict, List, Optional
+from typing import Dict, List, Optional
 
 import numpy as np
-import tensorflow as tf
 
 from advlib.bench import ensemble
 
@@ -53,7 +52,7 @@ CHECKS = {
     "monotone-in-eps": ("robust accuracy does not rise with eps", "Carlini et al. 2019, 5.2.2"),
     "unbounded": ("an unbounded attack reaches chance level",
                   "Carlini et al. 2019, 5.2.2; Athalye et al. 2018"),
-    "black-box-vs-white-box": ("SPSA breaks no more than the gradient attacks",
+    "black-box-vs-white-box": ("a black-box attack breaks no more than the gradient attacks",
                                "Carlini et al. 2019, 5.2.6; Uesato et al. 2018"),
     "gradient-health": ("input gradients are finite and nonzero", "Pintor et al. 2022"),
     "ste-window": ("straight-through windows are open", "Gupta & Ajanthan 2020; Hubara et al."),
@@ -65,153 +64,6 @@ CHECKS = {
 
 def settings(protocol) -> Dict:
     return {**DEFAULTS, **protocol.get("diagnostics", {})}
-
-
-# -- probes: attacks and measurements on the diagnostic subset ----------------------
-def _pgd_entry(protocol) -> Dict:
-    """The protocol's first PGD, or a standard PGD-50 with steps of eps / 4."""
-    for entry in protocol["attacks"]:
-        if entry["attack"] == "ProjectedGradientDescent":
-            return entry
-    return {"name": "pgd", "attack": "ProjectedGradientDescent",
-            "params": {"nb_iter": 50, "eps_iter_fraction": 0.25, "rand_init": True}}
-
-
-def _broken(model, attack_name, x, y, params, judge) -> np.ndarray:
-    """Which examples the attack breaks, judged by `judge` (the model as evaluated)."""
-    result = ensemble.attack_class(attack_name)(model).run(x, y, batch_size=len(x), **params)
-    within, _ = ensemble.within_threat(result.x_adv, x, params["eps"], params["norm"],
-                                       params["clip_min"], params["clip_max"])
-    return (judge.predict_classes(result.x_adv).numpy() != y) & within
-
-
-def probe(model, judge, protocol, x, y, seed: int, surrogate=None,
-          on_step: Optional[Callable[[str], None]] = None) -> Dict:
-    """Runs the diagnostic attacks and measurements on the examples `x`.
-
-    Args:
-        model: the `Model` whose gradients the attacks use.
-        judge: the `Model` whose predictions count (the model as evaluated).
-        protocol: a validated protocol.
-        x, y: the diagnostic subset.
-        seed: for the random starts.
-        surrogate: optional `Model` to transfer attacks from.
-        on_step: called with the name of each probe as it starts.
-
-    Returns:
-        A JSON-serializable dict of evidence, read by `assess`.
-    """
-    step = on_step or (lambda name: None)
-    norm, clip = protocol["threat"]["norm"], protocol["clip"]
-    eps = float(protocol["threat"]["eps"])
-    correct = judge.predict_classes(x).numpy() == y
-    places = np.flatnonzero(correct)  # positions in the protocol's examples
-    x, y = x[correct], y[correct]
-    out: Dict = {"n": int(correct.size), "attacked": int(correct.sum())}
-    step("determinism")
-    out["determinism"] = logit_spread(judge, x if len(x) else np.zeros((1,) + x.shape[1:],
-                                                                        x.dtype))
-    if len(x) == 0:
-        return out
-    step("gradients")
-    out["gradients"] = _gradient_health(model, x, y)
-    out["ste_window"] = ste_window(model, x)
-    pgd = _pgd_entry(protocol)
-    strong = dict(pgd, params={**pgd["params"], "nb_iter": 2 * pgd["params"].get("nb_iter", 10),
-                               "nb_restarts": 2 * pgd["params"].get("nb_restarts", 1)})
-    runs = {"fgsm": {"name": "fgsm", "attack": "FastGradientMethod", "params": {}},
-            "pgd": pgd, "pgd_strong": strong}
-    broken = {}
-    for index, (name, entry) in enumerate(runs.items()):
-        step(name)
-        params = ensemble.attack_params(entry, eps, norm, clip, seed * 100 + index)
-        broken[name] = _broken(model, entry["attack"], x, y, params, judge)
-        out[name] = int(broken[name].sum())
-    out["fgsm_only"] = int((broken["fgsm"] & ~broken["pgd"]).sum())
-    out["strong_only"] = places[broken["pgd_strong"] & ~broken["pgd"]].tolist()
-    out["pgd_params"] = dict(pgd["params"])
-    step("unbounded")
-    out["unbounded"] = _unbounded(model, judge, pgd, x, y, norm, clip, seed * 100 + 7)
-    if surrogate is not None:
-        step("transfer")
-        params = ensemble.attack_params(pgd, eps, norm, clip, seed * 100 + 8)
-        transferred = _broken(surrogate, pgd["attack"], x, y, params, judge)
-        white = broken["fgsm"] | broken["pgd"] | broken["pgd_strong"]
-        out["transfer"] = {"transfer": int(transferred.sum()), "white_box": int(white.sum()),
-                           "transfer_only": places[transferred & ~white].tolist()}
-    return out
-
-
-def logit_spread(model, x, calls: int = 3) -> Dict:
-    """The largest difference between the logits of repeated calls: 0 if deterministic."""
-    calls = [model.predict_logits(x).numpy() for _ in range(calls)]
-    difference = max(float(np.max(np.abs(c - calls[0]), initial=0.0)) for c in calls[1:])
-    return {"calls": len(calls), "max_abs_difference": difference}
-
-
-def _gradient_health(model, x, y) -> Dict:
-    from advlib.attacks.losses import margin_loss
-
-    _, grad, _ = model.loss_gradient(tf.convert_to_tensor(x), tf.constant(y), margin_loss)
-    flat = grad.numpy().reshape(len(x), -1)
-    nonfinite = ~np.isfinite(flat).all(axis=1)
-    zero = ~nonfinite & ~np.any(flat, axis=1)
-    return {"zero": int(zero.sum()), "nonfinite": int(nonfinite.sum()), "n": len(x),
-            "loss": "margin (logit difference)"}
-
-
-def _unbounded(model, judge, pgd, x, y, norm, clip, seed) -> Dict:
-    """PGD on the margin loss with a budget covering the whole input domain."""
-    low = 0.0 if clip["min"] is None else clip["min"]
-    high = 1.0 if clip["max"] is None else clip["max"]
-    span = high - low
-    eps = span if norm == "inf" else span * float(np.sqrt(np.prod(x.shape[1:])))
-    # no random start: it alone would misclassify, and hide a zero gradient
-    entry = dict(pgd, params={**pgd["params"], "loss_fn": "cw", "rand_init": False,
-                              "nb_restarts": 1})
-    params = ensemble.attack_params(entry, eps, norm, clip, seed)
-    broken = _broken(model, "ProjectedGradientDescent", x, y, params, judge)
-    return {"eps": eps, "robust": int((~broken).sum()), "n": len(x)}
-
-
-def quantized_units(model) -> List:
-    """(layer name, quantizer) for each quantizer of a layer's input in a Keras QNN."""
-    from advlib.qnn.quantizers import KBitQuantizer, SteSign
-
-    keras_model = getattr(model, "model", None)
-    found = []
-    for layer in getattr(keras_model, "layers", []):
-        quantizer = layer if isinstance(layer, (SteSign, KBitQuantizer)) else \
-            getattr(layer, "input_quantizer", None)
-        if isinstance(quantizer, (SteSign, KBitQuantizer)):
-            found.append((layer, quantizer))
-    return found
-
-
-def ste_window(model, x) -> Optional[Dict]:
-    """The share of quantized units whose straight-through window is closed on `x`."""
-    from advlib.models.bpda import layer_inputs
-    from advlib.qnn.quantizers import SteSign
-
-    units = quantized_units(model)
-    if not units:
-        return None
-    try:
-        values = layer_inputs(model.model, [layer for layer, _ in units], x)
-    except (ValueError, TypeError, AttributeError) as error:
-        return {"error": f"{type(error).__name__}: {error}"}
-    layers, closed_total, size_total = [], 0, 0
-    for (layer, quantizer), value in zip(units, values):
-        value = np.asarray(value)
-        if isinstance(quantizer, SteSign):
-            closed = np.abs(value) > 1
-        else:
-            closed = (value < quantizer.clip_min) | (value > quantizer.clip_max)
-        layers.append({"layer": layer.name, "closed": float(closed.mean())})
-        closed_total += int(closed.sum())
-        size_total += closed.size
-    return {"layers": layers, "closed": closed_total / max(size_total, 1),
-            "surrogate": getattr(model, "surrogate", "ste")}
 
 
 # -- assessment ---------------------------------------------------------------------
@@ -313,9 +165,10 @@ def _monotone(results) -> Dict:
 def _black_box(results, attacks, config) -> Dict:
     """SPSA's breaks among the gradient attacks' survivors, at every eps of the run:
     the sweep's small eps values are where survivors exist to cross-check."""
-    index = [i for i, a in enumerate(attacks) if a["attack"] == "SPSA"]
+    index = [i for i, a in enumerate(attacks) if ensemble.is_black_box(a)]
     if not index:
-        return _check("black-box-vs-white-box", "skip", "the protocol has no SPSA attack")
+        return _check("black-box-vs-white-box", "skip", "the protocol has no black-box attack")
+    black_box = attacks[index[0]]["attack"]
     correct = results["clean_accuracy"]["count"]
     margin = config["black_box_margin"]
     per_eps = [{"eps": e["eps"], "broken": e["attacks"][index[0]]["broken"],
@@ -330,11 +183,11 @@ def _black_box(results, attacks, config) -> Dict:
     advice = {"fail": ": gradient masking, the gradients mislead the white-box attacks; try "
                       "--adaptive",
               "warn": ": in the sweep the gradients mislead the white-box attacks; the "
-                      "curve's numbers rest on SPSA there",
+                      f"curve's numbers rest on {black_box} there",
               "pass": ""}[status]
     return _check(
         "black-box-vs-white-box", status,
-        f"SPSA broke {main['broken']} of the {main['attacked']} examples that the gradient "
+        f"{black_box} broke {main['broken']} of the {main['attacked']} examples that the gradient "
         f"attacks left ({100 * share:.2f}% of {correct} correct; margin {100 * margin:.1f}%)"
         + (f"; in the sweep: {counts}" if counts else "") + advice,
         broken=main["broken"], attacked=main["attacked"], share=share, margin=margin,

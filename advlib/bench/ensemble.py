@@ -2,15 +2,55 @@
 
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Tuple
+import dataclasses
+from typing import Any, Dict, List, Mapping, Optional, Tuple, Type
 
 import numpy as np
 
-from advlib import attacks as attack_module
+from advlib.attacks import Attack, by_name
 
 _NORM_TOLERANCE = 1e-5
-SEEDED = ("ProjectedGradientDescent", "TargetedPGD", "BasicIterativeMethod", "SPSA")
-BLACK_BOX = ("SPSA",)
+
+
+@dataclasses.dataclass(frozen=True)
+class AttackEntry:
+    """One attack of a protocol, as the harness runs it.
+
+    Attributes:
+        name: the entry's name in the protocol and the report.
+        attack: the attack class.
+        params: the protocol's own parameters (never the threat model's).
+        eps_iter_fraction: the step size as a fraction of eps, if set.
+        variant: the adaptive model variant it attacks, if any.
+    """
+
+    name: str
+    attack: Type[Attack]
+    params: Mapping[str, Any]
+    eps_iter_fraction: Optional[float] = None
+    variant: Optional[str] = None
+
+    @classmethod
+    def from_protocol(cls, entry: Dict) -> "AttackEntry":
+        params = dict(entry.get("params", {}))
+        fraction = params.pop("eps_iter_fraction", None)
+        return cls(entry.get("name", entry["attack"]), by_name(entry["attack"]), params,
+                   fraction, entry.get("variant"))
+
+    @property
+    def black_box(self) -> bool:
+        return self.attack.black_box
+
+    def params_at(self, eps: float, norm: str, clip: Dict, seed: int) -> Dict[str, Any]:
+        """The attack's parameters at one eps: the protocol's, with the threat model,
+        the step size and the seed filled in where the attack takes them."""
+        own = self.attack.harness_params()
+        threat = dict(eps=eps, norm=np.inf if norm == "inf" else 2, clip_min=clip["min"],
+                      clip_max=clip["max"], seed=seed)
+        params = dict(self.params, **{k: v for k, v in threat.items() if k in own})
+        if self.eps_iter_fraction is not None:
+            params["eps_iter"] = self.eps_iter_fraction * eps
+        return params
 
 
 def batch_seed(seed: int, batch: int, eps_index: int) -> int:
@@ -21,10 +61,6 @@ def batch_seed(seed: int, batch: int, eps_index: int) -> int:
 def attack_seed(seed: int, index: int) -> int:
     """The seed of the ensemble's `index`-th attack, from the batch's seed."""
     return seed * 1000 + index
-
-
-def attack_class(name: str):
-    return getattr(attack_module, name)
 
 
 def perturbation_norms(delta: np.ndarray, norm) -> np.ndarray:
@@ -46,21 +82,6 @@ def within_threat(x_adv: np.ndarray, x: np.ndarray, eps: float, norm, clip_min,
     if clip_max is not None:
         within &= flat.max(axis=1, initial=-np.inf) <= clip_max + 1e-6
     return within, norms
-
-
-def attack_params(entry: Dict, eps: float, norm: str, clip, seed: int) -> Dict:
-    """The parameters for one attack at one eps, with the harness's own filled in."""
-    params = dict(entry["params"])
-    fraction = params.pop("eps_iter_fraction", None)
-    if entry["attack"] == "CarliniWagnerL2":
-        return dict(params, clip_min=clip["min"], clip_max=clip["max"])
-    params.update(eps=eps, norm=np.inf if norm == "inf" else 2, clip_min=clip["min"],
-                  clip_max=clip["max"])
-    if fraction is not None:
-        params["eps_iter"] = fraction * eps
-    if entry["attack"] in SEEDED:
-        params["seed"] = seed
-    return params
 
 
 def run_ensemble(model, protocol: Dict, x: np.ndarray, y: np.ndarray, eps: float,
@@ -86,28 +107,28 @@ def run_ensemble(model, protocol: Dict, x: np.ndarray, y: np.ndarray, eps: float
         (attacks, batch); and per-attack "forward", "backward", "seconds".
     """
     norm, clip = protocol["threat"]["norm"], protocol["clip"]
-    attacks = protocol["attacks"] if attacks is None else attacks
-    count = len(attacks)
+    entries = [AttackEntry.from_protocol(a)
+               for a in (protocol["attacks"] if attacks is None else attacks)]
+    count = len(entries)
     robust = model.predict_classes(x).numpy() == y
     out = {"broken_by": np.full(len(x), -1, np.int16), "norm": np.full(len(x), np.nan),
            "attacked": np.zeros((count, len(x)), bool), "success": np.zeros((count, len(x)), bool),
            "forward": np.zeros(count, np.int64), "backward": np.zeros(count, np.int64),
            "seconds": np.zeros(count), "nonfinite": np.zeros(count, np.int64)}
-    for index, entry in enumerate(attacks):
+    for index, entry in enumerate(entries):
         todo = np.flatnonzero(robust)
         if todo.size == 0:
             break
         if on_attack is not None:
-            on_attack(entry["name"])
-        variant = entry.get("variant")
-        key = (entry["attack"], variant)
+            on_attack(entry.name)
+        variant = entry.variant
+        key = (entry.attack, variant)
         attack = None if instances is None else instances.get(key)
         if attack is None:
-            attack = attack_class(entry["attack"])(model if variant is None
-                                                   else variants[variant])
+            attack = entry.attack(model if variant is None else variants[variant])
             if instances is not None:
                 instances[key] = attack
-        params = attack_params(entry, eps, norm, clip, attack_seed(seed, index))
+        params = entry.params_at(eps, norm, clip, attack_seed(seed, index))
         result = attack.run(x[todo], y[todo], batch_size=len(todo), **params)
         success = result.success if variant is None else \
             model.predict_classes(result.x_adv).numpy() != y[todo]
@@ -130,8 +151,13 @@ def expand(attacks: List[Dict], variant_names: List[str]) -> List[Dict]:
     """The ensemble of an adaptive run: the gradient attacks once more per model
     variant, after the originals; the black-box attacks last, so that they
     cross-check every white-box attack."""
-    white = [a for a in attacks if a["attack"] not in BLACK_BOX]
-    black = [a for a in attacks if a["attack"] in BLACK_BOX]
+    black = [a for a in attacks if is_black_box(a)]
+    white = [a for a in attacks if not is_black_box(a)]
     adapted = [dict(a, name=f"{a['name']}@{v}", variant=v) for v in variant_names
                for a in white]
     return white + adapted + black
+
+
+def is_black_box(entry: Dict) -> bool:
+    """Whether a protocol entry's attack sees only the model's outputs."""
+    return by_name(entry["attack"]).black_box

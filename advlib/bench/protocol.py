@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import inspect
 import json
 import os
 from typing import Any, Dict, List
@@ -32,6 +31,7 @@ from typing import Any, Dict, List
 import numpy as np
 
 from advlib import _checks
+from advlib import attacks as attacks_module
 
 PROTOCOL_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "protocols")
 _TOP_KEYS = {"name", "version", "description", "dataset", "threat", "clip", "seed",
@@ -40,12 +40,7 @@ _REQUIRED = {"name", "version", "dataset", "threat", "attacks"}
 _DATASET_KEYS = {"name", "split", "n"}
 _THREAT_KEYS = {"norm", "eps"}
 _ATTACK_KEYS = {"name", "attack", "params"}
-# parameters the harness sets itself, per example batch
-_HARNESS_PARAMS = {"eps", "norm", "ord", "y", "y_target", "targeted", "clip_min", "clip_max",
-                   "seed", "batch_size"}
 MAX_SEED = 2 ** 32 - 1
-ATTACKS = ("FastGradientMethod", "BasicIterativeMethod", "ProjectedGradientDescent",
-           "MomentumIterativeMethod", "CarliniWagnerL2", "TargetedPGD", "SPSA")
 
 
 class ProtocolError(ValueError):
@@ -84,11 +79,6 @@ def _unknown(keys, allowed, where):
     extra = sorted(set(keys) - set(allowed))
     if extra:
         raise ProtocolError(f"{where} has unknown key(s) {extra}; allowed: {sorted(allowed)}.")
-
-
-def attack_signature(attack: str):
-    from advlib.bench.ensemble import attack_class
-    return set(inspect.signature(attack_class(attack).parse_params).parameters)
 
 
 def validate(document: Dict[str, Any], source: str = "protocol") -> Dict[str, Any]:
@@ -148,9 +138,9 @@ def validate(document: Dict[str, Any], source: str = "protocol") -> Dict[str, An
     for index, entry in enumerate(attacks):
         where = f"{source}: attacks[{index}]"
         _unknown(entry, _ATTACK_KEYS, where)
-        if entry.get("attack") not in ATTACKS:
+        if entry.get("attack") not in attacks_module.names():
             raise ProtocolError(f"{where}: unknown attack {entry.get('attack')!r}; known: "
-                                f"{list(ATTACKS)}.")
+                                f"{attacks_module.names()}.")
         entry.setdefault("name", entry["attack"])
         if entry["name"] in names:
             raise ProtocolError(f"{where}: attack name {entry['name']!r} is used twice.")
@@ -158,7 +148,9 @@ def validate(document: Dict[str, Any], source: str = "protocol") -> Dict[str, An
         params = entry.setdefault("params", {})
         if not isinstance(params, dict):
             raise ProtocolError(f"{where}: params must be an object, got {params!r}.")
-        allowed = (attack_signature(entry["attack"]) - _HARNESS_PARAMS) | {"eps_iter_fraction"}
+        attack = attacks_module.by_name(entry["attack"])
+        allowed = (set(attack.parameters()) - set(attack.harness_params())) | \
+            {"eps_iter_fraction"}
         _unknown(params, allowed, f"{where} ({entry['attack']}) params")
     _check_attack_params(document, source)
     return document
@@ -167,7 +159,7 @@ def validate(document: Dict[str, Any], source: str = "protocol") -> Dict[str, An
 def _check_attack_params(document, source) -> None:
     """Builds every attack's parameters for every eps, as the harness will, so that a
     bad value fails now rather than after minutes of evaluation."""
-    from advlib.bench.ensemble import attack_class, attack_params, attack_seed, batch_seed
+    from advlib.bench.ensemble import AttackEntry, attack_seed, batch_seed
 
     attacks = document["attacks"]
     batches = -(-document["dataset"]["n"] // document["batch_size"])
@@ -178,11 +170,11 @@ def _check_attack_params(document, source) -> None:
         fraction = entry["params"].get("eps_iter_fraction")
         if fraction is not None:
             _check(source, f"attacks[{index}] eps_iter_fraction", fraction, low=0, low_open=True)
+        typed = AttackEntry.from_protocol(entry)
         for eps in eps_list:
-            params = attack_params(entry, eps, document["threat"]["norm"], document["clip"],
-                                   seed)
+            params = typed.params_at(eps, document["threat"]["norm"], document["clip"], seed)
             try:
-                attack_class(entry["attack"]).check_params(**params)
+                typed.attack.check_params(**params)
             except (TypeError, ValueError) as error:
                 raise ProtocolError(f"{source}: attacks[{index}] ({entry['name']}) at eps "
                                     f"{eps:g}: {error}") from error

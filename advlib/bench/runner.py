@@ -14,7 +14,8 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 
 import advlib
-from advlib.bench import diagnostics, ensemble, protocol as protocols, report as reports
+from advlib.bench import diagnostics, ensemble, probes as probing, protocol as protocols
+from advlib.bench import report as reports
 
 STATE_JSON, STATE_NPZ = "state.json", "state.npz"
 _PER_EXAMPLE = ("index", "label", "clean_pred", "correct", "broken_by", "norm", "attacked",
@@ -385,16 +386,21 @@ class Evaluation:
         n = min(diagnostics.settings(self.protocol)["n"], len(self.x))
         check_finite_logits(self.wrapped, self.x[:n])
         attacked = next(iter(self.variants.values())) if self.variants else self.wrapped
-        self.probes = diagnostics.probe(attacked, self.wrapped, self.protocol, self.x[:n],
-                                        self.y[:n], seed=int(self.protocol["seed"]),
-                                        surrogate=transfer_from, on_step=on_step)
+        self.probes = probing.probe(attacked, self.wrapped, self.protocol, self.x[:n],
+                                    self.y[:n], seed=int(self.protocol["seed"]),
+                                    surrogate=transfer_from, on_step=on_step)
 
     def selection(self) -> np.ndarray:
         """The examples of the finished batches."""
-        mask = np.zeros(len(self.x), bool)
-        for b in self.done:
-            mask[b * self.batch_size:(b + 1) * self.batch_size] = True
-        return mask
+        return batch_rows(self.done, self.batch_size, len(self.x))
+
+
+def batch_rows(batches, batch_size: int, n: int) -> np.ndarray:
+    """A mask of the examples that belong to `batches`."""
+    mask = np.zeros(n, bool)
+    for b in batches:
+        mask[b * batch_size:(b + 1) * batch_size] = True
+    return mask
 
 
 def summarize_arrays(arrays, selection, batches_done, names, eps_list):
@@ -420,8 +426,8 @@ def adaptive_summary(report: Dict) -> Dict:
     attacks = report["results"]["per_eps"][0]["attacks"]
     entries = report["ensemble"]
     last = lambda keep: max((i for i, e in enumerate(entries) if keep(e)), default=None)
-    before = last(lambda e: "variant" not in e and e["attack"] not in ensemble.BLACK_BOX)
-    after = last(lambda e: e["attack"] not in ensemble.BLACK_BOX)
+    before = last(lambda e: "variant" not in e and not ensemble.is_black_box(e))
+    after = last(lambda e: not ensemble.is_black_box(e))
     value = lambda i: None if i is None else attacks[i]["robust_accuracy_after"]["value"]
     return {"variants": report["adaptive"]["variants"], "robust_before": value(before),
             "robust_after": value(after)}
@@ -505,7 +511,7 @@ def evaluate(model, protocol="digits-linf-0.2", out_dir: Optional[str] = None,
         The report (see `advlib.bench.report`), as also written to out_dir.
     """
     from advlib import _checks
-    from advlib.models.base import as_model
+    from advlib.models.keras import as_model
 
     protocol = protocols.load(protocol)
     shard_spec = parse_shard(shard)
@@ -563,6 +569,44 @@ def _evaluate(evaluation: Evaluation, progress: bool, transfer, model_name, mode
     return report
 
 
+def load_run(path: str) -> Tuple[Dict, Dict[str, np.ndarray]]:
+    """A finished run's report and per-example arrays, from its folder or report.json."""
+    folder = _report_folder(path)
+    report = reports.load_report(os.path.join(folder, "report.json"))
+    with np.load(os.path.join(folder, "examples.npz"), allow_pickle=False) as data:
+        arrays = {key: data[key] for key in data.files}
+    arrays.setdefault("nonfinite", np.zeros_like(arrays["forward"]))  # schema <= 2
+    report.setdefault("probes", None)  # schema 1 predates the diagnostics
+    report.setdefault("ensemble", report["protocol"]["attacks"])
+    return report, arrays
+
+
+def reassess(path: str, diagnostics_settings: Optional[Dict] = None) -> Dict:
+    """The gradient-masking checks of a finished run, judged again from its saved
+    report and arrays: no model and no attack is needed.
+
+    Args:
+        path: the run's output folder, or its report.json.
+        diagnostics_settings: thresholds that replace the protocol's
+            (`convergence_threshold`, `black_box_margin`), e.g. to see a run
+            under a stricter margin.
+
+    Returns:
+        The report with its `diagnostics` and `headline_flag` recomputed; the
+        files on disk are not changed.
+
+    Example:
+        >>> report = bench.reassess("runs/a", {"black_box_margin": 0.0})
+    """
+    report, arrays = load_run(path)
+    if diagnostics_settings:
+        settings = dict(report["protocol"].get("diagnostics", {}), **diagnostics_settings)
+        protocol = protocols.validate(dict(report["protocol"], diagnostics=settings))
+        report["protocol"] = protocol
+    selection = batch_rows(report["batches"], report["batch_size"], len(arrays["index"]))
+    return assess(report, arrays, selection)
+
+
 def _report_folder(path: str) -> str:
     """The folder of a shard's report: `path` itself, or the folder of a report.json."""
     if os.path.isdir(path):
@@ -598,13 +642,7 @@ def merge(report_paths: List[str], out_dir: str, overwrite: bool = False) -> Dic
         if os.path.realpath(folder) == target:
             raise ValueError(f"merge --out {out_dir!r} is one of the shards it merges; choose "
                              "a new folder.")
-    loaded = []
-    for folder in folders:
-        report = reports.load_report(os.path.join(folder, "report.json"))
-        with np.load(os.path.join(folder, "examples.npz"), allow_pickle=False) as data:
-            arrays = {key: data[key] for key in data.files}
-        arrays.setdefault("nonfinite", np.zeros_like(arrays["forward"]))  # schema <= 2
-        loaded.append((report, arrays))
+    loaded = [load_run(folder) for folder in folders]
     first = loaded[0][0]
     run_key = lambda r: (r["protocol_hash"], r["model"]["fingerprint"],
                          r["data"]["fingerprint"], r["batch_size"],
@@ -636,9 +674,6 @@ def merge(report_paths: List[str], out_dir: str, overwrite: bool = False) -> Dic
             for key in _PER_BATCH:
                 arrays[key][b] = part[key][b]
     protocol = first["protocol"]
-    # reports of schema 1 predate adaptive ensembles and diagnostics
-    first.setdefault("ensemble", first["protocol"]["attacks"])
-    first.setdefault("probes", None)
     names = [entry["name"] for entry in first["ensemble"]]
     eps_list = protocols.eps_values(protocol)
     selection = np.ones(len(arrays["index"]), bool)

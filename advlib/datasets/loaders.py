@@ -7,6 +7,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
+from advlib import _checks
 from advlib.datasets.idx import read_idx
 
 Split = Tuple[np.ndarray, np.ndarray]
@@ -162,5 +163,5 @@ def load(name: str = "digits", data_dir: Optional[str] = None,
         raise TypeError(f"name must be a string, got {name!r}.")
     key = name.lower().replace("_", "-")
     if key not in _LOADERS:
-        raise ValueError(f"name must be one of {list(NAMES)}, got {name!r}.")
+        _checks.check_choice("name", name, NAMES)
     return _LOADERS[key](data_dir=data_dir, download=download)

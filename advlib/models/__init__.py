@@ -1,8 +1,9 @@
 """Model wrappers: the interface between attacks and classifiers."""
 
-from advlib.models.base import Model, as_model
-from advlib.models.bpda import BPDAModelWrapper, EOTModelWrapper, find_masking_layers
-from advlib.models.keras import CallableModelWrapper, KerasModelWrapper
+from advlib.models.base import Model
+from advlib.models.bpda import BPDAModelWrapper, EOTModelWrapper
+from advlib.models.inspect import find_masking_layers
+from advlib.models.keras import CallableModelWrapper, KerasModelWrapper, as_model
 from advlib.models.loading import UnsafeModelError, load_model
 from advlib.models.qnn import QNNModelWrapper
 from advlib.models.zoo import mlp, small_cnn, train_classifier

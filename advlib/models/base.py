@@ -5,7 +5,6 @@ from __future__ import annotations
 import abc
 from typing import Callable, Optional, Tuple
 
-import numpy as np
 import tensorflow as tf
 
 
@@ -113,17 +112,3 @@ class Model(abc.ABC):
         # not a missing one: attacks see it, and the diagnostics report it
         return loss, tape.gradient(loss, x, unconnected_gradients=tf.UnconnectedGradients.ZERO), \
             logits
-
-
-def as_model(model, **kwargs) -> Model:
-    """Wraps a bare Keras model or a callable; returns `Model`s unchanged."""
-    from advlib.models.keras import KerasModelWrapper
-    import keras
-
-    if isinstance(model, Model):
-        return model
-    if isinstance(model, keras.Model):
-        return KerasModelWrapper(model, **kwargs)
-    raise TypeError(f"model must be an advlib.models.Model or a keras.Model, got "
-                    f"{type(model).__name__}; wrap plain functions with "
-                    "CallableModelWrapper(fn, output_layer='logits' or 'probs').")

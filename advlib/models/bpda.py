@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from typing import List, Optional, Sequence
+from typing import Optional, Sequence
 
 import keras
-import numpy as np
 import tensorflow as tf
 
 from advlib import _checks
 from advlib.models.base import Model
-from advlib.models.keras import KerasModelWrapper
+from advlib.models.inspect import find_masking_layers
+from advlib.models.keras import KerasModelWrapper, as_model
 
 
 class _IdentityBackward(keras.layers.Layer):
@@ -26,60 +26,6 @@ class _IdentityBackward(keras.layers.Layer):
 
     def compute_output_shape(self, input_shape):
         return input_shape
-
-
-def layer_inputs(model, layers, x) -> List[np.ndarray]:
-    """The values that each of `layers` receives when `model` runs on `x`."""
-    if isinstance(model, keras.Sequential):
-        seen, state = {}, tf.convert_to_tensor(x)
-        for layer in model.layers:
-            seen[layer.name] = state
-            state = layer(state, training=False)
-        return [seen[layer.name] for layer in layers]
-    inputs = model.inputs[0] if len(model.inputs) == 1 else model.inputs
-    probe = keras.Model(inputs, [layer.input for layer in layers])
-    values = probe(x, training=False)
-    return list(values) if isinstance(values, (list, tuple)) else [values]
-
-
-def find_masking_layers(model, x) -> List[str]:
-    """Names of the layers whose input gradient is zero everywhere on `x`.
-
-    Only weightless layers that keep their input's shape are candidates
-    (input quantization, rounding, thresholding): those can be replaced by the
-    identity backward without changing the forward pass (Athalye et al. 2018).
-
-    Args:
-        model: a Sequential or functional `keras.Model`.
-        x: a batch of inputs, at which the gradients are measured.
-
-    Returns:
-        The names, in the model's layer order; empty if none is found or the
-        model cannot be taken apart.
-    """
-    if not isinstance(model, keras.Model) or not (
-            isinstance(model, keras.Sequential) or hasattr(model, "_inbound_nodes")):
-        return []
-    candidates = [layer for layer in model.layers if not layer.weights
-                  and not isinstance(layer, keras.layers.InputLayer)]
-    try:
-        inputs = layer_inputs(model, candidates, x)
-    except (ValueError, TypeError, AttributeError):
-        return []
-    found = []
-    for layer, value in zip(candidates, inputs):
-        value = tf.cast(value, tf.float32)
-        with tf.GradientTape() as tape:
-            tape.watch(value)
-            output = layer(value, training=False)
-            if output.shape != value.shape:
-                continue
-            weights = tf.random.stateless_normal(tf.shape(output), [0, 1])
-            objective = tf.reduce_sum(tf.cast(output, tf.float32) * weights)
-        grad = tape.gradient(objective, value)
-        if grad is None or not np.any(grad.numpy()):
-            found.append(layer.name)
-    return found
 
 
 class BPDAModelWrapper(KerasModelWrapper):
@@ -139,8 +85,6 @@ class EOTModelWrapper(Model):
     """
 
     def __init__(self, model, samples: int = 8):
-        from advlib.models.base import as_model
-
         _checks.check_number("samples", samples, low=1, integer=True)
         self.inner, self.samples = as_model(model), int(samples)
         super().__init__()

@@ -9,6 +9,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from advlib import _checks
 from advlib.models.base import Model
 
 _PROBS_FLOOR = 1e-30
@@ -114,7 +115,7 @@ class KerasModelWrapper(Model):
                  nb_classes: Optional[int] = None):
         if not isinstance(model, keras.Model):
             raise TypeError(f"model must be a keras.Model, got {type(model).__name__}.")
-        if from_logits not in (None, True, False):
+        if not (from_logits is None or isinstance(from_logits, bool)):
             raise TypeError(f"from_logits must be None, True or False, got {from_logits!r}.")
         self.model = model
         self._detected = from_logits is None
@@ -164,6 +165,22 @@ def _static_classes(model) -> Optional[int]:
     return None
 
 
+def as_model(model, **kwargs) -> Model:
+    """Wraps a bare Keras model; returns `Model`s unchanged.
+
+    Args:
+        model: an `advlib.models.Model` or a `keras.Model`.
+        **kwargs: passed to `KerasModelWrapper` (e.g. `from_logits`).
+    """
+    if isinstance(model, Model):
+        return model
+    if isinstance(model, keras.Model):
+        return KerasModelWrapper(model, **kwargs)
+    raise TypeError(f"model must be an advlib.models.Model or a keras.Model, got "
+                    f"{type(model).__name__}; wrap plain functions with "
+                    "CallableModelWrapper(fn, output_layer='logits' or 'probs').")
+
+
 class CallableModelWrapper(Model):
     """Exposes a function of a batch as a `Model`.
 
@@ -181,8 +198,7 @@ class CallableModelWrapper(Model):
                  nb_classes: Optional[int] = None):
         if not callable(fn):
             raise TypeError(f"fn must be callable, got {type(fn).__name__}.")
-        if output_layer not in ("logits", "probs"):
-            raise ValueError(f"output_layer must be 'logits' or 'probs', got {output_layer!r}.")
+        _checks.check_choice("output_layer", output_layer, ("logits", "probs"))
         self.fn = fn
         self.output_layer = output_layer
         super().__init__(nb_classes=nb_classes)

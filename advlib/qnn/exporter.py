@@ -112,6 +112,71 @@ def _sequence(model) -> List[keras.layers.Layer]:
     return layers
 
 
+def _check_no_activation(layer) -> None:
+    if layer.activation is not None and layer.activation.__name__ != "linear":
+        _fail(layer, "the engine folds only BatchNorm after a layer, not an activation.")
+
+
+def _window(shape, size, strides, padding) -> Dict:
+    """The spec fields of a sliding window (conv or pooling) over `shape`."""
+    pads = ([same_padding(shape[a], size[a], strides[a], 1) for a in (0, 1)]
+            if padding == "same" else [(0, 0), (0, 0)])
+    return dict(strides=list(strides), pads=[list(p) for p in pads])
+
+
+def _pool_entry(layer, shape, previous: Optional[Dict]) -> Dict:
+    if previous is None or previous.get("output") == "logits" or \
+            previous["type"] == "flatten":
+        _fail(layer, "max-pooling must follow a binary layer's BatchNorm.")
+    return dict(type="maxpool", pool=list(layer.pool_size),
+                **_window(shape, layer.pool_size, layer.strides, layer.padding))
+
+
+def _compute_entry(layer, shape, first: bool) -> Dict:
+    """The spec fields of a QuantDense or QuantConv2D layer (out_shape's width only)."""
+    if not _binary_kernel(layer):
+        _fail(layer, "its kernel quantizer is not binary (SteSign).")
+    kind = _input_kind(layer, first)
+    _check_no_activation(layer)
+    units = int(layer.kernel.shape[-1])
+    if isinstance(layer, QuantDense):
+        if len(shape) != 1:
+            _fail(layer, f"a dense layer needs flat inputs, got shape {shape}.")
+        return dict(type="dense", input=kind, out_shape=[units])
+    if tuple(layer.dilation_rate) != (1, 1):
+        _fail(layer, "dilated convolutions are not supported.")
+    if kind == "binary" and layer.padding == "same" and layer.pad_values == 0:
+        _fail(layer, "binary 'same' convolutions must pad with +1 or -1 (pad_values), since "
+                     "packed bits have no zero.")
+    return dict(type="conv", input=kind, out_shape=[units], kernel=list(layer.kernel_size),
+                pad_value=float(layer.pad_values),
+                **_window(shape, layer.kernel_size, layer.strides, layer.padding))
+
+
+def _accumulator_length(entry: Dict) -> int:
+    """How many products one accumulator sums."""
+    if entry["type"] == "dense":
+        return entry["in_shape"][0]
+    return entry["kernel"][0] * entry["kernel"][1] * entry["in_shape"][-1]
+
+
+def _layer_arrays(layer, batchnorm, entry: Dict, index: int, last: bool) -> Dict:
+    """The packed weights, and the thresholds or (last layer) the affine map."""
+    length = _accumulator_length(entry)
+    max_abs = 255 * length if entry["input"] == "uint8" else length
+    if max_abs >= 2 ** 24:
+        _fail(layer, f"accumulators up to {max_abs} exceed float32's exact integers.")
+    name = f"layer{index}"
+    arrays = {f"{name}/weights": _pack_kernel(layer)}
+    if last:
+        arrays[f"{name}/scale"], arrays[f"{name}/shift"] = _affine(layer, batchnorm)
+    else:
+        rank = 2 if isinstance(layer, QuantDense) else 4
+        arrays[f"{name}/threshold"], arrays[f"{name}/flip"] = fold_thresholds(
+            layer, batchnorm, max_abs, rank)
+    return arrays
+
+
 def export(model: keras.Model, path: Optional[str] = None) -> Dict:
     """Writes a Keras binary network as a self-describing `.npz` for `BinaryEngine`.
 
@@ -141,77 +206,30 @@ def export(model: keras.Model, path: Optional[str] = None) -> Dict:
     spec_layers, arrays = [], {}
     i = 0
     while i < len(layers):
-        layer = layers[i]
-        index = len(spec_layers)
+        layer, index = layers[i], len(spec_layers)
         entry = {"name": layer.name, "in_shape": list(shape)}
         if isinstance(layer, keras.layers.Flatten):
-            entry.update(type="flatten", out_shape=[int(np.prod(shape))])
+            entry["type"] = "flatten"
         elif isinstance(layer, keras.layers.MaxPooling2D):
-            if not spec_layers or spec_layers[-1].get("output") == "logits" or \
-                    spec_layers[-1]["type"] == "flatten":
-                _fail(layer, "max-pooling must follow a binary layer's BatchNorm.")
-            pads = ([same_padding(shape[a], layer.pool_size[a], layer.strides[a], 1)
-                     for a in (0, 1)] if layer.padding == "same" else [(0, 0), (0, 0)])
-            out = [(shape[a] + sum(pads[a]) - layer.pool_size[a]) // layer.strides[a] + 1
-                   for a in (0, 1)]
-            entry.update(type="maxpool", pool=list(layer.pool_size), strides=list(layer.strides),
-                         pads=[list(p) for p in pads], out_shape=out + [shape[-1]])
+            entry.update(_pool_entry(layer, shape, spec_layers[-1] if spec_layers else None))
         elif isinstance(layer, (QuantDense, QuantConv2D)):
-            if not _binary_kernel(layer):
-                _fail(layer, "its kernel quantizer is not binary (SteSign).")
             first, last = i == compute[0], i == compute[-1]
-            kind = _input_kind(layer, first)
+            entry.update(_compute_entry(layer, shape, first))
             batchnorm = None
             if i + 1 < len(layers) and isinstance(layers[i + 1],
                                                   keras.layers.BatchNormalization):
                 batchnorm = layers[i + 1]
                 i += 1
-            units = int(layer.kernel.shape[-1])
-            if isinstance(layer, QuantDense):
-                if len(shape) != 1:
-                    _fail(layer, f"a dense layer needs flat inputs, got shape {shape}.")
-                length = shape[0]
-                entry.update(type="dense", out_shape=[units])
-            else:
-                if layer.activation is not None and layer.activation.__name__ != "linear":
-                    _fail(layer, "the engine folds only BatchNorm after a layer, "
-                                 "not an activation.")
-                if tuple(layer.dilation_rate) != (1, 1):
-                    _fail(layer, "dilated convolutions are not supported.")
-                kh, kw = layer.kernel_size
-                pads = ([same_padding(shape[a], layer.kernel_size[a], layer.strides[a], 1)
-                         for a in (0, 1)] if layer.padding == "same" else [(0, 0), (0, 0)])
-                if kind == "binary" and layer.padding == "same" and layer.pad_values == 0:
-                    _fail(layer, "binary 'same' convolutions must pad with +1 or -1 "
-                                 "(pad_values), since packed bits have no zero.")
-                out_h = (shape[0] + sum(pads[0]) - kh) // layer.strides[0] + 1
-                out_w = (shape[1] + sum(pads[1]) - kw) // layer.strides[1] + 1
-                length = kh * kw * shape[-1]
-                entry.update(type="conv", out_shape=[out_h, out_w, units], kernel=[kh, kw],
-                             strides=list(layer.strides), pads=[list(p) for p in pads],
-                             pad_value=float(layer.pad_values))
-            if isinstance(layer, QuantDense) and layer.activation is not None and \
-                    layer.activation.__name__ != "linear":
-                _fail(layer, "the engine folds only BatchNorm after a layer, not an activation.")
-            max_abs = 255 * length if kind == "uint8" else length
-            if max_abs >= 2 ** 24:
-                _fail(layer, f"accumulators up to {max_abs} exceed float32's exact integers.")
-            entry.update(input=kind, output="logits" if last else "bits",
+            entry.update(output="logits" if last else "bits",
                          keras_output=(batchnorm or layer).name)
-            arrays[f"layer{index}/weights"] = _pack_kernel(layer)
-            if last:
-                scale, shift = _affine(layer, batchnorm)
-                arrays[f"layer{index}/scale"], arrays[f"layer{index}/shift"] = scale, shift
-            else:
-                rank = 2 if isinstance(layer, QuantDense) else 4
-                threshold, flip = fold_thresholds(layer, batchnorm, max_abs, rank)
-                arrays[f"layer{index}/threshold"], arrays[f"layer{index}/flip"] = threshold, flip
+            arrays.update(_layer_arrays(layer, batchnorm, entry, index, last))
         elif i > compute[-1]:
             _fail(layer, "the engine's output is the last binary layer's logits (after its "
                          "BatchNorm); remove the layers after it.")
         else:
             _fail(layer, "not a layer type the engine supports (QuantDense, QuantConv2D, "
                          "BatchNormalization, MaxPooling2D, Flatten, Dropout).")
+        entry["out_shape"] = spec_io.output_shape(entry)
         spec_layers.append(entry)
         shape = entry["out_shape"]
         i += 1

@@ -45,7 +45,7 @@ class QuantDense(_QuantizedMixin, keras.layers.Dense):
         units: output width.
         input_quantizer: applied to the inputs (None: real-valued inputs).
         kernel_quantizer: applied to the latent kernel in every call.
-        kernel_constraint: e.g. `WeightClip(1.0)`, which keeps the latent
+        kernel_constraint: e.g. `WeightClip(1.0)` (Larq's "weight_clip"), which keeps the latent
             weights in [-1, 1] as BinaryNet does.
         **kwargs: the arguments of `keras.layers.Dense`.
 
@@ -54,8 +54,10 @@ class QuantDense(_QuantizedMixin, keras.layers.Dense):
         ...            kernel_constraint=WeightClip(1.0), use_bias=False)
     """
 
-    def __init__(self, units, input_quantizer=None, kernel_quantizer=None, **kwargs):
-        super().__init__(units, **kwargs)
+    def __init__(self, units, input_quantizer=None, kernel_quantizer=None,
+                 kernel_constraint=None, **kwargs):
+        super().__init__(units, kernel_constraint=quantizers.get_constraint(kernel_constraint),
+                         **kwargs)
         self._set_quantizers(input_quantizer, kernel_quantizer)
 
     def call(self, inputs, training=None):
@@ -92,8 +94,9 @@ class QuantConv2D(_QuantizedMixin, keras.layers.Conv2D):
     """
 
     def __init__(self, filters, kernel_size, input_quantizer=None, kernel_quantizer=None,
-                 pad_values: float = 0.0, **kwargs):
-        super().__init__(filters, kernel_size, **kwargs)
+                 kernel_constraint=None, pad_values: float = 0.0, **kwargs):
+        super().__init__(filters, kernel_size,
+                         kernel_constraint=quantizers.get_constraint(kernel_constraint), **kwargs)
         if self.data_format != "channels_last":
             raise ValueError(f"data_format must be 'channels_last', got {self.data_format!r}.")
         self._set_quantizers(input_quantizer, kernel_quantizer)

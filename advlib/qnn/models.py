@@ -6,6 +6,7 @@ from typing import Sequence
 
 import keras
 
+from advlib import _checks
 from advlib.qnn.layers import QuantConv2D, QuantDense
 from advlib.qnn.quantizers import KBitQuantizer, SteSign, Uint8Input, WeightClip
 
@@ -30,9 +31,8 @@ def _binary_kwargs(activation_bits: int, binary: bool):
 
 
 def _check_bits(activation_bits):
-    if activation_bits not in (1, 2, 3, 4, 5, 6, 7, 8, 32):
-        raise ValueError(f"activation_bits must be 1 to 8, or 32 for real-valued "
-                         f"activations, got {activation_bits!r}.")
+    # 32: real-valued activations
+    _checks.check_choice("activation_bits", activation_bits, (1, 2, 3, 4, 5, 6, 7, 8, 32))
 
 
 def binary_mlp(input_shape: Sequence[int] = (28, 28, 1), nb_classes: int = 10,

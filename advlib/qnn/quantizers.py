@@ -15,6 +15,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from advlib import _checks, _seeding
+
 _PACKAGE = "advlib"
 
 
@@ -58,8 +60,7 @@ def sign_surrogate(name: str = "ste", temperature: float = 1.0):
         >>> with sign_surrogate("smooth", temperature=0.5):
         ...     logits = model(x)
     """
-    if name not in SURROGATES:
-        raise ValueError(f"surrogate must be one of {list(SURROGATES)}, got {name!r}.")
+    _checks.check_choice("surrogate", name, SURROGATES)
     if not temperature > 0:
         raise ValueError(f"temperature must be > 0, got {temperature!r}.")
     token = _surrogate.set((name, float(temperature)))
@@ -138,14 +139,16 @@ class StochasticBinarization(Quantizer):
     same straight-through estimator as `ste_sign`.
 
     Args:
-        seed: seed of the random draws.
+        seed: seed of the random draws. None: drawn from the generators that
+            `keras.utils.set_random_seed` seeds, and kept in the config.
     """
 
     precision = 1
 
-    def __init__(self, seed: int = 0, **kwargs):
+    def __init__(self, seed: Optional[int] = None, **kwargs):
         super().__init__(**kwargs)
-        self.seed = int(seed)
+        _checks.check_seed(seed)
+        self.seed = _seeding.seed_or_draw(seed)
         self._generator = keras.random.SeedGenerator(self.seed)
 
     def call(self, inputs, training=None):
@@ -219,21 +222,38 @@ class WeightClip(keras.constraints.Constraint):
         return {"clip_value": self.clip_value}
 
 
+# Larq's names where advlib has the same quantizer, and advlib's own
 _BY_NAME = {"ste_sign": SteSign, "stochastic": StochasticBinarization,
             "uint8": Uint8Input}
+_K_BIT_NAMES = [f"{k}bit" for k in range(1, 9)]
+# quantizer functions, as Larq users pass them (kernel_quantizer=ste_sign)
+_BY_FUNCTION = {ste_sign: SteSign}
+_CONSTRAINTS = {"weight_clip": WeightClip}
 
 
 def get(identifier) -> Optional[Quantizer]:
     """A quantizer from None, a name ("ste_sign", "stochastic", "uint8",
-    "2bit" ... "8bit"), a config dict, or a `Quantizer` (returned as is)."""
+    "1bit" ... "8bit"), the function `ste_sign`, a `Quantizer` class, a
+    config dict, or a `Quantizer` (returned as is)."""
     if identifier is None or isinstance(identifier, Quantizer):
         return identifier
     if isinstance(identifier, dict):
         return keras.saving.deserialize_keras_object(identifier)
-    if isinstance(identifier, str):
-        if identifier in _BY_NAME:
-            return _BY_NAME[identifier]()
-        if identifier.endswith("bit") and identifier[:-3].isdigit():
-            return KBitQuantizer(int(identifier[:-3]))
-    raise ValueError(f"quantizer must be None, a Quantizer, or one of "
-                     f"{sorted(_BY_NAME) + ['1bit', ..., '8bit']}, got {identifier!r}.")
+    if isinstance(identifier, type) and issubclass(identifier, Quantizer):
+        return identifier()
+    if isinstance(identifier, str) and identifier in _K_BIT_NAMES:
+        return KBitQuantizer(int(identifier[:-3]))
+    if isinstance(identifier, str) and identifier in _BY_NAME:
+        return _BY_NAME[identifier]()
+    if callable(identifier) and identifier in _BY_FUNCTION:
+        return _BY_FUNCTION[identifier]()
+    raise ValueError(f"quantizer must be None, a Quantizer, the function ste_sign, or one "
+                     f"of {sorted(_BY_NAME) + _K_BIT_NAMES}, got {identifier!r}.")
+
+
+def get_constraint(identifier):
+    """A kernel constraint, with Larq's name "weight_clip" for `WeightClip(1.0)`;
+    anything else goes to `keras.constraints.get`."""
+    if isinstance(identifier, str) and identifier in _CONSTRAINTS:
+        return _CONSTRAINTS[identifier]()
+    return keras.constraints.get(identifier)

@@ -2,22 +2,23 @@
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional
+import inspect
+from typing import Any, Dict, List, Optional, Tuple
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from advlib import _checks
-from advlib.attacks import FastGradientMethod, ProjectedGradientDescent
+from advlib import _checks, _seeding
+from advlib.attacks import ProjectedGradientDescent, by_name
 from advlib.attacks.gradient import GradientAttack
 from advlib.models.keras import KerasModelWrapper
 from advlib.training import recipes
 
-_ATTACKS = {"fgsm": FastGradientMethod, "pgd": ProjectedGradientDescent}
 # keys of attack_params that the in-graph crafting understands
 _CRAFT_KEYS = ("eps", "eps_iter", "nb_iter", "norm", "clip_min", "clip_max", "rand_init",
                "rand_minmax", "decay_factor", "loss_fn")
+_ACCURACY_NAMES = ("accuracy", "acc")
 
 
 def kl_divergence(labels, logits):
@@ -33,16 +34,24 @@ class AdversarialModel(keras.Model):
 
     Each training step crafts adversarial examples against the current
     weights inside the compiled step (no NumPy round trip), then minimises
-    `(1 - adv_ratio) * CE(clean) + adv_ratio * CE(adversarial)`, or TRADES's
-    `CE(clean) + beta * KL(clean || adversarial)`. Attacks run with the model
-    in inference mode; the loss with it in training mode.
+    `(1 - adv_ratio) * L(clean) + adv_ratio * L(adversarial)`, or TRADES's
+    `L(clean) + beta * KL(clean || adversarial)`. L is the loss given to
+    `compile` (default: cross-entropy on the logits). Attacks run with the
+    model in inference mode, on their own loss; the training loss with the
+    model in training mode.
+
+    `compile(optimizer, loss=..., metrics=[...])` takes what `keras.Model`
+    takes: a loss on the model's outputs (logits or probabilities, as the
+    model returns them), and metrics reported on the clean and on the
+    adversarial batch (`accuracy` and `adv_accuracy`, with `val_` forms).
+    Without metrics, `clean_accuracy` and `adv_accuracy` are logged.
 
     Args:
         model: any Keras classifier. Its logits are found as by
             `KerasModelWrapper`, so a final softmax is fine.
-        attack: a gradient attack class (`FastGradientMethod`,
-            `BasicIterativeMethod`, `ProjectedGradientDescent`,
-            `MomentumIterativeMethod`).
+        attack: a gradient attack class, or its registered name
+            (`FastGradientMethod`, `BasicIterativeMethod`,
+            `ProjectedGradientDescent`, `MomentumIterativeMethod`).
         attack_params: its parameters (cleverhans's names), e.g.
             `dict(eps=0.1, eps_iter=0.01, nb_iter=10, rand_init=True,
             clip_min=0.0, clip_max=1.0)`.
@@ -50,29 +59,36 @@ class AdversarialModel(keras.Model):
         trades_beta: if set, the TRADES objective with this beta, the attack
             maximising the KL divergence from the clean prediction.
         seed: seeds the random starts (with the step number and replica).
+            None: drawn as `keras.utils.set_random_seed` allows.
 
     Example:
         >>> robust = AdversarialModel(model, attack=ProjectedGradientDescent,
         ...     attack_params=dict(eps=0.1, eps_iter=0.01, nb_iter=10, rand_init=True,
         ...                        clip_min=0.0, clip_max=1.0), adv_ratio=1.0)
-        >>> robust.compile(optimizer="adam")
+        >>> robust.compile(optimizer="adam",
+        ...     loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        ...     metrics=["accuracy"])
         >>> robust.fit(x_train, y_train, epochs=5, validation_data=(x_test, y_test))
         >>> robust.model.save("robust.keras")     # a plain Keras model
     """
 
     def __init__(self, model: keras.Model, attack=ProjectedGradientDescent,
                  attack_params: Optional[Dict[str, Any]] = None, adv_ratio: float = 1.0,
-                 trades_beta: Optional[float] = None, seed: int = 0, **kwargs):
+                 trades_beta: Optional[float] = None, seed: Optional[int] = None,
+                 **kwargs):
         super().__init__(**kwargs)
         if not isinstance(model, keras.Model):
             raise TypeError(f"model must be a keras.Model, got {type(model).__name__}.")
+        attack = by_name(attack) if isinstance(attack, str) else attack
         if not (isinstance(attack, type) and issubclass(attack, GradientAttack)):
-            raise TypeError(f"attack must be a gradient attack class (FastGradientMethod, "
-                            f"BasicIterativeMethod, ProjectedGradientDescent, "
-                            f"MomentumIterativeMethod), got {attack!r}.")
+            raise TypeError(f"attack must be a gradient attack class or its name "
+                            f"(FastGradientMethod, BasicIterativeMethod, "
+                            f"ProjectedGradientDescent, MomentumIterativeMethod), got "
+                            f"{attack!r}.")
         _checks.check_number("adv_ratio", adv_ratio, low=0, high=1)
         _checks.check_number("trades_beta", trades_beta, low=0, allow_none=True)
-        _checks.check_number("seed", seed, low=0, integer=True)
+        _checks.check_number("seed", seed, low=0, high=_seeding.DRAWN_SEED_MAX, integer=True,
+                             allow_none=True)
         self.model = model
         self.wrapper = KerasModelWrapper(model)
         self.attack = attack(self.wrapper)
@@ -81,7 +97,7 @@ class AdversarialModel(keras.Model):
             if params.get(label_key):
                 raise ValueError(f"attack_params must not hold {label_key!r}: training attacks "
                                  "are untargeted and use the batch's own labels.")
-        parsed = self.attack._parse(params)
+        parsed = self.attack.parse(**params)
         self.craft_params = {k: parsed[k] for k in _CRAFT_KEYS if k in parsed}
         eps, low, high = parsed["eps"], parsed.get("clip_min"), parsed.get("clip_max")
         if low is not None and high is not None and eps > high - low:
@@ -90,16 +106,16 @@ class AdversarialModel(keras.Model):
                              "of the inputs?")
         self.adv_ratio = float(adv_ratio)
         self.trades_beta = trades_beta
-        self.seed = int(seed)
+        self.seed = _seeding.seed_or_draw(seed)
+        self.output_loss = None
         self.trackers = {name: keras.metrics.Mean(name=name)
                          for name in ("loss", "clean_loss", "adv_loss")}
-        self.trackers.update({name: keras.metrics.SparseCategoricalAccuracy(name=name)
-                              for name in ("clean_accuracy", "adv_accuracy")})
+        self.output_metrics = _metric_pairs(None)
 
     @classmethod
     def from_recipe(cls, recipe, model: keras.Model, eps: float, norm=np.inf,
                     clip_min: Optional[float] = 0.0, clip_max: Optional[float] = 1.0,
-                    seed: int = 0, **overrides) -> "AdversarialModel":
+                    seed: Optional[int] = None, **overrides) -> "AdversarialModel":
         """An `AdversarialModel` for a named recipe: "goodfellow", "madry",
         "fast" or "trades" (see `advlib.training.RECIPES`); `overrides`
         change the recipe's fields, e.g. `nb_iter=10` or `trades_beta=1.0`."""
@@ -107,34 +123,38 @@ class AdversarialModel(keras.Model):
         params = dict(recipe.attack_params(eps, norm), clip_min=clip_min, clip_max=clip_max)
         if recipe.trades_beta is not None:
             params["loss_fn"] = kl_divergence
-        if recipe.attack == "fgsm":  # FGSM-based recipes: one step, random start allowed
-            attack = ProjectedGradientDescent
-        else:
-            attack = _ATTACKS[recipe.attack]
-        return cls(model, attack=attack, attack_params=params, adv_ratio=recipe.adv_ratio,
-                   trades_beta=recipe.trades_beta, seed=seed)
+        # FGSM recipes too: one PGD step allows their random start
+        return cls(model, attack=ProjectedGradientDescent, attack_params=params,
+                   adv_ratio=recipe.adv_ratio, trades_beta=recipe.trades_beta, seed=seed)
 
     # -- Keras plumbing --------------------------------------------------------
     @property
     def metrics(self):
-        return list(self.trackers.values())
+        return list(self.trackers.values()) + [m for pair in self.output_metrics for m in pair]
 
     def call(self, inputs, training=False):
         return self.model(inputs, training=training)
 
     def compile(self, optimizer="adam", loss=None, metrics=None, **kwargs):
-        """Compiles with `optimizer`; the loss is the recipe's, on logits.
+        """Compiles as `keras.Model.compile` does.
+
+        Args:
+            optimizer: a Keras optimizer or its name.
+            loss: the training loss on the model's outputs, mixed over clean
+                and adversarial inputs by the recipe: a `keras.losses.Loss`,
+                its name, or a function `(y_true, y_pred)`. Default:
+                cross-entropy on the logits, with integer or one-hot labels.
+            metrics: Keras metrics (or names; "accuracy" is classification
+                accuracy), each reported on the clean batch under its name
+                and on the adversarial batch as `adv_<name>`.
+            **kwargs: passed to `keras.Model.compile`.
 
         Raises:
-            ValueError: if a `loss` or `metrics` is given: the model logs
-                loss, clean and adversarial loss and accuracy itself.
+            ValueError: if the loss expects logits and the model returns
+                probabilities, or the reverse.
         """
-        if loss is not None:
-            raise ValueError(f"AdversarialModel defines its own loss (cross-entropy on logits, "
-                             f"mixed by its recipe); compile it without loss=, got {loss!r}.")
-        if metrics:
-            raise ValueError("AdversarialModel logs clean_accuracy and adv_accuracy (and their "
-                             f"losses) itself; compile it without metrics=, got {metrics!r}.")
+        self.output_loss = None if loss is None else _output_loss(loss, self.wrapper)
+        self.output_metrics = _metric_pairs(metrics)
         super().compile(optimizer=optimizer, **kwargs)
 
     def fit(self, x=None, y=None, **kwargs):
@@ -146,6 +166,8 @@ class AdversarialModel(keras.Model):
             if self.craft_params["eps"] > spread:
                 raise ValueError(f"eps={self.craft_params['eps']} is larger than the range of "
                                  f"the training data ({spread:.4g}); is eps on the data's scale?")
+        if self.output_loss is not None and isinstance(y, np.ndarray):
+            _check_label_form(self.output_loss, y)
         return super().fit(x, y, **kwargs)
 
     # -- the steps ---------------------------------------------------------------
@@ -165,8 +187,19 @@ class AdversarialModel(keras.Model):
         return tf.stack([tf.constant(self.seed, tf.int64) * 1000 + salt,
                          step * 64 + tf.cast(replica_id, tf.int64)])
 
-    def _objectives(self, x, labels, sample_weight, training, salt):
-        """Per-example objective, with the clean and adversarial parts."""
+    def _outputs(self, logits):
+        """The model's outputs as its loss and metrics see them."""
+        return logits if self.wrapper.output_kind == "logits" else tf.nn.softmax(logits)
+
+    def _loss(self, y, labels, logits, sample_weight):
+        """The training loss of one batch, reduced over it as Keras reduces."""
+        if self.output_loss is not None:
+            return self.output_loss(y, self._outputs(logits), sample_weight=sample_weight)
+        return _reduce(tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits),
+                       sample_weight)
+
+    def _objectives(self, x, y, labels, sample_weight, training, salt):
+        """The objective, with its clean and adversarial losses and the logits."""
         targets = labels
         if self.trades_beta is not None:
             targets = tf.stop_gradient(tf.nn.softmax(tf.cast(self.wrapper.get_logits(x),
@@ -175,36 +208,40 @@ class AdversarialModel(keras.Model):
                                     **self.craft_params)
         adv_logits = tf.cast(self.wrapper.get_logits(x_adv, training=training), tf.float32)
         clean_logits = tf.cast(self.wrapper.get_logits(x, training=training), tf.float32)
-        clean = tf.nn.sparse_softmax_cross_entropy_with_logits(labels, clean_logits)
-        adversarial = tf.nn.sparse_softmax_cross_entropy_with_logits(labels, adv_logits)
+        clean = self._loss(y, labels, clean_logits, sample_weight)
+        adversarial = self._loss(y, labels, adv_logits, sample_weight)
         if self.trades_beta is not None:
-            robust_term = kl_divergence(tf.nn.softmax(clean_logits), adv_logits)
+            robust_term = _reduce(kl_divergence(tf.nn.softmax(clean_logits), adv_logits),
+                                  sample_weight)
             objective = clean + self.trades_beta * robust_term
         else:
             objective = (1 - self.adv_ratio) * clean + self.adv_ratio * adversarial
         return objective, clean, adversarial, clean_logits, adv_logits
 
-    def _reduce(self, values, sample_weight):
-        if sample_weight is not None:
-            values = values * tf.cast(tf.reshape(sample_weight, [-1]), values.dtype)
-        return tf.reduce_mean(values)  # Keras's "sum over batch size"
-
-    def _update_trackers(self, labels, sample_weight, objective, clean, adversarial,
+    def _update_trackers(self, y, labels, sample_weight, objective, clean, adversarial,
                          clean_logits, adv_logits):
         self.trackers["loss"].update_state(objective)
-        self.trackers["clean_loss"].update_state(self._reduce(clean, sample_weight))
-        self.trackers["adv_loss"].update_state(self._reduce(adversarial, sample_weight))
-        self.trackers["clean_accuracy"].update_state(labels, clean_logits, sample_weight)
-        self.trackers["adv_accuracy"].update_state(labels, adv_logits, sample_weight)
-        return {name: tracker.result() for name, tracker in self.trackers.items()}
+        self.trackers["clean_loss"].update_state(clean)
+        self.trackers["adv_loss"].update_state(adversarial)
+        for (clean_metric, adv_metric), wants_indices in zip(self.output_metrics,
+                                                              self._metric_labels):
+            truth = labels if wants_indices else y
+            clean_metric.update_state(truth, self._outputs(clean_logits), sample_weight)
+            adv_metric.update_state(truth, self._outputs(adv_logits), sample_weight)
+        return {metric.name: metric.result() for metric in self.metrics}
+
+    @property
+    def _metric_labels(self):
+        """Per metric pair: whether it takes class indices (accuracy) or the labels as given."""
+        return [isinstance(pair[0], keras.metrics.SparseCategoricalAccuracy)
+                for pair in self.output_metrics]
 
     def train_step(self, data):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         labels = self._labels(y)
         with tf.GradientTape() as tape:
-            objective, clean, adversarial, clean_logits, adv_logits = self._objectives(
-                x, labels, sample_weight, training=True, salt=1)
-            loss = self._reduce(objective, sample_weight)
+            loss, clean, adversarial, clean_logits, adv_logits = self._objectives(
+                x, y, labels, sample_weight, training=True, salt=1)
             if self.model.losses:
                 loss = loss + tf.add_n(self.model.losses)
             # each replica averages its own share; gradients are summed across replicas
@@ -212,14 +249,112 @@ class AdversarialModel(keras.Model):
             scaled = self.optimizer.scale_loss(loss / replicas)
         variables = self.model.trainable_variables
         self.optimizer.apply(tape.gradient(scaled, variables), variables)
-        return self._update_trackers(labels, sample_weight, loss, clean, adversarial,
+        return self._update_trackers(y, labels, sample_weight, loss, clean, adversarial,
                                      clean_logits, adv_logits)
 
     def test_step(self, data):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         labels = self._labels(y)
-        objective, clean, adversarial, clean_logits, adv_logits = self._objectives(
-            x, labels, sample_weight, training=False, salt=2)
-        return self._update_trackers(labels, sample_weight, self._reduce(objective,
-                                                                         sample_weight),
-                                     clean, adversarial, clean_logits, adv_logits)
+        return self._update_trackers(y, labels, sample_weight, *self._objectives(
+            x, y, labels, sample_weight, training=False, salt=2))
+
+
+def _reduce(values, sample_weight):
+    """Keras's "sum over batch size" reduction of per-example values."""
+    if sample_weight is not None:
+        values = values * tf.cast(tf.reshape(sample_weight, [-1]), values.dtype)
+    return tf.reduce_mean(values)
+
+
+def _from_logits(loss) -> Optional[bool]:
+    """Whether a Keras loss (object or function) takes logits; None if it does not say."""
+    kwargs = getattr(loss, "_fn_kwargs", None)
+    if isinstance(kwargs, dict) and "from_logits" in kwargs:
+        return bool(kwargs["from_logits"])
+    if callable(loss):
+        try:
+            default = inspect.signature(loss).parameters.get("from_logits")
+        except (TypeError, ValueError):
+            return None
+        if default is not None and isinstance(default.default, bool):
+            return default.default
+    return None
+
+
+def _output_loss(loss, wrapper) -> keras.losses.Loss:
+    """The compile-time loss as a reducing `keras.losses.Loss`, after checking that
+    it reads the model's outputs in the form the model returns them."""
+    try:
+        resolved = keras.losses.get(loss)
+    except (ValueError, TypeError) as error:
+        raise ValueError(f"loss must be a keras.losses.Loss, the name of a Keras loss or a "
+                         f"function (y_true, y_pred), got {loss!r}: {error}") from error
+    if resolved is None or not callable(resolved):
+        raise ValueError(f"loss must be a keras.losses.Loss, the name of a Keras loss or a "
+                         f"function (y_true, y_pred), got {loss!r}.")
+    takes_logits = _from_logits(resolved)
+    returns_logits = wrapper.output_kind == "logits"
+    if takes_logits is not None and takes_logits != returns_logits:
+        expects, returns = (("logits", "probabilities (it ends in a softmax)") if takes_logits
+                            else ("probabilities", "logits"))
+        raise ValueError(f"loss {getattr(resolved, 'name', loss)!r} expects {expects} "
+                         f"(from_logits={takes_logits}), but "
+                         f"the model returns {returns}; pass from_logits={not takes_logits}.")
+    return resolved if isinstance(resolved, keras.losses.Loss) else _FunctionLoss(resolved)
+
+
+class _FunctionLoss(keras.losses.Loss):
+    """A per-example loss function, reduced as Keras reduces its own."""
+
+    def __init__(self, fn):
+        name = getattr(fn, "__name__", "")
+        # the name opens a TensorFlow name scope: a lambda's "<lambda>" is not valid
+        super().__init__(name=name if name.isidentifier() else "loss")
+        self.fn = fn
+
+    def call(self, y_true, y_pred):
+        return self.fn(y_true, y_pred)
+
+
+def _check_label_form(loss, y: np.ndarray) -> None:
+    """Refuses labels whose form (class indices or one-hot) the loss cannot read."""
+    name = str(loss.name)
+    sparse = "sparse" in name
+    one_hot = y.ndim == 2 and y.shape[-1] > 1
+    if not sparse and "categorical" in name and not one_hot:
+        raise ValueError(f"loss {name} needs one-hot labels of shape (n, classes), got y of "
+                         f"shape {y.shape}; use SparseCategoricalCrossentropy for class "
+                         "indices, or keras.utils.to_categorical(y).")
+    if sparse and one_hot:
+        raise ValueError(f"loss {name} needs class indices, got one-hot y of shape {y.shape}; "
+                         "use CategoricalCrossentropy, or y.argmax(axis=1).")
+
+
+def _metric_pairs(metrics) -> List[Tuple[keras.metrics.Metric, keras.metrics.Metric]]:
+    """A (clean, adversarial) pair of Keras metrics per requested metric."""
+    if not metrics:
+        return [(keras.metrics.SparseCategoricalAccuracy(name="clean_accuracy"),
+                 keras.metrics.SparseCategoricalAccuracy(name="adv_accuracy"))]
+    if isinstance(metrics, (str, keras.metrics.Metric)) or callable(metrics):
+        metrics = [metrics]
+    if not isinstance(metrics, (list, tuple)):
+        raise TypeError(f"metrics must be a list of Keras metrics or their names, got "
+                        f"{metrics!r}.")
+    return [(_metric(m, ""), _metric(m, "adv_")) for m in metrics]
+
+
+def _metric(metric, prefix: str) -> keras.metrics.Metric:
+    """A fresh Keras metric for `metric` (a name, a Metric or a function), named with
+    `prefix`."""
+    if isinstance(metric, str) and metric in _ACCURACY_NAMES:
+        return keras.metrics.SparseCategoricalAccuracy(name=prefix + "accuracy")
+    try:
+        resolved = keras.metrics.get(metric)
+    except (ValueError, TypeError) as error:
+        raise ValueError(f"metrics: {metric!r} is not a Keras metric: {error}") from error
+    if isinstance(resolved, keras.metrics.Metric):
+        return type(resolved).from_config(dict(resolved.get_config(),
+                                               name=prefix + resolved.name))
+    if callable(resolved):
+        return keras.metrics.MeanMetricWrapper(resolved, name=prefix + resolved.__name__)
+    raise ValueError(f"metrics: {metric!r} is not a Keras metric.")

@@ -7,6 +7,8 @@ from typing import Any, Dict, Optional
 
 import numpy as np
 
+from advlib import _checks
+
 
 @dataclasses.dataclass(frozen=True)
 class Recipe:
@@ -14,9 +16,11 @@ class Recipe:
 
     Attributes:
         name: the preset's name.
-        attack: "fgsm" or "pgd" (the inner maximisation).
+        attack: "fgsm" or "pgd", the paper's name for the inner maximisation
+            (both run as `ProjectedGradientDescent`, FGSM with one step).
         nb_iter: attack steps.
-        step_size: step size as a multiple of eps.
+        eps_iter_fraction: step size as a fraction of eps (the harness's
+            protocols use the same name).
         rand_init: start from a uniform random point in the eps-ball.
         adv_ratio: weight of the adversarial loss; 1 - adv_ratio goes to the
             clean loss.
@@ -28,7 +32,7 @@ class Recipe:
     name: str
     attack: str
     nb_iter: int
-    step_size: float
+    eps_iter_fraction: float
     rand_init: bool
     adv_ratio: float
     trades_beta: Optional[float] = None
@@ -36,7 +40,7 @@ class Recipe:
     reference: str = ""
 
     def attack_params(self, eps: float, norm=np.inf) -> Dict[str, Any]:
-        return dict(eps=eps, eps_iter=self.step_size * eps, nb_iter=self.nb_iter, norm=norm,
+        return dict(eps=eps, eps_iter=self.eps_iter_fraction * eps, nb_iter=self.nb_iter, norm=norm,
                     rand_init=self.rand_init, rand_minmax=self.rand_radius * eps)
 
 
@@ -63,11 +67,8 @@ RECIPES: Dict[str, Recipe] = {
 
 def get(name_or_recipe, **overrides) -> Recipe:
     """A preset by name, with fields overridden (e.g. nb_iter=10 for PGD-10)."""
-    if isinstance(name_or_recipe, Recipe):
-        recipe = name_or_recipe
-    elif name_or_recipe in RECIPES:
-        recipe = RECIPES[name_or_recipe]
-    else:
-        raise ValueError(f"recipe must be one of {sorted(RECIPES)} or a Recipe, "
-                         f"got {name_or_recipe!r}.")
+    recipe = name_or_recipe
+    if not isinstance(recipe, Recipe):
+        recipe = RECIPES[_checks.check_choice("recipe", recipe,
+                                              sorted(RECIPES))]
     return dataclasses.replace(recipe, **overrides) if overrides else recipe

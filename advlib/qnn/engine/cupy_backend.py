@@ -18,10 +18,11 @@ and `get`. Packing, unpacking and flattening are kernels of our own (CuPy's
 
 from __future__ import annotations
 
-from typing import Dict, List, Tuple
+from typing import Dict, Tuple
 
 import numpy as np
 
+from advlib import _checks
 from advlib.qnn.engine import nvrtc
 from advlib.qnn.engine.packing import words_for
 
@@ -88,8 +89,7 @@ class CupyBackend:
 
     def __init__(self, spec: Dict = None, arrays: Dict[str, np.ndarray] = None,
                  gemm: str = "auto"):
-        if gemm not in GEMM_KERNELS:
-            raise ValueError(f"gemm must be one of {list(GEMM_KERNELS)}, got {gemm!r}.")
+        _checks.check_choice("gemm", gemm, GEMM_KERNELS)
         ok, why = available()
         if not ok:
             raise RuntimeError(f"the CuPy backend needs a GPU: {why}.")
@@ -227,43 +227,34 @@ class CupyBackend:
             np.int32(state.shape[-1]), np.int32(out_words)))
         return out
 
-    # -- the network ------------------------------------------------------------------
-    def forward(self, x8: np.ndarray, keep_hidden: bool = False):
-        """Logits (NumPy float32) and, if asked, each thresholded layer's bits."""
-        cp = self.cp
-        state = cp.asarray(x8)
-        hidden: List[np.ndarray] = []
-        for index, layer in enumerate(self.spec["layers"]):
-            kind = layer["type"]
-            if kind == "flatten":
-                state = (state.reshape(len(state), -1) if state.dtype == cp.uint8
-                         else self.flatten(state, layer["in_shape"]))
-                continue
-            if kind == "maxpool":
-                state = self.max_pool(state, layer)
-                if keep_hidden:
-                    hidden[-1] = self.unpack(state, layer["out_shape"][-1]).get().astype(bool)
-                continue
-            name = f"layer{index}"
-            weights = self.device[f"{name}/weights"]
-            if layer["output"] == "logits":
-                epilogue = ("logits", self.device[f"{name}/scale"], self.device[f"{name}/shift"])
-            else:
-                epilogue = ("bits", self.device[f"{name}/threshold"], self.device[f"{name}/flip"])
-            first = layer["input"] == "uint8"
-            if layer["type"] == "dense":
-                rows = self.bit_planes(state) if first else state.reshape(len(state), -1)
-                out = self.gemm(rows, weights, layer["in_shape"][0], planes=8 if first else 1,
-                                epilogue=epilogue, b_ones=self.weight_ones[f"{name}/weights"])
-                shape = (len(state), layer["out_shape"][0])
-            else:
-                source = self.bit_planes(state) if first else state
-                out = self.conv(source, weights, layer, planes=8 if first else 1,
-                                epilogue=epilogue)
-                shape = (len(state),) + tuple(layer["out_shape"])
-            if layer["output"] == "logits":
-                return out.reshape(len(state), -1).get(), hidden
-            state = out.reshape(shape[:-1] + (words_for(shape[-1]),))
-            if keep_hidden:
-                hidden.append(self.unpack(state, shape[-1]).get().astype(bool))
-        raise AssertionError("validated specs end in a logits layer")
+    # -- the primitives of the engine's layer walk ---------------------------------
+    def to_device(self, x8: np.ndarray):
+        return self.cp.asarray(x8)
+
+    @staticmethod
+    def to_host(values) -> np.ndarray:
+        return values.get()
+
+    def hidden(self, state, channels: int) -> np.ndarray:
+        return self.unpack(state, channels).get().astype(bool)
+
+    def compute(self, index: int, layer: Dict, state):
+        """A dense or conv layer with its epilogue fused: the last layer's float32
+        logits, else its packed bits in the layout the next layer reads."""
+        name = f"layer{index}"
+        weights = self.device[f"{name}/weights"]
+        if layer["output"] == "logits":
+            epilogue = ("logits", self.device[f"{name}/scale"], self.device[f"{name}/shift"])
+        else:
+            epilogue = ("bits", self.device[f"{name}/threshold"], self.device[f"{name}/flip"])
+        first = layer["input"] == "uint8"
+        if layer["type"] == "dense":
+            rows = self.bit_planes(state) if first else state.reshape(len(state), -1)
+            out = self.gemm(rows, weights, layer["in_shape"][0], planes=8 if first else 1,
+                            epilogue=epilogue, b_ones=self.weight_ones[f"{name}/weights"])
+        else:
+            out = self.conv(self.bit_planes(state) if first else state, weights, layer,
+                            planes=8 if first else 1, epilogue=epilogue)
+        *positions, units = layer["out_shape"]
+        last = units if layer["output"] == "logits" else words_for(units)
+        return out.reshape((len(state), *positions, last))

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import sys
+import warnings
 from typing import Dict, List, Tuple
 
 import numpy as np
 
-from advlib.qnn.engine import numpy_backend as ops
+from advlib import _checks
 from advlib.qnn.engine import spec as spec_io
-from advlib.qnn.engine.packing import pack_bits, unpack_bits, valid_bits_mask
+from advlib.qnn.engine.numpy_backend import NumpyBackend
 
 BACKENDS = ("numpy", "cupy", "auto")
 
@@ -31,8 +31,7 @@ class BinaryEngine:
 
     def __init__(self, spec: Dict, arrays: Dict[str, np.ndarray], backend: str = "numpy",
                  gemm: str = "auto"):
-        if backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {list(BACKENDS)}, got {backend!r}.")
+        _checks.check_choice("backend", backend, BACKENDS)
         spec_io.validate(spec, arrays)
         self.spec = spec
         self.arrays = arrays
@@ -46,8 +45,9 @@ class BinaryEngine:
             elif backend == "cupy":
                 raise RuntimeError(f"backend='cupy' needs CuPy and a GPU: {why}.")
             else:
-                print(f"BinaryEngine: {why}; falling back to the NumPy backend.",
-                      file=sys.stderr)
+                warnings.warn(f"BinaryEngine: {why}; falling back to the NumPy backend.",
+                              RuntimeWarning, stacklevel=2)
+        self._backend = self._gpu or NumpyBackend(spec, arrays)
         self.backend = "numpy" if self._gpu is None else "cupy"
 
     @classmethod
@@ -101,55 +101,38 @@ class BinaryEngine:
                  ) -> Tuple[np.ndarray, List[np.ndarray]]:
         # Uint8Input: round(clip(x, 0, 1) * 255) in float32, rounding half to even
         x8 = np.round(np.clip(x.astype(np.float32), 0, 1) * np.float32(255)).astype(np.uint8)
-        if self._gpu is not None:
-            return self._gpu.forward(x8, keep_hidden=keep_hidden)
-        state, hidden = x8, []
-        layers = self.spec["layers"]
-        for index, layer in enumerate(layers):
-            kind = layer["type"]
-            if kind == "flatten":
-                # before the first layer the state is raw uint8 pixels, after it packed bits
-                state = (state.reshape(len(state), -1) if state.dtype == np.uint8
-                         else ops.flatten_words(state, layer["in_shape"]))
-            elif kind == "maxpool":
-                state = ops.max_pool_words(state, layer["pool"], layer["strides"], layer["pads"])
-                hidden[-1] = unpack_bits(state, layer["out_shape"][-1])
-            else:
-                acc = self._accumulate(index, layer, state)
-                if layer["output"] == "logits":
-                    a = self.arrays
-                    logits = acc.astype(np.float32) * a[f"layer{index}/scale"] + \
-                        a[f"layer{index}/shift"]
-                    return logits, hidden
-                bits = ops.threshold_bits(acc, self.arrays[f"layer{index}/threshold"],
-                                          self.arrays[f"layer{index}/flip"])
-                hidden.append(bits)
-                state = pack_bits(bits)
-        raise AssertionError("validated specs end in a logits layer")
+        return walk(self.spec, self._backend, x8, keep_hidden)
 
-    def _accumulate(self, index: int, layer: Dict, state: np.ndarray) -> np.ndarray:
-        weights = self.arrays[f"layer{index}/weights"]
-        first = layer["input"] == "uint8"
-        if layer["type"] == "dense":
-            rows = state.reshape(len(state), -1)
-            if first:
-                return ops.plane_dot(ops.bit_planes(rows), weights)
-            return ops.binary_dot(rows, weights, layer["in_shape"][0])
-        height, width, channels = layer["in_shape"]
-        kh, kw = layer["kernel"]
-        out_h, out_w, filters = layer["out_shape"]
-        n = len(state)
-        if first:
-            planes = ops.bit_planes(state.reshape(n, height, width, channels))
-            zero = np.zeros(planes.shape[-1], planes.dtype)
-            columns = np.stack([ops.im2col(ops.pad_spatial(p, layer["pads"], zero),
-                                           (kh, kw), layer["strides"]) for p in planes])
-            acc = ops.plane_dot(columns.reshape(8, n * out_h * out_w, -1), weights)
+
+def walk(spec: Dict, backend, x8: np.ndarray, keep_hidden: bool
+         ) -> Tuple[np.ndarray, List[np.ndarray]]:
+    """The one pass over an exported network's layers.
+
+    `backend` (`NumpyBackend` or `CupyBackend`) supplies the primitives:
+    `compute` (a dense or conv layer: packed bits, or the last layer's
+    logits), `max_pool`, `flatten` of packed maps, `hidden` (packed bits to
+    booleans on the host) and the transfers. So the order of operations, and
+    with it the bit-exactness contract, lives here once.
+
+    Returns:
+        (logits, hidden): NumPy float32 logits and, if `keep_hidden`, each
+        thresholded layer's bits after any pooling that follows it.
+    """
+    state, hidden, raw = backend.to_device(x8), [], True
+    for index, layer in enumerate(spec["layers"]):
+        kind = layer["type"]
+        if kind == "flatten":
+            # before the first compute layer the state is raw pixels, after it packed bits
+            state = (state.reshape(len(state), -1) if raw
+                     else backend.flatten(state, layer["in_shape"]))
+        elif kind == "maxpool":
+            state = backend.max_pool(state, layer)
+            if keep_hidden:
+                hidden[-1] = backend.hidden(state, layer["out_shape"][-1])
         else:
-            fill = (valid_bits_mask(channels) if layer["pad_value"] > 0
-                    else np.zeros(state.shape[-1], state.dtype))
-            columns = ops.im2col(ops.pad_spatial(state, layer["pads"], fill), (kh, kw),
-                                 layer["strides"])
-            acc = ops.binary_dot(columns.reshape(n * out_h * out_w, -1), weights,
-                                 kh * kw * channels)
-        return acc.reshape(n, out_h, out_w, filters)
+            state, raw = backend.compute(index, layer, state), False
+            if layer["output"] == "logits":
+                return backend.to_host(state), hidden
+            if keep_hidden:
+                hidden.append(backend.hidden(state, layer["out_shape"][-1]))
+    raise AssertionError("validated specs end in a logits layer")

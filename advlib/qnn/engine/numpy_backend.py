@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from advlib.qnn.engine.packing import WORD_DTYPE, pack_bits, popcount, unpack_bits
+from typing import Dict
+
+from advlib.qnn.engine.packing import (WORD_DTYPE, pack_bits, popcount, unpack_bits,
+                                       valid_bits_mask)
 
 # Words of one (rows, units, words) XOR block: bounds temporary memory.
 _BLOCK_WORDS = 2 ** 24
@@ -116,3 +119,69 @@ def flatten_words(words: np.ndarray, shape) -> np.ndarray:
     (row, column, channel) flattening order."""
     bits = unpack_bits(words, shape[-1])
     return pack_bits(bits.reshape(bits.shape[0], -1))
+
+
+class NumpyBackend:
+    """The reference backend: the primitives `BinaryEngine`'s layer walk drives,
+    computed on the CPU with the exact operations above."""
+
+    def __init__(self, spec: Dict, arrays: Dict[str, np.ndarray]):
+        self.spec, self.arrays = spec, arrays
+
+    @staticmethod
+    def to_device(x8: np.ndarray) -> np.ndarray:
+        return x8
+
+    @staticmethod
+    def to_host(values: np.ndarray) -> np.ndarray:
+        return values
+
+    @staticmethod
+    def flatten(state: np.ndarray, in_shape) -> np.ndarray:
+        return flatten_words(state, in_shape)
+
+    @staticmethod
+    def max_pool(state: np.ndarray, layer: Dict) -> np.ndarray:
+        return max_pool_words(state, layer["pool"], layer["strides"], layer["pads"])
+
+    @staticmethod
+    def hidden(state: np.ndarray, channels: int) -> np.ndarray:
+        return unpack_bits(state, channels)
+
+    def compute(self, index: int, layer: Dict, state: np.ndarray) -> np.ndarray:
+        """A dense or conv layer: float32 logits if it is the last, else its packed bits."""
+        acc = self.accumulate(index, layer, state)
+        name = f"layer{index}"
+        if layer["output"] == "logits":
+            return acc.astype(np.float32) * self.arrays[f"{name}/scale"] + \
+                self.arrays[f"{name}/shift"]
+        return pack_bits(threshold_bits(acc, self.arrays[f"{name}/threshold"],
+                                        self.arrays[f"{name}/flip"]))
+
+    def accumulate(self, index: int, layer: Dict, state: np.ndarray) -> np.ndarray:
+        """The layer's integer accumulators, before the threshold or the affine map."""
+        weights = self.arrays[f"layer{index}/weights"]
+        first = layer["input"] == "uint8"
+        if layer["type"] == "dense":
+            rows = state.reshape(len(state), -1)
+            if first:
+                return plane_dot(bit_planes(rows), weights)
+            return binary_dot(rows, weights, layer["in_shape"][0])
+        height, width, channels = layer["in_shape"]
+        kh, kw = layer["kernel"]
+        out_h, out_w, filters = layer["out_shape"]
+        n = len(state)
+        if first:
+            planes = bit_planes(state.reshape(n, height, width, channels))
+            zero = np.zeros(planes.shape[-1], planes.dtype)
+            columns = np.stack([im2col(pad_spatial(p, layer["pads"], zero), (kh, kw),
+                                       layer["strides"]) for p in planes])
+            acc = plane_dot(columns.reshape(8, n * out_h * out_w, -1), weights)
+        else:
+            fill = (valid_bits_mask(channels) if layer["pad_value"] > 0
+                    else np.zeros(state.shape[-1], state.dtype))
+            columns = im2col(pad_spatial(state, layer["pads"], fill), (kh, kw),
+                             layer["strides"])
+            acc = binary_dot(columns.reshape(n * out_h * out_w, -1), weights,
+                             kh * kw * channels)
+        return acc.reshape(n, out_h, out_w, filters)

@@ -52,7 +52,9 @@ def layer_arrays(index: int, layer: Dict[str, Any]) -> Dict[str, tuple]:
     return arrays
 
 
-def _expected_out_shape(layer) -> List[int]:
+def output_shape(layer) -> List[int]:
+    """A layer's output shape from its input shape and parameters (a dense or conv
+    layer's width is its `out_shape`'s last entry)."""
     kind, shape = layer["type"], layer["in_shape"]
     if kind == "flatten":
         return [int(np.prod(shape))]
@@ -143,9 +145,9 @@ def validate(spec: Dict[str, Any], arrays: Dict[str, np.ndarray], source: str = 
         if list(layer["in_shape"]) != shape:
             raise ValueError(f"{where} expects input shape {layer['in_shape']}, but the "
                              f"previous layer produces {shape}: the shapes do not chain.")
-        if _expected_out_shape(layer) != list(layer["out_shape"]):
+        if output_shape(layer) != list(layer["out_shape"]):
             raise ValueError(f"{where} declares output shape {layer['out_shape']}, but its "
-                             f"input and parameters give {_expected_out_shape(layer)}.")
+                             f"input and parameters give {output_shape(layer)}.")
         if layer["type"] in _COMPUTE:
             if layer.get("input") not in ("uint8", "binary"):
                 raise ValueError(f"{where} has input {layer.get('input')!r}; "

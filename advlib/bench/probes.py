@@ -1,0 +1,102 @@
+"""The probes of the gradient-masking checks: attacks and measurements on the
+diagnostic subset, whose evidence `advlib.bench.diagnostics.assess` judges.
+
+Probing needs the model; assessing needs only the evidence, so the checks can
+be re-run from a saved report.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Dict, Optional
+
+import numpy as np
+
+from advlib.bench import ensemble
+from advlib.models.inspect import gradient_health, logit_spread, ste_window
+
+
+def _pgd_entry(protocol) -> Dict:
+    """The protocol's first PGD, or a standard PGD-50 with steps of eps / 4."""
+    for entry in protocol["attacks"]:
+        if entry["attack"] == "ProjectedGradientDescent":
+            return entry
+    return {"name": "pgd", "attack": "ProjectedGradientDescent",
+            "params": {"nb_iter": 50, "eps_iter_fraction": 0.25, "rand_init": True}}
+
+
+def _broken(model, entry: Dict, x, y, eps, norm, clip, seed, judge) -> np.ndarray:
+    """Which examples the protocol entry's attack breaks at `eps`, judged by `judge`
+    (the model as evaluated)."""
+    entry = ensemble.AttackEntry.from_protocol(entry)
+    params = entry.params_at(eps, norm, clip, seed)
+    result = entry.attack(model).run(x, y, batch_size=len(x), **params)
+    within, _ = ensemble.within_threat(result.x_adv, x, eps, norm, clip["min"], clip["max"])
+    return (judge.predict_classes(result.x_adv).numpy() != y) & within
+
+
+def probe(model, judge, protocol, x, y, seed: int, surrogate=None,
+          on_step: Optional[Callable[[str], None]] = None) -> Dict:
+    """Runs the diagnostic attacks and measurements on the examples `x`.
+
+    Args:
+        model: the `Model` whose gradients the attacks use.
+        judge: the `Model` whose predictions count (the model as evaluated).
+        protocol: a validated protocol.
+        x, y: the diagnostic subset.
+        seed: for the random starts.
+        surrogate: optional `Model` to transfer attacks from.
+        on_step: called with the name of each probe as it starts.
+
+    Returns:
+        A JSON-serializable dict of evidence, read by `assess`.
+    """
+    step = on_step or (lambda name: None)
+    norm, clip = protocol["threat"]["norm"], protocol["clip"]
+    eps = float(protocol["threat"]["eps"])
+    correct = judge.predict_classes(x).numpy() == y
+    places = np.flatnonzero(correct)  # positions in the protocol's examples
+    x, y = x[correct], y[correct]
+    out: Dict = {"n": int(correct.size), "attacked": int(correct.sum())}
+    step("determinism")
+    out["determinism"] = logit_spread(judge, x if len(x) else np.zeros((1,) + x.shape[1:],
+                                                                        x.dtype))
+    if len(x) == 0:
+        return out
+    step("gradients")
+    out["gradients"] = gradient_health(model, x, y)
+    out["ste_window"] = ste_window(model, x)
+    pgd = _pgd_entry(protocol)
+    strong = dict(pgd, params={**pgd["params"], "nb_iter": 2 * pgd["params"].get("nb_iter", 10),
+                               "nb_restarts": 2 * pgd["params"].get("nb_restarts", 1)})
+    runs = {"fgsm": {"name": "fgsm", "attack": "FastGradientMethod", "params": {}},
+            "pgd": pgd, "pgd_strong": strong}
+    broken = {}
+    for index, (name, entry) in enumerate(runs.items()):
+        step(name)
+        broken[name] = _broken(model, entry, x, y, eps, norm, clip, seed * 100 + index, judge)
+        out[name] = int(broken[name].sum())
+    out["fgsm_only"] = int((broken["fgsm"] & ~broken["pgd"]).sum())
+    out["strong_only"] = places[broken["pgd_strong"] & ~broken["pgd"]].tolist()
+    out["pgd_params"] = dict(pgd["params"])
+    step("unbounded")
+    out["unbounded"] = _unbounded(model, judge, pgd, x, y, norm, clip, seed * 100 + 7)
+    if surrogate is not None:
+        step("transfer")
+        transferred = _broken(surrogate, pgd, x, y, eps, norm, clip, seed * 100 + 8, judge)
+        white = broken["fgsm"] | broken["pgd"] | broken["pgd_strong"]
+        out["transfer"] = {"transfer": int(transferred.sum()), "white_box": int(white.sum()),
+                           "transfer_only": places[transferred & ~white].tolist()}
+    return out
+
+
+def _unbounded(model, judge, pgd, x, y, norm, clip, seed) -> Dict:
+    """PGD on the margin loss with a budget covering the whole input domain."""
+    low = 0.0 if clip["min"] is None else clip["min"]
+    high = 1.0 if clip["max"] is None else clip["max"]
+    span = high - low
+    eps = span if norm == "inf" else span * float(np.sqrt(np.prod(x.shape[1:])))
+    # no random start: it alone would misclassify, and hide a zero gradient
+    entry = dict(pgd, params={**pgd["params"], "loss_fn": "cw", "rand_init": False,
+                              "nb_restarts": 1})
+    broken = _broken(model, entry, x, y, eps, norm, clip, seed, judge)
+    return {"eps": eps, "robust": int((~broken).sum()), "n": len(x)}
