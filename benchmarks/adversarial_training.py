@@ -39,7 +39,7 @@ def epoch_seconds(recipe, overrides, x, y, epochs, eps):
         trainer.compile(keras.optimizers.Adam(1e-3),
                         keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     else:
-        trainer = AdversarialModel.from_recipe(recipe, model, eps=eps, **overrides)
+        trainer = AdversarialModel.from_recipe(recipe, model, eps=eps, seed=0, **overrides)
         trainer.compile(keras.optimizers.Adam(1e-3))
     trainer.fit(x, y, epochs=1, batch_size=100, verbose=0)  # tracing
     start = time.perf_counter()

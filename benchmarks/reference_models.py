@@ -45,7 +45,7 @@ def robust(data, eps, epochs):
     (x, y), _ = data
     keras.utils.set_random_seed(0)
     model = small_cnn(x.shape[1:], name="fast_at_cnn")
-    trainer = AdversarialModel.from_recipe("fast", model, eps=eps)
+    trainer = AdversarialModel.from_recipe("fast", model, eps=eps, seed=0)
     trainer.compile(keras.optimizers.Adam(1e-3))
     trainer.fit(x, y, epochs=epochs, batch_size=100, verbose=0)
     return model

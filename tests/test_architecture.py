@@ -117,6 +117,7 @@ def test_a_new_attack_is_found_by_name_and_runs_in_a_protocol(registered_nudge, 
     assert set(Nudge.harness_params()) == {"eps", "norm", "clip_min", "clip_max", "y", "seed"}
     document = protocols.load("digits-linf-0.2")
     document["attacks"] = [{"name": "nudge", "attack": "Nudge", "params": {"flips": 1}}]
+    document.pop("headline")  # AutoAttack's attacks are gone
     protocol = protocols.validate(document)
     with pytest.raises(protocols.ProtocolError, match=r"unknown key\(s\) \['seed'\]"):
         protocols.validate(dict(document, attacks=[

@@ -16,7 +16,7 @@ from advlib.bench import protocol as protocols
 from advlib.bench.runner import parse_shard
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-QUICK = "digits-linf-0.2"
+QUICK = "digits-linf-0.2@2"  # v2: the fast ensemble, for the harness mechanics
 
 
 def quick_protocol(**changes):
@@ -219,7 +219,7 @@ def test_compare_ranks_and_refuses_mismatched_protocols(full_run, digits_mlp, tm
 
 def test_protocols_validate_and_refuse_unknown_keys(tmp_path):
     assert set(bench.available()) >= {"mnist-linf-0.3", "fashion-mnist-linf-0.1",
-                                      "cifar10-linf-8/255", "cifar10-l2-0.5", QUICK}
+                                      "cifar10-linf-8/255", "cifar10-l2-0.5", "digits-linf-0.2"}
     for name in bench.available():
         protocol = bench.load_protocol(name)
         assert protocol["name"] == name
@@ -256,3 +256,53 @@ def test_wilson_interval():
     low, high = bench.wilson_interval(50, 100)
     assert low == pytest.approx(0.4038, abs=1e-3) and high == pytest.approx(0.5962, abs=1e-3)
     assert bench.wilson_interval(0, 10)[0] == 0.0
+
+
+def small_v3(n=60, queries=300):
+    """Version 3 of the digits protocol on `n` digits, Square with fewer queries."""
+    document = protocols.load("digits-linf-0.2")
+    document["dataset"]["n"] = document["batch_size"] = n
+    document["sweep"] = []
+    for entry in document["attacks"]:
+        if entry["attack"] == "SquareAttack":
+            entry["params"]["n_queries"] = queries
+    return document
+
+
+def test_version_3_reports_the_autoattack_figure_beside_the_worst_case(digits_cnn, tmp_path):
+    assert protocols.load("digits-linf-0.2")["version"] == 3
+    assert protocols.load("digits-linf-0.2@2")["version"] == 2  # the earlier version loads
+    report = bench.evaluate(digits_cnn, protocol=small_v3(), progress=False,
+                            out_dir=str(tmp_path / "v3"))
+    standard = report["results"]["headline"]
+    assert standard["label"] == "AutoAttack (standard)"
+    assert standard["attacks"] == ["apgd-ce", "apgd-t", "fab-t", "square"]
+    after_square = report["results"]["per_eps"][0]["attacks"][3]
+    assert after_square["name"] == "square"
+    assert standard["robust_accuracy"] == after_square["robust_accuracy_after"]
+    assert report["results"]["robust_accuracy"]["value"] <= standard["robust_accuracy"]["value"]
+    table = bench.markdown(report)
+    assert "AutoAttack (standard), comparable with RobustBench, eps=0.2" in table
+    black_box = {c["id"]: c for c in report["diagnostics"]}["black-box-vs-white-box"]
+    assert black_box["message"].startswith("SquareAttack broke")
+    # an adaptive run reorders the ensemble (black-box last): no separable figure
+    from advlib.bench.report import headline
+    reordered = dict(report, ensemble=report["ensemble"][:3] + report["ensemble"][4:] +
+                     report["ensemble"][3:4])
+    assert headline(reordered)["robust_accuracy"] is None
+    assert "not separable" in headline(reordered)["note"]
+    # v2 and v3 reports are never ranked together
+    older = bench.evaluate(digits_cnn, protocol=quick_protocol(dataset={
+        "name": "digits", "split": "test", "n": 60}, batch_size=60, sweep=[]), progress=False)
+    with pytest.raises(ValueError, match="different protocols"):
+        bench.compare([report, older])
+
+
+def test_a_headline_must_lead_the_attack_list():
+    document = small_v3()
+    document["headline"]["attacks"] = ["apgd-t", "apgd-ce"]
+    with pytest.raises(protocols.ProtocolError, match="headline attacks must be the first"):
+        protocols.validate(document)
+    document["headline"] = {"attacks": ["apgd-ce"], "colour": "red"}
+    with pytest.raises(protocols.ProtocolError, match=r"unknown key\(s\) \['colour'\]"):
+        protocols.validate(document)

@@ -22,7 +22,7 @@ CHECKED = ["iterative-vs-single-step", "convergence", "monotone-in-eps", "unboun
 
 
 def small_protocol(eps=0.2, sweep=(0.1,), **attack_changes):
-    document = protocols.load("digits-linf-0.2")
+    document = protocols.load("digits-linf-0.2@2")
     document["dataset"]["n"], document["batch_size"] = 120, 120
     document["threat"]["eps"], document["sweep"] = eps, list(sweep)
     document["diagnostics"] = {"n": 60}

@@ -25,7 +25,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def tiny_protocol(**changes):
     """40 digits in batches of 10, FGSM and a 3-step PGD: seconds per run."""
-    document = protocols.load("digits-linf-0.2")
+    document = protocols.load("digits-linf-0.2@2")
     document.update(
         dataset={"name": "digits", "split": "test", "n": 40}, batch_size=10, sweep=[],
         diagnostics={"n": 20},

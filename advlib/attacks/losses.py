@@ -30,8 +30,31 @@ def margin_loss(labels, logits):
     return best_other - label_logit
 
 
+def _sorted_logits(logits):
+    logits = tf.cast(logits, tf.float32) if logits.dtype == tf.float16 else logits
+    return logits, tf.sort(logits, axis=-1, direction="DESCENDING")
+
+
+def dlr_loss(labels, logits):
+    """Difference of Logits Ratio (Croce & Hein 2020): the margin loss divided by
+    z_pi1 - z_pi3, the gap between the largest and the third largest logit, so
+    that rescaling the logits changes nothing. Needs 3 classes or more."""
+    logits, ranked = _sorted_logits(logits)
+    return margin_loss(labels=labels, logits=logits) / (ranked[:, 0] - ranked[:, 2] + 1e-12)
+
+
+def targeted_dlr_loss(labels, logits):
+    """The targeted DLR of Croce & Hein 2020, to ascend: -(z_y - z_t) /
+    (z_pi1 - (z_pi3 + z_pi4) / 2). `labels` stacks (true class, target) per
+    example, shape (batch, 2). Needs 4 classes or more."""
+    logits, ranked = _sorted_logits(logits)
+    true = tf.gather(logits, labels[:, 0], batch_dims=1)
+    target = tf.gather(logits, labels[:, 1], batch_dims=1)
+    return -(true - target) / (ranked[:, 0] - 0.5 * (ranked[:, 2] + ranked[:, 3]) + 1e-12)
+
+
 LOSSES = {"ce": cross_entropy, "cross_entropy": cross_entropy,
-          "cw": margin_loss, "margin": margin_loss}
+          "cw": margin_loss, "margin": margin_loss, "dlr": dlr_loss}
 
 
 def get(loss_fn):

@@ -126,6 +126,33 @@ def project_l1_ball(eta, eps):
     return tf.reshape(tf.where(inside, flat, projected), shape)
 
 
+def project_l1_box(delta, eps, low, high, steps: int = 40):
+    """Euclidean projection of each example's `delta` onto the L1 ball of radius
+    `eps` intersected with the box [low, high] (low <= 0 <= high, elementwise).
+
+    The projection is a soft threshold at some theta >= 0, then the box; the
+    L1 norm of that point falls with theta, so theta is found by bisection.
+    The returned point is always inside both sets.
+    """
+    shape = tf.shape(delta)
+    flat = tf.reshape(delta, [shape[0], -1])
+    low, high = (tf.reshape(tf.broadcast_to(tf.cast(b, delta.dtype), shape), [shape[0], -1])
+                 for b in (low, high))
+    eps = tf.cast(eps, flat.dtype) * tf.ones_like(flat[:, :1])
+
+    def shrink(theta):
+        return tf.clip_by_value(tf.sign(flat) * tf.nn.relu(tf.abs(flat) - theta), low, high)
+
+    size = lambda theta: tf.reduce_sum(tf.abs(shrink(theta)), axis=1, keepdims=True)
+    lower = tf.zeros_like(eps)
+    upper = tf.reduce_max(tf.abs(flat), axis=1, keepdims=True)
+    for _ in range(steps):
+        middle = (lower + upper) / 2
+        over = size(middle) > eps
+        lower, upper = tf.where(over, middle, lower), tf.where(over, upper, middle)
+    return tf.reshape(tf.where(size(0.0) <= eps, shrink(0.0), shrink(upper)), shape)
+
+
 def clip_eta(eta, norm, eps):
     """Projects the perturbation `eta` onto the `norm` ball of radius `eps`."""
     eps = tf.cast(eps, eta.dtype)

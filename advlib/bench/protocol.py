@@ -10,14 +10,23 @@ A protocol is a JSON document:
      "attacks": [{"name": "pgd-ce", "attack": "ProjectedGradientDescent",
                   "params": {"nb_iter": 100, "eps_iter_fraction": 0.25, ...}}, ...],
      "sweep": [0.025, 0.05],
-     "diagnostics": {"n": 100, "convergence_threshold": 0.01, "black_box_margin": 0.01}}
+     "diagnostics": {"n": 100, "convergence_threshold": 0.01, "black_box_margin": 0.01},
+     "headline": {"label": "AutoAttack (standard)", "attacks": ["apgd-ce", ...],
+                  "comparable_with": "RobustBench"}}
 
 The first `n` examples of the split are evaluated, in order. Each attack runs
 on the examples that the attacks before it did not break. `eps_iter_fraction`
 sets the step size as a fraction of eps, so the `sweep` (extra eps values,
 for the robustness curve) scales every attack alike. `diagnostics` sets the
 subset and thresholds of the gradient-masking checks
-(`advlib.bench.diagnostics`; all optional). Unknown keys are refused.
+(`advlib.bench.diagnostics`; all optional). `headline` (version 3) names the
+first attacks of the list that form a standard figure of its own, AutoAttack's,
+which the report gives beside the worst case over all attacks. Unknown keys are
+refused.
+
+Earlier versions of the shipped protocols stay loadable as "name@version",
+e.g. "digits-linf-0.2@2"; `compare` refuses to rank reports of different
+versions.
 """
 
 from __future__ import annotations
@@ -35,7 +44,9 @@ from advlib import attacks as attacks_module
 
 PROTOCOL_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "protocols")
 _TOP_KEYS = {"name", "version", "description", "dataset", "threat", "clip", "seed",
-             "batch_size", "attacks", "sweep", "diagnostics"}
+             "batch_size", "attacks", "sweep", "diagnostics", "headline"}
+_HEADLINE_KEYS = {"label", "attacks", "comparable_with"}
+ARCHIVE_DIR = os.path.join(PROTOCOL_DIR, "archive")
 _REQUIRED = {"name", "version", "dataset", "threat", "attacks"}
 _DATASET_KEYS = {"name", "split", "n"}
 _THREAT_KEYS = {"norm", "eps"}
@@ -57,16 +68,29 @@ def available() -> List[str]:
     return names
 
 
+def _shipped_path(name: str) -> str:
+    """The file of a shipped protocol: "name" (current) or "name@version" (archived)."""
+    name, _, version = name.partition("@")
+    stem = name.replace("/", "_")
+    if not version:
+        return os.path.join(PROTOCOL_DIR, stem + ".json")
+    return os.path.join(ARCHIVE_DIR, f"{stem}.v{version}.json")
+
+
 def load(name_or_path: str) -> Dict[str, Any]:
-    """A shipped protocol by name (e.g. "digits-linf-0.2"), or a JSON file by path."""
+    """A shipped protocol by name (e.g. "digits-linf-0.2", or "digits-linf-0.2@2" for
+    an earlier version), or a JSON file by path."""
     if isinstance(name_or_path, dict):
         return validate(copy.deepcopy(name_or_path))
     path = name_or_path
     if not os.path.exists(path):
-        path = os.path.join(PROTOCOL_DIR, name_or_path.replace("/", "_") + ".json")
+        path = _shipped_path(name_or_path)
     if not os.path.exists(path):
+        archived = sorted(f[:-5].replace(".v", "@") for f in os.listdir(ARCHIVE_DIR)
+                          if f.endswith(".json"))
         raise ProtocolError(f"protocol {name_or_path!r} is neither a file nor one of the "
-                            f"shipped protocols: {available()}.")
+                            f"shipped protocols: {available()} (earlier versions: "
+                            f"{archived}).")
     try:
         with open(path) as handle:
             document = json.load(handle)
@@ -153,7 +177,26 @@ def validate(document: Dict[str, Any], source: str = "protocol") -> Dict[str, An
             {"eps_iter_fraction"}
         _unknown(params, allowed, f"{where} ({entry['attack']}) params")
     _check_attack_params(document, source)
+    _validate_headline(document, source)
     return document
+
+
+def _validate_headline(document, source) -> None:
+    headline = document.get("headline")
+    if headline is None:
+        return
+    where = f"{source}: headline"
+    if not isinstance(headline, dict):
+        raise ProtocolError(f"{where} must be an object with keys {sorted(_HEADLINE_KEYS)}.")
+    _unknown(headline, _HEADLINE_KEYS, where)
+    members = headline.get("attacks")
+    names = [entry["name"] for entry in document["attacks"]]
+    if not isinstance(members, list) or not members or members != names[:len(members)]:
+        raise ProtocolError(f"{where} attacks must be the first attacks of the list, in "
+                            f"order (its figure is the robust accuracy after the last of "
+                            f"them); got {members!r}, the list begins {names[:4]}.")
+    headline.setdefault("label", "headline")
+    headline.setdefault("comparable_with", "")
 
 
 def _check_attack_params(document, source) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
@@ -63,6 +63,29 @@ def summarize(arrays: Dict[str, np.ndarray], names: Sequence[str], eps_list: Seq
             "robust_accuracy": per_eps[0]["robust_accuracy"]}
 
 
+def headline(report: Dict) -> Optional[Dict]:
+    """The protocol's headline figure (AutoAttack's, in version 3): the robust
+    accuracy after its attacks, at every eps. None when the protocol has none; when
+    the run reordered the ensemble (adaptive mode runs black-box attacks last), the
+    figure is not separable and says why."""
+    spec = report["protocol"].get("headline")
+    if not spec:
+        return None
+    members = spec["attacks"]
+    names = [entry["name"] for entry in report["ensemble"]]
+    out = {"label": spec["label"], "comparable_with": spec.get("comparable_with", ""),
+           "attacks": members}
+    if names[:len(members)] != members:
+        return dict(out, robust_accuracy=None, per_eps=None,
+                    note="the ensemble of this run does not begin with the headline's "
+                         "attacks (adaptive mode reorders it), so their figure is not "
+                         "separable; see the worst case")
+    after = len(members) - 1
+    per_eps = [{"eps": e["eps"], "robust_accuracy": e["attacks"][after]["robust_accuracy_after"]}
+               for e in report["results"]["per_eps"]]
+    return dict(out, robust_accuracy=per_eps[0]["robust_accuracy"], per_eps=per_eps)
+
+
 def _percent(entry) -> str:
     low, high = entry["ci95"]
     return f"{100 * entry['value']:.2f}% [{100 * low:.1f}, {100 * high:.1f}]"
@@ -87,6 +110,12 @@ def markdown(report: Dict) -> str:
                      f"{attack['forward_passes']} / {attack['backward_passes']} | "
                      f"{attack['seconds']:.1f} |")
     flag = report.get("headline_flag", "")
+    standard = report["results"].get("headline")
+    if standard and standard["robust_accuracy"] is not None:
+        comparable = f", comparable with {standard['comparable_with']}" \
+            if standard["comparable_with"] else ""
+        lines.append(f"| **{standard['label']}{comparable}, eps={main['eps']:.4g}** | "
+                     f"**{_percent(standard['robust_accuracy'])}**{flag} | | | | |")
     lines.append(f"| **robust (worst case), eps={main['eps']:.4g}** | "
                  f"**{_percent(main['robust_accuracy'])}**{flag} | | | | |")
     adaptive = report.get("adaptive")

@@ -416,6 +416,7 @@ def assess(report: Dict, arrays: Dict, selection: np.ndarray) -> Dict:
                                 report["protocol"], report.get("nb_classes"), standing)
     report["diagnostics"] = checks
     report["headline_flag"] = diagnostics.headline_flag(checks)
+    report["results"]["headline"] = reports.headline(report)
     if report.get("adaptive"):
         report["adaptive"] = adaptive_summary(report)
     return report

@@ -1,0 +1,369 @@
+"""Auto-PGD (Croce & Hein 2020) and its targeted sweep APGD-T, the gradient
+attacks of AutoAttack; L1 after Croce & Hein 2021."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Dict
+
+import numpy as np
+import tensorflow as tf
+
+from advlib import _checks
+from advlib.attacks import losses, utils
+from advlib.attacks.base import Attack, refuse_true_class_targets
+
+_MOMENTUM = 0.75
+_TARGET_SEED_STRIDE = 1000
+# the step size starts at this multiple of eps (L-inf and L2: 2, L1: 1)
+_STEP_FACTOR = {np.inf: 2.0, 2: 2.0, 1: 1.0}
+# L1: the step may shrink to this fraction of its start, and the sparsity adapts
+_L1_MIN_STEP, _L1_STEP_DECAY, _L1_SPARSITY_SHRINK = 0.1, 1.5, 1.5
+# L1 "larger eps" schedule of AutoAttack: eps x 3, 2, 1 for 30%, 30%, 40% of the steps
+_L1_SCHEDULE = ((3.0, 0.3), (2.0, 0.3), (1.0, 0.4))
+
+
+def _negative_cross_entropy(labels, logits):
+    """Targeted CE: ascending it approaches the target class."""
+    return -losses.cross_entropy(labels=labels, logits=logits)
+
+
+def checkpoint_lengths(nb_iter: int, norm) -> list:
+    """The lengths of the windows after which APGD checks its progress: for L-inf
+    and L2, 22% of the steps, then 3% less each time, down to 6% (the paper's
+    p_j schedule); for L1, every 4%."""
+    if norm == 1:
+        return [max(int(0.04 * nb_iter), 1)] * nb_iter
+    first, shortest, decrease = (max(int(f * nb_iter), 1) for f in (0.22, 0.06, 0.03))
+    lengths, k = [], first
+    while sum(lengths) < nb_iter:
+        lengths.append(k)
+        k = max(k - decrease, shortest)
+    return lengths
+
+
+class APGD(Attack):
+    """Auto-PGD: PGD with momentum and a step size that halves when progress stalls.
+
+    From the random start, each step moves along the gradient (sign for L-inf,
+    normalised for L2, a sparse sign step for L1) with momentum 0.75. At the
+    paper's checkpoints, an example's step size halves, and it restarts from
+    its best point, when fewer than `rho` of the steps since the last
+    checkpoint raised the loss, or when neither the step size nor the best
+    loss changed since then. Per example, the first adversarial point found is
+    kept; where none is, the point of highest loss. Restarts run on the
+    examples still robust.
+
+    Args (to `generate` / `generate_np`):
+        eps: radius of the ball (default 0.3).
+        nb_iter: steps per restart (default 100).
+        norm: np.inf (default), 2 or 1; `ord` is an alias.
+        loss: "ce" (cross-entropy, default) or "dlr" (Difference of Logits
+            Ratio, invariant to the logits' scale). With `y_target`, the
+            targeted versions (DLR-T needs 4 classes or more).
+        nb_restarts: runs from new random starts on the examples still
+            robust (default 1).
+        rho: the share of loss increases a window must reach (default 0.75).
+        eot_iter: gradients averaged per step, for randomized models
+            (Expectation over Transformation; default 1).
+        large_reps: L1 only: AutoAttack's schedule of 3, 2, then 1 times eps.
+        y, y_target, targeted: labels as in `FastGradientMethod`.
+        clip_min, clip_max: input domain bounds.
+        seed: makes the random starts reproducible.
+
+    Example:
+        >>> apgd = APGD(keras_model)
+        >>> x_adv = apgd.generate_np(x, y=y, eps=8 / 255, loss="dlr", clip_min=0., clip_max=1.)
+    """
+
+    def __init__(self, model):
+        super().__init__(model)
+        self._step = tf.function(self._step_fn, reduce_retracing=True)
+        self._check = tf.function(self._check_fn, reduce_retracing=True)
+
+    def parse_params(self, eps=0.3, nb_iter=100, norm=None, ord=None, loss="ce", nb_restarts=1,
+                     rho=0.75, eot_iter=1, large_reps=False, y=None, y_target=None,
+                     targeted=False, clip_min=None, clip_max=None,
+                     seed=None) -> Dict[str, Any]:
+        norm = utils.resolve_norm(norm, ord)
+        _checks.check_number("eps", eps, low=0)
+        _checks.check_number("nb_iter", nb_iter, low=1, integer=True)
+        _checks.check_choice("loss", loss, ("ce", "dlr"))
+        _checks.check_number("nb_restarts", nb_restarts, low=1, integer=True)
+        _checks.check_number("rho", rho, low=0, high=1)
+        _checks.check_number("eot_iter", eot_iter, low=1, integer=True)
+        _checks.check_seed(seed)
+        return dict(eps=float(eps), nb_iter=int(nb_iter), norm=norm, loss=loss,
+                    nb_restarts=int(nb_restarts), rho=float(rho), eot_iter=int(eot_iter),
+                    large_reps=bool(large_reps), y=y, y_target=y_target, targeted=bool(targeted),
+                    clip_min=clip_min, clip_max=clip_max, seed=seed)
+
+    # -- the attack ---------------------------------------------------------------
+    def _generate(self, x, labels, targeted, *, eps, norm, loss, seed, clip_min, clip_max,
+                  **options):
+        if eps == 0:
+            return tf.identity(x)
+        true = labels
+        if targeted:
+            true = self.model.predict_classes(x)
+            self._count(len(x))
+            refuse_true_class_targets(labels.numpy(), true.numpy())
+        loss_fn = self._loss(loss, targeted)
+        loss_labels = tf.stack([tf.cast(true, tf.int64), tf.cast(labels, tf.int64)], axis=1) \
+            if targeted and loss == "dlr" else labels
+        bounds = utils.bounds_as_tensors(x.dtype, clip_min, clip_max)
+        return self._restarts(x, labels, loss_labels, loss_fn, targeted, eps, norm, bounds,
+                              self._seed_pair(seed), **options)[0]
+
+    def _loss(self, name: str, targeted: bool):
+        if name == "dlr":
+            needed = 4 if targeted else 3
+            if self.model.nb_classes < needed:
+                raise ValueError(f"loss='dlr' needs {needed} classes or more"
+                                 f"{' when targeted' if targeted else ''}; the model has "
+                                 f"{self.model.nb_classes}. Use loss='ce'.")
+            return losses.targeted_dlr_loss if targeted else losses.dlr_loss
+        return _negative_cross_entropy if targeted else losses.cross_entropy
+
+    def _restarts(self, x, labels, loss_labels, loss_fn, targeted, eps, norm, bounds, seed_pair,
+                  *, nb_iter, nb_restarts, rho, eot_iter, large_reps):
+        """Runs restarts on the examples still robust.
+
+        Returns:
+            (x_adv, robust): the adversarial examples, or the points of highest
+            loss where none was found; and which examples stayed robust.
+        """
+        x_out = x
+        robust = np.ones(len(x), bool)
+        for restart in range(nb_restarts):
+            rows = np.flatnonzero(robust)
+            if rows.size == 0:
+                break
+            pick = lambda t: tf.gather(t, rows)
+            x_adv, still = self._run(pick(x), pick(labels), pick(loss_labels), loss_fn,
+                                     targeted, eps, norm, bounds, seed_pair + [1, restart],
+                                     nb_iter, rho, eot_iter, large_reps)
+            x_out = tf.tensor_scatter_nd_update(x_out, rows[:, None], x_adv)
+            robust[rows] = still.numpy()
+        return x_out, robust
+
+    def _run(self, x, labels, loss_labels, loss_fn, targeted, eps, norm, bounds, seed_pair,
+             nb_iter, rho, eot_iter, large_reps):
+        """One restart: (best adversarial or highest-loss points, still robust)."""
+        low, high = bounds
+        run = lambda eps, steps, start: self._single_run(
+            x, labels, loss_labels, loss_fn, targeted, eps, norm, bounds, seed_pair, steps, rho,
+            eot_iter, start)
+        if norm == 1 and large_reps:
+            schedule = [(eps * f, max(math.ceil(share * nb_iter), 1)) for f, share in
+                        _L1_SCHEDULE[:-1]]
+            schedule.append((eps, nb_iter - sum(n for _, n in schedule)))
+            start = x + utils.project_l1_box(self._noise(x, 1, seed_pair), eps * 3, low - x,
+                                             high - x)
+            for current, steps in schedule:
+                start = x + utils.project_l1_box(start - x, current, low - x, high - x)
+                start, x_adv, robust = run(current, max(steps, 1), start)
+            return tf.where(utils.per_example(robust, x), start, x_adv), robust
+        best, x_adv, robust = run(eps, nb_iter, None)
+        return tf.where(utils.per_example(robust, x), best, x_adv), robust
+
+    def _noise(self, x, norm, seed_pair):
+        if norm == np.inf:
+            t = tf.random.stateless_uniform(tf.shape(x), seed_pair, -1.0, 1.0, dtype=x.dtype)
+            scale = tf.reduce_max(tf.abs(tf.reshape(t, [tf.shape(x)[0], -1])), axis=1)
+        else:
+            t = tf.random.stateless_normal(tf.shape(x), seed_pair, dtype=x.dtype)
+            if norm == 1:
+                return t
+            scale = tf.norm(tf.reshape(t, [tf.shape(x)[0], -1]), axis=1)
+        return t / utils.per_example(scale + 1e-12, x)
+
+    def _single_run(self, x, labels, loss_labels, loss_fn, targeted, eps, norm, bounds,
+                    seed_pair, nb_iter, rho, eot_iter, start):
+        """Algorithm 1 of the paper on one batch, from `start` (None: a random start).
+
+        Returns:
+            (x_best, x_adv, robust): the highest-loss points, the adversarial
+            points found, and which examples no step made adversarial.
+        """
+        low, high = bounds
+        eps_t = tf.cast(eps, x.dtype)
+        if start is None:
+            noise = self._noise(x, norm, seed_pair)
+            start = (x + utils.project_l1_box(noise, eps_t, low - x, high - x) if norm == 1
+                     else tf.clip_by_value(x + eps_t * noise, low, high))
+        loss, grad, logits = self._evaluate(start, loss_labels, loss_fn, eot_iter)
+        robust = ~self._succeeded(logits, labels, targeted)
+        factor = _STEP_FACTOR[norm]
+        features = int(np.prod(x.shape[1:]))
+        sparsity = tf.fill([len(x)], tf.cast(0.2, x.dtype))
+        state = dict(
+            x_adv=start, x_old=start, grad=grad, x_best=start, grad_best=grad, loss_best=loss,
+            x_found=start, robust=robust, previous=loss, increases=tf.zeros_like(loss),
+            step=tf.fill([len(x)], factor * eps_t), last_best=loss,
+            reduced=tf.ones([len(x)], tf.bool),
+            # L1: the sparsity of the step, and that of the best point at the last check
+            sparsity=sparsity, last_sparsity=tf.fill([len(x)], tf.cast(features, x.dtype)))
+        lengths = checkpoint_lengths(nb_iter, norm)
+        window, steps_in_window = 0, 0
+        for i in range(nb_iter):
+            momentum = tf.constant(_MOMENTUM if i > 0 else 1.0, x.dtype)
+            state = self._step(state, x, labels, loss_labels, eps_t, low, high, momentum,
+                               norm, loss_fn, targeted, eot_iter)
+            steps_in_window += 1
+            if steps_in_window == lengths[window]:
+                state = self._check(state, x, tf.constant(lengths[window], x.dtype),
+                                    tf.constant(rho, x.dtype), factor * eps_t, norm)
+                window, steps_in_window = window + 1, 0
+        self._count(len(x), forward=(nb_iter + 1) * eot_iter, backward=(nb_iter + 1) * eot_iter)
+        return state["x_best"], state["x_found"], state["robust"]
+
+    def _evaluate(self, x_adv, loss_labels, loss_fn, eot_iter):
+        """Per-example loss and its gradient, averaged over `eot_iter` calls."""
+        total_loss, total_grad = 0.0, 0.0
+        for _ in range(eot_iter):
+            loss, grad, logits = self.model.loss_gradient(x_adv, loss_labels, loss_fn)
+            total_loss, total_grad = total_loss + loss, total_grad + grad
+        return (tf.cast(total_loss, x_adv.dtype) / eot_iter, total_grad / eot_iter, logits)
+
+    @staticmethod
+    def _succeeded(logits, labels, targeted):
+        predicted = tf.argmax(logits, axis=-1, output_type=labels.dtype)
+        return tf.equal(predicted, labels) if targeted else tf.not_equal(predicted, labels)
+
+    # -- compiled pieces ----------------------------------------------------------------
+    def _project(self, x, point, eps, low, high, norm):
+        if norm == 1:
+            return x + utils.project_l1_box(point - x, eps, low - x, high - x)
+        return tf.clip_by_value(x + utils.clip_eta(point - x, norm, eps), low, high)
+
+    def _ascend(self, x, state, eps, low, high, norm):
+        """The plain step z of the paper, projected."""
+        x_adv, grad, step = state["x_adv"], state["grad"], utils.per_example(state["step"], x)
+        if norm == 1:
+            flat = tf.reshape(tf.abs(grad), [tf.shape(x)[0], -1])
+            features = tf.shape(flat)[1]
+            ranked = tf.sort(flat, axis=1)
+            place = tf.clip_by_value(tf.cast((1 - state["sparsity"]) * tf.cast(features, x.dtype),
+                                             tf.int32), 0, features - 1)
+            threshold = utils.per_example(tf.gather(ranked, place, batch_dims=1), x)
+            direction = tf.sign(grad) * tf.cast(tf.abs(grad) >= threshold, x.dtype)
+            count = tf.reduce_sum(tf.abs(tf.reshape(direction, [tf.shape(x)[0], -1])), axis=1)
+            return self._project(x, x_adv + step * direction / utils.per_example(count + 1e-10,
+                                                                                  x),
+                                 eps, low, high, norm)
+        direction = tf.sign(grad) if norm == np.inf else utils.optimize_linear(grad, 1.0, 2)
+        return self._project(x, x_adv + step * direction, eps, low, high, norm)
+
+    def _step_fn(self, state, x, labels, loss_labels, eps, low, high, momentum, norm, loss_fn,
+                 targeted, eot_iter):
+        state = dict(state)
+        z = self._ascend(x, state, eps, low, high, norm)
+        if norm == 1:  # the L1 version takes the plain step
+            moved = z
+        else:
+            moved = self._project(x, state["x_adv"] + momentum * (z - state["x_adv"]) +
+                                  (1 - momentum) * (state["x_adv"] - state["x_old"]),
+                                  eps, low, high, norm)
+        loss, grad, logits = self._evaluate(moved, loss_labels, loss_fn, eot_iter)
+        finite = tf.math.is_finite(loss) & utils.finite_rows(grad) & utils.finite_rows(moved)
+        keep = utils.per_example(finite, x)
+        moved, grad = tf.where(keep, moved, state["x_adv"]), tf.where(keep, grad, state["grad"])
+        loss = tf.where(finite, loss, state["previous"])
+        success = self._succeeded(logits, labels, targeted) & finite
+        state["x_found"] = tf.where(utils.per_example(success & state["robust"], x), moved,
+                                    state["x_found"])
+        state["robust"] = state["robust"] & ~success
+        better = loss > state["loss_best"]
+        state["x_best"] = tf.where(utils.per_example(better, x), moved, state["x_best"])
+        state["grad_best"] = tf.where(utils.per_example(better, x), grad, state["grad_best"])
+        state["loss_best"] = tf.maximum(loss, state["loss_best"])
+        state["increases"] += tf.cast(loss > state["previous"], loss.dtype)
+        state["previous"] = loss
+        state["x_old"], state["x_adv"], state["grad"] = state["x_adv"], moved, grad
+        return state
+
+    def _check_fn(self, state, x, length, rho, initial_step, norm):
+        """A checkpoint: where progress stalled, halve the step (L1: adapt the step and
+        the sparsity) and go back to the best point."""
+        state = dict(state)
+        if norm == 1:
+            changed = tf.reshape(tf.cast(tf.not_equal(state["x_best"], x), x.dtype),
+                                 [tf.shape(x)[0], -1])
+            sparsity_now = tf.reduce_sum(changed, axis=1)
+            features = tf.cast(tf.shape(changed)[1], x.dtype)
+            restart = sparsity_now / state["last_sparsity"] < 0.95
+            state["sparsity"] = sparsity_now / features / _L1_SPARSITY_SHRINK
+            step = tf.where(restart, initial_step, state["step"] / _L1_STEP_DECAY)
+            state["step"] = tf.clip_by_value(step, initial_step * _L1_MIN_STEP, initial_step)
+            state["last_sparsity"] = sparsity_now
+        else:
+            oscillating = state["increases"] <= length * rho
+            stuck = ~state["reduced"] & (state["last_best"] >= state["loss_best"])
+            restart = oscillating | stuck
+            state["reduced"] = restart
+            state["last_best"] = state["loss_best"]
+            state["step"] = tf.where(restart, state["step"] / 2, state["step"])
+        back = utils.per_example(restart, x)
+        state["x_adv"] = tf.where(back, state["x_best"], state["x_adv"])
+        state["grad"] = tf.where(back, state["grad_best"], state["grad"])
+        state["increases"] = tf.zeros_like(state["increases"])
+        return state
+
+
+class APGDT(APGD):
+    """APGD-T: APGD on the targeted DLR loss towards each of the top other classes.
+
+    For k = 2 .. `n_target_classes` + 1, the examples still robust are
+    attacked towards their k-th most likely class (by the clean logits); an
+    example counts as broken as soon as it is misclassified (an untargeted
+    success), as in AutoAttack, whose standard version uses 9 targets.
+
+    Args (to `generate` / `generate_np`):
+        n_target_classes: how many target classes to try (default 9; at most
+            the number of classes minus one).
+        eps, nb_iter, norm, nb_restarts, rho, eot_iter, large_reps, clip_min,
+        clip_max, seed: as for `APGD`.
+        y: the true labels (default: the model's predictions).
+
+    Example:
+        >>> x_adv = APGDT(keras_model).generate_np(x, y=y, eps=0.1, clip_min=0., clip_max=1.)
+    """
+
+    def parse_params(self, eps=0.3, nb_iter=100, norm=None, ord=None, n_target_classes=9,
+                     nb_restarts=1, rho=0.75, eot_iter=1, large_reps=False, y=None,
+                     clip_min=None, clip_max=None, seed=None) -> Dict[str, Any]:
+        _checks.check_number("n_target_classes", n_target_classes, low=1, integer=True)
+        parsed = super().parse_params(eps=eps, nb_iter=nb_iter, norm=norm, ord=ord, loss="dlr",
+                                      nb_restarts=nb_restarts, rho=rho, eot_iter=eot_iter,
+                                      large_reps=large_reps, y=y, clip_min=clip_min,
+                                      clip_max=clip_max, seed=seed)
+        parsed["n_target_classes"] = int(n_target_classes)
+        return parsed
+
+    def _generate(self, x, labels, targeted, *, eps, norm, loss, seed, clip_min, clip_max,
+                  n_target_classes, **options):
+        if eps == 0:
+            return tf.identity(x)
+        loss_fn = self._loss(loss, targeted=True)
+        logits = self.model.predict_logits(x)
+        self._count(len(x))
+        ranked = tf.argsort(logits, axis=-1, direction="DESCENDING").numpy()
+        robust = ranked[:, 0] == labels.numpy()
+        bounds = utils.bounds_as_tensors(x.dtype, clip_min, clip_max)
+        seed_pair = self._seed_pair(seed)
+        x_out = x
+        for k in range(1, min(n_target_classes, self.model.nb_classes - 1) + 1):
+            rows = np.flatnonzero(robust)
+            if rows.size == 0:
+                break
+            true = tf.gather(labels, rows)
+            target = tf.constant(ranked[rows, k], true.dtype)
+            x_adv, still = self._restarts(
+                tf.gather(x, rows), true, tf.stack([tf.cast(true, tf.int64),
+                                                    tf.cast(target, tf.int64)], axis=1),
+                loss_fn, False, eps, norm, bounds, seed_pair + [0, _TARGET_SEED_STRIDE * k],
+                **options)
+            x_out = tf.tensor_scatter_nd_update(x_out, rows[:, None], x_adv)
+            robust[rows] = still
+        return x_out

@@ -1,0 +1,334 @@
+"""Square Attack (Andriushchenko, Croce, Flammarion & Hein 2020): a score-based
+black-box attack by random square updates."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any, Dict
+
+import numpy as np
+import tensorflow as tf
+
+from advlib import _checks
+from advlib.attacks import losses, utils
+from advlib.attacks.base import Attack
+
+# the p schedule of the paper, for 10,000 queries: p_init is halved after each bound
+_SCHEDULE_BOUNDS = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)
+# queries run in compiled chunks of this many iterations between re-selections of the
+# examples still running (models answered in Python, such as the NumPy engine, go
+# one query at a time)
+_CHUNK = 100
+
+
+def p_selection(p_init: float, iteration: int, n_queries: int, rescale: bool) -> float:
+    """The fraction of the image a square covers at `iteration`."""
+    if rescale:
+        iteration = int(iteration / n_queries * 10000)
+    halvings = sum(iteration > bound for bound in _SCHEDULE_BOUNDS)
+    return p_init / 2 ** halvings
+
+
+def _rectangles(rows: int, cols: int) -> np.ndarray:
+    """Nested rectangles around the centre, weighted 1 / (ring + 1)^2, unit L2 norm."""
+    pattern = np.zeros((rows, cols))
+    centre_r, centre_c = rows // 2 + 1, cols // 2 + 1
+    top, left = centre_r - 1, centre_c - 1
+    for ring in range(max(centre_r, centre_c)):
+        pattern[max(top, 0):min(top + 2 * ring + 1, rows),
+                max(left, 0):min(left + 2 * ring + 1, cols)] += 1.0 / (ring + 1) ** 2
+        top, left = top - 1, left - 1
+    return pattern / max(np.sqrt((pattern ** 2).sum()), 1e-12)
+
+
+@lru_cache(maxsize=64)
+def eta(size: int) -> np.ndarray:
+    """The L2 attack's square pattern: two blocks of nested rectangles of opposite
+    signs, unit L2 norm (its transpose is drawn as often)."""
+    pattern = np.zeros((size, size))
+    half = size // 2
+    if half:
+        pattern[:half] = _rectangles(half, size)
+    pattern[half:] = -_rectangles(size - half, size)
+    return pattern / max(np.sqrt((pattern ** 2).sum()), 1e-12)
+
+
+class SquareAttack(Attack):
+    """Random square updates of the perturbation, kept when they lower the margin.
+
+    The attack sees only the model's logits, through `model.predict_logits`, so
+    it is unaffected by gradient masking; for a `QNNModelWrapper` with an
+    engine, the exact binary network answers. Each query changes one square of
+    side sqrt(p * pixels) at a random place: L-inf sets it to +-eps per
+    channel; L2 moves mass within the square and from a second square, keeping
+    the norm at eps. p decreases on the paper's schedule. An example stops
+    once it is adversarial; the random draws of each example depend only on
+    its place in the batch and the iteration, never on which others stopped.
+
+    Args (to `generate` / `generate_np`):
+        eps: radius (default 0.3).
+        norm: np.inf (default) or 2; `ord` is an alias.
+        n_queries: queries per example and restart (default 5000).
+        p_init: the first squares' share of the image (default 0.8).
+        loss: "margin" (default) or "ce", the objective lowered.
+        nb_restarts: restarts on the examples still robust (default 1).
+        rescale_schedule: stretch the schedule (made for 10,000 queries) to
+            `n_queries`; AutoAttack does not (default False).
+        y, y_target, targeted: labels as in `FastGradientMethod`.
+        clip_min, clip_max: input domain bounds.
+        seed: makes the squares reproducible.
+
+    Inputs are images, (batch, height, width, channels) or (batch, height,
+    width).
+
+    Example:
+        >>> square = SquareAttack(keras_model)
+        >>> x_adv = square.generate_np(x, y=y, eps=0.1, n_queries=1000, clip_min=0., clip_max=1.)
+    """
+
+    black_box = True
+
+    def __init__(self, model):
+        super().__init__(model)
+        self._propose = tf.function(self._propose_fn, reduce_retracing=True)
+        self._accept = tf.function(self._accept_fn, reduce_retracing=True)
+        self._chunk = tf.function(self._chunk_fn, reduce_retracing=True)
+
+    def parse_params(self, eps=0.3, norm=None, ord=None, n_queries=5000, p_init=0.8,
+                     loss="margin", nb_restarts=1, rescale_schedule=False, y=None,
+                     y_target=None, targeted=False, clip_min=None, clip_max=None,
+                     seed=None) -> Dict[str, Any]:
+        norm = utils.resolve_norm(norm, ord, allowed=(np.inf, 2))
+        _checks.check_number("eps", eps, low=0)
+        _checks.check_number("n_queries", n_queries, low=0, integer=True)
+        _checks.check_number("p_init", p_init, low=0, high=1, low_open=True)
+        _checks.check_choice("loss", loss, ("margin", "ce"))
+        _checks.check_number("nb_restarts", nb_restarts, low=1, integer=True)
+        _checks.check_seed(seed)
+        return dict(eps=float(eps), norm=norm, n_queries=int(n_queries), p_init=float(p_init),
+                    loss=loss, nb_restarts=int(nb_restarts),
+                    rescale_schedule=bool(rescale_schedule), y=y, y_target=y_target,
+                    targeted=bool(targeted), clip_min=clip_min, clip_max=clip_max, seed=seed)
+
+    def _check_input(self, x, parsed) -> tf.Tensor:
+        x = super()._check_input(x, parsed)
+        if x.shape.rank not in (3, 4):
+            raise ValueError(f"x must be a batch of images, (batch, height, width[, "
+                             f"channels]), for SquareAttack; got shape {tuple(x.shape)}.")
+        return x
+
+    # -- the attack -------------------------------------------------------------------
+    def _generate(self, x, labels, targeted, *, eps, norm, n_queries, p_init, loss,
+                  nb_restarts, rescale_schedule, clip_min, clip_max, seed):
+        if eps == 0 or n_queries == 0:
+            return tf.identity(x)
+        images = x if x.shape.rank == 4 else x[..., None]
+        bounds = utils.bounds_as_tensors(images.dtype, clip_min, clip_max)
+        seed_pair = self._seed_pair(seed)
+        out = images
+        robust = np.ones(len(x), bool)
+        for restart in range(nb_restarts):
+            rows = np.flatnonzero(robust)
+            if rows.size == 0:
+                break
+            x_adv, still = self._search(tf.gather(images, rows), tf.gather(labels, rows),
+                                        targeted, eps, norm, n_queries, p_init, loss,
+                                        rescale_schedule, bounds, seed_pair + [restart, 0])
+            out = tf.tensor_scatter_nd_update(out, rows[:, None], x_adv)
+            robust[rows] = still
+        return out if x.shape.rank == 4 else out[..., 0]
+
+    @staticmethod
+    def _scores(logits, labels, targeted, loss):
+        """(margin, objective) to lower: the margin is <= 0 once the attack succeeded."""
+        margin = losses.margin_loss(labels=labels, logits=logits)
+        margin = margin if targeted else -margin
+        if loss == "margin":
+            return margin, margin
+        ce = losses.cross_entropy(labels=labels, logits=logits)
+        return margin, ce if targeted else -ce
+
+    def _objectives(self, points, labels, targeted, loss):
+        logits = self.model.predict_logits(points)
+        self._count(int(points.shape[0]))
+        return self._scores(logits, labels, targeted, loss)
+
+    @staticmethod
+    def _sides(p_init, n_queries, rescale, norm, height, width):
+        """The square's side at every iteration."""
+        sides = []
+        for iteration in range(n_queries):
+            p = p_selection(p_init, iteration, n_queries, rescale)
+            side = int(round(np.sqrt(p * height * width)))
+            sides.append(min(max(side, 1), height, width) if norm == np.inf else
+                         min(max(side + (side % 2 == 0), 3), height, width))
+        return sides
+
+    def _search(self, x, labels, targeted, eps, norm, n_queries, p_init, loss, rescale, bounds,
+                seed_pair):
+        """One restart on a batch: (best points, which stayed robust)."""
+        low, high = bounds
+        eps_t = tf.cast(eps, x.dtype)
+        batch, height, width, channels = (int(d) for d in x.shape)
+        x_best = self._start(x, eps_t, norm, low, high, seed_pair)
+        margin, objective = self._objectives(x_best, labels, targeted, loss)
+        sides = self._sides(p_init, n_queries, rescale, norm, height, width)
+        # each side's pattern, padded to the image, so that a compiled loop can index them
+        distinct = sorted(set(sides))
+        bank = np.zeros((len(distinct), height, width))
+        for k, side in enumerate(distinct):
+            bank[k, :side, :side] = eta(side)
+        bank = tf.constant(bank, x.dtype)
+        which = [distinct.index(side) for side in sides]
+        step = _CHUNK if getattr(self.model, "engine", None) is None else 1
+        common = dict(batch=batch, eps=eps_t, low=low, high=high, norm=norm)
+        for first in range(0, n_queries, step):
+            active = np.flatnonzero(margin.numpy() > 0)
+            if active.size == 0:
+                break
+            rows = tf.constant(active[:, None])
+            count = min(step, n_queries - first)
+            if step == 1:
+                candidate = self._propose(x, x_best, rows, tf.constant(seed_pair + [0, first + 1]),
+                                          tf.constant(sides[first]), bank[which[first]],
+                                          **common)
+                new_margin, new_objective = self._objectives(
+                    candidate, tf.gather_nd(labels, rows), targeted, loss)
+                x_best, margin, objective = self._accept(
+                    x_best, margin, objective, rows, candidate, new_margin, new_objective,
+                    tf.ones([len(active)], tf.bool))
+                continue
+            x_best, margin, objective, queries = self._chunk(
+                x, x_best, margin, objective, labels, rows, tf.constant(seed_pair),
+                tf.constant(first), tf.constant(sides[first:first + count]),
+                tf.constant(which[first:first + count]), bank, targeted, loss, **common)
+            self._count(int(queries))
+        return x_best, margin.numpy() > 0
+
+    def _start(self, x, eps, norm, low, high, seed_pair):
+        """L-inf: vertical stripes of +-eps per channel; L2: a grid of eta patterns of
+        random signs, scaled to norm eps."""
+        batch, height, width, channels = (int(d) for d in x.shape)
+        if norm == np.inf:
+            signs = tf.sign(tf.random.stateless_uniform([batch, 1, width, channels], seed_pair,
+                                                        -1.0, 1.0, dtype=x.dtype))
+            return tf.clip_by_value(x + eps * tf.where(signs == 0, 1.0, signs), low, high)
+        side = max(height // 5, 1)
+        margin_r = max((height - side * 5) // 2, 0)
+        margin_c = max((width - side * 5) // 2, 0)
+        tiles_r, tiles_c = height // side, width // side
+        signs = tf.sign(tf.random.stateless_uniform([batch, tiles_r, tiles_c, channels],
+                                                    seed_pair, -1.0, 1.0, dtype=x.dtype))
+        signs = tf.where(signs == 0, tf.ones_like(signs), signs)
+        flips = np.random.default_rng(int(seed_pair[0])).random((tiles_r, tiles_c)) > 0.5
+        delta = tf.zeros_like(x)
+        for i in range(tiles_r):
+            for j in range(tiles_c):
+                top, left = margin_r + i * side, margin_c + j * side
+                pattern = eta(side).T if flips[i, j] else eta(side)
+                block = np.zeros((height, width))
+                bottom, right = min(top + side, height), min(left + side, width)
+                if bottom <= top or right <= left:
+                    continue
+                block[top:bottom, left:right] = pattern[:bottom - top, :right - left]
+                delta += tf.constant(block[None, :, :, None], x.dtype) * \
+                    signs[:, i, j][:, None, None, :]
+        delta = utils.optimize_linear(delta, eps, 2)  # delta scaled to norm eps
+        return tf.clip_by_value(x + delta, low, high)
+
+    # -- compiled pieces ------------------------------------------------------------------
+    def _chunk_fn(self, x, x_best, margin, objective, labels, rows, seed_pair, first, sides,
+                  which, bank, targeted, loss, batch, eps, low, high, norm):
+        """`len(sides)` queries for the rows running at the chunk's start; a row that
+        succeeds stops changing (and stops counting queries) within the chunk."""
+        row_labels = tf.gather_nd(labels, rows)
+        queries = tf.constant(0, tf.int64)
+        for i in tf.range(tf.shape(sides)[0]):
+            active = tf.gather_nd(margin, rows) > 0
+            seed = seed_pair + tf.stack([tf.constant(0, seed_pair.dtype),
+                                         tf.cast(first + i + 1, seed_pair.dtype)])
+            candidate = self._propose_fn(x, x_best, rows, seed, sides[i], bank[which[i]],
+                                         batch, eps, low, high, norm)
+            logits = tf.cast(self.model.get_logits(candidate), x.dtype)
+            new_margin, new_objective = self._scores(logits, row_labels, targeted, loss)
+            x_best, margin, objective = self._accept_fn(x_best, margin, objective, rows,
+                                                        candidate, new_margin, new_objective,
+                                                        active)
+            queries += tf.reduce_sum(tf.cast(active, tf.int64))
+        return x_best, margin, objective, queries
+
+    @staticmethod
+    def _windows(seed, count, batch, height, width, side, rows):
+        """Per row: a random square's mask (rows, height, width, 1) and its corner."""
+        corners = tf.random.stateless_uniform([batch, count, 2], seed, 0.0, 1.0)
+        corners = tf.gather_nd(corners, rows)
+        span = tf.cast(tf.stack([height - side, width - side]), tf.float32)
+        corners = tf.cast(tf.floor(corners * span), tf.int32)  # in [0, size - side)
+        r = tf.range(height)[None, :, None]
+        c = tf.range(width)[None, None, :]
+        masks = []
+        for k in range(count):
+            top = corners[:, k, 0][:, None, None]
+            left = corners[:, k, 1][:, None, None]
+            inside = (r >= top) & (r < top + side) & (c >= left) & (c < left + side)
+            masks.append((inside, top, left))
+        return masks
+
+    def _propose_fn(self, x, x_best, rows, seed, side, pattern, batch, eps, low, high, norm):
+        """Candidates for the rows still running, one square change each."""
+        x, x_best = tf.gather_nd(x, rows), tf.gather_nd(x_best, rows)
+        height, width, channels = x.shape[1], x.shape[2], x.shape[3]
+        seeds = tf.random.experimental.stateless_split(seed, 3)
+        signs = tf.sign(tf.gather_nd(tf.random.stateless_uniform(
+            [batch, 1, 1, channels], seeds[0], -1.0, 1.0, dtype=x.dtype), rows))
+        signs = tf.where(signs == 0, tf.ones_like(signs), signs)
+        if norm == np.inf:
+            (inside, _, _), = self._windows(seeds[1], 1, batch, height, width, side, rows)
+            inside = tf.cast(inside[..., None], x.dtype)
+            moved = x_best + inside * 2 * eps * signs
+            return tf.clip_by_value(tf.clip_by_value(moved, x - eps, x + eps), low, high)
+        return self._propose_l2(x, x_best, rows, seeds, side, pattern, batch, eps, low, high,
+                                signs)
+
+    def _propose_l2(self, x, x_best, rows, seeds, side, pattern, batch, eps, low, high, signs):
+        height, width, channels = x.shape[1], x.shape[2], x.shape[3]
+        (first, top, left), (second, _, _) = self._windows(seeds[1], 2, batch, height, width,
+                                                           side, rows)
+        first_mask = tf.cast(first[..., None], x.dtype)
+        union = tf.cast((first | second)[..., None], x.dtype)
+        delta = x_best - x
+        sum_sq = lambda t, axes: tf.reduce_sum(tf.square(t), axes, keepdims=True)
+        window_norm = tf.sqrt(sum_sq(delta * first_mask, [1, 2]))        # per channel
+        image_sq = sum_sq(delta, [1, 2, 3])
+        windows_sq = sum_sq(delta * union, [1, 2, 3])
+        # the pattern (transposed for half the rows) placed at each row's first square
+        transpose = tf.gather_nd(tf.random.stateless_uniform([batch], seeds[2]), rows) > 0.5
+        shape = tf.shape(first)
+        r = tf.broadcast_to(tf.clip_by_value(tf.range(height)[None, :, None] - top, 0, side - 1),
+                            shape)
+        c = tf.broadcast_to(tf.clip_by_value(tf.range(width)[None, None, :] - left, 0, side - 1),
+                            shape)
+        index = tf.where(transpose[:, None, None, None], tf.stack([c, r], -1),
+                         tf.stack([r, c], -1))
+        placed = tf.gather_nd(pattern, index)[..., None] * first_mask
+        window = placed * signs + delta * first_mask / (window_norm + 1e-12)
+        scale = tf.sqrt(tf.maximum(tf.square(eps) - image_sq, 0.0) / channels + windows_sq)
+        window = window / (tf.sqrt(sum_sq(window, [1, 2])) + 1e-12) * scale
+        delta = delta * (1 - union) + window
+        return tf.clip_by_value(x + utils.optimize_linear(delta, eps, 2), low, high)
+
+    @staticmethod
+    def _accept_fn(x_best, margin, objective, rows, candidate, new_margin, new_objective,
+                   active):
+        """Keeps each candidate (of an `active` row) that lowered the objective or made
+        the example adversarial."""
+        old_objective = tf.gather_nd(objective, rows)
+        improved = (new_objective < old_objective) & active
+        objective = tf.tensor_scatter_nd_update(objective, rows,
+                                                tf.where(improved, new_objective, old_objective))
+        keep = improved | ((new_margin <= 0) & active)
+        margin = tf.tensor_scatter_nd_update(margin, rows, tf.where(
+            keep, new_margin, tf.gather_nd(margin, rows)))
+        x_best = tf.tensor_scatter_nd_update(x_best, rows, tf.where(
+            keep[:, None, None, None], candidate, tf.gather_nd(x_best, rows)))
+        return x_best, margin, objective
