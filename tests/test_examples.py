@@ -115,3 +115,16 @@ def test_trustworthy_evaluation_example(tmp_path):
         assert summary[adaptive]["robust_accuracy"] < summary[naive]["robust_accuracy"]
     assert os.path.exists(tmp_path / "defended_adaptive.md")
     assert json.load(open(tmp_path / "summary.json")).keys() == summary.keys()
+
+
+def test_autoattack_report_example(tmp_path):
+    import autoattack_report
+
+    summary = autoattack_report.main(["--n", "40", "--out-dir", str(tmp_path)])
+    log = summary["autoattack_log"]
+    assert list(log) == ["clean", "apgd-ce", "apgd-t", "fab-t", "square"][:len(log)]
+    # the harness's headline and AutoAttack's own run agree (their seeds differ), and the
+    # worst case is no higher
+    assert abs(summary["autoattack_standard"] - list(log.values())[-1]) <= 1 / 40 + 1e-9
+    assert summary["worst_case"] <= summary["autoattack_standard"] < summary["clean"]
+    assert os.path.exists(tmp_path / "bench" / "report.json")
