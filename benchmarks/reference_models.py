@@ -117,20 +117,23 @@ def main(argv=None):
                                 batch_size=args.batch_size, model_name=name, shard=args.shard,
                                 transfer_from=surrogates.get(name))
         seconds = time.perf_counter() - start
+        standard = report["results"].get("headline") or {}
         rows.append(dict(model=name, clean=report["results"]["clean_accuracy"],
-                         robust=report["results"]["robust_accuracy"], seconds=seconds,
+                         robust=report["results"]["robust_accuracy"],
+                         autoattack=standard.get("robust_accuracy"), seconds=seconds,
                          n=report["n"], shard=report["shard"],
                          diagnostics={c["id"]: c["status"] for c in report["diagnostics"]},
                          flag=report["headline_flag"].strip()))
     print(f"\n{protocol}" + (f", shard {args.shard} ({rows[0]['n']} examples)"
                               if args.shard else ""))
-    print("| model | clean | robust (worst case) [95% CI] | evaluation time |")
-    print("|---|---|---|---|")
+    interval = lambda p: "-" if p is None else (
+        f"{100 * p['value']:.2f}% [{100 * p['ci95'][0]:.1f}, {100 * p['ci95'][1]:.1f}]")
+    print("| model | clean | AutoAttack (standard) [95% CI] | robust (worst case) [95% CI] | "
+          "evaluation time |")
+    print("|---|---|---|---|---|")
     for r in rows:
-        low, high = r["robust"]["ci95"]
-        print(f"| {r['model']} | {100 * r['clean']['value']:.2f}% | "
-              f"{100 * r['robust']['value']:.2f}% [{100 * low:.1f}, {100 * high:.1f}] | "
-              f"{r['seconds']:.0f} s |")
+        print(f"| {r['model']} | {100 * r['clean']['value']:.2f}% | {interval(r['autoattack'])} | "
+              f"{interval(r['robust'])} | {r['seconds']:.0f} s |")
     checks = list(rows[0]["diagnostics"])
     print("\n| model | " + " | ".join(checks) + " |")
     print("|---|" + "---|" * len(checks))

@@ -11,7 +11,7 @@ import tensorflow as tf
 
 from advlib import _checks
 from advlib.attacks import losses, utils
-from advlib.attacks.base import Attack, refuse_true_class_targets
+from advlib.attacks.base import Attack, on_survivors, refuse_true_class_targets
 
 _MOMENTUM = 0.75
 _TARGET_SEED_STRIDE = 1000
@@ -78,8 +78,7 @@ class APGD(Attack):
 
     def __init__(self, model):
         super().__init__(model)
-        self._step = tf.function(self._step_fn, reduce_retracing=True)
-        self._check = tf.function(self._check_fn, reduce_retracing=True)
+        self._iterate = tf.function(self._iterate_fn, reduce_retracing=True)
 
     def parse_params(self, eps=0.3, nb_iter=100, norm=None, ord=None, loss="ce", nb_restarts=1,
                      rho=0.75, eot_iter=1, large_reps=False, y=None, y_target=None,
@@ -133,19 +132,15 @@ class APGD(Attack):
             (x_adv, robust): the adversarial examples, or the points of highest
             loss where none was found; and which examples stayed robust.
         """
-        x_out = x
         robust = np.ones(len(x), bool)
-        for restart in range(nb_restarts):
-            rows = np.flatnonzero(robust)
-            if rows.size == 0:
-                break
+
+        def restart(index, rows):
             pick = lambda t: tf.gather(t, rows)
-            x_adv, still = self._run(pick(x), pick(labels), pick(loss_labels), loss_fn,
-                                     targeted, eps, norm, bounds, seed_pair + [1, restart],
-                                     nb_iter, rho, eot_iter, large_reps)
-            x_out = tf.tensor_scatter_nd_update(x_out, rows[:, None], x_adv)
-            robust[rows] = still.numpy()
-        return x_out, robust
+            return self._run(pick(x), pick(labels), pick(loss_labels), loss_fn, targeted, eps,
+                             norm, bounds, seed_pair + [1, index], nb_iter, rho, eot_iter,
+                             large_reps)
+
+        return on_survivors(x, robust, range(nb_restarts), restart), robust
 
     def _run(self, x, labels, loss_labels, loss_fn, targeted, eps, norm, bounds, seed_pair,
              nb_iter, rho, eot_iter, large_reps):
@@ -204,17 +199,13 @@ class APGD(Attack):
             reduced=tf.ones([len(x)], tf.bool),
             # L1: the sparsity of the step, and that of the best point at the last check
             sparsity=sparsity, last_sparsity=tf.fill([len(x)], tf.cast(features, x.dtype)))
-        lengths = checkpoint_lengths(nb_iter, norm)
-        window, steps_in_window = 0, 0
-        for i in range(nb_iter):
-            momentum = tf.constant(_MOMENTUM if i > 0 else 1.0, x.dtype)
-            state = self._step(state, x, labels, loss_labels, eps_t, low, high, momentum,
-                               norm, loss_fn, targeted, eot_iter)
-            steps_in_window += 1
-            if steps_in_window == lengths[window]:
-                state = self._check(state, x, tf.constant(lengths[window], x.dtype),
-                                    tf.constant(rho, x.dtype), factor * eps_t, norm)
-                window, steps_in_window = window + 1, 0
+        # per step: the length of the window that ends there, or 0
+        schedule = np.zeros(nb_iter)
+        ends = np.cumsum(checkpoint_lengths(nb_iter, norm))
+        schedule[ends[ends <= nb_iter] - 1] = np.diff(np.r_[0, ends])[ends <= nb_iter]
+        state = self._iterate(state, x, labels, loss_labels, eps_t, low, high,
+                              tf.constant(schedule, x.dtype), tf.constant(rho, x.dtype),
+                              factor * eps_t, norm, loss_fn, targeted, eot_iter)
         self._count(len(x), forward=(nb_iter + 1) * eot_iter, backward=(nb_iter + 1) * eot_iter)
         return state["x_best"], state["x_found"], state["robust"]
 
@@ -254,6 +245,17 @@ class APGD(Attack):
                                  eps, low, high, norm)
         direction = tf.sign(grad) if norm == np.inf else utils.optimize_linear(grad, 1.0, 2)
         return self._project(x, x_adv + step * direction, eps, low, high, norm)
+
+    def _iterate_fn(self, state, x, labels, loss_labels, eps, low, high, schedule, rho,
+                    initial_step, norm, loss_fn, targeted, eot_iter):
+        """Every step of one run, in one compiled loop, with the checkpoints."""
+        for i in tf.range(tf.shape(schedule)[0]):
+            momentum = tf.where(i > 0, tf.constant(_MOMENTUM, x.dtype), tf.constant(1.0, x.dtype))
+            state = self._step_fn(state, x, labels, loss_labels, eps, low, high, momentum, norm,
+                                  loss_fn, targeted, eot_iter)
+            if schedule[i] > 0:
+                state = self._check_fn(state, x, schedule[i], rho, initial_step, norm)
+        return state
 
     def _step_fn(self, state, x, labels, loss_labels, eps, low, high, momentum, norm, loss_fn,
                  targeted, eot_iter):
@@ -352,18 +354,12 @@ class APGDT(APGD):
         robust = ranked[:, 0] == labels.numpy()
         bounds = utils.bounds_as_tensors(x.dtype, clip_min, clip_max)
         seed_pair = self._seed_pair(seed)
-        x_out = x
-        for k in range(1, min(n_target_classes, self.model.nb_classes - 1) + 1):
-            rows = np.flatnonzero(robust)
-            if rows.size == 0:
-                break
+
+        def towards(k, rows):
             true = tf.gather(labels, rows)
-            target = tf.constant(ranked[rows, k], true.dtype)
-            x_adv, still = self._restarts(
-                tf.gather(x, rows), true, tf.stack([tf.cast(true, tf.int64),
-                                                    tf.cast(target, tf.int64)], axis=1),
-                loss_fn, False, eps, norm, bounds, seed_pair + [0, _TARGET_SEED_STRIDE * k],
-                **options)
-            x_out = tf.tensor_scatter_nd_update(x_out, rows[:, None], x_adv)
-            robust[rows] = still
-        return x_out
+            pair = tf.stack([tf.cast(true, tf.int64), tf.constant(ranked[rows, k], tf.int64)], 1)
+            return self._restarts(tf.gather(x, rows), true, pair, loss_fn, False, eps, norm,
+                                  bounds, seed_pair + [0, _TARGET_SEED_STRIDE * k], **options)
+
+        targets = range(1, min(n_target_classes, self.model.nb_classes - 1) + 1)
+        return on_survivors(x, robust, targets, towards)

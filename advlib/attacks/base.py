@@ -37,6 +37,22 @@ def random_targets(labels: np.ndarray, nb_classes: int, seed: Optional[int]) -> 
     return (labels + generator.integers(1, nb_classes, size=len(labels))) % nb_classes
 
 
+def on_survivors(x, survivors: np.ndarray, rounds, attempt) -> tf.Tensor:
+    """Runs `attempt(round, rows)` for each of `rounds` on the rows of `x` still in
+    `survivors` (a boolean array, updated in place), as restarts and target sweeps
+    do; `attempt` returns the new rows and which of them survive. Returns `x` with
+    every attempt's rows written in."""
+    out = x
+    for step in rounds:
+        rows = np.flatnonzero(survivors)
+        if rows.size == 0:
+            break
+        x_new, still = attempt(step, rows)
+        out = tf.tensor_scatter_nd_update(out, rows[:, None], x_new)
+        survivors[rows] = np.asarray(still)
+    return out
+
+
 def refuse_true_class_targets(targets: np.ndarray, true_classes: np.ndarray) -> None:
     """Raises if a target is the example's own class, naming the first one."""
     same = np.flatnonzero(targets == true_classes)

@@ -124,7 +124,7 @@ class FAB(Attack):
 
     def __init__(self, model):
         super().__init__(model)
-        self._step = tf.function(self._step_fn, reduce_retracing=True)
+        self._iterate = tf.function(self._iterate_fn, reduce_retracing=True)
 
     def parse_params(self, eps=0.3, norm=None, ord=None, nb_iter=100, nb_restarts=1,
                      alpha_max=0.1, eta=1.05, beta=0.9, y=None, clip_min=0.0, clip_max=1.0,
@@ -191,9 +191,8 @@ class FAB(Attack):
         best = tf.fill([len(x)], tf.constant(_NO_ADVERSARIAL, x.dtype))
         x_adv = x
         constants = [tf.constant(v, x.dtype) for v in (alpha_max, eta, beta)]
-        for _ in range(nb_iter):
-            current, x_adv, best = self._step(current, x, labels, targets, x_adv, best, low,
-                                              high, *constants, norm)
+        x_adv, best = self._iterate(current, x, labels, targets, x_adv, best, low, high,
+                                    *constants, norm, tf.constant(nb_iter))
         self._count(len(x), forward=2 * nb_iter, backward=nb_iter * (
             1 if targets is not None else self.model.nb_classes))
         return x_adv, best
@@ -215,6 +214,14 @@ class FAB(Attack):
         gradient = tape.batch_jacobian(difference, point, unconnected_gradients=zero)
         is_own = tf.one_hot(labels, tf.shape(logits)[1], on_value=True, off_value=False)
         return tf.where(is_own, tf.constant(_NO_ADVERSARIAL, point.dtype), difference), gradient
+
+    def _iterate_fn(self, current, x, labels, targets, x_adv, best, low, high, alpha_max, eta,
+                    beta, norm, nb_iter):
+        """All the steps of one run in one compiled loop."""
+        for _ in tf.range(nb_iter):
+            current, x_adv, best = self._step_fn(current, x, labels, targets, x_adv, best, low,
+                                                 high, alpha_max, eta, beta, norm)
+        return x_adv, best
 
     def _step_fn(self, current, x, labels, targets, x_adv, best, low, high, alpha_max, eta,
                  beta, norm):

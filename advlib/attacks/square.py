@@ -11,7 +11,7 @@ import tensorflow as tf
 
 from advlib import _checks
 from advlib.attacks import losses, utils
-from advlib.attacks.base import Attack
+from advlib.attacks.base import Attack, on_survivors
 
 # the p schedule of the paper, for 10,000 queries: p_init is halved after each bound
 _SCHEDULE_BOUNDS = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)
@@ -125,17 +125,13 @@ class SquareAttack(Attack):
         images = x if x.shape.rank == 4 else x[..., None]
         bounds = utils.bounds_as_tensors(images.dtype, clip_min, clip_max)
         seed_pair = self._seed_pair(seed)
-        out = images
-        robust = np.ones(len(x), bool)
-        for restart in range(nb_restarts):
-            rows = np.flatnonzero(robust)
-            if rows.size == 0:
-                break
-            x_adv, still = self._search(tf.gather(images, rows), tf.gather(labels, rows),
-                                        targeted, eps, norm, n_queries, p_init, loss,
-                                        rescale_schedule, bounds, seed_pair + [restart, 0])
-            out = tf.tensor_scatter_nd_update(out, rows[:, None], x_adv)
-            robust[rows] = still
+
+        def restart(index, rows):
+            return self._search(tf.gather(images, rows), tf.gather(labels, rows), targeted, eps,
+                                norm, n_queries, p_init, loss, rescale_schedule, bounds,
+                                seed_pair + [index, 0])
+
+        out = on_survivors(images, np.ones(len(x), bool), range(nb_restarts), restart)
         return out if x.shape.rank == 4 else out[..., 0]
 
     @staticmethod
