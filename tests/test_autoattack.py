@@ -10,16 +10,10 @@ from advlib.attacks import (APGD, APGDT, FAB, FABT, AutoAttack, FastGradientMeth
                             ProjectedGradientDescent, SquareAttack, by_name)
 from advlib.attacks.auto_pgd import checkpoint_lengths
 from advlib.attacks.fab import project_onto_hyperplane
-from advlib.attacks.utils import project_l1_box
+from advlib.attacks.utils import perturbation_norms as norms, project_l1_box
 from advlib.bench.testbeds import InputQuantization, defended
 
 BOX = dict(clip_min=0.0, clip_max=1.0)
-
-
-def norms(delta, norm):
-    flat = delta.reshape(len(delta), -1).astype(np.float64)
-    return {np.inf: np.abs(flat).max(1), 2: np.sqrt((flat ** 2).sum(1)),
-            1: np.abs(flat).sum(1)}[norm]
 
 
 def robust_accuracy(model, x_adv, y):

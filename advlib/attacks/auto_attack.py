@@ -18,8 +18,6 @@ from advlib.attacks.square import SquareAttack
 
 VERSIONS = ("standard", "plus", "rand", "custom")
 MEMBERS = ("apgd-ce", "apgd-dlr", "apgd-t", "fab", "fab-t", "square")
-# a perturbation counts if its norm is within eps up to float32 rounding
-_NORM_TOLERANCE = 1e-5
 
 
 def attack_list(version: str, norm) -> List[str]:
@@ -148,7 +146,7 @@ class AutoAttack(Attack):
     # -- the ensemble -----------------------------------------------------------------------
     def _ensemble(self, x, y, batch_size, params):
         eps, norm = params["eps"], params["norm"]
-        predicted = self._classes(x, batch_size)
+        predicted = self._predict_np(x, batch_size)
         robust = predicted == y
         x_adv = x.copy()
         n = max(len(x), 1)
@@ -162,9 +160,10 @@ class AutoAttack(Attack):
             for begin in range(0, rows.size, batch_size):
                 batch = rows[begin:begin + batch_size]
                 candidate = self._run_member(name, x[batch], y[batch], params)
-                classes = self._classes(candidate, len(candidate))
-                broken = (classes != y[batch]) & self._within(candidate, x[batch], eps, norm,
-                                                              params)
+                classes = self._predict_np(candidate, len(candidate))
+                within, _ = utils.within_threat(candidate, x[batch], eps, norm,
+                                                params["clip_min"], params["clip_max"])
+                broken = (classes != y[batch]) & within
                 x_adv[batch[broken]] = candidate[broken]
                 predicted[batch[broken]] = classes[broken]
                 robust[batch[broken]] = False
@@ -189,26 +188,6 @@ class AutoAttack(Attack):
         self.backward_passes += attack.backward_passes
         self.nonfinite_fallbacks += attack.nonfinite_fallbacks
         return out
-
-    def _classes(self, x, batch_size):
-        self._count(len(x))
-        return np.concatenate([self.model.predict_classes(x[i:i + batch_size]).numpy()
-                               for i in range(0, len(x), batch_size)]) if len(x) else \
-            np.zeros(0, np.int64)
-
-    @staticmethod
-    def _within(x_adv, x, eps, norm, params):
-        delta = (x_adv - x).reshape(len(x), -1).astype(np.float64)
-        size = {np.inf: np.abs(delta).max(axis=1, initial=0.0),
-                2: np.sqrt((delta ** 2).sum(axis=1)),
-                1: np.abs(delta).sum(axis=1)}[norm]
-        ok = size <= eps * (1 + _NORM_TOLERANCE) + 1e-7
-        flat = x_adv.reshape(len(x), -1)
-        if params["clip_min"] is not None:
-            ok &= flat.min(axis=1, initial=np.inf) >= params["clip_min"] - 1e-6
-        if params["clip_max"] is not None:
-            ok &= flat.max(axis=1, initial=-np.inf) <= params["clip_max"] + 1e-6
-        return ok & np.isfinite(flat).all(axis=1)
 
     def _say(self, line: str) -> None:
         self.log.append(line)

@@ -56,9 +56,11 @@ def eta(size: int) -> np.ndarray:
 class SquareAttack(Attack):
     """Random square updates of the perturbation, kept when they lower the margin.
 
-    The attack sees only the model's logits, through `model.predict_logits`, so
-    it is unaffected by gradient masking; for a `QNNModelWrapper` with an
-    engine, the exact binary network answers. Each query changes one square of
+    The attack sees only the model's logits, so it is unaffected by gradient
+    masking. Queries run in compiled chunks through `model.get_logits`; a
+    model answered outside TensorFlow (a `QNNModelWrapper` with an engine, the
+    exact binary network) is queried through `model.predict_logits`, one
+    query at a time. Each query changes one square of
     side sqrt(p * pixels) at a random place: L-inf sets it to +-eps per
     channel; L2 moves mass within the square and from a second square, keeping
     the norm at eps. p decreases on the paper's schedule. An example stops

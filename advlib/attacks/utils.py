@@ -190,6 +190,34 @@ def random_lp_vector(shape, norm, eps, seed, dtype=tf.float32):
     return eps * y / per_example(power ** (1.0 / norm), y)
 
 
+# a perturbation is within eps up to float32 rounding
+_NORM_TOLERANCE = 1e-5
+
+
+def perturbation_norms(delta: np.ndarray, norm) -> np.ndarray:
+    """Per-example `norm` (np.inf, 2 or 1, or their spellings) of a NumPy batch."""
+    flat = delta.reshape(len(delta), -1).astype(np.float64)
+    norm = normalize_norm(norm)
+    if norm == np.inf:
+        return np.abs(flat).max(axis=1, initial=0.0)
+    if norm == 1:
+        return np.abs(flat).sum(axis=1)
+    return np.sqrt((flat ** 2).sum(axis=1))
+
+
+def within_threat(x_adv: np.ndarray, x: np.ndarray, eps: float, norm, clip_min, clip_max):
+    """Per example: whether the perturbation lies within the eps ball and the input
+    domain (NaN never does), and its norm."""
+    norms = perturbation_norms(x_adv - x, norm)
+    within = norms <= eps * (1 + _NORM_TOLERANCE) + 1e-7
+    flat = x_adv.reshape(len(x_adv), -1)
+    if clip_min is not None:
+        within &= flat.min(axis=1, initial=np.inf) >= clip_min - 1e-6
+    if clip_max is not None:
+        within &= flat.max(axis=1, initial=-np.inf) <= clip_max + 1e-6
+    return within, norms
+
+
 def lp_norms(delta: np.ndarray):
     """Per-example L0, L2 and L-inf norms of a NumPy perturbation batch."""
     flat = delta.reshape(len(delta), -1).astype(np.float64)

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Dict, List, Mapping, Optional, Tuple, Type
+from typing import Any, Dict, List, Mapping, Optional, Type
 
 import numpy as np
 
 from advlib.attacks import Attack, by_name
-
-_NORM_TOLERANCE = 1e-5
-
+from advlib.attacks.utils import within_threat
 
 @dataclasses.dataclass(frozen=True)
 class AttackEntry:
@@ -61,27 +59,6 @@ def batch_seed(seed: int, batch: int, eps_index: int) -> int:
 def attack_seed(seed: int, index: int) -> int:
     """The seed of the ensemble's `index`-th attack, from the batch's seed."""
     return seed * 1000 + index
-
-
-def perturbation_norms(delta: np.ndarray, norm) -> np.ndarray:
-    flat = delta.reshape(len(delta), -1).astype(np.float64)
-    if str(norm) == "inf":
-        return np.abs(flat).max(axis=1, initial=0.0)
-    return np.sqrt((flat ** 2).sum(axis=1))
-
-
-def within_threat(x_adv: np.ndarray, x: np.ndarray, eps: float, norm, clip_min,
-                  clip_max) -> Tuple[np.ndarray, np.ndarray]:
-    """Per example: whether the perturbation lies within the eps ball and the input
-    domain, and its norm."""
-    norms = perturbation_norms(x_adv - x, norm)
-    within = norms <= eps * (1 + _NORM_TOLERANCE) + 1e-7
-    flat = x_adv.reshape(len(x_adv), -1)
-    if clip_min is not None:
-        within &= flat.min(axis=1, initial=np.inf) >= clip_min - 1e-6
-    if clip_max is not None:
-        within &= flat.max(axis=1, initial=-np.inf) <= clip_max + 1e-6
-    return within, norms
 
 
 def run_ensemble(model, protocol: Dict, x: np.ndarray, y: np.ndarray, eps: float,

@@ -11,6 +11,7 @@ from typing import Callable, Dict, Optional
 
 import numpy as np
 
+from advlib.attacks.utils import within_threat
 from advlib.bench import ensemble
 from advlib.models.inspect import gradient_health, logit_spread, ste_window
 
@@ -30,7 +31,7 @@ def _broken(model, entry: Dict, x, y, eps, norm, clip, seed, judge) -> np.ndarra
     entry = ensemble.AttackEntry.from_protocol(entry)
     params = entry.params_at(eps, norm, clip, seed)
     result = entry.attack(model).run(x, y, batch_size=len(x), **params)
-    within, _ = ensemble.within_threat(result.x_adv, x, eps, norm, clip["min"], clip["max"])
+    within, _ = within_threat(result.x_adv, x, eps, norm, clip["min"], clip["max"])
     return (judge.predict_classes(result.x_adv).numpy() != y) & within
 
 
