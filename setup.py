@@ -49,8 +49,10 @@ setup(
     ],
     extras_require={
         "gpu": ["cupy-cuda12x>=13", "nvidia-cuda-nvrtc-cu12"],
+        # the verifier's SAT backend (PySAT publishes only .dev versions)
+        "verify": ["python-sat>=1.8.dev16"],
         # NVRTC compiles the CUDA kernels in CI, where there is no GPU
-        "dev": ["pytest>=7", "pytest-xdist>=3", "hypothesis>=6",
+        "dev": ["pytest>=7", "pytest-xdist>=3", "hypothesis>=6", "python-sat>=1.8.dev16",
                 "nvidia-cuda-nvrtc-cu12; platform_system == 'Linux' and "
                 "platform_machine == 'x86_64'"],
     },

@@ -298,6 +298,30 @@ def test_version_3_reports_the_autoattack_figure_beside_the_worst_case(digits_cn
         bench.compare([report, older])
 
 
+def test_sweep_attacks_run_only_at_the_sweep_eps(digits_cnn):
+    document = small_v3(n=60, queries=100)
+    document.update(sweep=[0.1], sweep_attacks=["apgd-ce", "square"],
+                    diagnostics={"n": 20, "spsa_iterations": 0})
+    report = bench.evaluate(digits_cnn, protocol=document, progress=False)
+    main, sweep = report["results"]["per_eps"]
+    assert all(a["ran"] for a in main["attacks"])
+    ran = {a["name"]: a["ran"] for a in sweep["attacks"]}
+    assert ran == {"apgd-ce": True, "apgd-t": False, "fab-t": False, "square": True,
+                   "pgd-cw": False, "pgd-targeted": False}
+    for attack in sweep["attacks"]:
+        if not attack["ran"]:
+            assert attack["attacked"] == attack["broken"] == attack["forward_passes"] == 0
+    assert sweep["attacks"][0]["attacked"] == main["attacks"][0]["attacked"] > 0
+    # AutoAttack's figure exists only where all its attacks ran
+    headline = report["results"]["headline"]["per_eps"]
+    assert headline[0]["robust_accuracy"] is not None and headline[1]["robust_accuracy"] is None
+    black_box = {c["id"]: c for c in report["diagnostics"]}["black-box-vs-white-box"]
+    assert [row["eps"] for row in black_box["evidence"]["per_eps"]] == [0.2, 0.1]
+    assert "spsa" not in report["probes"]  # spsa_iterations 0 leaves the probe out
+    with pytest.raises(protocols.ProtocolError, match=r"sweep_attacks must be .* got \['pgd'\]"):
+        protocols.validate(dict(small_v3(), sweep_attacks=["pgd"]))
+
+
 def test_a_headline_must_lead_the_attack_list():
     document = small_v3()
     document["headline"]["attacks"] = ["apgd-t", "apgd-ce"]

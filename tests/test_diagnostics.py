@@ -98,6 +98,9 @@ def test_masking_defence_is_flagged(masked_reports):
     table = bench.markdown(naive)
     assert naive["headline_flag"] in table and "**FAIL**" in table
     assert naive["results"]["robust_accuracy"]["value"] > 0.3  # the number it would have reported
+    # SPSA's probe, on the diagnostic subset, sees through the masking too
+    spsa = {c["id"]: c for c in naive["diagnostics"]}["black-box-vs-white-box"]["evidence"]["spsa"]
+    assert spsa["broken"] > 0 and set(spsa["missed_by_ensemble"]) <= set(spsa["broken_at"])
 
 
 def test_checks_are_judged_again_from_the_saved_run(masked_reports):
@@ -289,3 +292,26 @@ def test_black_box_check_reads_every_eps():
         check(0, 5)["message"]
     assert check(5, 0)["status"] == "fail"
     assert diagnostics._black_box(results(5, 0), [{"attack": "ProjectedGradientDescent"}], config)["status"] == "skip"
+    # a sweep eps where the black-box attack did not run (sweep_attacks) is not read
+    skipped = results(0, 5)
+    skipped["per_eps"][1]["attacks"][0]["ran"] = False
+    check_skipped = diagnostics._black_box(skipped, attacks, config)
+    assert check_skipped["status"] == "pass" and "in the sweep" not in check_skipped["message"]
+
+
+def test_spsa_probe_counts_only_what_the_whole_ensemble_left():
+    results = {"clean_accuracy": {"count": 100},
+               "per_eps": [{"eps": 0.2, "attacks": [{"broken": 0, "attacked": 50}]}]}
+    config = diagnostics.settings({})
+    pgd_only = [{"attack": "ProjectedGradientDescent"}]
+    spsa = {"broken": 4, "broken_at": [3, 5, 8, 9]}
+    standing = np.zeros(100, bool)
+    standing[[5, 8, 9]] = True
+    survivors = lambda places: [i for i in places if standing[i]]
+    check = diagnostics._black_box(results, pgd_only, config, spsa, survivors, attacked=60)
+    assert check["status"] == "fail" and check["evidence"]["spsa"]["missed_by_ensemble"] == [5, 8, 9]
+    assert "SPSA on the diagnostic subset broke 4 of 60, 3 of them left" in check["message"]
+    standing[[8, 9]] = False  # one example is within the noise of random starts
+    assert diagnostics._black_box(results, pgd_only, config, spsa, survivors, 60)["status"] == "pass"
+    with pytest.raises(protocols.ProtocolError, match="spsa_iterations"):
+        protocols.validate(dict(small_protocol(), diagnostics={"spsa_iterations": -1}))

@@ -20,9 +20,10 @@ def brute_force_broken(engine, encoding, x, label, eps) -> bool:
     return bool((engine.predict_classes(grid.reshape((-1,) + x.shape)) != label).any())
 
 
+@pytest.mark.parametrize("backend", ["milp", "sat"])
 @pytest.mark.parametrize("seed", range(4))
 @pytest.mark.parametrize("flat", [False, True])
-def test_every_answer_matches_brute_force(seed, flat):
+def test_every_answer_matches_brute_force(seed, flat, backend):
     """Random networks with odd shapes, +1 and -1 padding, max-pooling, flipped
     thresholds (negative BatchNorm scales) and thresholds outside the accumulator's
     range (zero scales): every robust / broken answer equals enumeration."""
@@ -35,7 +36,7 @@ def test_every_answer_matches_brute_force(seed, flat):
     y = engine.predict_classes(x)
     y[::4] = (y[::4] + 1) % 4  # some start misclassified
     for eps in (1 / 255, 2 / 255):
-        result = verify(encoding, x, y, eps, time_limit=60)
+        result = verify(encoding, x, y, eps, time_limit=60, backend=backend)
         for i, verdict in enumerate(result.verdicts):
             expected = "broken" if brute_force_broken(engine, encoding, x[i], y[i], eps) \
                 else "robust"
@@ -46,6 +47,65 @@ def test_every_answer_matches_brute_force(seed, flat):
         assert counts["robust"] + counts["broken"] == len(x) and counts["unknown"] == 0
         low, high = result.robust_interval()
         assert low == high == counts["robust"] / len(x)
+
+
+def grid_broken(engine, x, label, eps) -> bool:
+    """Brute force over the quantized box, vectorized (for three-pixel inputs)."""
+    low, high = NetworkEncoding.input_box(x.reshape(-1), eps)
+    axes = np.meshgrid(*[np.arange(a, b + 1) for a, b in zip(low, high)], indexing="ij")
+    grid = np.stack(axes, -1).reshape((-1,) + x.shape).astype(np.float32) / np.float32(255)
+    return bool((engine.predict_classes(grid) != label).any())
+
+
+@pytest.mark.parametrize("flat", [False, True])
+def test_both_backends_agree_with_brute_force_at_a_large_eps(flat):
+    """Three pixels at eps 0.1 (51 levels each): boxes where many examples break,
+    so that a wrong 'robust' or a missed counterexample would show."""
+    shape = (1, 3, 1)
+    statuses = []
+    for seed in range(2):
+        spec, arrays = random_network(seed, input_shape=shape, channels=(4, 6), dense=(8,),
+                                      classes=4, flat=flat)
+        engine = BinaryEngine(spec, arrays)
+        encoding = NetworkEncoding(engine)
+        x = (np.random.default_rng(seed).integers(0, 256, (8,) + shape) / 255).astype(np.float32)
+        y = engine.predict_classes(x)
+        expected = ["broken" if grid_broken(engine, x[i], y[i], 0.1) else "robust"
+                    for i in range(len(x))]
+        for backend in ("milp", "sat"):
+            result = verify(encoding, x, y, 0.1, time_limit=60, backend=backend)
+            assert list(result.statuses) == expected, backend
+            broken = [i for i, status in enumerate(expected) if status == "broken"]
+            assert check_counterexamples(engine, x, result, 0.1) == broken
+        statuses += expected
+    assert statuses.count("broken") >= 2 and statuses.count("robust") >= 2
+
+
+def test_reified_cardinality_with_repeated_literals_matches_enumeration():
+    """The SAT backend writes z => (at least k of lits) as one native constraint in
+    which z appears k times; check that Minicard counts repeated literals, for
+    every assignment of small random constraints."""
+    from pysat.solvers import Solver
+    from advlib.qnn import verify_sat
+
+    rng = np.random.default_rng(0)
+    for _ in range(40):
+        n = int(rng.integers(1, 7))
+        lits = (np.arange(1, n + 1) * np.where(rng.random(n) < 0.5, -1, 1)).astype(np.int64)
+        k = int(rng.integers(-1, n + 2))
+        solver = Solver(name=verify_sat._SOLVER)
+        builder = verify_sat._Builder(solver)
+        builder.new(n)
+        z = builder.at_least(lits, k)
+        for values in itertools.product([False, True], repeat=n):
+            assumption = [v if t else -v for v, t in zip(range(1, n + 1), values)]
+            count = sum(values[abs(l) - 1] == (l > 0) for l in lits)
+            if isinstance(z, bool):
+                assert z == (count >= k)
+                continue
+            assert solver.solve(assumptions=assumption + [z]) == (count >= k)
+            assert solver.solve(assumptions=assumption + [-z]) == (count < k)
+        solver.delete()
 
 
 def test_both_answers_occur_and_bounds_decide_some():
@@ -78,6 +138,7 @@ def test_the_time_limit_gives_unknown(monkeypatch):
     (dict(eps=0.1, x=np.zeros((2, 3, 3, 1), np.float32)), ValueError, r"x must have shape"),
     (dict(eps=0.1, x=np.full((2,) + SHAPE, 2.0, np.float32)), ValueError, "clip_max"),
     (dict(eps=0.1, y=[0, 9]), ValueError, "class 9"),
+    (dict(eps=0.1, backend="bdd"), ValueError, r"backend must be one of \['milp', 'sat'\]"),
 ])
 def test_bad_input_is_refused_by_name(kwargs, error, message):
     spec, arrays = random_network(0, input_shape=SHAPE, channels=(3, 5), dense=(6,), classes=4)

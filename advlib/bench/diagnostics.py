@@ -13,10 +13,12 @@ and the "indicators of attack failure" of Pintor et al. 2022:
 3. monotone-in-eps: robust accuracy must not rise with eps (Carlini et al.
    5.2.2); unbounded: PGD with an unbounded budget must reach chance level
    (Carlini et al. 5.2.2; Athalye et al. 2018).
-4. black-box-vs-white-box: SPSA (gradient-free) must not break more than
-   `black_box_margin` of the examples that the gradient attacks left: fail
-   at the main eps, warn at another eps of the sweep (Carlini et al. 5.2.6;
-   Uesato et al. 2018).
+4. black-box-vs-white-box: the protocol's black-box attack (Square in
+   version 3) must not break more than `black_box_margin` of the examples
+   that the gradient attacks left: fail at the main eps, warn at another eps
+   of the sweep; nor may SPSA, run on the diagnostic subset, break more than
+   that margin of the examples the whole ensemble left there (Carlini et al.
+   5.2.6; Uesato et al. 2018).
 5. gradient-health: the input gradients must be finite and nonzero (Pintor
    et al. "broken gradients"); ste-window: for sign or quantized activations
    with a straight-through estimator, the share of units whose window is
@@ -38,7 +40,9 @@ import numpy as np
 
 from advlib.bench import ensemble
 
-DEFAULTS = {"n": 100, "convergence_threshold": 0.01, "black_box_margin": 0.01}
+# spsa_iterations: SPSA's probe on the diagnostic subset (0 leaves it out)
+DEFAULTS = {"n": 100, "convergence_threshold": 0.01, "black_box_margin": 0.01,
+            "spsa_iterations": 100}
 # gradient health: share of examples with a zero or non-finite gradient
 GRADIENT_WARN, GRADIENT_FAIL = 0.01, 0.1
 # STE window: share of quantized units whose straight-through gradient is cut
@@ -86,8 +90,9 @@ def assess(probes: Optional[Dict], results: Dict, attacks: List[Dict], protocol:
     config = settings(protocol)
     still_standing = (lambda places: list(places)) if standing is None else \
         (lambda places: [i for i in places if standing[i]])
-    checks = [_monotone(results), _black_box(results, attacks, config)]
+    checks = [_monotone(results)]
     if probes is None or probes.get("attacked", 0) == 0:
+        checks.append(_black_box(results, attacks, config))
         reason = ("the diagnostic subset was not evaluated in this run" if probes is None
                   else "no example of the diagnostic subset is classified correctly")
         checks += [_check(cid, "skip", reason) for cid in
@@ -97,6 +102,8 @@ def assess(probes: Optional[Dict], results: Dict, attacks: List[Dict], protocol:
             checks.append(_determinism_check(probes["determinism"]))
         return _ordered(checks)
     attacked = probes["attacked"]
+    checks.append(_black_box(results, attacks, config, probes.get("spsa"), still_standing,
+                             attacked))
     checks.append(_determinism_check(probes["determinism"]))
     fgsm, pgd, strong = probes["fgsm"], probes["pgd"], probes["pgd_strong"]
     checks.append(_check(
@@ -162,36 +169,49 @@ def _monotone(results) -> Dict:
                   curve=[{"eps": e, "robust": c} for e, c, _ in curve])
 
 
-def _black_box(results, attacks, config) -> Dict:
-    """SPSA's breaks among the gradient attacks' survivors, at every eps of the run:
-    the sweep's small eps values are where survivors exist to cross-check."""
+def _black_box(results, attacks, config, spsa=None, still_standing=list,
+               attacked: int = 0) -> Dict:
+    """The black-box attack's breaks among the gradient attacks' survivors, at every
+    eps where it ran (the sweep's small eps values are where survivors exist to
+    cross-check), and SPSA's among the whole ensemble's survivors of the
+    diagnostic subset."""
     index = [i for i, a in enumerate(attacks) if ensemble.is_black_box(a)]
-    if not index:
+    if not index and spsa is None:
         return _check("black-box-vs-white-box", "skip", "the protocol has no black-box attack")
-    black_box = attacks[index[0]]["attack"]
-    correct = results["clean_accuracy"]["count"]
     margin = config["black_box_margin"]
-    per_eps = [{"eps": e["eps"], "broken": e["attacks"][index[0]]["broken"],
-                "attacked": e["attacks"][index[0]]["attacked"]} for e in results["per_eps"]]
-    main, sweep = per_eps[0], per_eps[1:]
-    share = main["broken"] / max(correct, 1)
-    beyond = lambda row: _beyond_noise(row["broken"], margin, correct)
-    # the headline's eps decides the flag; elsewhere in the sweep it is a warning
-    status = "fail" if beyond(main) else "warn" if any(map(beyond, sweep)) else "pass"
-    counts = ", ".join(f"{row['broken']} of {row['attacked']} at {row['eps']:.4g}"
-                       for row in sweep)
+    status, parts, evidence = "pass", [], {"margin": margin}
+    if index:
+        black_box = attacks[index[0]]["attack"]
+        correct = results["clean_accuracy"]["count"]
+        per_eps = [{"eps": e["eps"], "broken": e["attacks"][index[0]]["broken"],
+                    "attacked": e["attacks"][index[0]]["attacked"]}
+                   for e in results["per_eps"] if e["attacks"][index[0]].get("ran", True)]
+        main, sweep = per_eps[0], per_eps[1:]
+        share = main["broken"] / max(correct, 1)
+        beyond = lambda row: _beyond_noise(row["broken"], margin, correct)
+        # the headline's eps decides the flag; elsewhere in the sweep it is a warning
+        status = "fail" if beyond(main) else "warn" if any(map(beyond, sweep)) else "pass"
+        counts = ", ".join(f"{row['broken']} of {row['attacked']} at {row['eps']:.4g}"
+                           for row in sweep)
+        parts.append(f"{black_box} broke {main['broken']} of the {main['attacked']} examples "
+                     f"that the gradient attacks left ({100 * share:.2f}% of {correct} "
+                     f"correct; margin {100 * margin:.1f}%)"
+                     + (f"; in the sweep: {counts}" if counts else ""))
+        evidence.update(broken=main["broken"], attacked=main["attacked"], share=share,
+                        per_eps=per_eps)
+    if spsa is not None:
+        missed = still_standing(spsa["broken_at"])
+        if _beyond_noise(len(missed), margin, max(attacked, 1)):
+            status = "fail"
+        parts.append(f"SPSA on the diagnostic subset broke {spsa['broken']} of {attacked}, "
+                     f"{len(missed)} of them left by the whole ensemble")
+        evidence["spsa"] = dict(spsa, missed_by_ensemble=missed)
     advice = {"fail": ": gradient masking, the gradients mislead the white-box attacks; try "
                       "--adaptive",
               "warn": ": in the sweep the gradients mislead the white-box attacks; the "
-                      f"curve's numbers rest on {black_box} there",
+                      "curve's numbers rest on the black-box attack there",
               "pass": ""}[status]
-    return _check(
-        "black-box-vs-white-box", status,
-        f"{black_box} broke {main['broken']} of the {main['attacked']} examples that the gradient "
-        f"attacks left ({100 * share:.2f}% of {correct} correct; margin {100 * margin:.1f}%)"
-        + (f"; in the sweep: {counts}" if counts else "") + advice,
-        broken=main["broken"], attacked=main["attacked"], share=share, margin=margin,
-        per_eps=per_eps)
+    return _check("black-box-vs-white-box", status, "; ".join(parts) + advice, **evidence)
 
 
 def _determinism_check(evidence) -> Dict:

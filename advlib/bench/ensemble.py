@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Dict, List, Mapping, Optional, Type
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Type
 
 import numpy as np
 
@@ -64,7 +64,8 @@ def attack_seed(seed: int, index: int) -> int:
 def run_ensemble(model, protocol: Dict, x: np.ndarray, y: np.ndarray, eps: float,
                  seed: int, on_attack=None, attacks: Optional[List[Dict]] = None,
                  variants: Optional[Dict] = None,
-                 instances: Optional[Dict] = None) -> Dict[str, np.ndarray]:
+                 instances: Optional[Dict] = None,
+                 skip: Sequence[bool] = ()) -> Dict[str, np.ndarray]:
     """Runs every attack of the protocol, in order, on the examples still robust.
 
     An example counts as broken only if `model` (the model as evaluated)
@@ -77,6 +78,7 @@ def run_ensemble(model, protocol: Dict, x: np.ndarray, y: np.ndarray, eps: float
             with BPDA gradients) while `model` still judges the result.
         instances: a dict that keeps the attack objects between calls, so that
             their compiled steps are traced once per run, not once per batch.
+        skip: per entry, True to leave it out at this eps (`sweep_attacks`).
 
     Returns:
         per-example arrays: "broken_by" (attack index, or -1), "norm" (of the
@@ -96,6 +98,8 @@ def run_ensemble(model, protocol: Dict, x: np.ndarray, y: np.ndarray, eps: float
         todo = np.flatnonzero(robust)
         if todo.size == 0:
             break
+        if index < len(skip) and skip[index]:
+            continue
         if on_attack is not None:
             on_attack(entry.name)
         variant = entry.variant

@@ -12,8 +12,14 @@ from typing import Callable, Dict, Optional
 import numpy as np
 
 from advlib.attacks.utils import within_threat
-from advlib.bench import ensemble
+from advlib.bench import diagnostics, ensemble
 from advlib.models.inspect import gradient_health, logit_spread, ste_window
+
+
+# Uesato et al.'s SPSA (cleverhans's defaults), stopping at each example's first success;
+# the protocol's diagnostics set nb_iter (spsa_iterations)
+SPSA_PROBE = {"name": "spsa", "attack": "SPSA",
+              "params": {"spsa_samples": 128, "early_stop_loss_threshold": 0.0}}
 
 
 def _pgd_entry(protocol) -> Dict:
@@ -81,6 +87,14 @@ def probe(model, judge, protocol, x, y, seed: int, surrogate=None,
     out["pgd_params"] = dict(pgd["params"])
     step("unbounded")
     out["unbounded"] = _unbounded(model, judge, pgd, x, y, norm, clip, seed * 100 + 7)
+    iterations = diagnostics.settings(protocol)["spsa_iterations"]
+    if iterations:
+        step("spsa")
+        entry = dict(SPSA_PROBE, params=dict(SPSA_PROBE["params"], nb_iter=iterations))
+        # the judge answers the queries: a black-box attack needs no variant's gradients
+        spsa = _broken(judge, entry, x, y, eps, norm, clip, seed * 100 + 9, judge)
+        out["spsa"] = {"broken": int(spsa.sum()), "broken_at": places[spsa].tolist(),
+                       "params": entry["params"]}
     if surrogate is not None:
         step("transfer")
         transferred = _broken(surrogate, pgd, x, y, eps, norm, clip, seed * 100 + 8, judge)

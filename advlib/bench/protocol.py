@@ -9,15 +9,19 @@ A protocol is a JSON document:
      "seed": 0, "batch_size": 500,
      "attacks": [{"name": "pgd-ce", "attack": "ProjectedGradientDescent",
                   "params": {"nb_iter": 100, "eps_iter_fraction": 0.25, ...}}, ...],
-     "sweep": [0.025, 0.05],
-     "diagnostics": {"n": 100, "convergence_threshold": 0.01, "black_box_margin": 0.01},
+     "sweep": [0.025, 0.05], "sweep_attacks": ["pgd-ce"],
+     "diagnostics": {"n": 100, "convergence_threshold": 0.01, "black_box_margin": 0.01,
+                     "spsa_iterations": 100},
      "headline": {"label": "AutoAttack (standard)", "attacks": ["apgd-ce", ...],
                   "comparable_with": "RobustBench"}}
 
 The first `n` examples of the split are evaluated, in order. Each attack runs
 on the examples that the attacks before it did not break. `eps_iter_fraction`
 sets the step size as a fraction of eps, so the `sweep` (extra eps values,
-for the robustness curve) scales every attack alike. `diagnostics` sets the
+for the robustness curve) scales every attack alike; `sweep_attacks`, if
+given, names the attacks that run at the sweep's eps values (the others run at
+the main eps only), which keeps a large evaluation's curve affordable.
+`diagnostics` sets the
 subset and thresholds of the gradient-masking checks
 (`advlib.bench.diagnostics`; all optional). `headline` (version 3) names the
 first attacks of the list that form a standard figure of its own, AutoAttack's,
@@ -44,7 +48,7 @@ from advlib import attacks as attacks_module
 
 PROTOCOL_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "protocols")
 _TOP_KEYS = {"name", "version", "description", "dataset", "threat", "clip", "seed",
-             "batch_size", "attacks", "sweep", "diagnostics", "headline"}
+             "batch_size", "attacks", "sweep", "sweep_attacks", "diagnostics", "headline"}
 _HEADLINE_KEYS = {"label", "attacks", "comparable_with"}
 ARCHIVE_DIR = os.path.join(PROTOCOL_DIR, "archive")
 _REQUIRED = {"name", "version", "dataset", "threat", "attacks"}
@@ -178,7 +182,28 @@ def validate(document: Dict[str, Any], source: str = "protocol") -> Dict[str, An
         _unknown(params, allowed, f"{where} ({entry['attack']}) params")
     _check_attack_params(document, source)
     _validate_headline(document, source)
+    _validate_sweep_attacks(document, source)
     return document
+
+
+def _validate_sweep_attacks(document, source) -> None:
+    chosen = document.get("sweep_attacks")
+    if chosen is None:
+        return
+    names = [entry["name"] for entry in document["attacks"]]
+    if not isinstance(chosen, list) or not chosen or any(n not in names for n in chosen):
+        raise ProtocolError(f"{source}: sweep_attacks must be a non-empty list of the "
+                            f"protocol's attack names {names}; got {chosen!r}.")
+
+
+def runs_at(protocol, eps_index: int, names: List[str]) -> List[bool]:
+    """Which of the ensemble's attacks (`names`, adaptive copies "name@variant"
+    included) run at the `eps_index`-th eps of `eps_values`: all at the main eps,
+    those of `sweep_attacks` (default all) in the sweep."""
+    chosen = protocol.get("sweep_attacks")
+    if eps_index == 0 or chosen is None:
+        return [True] * len(names)
+    return [name.split("@")[0] in chosen for name in names]
 
 
 def _validate_headline(document, source) -> None:
@@ -233,6 +258,9 @@ def _validate_diagnostics(document, source):
     _unknown(settings, DEFAULTS, f"{source}: diagnostics")
     if "n" in settings:
         _check(source, "diagnostics n", settings["n"], low=1, integer=True)
+    if "spsa_iterations" in settings:
+        _check(source, "diagnostics spsa_iterations", settings["spsa_iterations"], low=0,
+               integer=True)
     for key in ("convergence_threshold", "black_box_margin"):
         if key in settings:
             _check(source, f"diagnostics {key}", settings[key], low=0, high=1)

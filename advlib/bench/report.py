@@ -26,12 +26,14 @@ def _proportion(mask: np.ndarray) -> Dict:
     return {"value": k / n if n else 0.0, "count": k, "n": n, "ci95": wilson_interval(k, n)}
 
 
-def summarize(arrays: Dict[str, np.ndarray], names: Sequence[str], eps_list: Sequence[float]):
+def summarize(arrays: Dict[str, np.ndarray], names: Sequence[str], eps_list: Sequence[float],
+              ran: Optional[Sequence[Sequence[bool]]] = None):
     """Numbers of a report from the per-example arrays (all batches merged).
 
     `arrays` holds "correct" (n,), and per eps: "broken_by" (E, n), "norm"
     (E, n), "attacked" and "success" (E, A, n), "forward", "backward",
-    "seconds" (E, A).
+    "seconds" (E, A). `ran` (E, A) says which attacks ran at each eps
+    (default: all).
     """
     correct = arrays["correct"].astype(bool)
     per_eps = []
@@ -46,6 +48,7 @@ def summarize(arrays: Dict[str, np.ndarray], names: Sequence[str], eps_list: Seq
             norms = arrays["norm"][e][breaks]
             attacks.append({
                 "name": name,
+                "ran": True if ran is None else bool(ran[e][a]),
                 "robust_accuracy_after": _proportion(robust),
                 "attacked": int(attacked.sum()),
                 "success_rate": float(breaks.sum() / attacked.sum()) if attacked.any() else 0.0,
@@ -81,7 +84,10 @@ def headline(report: Dict) -> Optional[Dict]:
                          "attacks (adaptive mode reorders it), so their figure is not "
                          "separable; see the worst case")
     after = len(members) - 1
-    per_eps = [{"eps": e["eps"], "robust_accuracy": e["attacks"][after]["robust_accuracy_after"]}
+    # where the sweep ran only some of its attacks, there is no headline figure
+    complete = lambda e: all(a.get("ran", True) for a in e["attacks"][:after + 1])
+    per_eps = [{"eps": e["eps"], "robust_accuracy":
+                e["attacks"][after]["robust_accuracy_after"] if complete(e) else None}
                for e in report["results"]["per_eps"]]
     return dict(out, robust_accuracy=per_eps[0]["robust_accuracy"], per_eps=per_eps)
 
@@ -152,7 +158,9 @@ def plot(report: Dict, path) -> None:
     figure, axis = plt.subplots(figsize=(6, 4))
     names = [a["name"] for a in per_eps[0]["attacks"]]
     for index, name in enumerate(names):
+        # a gap where the attack did not run (`sweep_attacks`)
         values = [clean] + [e["attacks"][index]["robust_accuracy_after"]["value"]
+                            if e["attacks"][index].get("ran", True) else np.nan
                             for e in per_eps]
         axis.plot(eps, values, "--o", markersize=3, alpha=0.7, label=f"after {name}")
     worst = [clean] + [e["robust_accuracy"]["value"] for e in per_eps]

@@ -368,10 +368,12 @@ class Evaluation:
         seed = int(self.protocol["seed"])
         for e, eps in enumerate(self.eps_list):
             hook = None if on_attack is None else (lambda name, eps=eps: on_attack(name, eps))
+            runs = protocols.runs_at(self.protocol, e, self.names)
             out = ensemble.run_ensemble(self.wrapped, self.protocol, x, y, eps,
                                         seed=ensemble.batch_seed(seed, b, e), on_attack=hook,
                                         attacks=self.attacks, variants=self.variants,
-                                        instances=self.instances)
+                                        instances=self.instances,
+                                        skip=[not run for run in runs])
             self.arrays["broken_by"][e, start:stop] = out["broken_by"]
             self.arrays["norm"][e, start:stop] = out["norm"]
             self.arrays["attacked"][e, :, start:stop] = out["attacked"]
@@ -403,10 +405,12 @@ def batch_rows(batches, batch_size: int, n: int) -> np.ndarray:
     return mask
 
 
-def summarize_arrays(arrays, selection, batches_done, names, eps_list):
+def summarize_arrays(arrays, selection, batches_done, names, protocol):
     view = {key: (arrays[key][..., selection] if key in _PER_EXAMPLE else
                   arrays[key][batches_done].sum(axis=0)) for key in arrays}
-    return reports.summarize(view, names, eps_list)
+    eps_list = protocols.eps_values(protocol)
+    ran = [protocols.runs_at(protocol, e, names) for e in range(len(eps_list))]
+    return reports.summarize(view, names, eps_list, ran)
 
 
 def assess(report: Dict, arrays: Dict, selection: np.ndarray) -> Dict:
@@ -438,7 +442,7 @@ def build_report(evaluation: Evaluation, model_name: str) -> Dict:
     selection = evaluation.selection()
     done = sorted(evaluation.done)
     results = summarize_arrays(evaluation.arrays, selection, done, evaluation.names,
-                               evaluation.eps_list)
+                               evaluation.protocol)
     variants = evaluation.variants
     return assess({
         "schema_version": reports.SCHEMA_VERSION,
@@ -676,12 +680,11 @@ def merge(report_paths: List[str], out_dir: str, overwrite: bool = False) -> Dic
                 arrays[key][b] = part[key][b]
     protocol = first["protocol"]
     names = [entry["name"] for entry in first["ensemble"]]
-    eps_list = protocols.eps_values(protocol)
     selection = np.ones(len(arrays["index"]), bool)
     merged = dict(first, shard=None, batches=list(range(total)), complete=True,
                   n=int(selection.sum()), n_total=int(selection.sum()),
                   results=summarize_arrays(arrays, selection, list(range(total)), names,
-                                           eps_list),
+                                           protocol),
                   merged_from=[r["shard"] for r, _ in loaded])
     if isinstance(merged.get("identity"), dict):
         merged["identity"] = dict(merged["identity"], shard=None)

@@ -1,0 +1,339 @@
+"""The verifier's SAT backend: the binary network as cardinality constraints,
+decided by a CDCL solver with native cardinality constraints (PySAT's Minicard).
+
+Every hidden unit of the exported engine compares an integer accumulator with
+an integer threshold, and the accumulator counts how many of its inputs agree
+with the unit's +-1 weights. So a unit's bit is the literal of a reified
+cardinality constraint, z <=> (at least k of these literals are true), which
+Narodytska et al. (AAAI 2018) and Jia & Rinard (NeurIPS 2020) showed a SAT
+solver decides far faster than a MILP's relaxation can bound:
+
+- a free pixel's level is lo + (number of true literals of its order encoding
+  u_1 >= u_2 >= ... >= u_m), so the first layer, whose weights are +-1, counts
+  literals too;
+- z => (at least k) is the native constraint "at most n of (not lits) plus k
+  copies of z", and not z => (at most k - 1) likewise; units whose bounds
+  decide them (k <= 0 or k > n) are constants and never reach the solver;
+- max-pooling is OR;
+- the last layer is affine in float: for the label y and a class j, the
+  literals on which their weights agree (S) and disagree (D) give
+  logit_j - logit_y as a function of the two counts, so the program asks, for
+  each count d of D, for a count of S in the interval that makes j win.
+
+The clauses of the hidden layers are built once per example; each class is one
+incremental call under an assumption, so what the solver learns for one class
+serves the next.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import List, Optional
+
+import numpy as np
+
+_SOLVER = "minicard"
+_CONFLICTS_PER_SLICE = 2000
+
+
+def available() -> bool:
+    """Whether PySAT (pip package `python-sat`) is installed."""
+    try:
+        import pysat.solvers  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def require() -> None:
+    if not available():
+        raise ImportError("the SAT backend needs PySAT: pip install 'python-sat>=1.8.dev16' "
+                          "(or advlib's 'verify' extra); backend='milp' needs only SciPy.")
+
+
+class _Builder:
+    """Variables, clauses and reified cardinality constraints for one example."""
+
+    def __init__(self, solver):
+        self.solver = solver
+        self.count = 0
+
+    def new(self, n: int = 1) -> np.ndarray:
+        first = self.count + 1
+        self.count += n
+        return np.arange(first, first + n, dtype=np.int64)
+
+    def at_least(self, lits: np.ndarray, k: int):
+        """A literal z with z <=> (at least k of `lits` are true), or the constant
+        True / False where k alone decides it."""
+        n = len(lits)
+        if k <= 0:
+            return True
+        if k > n:
+            return False
+        z = int(self.new()[0])
+        negated = (-lits).tolist()
+        # z => sum(not lits) <= n - k, written sum(not lits) + k z <= n
+        self.solver.add_atmost(negated + [z] * k, n)
+        # not z => sum(lits) <= k - 1, written sum(lits) + (n - k + 1) (not z) <= n
+        self.solver.add_atmost(lits.tolist() + [-z] * (n - k + 1), n)
+        return z
+
+    def any_of(self, lits: List[int]):
+        """A literal for the OR of `lits`."""
+        if len(lits) == 1:
+            return lits[0]
+        y = int(self.new()[0])
+        for lit in lits:
+            self.solver.add_clause([-lit, y])
+        self.solver.add_clause([-y] + list(lits))
+        return y
+
+
+class _Bits:
+    """A layer's output bits: a literal where open, else a constant 0 / 1."""
+
+    def __init__(self, lit: np.ndarray, value: np.ndarray):
+        self.lit, self.value = lit, value   # lit 0 means the constant `value`
+
+    @classmethod
+    def from_list(cls, items):
+        lit = np.array([0 if isinstance(v, bool) else v for v in items], np.int64)
+        value = np.array([bool(v) if isinstance(v, bool) else False for v in items])
+        return cls(lit, value)
+
+
+class SatEncoding:
+    """One example's ball as a SAT instance over the engine's layers.
+
+    Args:
+        encoding: the `NetworkEncoding` of the engine (its prepared layers).
+        x: one image in [0, 1].
+        eps: the L-inf radius.
+    """
+
+    def __init__(self, encoding, x: np.ndarray, eps: float):
+        from pysat.solvers import Solver
+
+        self.encoding = encoding
+        self.solver = Solver(name=_SOLVER)
+        self.builder = _Builder(self.solver)
+        self.low, self.high = encoding.input_box(x.reshape(-1), eps)
+        self.units = self.fixed = 0
+        self.last = self._hidden_layers()
+
+    def close(self) -> None:
+        self.solver.delete()
+
+    # -- the input and the hidden layers ------------------------------------------------
+    def _pixels(self):
+        """Per pixel, the order-encoding literals of its level above `low`."""
+        builder, solver = self.builder, self.solver
+        literals = []
+        for low, high in zip(self.low, self.high):
+            lits = builder.new(int(high - low))
+            for a, b in zip(lits[:-1], lits[1:]):
+                solver.add_clause([-int(b), int(a)])  # u_{k+1} => u_k
+            literals.append(lits)
+        self.pixel_literals = literals
+        return literals
+
+    def _hidden_layers(self) -> _Bits:
+        bits = None
+        for prepared in self.encoding.layers:
+            layer = prepared["layer"]
+            kind = layer["type"]
+            if kind == "flatten":
+                continue
+            if kind == "maxpool":
+                bits = self._max_pool(prepared, bits)
+                continue
+            if layer["output"] == "logits":
+                self.output = prepared
+                return bits
+            if layer["input"] == "uint8":
+                bits = self._first_layer(prepared, self._pixels())
+            else:
+                bits = self._binary_layer(prepared, bits)
+        raise AssertionError("validated specs end in a logits layer")
+
+    def _threshold(self, prepared, row: int, const: float, lits: np.ndarray, step: int):
+        """The unit's bit, for acc = const + step * (number of true `lits`)."""
+        threshold = prepared["threshold"][row]
+        self.units += 1
+        if prepared["flip"][row]:   # bit <=> acc <= t <=> not (count >= floor(.) + 1)
+            result = self.builder.at_least(lits, math.floor((threshold - const) / step) + 1)
+            result = (not result) if isinstance(result, bool) else -result
+        else:                        # bit <=> acc >= t
+            result = self.builder.at_least(lits, math.ceil((threshold - const) / step))
+        self.fixed += isinstance(result, bool)
+        return result
+
+    def _first_layer(self, prepared, pixels) -> _Bits:
+        matrix = prepared["matrix"]
+        pixel_count = len(self.low)
+        out = []
+        for row in range(matrix.shape[0]):
+            start, stop = matrix.indptr[row], matrix.indptr[row + 1]
+            cols, signs = matrix.indices[start:stop], matrix.data[start:stop]
+            keep = cols < pixel_count        # the padding input of a uint8 layer is 0
+            cols, signs = cols[keep], signs[keep]
+            const = float(np.dot(signs, self.low[cols]))
+            parts = []
+            for col, sign in zip(cols, signs):
+                lits = pixels[col]
+                if sign > 0:
+                    parts.append(lits)
+                else:                        # -level = -(low + count) = -low - m + count(not u)
+                    parts.append(-lits)
+                    const -= len(lits)
+            lits = np.concatenate(parts) if parts else np.zeros(0, np.int64)
+            out.append(self._threshold(prepared, row, const, lits, 1))
+        return _Bits.from_list(out)
+
+    def _binary_layer(self, prepared, bits: _Bits) -> _Bits:
+        matrix = prepared["matrix"]
+        size = len(bits.lit)
+        out = []
+        for row in range(matrix.shape[0]):
+            start, stop = matrix.indptr[row], matrix.indptr[row + 1]
+            cols, signs = matrix.indices[start:stop], matrix.data[start:stop]
+            const = 0.0
+            pad = cols >= size
+            if pad.any():                    # the padding input: the constant +-1 value
+                const += float(signs[pad].sum()) * prepared["pad"]
+                cols, signs = cols[~pad], signs[~pad]
+            lit = bits.lit[cols]
+            open_ = lit != 0
+            values = np.where(bits.value[cols], 1.0, -1.0)
+            const += float(np.dot(signs[~open_], values[~open_]))
+            # an open input adds w (2 b - 1): 2 [agrees] - 1, agrees = b or not b
+            oriented = np.where(signs[open_] > 0, lit[open_], -lit[open_])
+            const -= oriented.size
+            out.append(self._threshold(prepared, row, const, oriented, 2))
+        return _Bits.from_list(out)
+
+    def _max_pool(self, prepared, bits: _Bits) -> _Bits:
+        channels = prepared["layer"]["in_shape"][-1]
+        lit = bits.lit.reshape(-1, channels)
+        value = bits.value.reshape(-1, channels)
+        out = []
+        for taps in prepared["windows"]:
+            taps = taps[taps >= 0]
+            for channel in range(channels):
+                if np.any((lit[taps, channel] == 0) & value[taps, channel]):
+                    out.append(True)
+                    continue
+                live = np.unique(lit[taps, channel][lit[taps, channel] != 0])
+                out.append(False if live.size == 0 else
+                           self.builder.any_of([int(v) for v in live]))
+        return _Bits.from_list(out)
+
+    # -- the question for one class -------------------------------------------------------
+    def class_wins(self, label: int, target: int, tolerance: float) -> Optional[int]:
+        """An assumption literal under which the instance asks for logit_target >=
+        logit_label - tolerance; None if no count of the last layer allows it."""
+        encoding, builder, solver = self.encoding, self.builder, self.solver
+        matrix = self.output["matrix"].toarray()
+        bits = self.last
+        scale, shift = encoding.scale, encoding.shift
+        open_ = bits.lit != 0
+        values = np.where(bits.value, 1.0, -1.0)
+        w_y, w_j = matrix[label, :len(bits.lit)], matrix[target, :len(bits.lit)]
+        # acc_c = const_c + 2 * (agreements of the open inputs with class c's weights)
+        const_y = float(np.dot(w_y[~open_], values[~open_])) - open_.sum()
+        const_j = float(np.dot(w_j[~open_], values[~open_])) - open_.sum()
+        oriented = np.where(w_y[open_] > 0, bits.lit[open_], -bits.lit[open_])
+        same = w_y[open_] == w_j[open_]
+        lits_s, lits_d = oriented[same], oriented[~same]
+        s_count, d_count = np.arange(lits_s.size + 1), np.arange(lits_d.size + 1)
+        # for y: a_s + a_d agreements; for j: a_s + (|D| - a_d)
+        a_s, a_d = np.meshgrid(s_count, d_count, indexing="ij")
+        acc_y = const_y + 2 * (a_s + a_d)
+        acc_j = const_j + 2 * (a_s + lits_d.size - a_d)
+        margin = (scale[label] * acc_y + shift[label]) - (scale[target] * acc_j + shift[target])
+        wins = margin <= tolerance                       # (|S| + 1, |D| + 1)
+        if not wins.any():
+            return None
+        act = int(builder.new()[0])
+        at_least_s = [True] + [builder.at_least(lits_s, v) for v in s_count[1:]] + [False]
+        at_least_d = [True] + [builder.at_least(lits_d, v) for v in d_count[1:]] + [False]
+        def lit(value, negate=False):
+            if isinstance(value, bool):
+                return value != negate
+            return -value if negate else value
+        for d in d_count:
+            # not (a_d == d): not (a_d >= d) or (a_d >= d + 1)
+            not_equal = [lit(at_least_d[d], True), lit(at_least_d[d + 1])]
+            column = np.flatnonzero(wins[:, d])
+            if column.size == 0:
+                extra = [[]]
+            else:
+                low, high = int(column[0]), int(column[-1])
+                if column.size != high - low + 1:
+                    raise AssertionError("the winning counts of S form an interval")
+                extra = [[lit(at_least_s[low])], [lit(at_least_s[high + 1], True)]]
+            for more in extra:
+                clause = [-act] + not_equal + more
+                if any(v is True for v in clause):
+                    continue
+                solver.add_clause([int(v) for v in clause if v is not False])
+        return act
+
+    def solve(self, assumption: int, time_limit: float) -> Optional[bool]:
+        """True (a model), False (none), None (out of time). The solver runs in
+        slices of conflicts, so the time limit holds without a second thread."""
+        deadline = time.perf_counter() + time_limit
+        while True:
+            self.solver.conf_budget(_CONFLICTS_PER_SLICE)
+            answer = self.solver.solve_limited(assumptions=[assumption])
+            if answer is not None:
+                return answer
+            if time.perf_counter() >= deadline:
+                return None
+
+    def levels(self) -> np.ndarray:
+        """The pixel levels of the solver's model."""
+        model = self.solver.get_model()
+        truth = np.zeros(self.builder.count + 1, bool)
+        positive = np.array([v for v in model if v > 0], np.int64)
+        truth[positive] = True
+        return self.low + np.array([truth[lits].sum() for lits in self.pixel_literals],
+                                   np.int64)
+
+
+def verify_example(encoding, x: np.ndarray, label: int, eps: float, time_limit: float,
+                   clean_logits: Optional[np.ndarray], verdict, decode, finish):
+    """Decides one example with the SAT backend; `verdict`, `decode` and `finish`
+    are the verifier's (see `advlib.qnn.verify`)."""
+    start = time.perf_counter()
+    instance = SatEncoding(encoding, x, eps)
+    try:
+        verdict.fixed = instance.fixed / max(instance.units, 1)
+        verdict.binaries = instance.builder.count
+        order = [j for j in (np.argsort(-clean_logits) if clean_logits is not None
+                             else range(len(encoding.scale))) if j != label]
+        for j in order:
+            act = instance.class_wins(label, int(j), encoding.tolerance)
+            if act is None:
+                continue  # no count of the last layer lets class j win
+            remaining = time_limit - (time.perf_counter() - start)
+            if remaining <= 0:
+                return finish(verdict, "unknown", start, reason="time limit")
+            answer = instance.solve(act, remaining)
+            verdict.programs += 1
+            if answer is None:
+                return finish(verdict, "unknown", start, reason="time limit")
+            if not answer:
+                continue
+            image = decode(x, instance.levels(), eps)
+            predicted = int(encoding.engine.predict_classes(image[None])[0])
+            if predicted != label:
+                verdict.counterexample, verdict.target = image, predicted
+                return finish(verdict, "broken", start, reason=f"class {predicted}")
+            return finish(verdict, "unknown", start,
+                          reason=f"a solution for class {j} lies within float rounding of a tie")
+        return finish(verdict, "robust", start, reason="every class ruled out")
+    finally:
+        instance.close()
