@@ -94,7 +94,9 @@ def _bench_run(args) -> int:
                             shard=args.shard, batch_size=args.batch_size,
                             progress=not args.no_progress, model_name=name,
                             adaptive=args.adaptive, transfer_from=transfer,
-                            overwrite=args.overwrite)
+                            overwrite=args.overwrite, verify=args.verify,
+                            verify_time_limit=args.verify_time_limit,
+                            verify_backend=args.verify_backend)
     print()
     print(bench.markdown(report))
     print(f"\nmodel: {source}\nreport: {os.path.join(out, 'report.json')} (and report.md, "
@@ -177,6 +179,16 @@ def bench_parser() -> argparse.ArgumentParser:
     parser.add_argument("--transfer-from", metavar="PATH",
                         help="a .keras surrogate (e.g. a QNN's float twin) for the transfer "
                              "diagnostic")
+    parser.add_argument("--verify", action="store_true",
+                        help="binary networks (with --engine): decide the examples every "
+                             "attack left with the exact verifier, and report the certified "
+                             "interval at every eps")
+    parser.add_argument("--verify-time-limit", type=float, default=30.0, metavar="SECONDS",
+                        help="--verify: seconds per example before it counts as unknown "
+                             "(default 30)")
+    parser.add_argument("--verify-backend", choices=("milp", "sat"), default="milp",
+                        help="--verify: the solver (default milp: SciPy's HiGHS; sat needs "
+                             "python-sat)")
     parser.add_argument("--no-progress", action="store_true")
     parser.set_defaults(handler=_bench_run)
     return parser

@@ -187,7 +187,11 @@ def test_weak_pgd_is_caught_by_single_step_and_convergence_checks(digits_cnn):
     protocol["attacks"] = [a for a in protocol["attacks"] if a["name"].startswith("pgd")]
     report = bench.evaluate(digits_cnn, protocol, progress=False)
     found = statuses(report)
-    assert found["black-box-vs-white-box"] == "skip"
+    # no black-box attack in the ensemble, but SPSA's probe still cross-checks it
+    black_box = {c["id"]: c for c in report["diagnostics"]}["black-box-vs-white-box"]
+    assert found["black-box-vs-white-box"] == "fail"
+    assert "per_eps" not in black_box["evidence"]
+    assert len(black_box["evidence"]["spsa"]["missed_by_ensemble"]) > 1
     assert found["iterative-vs-single-step"] == "warn", report["diagnostics"]
     assert found["convergence"] == "warn"
     assert report["probes"]["fgsm"] > report["probes"]["pgd"]

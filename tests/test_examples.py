@@ -128,3 +128,19 @@ def test_autoattack_report_example(tmp_path):
     assert abs(summary["autoattack_standard"] - list(log.values())[-1]) <= 1 / 40 + 1e-9
     assert summary["worst_case"] <= summary["autoattack_standard"] < summary["clean"]
     assert os.path.exists(tmp_path / "bench" / "report.json")
+
+
+def test_verify_binary_example(tmp_path):
+    import verify_binary
+
+    rows = verify_binary.main(["--n", "30", "--eps", "0.0157", "0.0039", "--epochs", "10",
+                               "--iterations", "10", "--square-queries", "200",
+                               "--out-dir", str(tmp_path)])
+    assert [row["eps"] for row in rows] == [0.0039, 0.0157]
+    for row in rows:
+        low, high = row["interval"]
+        assert low <= high <= row["after_attacks"]
+        assert row["robust"] + row["broken"] + row["unknown"] == row["verified"]
+    assert rows[0]["unknown"] == 0 and rows[0]["interval"][0] == rows[0]["interval"][1]
+    assert os.path.isfile(tmp_path / "run" / "report.json")
+    assert json.load(open(tmp_path / "verification.json")) == json.loads(json.dumps(rows))

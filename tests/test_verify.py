@@ -148,3 +148,100 @@ def test_bad_input_is_refused_by_name(kwargs, error, message):
         verify(BinaryEngine(spec, arrays), **arguments)
     with pytest.raises(TypeError, match="engine must be"):
         NetworkEncoding(object())
+
+
+# -- in the harness ------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def tiny_binary_mlp(digits, tmp_path_factory):
+    """A 64-32-32-10 binary MLP on digits and its exported engine."""
+    import keras
+    from advlib import qnn
+    (x_train, y_train), _ = digits
+    keras.utils.set_random_seed(0)
+    model = qnn.binary_mlp((8, 8, 1), width=32, depth=2)
+    model.compile(keras.optimizers.Adam(3e-3),
+                  keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(x_train, y_train, epochs=20, batch_size=64, verbose=0)
+    path = str(tmp_path_factory.mktemp("tiny") / "tiny.npz")
+    qnn.export(model, path)
+    return model, path
+
+
+def weak_protocol(eps, sweep=()):
+    """FGSM alone, so that the verifier has examples to decide."""
+    return {"name": "weak", "version": 1, "dataset": {"name": "digits", "n": 40},
+            "threat": {"norm": "inf", "eps": eps}, "sweep": list(sweep), "batch_size": 40,
+            "attacks": [{"attack": "FastGradientMethod"}],
+            "diagnostics": {"n": 10, "spsa_iterations": 0}}
+
+
+def test_the_harness_reports_the_certified_interval_and_the_missed_counterexamples(
+        tiny_binary_mlp, digits):
+    from advlib import bench
+    from advlib.models import QNNModelWrapper
+
+    model, path = tiny_binary_mlp
+    # the naive (zero) gradient: FGSM breaks nothing, every decision is the verifier's
+    wrapped = QNNModelWrapper(model, surrogate="zero", engine=path)
+    report = bench.evaluate(wrapped, weak_protocol(1 / 255, sweep=[4 / 255]), progress=False,
+                            verify=True, verify_time_limit=20)
+    engine = BinaryEngine.load(path)
+    _, (x_test, y_test) = digits
+    x, y = x_test[:40], y_test[:40]
+    correct = engine.predict_classes(x) == y
+    main, wider = report["results"]["per_eps"]
+    for entry in (main, wider):
+        verification = entry["verification"]
+        assert entry["attacks"][0]["broken"] == 0
+        assert verification["verified"] == correct.sum()
+        assert verification["robust"] + verification["broken"] + verification["unknown"] == \
+            correct.sum()
+        # the worst case counts the verifier's counterexamples, and is the interval's top
+        low, high = verification["interval"]
+        assert entry["robust_accuracy"]["value"] == pytest.approx(high)
+        assert low == pytest.approx(verification["robust"] / 40)
+    # at 1/255 everything is decided: the figure is exact, and it matches a direct run
+    direct = verify(engine, x[correct], y[correct], 1 / 255, time_limit=20)
+    assert main["verification"]["exact"]
+    assert main["verification"]["robust"] == direct.counts()["robust"]
+    assert wider["verification"]["broken"] > 0
+    checks = {c["id"]: c for c in report["diagnostics"]}
+    assert checks["attack-completeness"]["status"] in ("warn", "fail")
+    assert "counterexamples the attacks missed" in checks["attack-completeness"]["message"]
+    table = bench.markdown(report)
+    assert "certified by the exact verifier (milp), eps=0.003922" in table
+    assert "robust (worst case), eps=0.003922** (exact)" in table
+
+
+def test_verify_refuses_models_without_an_engine_and_l2_protocols(tiny_binary_mlp,
+                                                                  digits_cnn):
+    from advlib import bench
+    from advlib.models import QNNModelWrapper
+
+    with pytest.raises(ValueError, match="verify=True needs a binary network with an "
+                                         "exported engine"):
+        bench.evaluate(digits_cnn, weak_protocol(0.01), progress=False, verify=True)
+    model, path = tiny_binary_mlp
+    wrapped = QNNModelWrapper(model, engine=path)
+    l2 = dict(weak_protocol(0.5), threat={"norm": "2", "eps": 0.5})
+    with pytest.raises(ValueError, match="decides L-inf balls"):
+        bench.evaluate(wrapped, l2, progress=False, verify=True)
+    with pytest.raises(ValueError, match="verify_backend must be one of"):
+        bench.evaluate(wrapped, weak_protocol(0.01), progress=False, verify=True,
+                       verify_backend="cplex")
+
+
+def test_completeness_check_reads_every_verified_eps():
+    from advlib.bench import diagnostics
+
+    def results(main, sweep):
+        rows = [(0.1, main), (0.05, sweep)]
+        return {"clean_accuracy": {"count": 100}, "per_eps": [
+            {"eps": eps, "verification": {"broken": broken, "verified": 30, "unknown": 2}}
+            for eps, broken in rows]}
+    config = diagnostics.settings({})
+    check = lambda main, sweep: diagnostics._completeness(results(main, sweep), config)
+    assert check(0, 1)["status"] == "pass"
+    assert check(0, 3)["status"] == "warn"
+    assert check(3, 0)["status"] == "fail"
+    assert diagnostics._completeness({"per_eps": [{"eps": 0.1}]}, config)["status"] == "skip"

@@ -40,9 +40,11 @@ import numpy as np
 
 from advlib.bench import ensemble
 
-# spsa_iterations: SPSA's probe on the diagnostic subset (0 leaves it out)
+# spsa_iterations: SPSA's probe on the diagnostic subset (0 leaves it out);
+# completeness_margin: the share of counterexamples, missed by every attack, that
+# the exact verifier (binary networks, --verify) may find before the check fails
 DEFAULTS = {"n": 100, "convergence_threshold": 0.01, "black_box_margin": 0.01,
-            "spsa_iterations": 100}
+            "spsa_iterations": 100, "completeness_margin": 0.01}
 # gradient health: share of examples with a zero or non-finite gradient
 GRADIENT_WARN, GRADIENT_FAIL = 0.01, 0.1
 # STE window: share of quantized units whose straight-through gradient is cut
@@ -61,6 +63,8 @@ CHECKS = {
     "gradient-health": ("input gradients are finite and nonzero", "Pintor et al. 2022"),
     "ste-window": ("straight-through windows are open", "Gupta & Ajanthan 2020; Hubara et al."),
     "determinism": ("logits are identical across calls", "Athalye et al. 2018, 4.1 (EOT)"),
+    "attack-completeness": ("the exact verifier finds nothing that every attack missed",
+                            "Khalil et al. 2019; Jia & Rinard 2020"),
     "transfer": ("transfer from a surrogate does not beat white-box",
                  "Carlini et al. 2019, 5.2.7"),
 }
@@ -90,7 +94,7 @@ def assess(probes: Optional[Dict], results: Dict, attacks: List[Dict], protocol:
     config = settings(protocol)
     still_standing = (lambda places: list(places)) if standing is None else \
         (lambda places: [i for i in places if standing[i]])
-    checks = [_monotone(results)]
+    checks = [_monotone(results), _completeness(results, config)]
     if probes is None or probes.get("attacked", 0) == 0:
         checks.append(_black_box(results, attacks, config))
         reason = ("the diagnostic subset was not evaluated in this run" if probes is None
@@ -212,6 +216,27 @@ def _black_box(results, attacks, config, spsa=None, still_standing=list,
                       "curve's numbers rest on the black-box attack there",
               "pass": ""}[status]
     return _check("black-box-vs-white-box", status, "; ".join(parts) + advice, **evidence)
+
+
+def _completeness(results, config) -> Dict:
+    """Counterexamples of the exact verifier among the examples every attack left:
+    fail at the main eps beyond the margin, warn elsewhere in the sweep."""
+    rows = [(e["eps"], e["verification"]) for e in results["per_eps"] if "verification" in e]
+    if not rows:
+        return _check("attack-completeness", "skip", "the exact verifier did not run (--verify, "
+                                                     "binary networks with an engine)")
+    correct = results["clean_accuracy"]["count"]
+    margin = config["completeness_margin"]
+    beyond = [_beyond_noise(v["broken"], margin, correct) for _, v in rows]
+    status = "fail" if beyond[0] else "warn" if any(beyond[1:]) else "pass"
+    counts = "; ".join(f"eps={eps:.4g}: {v['broken']} of {v['verified']} verified "
+                       f"({v['unknown']} unknown)" for eps, v in rows)
+    return _check("attack-completeness", status,
+                  f"counterexamples the attacks missed: {counts}" + (
+                      ": the attacks are incomplete here, the verifier's counterexamples "
+                      "join the worst case" if status != "pass" else ""),
+                  per_eps=[{"eps": eps, "broken": v["broken"], "verified": v["verified"],
+                            "unknown": v["unknown"]} for eps, v in rows], margin=margin)
 
 
 def _determinism_check(evidence) -> Dict:

@@ -261,7 +261,7 @@ def _validate_diagnostics(document, source):
     if "spsa_iterations" in settings:
         _check(source, "diagnostics spsa_iterations", settings["spsa_iterations"], low=0,
                integer=True)
-    for key in ("convergence_threshold", "black_box_margin"):
+    for key in ("convergence_threshold", "black_box_margin", "completeness_margin"):
         if key in settings:
             _check(source, f"diagnostics {key}", settings[key], low=0, high=1)
 

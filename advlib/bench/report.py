@@ -27,13 +27,17 @@ def _proportion(mask: np.ndarray) -> Dict:
 
 
 def summarize(arrays: Dict[str, np.ndarray], names: Sequence[str], eps_list: Sequence[float],
-              ran: Optional[Sequence[Sequence[bool]]] = None):
+              ran: Optional[Sequence[Sequence[bool]]] = None,
+              verification: Optional[Dict] = None):
     """Numbers of a report from the per-example arrays (all batches merged).
 
     `arrays` holds "correct" (n,), and per eps: "broken_by" (E, n), "norm"
     (E, n), "attacked" and "success" (E, A, n), "forward", "backward",
     "seconds" (E, A). `ran` (E, A) says which attacks ran at each eps
-    (default: all).
+    (default: all). With `verification` (the exact verifier's settings), the
+    "verdict" and "verify_seconds" arrays (E, n) add each eps's certified
+    interval, and the verifier's counterexamples (`broken_by` == A) join the
+    worst case.
     """
     correct = arrays["correct"].astype(bool)
     per_eps = []
@@ -60,10 +64,34 @@ def summarize(arrays: Dict[str, np.ndarray], names: Sequence[str], eps_list: Seq
                 "seconds": float(arrays["seconds"][e, a]),
                 "nonfinite_fallbacks": int(arrays["nonfinite"][e, a]),
             })
-        per_eps.append({"eps": float(eps), "attacks": attacks,
-                        "robust_accuracy": _proportion(robust)})
+        entry = {"eps": float(eps), "attacks": attacks}
+        if verification is not None:
+            entry["verification"] = _verification(arrays, e, robust, broken_by == len(names),
+                                                  verification)
+            robust &= broken_by != len(names)
+        entry["robust_accuracy"] = _proportion(robust)
+        per_eps.append(entry)
     return {"clean_accuracy": _proportion(correct), "per_eps": per_eps,
             "robust_accuracy": per_eps[0]["robust_accuracy"]}
+
+
+def _verification(arrays, e, after_attacks, counterexamples, settings) -> Dict:
+    """The certified interval at one eps: robust accuracy lies between the share
+    proved robust and the share the verifier did not break."""
+    verdict = arrays["verdict"][e]
+    proved = after_attacks & (verdict == 0)
+    unknown = after_attacks & (verdict == 2)
+    verified = verdict >= 0
+    seconds = arrays["verify_seconds"][e][verified]
+    n = max(len(verdict), 1)
+    return {**settings, "verified": int(verified.sum()), "robust": int(proved.sum()),
+            "broken": int(counterexamples.sum()), "unknown": int(unknown.sum()),
+            "certified": _proportion(proved),
+            "interval": [float(proved.sum() / n), float((proved.sum() + unknown.sum()) / n)],
+            "exact": not unknown.any(),
+            "seconds": {"median": float(np.median(seconds)) if seconds.size else 0.0,
+                        "p95": float(np.percentile(seconds, 95)) if seconds.size else 0.0,
+                        "total": float(seconds.sum())}}
 
 
 def headline(report: Dict) -> Optional[Dict]:
@@ -122,8 +150,18 @@ def markdown(report: Dict) -> str:
             if standard["comparable_with"] else ""
         lines.append(f"| **{standard['label']}{comparable}, eps={main['eps']:.4g}** | "
                      f"**{_percent(standard['robust_accuracy'])}**{flag} | | | | |")
-    lines.append(f"| **robust (worst case), eps={main['eps']:.4g}** | "
+    verification = main.get("verification")
+    exact = " (exact)" if verification and verification["exact"] else ""
+    lines.append(f"| **robust (worst case), eps={main['eps']:.4g}**{exact} | "
                  f"**{_percent(main['robust_accuracy'])}**{flag} | | | | |")
+    if verification:
+        low, high = verification["interval"]
+        lines.append(f"| certified by the exact verifier ({verification['backend']}), "
+                     f"eps={main['eps']:.4g} | [{100 * low:.2f}%, {100 * high:.2f}%] | "
+                     f"{verification['verified']} verified: {verification['robust']} robust, "
+                     f"{verification['broken']} broken, {verification['unknown']} unknown "
+                     f"(limit {verification['time_limit']:g} s) | | | "
+                     f"{verification['seconds']['total']:.1f} |")
     adaptive = report.get("adaptive")
     if adaptive:
         if adaptive["variants"]:
@@ -167,6 +205,10 @@ def plot(report: Dict, path) -> None:
     low = [clean] + [e["robust_accuracy"]["ci95"][0] for e in per_eps]
     high = [clean] + [e["robust_accuracy"]["ci95"][1] for e in per_eps]
     axis.plot(eps, worst, "-o", color="black", label="worst case")
+    if all("verification" in e for e in per_eps):
+        proved = [clean] + [e["verification"]["interval"][0] for e in per_eps]
+        axis.plot(eps, proved, "-s", color="tab:green", markersize=3,
+                  label="proved robust (exact verifier)")
     axis.fill_between(eps, low, high, color="black", alpha=0.1, label="95% CI")
     axis.axvline(report["protocol"]["threat"]["eps"], color="grey", linewidth=0.8)
     axis.set_xlabel(f"eps (L-{report['protocol']['threat']['norm']})")

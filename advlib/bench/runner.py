@@ -19,7 +19,10 @@ from advlib.bench import report as reports
 
 STATE_JSON, STATE_NPZ = "state.json", "state.npz"
 _PER_EXAMPLE = ("index", "label", "clean_pred", "correct", "broken_by", "norm", "attacked",
-                "success")
+                "success", "verdict", "verify_seconds")
+# the verifier's answers, per eps and example, in the "verdict" array
+VERDICT_CODES = {"robust": 0, "broken": 1, "unknown": 2}
+NOT_VERIFIED = -1
 _PER_BATCH = ("forward", "backward", "seconds", "nonfinite")
 LOCK = ".advlib.lock"
 _IDENTITY_PROBE = 100  # examples whose predicted classes join a model's identity
@@ -266,8 +269,10 @@ class Evaluation:
     """One run of a protocol on a model: its identity, arrays and state files."""
 
     def __init__(self, wrapped, protocol, x, y, batch_size, shard, out_dir, name,
-                 variants: Optional[Dict] = None, transfer_from=None):
+                 variants: Optional[Dict] = None, transfer_from=None,
+                 verification: Optional[Dict] = None):
         self.wrapped, self.protocol, self.x, self.y = wrapped, protocol, x, y
+        self.verification = verification
         self.batch_size, self.shard, self.out_dir, self.name = batch_size, shard, out_dir, name
         self.variants = variants
         self.attacks = (protocol["attacks"] if variants is None else
@@ -289,7 +294,8 @@ class Evaluation:
             "shard": None if shard is None else f"{shard[0]}/{shard[1]}",
             "adaptive": None if variants is None else list(variants),
             "transfer_from": None if transfer_from is None else
-            model_identity(transfer_from, probe)["fingerprint"]}
+            model_identity(transfer_from, probe)["fingerprint"],
+            "verify": verification}
         self.mine = [b for b in range(self.batches)
                      if shard is None or b % shard[1] == shard[0] - 1]
         e, a, n = len(self.eps_list), len(self.names), len(x)
@@ -302,6 +308,11 @@ class Evaluation:
                        "backward": np.zeros((self.batches, e, a), np.int64),
                        "seconds": np.zeros((self.batches, e, a)),
                        "nonfinite": np.zeros((self.batches, e, a), np.int64)}
+        if verification is not None:
+            self.arrays.update(verdict=np.full((e, n), NOT_VERIFIED, np.int8),
+                               verify_seconds=np.zeros((e, n)))
+            from advlib.qnn.verify import NetworkEncoding
+            self.encoding = NetworkEncoding(wrapped.engine)
         self.done: List[int] = []
         self.probes: Optional[Dict] = None
         self.instances: Dict = {}  # attack objects, reused across batches and eps
@@ -374,13 +385,47 @@ class Evaluation:
                                         attacks=self.attacks, variants=self.variants,
                                         instances=self.instances,
                                         skip=[not run for run in runs])
+            if self.verification is not None:
+                self._verify(x, y, eps, out, predicted == y)
             self.arrays["broken_by"][e, start:stop] = out["broken_by"]
             self.arrays["norm"][e, start:stop] = out["norm"]
             self.arrays["attacked"][e, :, start:stop] = out["attacked"]
             self.arrays["success"][e, :, start:stop] = out["success"]
             for key in _PER_BATCH:
                 self.arrays[key][b, e] = out[key]
+            if self.verification is not None:
+                self.arrays["verdict"][e, start:stop] = out["verdict"]
+                self.arrays["verify_seconds"][e, start:stop] = out["verify_seconds"]
         self.done.append(b)
+
+    def _verify(self, x, y, eps, out, correct) -> None:
+        """The exact verifier on the examples every attack left; its counterexamples
+        join the worst case as breaks by the pseudo-attack `len(names)`."""
+        from advlib.attacks.utils import within_threat
+        from advlib.qnn.verify import verify
+
+        out["verdict"] = np.full(len(x), NOT_VERIFIED, np.int8)
+        out["verify_seconds"] = np.zeros(len(x))
+        rows = np.flatnonzero(correct & (out["broken_by"] < 0))
+        if rows.size == 0:
+            return
+        result = verify(self.encoding, x[rows], y[rows], eps, progress=False,
+                        **self.verification)
+        clip = self.protocol["clip"]
+        for row, verdict in zip(rows, result.verdicts):
+            status = verdict.status
+            if status == "broken":
+                adversarial = verdict.counterexample[None].astype(x.dtype)
+                inside, norm = within_threat(adversarial, x[row:row + 1], eps,
+                                             self.protocol["threat"]["norm"], clip["min"],
+                                             clip["max"])
+                if inside[0]:
+                    out["broken_by"][row] = len(self.names)
+                    out["norm"][row] = norm[0]
+                else:  # never for a sound verifier; it would not be a proof either way
+                    status = "unknown"
+            out["verdict"][row] = VERDICT_CODES[status]
+            out["verify_seconds"][row] = verdict.seconds
 
     def run_probes(self, transfer_from=None, on_step=None) -> None:
         """The diagnostics' own attacks, on the protocol's first examples; with
@@ -405,12 +450,12 @@ def batch_rows(batches, batch_size: int, n: int) -> np.ndarray:
     return mask
 
 
-def summarize_arrays(arrays, selection, batches_done, names, protocol):
+def summarize_arrays(arrays, selection, batches_done, names, protocol, verification=None):
     view = {key: (arrays[key][..., selection] if key in _PER_EXAMPLE else
                   arrays[key][batches_done].sum(axis=0)) for key in arrays}
     eps_list = protocols.eps_values(protocol)
     ran = [protocols.runs_at(protocol, e, names) for e in range(len(eps_list))]
-    return reports.summarize(view, names, eps_list, ran)
+    return reports.summarize(view, names, eps_list, ran, verification)
 
 
 def assess(report: Dict, arrays: Dict, selection: np.ndarray) -> Dict:
@@ -442,7 +487,7 @@ def build_report(evaluation: Evaluation, model_name: str) -> Dict:
     selection = evaluation.selection()
     done = sorted(evaluation.done)
     results = summarize_arrays(evaluation.arrays, selection, done, evaluation.names,
-                               evaluation.protocol)
+                               evaluation.protocol, evaluation.verification)
     variants = evaluation.variants
     return assess({
         "schema_version": reports.SCHEMA_VERSION,
@@ -468,6 +513,7 @@ def build_report(evaluation: Evaluation, model_name: str) -> Dict:
         "nb_classes": evaluation.wrapped.nb_classes,
         "probes": evaluation.probes,
         "adaptive": None if variants is None else {"variants": list(variants)},
+        "verify": evaluation.verification,
         "headline_flag": "",
     }, evaluation.arrays, selection)
 
@@ -489,7 +535,8 @@ def evaluate(model, protocol="digits-linf-0.2", out_dir: Optional[str] = None,
              resume: bool = False, shard: Optional[str] = None,
              batch_size: Optional[int] = None, progress: bool = True,
              model_name: Optional[str] = None, adaptive: bool = False,
-             transfer_from=None, overwrite: bool = False) -> Dict:
+             transfer_from=None, overwrite: bool = False, verify: bool = False,
+             verify_time_limit: float = 30.0, verify_backend: str = "milp") -> Dict:
     """Evaluates a live model under a protocol; returns the report.
 
     Args:
@@ -511,6 +558,15 @@ def evaluate(model, protocol="digits-linf-0.2", out_dir: Optional[str] = None,
         overwrite: write into an `out_dir` that holds other files (never
             needed for a new or empty folder). The folder is locked for the
             run's lifetime, so a second run into it is refused.
+        verify: for a binary network with an exported engine
+            (`QNNModelWrapper(model, engine=...)`), run the exact verifier
+            (`advlib.qnn.verify`) at every eps on the examples every attack
+            left: the report gives the certified interval [proved robust, not
+            broken], the attack-completeness check, and the verifier's
+            counterexamples join the worst case. L-inf protocols only.
+        verify_time_limit: seconds per example; past it the example is unknown.
+        verify_backend: "milp" (SciPy's HiGHS) or "sat" (PySAT; see
+            `advlib.qnn.verify.verify` for which decides what faster).
 
     Returns:
         The report (see `advlib.bench.report`), as also written to out_dir.
@@ -526,18 +582,42 @@ def evaluate(model, protocol="digits-linf-0.2", out_dir: Optional[str] = None,
     x, y = load_examples(protocol)
     check_model_fits(wrapped, x, y, protocol)
     size = protocol["batch_size"] if batch_size is None else int(batch_size)
+    verification = _verification_settings(wrapped, protocol, verify, verify_time_limit,
+                                          verify_backend)
     variants = None
     if adaptive:
         from advlib.bench.adaptive import variants as adaptive_variants
         variants = adaptive_variants(wrapped, x[:min(len(x), 64)])
     evaluation = Evaluation(wrapped, protocol, x, y, size, shard_spec, out_dir, model_name,
-                            variants, transfer)
+                            variants, transfer, verification)
     if out_dir is None:
         return _evaluate(evaluation, progress, transfer, model_name, model)
     with OutputFolder(out_dir, resume=resume, overwrite=overwrite):
         if resume:
             evaluation.restore()
         return _evaluate(evaluation, progress, transfer, model_name, model)
+
+
+def _verification_settings(wrapped, protocol, verify, time_limit, backend) -> Optional[Dict]:
+    """The verifier's settings of a run (None without --verify), checked up front."""
+    from advlib import _checks
+    from advlib.qnn import verify_sat
+    from advlib.qnn.verify import BACKENDS
+
+    if not verify:
+        return None
+    if getattr(wrapped, "engine", None) is None:
+        raise ValueError("verify=True needs a binary network with an exported engine: pass "
+                         "QNNModelWrapper(model, engine='model.npz') (--engine on the command "
+                         f"line); got a {type(wrapped).__name__} without one.")
+    if protocol["threat"]["norm"] != "inf":
+        raise ValueError(f"verify=True decides L-inf balls; protocol {protocol['name']!r} uses "
+                         f"the L{protocol['threat']['norm']} norm.")
+    _checks.check_number("verify_time_limit", time_limit, low=0, low_open=True)
+    _checks.check_choice("verify_backend", backend, BACKENDS)
+    if backend == "sat":
+        verify_sat.require()
+    return {"backend": backend, "time_limit": float(time_limit)}
 
 
 def _evaluate(evaluation: Evaluation, progress: bool, transfer, model_name, model) -> Dict:
@@ -675,7 +755,8 @@ def merge(report_paths: List[str], out_dir: str, overwrite: bool = False) -> Dic
         for b in report["batches"]:
             rows = slice(b * size, (b + 1) * size)
             for key in _PER_EXAMPLE:
-                arrays[key][..., rows] = part[key][..., rows]
+                if key in arrays:
+                    arrays[key][..., rows] = part[key][..., rows]
             for key in _PER_BATCH:
                 arrays[key][b] = part[key][b]
     protocol = first["protocol"]
@@ -684,7 +765,7 @@ def merge(report_paths: List[str], out_dir: str, overwrite: bool = False) -> Dic
     merged = dict(first, shard=None, batches=list(range(total)), complete=True,
                   n=int(selection.sum()), n_total=int(selection.sum()),
                   results=summarize_arrays(arrays, selection, list(range(total)), names,
-                                           protocol),
+                                           protocol, first.get("verify")),
                   merged_from=[r["shard"] for r, _ in loaded])
     if isinstance(merged.get("identity"), dict):
         merged["identity"] = dict(merged["identity"], shard=None)

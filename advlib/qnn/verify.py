@@ -554,9 +554,13 @@ def verify(engine: Union[BinaryEngine, str, NetworkEncoding], x, y, eps: float,
         time_limit: seconds per example; past it the example is `unknown`.
         progress: show a progress bar.
         backend: "milp" (SciPy's HiGHS; no extra dependency) or "sat" (PySAT's
-            Minicard with native cardinality constraints: the binary units
-            are cardinality constraints, which it decides far faster; needs
-            the `python-sat` package). Both are exact and give the same answers.
+            Minicard with native cardinality constraints; needs the
+            `python-sat` package). Both are exact and give the same answers;
+            their speed differs by network. Measured on digits: the MILP
+            decided 30 of 30 digits of a 64-32-32-10 binary MLP at eps 4/255 in
+            1.5 s where SAT left 12 undecided at 5 s each, while on a
+            64-256-256-256-10 MLP at eps 1/255 SAT ruled out a class in 1.2 s
+            that the MILP had not in 20 s.
 
     Returns:
         A `VerificationResult`: a `Verdict` per example (status, checked

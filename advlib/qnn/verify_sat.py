@@ -34,7 +34,7 @@ from typing import List, Optional
 import numpy as np
 
 _SOLVER = "minicard"
-_CONFLICTS_PER_SLICE = 2000
+_CONFLICTS_PER_SLICE = 500
 
 
 def available() -> bool:
