@@ -35,9 +35,13 @@ def protocol_for(n, sweep=True, spsa_iter=None):
     protocol["dataset"]["n"] = protocol["batch_size"] = n
     if not sweep:
         protocol["sweep"] = []
-    for entry in protocol["attacks"]:
-        if entry["attack"] == "SPSA" and spsa_iter is not None:
-            entry["params"]["nb_iter"] = spsa_iter
+    if spsa_iter is not None:
+        for entry in protocol["attacks"]:
+            if entry["attack"] == "SPSA":
+                entry["params"]["nb_iter"] = spsa_iter
+        # and the diagnostics' own SPSA probe
+        protocol["diagnostics"] = dict(protocol.get("diagnostics", {}),
+                                       spsa_iterations=spsa_iter)
     return protocol
 
 

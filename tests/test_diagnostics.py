@@ -25,7 +25,7 @@ def small_protocol(eps=0.2, sweep=(0.1,), **attack_changes):
     document = protocols.load("digits-linf-0.2@2")
     document["dataset"]["n"], document["batch_size"] = 120, 120
     document["threat"]["eps"], document["sweep"] = eps, list(sweep)
-    document["diagnostics"] = {"n": 60}
+    document["diagnostics"] = {"n": 60, "spsa_iterations": 40}
     for entry in document["attacks"]:
         if entry["attack"] == "SPSA":
             entry["params"].update(nb_iter=40, spsa_samples=64)
