@@ -453,6 +453,26 @@ def _decode(x: np.ndarray, solution: np.ndarray, encoding: NetworkEncoding, eps:
     return image_at_levels(x, levels, eps)
 
 
+def classes_to_try(label: int, clean_logits: Optional[np.ndarray], count: int) -> List[int]:
+    """The classes other than the label, most likely first: the first that yields
+    a counterexample ends the search."""
+    order = np.argsort(-clean_logits) if clean_logits is not None else range(count)
+    return [int(j) for j in order if j != label]
+
+
+def judge_candidate(verdict: Verdict, encoding: NetworkEncoding, image: np.ndarray,
+                    target: int, start: float) -> Verdict:
+    """A solver's point for class `target`, checked through the engine: `broken`
+    if the engine misclassifies it, else `unknown` (it lies within float rounding
+    of a tie)."""
+    predicted = int(encoding.engine.predict_classes(image[None])[0])
+    if predicted != verdict.label:
+        verdict.counterexample, verdict.target = image, predicted
+        return _finish(verdict, "broken", start, reason=f"class {predicted}")
+    return _finish(verdict, "unknown", start,
+                   reason=f"a solution for class {target} lies within float rounding of a tie")
+
+
 def verify_example(encoding: NetworkEncoding, x: np.ndarray, label: int, eps: float,
                    time_limit: float = 30.0, clean_logits: Optional[np.ndarray] = None
                    ) -> Verdict:
@@ -462,11 +482,9 @@ def verify_example(encoding: NetworkEncoding, x: np.ndarray, label: int, eps: fl
     scale, shift, tolerance = encoding.scale, encoding.shift, encoding.tolerance
     verdict = Verdict("robust", int(label), fixed=stats["fixed"] / max(stats["units"], 1),
                       binaries=program.binaries)
-    order = [j for j in (np.argsort(-clean_logits) if clean_logits is not None
-                         else range(len(scale))) if j != label]
     base, base_low, base_high = program.matrix()
     size = len(program.low)
-    for j in order:
+    for j in classes_to_try(label, clean_logits, len(scale)):
         # margin = logit_y - logit_j; a counterexample needs margin <= tolerance
         row = (scale[label] * _row(matrix, columns, label, size) -
                scale[j] * _row(matrix, columns, j, size))
@@ -489,13 +507,7 @@ def verify_example(encoding: NetworkEncoding, x: np.ndarray, label: int, eps: fl
                 continue
             if isinstance(solution, str):
                 return _finish(verdict, "unknown", start, reason=solution)
-        image = _decode(x, solution, encoding, eps)
-        predicted = int(encoding.engine.predict_classes(image[None])[0])
-        if predicted != label:
-            verdict.counterexample, verdict.target = image, predicted
-            return _finish(verdict, "broken", start, reason=f"class {predicted}")
-        return _finish(verdict, "unknown", start,
-                       reason=f"a solution for class {j} lies within float rounding of a tie")
+        return judge_candidate(verdict, encoding, _decode(x, solution, encoding, eps), j, start)
     return _finish(verdict, "robust", start, reason="every class ruled out")
 
 
@@ -593,9 +605,8 @@ def verify(engine: Union[BinaryEngine, str, NetworkEncoding], x, y, eps: float,
                                     target=int(logits[i].argmax()), reason="misclassified"))
             continue
         if backend == "sat":
-            verdicts.append(verify_sat.verify_example(
-                encoding, x[i], int(labels[i]), eps, time_limit, logits[i],
-                Verdict("robust", int(labels[i])), image_at_levels, _finish))
+            verdicts.append(verify_sat.verify_example(encoding, x[i], int(labels[i]), eps,
+                                                      time_limit, logits[i]))
         else:
             verdicts.append(verify_example(encoding, x[i], int(labels[i]), eps, time_limit,
                                            logits[i]))

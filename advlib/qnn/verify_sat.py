@@ -91,6 +91,13 @@ class _Builder:
         return y
 
 
+def _rows(matrix):
+    """Per row of a CSR matrix of +-1 weights: (row, input columns, signs)."""
+    for row in range(matrix.shape[0]):
+        start, stop = matrix.indptr[row], matrix.indptr[row + 1]
+        yield row, matrix.indices[start:stop], matrix.data[start:stop]
+
+
 class _Bits:
     """A layer's output bits: a literal where open, else a constant 0 / 1."""
 
@@ -150,7 +157,8 @@ class SatEncoding:
                 bits = self._max_pool(prepared, bits)
                 continue
             if layer["output"] == "logits":
-                self.output = prepared
+                # the last layer's +-1 weights, read once for every class asked about
+                self.output_weights = prepared["matrix"].toarray()
                 return bits
             if layer["input"] == "uint8":
                 bits = self._first_layer(prepared, self._pixels())
@@ -171,12 +179,9 @@ class SatEncoding:
         return result
 
     def _first_layer(self, prepared, pixels) -> _Bits:
-        matrix = prepared["matrix"]
         pixel_count = len(self.low)
         out = []
-        for row in range(matrix.shape[0]):
-            start, stop = matrix.indptr[row], matrix.indptr[row + 1]
-            cols, signs = matrix.indices[start:stop], matrix.data[start:stop]
+        for row, cols, signs in _rows(prepared["matrix"]):
             keep = cols < pixel_count        # the padding input of a uint8 layer is 0
             cols, signs = cols[keep], signs[keep]
             const = float(np.dot(signs, self.low[cols]))
@@ -193,12 +198,9 @@ class SatEncoding:
         return _Bits.from_list(out)
 
     def _binary_layer(self, prepared, bits: _Bits) -> _Bits:
-        matrix = prepared["matrix"]
         size = len(bits.lit)
         out = []
-        for row in range(matrix.shape[0]):
-            start, stop = matrix.indptr[row], matrix.indptr[row + 1]
-            cols, signs = matrix.indices[start:stop], matrix.data[start:stop]
+        for row, cols, signs in _rows(prepared["matrix"]):
             const = 0.0
             pad = cols >= size
             if pad.any():                    # the padding input: the constant +-1 value
@@ -235,7 +237,7 @@ class SatEncoding:
         """An assumption literal under which the instance asks for logit_target >=
         logit_label - tolerance; None if no count of the last layer allows it."""
         encoding, builder, solver = self.encoding, self.builder, self.solver
-        matrix = self.output["matrix"].toarray()
+        matrix = self.output_weights
         bits = self.last
         scale, shift = encoding.scale, encoding.shift
         open_ = bits.lit != 0
@@ -304,18 +306,19 @@ class SatEncoding:
 
 
 def verify_example(encoding, x: np.ndarray, label: int, eps: float, time_limit: float,
-                   clean_logits: Optional[np.ndarray], verdict, decode, finish):
-    """Decides one example with the SAT backend; `verdict`, `decode` and `finish`
-    are the verifier's (see `advlib.qnn.verify`)."""
+                   clean_logits: Optional[np.ndarray]):
+    """Decides one example with the SAT backend; see `advlib.qnn.verify.verify`."""
+    from advlib.qnn.verify import (Verdict, _finish as finish, classes_to_try,
+                                   image_at_levels, judge_candidate)
+
     start = time.perf_counter()
     instance = SatEncoding(encoding, x, eps)
+    verdict = Verdict("robust", int(label))
     try:
         verdict.fixed = instance.fixed / max(instance.units, 1)
         verdict.binaries = instance.builder.count
-        order = [j for j in (np.argsort(-clean_logits) if clean_logits is not None
-                             else range(len(encoding.scale))) if j != label]
-        for j in order:
-            act = instance.class_wins(label, int(j), encoding.tolerance)
+        for j in classes_to_try(label, clean_logits, len(encoding.scale)):
+            act = instance.class_wins(label, j, encoding.tolerance)
             if act is None:
                 continue  # no count of the last layer lets class j win
             remaining = time_limit - (time.perf_counter() - start)
@@ -327,13 +330,8 @@ def verify_example(encoding, x: np.ndarray, label: int, eps: float, time_limit: 
                 return finish(verdict, "unknown", start, reason="time limit")
             if not answer:
                 continue
-            image = decode(x, instance.levels(), eps)
-            predicted = int(encoding.engine.predict_classes(image[None])[0])
-            if predicted != label:
-                verdict.counterexample, verdict.target = image, predicted
-                return finish(verdict, "broken", start, reason=f"class {predicted}")
-            return finish(verdict, "unknown", start,
-                          reason=f"a solution for class {j} lies within float rounding of a tie")
+            image = image_at_levels(x, instance.levels(), eps)
+            return judge_candidate(verdict, encoding, image, j, start)
         return finish(verdict, "robust", start, reason="every class ruled out")
     finally:
         instance.close()
