@@ -176,7 +176,9 @@ def test_square_breaks_a_cnn_that_every_gradient_attack_fails_on(digits_cnn, tes
     (APGD, dict(eps=0.1, nb_iter=10, nb_restarts=2)),
     (SquareAttack, dict(eps=0.1, n_queries=100)),
     (SquareAttack, dict(eps=1.0, norm=2, n_queries=100)),
-    (FAB, dict(eps=0.03, nb_iter=10, nb_restarts=2)),  # the second run starts at random
+    # the restarts after the first start at random; their result counts only where it
+    # beats the first run's, so several make the seed's effect certain
+    (FAB, dict(eps=0.03, nb_iter=10, nb_restarts=5)),
 ])
 def test_seeds_reproduce_and_matter(digits_cnn, test_set, attack, params):
     x, y = test_set[0][:40], test_set[1][:40]

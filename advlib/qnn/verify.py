@@ -511,6 +511,36 @@ def verify_example(encoding: NetworkEncoding, x: np.ndarray, label: int, eps: fl
     return _finish(verdict, "robust", start, reason="every class ruled out")
 
 
+def verify_example_sat(encoding: NetworkEncoding, x: np.ndarray, label: int, eps: float,
+                       time_limit: float = 30.0, clean_logits: Optional[np.ndarray] = None
+                       ) -> Verdict:
+    """Decides one example with the SAT backend (`advlib.qnn.verify_sat`)."""
+    from advlib.qnn.verify_sat import SatEncoding
+
+    start = time.perf_counter()
+    instance = SatEncoding(encoding, x, eps)
+    verdict = Verdict("robust", int(label), fixed=instance.fixed / max(instance.units, 1),
+                      binaries=instance.builder.count)
+    try:
+        for j in classes_to_try(label, clean_logits, len(encoding.scale)):
+            act = instance.class_wins(label, j, encoding.tolerance)
+            if act is None:
+                continue  # no count of the last layer lets class j win
+            remaining = time_limit - (time.perf_counter() - start)
+            if remaining <= 0:
+                return _finish(verdict, "unknown", start, reason="time limit")
+            answer = instance.solve(act, remaining)
+            verdict.programs += 1
+            if answer is None:
+                return _finish(verdict, "unknown", start, reason="time limit")
+            if answer:
+                image = image_at_levels(x, instance.levels(), eps)
+                return judge_candidate(verdict, encoding, image, j, start)
+        return _finish(verdict, "robust", start, reason="every class ruled out")
+    finally:
+        instance.close()
+
+
 def _row(matrix, columns, index, size):
     row = np.zeros(size)
     part = matrix[index].tocoo()
@@ -605,8 +635,8 @@ def verify(engine: Union[BinaryEngine, str, NetworkEncoding], x, y, eps: float,
                                     target=int(logits[i].argmax()), reason="misclassified"))
             continue
         if backend == "sat":
-            verdicts.append(verify_sat.verify_example(encoding, x[i], int(labels[i]), eps,
-                                                      time_limit, logits[i]))
+            verdicts.append(verify_example_sat(encoding, x[i], int(labels[i]), eps,
+                                               time_limit, logits[i]))
         else:
             verdicts.append(verify_example(encoding, x[i], int(labels[i]), eps, time_limit,
                                            logits[i]))

@@ -303,35 +303,3 @@ class SatEncoding:
         truth[positive] = True
         return self.low + np.array([truth[lits].sum() for lits in self.pixel_literals],
                                    np.int64)
-
-
-def verify_example(encoding, x: np.ndarray, label: int, eps: float, time_limit: float,
-                   clean_logits: Optional[np.ndarray]):
-    """Decides one example with the SAT backend; see `advlib.qnn.verify.verify`."""
-    from advlib.qnn.verify import (Verdict, _finish as finish, classes_to_try,
-                                   image_at_levels, judge_candidate)
-
-    start = time.perf_counter()
-    instance = SatEncoding(encoding, x, eps)
-    verdict = Verdict("robust", int(label))
-    try:
-        verdict.fixed = instance.fixed / max(instance.units, 1)
-        verdict.binaries = instance.builder.count
-        for j in classes_to_try(label, clean_logits, len(encoding.scale)):
-            act = instance.class_wins(label, j, encoding.tolerance)
-            if act is None:
-                continue  # no count of the last layer lets class j win
-            remaining = time_limit - (time.perf_counter() - start)
-            if remaining <= 0:
-                return finish(verdict, "unknown", start, reason="time limit")
-            answer = instance.solve(act, remaining)
-            verdict.programs += 1
-            if answer is None:
-                return finish(verdict, "unknown", start, reason="time limit")
-            if not answer:
-                continue
-            image = image_at_levels(x, instance.levels(), eps)
-            return judge_candidate(verdict, encoding, image, j, start)
-        return finish(verdict, "robust", start, reason="every class ruled out")
-    finally:
-        instance.close()
