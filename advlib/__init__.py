@@ -8,7 +8,7 @@ import importlib
 
 __version__ = "0.1.0"
 
-_SUBMODULES = ("attacks", "bench", "datasets", "models", "qnn", "training")
+_SUBMODULES = ("attacks", "bench", "certify", "datasets", "models", "qnn", "training")
 
 
 def __getattr__(name):

@@ -13,7 +13,9 @@ A protocol is a JSON document:
      "diagnostics": {"n": 100, "convergence_threshold": 0.01, "black_box_margin": 0.01,
                      "spsa_iterations": 100},
      "headline": {"label": "AutoAttack (standard)", "attacks": ["apgd-ce", ...],
-                  "comparable_with": "RobustBench"}}
+                  "comparable_with": "RobustBench"},
+     "certify": {"sigma": 0.25, "n0": 100, "n": 10000, "alpha": 0.001,
+                 "radii": [0.0, 0.25, 0.5, 0.75, 1.0], "batch_size": 1000}}
 
 The first `n` examples of the split are evaluated, in order. Each attack runs
 on the examples that the attacks before it did not break. `eps_iter_fraction`
@@ -25,8 +27,11 @@ the main eps only), which keeps a large evaluation's curve affordable.
 subset and thresholds of the gradient-masking checks
 (`advlib.bench.diagnostics`; all optional). `headline` (version 3) names the
 first attacks of the list that form a standard figure of its own, AutoAttack's,
-which the report gives beside the worst case over all attacks. Unknown keys are
-refused.
+which the report gives beside the worst case over all attacks. `certify` (L2
+protocols) adds randomized smoothing (`advlib.certify`): the model, as the base
+classifier smoothed with Gaussian noise of `sigma`, is certified on the same
+examples, and the report gives the certified accuracy at each radius beside the
+attacks' figures at the same eps. Unknown keys are refused.
 
 Earlier versions of the shipped protocols stay loadable as "name@version",
 e.g. "digits-linf-0.2@2"; `compare` refuses to rank reports of different
@@ -48,8 +53,12 @@ from advlib import attacks as attacks_module
 
 PROTOCOL_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "protocols")
 _TOP_KEYS = {"name", "version", "description", "dataset", "threat", "clip", "seed",
-             "batch_size", "attacks", "sweep", "sweep_attacks", "diagnostics", "headline"}
+             "batch_size", "attacks", "sweep", "sweep_attacks", "diagnostics", "headline",
+              "certify"}
 _HEADLINE_KEYS = {"label", "attacks", "comparable_with"}
+CERTIFY_DEFAULTS = {"n0": 100, "alpha": 0.001, "radii": [0.0, 0.25, 0.5, 0.75, 1.0],
+                    "batch_size": 1000}
+_CERTIFY_KEYS = {"sigma", "n"} | set(CERTIFY_DEFAULTS)
 ARCHIVE_DIR = os.path.join(PROTOCOL_DIR, "archive")
 _REQUIRED = {"name", "version", "dataset", "threat", "attacks"}
 _DATASET_KEYS = {"name", "split", "n"}
@@ -183,7 +192,38 @@ def validate(document: Dict[str, Any], source: str = "protocol") -> Dict[str, An
     _check_attack_params(document, source)
     _validate_headline(document, source)
     _validate_sweep_attacks(document, source)
+    _validate_certify(document, source)
     return document
+
+
+def _validate_certify(document, source) -> None:
+    settings = document.get("certify")
+    if settings is None:
+        return
+    where = f"{source}: certify"
+    if not isinstance(settings, dict):
+        raise ProtocolError(f"{where} must be an object with keys {sorted(_CERTIFY_KEYS)}, "
+                            f"got {settings!r}.")
+    _unknown(settings, _CERTIFY_KEYS, where)
+    missing = sorted({"sigma", "n"} - set(settings))
+    if missing:
+        raise ProtocolError(f"{where} lacks {missing}: the noise's sigma and the estimation "
+                            "samples n per example are required.")
+    if document["threat"]["norm"] != "2":
+        raise ProtocolError(f"{where} certifies L2 radii; the protocol's threat norm must be "
+                            f"'2', got {document['threat']['norm']!r}.")
+    for key, value in CERTIFY_DEFAULTS.items():
+        settings.setdefault(key, copy.deepcopy(value))
+    _check(where, "sigma", settings["sigma"], low=0, low_open=True)
+    for key in ("n", "n0", "batch_size"):
+        _check(where, key, settings[key], low=1, integer=True)
+    _check(where, "alpha", settings["alpha"], low=0, high=1, low_open=True, high_open=True)
+    radii = settings["radii"]
+    if not isinstance(radii, list) or not radii:
+        raise ProtocolError(f"{where}: radii must be a non-empty list of L2 radii, got "
+                            f"{radii!r}.")
+    for radius in radii:
+        _check(where, "radius", radius, low=0)
 
 
 def _validate_sweep_attacks(document, source) -> None:

@@ -28,7 +28,7 @@ def _proportion(mask: np.ndarray) -> Dict:
 
 def summarize(arrays: Dict[str, np.ndarray], names: Sequence[str], eps_list: Sequence[float],
               ran: Optional[Sequence[Sequence[bool]]] = None,
-              verification: Optional[Dict] = None):
+              verification: Optional[Dict] = None, certify: Optional[Dict] = None):
     """Numbers of a report from the per-example arrays (all batches merged).
 
     `arrays` holds "correct" (n,), and per eps: "broken_by" (E, n), "norm"
@@ -37,7 +37,9 @@ def summarize(arrays: Dict[str, np.ndarray], names: Sequence[str], eps_list: Seq
     (default: all). With `verification` (the exact verifier's settings), the
     "verdict" and "verify_seconds" arrays (E, n) add each eps's certified
     interval, and the verifier's counterexamples (`broken_by` == A) join the
-    worst case.
+    worst case. With `certify` (a protocol's randomized-smoothing settings),
+    "smoothed_pred" and "certified_radius" (n,) and "certify_seconds" add the
+    certified accuracy at each radius.
     """
     correct = arrays["correct"].astype(bool)
     per_eps = []
@@ -71,8 +73,32 @@ def summarize(arrays: Dict[str, np.ndarray], names: Sequence[str], eps_list: Seq
             robust &= broken_by != len(names)
         entry["robust_accuracy"] = _proportion(robust)
         per_eps.append(entry)
-    return {"clean_accuracy": _proportion(correct), "per_eps": per_eps,
-            "robust_accuracy": per_eps[0]["robust_accuracy"]}
+    results = {"clean_accuracy": _proportion(correct), "per_eps": per_eps,
+               "robust_accuracy": per_eps[0]["robust_accuracy"]}
+    if certify is not None:
+        results["certified"] = _certified(arrays, certify, results)
+    return results
+
+
+def _certified(arrays, settings, results) -> Dict:
+    """Randomized smoothing's certified accuracy at each radius, beside the
+    attacks' worst case at the same eps (the clean accuracy at radius 0)."""
+    prediction = arrays["smoothed_pred"]
+    correct = prediction == arrays["label"]
+    per_radius = []
+    for radius in settings["radii"]:
+        empirical = results["clean_accuracy"] if radius == 0 else next(
+            (e["robust_accuracy"] for e in results["per_eps"]
+             if math.isclose(e["eps"], radius, rel_tol=1e-9, abs_tol=1e-12)), None)
+        per_radius.append({"radius": float(radius),
+                           "certified_accuracy": _proportion(
+                               correct & (arrays["certified_radius"] >= radius)),
+                           "empirical_robust_accuracy": empirical})
+    return {**settings, "smoothed_accuracy": _proportion(correct),
+            "abstained": int((prediction == -1).sum()),
+            "median_radius_of_correct": float(np.median(arrays["certified_radius"][correct]))
+            if correct.any() else 0.0,
+            "per_radius": per_radius, "seconds": float(np.sum(arrays["certify_seconds"]))}
 
 
 def _verification(arrays, e, after_attacks, counterexamples, settings) -> Dict:
@@ -162,6 +188,7 @@ def markdown(report: Dict) -> str:
                      f"{verification['broken']} broken, {verification['unknown']} unknown "
                      f"(limit {verification['time_limit']:g} s) | | | "
                      f"{verification['seconds']['total']:.1f} |")
+    lines += _certified_markdown(report["results"].get("certified"))
     adaptive = report.get("adaptive")
     if adaptive:
         if adaptive["variants"]:
@@ -177,6 +204,24 @@ def markdown(report: Dict) -> str:
         lines += [f"| {c['id']} | {_STATUS[c['status']]} | {c['message']} |"
                   for c in report["diagnostics"]]
     return "\n".join(lines)
+
+
+def _certified_markdown(certified: Optional[Dict]) -> List[str]:
+    if not certified:
+        return []
+    lines = ["", f"Randomized smoothing (Cohen et al. 2019), sigma={certified['sigma']:g}, "
+                 f"n0={certified['n0']}, n={certified['n']}, alpha={certified['alpha']:g}: "
+                 f"smoothed accuracy {_percent(certified['smoothed_accuracy'])}, "
+                 f"{certified['abstained']} abstained, {certified['seconds']:.1f} s.",
+             "",
+             "| L2 radius | certified accuracy, smoothed model (95% CI) | "
+             "empirical robust accuracy, base model (attacks) |",
+             "|---|---|---|"]
+    for entry in certified["per_radius"]:
+        empirical = entry["empirical_robust_accuracy"]
+        lines.append(f"| {entry['radius']:g} | {_percent(entry['certified_accuracy'])} | "
+                     f"{'-' if empirical is None else _percent(empirical)} |")
+    return lines
 
 
 _STATUS = {"pass": "pass", "warn": "**warn**", "fail": "**FAIL**", "skip": "skip"}
@@ -210,6 +255,13 @@ def plot(report: Dict, path) -> None:
         axis.plot(eps, proved, "-s", color="tab:green", markersize=3,
                   label="proved robust (exact verifier)")
     axis.fill_between(eps, low, high, color="black", alpha=0.1, label="95% CI")
+    certified = report["results"].get("certified")
+    if certified:
+        points = certified["per_radius"]
+        axis.plot([p["radius"] for p in points],
+                  [p["certified_accuracy"]["value"] for p in points], "-^",
+                  color="tab:blue", markersize=4,
+                  label=f"certified, smoothed (sigma={certified['sigma']:g})")
     axis.axvline(report["protocol"]["threat"]["eps"], color="grey", linewidth=0.8)
     axis.set_xlabel(f"eps (L-{report['protocol']['threat']['norm']})")
     axis.set_ylabel("accuracy")

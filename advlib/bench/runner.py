@@ -19,11 +19,13 @@ from advlib.bench import report as reports
 
 STATE_JSON, STATE_NPZ = "state.json", "state.npz"
 _PER_EXAMPLE = ("index", "label", "clean_pred", "correct", "broken_by", "norm", "attacked",
-                "success", "verdict", "verify_seconds")
+                "success", "verdict", "verify_seconds", "smoothed_pred", "certified_radius")
 # the verifier's answers, per eps and example, in the "verdict" array
 VERDICT_CODES = {"robust": 0, "broken": 1, "unknown": 2}
 NOT_VERIFIED = -1
-_PER_BATCH = ("forward", "backward", "seconds", "nonfinite")
+_ATTACK_COSTS = ("forward", "backward", "seconds", "nonfinite")  # per batch, eps and attack
+_PER_BATCH = _ATTACK_COSTS + ("certify_seconds",)
+NOT_CERTIFIED = -2  # in "smoothed_pred"; -1 is the smoothed classifier's abstention
 LOCK = ".advlib.lock"
 _IDENTITY_PROBE = 100  # examples whose predicted classes join a model's identity
 
@@ -313,6 +315,14 @@ class Evaluation:
                                verify_seconds=np.zeros((e, n)))
             from advlib.qnn.verify import NetworkEncoding
             self.encoding = NetworkEncoding(wrapped.engine)
+        self.certify = protocol.get("certify")
+        if self.certify is not None:
+            from advlib.certify import SmoothedClassifier
+            self.smoothed = SmoothedClassifier(wrapped, self.certify["sigma"],
+                                               self.certify["batch_size"])
+            self.arrays.update(smoothed_pred=np.full(n, NOT_CERTIFIED, np.int64),
+                               certified_radius=np.zeros(n),
+                               certify_seconds=np.zeros(self.batches))
         self.done: List[int] = []
         self.probes: Optional[Dict] = None
         self.instances: Dict = {}  # attack objects, reused across batches and eps
@@ -391,12 +401,25 @@ class Evaluation:
             self.arrays["norm"][e, start:stop] = out["norm"]
             self.arrays["attacked"][e, :, start:stop] = out["attacked"]
             self.arrays["success"][e, :, start:stop] = out["success"]
-            for key in _PER_BATCH:
+            for key in _ATTACK_COSTS:
                 self.arrays[key][b, e] = out[key]
             if self.verification is not None:
                 self.arrays["verdict"][e, start:stop] = out["verdict"]
                 self.arrays["verify_seconds"][e, start:stop] = out["verify_seconds"]
+        if self.certify is not None:
+            self._certify(b, x, start, stop)
         self.done.append(b)
+
+    def _certify(self, b, x, start, stop) -> None:
+        """Randomized smoothing of the model on the batch; its seed follows the
+        batch's attack seeds, at the eps index after the last."""
+        settings = self.certify
+        seed = ensemble.batch_seed(int(self.protocol["seed"]), b, len(self.eps_list))
+        result = self.smoothed.certify(x, n0=settings["n0"], n=settings["n"],
+                                       alpha=settings["alpha"], seed=seed)
+        self.arrays["smoothed_pred"][start:stop] = result.prediction
+        self.arrays["certified_radius"][start:stop] = result.radius
+        self.arrays["certify_seconds"][b] = result.seconds
 
     def _verify(self, x, y, eps, out, correct) -> None:
         """The exact verifier on the examples every attack left; its counterexamples
@@ -455,7 +478,8 @@ def summarize_arrays(arrays, selection, batches_done, names, protocol, verificat
                   arrays[key][batches_done].sum(axis=0)) for key in arrays}
     eps_list = protocols.eps_values(protocol)
     ran = [protocols.runs_at(protocol, e, names) for e in range(len(eps_list))]
-    return reports.summarize(view, names, eps_list, ran, verification)
+    return reports.summarize(view, names, eps_list, ran, verification,
+                             protocol.get("certify"))
 
 
 def assess(report: Dict, arrays: Dict, selection: np.ndarray) -> Dict:
@@ -758,7 +782,8 @@ def merge(report_paths: List[str], out_dir: str, overwrite: bool = False) -> Dic
                 if key in arrays:
                     arrays[key][..., rows] = part[key][..., rows]
             for key in _PER_BATCH:
-                arrays[key][b] = part[key][b]
+                if key in arrays:
+                    arrays[key][b] = part[key][b]
     protocol = first["protocol"]
     names = [entry["name"] for entry in first["ensemble"]]
     selection = np.ones(len(arrays["index"]), bool)

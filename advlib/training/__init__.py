@@ -9,7 +9,8 @@ Example:
 
 from advlib.training.adversarial_model import AdversarialModel, kl_divergence
 from advlib.training.callbacks import CatastrophicOverfittingWarning, RobustnessCallback
+from advlib.training.noise import GaussianAugmentation
 from advlib.training.recipes import RECIPES, Recipe
 
-__all__ = ["AdversarialModel", "CatastrophicOverfittingWarning", "RECIPES", "Recipe",
-           "RobustnessCallback", "kl_divergence"]
+__all__ = ["AdversarialModel", "CatastrophicOverfittingWarning", "GaussianAugmentation",
+           "RECIPES", "Recipe", "RobustnessCallback", "kl_divergence"]

@@ -14,10 +14,11 @@ from advlib.attacks import ProjectedGradientDescent, by_name
 from advlib.attacks.gradient import GradientAttack
 from advlib.models.keras import KerasModelWrapper
 from advlib.training import recipes
+from advlib.training.noise import GaussianAugmentation
 
 # keys of attack_params that the in-graph crafting understands
 _CRAFT_KEYS = ("eps", "eps_iter", "nb_iter", "norm", "clip_min", "clip_max", "rand_init",
-               "rand_minmax", "decay_factor", "loss_fn")
+               "rand_minmax", "decay_factor", "loss_fn", "sigma")
 _ACCURACY_NAMES = ("accuracy", "acc")
 
 
@@ -51,7 +52,10 @@ class AdversarialModel(keras.Model):
             `KerasModelWrapper`, so a final softmax is fine.
         attack: a gradient attack class, or its registered name
             (`FastGradientMethod`, `BasicIterativeMethod`,
-            `ProjectedGradientDescent`, `MomentumIterativeMethod`).
+            `ProjectedGradientDescent`, `MomentumIterativeMethod`); or
+            `GaussianAugmentation` (`attack_params=dict(sigma=...)`), which
+            trains the base classifier of randomized smoothing. Its
+            "adversarial" loss and metrics are then those on noisy inputs.
         attack_params: its parameters (cleverhans's names), e.g.
             `dict(eps=0.1, eps_iter=0.01, nb_iter=10, rand_init=True,
             clip_min=0.0, clip_max=1.0)`.
@@ -80,10 +84,12 @@ class AdversarialModel(keras.Model):
         if not isinstance(model, keras.Model):
             raise TypeError(f"model must be a keras.Model, got {type(model).__name__}.")
         attack = by_name(attack) if isinstance(attack, str) else attack
-        if not (isinstance(attack, type) and issubclass(attack, GradientAttack)):
+        if not (isinstance(attack, type) and
+                issubclass(attack, (GradientAttack, GaussianAugmentation))):
             raise TypeError(f"attack must be a gradient attack class or its name "
                             f"(FastGradientMethod, BasicIterativeMethod, "
-                            f"ProjectedGradientDescent, MomentumIterativeMethod), got "
+                            f"ProjectedGradientDescent, MomentumIterativeMethod), or "
+                            f"GaussianAugmentation, got "
                             f"{attack!r}.")
         _checks.check_number("adv_ratio", adv_ratio, low=0, high=1)
         _checks.check_number("trades_beta", trades_beta, low=0, allow_none=True)
@@ -99,8 +105,8 @@ class AdversarialModel(keras.Model):
                                  "are untargeted and use the batch's own labels.")
         parsed = self.attack.parse(**params)
         self.craft_params = {k: parsed[k] for k in _CRAFT_KEYS if k in parsed}
-        eps, low, high = parsed["eps"], parsed.get("clip_min"), parsed.get("clip_max")
-        if low is not None and high is not None and eps > high - low:
+        eps, low, high = parsed.get("eps"), parsed.get("clip_min"), parsed.get("clip_max")
+        if eps is not None and low is not None and high is not None and eps > high - low:
             raise ValueError(f"eps={eps} is larger than the data range "
                              f"[clip_min, clip_max] = [{low}, {high}]; is eps on the scale "
                              "of the inputs?")
@@ -113,13 +119,30 @@ class AdversarialModel(keras.Model):
         self.output_metrics = _metric_pairs(None)
 
     @classmethod
-    def from_recipe(cls, recipe, model: keras.Model, eps: float, norm=np.inf,
-                    clip_min: Optional[float] = 0.0, clip_max: Optional[float] = 1.0,
-                    seed: Optional[int] = None, **overrides) -> "AdversarialModel":
+    def from_recipe(cls, recipe, model: keras.Model, eps: Optional[float] = None,
+                    norm=np.inf, clip_min: Optional[float] = 0.0,
+                    clip_max: Optional[float] = 1.0, seed: Optional[int] = None,
+                    sigma: Optional[float] = None, **overrides) -> "AdversarialModel":
         """An `AdversarialModel` for a named recipe: "goodfellow", "madry",
-        "fast" or "trades" (see `advlib.training.RECIPES`); `overrides`
-        change the recipe's fields, e.g. `nb_iter=10` or `trades_beta=1.0`."""
+        "fast" or "trades" (see `advlib.training.RECIPES`), which take `eps`;
+        or "gaussian", which takes `sigma` (Gaussian data augmentation, for
+        `advlib.certify.SmoothedClassifier`). `overrides` change the recipe's
+        fields, e.g. `nb_iter=10` or `trades_beta=1.0`."""
         recipe = recipes.get(recipe, **overrides)
+        if recipe.attack == "gaussian":
+            if eps is not None:
+                raise ValueError(f"recipe {recipe.name!r} adds Gaussian noise and takes sigma, "
+                                 f"not eps (got eps={eps}).")
+            if sigma is None:
+                raise ValueError(f"recipe {recipe.name!r} needs sigma, the noise's standard "
+                                 "deviation (e.g. sigma=0.25).")
+            return cls(model, attack=GaussianAugmentation, attack_params={"sigma": sigma},
+                       adv_ratio=recipe.adv_ratio, seed=seed)
+        if sigma is not None:
+            raise ValueError(f"recipe {recipe.name!r} crafts attacks within eps; sigma "
+                             f"(got {sigma}) belongs to the 'gaussian' recipe.")
+        if eps is None:
+            raise ValueError(f"recipe {recipe.name!r} needs eps, the attack's radius.")
         params = dict(recipe.attack_params(eps, norm), clip_min=clip_min, clip_max=clip_max)
         if recipe.trades_beta is not None:
             params["loss_fn"] = kl_divergence
@@ -163,7 +186,7 @@ class AdversarialModel(keras.Model):
                              "compile(optimizer=...) first.")
         if isinstance(x, np.ndarray) and x.size:
             spread = float(x.max() - x.min())
-            if self.craft_params["eps"] > spread:
+            if self.craft_params.get("eps", 0) > spread:
                 raise ValueError(f"eps={self.craft_params['eps']} is larger than the range of "
                                  f"the training data ({spread:.4g}); is eps on the data's scale?")
         if self.output_loss is not None and isinstance(y, np.ndarray):

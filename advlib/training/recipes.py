@@ -17,7 +17,8 @@ class Recipe:
     Attributes:
         name: the preset's name.
         attack: "fgsm" or "pgd", the paper's name for the inner maximisation
-            (both run as `ProjectedGradientDescent`, FGSM with one step).
+            (both run as `ProjectedGradientDescent`, FGSM with one step), or
+            "gaussian": Gaussian noise instead of an attack.
         nb_iter: attack steps.
         eps_iter_fraction: step size as a fraction of eps (the harness's
             protocols use the same name).
@@ -62,6 +63,11 @@ RECIPES: Dict[str, Recipe] = {
         reference="Zhang et al. 2019: CE(clean) + beta KL(clean || adversarial), beta = 6, "
                   "the inner PGD (10 steps of eps / 4, from a start within 0.01 eps) "
                   "maximising the KL."),
+    "gaussian": Recipe(
+        "gaussian", "gaussian", 0, 0.0, False, 1.0,
+        reference="Cohen, Rosenfeld & Kolter 2019: Gaussian data augmentation with the "
+                  "smoothing's sigma, noisy loss only; certify with "
+                  "advlib.certify.SmoothedClassifier."),
 }
 
 

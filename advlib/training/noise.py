@@ -1,0 +1,32 @@
+"""Gaussian data augmentation, the training perturbation of randomized smoothing."""
+
+from __future__ import annotations
+
+from typing import Any, Dict
+
+import tensorflow as tf
+
+from advlib import _checks
+
+
+class GaussianAugmentation:
+    """Adds N(0, sigma^2 I) noise to each training input, unclipped, as Cohen,
+    Rosenfeld & Kolter (2019) train the base classifier of a smoothed one
+    (`advlib.certify.SmoothedClassifier` with the same sigma).
+
+    It takes an `AdversarialModel`'s place of an attack: `perturb` has the
+    gradient attacks' signature, and ignores the model and labels.
+    """
+
+    def __init__(self, model=None):
+        self.model = model
+
+    @staticmethod
+    def parse(sigma: float = 0.25) -> Dict[str, Any]:
+        _checks.check_number("sigma", sigma, low=0, low_open=True)
+        return {"sigma": float(sigma)}
+
+    @staticmethod
+    def perturb(x, labels, seed_pair, sigma: float) -> tf.Tensor:
+        del labels  # noise is blind to the class
+        return x + sigma * tf.random.stateless_normal(tf.shape(x), seed_pair, dtype=x.dtype)
