@@ -144,3 +144,23 @@ def test_verify_binary_example(tmp_path):
     assert rows[0]["unknown"] == 0 and rows[0]["interval"][0] == rows[0]["interval"][1]
     assert os.path.isfile(tmp_path / "run" / "report.json")
     assert json.load(open(tmp_path / "verification.json")) == json.loads(json.dumps(rows))
+
+
+def test_certified_robustness_example(tmp_path):
+    import certified_robustness
+
+    args = ["--dataset", "digits", "--sigma", "0.25", "0.5", "--epochs", "5", "--n", "40",
+            "--samples", "500", "--quick", "--quiet", "--out-dir", str(tmp_path)]
+    summary = certified_robustness.main(args)
+    for sigma in ("0.25", "0.5"):
+        per_radius = summary[sigma]["certified"]["per_radius"]
+        values = [p["certified_accuracy"]["value"] for p in per_radius]
+        assert values == sorted(values, reverse=True) and values[0] > 0.5
+        assert os.path.isfile(tmp_path / f"sigma_{sigma}" / "report.md")
+    # a larger sigma abstains more and keeps more at the largest radius it reaches
+    assert summary["0.5"]["certified"]["abstained"] > summary["0.25"]["certified"]["abstained"]
+    assert os.path.getsize(tmp_path / "certified_vs_empirical.png") > 0
+    # a second run reuses the models and the finished harness runs
+    again = certified_robustness.main(args)
+    assert json.loads(json.dumps(again)) == json.load(open(tmp_path / "summary.json"))
+    assert again["0.25"]["certified"] == summary["0.25"]["certified"]

@@ -16,6 +16,29 @@ _LARGE_CONST = 1e10
 _TANH_SHRINK = 0.999999  # keeps atanh finite for inputs on the bounds
 
 
+def initial_bracket(batch: int, initial_const: float):
+    """The per-example constant search's start: (const, lower, upper)."""
+    return np.full(batch, float(initial_const)), np.zeros(batch), np.full(batch, _LARGE_CONST)
+
+
+def still_improving(loss, previous, active):
+    """Abort-early's check, per example so that batching never changes a result:
+    an example stays active while its loss fell by more than 0.01% since the last
+    check. Returns the new (active, previous)."""
+    active = active & ~(loss > previous * 0.9999)
+    return active, np.where(active, loss, previous)
+
+
+def search_constants(succeeded, const, lower, upper):
+    """One step of the per-example search over the loss constant c (Carlini &
+    Wagner; EAD likewise): bisect once a success brackets c, else multiply by 10.
+    Returns the new (const, lower, upper)."""
+    upper = np.where(succeeded, np.minimum(upper, const), upper)
+    lower = np.where(succeeded, lower, np.maximum(lower, const))
+    bracketed = upper < _LARGE_CONST / 10
+    return np.where(bracketed, (lower + upper) / 2, const * 10), lower, upper
+
+
 class CarliniWagnerL2(Attack):
     """Minimises ||delta||_2^2 + c * f(x + delta), with a per-example c.
 
@@ -121,9 +144,7 @@ class CarliniWagnerL2(Attack):
         use_tanh = clip_min is not None and clip_max is not None
         low, high = utils.bounds_as_tensors(dtype, clip_min, clip_max)
         batch = len(x)
-        lower = np.zeros(batch)
-        upper = np.full(batch, _LARGE_CONST)
-        const = np.full(batch, float(initial_const))
+        const, lower, upper = initial_bracket(batch, initial_const)
         best_l2 = tf.fill([batch], tf.constant(np.inf, dtype))
         best_x = x
         w0 = self._to_search_space(x, low, high, use_tanh)
@@ -142,15 +163,8 @@ class CarliniWagnerL2(Attack):
                     tf.constant(active), low, high, *scalars, use_tanh, targeted)
                 self._count(int(active.sum()), forward=1, backward=1)
                 if abort_early and iteration % check_every == 0:
-                    # per example, so that batching never changes a result
-                    loss = loss.numpy()
-                    active &= ~(loss > previous * 0.9999)
-                    previous = np.where(active, loss, previous)
+                    active, previous = still_improving(loss.numpy(), previous, active)
                     if not active.any():
                         break
-            succeeded = succeeded.numpy()
-            upper = np.where(succeeded, np.minimum(upper, const), upper)
-            lower = np.where(succeeded, lower, np.maximum(lower, const))
-            bracketed = upper < _LARGE_CONST / 10
-            const = np.where(bracketed, (lower + upper) / 2, const * 10)
+            const, lower, upper = search_constants(succeeded.numpy(), const, lower, upper)
         return best_x

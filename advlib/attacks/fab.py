@@ -80,15 +80,6 @@ def project_onto_hyperplane(points, w, b, low, high, norm):
     return tf.cast(direction * move, dtype)
 
 
-def lp_norm(delta, norm):
-    flat = tf.reshape(delta, [tf.shape(delta)[0], -1])
-    if norm == np.inf:
-        return tf.reduce_max(tf.abs(flat), axis=1)
-    if norm == 1:
-        return tf.reduce_sum(tf.abs(flat), axis=1)
-    return tf.norm(flat, axis=1)
-
-
 class FAB(Attack):
     """The Fast Adaptive Boundary attack: the smallest perturbation it can find.
 
@@ -186,7 +177,7 @@ class FAB(Attack):
                                                     dtype=x.dtype)
             else:
                 noise = tf.random.stateless_normal(tf.shape(x), seed_pair, dtype=x.dtype)
-            noise = noise / utils.per_example(lp_norm(noise, norm) + 1e-12, x)
+            noise = noise / utils.per_example(utils.lp_norm(noise, norm) + 1e-12, x)
             current = tf.clip_by_value(x + 0.5 * eps * noise, low, high)
         best = tf.fill([len(x)], tf.constant(_NO_ADVERSARIAL, x.dtype))
         x_adv = x
@@ -228,25 +219,17 @@ class FAB(Attack):
         batch = tf.shape(x)[0]
         difference, gradient = self._boundary(current, labels, targets)
         flat_gradient = tf.reshape(gradient, [batch, tf.shape(difference)[1], -1])
-        dual = {np.inf: 1, 2: 2, 1: np.inf}[norm]
-        if dual == np.inf:
-            gradient_norm = tf.reduce_max(tf.abs(flat_gradient), axis=2)
-        elif dual == 1:
-            gradient_norm = tf.reduce_sum(tf.abs(flat_gradient), axis=2)
-        else:
-            gradient_norm = tf.norm(flat_gradient, axis=2)
-        distance = tf.abs(difference) / (gradient_norm + 1e-12)
-        nearest = tf.argmin(distance, axis=1, output_type=tf.int32)
-        w = tf.gather(flat_gradient, nearest, batch_dims=1)
+        _, _, nearest_difference, w = utils.nearest_linear_boundary(difference, flat_gradient,
+                                                                    norm)
         flat_current = tf.reshape(current, [batch, -1])
         flat_x = tf.reshape(x, [batch, -1])
-        b = -tf.gather(difference, nearest, batch_dims=1) + tf.reduce_sum(w * flat_current, 1)
+        b = -nearest_difference + tf.reduce_sum(w * flat_current, 1)
         flat_low = tf.broadcast_to(low, tf.shape(flat_x))
         flat_high = tf.broadcast_to(high, tf.shape(flat_x))
         step_current = project_onto_hyperplane(flat_current, w, b, flat_low, flat_high, norm)
         step_x = project_onto_hyperplane(flat_x, w, b, flat_low, flat_high, norm)
-        size_current = tf.maximum(lp_norm(step_current, norm), 1e-8)
-        size_x = tf.maximum(lp_norm(step_x, norm), 1e-8)
+        size_current = tf.maximum(utils.lp_norm(step_current, norm), 1e-8)
+        size_x = tf.maximum(utils.lp_norm(step_x, norm), 1e-8)
         alpha = tf.clip_by_value(size_current / (size_current + size_x), 0.0, alpha_max)
         alpha = utils.per_example(alpha, x)
         moved = ((current + eta * tf.reshape(step_current, tf.shape(x))) * (1 - alpha) +
@@ -254,7 +237,7 @@ class FAB(Attack):
         moved = tf.clip_by_value(moved, low, high)
         predicted = tf.argmax(self.model.get_logits(moved), axis=-1, output_type=labels.dtype)
         adversarial = tf.not_equal(predicted, labels) & utils.finite_rows(moved)
-        size = lp_norm(moved - x, norm)
+        size = utils.lp_norm(moved - x, norm)
         better = adversarial & (size < best)
         x_adv = tf.where(utils.per_example(better, x), moved, x_adv)
         best = tf.where(better, size, best)
@@ -306,7 +289,7 @@ class FABT(FAB):
                                          tf.cast(pick(ranked)[:, k], labels.dtype),
                                          seed_pair + [0, _TARGET_SEED_STRIDE * k], eps=eps,
                                          **options)
-            norms = lp_norm(x_adv - pick(x), options["norm"]).numpy()
+            norms = utils.lp_norm(x_adv - pick(x), options["norm"]).numpy()
             changed = np.any((x_adv != pick(x)).numpy().reshape(len(rows), -1), axis=1)
             better = changed & (norms < best[rows])
             out = tf.tensor_scatter_nd_update(out, rows[better][:, None],

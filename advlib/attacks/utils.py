@@ -27,12 +27,24 @@ def normalize_norm(norm):
     raise ValueError(f"norm must be one of np.inf, 1 or 2, got {norm!r}.")
 
 
+def normalize_norm_or_l0(norm):
+    """Like `normalize_norm`, and 0 (or "l0") for the count of changed entries."""
+    if (isinstance(norm, str) and norm.lower() == "l0") or \
+            (not isinstance(norm, (bool, str)) and norm == 0):
+        return 0
+    try:
+        return normalize_norm(norm)
+    except ValueError:
+        raise ValueError(f"norm must be one of 0, 1, 2 or np.inf, got {norm!r}.") from None
+
+
 def resolve_norm(norm, ord=None, default=np.inf, allowed=NORMS):
     """The norm from `norm` or its cleverhans alias `ord`, which must agree when
     both are given; refuses norms outside `allowed`."""
-    if norm is not None and ord is not None and normalize_norm(norm) != normalize_norm(ord):
+    spell = normalize_norm_or_l0 if 0 in allowed else normalize_norm
+    if norm is not None and ord is not None and spell(norm) != spell(ord):
         raise ValueError(f"norm and its alias ord disagree: norm={norm!r}, ord={ord!r}.")
-    chosen = normalize_norm(norm if norm is not None else ord if ord is not None else default)
+    chosen = spell(norm if norm is not None else ord if ord is not None else default)
     if chosen not in allowed:
         names = " or ".join("np.inf" if n == np.inf else str(n) for n in allowed)
         raise ValueError(f"norm must be {names} for this attack, got {chosen!r}.")
@@ -101,6 +113,40 @@ def optimize_linear(grad, eps, norm=np.inf):
     ties = tf.cast(tf.equal(abs_grad, max_abs), grad.dtype) * tf.cast(max_abs > 0, grad.dtype)
     count = tf.reduce_sum(ties, axes, keepdims=True)
     return eps * tf.sign(grad) * ties / tf.maximum(count, 1)
+
+
+def lp_norm(delta, norm):
+    """Per-example L0 (nonzero count), L1, L2 or L-inf norm of a batch tensor."""
+    flat = tf.reshape(delta, [tf.shape(delta)[0], -1])
+    if norm == 0:
+        return tf.reduce_sum(tf.cast(tf.not_equal(flat, 0), flat.dtype), axis=1)
+    if norm == np.inf:
+        return tf.reduce_max(tf.abs(flat), axis=1)
+    if norm == 1:
+        return tf.reduce_sum(tf.abs(flat), axis=1)
+    return tf.norm(flat, axis=1)
+
+
+DUAL_NORMS = {np.inf: 1, 2: 2, 1: np.inf}
+
+
+def nearest_linear_boundary(difference, flat_gradient, norm):
+    """The decision boundary nearest in `norm` under linearisation, as DeepFool and
+    FAB pick it: with f_j - f_y = `difference` (batch, classes) and its gradient
+    `flat_gradient` (batch, classes, features), the class j minimising
+    |f_j - f_y| / ||grad||_dual. Returns (j, that distance, f_j - f_y, its gradient)."""
+    dual = DUAL_NORMS[norm]
+    if dual == np.inf:
+        gradient_norm = tf.reduce_max(tf.abs(flat_gradient), axis=2)
+    elif dual == 1:
+        gradient_norm = tf.reduce_sum(tf.abs(flat_gradient), axis=2)
+    else:
+        gradient_norm = tf.norm(flat_gradient, axis=2)
+    distance = tf.abs(difference) / (gradient_norm + 1e-12)
+    nearest = tf.argmin(distance, axis=1, output_type=tf.int32)
+    return (nearest, tf.gather(distance, nearest, batch_dims=1),
+            tf.gather(difference, nearest, batch_dims=1),
+            tf.gather(flat_gradient, nearest, batch_dims=1))
 
 
 def project_l1_ball(eta, eps):
@@ -219,8 +265,9 @@ def within_threat(x_adv: np.ndarray, x: np.ndarray, eps: float, norm, clip_min, 
 
 
 def lp_norms(delta: np.ndarray):
-    """Per-example L0, L2 and L-inf norms of a NumPy perturbation batch."""
+    """Per-example L0, L1, L2 and L-inf norms of a NumPy perturbation batch."""
     flat = delta.reshape(len(delta), -1).astype(np.float64)
     return {"l0": (flat != 0).sum(axis=1).astype(np.int64),
+            "l1": np.abs(flat).sum(axis=1),
             "l2": np.sqrt((flat ** 2).sum(axis=1)),
             "linf": np.abs(flat).max(axis=1, initial=0.0)}

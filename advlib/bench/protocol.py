@@ -15,7 +15,9 @@ A protocol is a JSON document:
      "headline": {"label": "AutoAttack (standard)", "attacks": ["apgd-ce", ...],
                   "comparable_with": "RobustBench"},
      "certify": {"sigma": 0.25, "n0": 100, "n": 10000, "alpha": 0.001,
-                 "radii": [0.0, 0.25, 0.5, 0.75, 1.0], "batch_size": 1000}}
+                 "radii": [0.0, 0.25, 0.5, 0.75, 1.0], "batch_size": 1000},
+     "min_norm": {"attacks": [{"name": "fmn", "attack": "FMN", "params": {}}, ...],
+                  "eps": [0.25, 0.5, 1.0]}}
 
 The first `n` examples of the split are evaluated, in order. Each attack runs
 on the examples that the attacks before it did not break. `eps_iter_fraction`
@@ -31,7 +33,10 @@ which the report gives beside the worst case over all attacks. `certify` (L2
 protocols) adds randomized smoothing (`advlib.certify`): the model, as the base
 classifier smoothed with Gaussian noise of `sigma`, is certified on the same
 examples, and the report gives the certified accuracy at each radius beside the
-attacks' figures at the same eps. Unknown keys are refused.
+attacks' figures at the same eps. `min_norm` runs minimum-norm attacks (FMN, FAB,
+DeepFool) unbounded on the same examples and reports the median of each
+example's smallest perturbation and the robustness curve at its `eps` list
+(`advlib.bench.min_norm`). Unknown keys are refused.
 
 Earlier versions of the shipped protocols stay loadable as "name@version",
 e.g. "digits-linf-0.2@2"; `compare` refuses to rank reports of different
@@ -54,11 +59,12 @@ from advlib import attacks as attacks_module
 PROTOCOL_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "protocols")
 _TOP_KEYS = {"name", "version", "description", "dataset", "threat", "clip", "seed",
              "batch_size", "attacks", "sweep", "sweep_attacks", "diagnostics", "headline",
-              "certify"}
+              "certify", "min_norm"}
 _HEADLINE_KEYS = {"label", "attacks", "comparable_with"}
 CERTIFY_DEFAULTS = {"n0": 100, "alpha": 0.001, "radii": [0.0, 0.25, 0.5, 0.75, 1.0],
                     "batch_size": 1000}
 _CERTIFY_KEYS = {"sigma", "n"} | set(CERTIFY_DEFAULTS)
+_MIN_NORM_KEYS = {"attacks", "eps"}
 ARCHIVE_DIR = os.path.join(PROTOCOL_DIR, "archive")
 _REQUIRED = {"name", "version", "dataset", "threat", "attacks"}
 _DATASET_KEYS = {"name", "split", "n"}
@@ -168,12 +174,26 @@ def validate(document: Dict[str, Any], source: str = "protocol") -> Dict[str, An
     for eps in document["sweep"]:
         _check(source, "sweep eps", eps, low=0, low_open=True)
     _validate_diagnostics(document, source)
-    attacks = document["attacks"]
+    _validate_entries(document["attacks"], f"{source}: attacks")
+    _check_attack_params(document, source)
+    _validate_headline(document, source)
+    _validate_sweep_attacks(document, source)
+    _validate_certify(document, source)
+    _validate_min_norm(document, source)
+    return document
+
+
+def _validate_entries(attacks, where_list) -> None:
+    """A non-empty list of attack entries with distinct names, known attacks and
+    parameters that the protocol may set; fills in names and params."""
     if not isinstance(attacks, list) or not attacks:
-        raise ProtocolError(f"{source}: attacks must be a non-empty list.")
+        raise ProtocolError(f"{where_list} must be a non-empty list.")
     names = set()
     for index, entry in enumerate(attacks):
-        where = f"{source}: attacks[{index}]"
+        where = f"{where_list}[{index}]"
+        if not isinstance(entry, dict):
+            raise ProtocolError(f"{where} must be an object with keys {sorted(_ATTACK_KEYS)}, "
+                                f"got {entry!r}.")
         _unknown(entry, _ATTACK_KEYS, where)
         if entry.get("attack") not in attacks_module.names():
             raise ProtocolError(f"{where}: unknown attack {entry.get('attack')!r}; known: "
@@ -189,11 +209,35 @@ def validate(document: Dict[str, Any], source: str = "protocol") -> Dict[str, An
         allowed = (set(attack.parameters()) - set(attack.harness_params())) | \
             {"eps_iter_fraction"}
         _unknown(params, allowed, f"{where} ({entry['attack']}) params")
-    _check_attack_params(document, source)
-    _validate_headline(document, source)
-    _validate_sweep_attacks(document, source)
-    _validate_certify(document, source)
-    return document
+
+
+def _validate_min_norm(document, source) -> None:
+    from advlib.bench.ensemble import AttackEntry
+
+    section = document.get("min_norm")
+    if section is None:
+        return
+    where = f"{source}: min_norm"
+    if not isinstance(section, dict):
+        raise ProtocolError(f"{where} must be an object with keys {sorted(_MIN_NORM_KEYS)}, "
+                            f"got {section!r}.")
+    _unknown(section, _MIN_NORM_KEYS, where)
+    _validate_entries(section.get("attacks"), f"{where}: attacks")
+    eps = section.get("eps")
+    if not isinstance(eps, list) or not eps:
+        raise ProtocolError(f"{where}: eps must be a non-empty list of radii for the "
+                            f"robustness curve, got {eps!r}.")
+    for value in eps:
+        _check(where, "eps", value, low=0)
+    for index, entry in enumerate(section["attacks"]):
+        typed = AttackEntry.from_protocol(entry)
+        params = typed.params_at(float(document["threat"]["eps"]), document["threat"]["norm"],
+                                 document["clip"], 0)
+        try:
+            typed.attack.check_params(**params)
+        except (TypeError, ValueError) as error:
+            raise ProtocolError(f"{where}: attacks[{index}] ({entry['name']}): "
+                                f"{error}") from error
 
 
 def _validate_certify(document, source) -> None:

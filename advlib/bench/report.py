@@ -28,7 +28,8 @@ def _proportion(mask: np.ndarray) -> Dict:
 
 def summarize(arrays: Dict[str, np.ndarray], names: Sequence[str], eps_list: Sequence[float],
               ran: Optional[Sequence[Sequence[bool]]] = None,
-              verification: Optional[Dict] = None, certify: Optional[Dict] = None):
+              verification: Optional[Dict] = None, certify: Optional[Dict] = None,
+              min_norm: Optional[Dict] = None):
     """Numbers of a report from the per-example arrays (all batches merged).
 
     `arrays` holds "correct" (n,), and per eps: "broken_by" (E, n), "norm"
@@ -39,7 +40,8 @@ def summarize(arrays: Dict[str, np.ndarray], names: Sequence[str], eps_list: Seq
     interval, and the verifier's counterexamples (`broken_by` == A) join the
     worst case. With `certify` (a protocol's randomized-smoothing settings),
     "smoothed_pred" and "certified_radius" (n,) and "certify_seconds" add the
-    certified accuracy at each radius.
+    certified accuracy at each radius. With `min_norm` (the protocol's section),
+    "min_norm" (attacks, n) and "min_norm_seconds" add its medians and curves.
     """
     correct = arrays["correct"].astype(bool)
     per_eps = []
@@ -77,6 +79,11 @@ def summarize(arrays: Dict[str, np.ndarray], names: Sequence[str], eps_list: Seq
                "robust_accuracy": per_eps[0]["robust_accuracy"]}
     if certify is not None:
         results["certified"] = _certified(arrays, certify, results)
+    if min_norm is not None:
+        from advlib.bench import min_norm as min_norm_module
+        results["min_norm"] = min_norm_module.summarize(
+            arrays["min_norm"], [a["name"] for a in min_norm["attacks"]], min_norm["eps"],
+            np.asarray(arrays["min_norm_seconds"]).reshape(-1), _proportion)
     return results
 
 
@@ -189,6 +196,9 @@ def markdown(report: Dict) -> str:
                      f"(limit {verification['time_limit']:g} s) | | | "
                      f"{verification['seconds']['total']:.1f} |")
     lines += _certified_markdown(report["results"].get("certified"))
+    if report["results"].get("min_norm"):
+        from advlib.bench import min_norm as min_norm_module
+        lines += min_norm_module.markdown(report["results"]["min_norm"], protocol["threat"]["norm"])
     adaptive = report.get("adaptive")
     if adaptive:
         if adaptive["variants"]:
@@ -255,6 +265,11 @@ def plot(report: Dict, path) -> None:
         axis.plot(eps, proved, "-s", color="tab:green", markersize=3,
                   label="proved robust (exact verifier)")
     axis.fill_between(eps, low, high, color="black", alpha=0.1, label="95% CI")
+    section = report["results"].get("min_norm")
+    if section:
+        axis.plot([0.0] + section["eps"], [clean] + [p["value"] for p in
+                                              section["best"]["robust_accuracy"]], ":",
+                  color="tab:purple", label="minimum-norm attacks (best per example)")
     certified = report["results"].get("certified")
     if certified:
         points = certified["per_radius"]

@@ -14,17 +14,19 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 
 import advlib
-from advlib.bench import diagnostics, ensemble, probes as probing, protocol as protocols
+from advlib.bench import diagnostics, ensemble, min_norm, probes as probing
+from advlib.bench import protocol as protocols
 from advlib.bench import report as reports
 
 STATE_JSON, STATE_NPZ = "state.json", "state.npz"
 _PER_EXAMPLE = ("index", "label", "clean_pred", "correct", "broken_by", "norm", "attacked",
-                "success", "verdict", "verify_seconds", "smoothed_pred", "certified_radius")
+                "success", "verdict", "verify_seconds", "smoothed_pred", "certified_radius",
+                "min_norm")
 # the verifier's answers, per eps and example, in the "verdict" array
 VERDICT_CODES = {"robust": 0, "broken": 1, "unknown": 2}
 NOT_VERIFIED = -1
 _ATTACK_COSTS = ("forward", "backward", "seconds", "nonfinite")  # per batch, eps and attack
-_PER_BATCH = _ATTACK_COSTS + ("certify_seconds",)
+_PER_BATCH = _ATTACK_COSTS + ("certify_seconds", "min_norm_seconds")
 NOT_CERTIFIED = -2  # in "smoothed_pred"; -1 is the smoothed classifier's abstention
 LOCK = ".advlib.lock"
 _IDENTITY_PROBE = 100  # examples whose predicted classes join a model's identity
@@ -323,6 +325,10 @@ class Evaluation:
             self.arrays.update(smoothed_pred=np.full(n, NOT_CERTIFIED, np.int64),
                                certified_radius=np.zeros(n),
                                certify_seconds=np.zeros(self.batches))
+        if protocol.get("min_norm") is not None:
+            count = len(protocol["min_norm"]["attacks"])
+            self.arrays.update(min_norm=np.full((count, n), np.inf),
+                               min_norm_seconds=np.zeros((self.batches, count)))
         self.done: List[int] = []
         self.probes: Optional[Dict] = None
         self.instances: Dict = {}  # attack objects, reused across batches and eps
@@ -408,6 +414,11 @@ class Evaluation:
                 self.arrays["verify_seconds"][e, start:stop] = out["verify_seconds"]
         if self.certify is not None:
             self._certify(b, x, start, stop)
+        if self.protocol.get("min_norm") is not None:
+            out = min_norm.run(self.wrapped, self.protocol, x, y,
+                               ensemble.batch_seed(seed, b, len(self.eps_list)), self.instances)
+            self.arrays["min_norm"][:, start:stop] = out["norms"]
+            self.arrays["min_norm_seconds"][b] = out["seconds"]
         self.done.append(b)
 
     def _certify(self, b, x, start, stop) -> None:
@@ -479,7 +490,7 @@ def summarize_arrays(arrays, selection, batches_done, names, protocol, verificat
     eps_list = protocols.eps_values(protocol)
     ran = [protocols.runs_at(protocol, e, names) for e in range(len(eps_list))]
     return reports.summarize(view, names, eps_list, ran, verification,
-                             protocol.get("certify"))
+                             protocol.get("certify"), protocol.get("min_norm"))
 
 
 def assess(report: Dict, arrays: Dict, selection: np.ndarray) -> Dict:

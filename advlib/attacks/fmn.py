@@ -1,0 +1,159 @@
+"""FMN, the Fast Minimum-Norm attack (Pintor, Roli, Brendel & Biggio, NeurIPS 2021)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Dict
+
+import numpy as np
+import tensorflow as tf
+
+from advlib import _checks
+from advlib.attacks import utils
+from advlib.attacks.base import Attack, refuse_true_class_targets
+from advlib.attacks.losses import margin_loss
+
+FMN_NORMS = (0, 1, 2, np.inf)
+
+
+def project_l0_ball(delta, eps):
+    """Keeps, per example, the `eps` (a count) entries of largest magnitude."""
+    shape = tf.shape(delta)
+    flat = tf.reshape(delta, [shape[0], -1])
+    ranks = tf.argsort(tf.argsort(-tf.abs(flat), axis=1, stable=True), axis=1)
+    keep = tf.cast(ranks, flat.dtype) < eps[:, None]
+    return tf.reshape(tf.where(keep, flat, tf.zeros_like(flat)), shape)
+
+
+def project_onto_ball(delta, eps, norm):
+    """The projection of each example's `delta` onto its `norm` ball of radius
+    `eps` (a per-example vector; inf leaves the example as it is)."""
+    if norm == 0:
+        return project_l0_ball(delta, eps)
+    finite = tf.math.is_finite(eps)
+    radius = utils.per_example(tf.where(finite, eps, tf.zeros_like(eps)), delta)
+    projected = utils.clip_eta(delta, norm, radius) if norm != 1 else \
+        utils.project_l1_ball(delta, tf.where(finite, eps, tf.zeros_like(eps))[:, None])
+    return tf.where(utils.per_example(finite, delta), projected, delta)
+
+
+class FMN(Attack):
+    """The Fast Minimum-Norm attack: normalised gradient steps on the logit
+    margin, projected onto an L_p ball whose radius eps adapts per example.
+
+    While an example is not adversarial, eps grows (first to the linearised
+    distance to the boundary, then by a factor 1 + gamma); once it is, eps
+    shrinks to min((1 - gamma) eps, the smallest adversarial norm found). Step
+    size alpha and gamma decay with a cosine schedule. Per example, the
+    adversarial point of smallest norm is returned (`x` itself where none was
+    found). Each step costs one forward and one backward pass.
+
+    Args (to `generate` / `generate_np`), the paper's names and Foolbox's defaults:
+        norm (np.inf): 0, 1, 2 or np.inf (`ord` is an alias). L0 counts changed
+            input entries.
+        steps (100): optimisation steps.
+        alpha_init (1.0), alpha_final (alpha_init / 100): the step size.
+        gamma_init (0.05), gamma_final (0.001): eps's relative change.
+        y: true labels (default: the model's predictions).
+        y_target: targets, which make the attack targeted.
+        clip_min (0), clip_max (1): the input domain.
+
+    Example:
+        >>> result = FMN(model).run(x, y, norm=2, steps=100)
+        >>> result.median_norm(2), result.success_at([0.5, 1.0], norm=2)
+    """
+
+    threat_params = ("norm", "clip_min", "clip_max")
+
+    def __init__(self, model):
+        super().__init__(model)
+        self._step = tf.function(self._step_fn, reduce_retracing=True)
+
+    def parse_params(self, norm=None, ord=None, steps=100, alpha_init=1.0, alpha_final=None,
+                     gamma_init=0.05, gamma_final=0.001, y=None, y_target=None,
+                     clip_min=0.0, clip_max=1.0) -> Dict[str, Any]:
+        norm = utils.resolve_norm(norm, ord, allowed=FMN_NORMS)
+        _checks.check_number("steps", steps, low=1, integer=True)
+        _checks.check_number("alpha_init", alpha_init, low=0, low_open=True)
+        alpha_final = alpha_init / 100 if alpha_final is None else alpha_final
+        _checks.check_number("alpha_final", alpha_final, low=0, high=alpha_init)
+        _checks.check_number("gamma_init", gamma_init, low=0, high=1, high_open=True)
+        _checks.check_number("gamma_final", gamma_final, low=0, high=gamma_init)
+        return dict(norm=norm, steps=int(steps), alpha_init=float(alpha_init),
+                    alpha_final=float(alpha_final), gamma_init=float(gamma_init),
+                    gamma_final=float(gamma_final), y=y, y_target=y_target,
+                    clip_min=clip_min, clip_max=clip_max)
+
+    def _generate(self, x, labels, targeted, *, norm, steps, alpha_init, alpha_final,
+                  gamma_init, gamma_final, clip_min, clip_max):
+        if targeted:
+            refuse_true_class_targets(labels.numpy(), self.model.predict_classes(x).numpy())
+            self._count(len(x))
+        dtype = x.dtype
+        low, high = utils.bounds_as_tensors(dtype, clip_min, clip_max)
+        batch = len(x)
+        # the largest perturbation the domain allows bounds eps
+        worst = utils.lp_norm(tf.maximum(x - low, high - x), norm)
+        worst = tf.where(tf.math.is_finite(worst), worst, tf.constant(np.inf, dtype))
+        epsilon = tf.ones([batch], dtype) if norm == 0 else tf.fill([batch], np.inf)
+        epsilon = tf.cast(epsilon, dtype)
+        state = (tf.zeros_like(x), epsilon, tf.fill([batch], tf.constant(np.inf, dtype)), x,
+                 tf.zeros([batch], tf.bool))
+        for i in range(steps):
+            cosine = (1 + math.cos(math.pi * i / steps)) / 2
+            alpha = alpha_final + (alpha_init - alpha_final) * cosine
+            gamma = gamma_final + (gamma_init - gamma_final) * cosine
+            state = self._step(x, labels, *state, worst, low, high,
+                               tf.constant(alpha, dtype), tf.constant(gamma, dtype), norm,
+                               targeted)
+        self._count(batch, forward=steps, backward=steps)
+        return state[3]
+
+    def _step_fn(self, x, labels, delta, epsilon, best_norm, best_adv, found, worst, low, high,
+                 alpha, gamma, norm, targeted):
+        point = x + delta
+        with tf.GradientTape() as tape:
+            tape.watch(delta)
+            logits = tf.cast(self.model.get_logits(x + delta), x.dtype)
+            # ascending `loss` moves towards the goal; it is positive once reached
+            loss = margin_loss(labels=labels, logits=logits)
+            loss = -loss if targeted else loss
+        gradient = tape.gradient(loss, delta,
+                                 unconnected_gradients=tf.UnconnectedGradients.ZERO)
+        # entries at a bound of the domain cannot move out of it (the clip undoes
+        # it): dropping them keeps the step and the boundary estimate usable
+        blocked = ((point <= low) & (gradient < 0)) | ((point >= high) & (gradient > 0))
+        gradient = tf.where(blocked, tf.zeros_like(gradient), gradient)
+        predicted = tf.argmax(logits, axis=-1, output_type=labels.dtype)
+        adversarial = tf.equal(predicted, labels) if targeted else \
+            tf.not_equal(predicted, labels)
+        size = utils.lp_norm(delta, norm)
+        better = adversarial & (size < best_norm)
+        best_norm = tf.where(better, size, best_norm)
+        best_adv = tf.where(utils.per_example(better, x), point, best_adv)
+        found = found | adversarial
+        epsilon = self._adapt_epsilon(epsilon, adversarial, found, best_norm, size, loss,
+                                      gradient, gamma, norm)
+        epsilon = tf.minimum(epsilon, worst)
+        length = utils.per_example(tf.maximum(utils.lp_norm(gradient, 2), 1e-12), x)
+        delta = project_onto_ball(delta + alpha * gradient / length, epsilon, norm)
+        delta = tf.clip_by_value(x + delta, low, high) - x
+        return delta, epsilon, best_norm, best_adv, found
+
+    @staticmethod
+    def _adapt_epsilon(epsilon, adversarial, found, best_norm, size, loss, gradient, gamma,
+                       norm):
+        if norm == 0:  # a count: move by at least one entry
+            shrunk = tf.minimum(tf.minimum(epsilon - 1, tf.floor(epsilon * (1 - gamma))),
+                                best_norm)
+            grown = tf.maximum(epsilon + 1, tf.floor(epsilon * (1 + gamma)))
+            return tf.maximum(tf.where(adversarial, shrunk, grown), 0.0)
+        # before the first success, jump to the linearised distance to the boundary,
+        # and grow by at least 1 + gamma: where the linearisation is exact the jump
+        # lands on the boundary itself, where the model may still predict the label
+        dual = utils.DUAL_NORMS[norm]
+        gradient_norm = tf.maximum(utils.lp_norm(gradient, dual), 1e-12)
+        to_boundary = tf.maximum(size + tf.abs(loss) / gradient_norm, size * (1 + gamma))
+        return tf.where(adversarial, tf.minimum(epsilon * (1 - gamma), best_norm),
+                        tf.where(found, epsilon * (1 + gamma), to_boundary))
+
