@@ -177,8 +177,9 @@ def test_square_breaks_a_cnn_that_every_gradient_attack_fails_on(digits_cnn, tes
     (SquareAttack, dict(eps=0.1, n_queries=100)),
     (SquareAttack, dict(eps=1.0, norm=2, n_queries=100)),
     # the restarts after the first start at random; their result counts only where it
-    # beats the first run's, so several make the seed's effect certain
-    (FAB, dict(eps=0.03, nb_iter=10, nb_restarts=5)),
+    # beats the first run's, which after 10 steps it rarely does (1 or 2 of 40 examples
+    # differ between seeds, and none on some machines); after 2 steps, 5 of 40 differ
+    (FAB, dict(eps=0.03, nb_iter=2, nb_restarts=5)),
 ])
 def test_seeds_reproduce_and_matter(digits_cnn, test_set, attack, params):
     x, y = test_set[0][:40], test_set[1][:40]

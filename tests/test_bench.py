@@ -219,7 +219,8 @@ def test_compare_ranks_and_refuses_mismatched_protocols(full_run, digits_mlp, tm
 
 def test_protocols_validate_and_refuse_unknown_keys(tmp_path):
     assert set(bench.available()) >= {"mnist-linf-0.3", "fashion-mnist-linf-0.1",
-                                      "cifar10-linf-8/255", "cifar10-l2-0.5", "digits-linf-0.2"}
+                                      "cifar10-linf-8/255", "cifar10-l2-0.5", "digits-linf-0.2",
+                                      "digits-l2-certified", "fashion-mnist-l2-certified"}
     for name in bench.available():
         protocol = bench.load_protocol(name)
         assert protocol["name"] == name
@@ -227,7 +228,7 @@ def test_protocols_validate_and_refuse_unknown_keys(tmp_path):
             bench.load_protocol(name))
     cases = [
         (dict(colour="red"), "unknown key(s) ['colour']"),
-        (dict(attacks=[{"attack": "DeepFool"}]), "unknown attack 'DeepFool'"),
+        (dict(attacks=[{"attack": "NewtonFool"}]), "unknown attack 'NewtonFool'"),
         (dict(attacks=[{"attack": "ProjectedGradientDescent", "params": {"nb_iters": 3}}]),
          "params has unknown key(s) ['nb_iters']"),
         (dict(threat={"norm": "1", "eps": 0.1}), "threat norm must be 'inf' or '2'"),

@@ -171,6 +171,13 @@ def test_harness_min_norm_section(digits_mlp, tmp_path):
     medians = [a["median_norm"] for a in section["attacks"]]
     assert section["best"]["median_norm"] <= min(medians)
     assert sum(section["best"]["smallest_by"].values()) == int(np.isfinite(best).sum())
+    # points within the main eps join its worst case
+    main = report["results"]["per_eps"][0]
+    with np.load(f"{out}/examples.npz") as data:
+        ensemble_robust = data["correct"] & (data["broken_by"][0] < 0)
+    only_min_norm = ensemble_robust & (best <= 0.5 * (1 + 1e-5) + 1e-7)
+    assert main["min_norm_breaks"] == int(only_min_norm.sum())
+    assert main["robust_accuracy"]["count"] == int((ensemble_robust & ~only_min_norm).sum())
     clean = report["results"]["clean_accuracy"]["value"]
     assert all(p["value"] <= clean for p in section["best"]["robust_accuracy"])
     assert "Minimum-norm attacks (L2, unbounded)" in open(f"{out}/report.md").read()
