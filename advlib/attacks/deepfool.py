@@ -25,9 +25,9 @@ class DeepFool(Attack):
     k* = argmin |f_k - f_y| / ||w_k||_dual, and the step is the smallest one that
     crosses its linearisation (L2: along w; L-inf: along sign(w)). The steps
     accumulate into r, and the adversarial example is x + (1 + overshoot) r,
-    clipped to the input domain. Untargeted only. Each step costs two forward
-    passes (the gradient's and the check of the new point) and one backward
-    pass per candidate.
+    clipped to the input domain. Untargeted only. Each step runs only on the
+    examples not yet adversarial, as one forward and one backward pass over a
+    copy of each example per candidate (every candidate's gradient at once).
 
     Args (to `generate` / `generate_np`), cleverhans 3's names and defaults:
         nb_candidate (10): the most likely classes (by the clean logits) whose
@@ -65,18 +65,22 @@ class DeepFool(Attack):
         nb_candidate = min(nb_candidate, self.model.nb_classes)
         low, high = utils.bounds_as_tensors(x.dtype, clip_min, clip_max)
         candidates = self._candidates(x, labels, nb_candidate)
+        overshoot = tf.constant(overshoot, x.dtype)
         total = tf.zeros_like(x)
-        x_adv = x
-        active = np.ones(len(x), bool)
+        active = np.arange(len(x))
         for _ in range(max_iter):
-            x_adv, total, still = self._step(x, total, labels, candidates,
-                                             tf.constant(active), low, high,
-                                             tf.constant(overshoot, x.dtype), norm)
-            self._count(int(active.sum()), forward=2, backward=nb_candidate)
-            active &= still.numpy()
-            if not active.any():
+            # only the examples still classified as their label take a step
+            rows = tf.constant(active[:, None])
+            pick = lambda t: tf.gather_nd(t, rows)
+            updated, still = self._step(pick(x), pick(total), pick(labels),
+                                        pick(candidates), low, high, overshoot, norm)
+            self._count(len(active), forward=nb_candidate, backward=nb_candidate)
+            still = still.numpy()
+            total = tf.tensor_scatter_nd_update(total, rows, updated)
+            active = active[still]
+            if not active.size:
                 break
-        return x_adv
+        return tf.clip_by_value(x + (1 + overshoot) * total, low, high)
 
     def _candidates(self, x, labels, count):
         """Per example, the label first, then the `count` - 1 most likely other classes."""
@@ -86,20 +90,27 @@ class DeepFool(Attack):
         others = tf.math.top_k(tf.where(own, -np.inf, logits), k=count - 1).indices
         return tf.concat([tf.cast(labels[:, None], tf.int32), others], axis=1)
 
-    def _step_fn(self, x, total, labels, candidates, active, low, high, overshoot, norm):
-        """One DeepFool step for the examples still classified as their label.
-        Returns the new adversarial points, the accumulated steps, and which
-        examples are still not adversarial."""
+    def _step_fn(self, x, total, labels, candidates, low, high, overshoot, norm):
+        """One DeepFool step for a batch of examples: those still classified as their
+        label at x + (1 + overshoot) total move to their nearest linearised boundary.
+        Returns the new accumulated steps and which examples moved."""
         x_adv = tf.clip_by_value(x + (1 + overshoot) * total, low, high)
+        batch, count = tf.shape(x)[0], tf.shape(candidates)[1]
+        # one copy of each example per candidate: one backward pass of the
+        # batch x candidates copies gives every candidate's gradient
+        copies = tf.repeat(x_adv, count, axis=0)
         with tf.GradientTape() as tape:
-            tape.watch(x_adv)
-            logits = tf.cast(self.model.get_logits(x_adv), x.dtype)
-            picked = tf.gather(logits, candidates, batch_dims=1)
-            difference = picked - picked[:, :1]
-        gradient = tape.batch_jacobian(difference, x_adv,
-                                       unconnected_gradients=tf.UnconnectedGradients.ZERO)
-        batch = tf.shape(x)[0]
-        flat_gradient = tf.reshape(gradient, [batch, tf.shape(candidates)[1], -1])
+            tape.watch(copies)
+            all_logits = tf.cast(self.model.get_logits(copies), x.dtype)
+            picked = tf.reshape(tf.gather(all_logits, tf.reshape(candidates, [-1, 1]),
+                                          batch_dims=1), [batch, count])
+            own = tf.gather(all_logits, tf.repeat(labels, count), batch_dims=1)
+            difference_copies = tf.reshape(picked, [-1]) - own
+        gradient = tape.gradient(difference_copies, copies,
+                                 unconnected_gradients=tf.UnconnectedGradients.ZERO)
+        logits = all_logits[::count]
+        difference = picked - tf.reshape(own, [batch, count])
+        flat_gradient = tf.reshape(gradient, [batch, count, -1])
         is_own = tf.range(tf.shape(candidates)[1])[None, :] == 0
         difference = tf.where(is_own, tf.constant(_OWN_CLASS, x.dtype), difference)
         _, _, f, w = utils.nearest_linear_boundary(difference, flat_gradient, norm)
@@ -110,12 +121,7 @@ class DeepFool(Attack):
         else:
             step = utils.per_example(size / (tf.reduce_sum(tf.square(w), axis=1) + 1e-12),
                                      w) * w
-        predicted = tf.argmax(logits, axis=-1, output_type=labels.dtype)
-        # the point just evaluated already crossed: it stops there
-        moving = active & tf.equal(predicted, labels)
+        moving = tf.equal(tf.argmax(logits, axis=-1, output_type=labels.dtype), labels)
         total = tf.where(utils.per_example(moving, x), total + tf.reshape(step, tf.shape(x)),
                          total)
-        new_x_adv = tf.clip_by_value(x + (1 + overshoot) * total, low, high)
-        still = tf.equal(tf.argmax(self.model.get_logits(new_x_adv), axis=-1,
-                                   output_type=labels.dtype), labels)
-        return new_x_adv, total, moving & still
+        return total, moving

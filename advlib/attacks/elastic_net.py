@@ -88,9 +88,9 @@ class ElasticNetMethod(Attack):
                                              **options) for i in range(0, len(x), size)], 0)
 
     def _step_fn(self, adversarial, slack, k, x, labels, const, best_distance, best_x,
-                 succeeded, active, low, high, beta, confidence, learning_rate, en_rule,
-                 targeted):
-        """One FISTA step; then the new point's success and distance are recorded."""
+                 low, high, beta, confidence, learning_rate, en_rule, targeted):
+        """One FISTA step of the rows given; then the new point's success and
+        distance are recorded. Returns the rows' new state and loss."""
         axes = tf.range(1, tf.rank(x))
         with tf.GradientTape() as tape:
             tape.watch(slack)
@@ -101,8 +101,7 @@ class ElasticNetMethod(Attack):
                 tf.reduce_sum(tf.square(slack - x), axes)
         gradient = tape.gradient(smooth, slack)
         new_adversarial = shrink(slack - learning_rate * gradient, x, beta, low, high)
-        momentum = k / (k + 3)
-        new_slack = new_adversarial + momentum * (new_adversarial - adversarial)
+        new_slack = new_adversarial + k / (k + 3) * (new_adversarial - adversarial)
         margin = margin_loss(labels=labels, logits=tf.cast(
             self.model.get_logits(new_adversarial), x.dtype))
         margin = -margin if targeted else margin
@@ -110,14 +109,11 @@ class ElasticNetMethod(Attack):
         l2 = tf.reduce_sum(tf.square(new_adversarial - x), axes)
         distance = l2 + beta * l1 if en_rule else l1
         loss = const * tf.maximum(confidence - margin, 0) + l2 + beta * l1
-        success = (margin > confidence) & active
+        success = margin > confidence
         improved = success & (distance < best_distance)
-        moving = utils.per_example(active, x)
-        return (tf.where(moving, new_adversarial, adversarial),
-                tf.where(moving, new_slack, slack),
-                tf.where(improved, distance, best_distance),
-                tf.where(utils.per_example(improved, x), new_adversarial, best_x),
-                succeeded | success, loss)
+        return (new_adversarial, new_slack, tf.where(improved, distance, best_distance),
+                tf.where(utils.per_example(improved, x), new_adversarial, best_x), success,
+                loss)
 
     def _attack_batch(self, x, labels, targeted, *, beta, decision_rule, confidence,
                       learning_rate, binary_search_steps, max_iterations, abort_early,
@@ -126,26 +122,36 @@ class ElasticNetMethod(Attack):
         low, high = utils.bounds_as_tensors(dtype, clip_min, clip_max)
         batch = len(x)
         const, lower, upper = initial_bracket(batch, initial_const)
-        best_distance = tf.fill([batch], tf.constant(np.inf, dtype))
-        best_x = x
+        state = {"best_distance": tf.fill([batch], tf.constant(np.inf, dtype)), "best_x": x}
         scalars = [tf.constant(v, dtype) for v in (beta, confidence)]
         check_every = max(1, max_iterations // 10)
         for _ in range(binary_search_steps):
-            adversarial = slack = x
+            state.update(adversarial=x, slack=x, succeeded=tf.zeros([batch], tf.bool))
             const_t = tf.constant(const, dtype)
-            succeeded = tf.zeros([batch], tf.bool)
-            active = np.ones(batch, bool)
+            active = np.arange(batch)
             previous = np.full(batch, np.inf)
             for k in range(max_iterations):
+                # the examples whose search stopped early take no more steps
+                rows = tf.constant(active[:, None])
+                pick = lambda t: tf.gather_nd(t, rows)
                 rate = learning_rate * (1 - k / max_iterations) ** 0.5
-                adversarial, slack, best_distance, best_x, succeeded, loss = self._step(
-                    adversarial, slack, tf.constant(float(k), dtype), x, labels, const_t,
-                    best_distance, best_x, succeeded, tf.constant(active), low, high,
+                adversarial, slack, best_distance, best_x, success, loss = self._step(
+                    pick(state["adversarial"]), pick(state["slack"]),
+                    tf.constant(float(k), dtype), pick(x), pick(labels), pick(const_t),
+                    pick(state["best_distance"]), pick(state["best_x"]), low, high,
                     *scalars, tf.constant(rate, dtype), decision_rule == "EN", targeted)
-                self._count(int(active.sum()), forward=2, backward=1)
+                updates = dict(adversarial=adversarial, slack=slack,
+                               best_distance=best_distance, best_x=best_x,
+                               succeeded=pick(state["succeeded"]) | success)
+                state.update({key: tf.tensor_scatter_nd_update(state[key], rows, value)
+                              for key, value in updates.items()})
+                self._count(len(active), forward=2, backward=1)
                 if abort_early and k % check_every == 0:
-                    active, previous = still_improving(loss.numpy(), previous, active)
-                    if not active.any():
+                    keep, previous[active] = still_improving(loss.numpy(), previous[active],
+                                                             np.ones(len(active), bool))
+                    active = active[keep]
+                    if not active.size:
                         break
-            const, lower, upper = search_constants(succeeded.numpy(), const, lower, upper)
-        return best_x
+            const, lower, upper = search_constants(state["succeeded"].numpy(), const, lower,
+                                                   upper)
+        return state["best_x"]
