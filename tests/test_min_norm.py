@@ -200,3 +200,21 @@ def test_min_norm_section_is_validated():
         protocols.validate(dict(document, min_norm={
             "attacks": [{"name": "deepfool", "attack": "DeepFool",
                          "params": {"nb_candidate": 1}}], "eps": [0.1]}))
+
+
+def test_l0_projection_equals_a_stable_sort():
+    from advlib.attacks.fmn import project_l0_ball
+
+    rng = np.random.default_rng(0)
+    delta = rng.normal(size=(30, 8, 8, 1)).astype(np.float32)
+    delta[:, :2] = 1.0  # equal entries: the lower index is kept first
+    delta[:, 2:3] = 0.0
+    eps = rng.integers(0, 70, size=30).astype(np.float32)
+    eps[:2] = (64, 0)
+    out = project_l0_ball(delta, eps).numpy().reshape(30, -1)
+    flat = delta.reshape(30, -1)
+    expected = np.zeros_like(flat)
+    for i, count in enumerate(eps.astype(int)):
+        kept = np.argsort(-np.abs(flat[i]), kind="stable")[:count]
+        expected[i, kept] = flat[i, kept]
+    np.testing.assert_array_equal(out, expected)

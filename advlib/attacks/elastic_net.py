@@ -10,7 +10,7 @@ import tensorflow as tf
 from advlib import _checks
 from advlib.attacks import utils
 from advlib.attacks.base import Attack, refuse_true_class_targets
-from advlib.attacks.carlini_wagner_l2 import initial_bracket, search_constants, still_improving
+from advlib.attacks.carlini_wagner_l2 import initial_bracket, search_constants
 from advlib.attacks.losses import margin_loss
 
 DECISION_RULES = ("EN", "L1")
@@ -43,7 +43,10 @@ class ElasticNetMethod(Attack):
         confidence (0): required logit margin kappa.
         learning_rate (1e-2): the initial step size.
         binary_search_steps (9), max_iterations (1000): outer and inner steps.
-        abort_early (False): stop an example's inner search once its loss stalls.
+        abort_early (False): stop the inner search once the batch's summed loss
+            stalls (checked every max_iterations // 10 steps), as cleverhans and
+            Foolbox do; results then depend on which examples share a batch
+            (`batch_size`), as theirs do. Off, every example's search is its own.
         initial_const (1e-3): the starting constant c.
         batch_size: examples optimised together (default: the whole batch).
         y, y_target: labels, or targets for a targeted attack.
@@ -87,11 +90,13 @@ class ElasticNetMethod(Attack):
         return tf.concat([self._attack_batch(x[i:i + size], labels[i:i + size], targeted,
                                              **options) for i in range(0, len(x), size)], 0)
 
-    def _step_fn(self, adversarial, slack, k, x, labels, const, best_distance, best_x,
-                 low, high, beta, confidence, learning_rate, en_rule, targeted):
-        """One FISTA step of the rows given; then the new point's success and
-        distance are recorded. Returns the rows' new state and loss."""
+    def _step_fn(self, state, k, x, labels, const, low, high, beta, confidence,
+                 learning_rate, en_rule, targeted):
+        """One FISTA step of the search's `state` (a dict of batch tensors), then the
+        new point's success and distance recorded. Returns the new state and the
+        batch's summed loss."""
         axes = tf.range(1, tf.rank(x))
+        adversarial, slack = state["adversarial"], state["slack"]
         with tf.GradientTape() as tape:
             tape.watch(slack)
             margin = margin_loss(labels=labels, logits=tf.cast(self.model.get_logits(slack),
@@ -101,19 +106,21 @@ class ElasticNetMethod(Attack):
                 tf.reduce_sum(tf.square(slack - x), axes)
         gradient = tape.gradient(smooth, slack)
         new_adversarial = shrink(slack - learning_rate * gradient, x, beta, low, high)
-        new_slack = new_adversarial + k / (k + 3) * (new_adversarial - adversarial)
         margin = margin_loss(labels=labels, logits=tf.cast(
             self.model.get_logits(new_adversarial), x.dtype))
         margin = -margin if targeted else margin
         l1 = tf.reduce_sum(tf.abs(new_adversarial - x), axes)
         l2 = tf.reduce_sum(tf.square(new_adversarial - x), axes)
         distance = l2 + beta * l1 if en_rule else l1
-        loss = const * tf.maximum(confidence - margin, 0) + l2 + beta * l1
         success = margin > confidence
-        improved = success & (distance < best_distance)
-        return (new_adversarial, new_slack, tf.where(improved, distance, best_distance),
-                tf.where(utils.per_example(improved, x), new_adversarial, best_x), success,
-                loss)
+        improved = success & (distance < state["best_distance"])
+        loss = tf.reduce_sum(const * tf.maximum(confidence - margin, 0) + l2 + beta * l1)
+        return {"adversarial": new_adversarial,
+                "slack": new_adversarial + k / (k + 3) * (new_adversarial - adversarial),
+                "best_distance": tf.where(improved, distance, state["best_distance"]),
+                "best_x": tf.where(utils.per_example(improved, x), new_adversarial,
+                                   state["best_x"]),
+                "succeeded": state["succeeded"] | success}, loss
 
     def _attack_batch(self, x, labels, targeted, *, beta, decision_rule, confidence,
                       learning_rate, binary_search_steps, max_iterations, abort_early,
@@ -128,30 +135,20 @@ class ElasticNetMethod(Attack):
         for _ in range(binary_search_steps):
             state.update(adversarial=x, slack=x, succeeded=tf.zeros([batch], tf.bool))
             const_t = tf.constant(const, dtype)
-            active = np.arange(batch)
-            previous = np.full(batch, np.inf)
+            previous = np.inf
             for k in range(max_iterations):
-                # the examples whose search stopped early take no more steps
-                rows = tf.constant(active[:, None])
-                pick = lambda t: tf.gather_nd(t, rows)
                 rate = learning_rate * (1 - k / max_iterations) ** 0.5
-                adversarial, slack, best_distance, best_x, success, loss = self._step(
-                    pick(state["adversarial"]), pick(state["slack"]),
-                    tf.constant(float(k), dtype), pick(x), pick(labels), pick(const_t),
-                    pick(state["best_distance"]), pick(state["best_x"]), low, high,
-                    *scalars, tf.constant(rate, dtype), decision_rule == "EN", targeted)
-                updates = dict(adversarial=adversarial, slack=slack,
-                               best_distance=best_distance, best_x=best_x,
-                               succeeded=pick(state["succeeded"]) | success)
-                state.update({key: tf.tensor_scatter_nd_update(state[key], rows, value)
-                              for key, value in updates.items()})
-                self._count(len(active), forward=2, backward=1)
+                state, loss = self._step(state, tf.constant(float(k), dtype), x, labels,
+                                         const_t, low, high, *scalars,
+                                         tf.constant(rate, dtype), decision_rule == "EN",
+                                         targeted)
+                self._count(batch, forward=2, backward=1)
+                # as cleverhans and Foolbox: the batch's summed loss, every tenth
                 if abort_early and k % check_every == 0:
-                    keep, previous[active] = still_improving(loss.numpy(), previous[active],
-                                                             np.ones(len(active), bool))
-                    active = active[keep]
-                    if not active.size:
+                    loss = float(loss)
+                    if loss > previous * 0.9999:
                         break
+                    previous = loss
             const, lower, upper = search_constants(state["succeeded"].numpy(), const, lower,
                                                    upper)
         return state["best_x"]

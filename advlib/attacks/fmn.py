@@ -17,11 +17,18 @@ FMN_NORMS = (0, 1, 2, np.inf)
 
 
 def project_l0_ball(delta, eps):
-    """Keeps, per example, the `eps` (a count) entries of largest magnitude."""
+    """Keeps, per example, the `eps` (a count) entries of largest magnitude; of
+    equal ones, those of lower index."""
     shape = tf.shape(delta)
     flat = tf.reshape(delta, [shape[0], -1])
-    ranks = tf.argsort(tf.argsort(-tf.abs(flat), axis=1, stable=True), axis=1)
-    keep = tf.cast(ranks, flat.dtype) < eps[:, None]
+    size = tf.shape(flat)[1]
+    count = tf.clip_by_value(tf.cast(tf.reduce_max(eps), tf.int32), 0, size)
+    # top_k puts equal values in index order, as a stable sort would
+    _, largest = tf.math.top_k(tf.abs(flat), k=count)
+    rows = tf.repeat(tf.range(shape[0])[:, None], count, axis=1)
+    wanted = tf.cast(tf.range(count)[None, :], flat.dtype) < eps[:, None]
+    keep = tf.tensor_scatter_nd_update(tf.zeros(tf.shape(flat), tf.bool),
+                                       tf.stack([rows, largest], axis=-1), wanted)
     return tf.reshape(tf.where(keep, flat, tf.zeros_like(flat)), shape)
 
 
