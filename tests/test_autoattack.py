@@ -161,9 +161,11 @@ def test_square_breaks_a_cnn_that_every_gradient_attack_fails_on(digits_cnn, tes
     x, y = x[:100], y[:100]
     clean = robust_accuracy(masked, x, y)
     for attack in (FastGradientMethod(masked), ProjectedGradientDescent(masked), APGD(masked)):
-        x_adv = attack.generate_np(x, y=y, eps=eps, norm=norm, **BOX)
-        # their random starts alone flip a few examples; their gradients none
-        assert robust_accuracy(masked, x_adv, y) >= clean - 0.1, type(attack).__name__
+        seed = {"seed": 0} if attack.takes_seed() else {}
+        x_adv = attack.generate_np(x, y=y, eps=eps, norm=norm, **seed, **BOX)
+        # their random starts alone flip some examples (up to 12 of 100 seen at L2 1.5,
+        # on a CI machine); their gradients none
+        assert robust_accuracy(masked, x_adv, y) >= clean - 0.15, type(attack).__name__
     square = SquareAttack(masked)
     result = square.run(x, y, eps=eps, norm=norm, n_queries=1000, seed=0, **BOX)
     assert norms(result.x_adv - x, norm).max() <= eps * (1 + 1e-5)
