@@ -77,6 +77,19 @@ def check_finite_array(name: str, array: np.ndarray):
                          f"({int(bad.sum())} non-finite entries in all).")
 
 
+def check_batch(name: str, x) -> np.ndarray:
+    """`x` (NumPy or a tensor) as a NumPy batch: floating point, batch axis first,
+    all finite."""
+    array = x.numpy() if hasattr(x, "numpy") else np.asarray(x)
+    if not np.issubdtype(array.dtype, np.floating):
+        raise TypeError(f"{name} must be a floating-point array, got dtype {array.dtype}.")
+    if array.ndim < 2:
+        raise ValueError(f"{name} must be a batch with the batch first (rank >= 2), got "
+                         f"shape {array.shape}.")
+    check_finite_array(name, array)
+    return array
+
+
 def check_in_range(name: str, array: np.ndarray, clip_min, clip_max, tol=1e-6):
     if array.size == 0:
         return

@@ -43,6 +43,24 @@ def correctly_classified(model, data, count):
 
 
 @pytest.fixture(scope="session")
+def digits_linear(digits):
+    """A two-class linear classifier of digits (0-4 against 5-9), whose geometry
+    is known in closed form: (model, normal, offset), where class 1 wins exactly
+    where x . normal + offset > 0."""
+    import keras
+    (x_train, y_train), _ = digits
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Flatten(),
+                              keras.layers.Dense(2)])
+    model.compile(keras.optimizers.Adam(1e-2),
+                  keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(x_train, (y_train >= 5).astype(np.int64), epochs=20, verbose=0)
+    kernel, bias = model.layers[-1].get_weights()
+    normal = (kernel[:, 1] - kernel[:, 0]).astype(np.float64)
+    return model, normal, float(bias[1] - bias[0])
+
+
+@pytest.fixture(scope="session")
 def digits_mlp(digits):
     """An MLP trained on digits in a few seconds (about 96% test accuracy)."""
     from advlib.models import mlp, train_classifier

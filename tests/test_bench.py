@@ -75,11 +75,11 @@ def test_sweep_is_monotone(full_run):
 def test_shards_merge_into_the_single_run(full_run, digits_cnn, tmp_path):
     report, out = full_run
     shards = []
-    for i in (1, 2, 3):
+    for i in (1, 2):
         folder = str(tmp_path / f"shard{i}")
         part = bench.evaluate(digits_cnn, protocol=quick_protocol(), out_dir=folder,
-                              batch_size=90, shard=f"{i}/3", progress=False)
-        assert part["complete"] and part["shard"] == f"{i}/3" and part["n_total"] == 360
+                              batch_size=90, shard=f"{i}/2", progress=False)
+        assert part["complete"] and part["shard"] == f"{i}/2" and part["n_total"] == 360
         shards.append(folder)
     merged = bench.merge(shards, str(tmp_path / "merged"))
     assert merged["results"]["robust_accuracy"] == report["results"]["robust_accuracy"]
@@ -93,7 +93,7 @@ def test_shards_merge_into_the_single_run(full_run, digits_cnn, tmp_path):
         for key in ("correct", "broken_by", "success", "attacked"):
             np.testing.assert_array_equal(one[key], many[key])
     with pytest.raises(ValueError, match="leave batches"):
-        bench.merge(shards[:2], str(tmp_path / "partial"))
+        bench.merge(shards[:1], str(tmp_path / "partial"))
     with pytest.raises(ValueError, match="appears in two shards"):
         bench.merge(shards + shards[:1], str(tmp_path / "twice"))
 
@@ -122,8 +122,9 @@ def cli_env(tmp_path_factory):
 def test_resume_after_sigkill_gives_identical_numbers(cli_env, tmp_path):
     protocol_file = str(tmp_path / "quick.json")
     # a short SPSA probe: the probes are compared, not judged, here
-    json.dump(quick_protocol(diagnostics={"n": 60, "spsa_iterations": 20}),
-              open(protocol_file, "w"))
+    protocol = quick_protocol(diagnostics={"n": 60, "spsa_iterations": 20})
+    protocol["dataset"]["n"] = 180  # four batches of 45
+    json.dump(protocol, open(protocol_file, "w"))
     common = ["--protocol", protocol_file, "--batch-size", "45", "--no-progress"]
     reference = run_cli(common + ["--out", str(tmp_path / "straight")], cli_env)
     assert reference.wait(timeout=300) == 0, reference.stderr.read()
@@ -139,7 +140,7 @@ def test_resume_after_sigkill_gives_identical_numbers(cli_env, tmp_path):
     process.send_signal(signal.SIGKILL)
     process.wait()
     done = json.load(open(state))["done"]
-    assert 2 <= len(done) < 8, "the run was not interrupted half-way"
+    assert 2 <= len(done) < 4, "the run was not interrupted half-way"
     assert not os.path.exists(os.path.join(interrupted, "report.json"))
     resumed = run_cli(common + ["--out", interrupted, "--resume"], cli_env)
     assert resumed.wait(timeout=300) == 0, resumed.stderr.read()

@@ -15,22 +15,6 @@ from advlib.training import AdversarialModel
 SIGMA = 0.25
 
 
-@pytest.fixture(scope="module")
-def linear(digits):
-    """A two-class linear classifier of digits (0-4 against 5-9) with known
-    geometry: its smoothed top-class probability is Phi(distance / sigma)."""
-    (x_train, y_train), _ = digits
-    keras.utils.set_random_seed(0)
-    model = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Flatten(),
-                              keras.layers.Dense(2)])
-    model.compile(keras.optimizers.Adam(1e-2),
-                  keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    model.fit(x_train, (y_train >= 5).astype(np.int64), epochs=20, verbose=0)
-    kernel, bias = model.layers[-1].get_weights()
-    normal = (kernel[:, 1] - kernel[:, 0]).astype(np.float64)
-    return model, normal, float(bias[1] - bias[0])
-
-
 def points_at_distances(x, normal, offset, distances):
     """Images moved along the normal so that their signed distance to the
     boundary is `distances` (positive: class 1's side)."""
@@ -41,8 +25,8 @@ def points_at_distances(x, normal, offset, distances):
     return moved.reshape(x.shape).astype(np.float32)
 
 
-def test_certified_radius_matches_the_closed_form(linear, digits):
-    model, normal, offset = linear
+def test_certified_radius_matches_the_closed_form(digits_linear, digits):
+    model, normal, offset = digits_linear
     _, (x_test, _) = digits
     # in input units (sigma = 0.25), and four points on the boundary
     distances = np.concatenate([np.linspace(-0.6, 0.6, 41), np.zeros(3)])
@@ -75,8 +59,8 @@ def test_certified_radius_matches_the_closed_form(linear, digits):
     assert np.all(np.abs(distances[far]) - result.radius[far] < 0.08)
 
 
-def test_predict_abstains_on_the_boundary_only(linear, digits):
-    model, normal, offset = linear
+def test_predict_abstains_on_the_boundary_only(digits_linear, digits):
+    model, normal, offset = digits_linear
     _, (x_test, _) = digits
     distances = np.array([0.0] * 6 + [-0.5] * 3 + [0.5] * 3)
     x = points_at_distances(x_test[:12], normal, offset, distances)

@@ -139,28 +139,6 @@ def test_adaptive_mode_exposes_the_masking(masked_reports):
     assert "Adaptive attacks through bpda" in bench.markdown(adaptive)
 
 
-def test_binary_cnn_is_flagged_with_naive_gradients_but_not_with_ste(digits_qnns):
-    model = digits_qnns["cnn"]
-    # with zero gradients SPSA attacks every example three times over: 20 steps keep
-    # the test affordable, and the checks asserted here do not hinge on its strength
-    protocol = small_protocol(sweep=(), spsa=dict(nb_iter=20))
-    protocol["diagnostics"]["spsa_iterations"] = 20
-    naive = bench.evaluate(QNNModelWrapper(model, surrogate="zero"), protocol, progress=False)
-    ste = bench.evaluate(QNNModelWrapper(model, surrogate="ste"), protocol, progress=False)
-    assert {"unbounded", "gradient-health"} <= {c["id"] for c in naive["diagnostics"]
-                                                if c["status"] == "fail"}
-    assert ste["headline_flag"] == "", statuses(ste)
-    assert statuses(ste)["ste-window"] == "pass"
-    assert ste["results"]["robust_accuracy"]["value"] < naive["results"]["robust_accuracy"][
-        "value"]
-    adaptive = bench.evaluate(QNNModelWrapper(model, surrogate="zero"), protocol,
-                              progress=False, adaptive=True)
-    assert adaptive["adaptive"]["variants"] == ["ste", "identity", "smooth-1"]
-    assert adaptive["headline_flag"] == ""
-    assert adaptive["results"]["robust_accuracy"]["value"] <= \
-        ste["results"]["robust_accuracy"]["value"] + 0.02
-
-
 def test_closed_ste_windows_are_reported(digits_qnns, digits):
     """The same function with pre-activations scaled 20x: every window closes."""
     model = digits_qnns["cnn"]

@@ -1,7 +1,6 @@
 """Minimum-norm attacks (DeepFool, FMN, EAD) against the exact answers of a linear
 classifier, AttackResult's minimum-norm views, and the harness's min-norm section."""
 
-import keras
 import numpy as np
 import pytest
 
@@ -13,21 +12,13 @@ UNBOUNDED = dict(clip_min=None, clip_max=None)
 
 
 @pytest.fixture(scope="module")
-def linear(digits):
-    """A two-class linear classifier of digits (0-4 against 5-9) and, per test
-    digit, its exact minimal perturbation in each norm (no box): the distance to
-    the hyperplane w.x + b = 0 is |margin| / ||w||_dual."""
-    (x_train, y_train), (x_test, _) = digits
-    keras.utils.set_random_seed(0)
-    model = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Flatten(),
-                              keras.layers.Dense(2)])
-    model.compile(keras.optimizers.Adam(1e-2),
-                  keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    model.fit(x_train, (y_train >= 5).astype(np.int64), epochs=20, verbose=0)
-    kernel, bias = model.layers[-1].get_weights()
-    w = (kernel[:, 1] - kernel[:, 0]).astype(np.float64)
-    x = x_test[:60]
-    margin = np.abs(x.reshape(len(x), -1) @ w + (bias[1] - bias[0]))
+def linear(digits, digits_linear):
+    """The linear classifier and, per test digit, its exact minimal perturbation
+    in each norm (no box): the distance to the hyperplane w.x + b = 0 is
+    |margin| / ||w||_dual."""
+    model, w, offset = digits_linear
+    x = digits[1][0][:60]
+    margin = np.abs(x.reshape(len(x), -1) @ w + offset)
     exact = {2: margin / np.linalg.norm(w), np.inf: margin / np.abs(w).sum(),
              1: margin / np.abs(w).max()}
     y = model.predict(x, verbose=0).argmax(1)

@@ -266,13 +266,7 @@ class Attack(abc.ABC):
         return parsed
 
     def _check_input(self, x, parsed) -> tf.Tensor:
-        array = x.numpy() if isinstance(x, tf.Tensor) else np.asarray(x)
-        if not np.issubdtype(array.dtype, np.floating):
-            raise TypeError(f"x must be a floating-point array, got dtype {array.dtype}.")
-        if array.ndim < 2:
-            raise ValueError(f"x must be a batch with the batch first (rank >= 2), got "
-                             f"shape {array.shape}.")
-        _checks.check_finite_array("x", array)
+        array = _checks.check_batch("x", x)
         _checks.check_in_range("x", array, parsed.get("clip_min"), parsed.get("clip_max"))
         return tf.convert_to_tensor(x)
 

@@ -39,6 +39,19 @@ def search_constants(succeeded, const, lower, upper):
     return np.where(bracketed, (lower + upper) / 2, const * 10), lower, upper
 
 
+def search_in_batches(attack: Attack, x, labels, targeted, batch_size, **options):
+    """Runs `attack._attack_batch` (a search over the loss constant) on `batch_size`
+    examples at a time, all at once when None: the memory of each search grows with
+    its batch. Targets equal to the true class are refused first: the search would
+    report them as successes at zero distance."""
+    if targeted:
+        refuse_true_class_targets(labels.numpy(), attack.model.predict_classes(x).numpy())
+        attack._count(len(x))
+    size = batch_size or len(x)
+    return tf.concat([attack._attack_batch(x[i:i + size], labels[i:i + size], targeted,
+                                           **options) for i in range(0, len(x), size)], 0)
+
+
 class CarliniWagnerL2(Attack):
     """Minimises ||delta||_2^2 + c * f(x + delta), with a per-example c.
 
@@ -91,12 +104,7 @@ class CarliniWagnerL2(Attack):
                     initial_const=initial_const, clip_min=clip_min, clip_max=clip_max)
 
     def _generate(self, x, labels, targeted, *, batch_size, **options):
-        if targeted:
-            refuse_true_class_targets(labels.numpy(), self.model.predict_classes(x).numpy())
-            self._count(len(x))
-        size = batch_size or len(x)
-        return tf.concat([self._attack_batch(x[i:i + size], labels[i:i + size], targeted,
-                                             **options) for i in range(0, len(x), size)], 0)
+        return search_in_batches(self, x, labels, targeted, batch_size, **options)
 
     # -- space changes -------------------------------------------------------
     @staticmethod

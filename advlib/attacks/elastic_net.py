@@ -9,8 +9,9 @@ import tensorflow as tf
 
 from advlib import _checks
 from advlib.attacks import utils
-from advlib.attacks.base import Attack, refuse_true_class_targets
-from advlib.attacks.carlini_wagner_l2 import initial_bracket, search_constants
+from advlib.attacks.base import Attack
+from advlib.attacks.carlini_wagner_l2 import (initial_bracket, search_constants,
+                                              search_in_batches)
 from advlib.attacks.losses import margin_loss
 
 DECISION_RULES = ("EN", "L1")
@@ -83,12 +84,7 @@ class ElasticNetMethod(Attack):
                     initial_const=float(initial_const), clip_min=clip_min, clip_max=clip_max)
 
     def _generate(self, x, labels, targeted, *, batch_size, **options):
-        if targeted:
-            refuse_true_class_targets(labels.numpy(), self.model.predict_classes(x).numpy())
-            self._count(len(x))
-        size = batch_size or len(x)
-        return tf.concat([self._attack_batch(x[i:i + size], labels[i:i + size], targeted,
-                                             **options) for i in range(0, len(x), size)], 0)
+        return search_in_batches(self, x, labels, targeted, batch_size, **options)
 
     def _step_fn(self, state, k, x, labels, const, low, high, beta, confidence,
                  learning_rate, en_rule, targeted):

@@ -212,8 +212,6 @@ def _validate_entries(attacks, where_list) -> None:
 
 
 def _validate_min_norm(document, source) -> None:
-    from advlib.bench.ensemble import AttackEntry
-
     section = document.get("min_norm")
     if section is None:
         return
@@ -230,14 +228,8 @@ def _validate_min_norm(document, source) -> None:
     for value in eps:
         _check(where, "eps", value, low=0)
     for index, entry in enumerate(section["attacks"]):
-        typed = AttackEntry.from_protocol(entry)
-        params = typed.params_at(float(document["threat"]["eps"]), document["threat"]["norm"],
-                                 document["clip"], 0)
-        try:
-            typed.attack.check_params(**params)
-        except (TypeError, ValueError) as error:
-            raise ProtocolError(f"{where}: attacks[{index}] ({entry['name']}): "
-                                f"{error}") from error
+        _check_entry_params(document, entry, f"{where}: attacks[{index}]",
+                            [float(document["threat"]["eps"])], 0)
 
 
 def _validate_certify(document, source) -> None:
@@ -311,7 +303,7 @@ def _validate_headline(document, source) -> None:
 def _check_attack_params(document, source) -> None:
     """Builds every attack's parameters for every eps, as the harness will, so that a
     bad value fails now rather than after minutes of evaluation."""
-    from advlib.bench.ensemble import AttackEntry, attack_seed, batch_seed
+    from advlib.bench.ensemble import attack_seed, batch_seed
 
     attacks = document["attacks"]
     batches = -(-document["dataset"]["n"] // document["batch_size"])
@@ -322,14 +314,22 @@ def _check_attack_params(document, source) -> None:
         fraction = entry["params"].get("eps_iter_fraction")
         if fraction is not None:
             _check(source, f"attacks[{index}] eps_iter_fraction", fraction, low=0, low_open=True)
-        typed = AttackEntry.from_protocol(entry)
-        for eps in eps_list:
-            params = typed.params_at(eps, document["threat"]["norm"], document["clip"], seed)
-            try:
-                typed.attack.check_params(**params)
-            except (TypeError, ValueError) as error:
-                raise ProtocolError(f"{source}: attacks[{index}] ({entry['name']}) at eps "
-                                    f"{eps:g}: {error}") from error
+        _check_entry_params(document, entry, f"{source}: attacks[{index}]", eps_list, seed)
+
+
+def _check_entry_params(document, entry, where, eps_list, seed) -> None:
+    """Builds one attack entry's parameters at every eps of `eps_list` and lets its
+    attack check them."""
+    from advlib.bench.ensemble import AttackEntry
+
+    typed = AttackEntry.from_protocol(entry)
+    for eps in eps_list:
+        params = typed.params_at(eps, document["threat"]["norm"], document["clip"], seed)
+        try:
+            typed.attack.check_params(**params)
+        except (TypeError, ValueError) as error:
+            raise ProtocolError(f"{where} ({entry['name']}) at eps {eps:g}: "
+                                f"{error}") from error
 
 
 def _validate_diagnostics(document, source):

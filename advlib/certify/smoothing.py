@@ -228,13 +228,7 @@ class SmoothedClassifier:
                                    int(n), float(alpha), time.perf_counter() - start)
 
     def _check_x(self, x) -> np.ndarray:
-        array = x.numpy() if isinstance(x, tf.Tensor) else np.asarray(x)
-        if not np.issubdtype(array.dtype, np.floating):
-            raise TypeError(f"x must be a floating-point array, got dtype {array.dtype}.")
-        if array.ndim < 2:
-            raise ValueError(f"x must be a batch with the batch first (rank >= 2), got shape "
-                             f"{array.shape}.")
-        _checks.check_finite_array("x", array)
+        array = _checks.check_batch("x", x)
         if len(array):
             self.model.check_output(array[:1])
         return array
