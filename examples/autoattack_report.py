@@ -30,6 +30,8 @@ def main(argv=None):
     parser.add_argument("--dataset", default="digits", choices=sorted(PROTOCOLS))
     parser.add_argument("--eps", type=float, help="default: the protocol's")
     parser.add_argument("--n", type=int, help="test examples (default: the protocol's)")
+    parser.add_argument("--no-sweep", action="store_true",
+                        help="the harness at the protocol's eps only (a quick look)")
     parser.add_argument("--out-dir", default="autoattack_report")
     args = parser.parse_args(argv)
     os.makedirs(args.out_dir, exist_ok=True)
@@ -42,6 +44,8 @@ def main(argv=None):
     protocol = bench.load_protocol(PROTOCOLS[args.dataset])
     if args.eps is not None:
         protocol["threat"]["eps"] = args.eps
+    if args.no_sweep:
+        protocol["sweep"] = []
     if args.n is not None:
         protocol["dataset"]["n"] = args.n
         protocol["batch_size"] = min(protocol["batch_size"], args.n)

@@ -60,12 +60,35 @@ def digits_linear(digits):
     return model, normal, float(bias[1] - bias[0])
 
 
+def trained_once(request, name, train):
+    """The Keras model `train()` returns, trained by one test worker and loaded by
+    the others: pytest-xdist gives each worker its own session, and these fixtures
+    would otherwise train the same seeded model on every worker."""
+    import fcntl
+
+    import keras
+
+    import advlib.models  # noqa: F401  (registers advlib's layers for loading)
+    if not hasattr(request.config, "workerinput"):
+        return train()
+    shared = request.getfixturevalue("tmp_path_factory").getbasetemp().parent
+    path = shared / f"{name}.keras"
+    with open(shared / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if path.exists():
+            return keras.models.load_model(path)
+        model = train()
+        model.save(path)
+        return model
+
+
 @pytest.fixture(scope="session")
-def digits_mlp(digits):
+def digits_mlp(request, digits):
     """An MLP trained on digits in a few seconds (about 96% test accuracy)."""
     from advlib.models import mlp, train_classifier
     (x_train, y_train), _ = digits
-    return train_classifier(mlp((8, 8, 1), hidden=(64,)), x_train, y_train, epochs=30, seed=0)
+    return trained_once(request, "digits_mlp", lambda: train_classifier(
+        mlp((8, 8, 1), hidden=(64,)), x_train, y_train, epochs=30, seed=0))
 
 
 @pytest.fixture(scope="session")
@@ -75,11 +98,12 @@ def digits_eval(digits, digits_mlp):
 
 
 @pytest.fixture(scope="session")
-def digits_cnn(digits):
+def digits_cnn(request, digits):
     """The small CNN of the examples, trained on digits (about 96% test accuracy)."""
     from advlib.models import small_cnn, train_classifier
     (x_train, y_train), _ = digits
-    return train_classifier(small_cnn((8, 8, 1)), x_train, y_train, epochs=15, seed=0)
+    return trained_once(request, "digits_cnn", lambda: train_classifier(
+        small_cnn((8, 8, 1)), x_train, y_train, epochs=15, seed=0))
 
 
 @pytest.fixture(scope="session")
@@ -89,13 +113,13 @@ def cnn_eval(digits, digits_cnn):
 
 
 @pytest.fixture(scope="session")
-def digits_qnns(digits):
+def digits_qnns(request, digits):
     """A binary CNN and a binary MLP trained on digits: {"cnn": ..., "mlp": ...}."""
     import keras
     from advlib import qnn
     (x_train, y_train), _ = digits
-    models = {}
-    for kind in ("cnn", "mlp"):
+
+    def train(kind):
         keras.utils.set_random_seed(0)
         model = (qnn.binary_cnn((8, 8, 1), filters=(32, 32, 64, 64), dense=128)
                  if kind == "cnn" else qnn.binary_mlp((8, 8, 1), width=256))
@@ -104,8 +128,9 @@ def digits_qnns(digits):
                       metrics=["accuracy"])
         model.fit(x_train, y_train, epochs=15 if kind == "cnn" else 20, batch_size=64,
                   verbose=0)
-        models[kind] = model
-    return models
+        return model
+    return {kind: trained_once(request, f"digits_binary_{kind}", lambda: train(kind))
+            for kind in ("cnn", "mlp")}
 
 
 def linear_model(weights, bias=None):

@@ -131,7 +131,7 @@ def test_trustworthy_evaluation_example(tmp_path):
 def test_autoattack_report_example(tmp_path):
     import autoattack_report
 
-    summary = autoattack_report.main(["--n", "24", "--out-dir", str(tmp_path)])
+    summary = autoattack_report.main(["--n", "24", "--no-sweep", "--out-dir", str(tmp_path)])
     log = summary["autoattack_log"]
     assert list(log) == ["clean", "apgd-ce", "apgd-t", "fab-t", "square"][:len(log)]
     # the harness's headline and AutoAttack's own run agree (their seeds differ), and the
