@@ -126,13 +126,44 @@ def test_the_time_limit_gives_unknown(monkeypatch):
     engine = BinaryEngine(spec, arrays)
     x = (np.random.default_rng(1).integers(0, 256, (6,) + SHAPE) / 255).astype(np.float32)
     monkeypatch.setattr(module, "_solve", lambda *args: "time limit")
-    result = verify(engine, x, engine.predict_classes(x), 0.5)
+    result = verify(engine, x, engine.predict_classes(x), 0.5, search_share=0)
     assert set(result.statuses) <= {"unknown", "robust"} and "unknown" in result.statuses
     low, high = result.robust_interval()
     assert low < high
 
 
+@pytest.mark.parametrize("flat", [False, True])
+def test_the_neighbourhood_search_breaks_what_enumeration_breaks(monkeypatch, flat):
+    """The complete programs made to time out, so that every counterexample comes
+    from the search: it must break each example that enumeration breaks (its
+    neighbourhood grows to the whole box while the programs are quick) and no
+    other, every counterexample re-checked."""
+    from advlib.qnn import verify as module
+
+    monkeypatch.setattr(module, "_solve", lambda *args: "time limit")
+    shape = (1, 3, 1)
+    found = 0
+    for seed in range(2):
+        spec, arrays = random_network(seed, input_shape=shape, channels=(4, 6), dense=(8,),
+                                      classes=4, flat=flat)
+        engine = BinaryEngine(spec, arrays)
+        x = (np.random.default_rng(seed).integers(0, 256, (8,) + shape) / 255).astype(np.float32)
+        y = engine.predict_classes(x)
+        result = verify(engine, x, y, 0.1, time_limit=0.5, search_share=0.9, seed=seed)
+        for i, verdict in enumerate(result.verdicts):
+            if grid_broken(engine, x[i], y[i], 0.1):
+                assert verdict.status == "broken", (seed, i, verdict.reason)
+                found += "neighbourhood search" in verdict.reason
+            else:
+                assert verdict.status in ("robust", "unknown"), (seed, i)
+        broken = [i for i, v in enumerate(result.verdicts) if v.status == "broken"]
+        assert check_counterexamples(engine, x, result, 0.1) == broken
+    assert found >= 2
+
+
 @pytest.mark.parametrize("kwargs,error,message", [
+    (dict(eps=0.1, search_share=1.0), ValueError, r"search_share must be in \[0, 1\)"),
+    (dict(eps=0.1, seed=-1), ValueError, "seed must be"),
     (dict(eps=-0.1), ValueError, "eps must be in"),
     (dict(eps=0.1, time_limit=0), ValueError, "time_limit"),
     (dict(eps=0.1, x=np.zeros((2, 3, 3, 1), np.float32)), ValueError, r"x must have shape"),

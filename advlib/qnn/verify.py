@@ -305,12 +305,13 @@ class NetworkEncoding:
         return (quantize(np.maximum(x - np.float32(eps), 0)),
                 quantize(np.minimum(x + np.float32(eps), 1)))
 
-    def encode(self, x: np.ndarray, eps: float):
-        """The program's variables and constraints for the ball around `x`, and the
-        logits as affine expressions: (program, logits_const, logits_matrix,
-        logits_vars, logits_low, logits_high, stats)."""
+    def encode(self, x: np.ndarray, eps: float, box=None):
+        """The program's variables and constraints for the ball around `x` (or for
+        `box`, a (low, high) pair of pixel levels inside it), and the logits as
+        affine expressions: (program, logits_const, logits_matrix, logits_vars,
+        logits_low, logits_high, stats)."""
         program = _Program()
-        low, high = self.input_box(x.reshape(-1), eps)
+        low, high = self.input_box(x.reshape(-1), eps) if box is None else box
         free = low != high
         var = np.full(low.shape, -1, np.int64)
         var[free] = program.variables(low[free], high[free])
@@ -485,10 +486,8 @@ def verify_example(encoding: NetworkEncoding, x: np.ndarray, label: int, eps: fl
     base, base_low, base_high = program.matrix()
     size = len(program.low)
     for j in classes_to_try(label, clean_logits, len(scale)):
-        # margin = logit_y - logit_j; a counterexample needs margin <= tolerance
-        row = (scale[label] * _row(matrix, columns, label, size) -
-               scale[j] * _row(matrix, columns, j, size))
-        offset = scale[label] * const[label] + shift[label] - scale[j] * const[j] - shift[j]
+        # a counterexample needs margin = row . z + offset <= tolerance
+        row, offset = margin_objective(encoding, const, matrix, columns, label, j, size)
         margin_low = min(scale[label] * low[label], scale[label] * high[label]) + \
             shift[label] - max(scale[j] * low[j], scale[j] * high[j]) - shift[j]
         if margin_low > tolerance:
@@ -541,6 +540,16 @@ def verify_example_sat(encoding: NetworkEncoding, x: np.ndarray, label: int, eps
         instance.close()
 
 
+def margin_objective(encoding: NetworkEncoding, const, matrix, columns, label: int, j: int,
+                     size: int):
+    """logit_label - logit_j as (row, offset), affine in the program's `size`
+    variables: row . z + offset."""
+    scale, shift = encoding.scale, encoding.shift
+    row = (scale[label] * _row(matrix, columns, label, size) -
+           scale[j] * _row(matrix, columns, j, size))
+    return row, scale[label] * const[label] + shift[label] - scale[j] * const[j] - shift[j]
+
+
 def _row(matrix, columns, index, size):
     row = np.zeros(size)
     part = matrix[index].tocoo()
@@ -582,7 +591,8 @@ BACKENDS = ("milp", "sat")
 
 def verify(engine: Union[BinaryEngine, str, NetworkEncoding], x, y, eps: float,
            time_limit: float = 30.0, progress: bool = False,
-           backend: str = "milp") -> VerificationResult:
+           backend: str = "milp", search_share: float = 0.5,
+           seed: int = 0) -> VerificationResult:
     """Decides, per example, whether the L-inf ball of radius `eps` holds a point
     that the exact binary engine misclassifies.
 
@@ -603,6 +613,12 @@ def verify(engine: Union[BinaryEngine, str, NetworkEncoding], x, y, eps: float,
             1.5 s where SAT left 12 undecided at 5 s each, while on a
             64-256-256-256-10 MLP at eps 1/255 SAT ruled out a class in 1.2 s
             that the MILP had not in 20 s.
+        search_share: the share of `time_limit` left to a large neighbourhood
+            search (`advlib.qnn.verify_search`) when the complete program runs
+            out of its share undecided. The search can only find
+            counterexamples; 0 turns it off. Examples that the complete program
+            decides in its share never reach it.
+        seed: seeds the search's neighbourhoods (example i uses seed + i).
 
     Returns:
         A `VerificationResult`: a `Verdict` per example (status, checked
@@ -613,6 +629,8 @@ def verify(engine: Union[BinaryEngine, str, NetworkEncoding], x, y, eps: float,
     _checks.check_number("eps", eps, low=0, high=1)
     _checks.check_number("time_limit", time_limit, low=0, low_open=True)
     _checks.check_choice("backend", backend, BACKENDS)
+    _checks.check_number("search_share", search_share, low=0, high=1, high_open=True)
+    _checks.check_number("seed", seed, low=0, integer=True)
     if backend == "sat":
         from advlib.qnn import verify_sat
         verify_sat.require()
@@ -634,13 +652,28 @@ def verify(engine: Union[BinaryEngine, str, NetworkEncoding], x, y, eps: float,
             verdicts.append(Verdict("broken", int(labels[i]), counterexample=x[i].copy(),
                                     target=int(logits[i].argmax()), reason="misclassified"))
             continue
-        if backend == "sat":
-            verdicts.append(verify_example_sat(encoding, x[i], int(labels[i]), eps,
-                                               time_limit, logits[i]))
-        else:
-            verdicts.append(verify_example(encoding, x[i], int(labels[i]), eps, time_limit,
-                                           logits[i]))
+        verdicts.append(_decide(encoding, x[i], int(labels[i]), eps, time_limit, logits[i],
+                                backend, search_share, seed + i))
     return VerificationResult(verdicts, float(eps))
+
+
+def _decide(encoding, x, label, eps, time_limit, clean_logits, backend, search_share, seed):
+    """The complete backend on its share of the time, then, if it is undecided, the
+    neighbourhood search on the rest."""
+    from advlib.qnn.verify_search import neighbourhood_search
+
+    start = time.perf_counter()
+    complete = verify_example_sat if backend == "sat" else verify_example
+    verdict = complete(encoding, x, label, eps, time_limit * (1 - search_share), clean_logits)
+    if verdict.status != "unknown" or search_share == 0:
+        return verdict
+    image = neighbourhood_search(encoding, x, label, eps,
+                                 time_limit - (time.perf_counter() - start), seed=seed)
+    if image is None:
+        return _finish(verdict, "unknown", start, reason=verdict.reason)
+    verdict = judge_candidate(verdict, encoding, image, -1, start)
+    verdict.reason += " (neighbourhood search)"
+    return verdict
 
 
 def check_counterexamples(engine: BinaryEngine, x: np.ndarray, result: VerificationResult,

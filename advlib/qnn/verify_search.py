@@ -1,0 +1,135 @@
+"""Counterexamples for the verifier by large neighbourhood search (LNS).
+
+On networks as large as the reference digits CNN, the complete program of a
+whole eps-ball is too large to solve in seconds, yet many of the examples that
+gradient and score-based attacks leave do have counterexamples. LNS finds
+them with the verifier's own exact encoding: it keeps one point of the ball
+(pixel levels), frees a small neighbourhood of its pixels to their whole range
+in the ball while the others stay where they are, and solves that program to
+optimality for the smallest margin logit_y - logit_j. The fixed pixels pin
+most units of the first layers, so each program is small; its optimum is never
+worse than the current point, which it contains; and the neighbourhood grows
+while the programs solve quickly and shrinks when they do not (Shaw 1998;
+Pisinger & Ropke 2010).
+
+The search is incomplete, as an attack is: it can only answer "broken", and
+every counterexample is re-checked through the engine like the complete
+verifier's.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Optional
+
+import numpy as np
+from scipy.optimize import Bounds, LinearConstraint, milp
+
+# the first neighbourhood's share of the free pixels, and its growth and shrink factors
+_START_SHARE = 0.15
+_GROW, _SHRINK = 1.5, 0.5
+# a program that takes longer than this share of the search's time shrinks the neighbourhood
+_SLOW_SHARE = 0.1
+
+
+def neighbourhood_search(encoding, x: np.ndarray, label: int, eps: float, time_limit: float,
+                         seed: int = 0, start: Optional[np.ndarray] = None
+                         ) -> Optional[np.ndarray]:
+    """Searches the L-inf ball of radius `eps` around `x` for a point that the engine
+    misclassifies.
+
+    Args:
+        encoding: the network's `NetworkEncoding`.
+        x: one image in [0, 1], of the engine's input shape.
+        label: the class to move away from.
+        eps: the L-inf radius.
+        time_limit: seconds.
+        seed: seeds the neighbourhoods (the programs' time limits can still make
+            two runs differ).
+        start: a point of the ball to start from, such as an attack's best
+            (default: `x`).
+
+    Returns:
+        An image within eps of `x` that the engine misclassifies, or None.
+    """
+    from advlib.qnn.verify import image_at_levels
+
+    deadline = time.perf_counter() + time_limit
+    rng = np.random.default_rng(seed)
+    low, high = encoding.input_box(x.reshape(-1), eps)
+    free = np.flatnonzero(low != high)
+    if free.size == 0:
+        return None
+    origin = x if start is None else start
+    levels = np.clip(np.round(np.clip(origin.reshape(-1).astype(np.float32), 0, 1) * 255),
+                     low, high).astype(np.int64)
+    size = max(1.0, _START_SHARE * free.size)
+    step = 0
+    while True:
+        image = image_at_levels(x, levels, eps)
+        logits = encoding.engine.predict(image[None])[0]
+        if int(logits.argmax()) != label:
+            return image
+        remaining = deadline - time.perf_counter()
+        if remaining <= 0:
+            return None
+        target = _target(logits, label, step, rng)
+        chosen = _neighbourhood(free, int(round(size)), encoding.engine.input_shape, rng)
+        box = (levels.copy(), levels.copy())
+        box[0][chosen], box[1][chosen] = low[chosen], high[chosen]
+        limit = min(remaining, max(_SLOW_SHARE * time_limit, 0.05))
+        began = time.perf_counter()
+        proposal, optimal = _best_in_box(encoding, x, eps, box, label, target, limit)
+        fast = optimal and time.perf_counter() - began < limit / 2
+        size = min(free.size, size * _GROW) if fast else max(1.0, size * _SHRINK)
+        if proposal is not None:
+            levels = proposal
+        step += 1
+
+
+def _target(logits: np.ndarray, label: int, step: int, rng) -> int:
+    """The runner-up class two steps in three; otherwise a random other class, so
+    that a class whose margin has stopped shrinking does not hold the search."""
+    others = np.array([c for c in np.argsort(-logits) if c != label])
+    return int(others[0] if step % 3 else rng.choice(others))
+
+
+def _neighbourhood(free: np.ndarray, size: int, input_shape, rng) -> np.ndarray:
+    """`size` free pixels around a random one: the nearest in the image plane for
+    images (every channel of a pixel together), random ones for flat inputs."""
+    if size >= free.size:
+        return free
+    if len(input_shape) != 3:
+        return rng.choice(free, size, replace=False)
+    height, width, channels = input_shape
+    pixel = free // channels
+    row, column = pixel // width, pixel % width
+    centre = rng.integers(free.size)
+    distance = np.maximum(np.abs(row - row[centre]), np.abs(column - column[centre]))
+    # ties in distance broken at random, so square rings are not always cut the same way
+    order = np.lexsort((rng.random(free.size), distance))
+    return free[order[:size]]
+
+
+def _best_in_box(encoding, x, eps, box, label, target, time_limit):
+    """The levels minimizing logit_label - logit_target over the box, and whether
+    the solver proved them optimal; (None, False) when it found no point."""
+    from advlib.qnn.verify import margin_objective
+
+    program, const, matrix, columns, _, _, _ = encoding.encode(x, eps, box=box)
+    row, offset = margin_objective(encoding, const, matrix, columns, label, target,
+                                   len(program.low))
+    low, high = box
+    if row.size == 0:
+        return low.copy(), True
+    base, base_low, base_high = program.matrix()
+    constraints = [LinearConstraint(base, base_low, base_high)] if base.shape[0] else []
+    result = milp(row, integrality=np.ones(row.size), bounds=Bounds(program.low, program.high),
+                  constraints=constraints,
+                  options={"time_limit": max(float(time_limit), 1e-3), "presolve": True})
+    if result.x is None:
+        return None, False
+    levels = low.copy()
+    free = low != high
+    levels[free] = np.round(result.x[:free.sum()]).astype(np.int64)
+    return levels, result.status == 0
