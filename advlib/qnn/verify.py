@@ -22,6 +22,9 @@ An example is `robust` when every class's program is infeasible, `broken` when
 a solution, decoded to an image inside the ball, is misclassified by the engine
 itself, and `unknown` when the time limit runs out (or, rarely, a solution
 lies within float rounding of a tie and the engine classifies it correctly).
+The complete programs get a share of the time limit; an example they leave
+undecided gets the rest in a large neighbourhood search for a counterexample
+(`advlib.qnn.verify_search`), which solves the same encoding on small boxes.
 
 Example:
     >>> from advlib.qnn.verify import verify
