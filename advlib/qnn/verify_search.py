@@ -10,7 +10,11 @@ optimality for the smallest margin logit_y - logit_j. The fixed pixels pin
 most units of the first layers, so each program is small; its optimum is never
 worse than the current point, which it contains; and the neighbourhood grows
 while the programs solve quickly and shrinks when they do not (Shaw 1998;
-Pisinger & Ropke 2010).
+Pisinger & Ropke 2010). A neighbourhood small enough (a pixel or two) is
+searched by running all its points through the engine instead: there the
+program would be slower than the enumeration, most of all on convolutional
+networks, whose interval bounds leave thousands of units undecided even when
+one pixel moves.
 
 The search is incomplete, as an attack is: it can only answer "broken", and
 every counterexample is re-checked through the engine like the complete
@@ -30,6 +34,10 @@ _START_SHARE = 0.15
 _GROW, _SHRINK = 1.5, 0.5
 # a program that takes longer than this share of the search's time shrinks the neighbourhood
 _SLOW_SHARE = 0.1
+# neighbourhoods with at most this many points are searched by running them all through
+# the engine: on convolutional networks, interval bounds leave thousands of units open
+# even when a single pixel moves, and the program of one pixel is slower than its levels
+_ENUMERATE = 256
 
 
 def neighbourhood_search(encoding, x: np.ndarray, label: int, eps: float, time_limit: float,
@@ -64,6 +72,7 @@ def neighbourhood_search(encoding, x: np.ndarray, label: int, eps: float, time_l
     levels = np.clip(np.round(np.clip(origin.reshape(-1).astype(np.float32), 0, 1) * 255),
                      low, high).astype(np.int64)
     size = max(1.0, _START_SHARE * free.size)
+    too_slow = free.size + 1  # the smallest neighbourhood whose program ran out of time
     step = 0
     while True:
         image = image_at_levels(x, levels, eps)
@@ -75,16 +84,39 @@ def neighbourhood_search(encoding, x: np.ndarray, label: int, eps: float, time_l
             return None
         target = _target(logits, label, step, rng)
         chosen = _neighbourhood(free, int(round(size)), encoding.engine.input_shape, rng)
+        if np.prod(high[chosen] - low[chosen] + 1.0) <= _ENUMERATE:
+            levels = _best_by_enumeration(encoding, x, eps, levels, chosen, low, high, label)
+            size = min(size * _GROW, too_slow - 1.0)
+            step += 1
+            continue
         box = (levels.copy(), levels.copy())
         box[0][chosen], box[1][chosen] = low[chosen], high[chosen]
         limit = min(remaining, max(_SLOW_SHARE * time_limit, 0.05))
         began = time.perf_counter()
         proposal, optimal = _best_in_box(encoding, x, eps, box, label, target, limit)
-        fast = optimal and time.perf_counter() - began < limit / 2
-        size = min(free.size, size * _GROW) if fast else max(1.0, size * _SHRINK)
+        if optimal and time.perf_counter() - began < limit / 2:
+            size = min(free.size, size * _GROW, too_slow - 1.0)
+        else:
+            if not optimal:
+                too_slow = min(too_slow, len(chosen))
+            size = max(1.0, size * _SHRINK)
         if proposal is not None:
             levels = proposal
         step += 1
+
+
+def _best_by_enumeration(encoding, x, eps, levels, chosen, low, high, label):
+    """The levels of `chosen` that minimize logit_label minus the best other logit,
+    found by running every combination through the engine (the others fixed)."""
+    from advlib.qnn.verify import image_at_levels
+
+    grids = np.meshgrid(*[np.arange(low[i], high[i] + 1) for i in chosen], indexing="ij")
+    candidates = np.repeat(levels[None], grids[0].size, axis=0)
+    candidates[:, chosen] = np.stack([grid.ravel() for grid in grids], axis=1)
+    images = np.stack([image_at_levels(x, candidate, eps) for candidate in candidates])
+    logits = encoding.engine.predict(images)
+    others = np.delete(logits, label, axis=1).max(axis=1)
+    return candidates[int(np.argmin(logits[:, label] - others))]
 
 
 def _target(logits: np.ndarray, label: int, step: int, rng) -> int:
