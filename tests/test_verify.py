@@ -7,6 +7,7 @@ import pytest
 
 from advlib.qnn.engine import BinaryEngine
 from advlib.qnn.verify import NetworkEncoding, check_counterexamples, verify
+from advlib.qnn.verify_search import neighbourhood_search
 from engine_nets import random_network
 
 SHAPE = (2, 3, 1)  # six pixels: up to 5 levels each at eps 2/255, 15,625 points
@@ -158,6 +159,14 @@ def test_the_neighbourhood_search_breaks_what_enumeration_breaks(monkeypatch, fl
                 assert verdict.status in ("robust", "unknown"), (seed, i)
         broken = [i for i, v in enumerate(result.verdicts) if v.status == "broken"]
         assert check_counterexamples(engine, x, result, 0.1) == broken
+        # started from a counterexample, the search returns it without a step
+        for i in broken:
+            start = result.verdicts[i].counterexample
+            again = neighbourhood_search(NetworkEncoding(engine), x[i], int(y[i]), 0.1,
+                                         time_limit=1e-9, start=start)
+            np.testing.assert_array_equal(engine.predict_classes(again[None]),
+                                          engine.predict_classes(start[None]))
+            assert np.abs(again - x[i]).max() <= 0.1 + 1e-7
     assert found >= 2
 
 

@@ -86,7 +86,7 @@ def neighbourhood_search(encoding, x: np.ndarray, label: int, eps: float, time_l
         chosen = _neighbourhood(free, int(round(size)), encoding.engine.input_shape, rng)
         if np.prod(high[chosen] - low[chosen] + 1.0) <= _ENUMERATE:
             levels = _best_by_enumeration(encoding, x, eps, levels, chosen, low, high, label)
-            size = min(size * _GROW, too_slow - 1.0)
+            size = max(1.0, min(size * _GROW, too_slow - 1.0))
             step += 1
             continue
         box = (levels.copy(), levels.copy())
@@ -95,7 +95,7 @@ def neighbourhood_search(encoding, x: np.ndarray, label: int, eps: float, time_l
         began = time.perf_counter()
         proposal, optimal = _best_in_box(encoding, x, eps, box, label, target, limit)
         if optimal and time.perf_counter() - began < limit / 2:
-            size = min(free.size, size * _GROW, too_slow - 1.0)
+            size = max(1.0, min(free.size, size * _GROW, too_slow - 1.0))
         else:
             if not optimal:
                 too_slow = min(too_slow, len(chosen))
