@@ -308,6 +308,25 @@ class NetworkEncoding:
         return (quantize(np.maximum(x - np.float32(eps), 0)),
                 quantize(np.minimum(x + np.float32(eps), 1)))
 
+    @classmethod
+    def image_at_levels(cls, x: np.ndarray, levels: np.ndarray, eps: float) -> np.ndarray:
+        """An image within eps of `x` whose quantized pixel levels are `levels` (each
+        inside the box of `input_box`)."""
+        flat = x.reshape(-1).astype(np.float32)
+        low, high = cls.input_box(flat, eps)
+        image = np.where(levels == low, np.maximum(flat - np.float32(eps), 0),
+                         np.where(levels == high, np.minimum(flat + np.float32(eps), 1),
+                                  levels.astype(np.float32) / np.float32(255)))
+        return image.astype(np.float32).reshape(x.shape)
+
+    def margin_objective(self, const, matrix, columns, label: int, j: int, size: int):
+        """logit_label - logit_j as (row, offset), affine in the `size` variables of a
+        program from `encode`: row . z + offset."""
+        scale, shift = self.scale, self.shift
+        row = (scale[label] * _row(matrix, columns, label, size) -
+               scale[j] * _row(matrix, columns, j, size))
+        return row, scale[label] * const[label] + shift[label] - scale[j] * const[j] - shift[j]
+
     def encode(self, x: np.ndarray, eps: float, box=None):
         """The program's variables and constraints for the ball around `x` (or for
         `box`, a (low, high) pair of pixel levels inside it), and the logits as
@@ -437,24 +456,13 @@ def _append_constant(values: _Values, value: float) -> _Values:
 
 
 # -- the verifier -------------------------------------------------------------------------
-def image_at_levels(x: np.ndarray, levels: np.ndarray, eps: float) -> np.ndarray:
-    """An image within eps of `x` whose quantized pixel levels are `levels` (each
-    inside the box of `NetworkEncoding.input_box`)."""
-    flat = x.reshape(-1).astype(np.float32)
-    low, high = NetworkEncoding.input_box(flat, eps)
-    image = np.where(levels == low, np.maximum(flat - np.float32(eps), 0),
-                     np.where(levels == high, np.minimum(flat + np.float32(eps), 1),
-                              levels.astype(np.float32) / np.float32(255)))
-    return image.astype(np.float32).reshape(x.shape)
-
-
 def _decode(x: np.ndarray, solution: np.ndarray, encoding: NetworkEncoding, eps: float):
     """The image of a MILP solution (the levels of the free pixels, in order)."""
     low, high = encoding.input_box(x.reshape(-1), eps)
     levels = low.copy()
     free = low != high
     levels[free] = np.round(solution[:free.sum()]).astype(np.int64)
-    return image_at_levels(x, levels, eps)
+    return encoding.image_at_levels(x, levels, eps)
 
 
 def classes_to_try(label: int, clean_logits: Optional[np.ndarray], count: int) -> List[int]:
@@ -490,7 +498,7 @@ def verify_example(encoding: NetworkEncoding, x: np.ndarray, label: int, eps: fl
     size = len(program.low)
     for j in classes_to_try(label, clean_logits, len(scale)):
         # a counterexample needs margin = row . z + offset <= tolerance
-        row, offset = margin_objective(encoding, const, matrix, columns, label, j, size)
+        row, offset = encoding.margin_objective(const, matrix, columns, label, j, size)
         margin_low = min(scale[label] * low[label], scale[label] * high[label]) + \
             shift[label] - max(scale[j] * low[j], scale[j] * high[j]) - shift[j]
         if margin_low > tolerance:
@@ -536,21 +544,11 @@ def verify_example_sat(encoding: NetworkEncoding, x: np.ndarray, label: int, eps
             if answer is None:
                 return _finish(verdict, "unknown", start, reason="time limit")
             if answer:
-                image = image_at_levels(x, instance.levels(), eps)
+                image = encoding.image_at_levels(x, instance.levels(), eps)
                 return judge_candidate(verdict, encoding, image, j, start)
         return _finish(verdict, "robust", start, reason="every class ruled out")
     finally:
         instance.close()
-
-
-def margin_objective(encoding: NetworkEncoding, const, matrix, columns, label: int, j: int,
-                     size: int):
-    """logit_label - logit_j as (row, offset), affine in the program's `size`
-    variables: row . z + offset."""
-    scale, shift = encoding.scale, encoding.shift
-    row = (scale[label] * _row(matrix, columns, label, size) -
-           scale[j] * _row(matrix, columns, j, size))
-    return row, scale[label] * const[label] + shift[label] - scale[j] * const[j] - shift[j]
 
 
 def _row(matrix, columns, index, size):

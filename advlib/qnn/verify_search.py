@@ -60,8 +60,6 @@ def neighbourhood_search(encoding, x: np.ndarray, label: int, eps: float, time_l
     Returns:
         An image within eps of `x` that the engine misclassifies, or None.
     """
-    from advlib.qnn.verify import image_at_levels
-
     deadline = time.perf_counter() + time_limit
     rng = np.random.default_rng(seed)
     low, high = encoding.input_box(x.reshape(-1), eps)
@@ -75,7 +73,7 @@ def neighbourhood_search(encoding, x: np.ndarray, label: int, eps: float, time_l
     too_slow = free.size + 1  # the smallest neighbourhood whose program ran out of time
     step = 0
     while True:
-        image = image_at_levels(x, levels, eps)
+        image = encoding.image_at_levels(x, levels, eps)
         logits = encoding.engine.predict(image[None])[0]
         if int(logits.argmax()) != label:
             return image
@@ -108,12 +106,11 @@ def neighbourhood_search(encoding, x: np.ndarray, label: int, eps: float, time_l
 def _best_by_enumeration(encoding, x, eps, levels, chosen, low, high, label):
     """The levels of `chosen` that minimize logit_label minus the best other logit,
     found by running every combination through the engine (the others fixed)."""
-    from advlib.qnn.verify import image_at_levels
-
     grids = np.meshgrid(*[np.arange(low[i], high[i] + 1) for i in chosen], indexing="ij")
     candidates = np.repeat(levels[None], grids[0].size, axis=0)
     candidates[:, chosen] = np.stack([grid.ravel() for grid in grids], axis=1)
-    images = np.stack([image_at_levels(x, candidate, eps) for candidate in candidates])
+    images = np.stack([encoding.image_at_levels(x, candidate, eps)
+                       for candidate in candidates])
     logits = encoding.engine.predict(images)
     others = np.delete(logits, label, axis=1).max(axis=1)
     return candidates[int(np.argmin(logits[:, label] - others))]
@@ -146,11 +143,9 @@ def _neighbourhood(free: np.ndarray, size: int, input_shape, rng) -> np.ndarray:
 def _best_in_box(encoding, x, eps, box, label, target, time_limit):
     """The levels minimizing logit_label - logit_target over the box, and whether
     the solver proved them optimal; (None, False) when it found no point."""
-    from advlib.qnn.verify import margin_objective
-
     program, const, matrix, columns, _, _, _ = encoding.encode(x, eps, box=box)
-    row, offset = margin_objective(encoding, const, matrix, columns, label, target,
-                                   len(program.low))
+    row, offset = encoding.margin_objective(const, matrix, columns, label, target,
+                                            len(program.low))
     low, high = box
     if row.size == 0:
         return low.copy(), True
