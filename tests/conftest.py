@@ -13,19 +13,6 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "gpu: needs an NVIDIA GPU and CuPy")
 
 
-# Module fixtures that run a whole evaluation or attack: the tests that share one are
-# kept on one xdist worker (`--dist loadgroup`), so that it runs once, not per worker.
-_SHARED_RUNS = ("adversarially_trained", "cw_result", "full_run", "jsma_result",
-                "masked_reports", "natural_report")
-
-
-def pytest_collection_modifyitems(config, items):
-    for item in items:
-        shared = [name for name in _SHARED_RUNS if name in item.fixturenames]
-        if shared:
-            item.add_marker(pytest.mark.xdist_group(shared[0]))
-
-
 @pytest.fixture
 def emulated_cupy(monkeypatch):
     """Installs a stand-in CuPy running the kernels under CPU emulation (tests/cudaemu);
