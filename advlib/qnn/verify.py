@@ -311,13 +311,23 @@ class NetworkEncoding:
     @classmethod
     def image_at_levels(cls, x: np.ndarray, levels: np.ndarray, eps: float) -> np.ndarray:
         """An image within eps of `x` whose quantized pixel levels are `levels` (each
-        inside the box of `input_box`)."""
+        inside the box of `input_box`); for levels of shape (n, pixels), n images."""
         flat = x.reshape(-1).astype(np.float32)
         low, high = cls.input_box(flat, eps)
         image = np.where(levels == low, np.maximum(flat - np.float32(eps), 0),
                          np.where(levels == high, np.minimum(flat + np.float32(eps), 1),
                                   levels.astype(np.float32) / np.float32(255)))
-        return image.astype(np.float32).reshape(x.shape)
+        return image.astype(np.float32).reshape(levels.shape[:-1] + x.shape)
+
+    @staticmethod
+    def solution_levels(solution: np.ndarray, box) -> np.ndarray:
+        """The pixel levels of a solution of a program from `encode` over `box`: the
+        box's fixed levels, and the solved ones (the first variables) elsewhere."""
+        low, high = box
+        levels = low.copy()
+        free = low != high
+        levels[free] = np.round(solution[:free.sum()]).astype(np.int64)
+        return levels
 
     def margin_objective(self, const, matrix, columns, label: int, j: int, size: int):
         """logit_label - logit_j as (row, offset), affine in the `size` variables of a
@@ -458,11 +468,8 @@ def _append_constant(values: _Values, value: float) -> _Values:
 # -- the verifier -------------------------------------------------------------------------
 def _decode(x: np.ndarray, solution: np.ndarray, encoding: NetworkEncoding, eps: float):
     """The image of a MILP solution (the levels of the free pixels, in order)."""
-    low, high = encoding.input_box(x.reshape(-1), eps)
-    levels = low.copy()
-    free = low != high
-    levels[free] = np.round(solution[:free.sum()]).astype(np.int64)
-    return encoding.image_at_levels(x, levels, eps)
+    box = encoding.input_box(x.reshape(-1), eps)
+    return encoding.image_at_levels(x, encoding.solution_levels(solution, box), eps)
 
 
 def classes_to_try(label: int, clean_logits: Optional[np.ndarray], count: int) -> List[int]:

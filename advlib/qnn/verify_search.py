@@ -80,7 +80,6 @@ def neighbourhood_search(encoding, x: np.ndarray, label: int, eps: float, time_l
         remaining = deadline - time.perf_counter()
         if remaining <= 0:
             return None
-        target = _target(logits, label, step, rng)
         chosen = _neighbourhood(free, int(round(size)), encoding.engine.input_shape, rng)
         if np.prod(high[chosen] - low[chosen] + 1.0) <= _ENUMERATE:
             levels = _best_by_enumeration(encoding, x, eps, levels, chosen, low, high, label)
@@ -91,7 +90,8 @@ def neighbourhood_search(encoding, x: np.ndarray, label: int, eps: float, time_l
         box[0][chosen], box[1][chosen] = low[chosen], high[chosen]
         limit = min(remaining, max(_SLOW_SHARE * time_limit, 0.05))
         began = time.perf_counter()
-        proposal, optimal = _best_in_box(encoding, x, eps, box, label, target, limit)
+        proposal, optimal = _best_in_box(encoding, x, eps, box, label,
+                                         _target(logits, label, step, rng), limit)
         if optimal and time.perf_counter() - began < limit / 2:
             size = max(1.0, min(free.size, size * _GROW, too_slow - 1.0))
         else:
@@ -109,9 +109,7 @@ def _best_by_enumeration(encoding, x, eps, levels, chosen, low, high, label):
     grids = np.meshgrid(*[np.arange(low[i], high[i] + 1) for i in chosen], indexing="ij")
     candidates = np.repeat(levels[None], grids[0].size, axis=0)
     candidates[:, chosen] = np.stack([grid.ravel() for grid in grids], axis=1)
-    images = np.stack([encoding.image_at_levels(x, candidate, eps)
-                       for candidate in candidates])
-    logits = encoding.engine.predict(images)
+    logits = encoding.engine.predict(encoding.image_at_levels(x, candidates, eps))
     others = np.delete(logits, label, axis=1).max(axis=1)
     return candidates[int(np.argmin(logits[:, label] - others))]
 
@@ -144,11 +142,10 @@ def _best_in_box(encoding, x, eps, box, label, target, time_limit):
     """The levels minimizing logit_label - logit_target over the box, and whether
     the solver proved them optimal; (None, False) when it found no point."""
     program, const, matrix, columns, _, _, _ = encoding.encode(x, eps, box=box)
-    row, offset = encoding.margin_objective(const, matrix, columns, label, target,
-                                            len(program.low))
-    low, high = box
-    if row.size == 0:
-        return low.copy(), True
+    row, _ = encoding.margin_objective(const, matrix, columns, label, target,
+                                       len(program.low))
+    if row.size == 0:  # every pixel of the box fixed
+        return box[0].copy(), True
     base, base_low, base_high = program.matrix()
     constraints = [LinearConstraint(base, base_low, base_high)] if base.shape[0] else []
     result = milp(row, integrality=np.ones(row.size), bounds=Bounds(program.low, program.high),
@@ -156,7 +153,4 @@ def _best_in_box(encoding, x, eps, box, label, target, time_limit):
                   options={"time_limit": max(float(time_limit), 1e-3), "presolve": True})
     if result.x is None:
         return None, False
-    levels = low.copy()
-    free = low != high
-    levels[free] = np.round(result.x[:free.sum()]).astype(np.int64)
-    return levels, result.status == 0
+    return encoding.solution_levels(result.x, box), result.status == 0
