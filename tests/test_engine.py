@@ -15,7 +15,10 @@ from hypothesis import strategies as st
 
 from advlib.qnn.engine import BinaryEngine, pack_bits, pack_signs, unpack_bits, words_for
 from advlib.qnn.engine import numpy_backend as ops
+from advlib.qnn.engine.blas_backend import BlasBackend
 from advlib.qnn.engine import spec as spec_io
+
+from engine_nets import random_network
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -208,3 +211,32 @@ def test_bad_inputs_to_predict(saved):
         engine.predict(x)
     with pytest.raises(ValueError, match="backend must be one of"):
         BinaryEngine(engine.spec, engine.arrays, backend="fpga")
+
+
+@pytest.mark.parametrize("seed, flat", [(0, False), (1, False), (2, True)])
+def test_blas_backend_equals_the_packed_reference_bit_for_bit(seed, flat):
+    spec, arrays = random_network(seed=seed, flat=flat, input_shape=(9, 7, 2))
+    reference = BinaryEngine(spec, arrays)
+    blas = BinaryEngine(spec, arrays, backend="blas")
+    assert blas.backend == "blas"
+    rng = np.random.default_rng(seed)
+    # extreme images too: all levels 0 or 255 reach the largest first-layer sums
+    x = np.concatenate([rng.random((40, 9, 7, 2), dtype=np.float32),
+                        np.zeros((1, 9, 7, 2), np.float32), np.ones((1, 9, 7, 2), np.float32)])
+    logits, hidden = reference.forward(x)
+    blas_logits, blas_hidden = blas.forward(x)
+    np.testing.assert_array_equal(blas_logits, logits)
+    assert len(blas_hidden) == len(hidden)
+    for ours, theirs in zip(blas_hidden, hidden):
+        np.testing.assert_array_equal(ours, theirs)
+
+
+def test_blas_backend_refuses_sums_beyond_float32s_exact_integers():
+    spec, arrays = random_network(seed=0, flat=True, input_shape=(9, 7, 2))
+    spec = json.loads(json.dumps(spec))
+    # a first layer of 70,000 8-bit inputs can sum to 255 * 70,000 > 2**24
+    first = next(layer for layer in spec["layers"] if layer["type"] == "dense")
+    assert first["input"] == "uint8"
+    first["in_shape"] = [70_000]
+    with pytest.raises(ValueError, match=r"beyond float32's exact integers.*backend='numpy'"):
+        BlasBackend(spec, arrays)

@@ -9,9 +9,10 @@ import numpy as np
 
 from advlib import _checks
 from advlib.qnn.engine import spec as spec_io
+from advlib.qnn.engine.blas_backend import BlasBackend
 from advlib.qnn.engine.numpy_backend import NumpyBackend
 
-BACKENDS = ("numpy", "cupy", "auto")
+BACKENDS = ("numpy", "blas", "cupy", "auto")
 
 
 class BinaryEngine:
@@ -47,16 +48,22 @@ class BinaryEngine:
             else:
                 warnings.warn(f"BinaryEngine: {why}; falling back to the NumPy backend.",
                               RuntimeWarning, stacklevel=2)
-        self._backend = self._gpu or NumpyBackend(spec, arrays)
-        self.backend = "numpy" if self._gpu is None else "cupy"
+        if self._gpu is not None:
+            self._backend, self.backend = self._gpu, "cupy"
+        elif backend == "blas":
+            self._backend, self.backend = BlasBackend(spec, arrays), "blas"
+        else:
+            self._backend, self.backend = NumpyBackend(spec, arrays), "numpy"
 
     @classmethod
     def load(cls, path: str, backend: str = "numpy", gemm: str = "auto") -> "BinaryEngine":
         """Reads an exported `.npz`; raises ValueError if it is corrupt or inconsistent.
 
         Args:
-            backend: "numpy" (the reference), "cupy" (CUDA kernels; needs a GPU),
-                or "auto": CuPy when a GPU is usable, else NumPy with a notice.
+            backend: "numpy" (the reference, on packed bits), "blas" (the same
+                integers as float32 matrix products: faster on a CPU for large
+                batches), "cupy" (CUDA kernels; needs a GPU), or "auto": CuPy
+                when a GPU is usable, else NumPy with a notice.
             gemm: for the CuPy backend, "tensor" (binary tensor cores), "cuda"
                 (CUDA cores) or "auto" (tensor cores from compute capability 8.0).
         """
@@ -108,7 +115,7 @@ def walk(spec: Dict, backend, x8: np.ndarray, keep_hidden: bool
          ) -> Tuple[np.ndarray, List[np.ndarray]]:
     """The one pass over an exported network's layers.
 
-    `backend` (`NumpyBackend` or `CupyBackend`) supplies the primitives:
+    `backend` (`NumpyBackend`, `BlasBackend` or `CupyBackend`) supplies the primitives:
     `compute` (a dense or conv layer: packed bits, or the last layer's
     logits), `max_pool`, `flatten` of packed maps, `hidden` (packed bits to
     booleans on the host) and the transfers. So the order of operations, and
