@@ -74,7 +74,10 @@ def main(argv=None):
     parser.add_argument("--n", type=int, help="images per cell (default: the table's)")
     parser.add_argument("--time-limit", type=float, help="seconds per image (default: the "
                                                           "table's)")
+    parser.add_argument("--eps", type=float, nargs="+", help="these eps, in this order "
+                                                             "(default: the table's)")
     parser.add_argument("--search-share", type=float, default=0.5)
+    parser.add_argument("--progress", action="store_true", help="a bar per cell")
     parser.add_argument("--out", default="verification_results")
     args = parser.parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
@@ -90,12 +93,13 @@ def main(argv=None):
         n = args.n or n
         time_limit = args.time_limit or time_limit
         for backend in args.backends:
-            for eps in eps_values:
+            for eps in args.eps or eps_values:
                 start = time.perf_counter()
                 result = verify(engine, x[:n], y[:n], eps, time_limit=time_limit,
-                                backend=backend, search_share=args.search_share)
+                                backend=backend, search_share=args.search_share,
+                                progress=args.progress)
                 counts = result.counts()
-                searched = sum("neighbourhood search" in v.reason for v in result.verdicts)
+                searched = sum("local search" in v.reason for v in result.verdicts)
                 row = dict(network=name, backend=backend, eps=eps, n=n, time_limit=time_limit,
                            **counts, by_search=searched, **result.times(),
                            decided=(counts["robust"] + counts["broken"]) / n,

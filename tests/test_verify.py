@@ -7,7 +7,7 @@ import pytest
 
 from advlib.qnn.engine import BinaryEngine
 from advlib.qnn.verify import NetworkEncoding, check_counterexamples, verify
-from advlib.qnn.verify_search import neighbourhood_search
+from advlib.qnn.verify_search import search_counterexample
 from engine_nets import random_network
 
 SHAPE = (2, 3, 1)  # six pixels: up to 5 levels each at eps 2/255, 15,625 points
@@ -134,11 +134,10 @@ def test_the_time_limit_gives_unknown(monkeypatch):
 
 
 @pytest.mark.parametrize("flat", [False, True])
-def test_the_neighbourhood_search_breaks_what_enumeration_breaks(monkeypatch, flat):
+def test_the_local_search_breaks_what_enumeration_breaks(monkeypatch, flat):
     """The complete programs made to time out, so that every counterexample comes
-    from the search: it must break each example that enumeration breaks (its
-    neighbourhood grows to the whole box while the programs are quick) and no
-    other, every counterexample re-checked."""
+    from the search: on these three-pixel boxes it must break each example that
+    enumeration breaks and no other, every counterexample re-checked."""
     from advlib.qnn import verify as module
 
     monkeypatch.setattr(module, "_solve", lambda *args: "time limit")
@@ -154,7 +153,7 @@ def test_the_neighbourhood_search_breaks_what_enumeration_breaks(monkeypatch, fl
         for i, verdict in enumerate(result.verdicts):
             if grid_broken(engine, x[i], y[i], 0.1):
                 assert verdict.status == "broken", (seed, i, verdict.reason)
-                found += "neighbourhood search" in verdict.reason
+                found += "local search" in verdict.reason
             else:
                 assert verdict.status in ("robust", "unknown"), (seed, i)
         broken = [i for i, v in enumerate(result.verdicts) if v.status == "broken"]
@@ -162,8 +161,8 @@ def test_the_neighbourhood_search_breaks_what_enumeration_breaks(monkeypatch, fl
         # started from a counterexample, the search returns it without a step
         for i in broken:
             start = result.verdicts[i].counterexample
-            again = neighbourhood_search(NetworkEncoding(engine), x[i], int(y[i]), 0.1,
-                                         time_limit=1e-9, start=start)
+            again = search_counterexample(NetworkEncoding(engine), x[i], int(y[i]), 0.1,
+                                          time_limit=1e-9, start=start)
             np.testing.assert_array_equal(engine.predict_classes(again[None]),
                                           engine.predict_classes(start[None]))
             assert np.abs(again - x[i]).max() <= 0.1 + 1e-7
