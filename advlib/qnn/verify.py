@@ -601,6 +601,9 @@ def _finish(verdict: Verdict, status: str, start: float, reason: str) -> Verdict
 
 
 BACKENDS = ("milp", "sat")
+# restarts of the search before the complete program starts: on the digits CNN at
+# eps 0.1, 30 break 53 of 58 correct digits (at most 1.4 s each), 0 break 21
+_FIRST_RESTARTS = 30
 
 
 def verify(engine: Union[BinaryEngine, str, NetworkEncoding], x, y, eps: float,
@@ -628,9 +631,9 @@ def verify(engine: Union[BinaryEngine, str, NetworkEncoding], x, y, eps: float,
             64-256-256-256-10 MLP at eps 1/255 SAT ruled out a class in 1.2 s
             that the MILP had not in 20 s.
         search_share: the share of `time_limit` kept for the local search for
-            counterexamples on the engine (`advlib.qnn.verify_search`). A plain
-            descent runs before the complete program and takes the easy
-            counterexamples; the search proper runs on what is left of the
+            counterexamples on the engine (`advlib.qnn.verify_search`). A short
+            search (30 restarts) runs before the complete program and takes the
+            easy counterexamples; the search proper runs on what is left of the
             time when the complete program runs out of its share undecided. The
             search can only find counterexamples; 0 turns it off.
         seed: seeds the search (example i uses seed + i).
@@ -679,9 +682,9 @@ def _decide(encoding, x, label, eps, time_limit, clean_logits, backend, search_s
 
     start = time.perf_counter()
     complete = verify_example_sat if backend == "sat" else verify_example
-    # first a plain descent, which takes the easy counterexamples for little time
+    # first a short search, which takes the easy counterexamples for little time
     image = search_counterexample(encoding, x, label, eps, search_share * time_limit,
-                                  seed=seed, restarts=0) if search_share else None
+                                  seed=seed, restarts=_FIRST_RESTARTS) if search_share else None
     if image is None:
         verdict = complete(encoding, x, label, eps, time_limit * (1 - search_share),
                            clean_logits)
