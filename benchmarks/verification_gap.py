@@ -6,7 +6,7 @@ attack of the protocol missed, and counts how many of them each one breaks.
     python benchmarks/verification_gap.py --run verify_binary --eps 0.05
 
 Reads the harness run that `examples/verify_binary.py` wrote under --run (its
-report, per-example verdicts and engine), retrains the same seeded binary MLP
+report, per-example verdicts and engine), retrains the same seeded binary network
 for the STE's gradients (checked bit-exact against the engine), and attacks
 the digits the verifier broke after every attack had failed on them. Prints a
 Markdown table and writes JSON beside the run.
@@ -48,9 +48,10 @@ def main(argv=None):
     parser.add_argument("--run", default="verify_binary",
                         help="the --out-dir of examples/verify_binary.py")
     parser.add_argument("--eps", type=float, default=0.05)
+    parser.add_argument("--network", default="mlp", choices=sorted(verify_binary.EPOCHS))
     parser.add_argument("--width", type=int, default=32)
     parser.add_argument("--depth", type=int, default=2)
-    parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("--epochs", type=int, help="default: the example's for --network")
     args = parser.parse_args(argv)
     report = json.load(open(os.path.join(args.run, "run", "report.json")))
     eps_list = [entry["eps"] for entry in report["results"]["per_eps"]]
@@ -62,13 +63,14 @@ def main(argv=None):
     missed = np.flatnonzero(verdict == VERDICT_CODES["broken"])
     _, (x_test, y_test) = load("digits")
     x, y = x_test[index[missed]], y_test[index[missed]]
-    engine_path = os.path.join(args.run, "binary_mlp.npz")
+    engine_path = os.path.join(args.run, f"binary_{args.network}.npz")
     engine = BinaryEngine.load(engine_path)
-    model = verify_binary.train(args.width, args.depth, args.epochs)
+    model = verify_binary.train(args.network, args.width, args.depth,
+                                args.epochs or verify_binary.EPOCHS[args.network])
     if not (QNNModelWrapper(model).predict_classes(x_test).numpy() ==
             engine.predict_classes(x_test)).all():
         raise SystemExit("the retrained model differs from the run's engine: pass the run's "
-                         "--width, --depth and --epochs")
+                         "--network, --width, --depth and --epochs")
     wrapped = QNNModelWrapper(model, surrogate="ste", engine=engine_path)
     rows = []
     print(f"{len(missed)} digits at eps {args.eps:g} have a counterexample that every attack "

@@ -3,8 +3,10 @@ verifier proves the lower one, and together they make a certified interval.
 
     python examples/verify_binary.py                          # 64-32-32-10 binary MLP, digits
     python examples/verify_binary.py --width 256 --depth 3 --eps 0.0039 --time-limit 30
+    python examples/verify_binary.py --network cnn --eps 0.1 0.05 0.2 --time-limit 30
 
-Trains a small binary MLP on scikit-learn's digits (offline), exports its exact
+Trains a small binary MLP (or, with --network cnn, the reference binary CNN of
+`examples/trustworthy_evaluation.py`) on scikit-learn's digits (offline), exports its exact
 bit-packed engine, and runs the harness with `verify=True`: the attacks first
 (STE gradients, judged by the engine), then the MILP verifier on every example
 they left, at each eps. Writes the report under --out-dir and prints, per eps,
@@ -25,10 +27,17 @@ from advlib.datasets import load  # noqa: E402
 from advlib.models import QNNModelWrapper  # noqa: E402
 
 
-def train(width: int, depth: int, epochs: int) -> keras.Model:
+# epochs by network: the MLP's, and the reference CNN's recipe
+EPOCHS = {"mlp": 20, "cnn": 15}
+
+
+def train(network: str, width: int, depth: int, epochs: int) -> keras.Model:
     (x_train, y_train), _ = load("digits")
     keras.utils.set_random_seed(0)
-    model = qnn.binary_mlp((8, 8, 1), width=width, depth=depth)
+    if network == "cnn":
+        model = qnn.binary_cnn((8, 8, 1), filters=(32, 32, 64, 64), dense=128)
+    else:
+        model = qnn.binary_mlp((8, 8, 1), width=width, depth=depth)
     model.compile(keras.optimizers.Adam(3e-3),
                   keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     model.fit(x_train, y_train, epochs=epochs, batch_size=64, verbose=0)
@@ -53,9 +62,10 @@ def protocol(eps_list, n: int, iterations=None, square_queries=None):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--width", type=int, default=32)
-    parser.add_argument("--depth", type=int, default=2)
-    parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("--network", default="mlp", choices=sorted(EPOCHS))
+    parser.add_argument("--width", type=int, default=32, help="the MLP's")
+    parser.add_argument("--depth", type=int, default=2, help="the MLP's")
+    parser.add_argument("--epochs", type=int, help="default: 20 (MLP), 15 (CNN)")
     parser.add_argument("--eps", type=float, nargs="+", default=[2 / 255, 1 / 255, 4 / 255])
     parser.add_argument("--n", type=int, default=360, help="test digits (360: all)")
     parser.add_argument("--iterations", type=int, help="attack steps (default: the protocol's)")
@@ -66,8 +76,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
     os.makedirs(args.out_dir, exist_ok=True)
 
-    model = train(args.width, args.depth, args.epochs)
-    engine = os.path.join(args.out_dir, "binary_mlp.npz")
+    model = train(args.network, args.width, args.depth, args.epochs or EPOCHS[args.network])
+    engine = os.path.join(args.out_dir, f"binary_{args.network}.npz")
     qnn.export(model, engine)
     wrapped = QNNModelWrapper(model, surrogate="ste", engine=engine)
     document = protocol(args.eps, args.n, args.iterations, args.square_queries)
