@@ -1,7 +1,7 @@
 """Binary inference: the bit-packed engine against the Keras model.
 
 On the same batch, times Keras's inference (`model.predict`) and each engine
-backend available, and compares the memory of the weights (float32 in Keras,
+backend available (NumPy on packed bits, NumPy on float32 BLAS, CuPy), and compares the memory of the weights (float32 in Keras,
 packed bits in the engine). Prints a table and writes JSON to `--out`.
 
     python benchmarks/binary_inference.py --model qnn_out/binary_cnn.keras
@@ -210,11 +210,13 @@ def main(argv=None):
         rows.append(dict(implementation="Keras model.predict (float32)", seconds=seconds,
                          images_per_second=len(x) / seconds, weight_bytes=float_bytes,
                          agreement=1.0))
-    for backend in ([] if args.random_mlp else ["numpy"]):
+    for backend in ([] if args.random_mlp else ["numpy", "blas"]):
         engine = BinaryEngine.load(path, backend=backend)
         seconds, logits = best_time(lambda: engine.predict(x, batch_size=args.batch_size),
                                     args.repeats)
-        packed = int(sum(a.nbytes for a in engine.arrays.values()))
+        # the BLAS backend keeps its weights unpacked, as float32
+        packed = (engine._backend.weight_bytes if backend == "blas"
+                  else int(sum(a.nbytes for a in engine.arrays.values())))
         agreement = (float(np.mean(logits.argmax(1) == keras_logits.argmax(1)))
                      if model is not None else None)
         rows.append(dict(implementation=f"BinaryEngine ({backend})", seconds=seconds,

@@ -46,7 +46,7 @@ from scipy.optimize import Bounds, LinearConstraint, milp
 
 from advlib import _checks
 from advlib.qnn.engine import BinaryEngine
-from advlib.qnn.engine.packing import unpack_bits
+from advlib.qnn.engine import spec as spec_io
 
 STATUSES = ("robust", "broken", "unknown")
 
@@ -220,29 +220,16 @@ class NetworkEncoding:
         index = len(self.spec["layers"]) - 1
         self.scale = self.arrays[f"layer{index}/scale"].astype(np.float64)
         self.shift = self.arrays[f"layer{index}/shift"].astype(np.float64)
-        length = self._fan_in(last)
+        length = spec_io.fan_in(last)
         bound = length * (255 if last["input"] == "uint8" else 1)
         # float32 rounding of acc * scale + shift, with room to spare
         self.tolerance = 1e-5 * (np.abs(self.scale).max() * bound + np.abs(self.shift).max()) \
             + 1e-9
 
-    @staticmethod
-    def _fan_in(layer) -> int:
-        if layer["type"] == "dense":
-            return layer["in_shape"][0]
-        return layer["kernel"][0] * layer["kernel"][1] * layer["in_shape"][-1]
-
     def _signs(self, index, layer) -> np.ndarray:
         """(units, fan-in) +-1 weights in the engine's (row, column, channel) order."""
-        packed = self.arrays[f"layer{index}/weights"]
-        units = layer["out_shape"][-1]
-        if layer["type"] == "dense":
-            bits = unpack_bits(packed, layer["in_shape"][0])
-        else:
-            taps = layer["kernel"][0] * layer["kernel"][1]
-            bits = unpack_bits(packed.reshape(units, taps, -1), layer["in_shape"][-1])
-            bits = bits.reshape(units, -1)
-        return np.where(bits, 1.0, -1.0)
+        return np.where(spec_io.weight_bits(layer, self.arrays[f"layer{index}/weights"]),
+                        1.0, -1.0)
 
     def _prepare(self, index, layer) -> Dict:
         kind = layer["type"]

@@ -18,8 +18,8 @@ from typing import Dict
 
 import numpy as np
 
+from advlib.qnn.engine import spec as spec_io
 from advlib.qnn.engine.numpy_backend import threshold_bits
-from advlib.qnn.engine.packing import unpack_bits
 
 # float32 holds every integer up to 2**24 exactly
 _EXACT = 2 ** 24
@@ -35,14 +35,18 @@ class BlasBackend:
         for index, layer in enumerate(spec["layers"]):
             if layer["type"] not in ("dense", "conv"):
                 continue
-            length = _fan_in(layer)
-            largest = length * (255 if layer["input"] == "uint8" else 1)
+            largest = spec_io.fan_in(layer) * (255 if layer["input"] == "uint8" else 1)
             if largest >= _EXACT:
                 raise ValueError(f"layer {index} ({layer['name']!r}) sums up to {largest} "
                                  f"per unit, beyond float32's exact integers (2**24); "
                                  f"use backend='numpy'.")
-            bits = _unpack_weights(arrays[f"layer{index}/weights"], layer)
+            bits = spec_io.weight_bits(layer, arrays[f"layer{index}/weights"])
             self._weights[index] = np.where(bits, np.float32(1), np.float32(-1)).T.copy()
+
+    @property
+    def weight_bytes(self) -> int:
+        """Memory of the unpacked float32 weights (32 times the packed words')."""
+        return int(sum(w.nbytes for w in self._weights.values()))
 
     @staticmethod
     def to_device(x8: np.ndarray) -> np.ndarray:
@@ -92,24 +96,6 @@ class BlasBackend:
         # (N, H', W', C, kh, kw) to rows in a Keras kernel's (row, column, channel) order
         columns = windows.transpose(0, 1, 2, 4, 5, 3).reshape(n * out_h * out_w, -1)
         return (columns @ weights).reshape(n, out_h, out_w, -1)
-
-
-def _unpack_weights(words: np.ndarray, layer: Dict) -> np.ndarray:
-    """(units, fan-in) booleans. A conv kernel packs each of its kh * kw positions'
-    channels into words of their own, as the packed im2col columns do."""
-    if layer["type"] == "dense":
-        return unpack_bits(words, _fan_in(layer))
-    kh, kw = layer["kernel"]
-    units = words.shape[0]
-    return unpack_bits(words.reshape(units, kh * kw, -1),
-                       layer["in_shape"][-1]).reshape(units, -1)
-
-
-def _fan_in(layer: Dict) -> int:
-    if layer["type"] == "dense":
-        return int(layer["in_shape"][0])
-    kh, kw = layer["kernel"]
-    return int(kh * kw * layer["in_shape"][-1])
 
 
 def _pad(state: np.ndarray, pads, fill: float) -> np.ndarray:

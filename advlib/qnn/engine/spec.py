@@ -25,7 +25,7 @@ from typing import Any, Dict, List
 
 import numpy as np
 
-from advlib.qnn.engine.packing import words_for
+from advlib.qnn.engine.packing import unpack_bits, words_for
 
 FORMAT = "advlib-binary-engine"
 VERSION = 1
@@ -50,6 +50,26 @@ def layer_arrays(index: int, layer: Dict[str, Any]) -> Dict[str, tuple]:
         arrays[f"layer{index}/scale"] = (np.float32, (units,))
         arrays[f"layer{index}/shift"] = (np.float32, (units,))
     return arrays
+
+
+def fan_in(layer: Dict[str, Any]) -> int:
+    """Inputs per unit of a dense or conv layer."""
+    if layer["type"] == "dense":
+        return int(layer["in_shape"][0])
+    kh, kw = layer["kernel"]
+    return int(kh * kw * layer["in_shape"][-1])
+
+
+def weight_bits(layer: Dict[str, Any], words: np.ndarray) -> np.ndarray:
+    """A dense or conv layer's packed weights as (units, fan-in) booleans (True =
+    +1), in a Keras kernel's (row, column, channel) order. A conv kernel packs the
+    channels of each of its kh * kw positions into words of their own."""
+    if layer["type"] == "dense":
+        return unpack_bits(words, fan_in(layer))
+    kh, kw = layer["kernel"]
+    units = words.shape[0]
+    return unpack_bits(words.reshape(units, kh * kw, -1),
+                       layer["in_shape"][-1]).reshape(units, -1)
 
 
 def output_shape(layer) -> List[int]:
