@@ -11,7 +11,7 @@ MLP and the 32-32-64-64 CNN of the tests; on Fashion-MNIST: a 784-256-256-10
 MLP), exports their engines, and decides every image of each (network, eps)
 cell without attacks first, so each cell shows what the verifier decides on
 its own (in the harness, the attacks take the easy counterexamples first).
-Prints a Markdown table (robust / broken / unknown, how many the neighbourhood
+Prints a Markdown table (robust / broken / unknown, how many the local
 search broke, median, 95th percentile and maximum seconds per image) and
 writes JSON to --out after every cell, so an interrupted run keeps its rows.
 """

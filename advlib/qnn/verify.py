@@ -314,8 +314,9 @@ class NetworkEncoding:
 
     @staticmethod
     def solution_levels(solution: np.ndarray, box) -> np.ndarray:
-        """The pixel levels of a solution of a program from `encode` over `box`: the
-        box's fixed levels, and the solved ones (the first variables) elsewhere."""
+        """The pixel levels of a solution of a program from `encode` over `box` (the
+        ball's `input_box`): its fixed levels, and the solved ones (the first
+        variables) elsewhere."""
         low, high = box
         levels = low.copy()
         free = low != high
@@ -330,13 +331,12 @@ class NetworkEncoding:
                scale[j] * _row(matrix, columns, j, size))
         return row, scale[label] * const[label] + shift[label] - scale[j] * const[j] - shift[j]
 
-    def encode(self, x: np.ndarray, eps: float, box=None):
-        """The program's variables and constraints for the ball around `x` (or for
-        `box`, a (low, high) pair of pixel levels inside it), and the logits as
-        affine expressions: (program, logits_const, logits_matrix, logits_vars,
-        logits_low, logits_high, stats)."""
+    def encode(self, x: np.ndarray, eps: float):
+        """The program's variables and constraints for the ball around `x`, and the
+        logits as affine expressions: (program, logits_const, logits_matrix,
+        logits_vars, logits_low, logits_high, stats)."""
         program = _Program()
-        low, high = self.input_box(x.reshape(-1), eps) if box is None else box
+        low, high = self.input_box(x.reshape(-1), eps)
         free = low != high
         var = np.full(low.shape, -1, np.int64)
         var[free] = program.variables(low[free], high[free])
