@@ -61,8 +61,11 @@ class QuantDense(_QuantizedMixin, keras.layers.Dense):
         self._set_quantizers(input_quantizer, kernel_quantizer)
 
     def call(self, inputs, training=None):
-        inputs, kernel = self._quantized(inputs)
-        return self._finish(ops.matmul(inputs, kernel))
+        return self._finish(self.linear(*self._quantized(inputs)))
+
+    def linear(self, inputs, kernel, pad_value=None):
+        """The layer's product of (already quantized) inputs and kernel."""
+        return ops.matmul(inputs, kernel)
 
     def get_config(self):
         return {**super().get_config(), **self._quantizer_config()}
@@ -103,18 +106,22 @@ class QuantConv2D(_QuantizedMixin, keras.layers.Conv2D):
         self.pad_values = float(pad_values)
 
     def call(self, inputs, training=None):
-        inputs, kernel = self._quantized(inputs)
+        return self._finish(self.linear(*self._quantized(inputs)))
+
+    def linear(self, inputs, kernel, pad_value=None):
+        """The convolution of (already quantized) inputs and kernel, "same" padding
+        adding `pad_value` (default: the layer's `pad_values`)."""
+        pad_value = self.pad_values if pad_value is None else pad_value
         padding = self.padding
         if padding == "same" and self.pad_values != 0.0:
             pads = [same_padding(int(inputs.shape[axis]), self.kernel_size[axis - 1],
                                  self.strides[axis - 1], self.dilation_rate[axis - 1])
                     for axis in (1, 2)]
             inputs = tf.pad(inputs, [[0, 0], list(pads[0]), list(pads[1]), [0, 0]],
-                            constant_values=self.pad_values)
+                            constant_values=pad_value)
             padding = "valid"
-        outputs = ops.conv(inputs, kernel, strides=self.strides, padding=padding,
-                           dilation_rate=self.dilation_rate, data_format=self.data_format)
-        return self._finish(outputs)
+        return ops.conv(inputs, kernel, strides=self.strides, padding=padding,
+                        dilation_rate=self.dilation_rate, data_format=self.data_format)
 
     def get_config(self):
         return {**super().get_config(), **self._quantizer_config(),
