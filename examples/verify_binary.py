@@ -4,14 +4,21 @@ verifier proves the lower one, and together they make a certified interval.
     python examples/verify_binary.py                          # 64-32-32-10 binary MLP, digits
     python examples/verify_binary.py --width 256 --depth 3 --eps 0.0039 --time-limit 30
     python examples/verify_binary.py --network cnn --eps 0.1 0.05 0.2 --time-limit 30
+    python examples/verify_binary.py --width 256 --depth 3 --eps 0.0039 --verifiable 0.02
+    python examples/verify_binary.py --dataset fashion-mnist --width 256 --depth 2 \
+        --epochs 10 --verifiable 0.03 --n 200 --eps 0.0039 0.0078 0.02 --time-limit 60
 
 Trains a small binary MLP (or, with --network cnn, the reference binary CNN of
-`examples/trustworthy_evaluation.py`) on scikit-learn's digits (offline), exports its exact
+`examples/trustworthy_evaluation.py`) on scikit-learn's digits (offline; or with
+--dataset fashion-mnist on Fashion-MNIST, under that protocol), exports its exact
 bit-packed engine, and runs the harness with `verify=True`: the attacks first
 (STE gradients, judged by the engine), then the MILP verifier on every example
 they left, at each eps. Writes the report under --out-dir and prints, per eps,
-robust accuracy after the attacks, the certified interval and the verifier's
-counterexamples that every attack missed.
+robust accuracy after the attacks, the certified interval, the verifier's
+counterexamples that every attack missed, and the share of hidden units whose
+sign interval bounds leave open over the ball (the verifier's binary variables).
+With --verifiable EPS the network trains with `VerifiableModel`'s loss on those
+units over eps-balls, which makes it far quicker to verify.
 """
 
 import argparse
@@ -25,35 +32,45 @@ import keras  # noqa: E402
 from advlib import bench, qnn  # noqa: E402
 from advlib.datasets import load  # noqa: E402
 from advlib.models import QNNModelWrapper  # noqa: E402
+from advlib.qnn.stability import VerifiableModel, instability  # noqa: E402
 
 
 # epochs by network: the MLP's, and the reference CNN's recipe
 EPOCHS = {"mlp": 20, "cnn": 15}
+# per data set: the protocol whose attacks run first, and the training batch size
+DATASETS = {"digits": ("digits-linf-0.2", 64), "fashion-mnist": ("fashion-mnist-linf-0.1", 128)}
 
 
-def train(network: str, width: int, depth: int, epochs: int) -> keras.Model:
-    (x_train, y_train), _ = load("digits")
+def train(network: str, width: int, depth: int, epochs: int, verifiable=None,
+          verifiable_weight: float = 2.0, dataset: str = "digits") -> keras.Model:
+    """The seeded binary network; with `verifiable` (an eps), trained with
+    `VerifiableModel`'s instability loss over balls of that radius."""
+    (x_train, y_train), _ = load(dataset)
     keras.utils.set_random_seed(0)
     if network == "cnn":
-        model = qnn.binary_cnn((8, 8, 1), filters=(32, 32, 64, 64), dense=128)
+        model = qnn.binary_cnn(x_train.shape[1:], filters=(32, 32, 64, 64), dense=128)
     else:
-        model = qnn.binary_mlp((8, 8, 1), width=width, depth=depth)
-    model.compile(keras.optimizers.Adam(3e-3),
-                  keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    model.fit(x_train, y_train, epochs=epochs, batch_size=64, verbose=0)
+        model = qnn.binary_mlp(x_train.shape[1:], width=width, depth=depth)
+    trained = model if verifiable is None else VerifiableModel(model, verifiable,
+                                                               verifiable_weight)
+    trained.compile(keras.optimizers.Adam(3e-3),
+                    keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    trained.fit(x_train, y_train, epochs=epochs, batch_size=DATASETS[dataset][1], verbose=0)
     return model
 
 
-def protocol(eps_list, n: int, iterations=None, square_queries=None):
-    """digits-linf-0.2's AutoAttack ensemble at the given eps values (optionally
-    with fewer steps and queries, for a quick look)."""
-    document = bench.load_protocol("digits-linf-0.2")
+def protocol(eps_list, n: int, iterations=None, square_queries=None, dataset="digits"):
+    """The data set's protocol (AutoAttack's ensemble, then advlib's PGD-CW and
+    targeted PGD) at every one of the given eps values, on the first n test
+    images (optionally with fewer steps and queries, for a quick look)."""
+    document = bench.load_protocol(DATASETS[dataset][0])
+    document.pop("sweep_attacks", None)  # the whole ensemble at every eps
     for entry in document["attacks"]:
         if iterations and "nb_iter" in entry["params"]:
             entry["params"]["nb_iter"] = iterations
         if square_queries and "n_queries" in entry["params"]:
             entry["params"]["n_queries"] = square_queries
-    document.update(name="digits-verify", threat={"norm": "inf", "eps": eps_list[0]},
+    document.update(name=f"{dataset}-verify", threat={"norm": "inf", "eps": eps_list[0]},
                     sweep=list(eps_list[1:]), batch_size=n)
     document["dataset"]["n"] = n
     document.pop("headline")
@@ -63,42 +80,51 @@ def protocol(eps_list, n: int, iterations=None, square_queries=None):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--network", default="mlp", choices=sorted(EPOCHS))
+    parser.add_argument("--dataset", default="digits", choices=sorted(DATASETS),
+                        help="fashion-mnist needs the IDX files (see advlib.datasets)")
     parser.add_argument("--width", type=int, default=32, help="the MLP's")
     parser.add_argument("--depth", type=int, default=2, help="the MLP's")
     parser.add_argument("--epochs", type=int, help="default: 20 (MLP), 15 (CNN)")
     parser.add_argument("--eps", type=float, nargs="+", default=[2 / 255, 1 / 255, 4 / 255])
-    parser.add_argument("--n", type=int, default=360, help="test digits (360: all)")
+    parser.add_argument("--n", type=int, default=360, help="test images (360: all digits)")
     parser.add_argument("--iterations", type=int, help="attack steps (default: the protocol's)")
     parser.add_argument("--square-queries", type=int, help="default: the protocol's 5,000")
     parser.add_argument("--time-limit", type=float, default=10.0,
                         help="verifier seconds per example")
+    parser.add_argument("--verifiable", type=float, metavar="EPS",
+                        help="train with VerifiableModel's instability loss over EPS-balls")
+    parser.add_argument("--verifiable-weight", type=float, default=2.0,
+                        help="that loss's weight")
     parser.add_argument("--out-dir", default="verify_binary")
     args = parser.parse_args(argv)
     os.makedirs(args.out_dir, exist_ok=True)
 
-    model = train(args.network, args.width, args.depth, args.epochs or EPOCHS[args.network])
+    model = train(args.network, args.width, args.depth, args.epochs or EPOCHS[args.network],
+                  args.verifiable, args.verifiable_weight, args.dataset)
+    _, (x_test, _) = load(args.dataset)
     engine = os.path.join(args.out_dir, f"binary_{args.network}.npz")
     qnn.export(model, engine)
     wrapped = QNNModelWrapper(model, surrogate="ste", engine=engine)
-    document = protocol(args.eps, args.n, args.iterations, args.square_queries)
+    document = protocol(args.eps, args.n, args.iterations, args.square_queries, args.dataset)
     report = bench.evaluate(wrapped, document, progress=False,
                             out_dir=os.path.join(args.out_dir, "run"), overwrite=True,
                             verify=True, verify_time_limit=args.time_limit)
     rows = []
     print("| eps | after the attacks | certified interval | verified | robust | broken "
-          "(missed by every attack) | unknown | median s | p95 s |")
-    print("|---|---|---|---|---|---|---|---|---|")
+          "(missed by every attack) | unknown | median s | p95 s | open units |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for entry in sorted(report["results"]["per_eps"], key=lambda e: e["eps"]):
         check = entry["verification"]
         after_attacks = entry["attacks"][-1]["robust_accuracy_after"]["value"]
         low, high = check["interval"]
+        open_units = float(instability(model, x_test[:args.n], entry["eps"])[1])
         rows.append({"eps": entry["eps"], "after_attacks": after_attacks, "interval": [low, high],
                      **{k: check[k] for k in ("verified", "robust", "broken", "unknown")},
-                     "seconds": check["seconds"]})
+                     "seconds": check["seconds"], "open_units": open_units})
         print(f"| {entry['eps']:.4g} | {100 * after_attacks:.2f}% | [{100 * low:.2f}%, "
               f"{100 * high:.2f}%] | {check['verified']} | {check['robust']} | "
               f"{check['broken']} | {check['unknown']} | {check['seconds']['median']:.2f} | "
-              f"{check['seconds']['p95']:.2f} |")
+              f"{check['seconds']['p95']:.2f} | {100 * open_units:.1f}% |")
     with open(os.path.join(args.out_dir, "verification.json"), "w") as handle:
         json.dump(rows, handle, indent=2)
     return rows

@@ -146,13 +146,15 @@ def test_verify_binary_example(tmp_path):
 
     rows = verify_binary.main(["--n", "30", "--eps", "0.0157", "0.0039", "--epochs", "10",
                                "--iterations", "10", "--square-queries", "200",
-                               "--out-dir", str(tmp_path)])
+                               "--verifiable", "0.02", "--out-dir", str(tmp_path)])
     assert [row["eps"] for row in rows] == [0.0039, 0.0157]
     for row in rows:
         low, high = row["interval"]
         assert low <= high <= row["after_attacks"]
         assert row["robust"] + row["broken"] + row["unknown"] == row["verified"]
     assert rows[0]["unknown"] == 0 and rows[0]["interval"][0] == rows[0]["interval"][1]
+    # a larger ball leaves more units open
+    assert 0 <= rows[0]["open_units"] < rows[1]["open_units"] < 1
     assert os.path.isfile(tmp_path / "run" / "report.json")
     assert json.load(open(tmp_path / "verification.json")) == json.loads(json.dumps(rows))
 
