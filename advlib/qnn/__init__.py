@@ -17,6 +17,8 @@ _EXPORTS = {
     "QuantDense": "layers", "QuantConv2D": "layers",
     "binary_mlp": "models", "binary_cnn": "models",
     "summary": "memory_summary", "export": "exporter",
+    "VerifiableModel": "stability", "interval_bounds": "stability",
+    "instability": "stability",
 }
 
 __all__ = sorted(_EXPORTS) + ["engine"]
