@@ -123,9 +123,9 @@ def test_resume_after_sigkill_gives_identical_numbers(cli_env, tmp_path):
     protocol_file = str(tmp_path / "quick.json")
     # a short SPSA probe: the probes are compared, not judged, here
     protocol = quick_protocol(diagnostics={"n": 60, "spsa_iterations": 20})
-    protocol["dataset"]["n"] = 180  # four batches of 45
+    protocol["dataset"]["n"] = 120  # four batches of 30
     json.dump(protocol, open(protocol_file, "w"))
-    common = ["--protocol", protocol_file, "--batch-size", "45", "--no-progress"]
+    common = ["--protocol", protocol_file, "--batch-size", "30", "--no-progress"]
     reference = run_cli(common + ["--out", str(tmp_path / "straight")], cli_env)
     assert reference.wait(timeout=300) == 0, reference.stderr.read()
 
