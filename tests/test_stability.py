@@ -80,6 +80,10 @@ def test_training_with_the_loss_leaves_fewer_open_units(digits, tmp_path):
                         keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                         metrics=["accuracy"])
         history = trainer.fit(x_train, y_train, epochs=20, batch_size=64, verbose=0)
+        if weight is not None:  # evaluate reports the open share with the moving statistics
+            logs = trainer.evaluate(x_test, y_test, verbose=0, return_dict=True)
+            assert logs["open_units"] == pytest.approx(
+                float(instability(model, x_test, eps)[1]), abs=0.02)
         return model, history.history
 
     plain, _ = train(None)
@@ -112,3 +116,12 @@ def test_bad_input_is_refused_by_name(digits_qnns):
     dense = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
     with pytest.raises(ValueError, match="Dense"):
         interval_bounds(dense, np.zeros((1, 4), np.float32), 0.1)
+    single = qnn.binary_mlp((8, 8, 1), width=8, depth=0)
+    with pytest.raises(ValueError, match="no hidden binary layer"):
+        instability(single, np.zeros((1, 8, 8, 1), np.float32), 0.1)
+    no_norm = keras.Sequential([
+        keras.Input((8, 8, 1)), keras.layers.Flatten(),
+        qnn.QuantDense(8, input_quantizer="uint8", kernel_quantizer="ste_sign"),
+        qnn.QuantDense(3, input_quantizer="ste_sign", kernel_quantizer="ste_sign")])
+    with pytest.raises(ValueError, match="not followed by BatchNormalization"):
+        VerifiableModel(no_norm, eps=0.1)

@@ -61,10 +61,18 @@ def _layers(model: keras.Model) -> List[keras.layers.Layer]:
                     f"model: layer {layer.name!r} has input quantizer "
                     f"{type(layer.input_quantizer).__name__}; interval bounds of binary "
                     f"networks need {wanted.__name__} here (the exported engine's form).")
+            following = layers[index + 1] if index + 1 < len(layers) else None
+            if not isinstance(following, keras.layers.BatchNormalization):
+                raise ValueError(f"model: layer {layer.name!r} is not followed by "
+                                 "BatchNormalization, whose output the bounds threshold "
+                                 "(binary_mlp and binary_cnn put one after every layer).")
         elif not isinstance(layer, _PASSTHROUGH + (keras.layers.BatchNormalization,)):
             raise ValueError(f"model: layer {layer.name!r} ({type(layer).__name__}) is not "
                              "one of a binary network's layers (QuantDense, QuantConv2D, "
                              "BatchNormalization, MaxPooling2D, Flatten, Reshape, Dropout).")
+    if sum(isinstance(layer, (QuantDense, QuantConv2D)) for layer in layers) < 2:
+        raise ValueError(f"model {model.name!r} has no hidden binary layer: it needs at least "
+                         "two QuantDense or QuantConv2D layers.")
     return layers
 
 
