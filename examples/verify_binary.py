@@ -6,7 +6,8 @@ verifier proves the lower one, and together they make a certified interval.
     python examples/verify_binary.py --network cnn --eps 0.1 0.05 0.2 --time-limit 30
     python examples/verify_binary.py --width 256 --depth 3 --eps 0.0039 --verifiable 0.02
     python examples/verify_binary.py --dataset fashion-mnist --width 256 --depth 2 \
-        --epochs 10 --verifiable 0.03 --n 200 --eps 0.0039 0.0078 0.02 --time-limit 60
+        --epochs 10 --verifiable 0.03 --n 200 --eps 0.00392156862745098 \
+        0.00784313725490196 0.02 --time-limit 60
 
 Trains a small binary MLP (or, with --network cnn, the reference binary CNN of
 `examples/trustworthy_evaluation.py`) on scikit-learn's digits (offline; or with

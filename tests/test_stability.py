@@ -116,6 +116,8 @@ def test_bad_input_is_refused_by_name(digits_qnns):
     dense = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
     with pytest.raises(ValueError, match="Dense"):
         interval_bounds(dense, np.zeros((1, 4), np.float32), 0.1)
+    with pytest.raises(ValueError, match="eps"):
+        instability(digits_qnns["mlp"], np.zeros((1, 8, 8, 1), np.float32), -0.1)
     single = qnn.binary_mlp((8, 8, 1), width=8, depth=0)
     with pytest.raises(ValueError, match="no hidden binary layer"):
         instability(single, np.zeros((1, 8, 8, 1), np.float32), 0.1)

@@ -25,11 +25,11 @@ threshold.
 
 Example:
     >>> model = qnn.binary_mlp((28, 28, 1), width=256, depth=2)
-    >>> trainer = VerifiableModel(model, eps=0.02, weight=1.0)
+    >>> trainer = VerifiableModel(model, eps=0.03, weight=2.0)
     >>> trainer.compile(keras.optimizers.Adam(3e-3),
     ...                 keras.losses.SparseCategoricalCrossentropy(from_logits=True),
     ...                 metrics=["accuracy"])
-    >>> trainer.fit(x_train, y_train, epochs=5)    # logs "open_units"
+    >>> trainer.fit(x_train, y_train, epochs=10, batch_size=128)   # logs "open_units"
     >>> qnn.export(model, "verifiable.npz")
 """
 
@@ -124,6 +124,7 @@ def interval_bounds(model: keras.Model, x, eps: float,
         of a unit is decided over the ball where |center| >= radius (strictly,
         center - radius >= 0 or center + radius < 0).
     """
+    _checks.check_number("eps", eps, low=0, high=1)
     x = tf.convert_to_tensor(x, tf.float32)
     clean = x
     low, high = tf.clip_by_value(x - eps, 0.0, 1.0), tf.clip_by_value(x + eps, 0.0, 1.0)
@@ -185,18 +186,20 @@ class VerifiableModel(keras.Model):
             `binary_cnn`): it is trained in place; export it afterwards.
         eps: the L-inf radius the bounds are taken over, at least the largest
             eps the network will be verified at.
-        weight: the weight of the instability loss.
+        weight: the weight of the instability loss. On the Fashion-MNIST MLP,
+            2 at eps 0.03 kept 8 of 512 units open at 1/255 and 78.7%
+            accuracy (`benchmarks/RESULTS.md`).
 
     Example:
         >>> trainer = VerifiableModel(qnn.binary_mlp((28, 28, 1), width=256, depth=2),
-        ...                           eps=0.02)
+        ...                           eps=0.03)
         >>> trainer.compile("adam", keras.losses.SparseCategoricalCrossentropy(
         ...     from_logits=True), metrics=["accuracy"])
-        >>> trainer.fit(x_train, y_train, epochs=5)
+        >>> trainer.fit(x_train, y_train, epochs=10, batch_size=128)
         >>> qnn.export(trainer.model, "verifiable.npz")
     """
 
-    def __init__(self, model: keras.Model, eps: float, weight: float = 1.0, **kwargs):
+    def __init__(self, model: keras.Model, eps: float, weight: float = 2.0, **kwargs):
         super().__init__(**kwargs)
         if not isinstance(model, keras.Model):
             raise TypeError(f"model must be a keras.Model, got {type(model).__name__}.")
