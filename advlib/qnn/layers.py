@@ -21,10 +21,13 @@ class _QuantizedMixin:
     def _quantized(self, inputs):
         if self.input_quantizer is not None:
             inputs = self.input_quantizer(inputs)
-        kernel = self.kernel
-        if self.kernel_quantizer is not None:
-            kernel = self.kernel_quantizer(kernel)
-        return inputs, kernel
+        return inputs, self.quantized_kernel()
+
+    def quantized_kernel(self):
+        """The kernel the layer multiplies by: the latent one through its quantizer."""
+        if self.kernel_quantizer is None:
+            return self.kernel
+        return self.kernel_quantizer(self.kernel)
 
     def _finish(self, outputs):
         if self.use_bias:
@@ -113,7 +116,7 @@ class QuantConv2D(_QuantizedMixin, keras.layers.Conv2D):
         adding `pad_value` (default: the layer's `pad_values`)."""
         pad_value = self.pad_values if pad_value is None else pad_value
         padding = self.padding
-        if padding == "same" and self.pad_values != 0.0:
+        if padding == "same" and pad_value != 0.0:
             pads = [same_padding(int(inputs.shape[axis]), self.kernel_size[axis - 1],
                                  self.strides[axis - 1], self.dilation_rate[axis - 1])
                     for axis in (1, 2)]

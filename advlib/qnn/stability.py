@@ -51,11 +51,11 @@ _SKIPPED = (keras.layers.InputLayer, keras.layers.Dropout)
 
 def _layers(model: keras.Model) -> List[keras.layers.Layer]:
     layers = [layer for layer in model.layers if not isinstance(layer, _SKIPPED)]
+    quantized = 0
     for index, layer in enumerate(layers):
         if isinstance(layer, (QuantDense, QuantConv2D)):
-            first = not any(isinstance(previous, (QuantDense, QuantConv2D))
-                            for previous in layers[:index])
-            wanted = Uint8Input if first else SteSign
+            wanted = SteSign if quantized else Uint8Input
+            quantized += 1
             if not isinstance(layer.input_quantizer, wanted):
                 raise ValueError(
                     f"model: layer {layer.name!r} has input quantizer "
@@ -70,22 +70,19 @@ def _layers(model: keras.Model) -> List[keras.layers.Layer]:
             raise ValueError(f"model: layer {layer.name!r} ({type(layer).__name__}) is not "
                              "one of a binary network's layers (QuantDense, QuantConv2D, "
                              "BatchNormalization, MaxPooling2D, Flatten, Reshape, Dropout).")
-    if sum(isinstance(layer, (QuantDense, QuantConv2D)) for layer in layers) < 2:
+    if quantized < 2:
         raise ValueError(f"model {model.name!r} has no hidden binary layer: it needs at least "
                          "two QuantDense or QuantConv2D layers.")
     return layers
 
 
-def _linear_bounds(layer, low, high):
-    """Bounds on a quantized layer's output from bounds on its inputs."""
+def _linear_bounds(layer, kernel, low, high):
+    """Bounds on a quantized layer's output from bounds on its inputs, with its
+    already quantized kernel."""
     # quantizers are monotone, so they map bounds to bounds
     low, high = layer.input_quantizer(low), layer.input_quantizer(high)
-    kernel = layer.kernel_quantizer(layer.kernel) if layer.kernel_quantizer else layer.kernel
-    kernel = tf.convert_to_tensor(kernel)
-    center = layer.linear((low + high) / 2, kernel)
+    center = layer._finish(layer.linear((low + high) / 2, kernel))
     radius = layer.linear((high - low) / 2, tf.abs(kernel), pad_value=0.0)
-    if layer.use_bias:
-        center = center + layer.bias
     return center, radius
 
 
@@ -128,26 +125,26 @@ def interval_bounds(model: keras.Model, x, eps: float,
     x = tf.convert_to_tensor(x, tf.float32)
     clean = x
     low, high = tf.clip_by_value(x - eps, 0.0, 1.0), tf.clip_by_value(x + eps, 0.0, 1.0)
-    layers = _layers(model)
-    thresholded = []
-    last_norm = max(i for i, layer in enumerate(layers)
-                    if isinstance(layer, keras.layers.BatchNormalization))
-    for index, layer in enumerate(layers):
+    normalized = []
+    # in training, the clean batch runs beside the bounds for BatchNorm's statistics
+    for layer in _layers(model):
         if isinstance(layer, _PASSTHROUGH):
-            clean, low, high = layer(clean), layer(low), layer(high)
+            low, high = layer(low), layer(high)
+            clean = layer(clean) if training else None
         elif isinstance(layer, (QuantDense, QuantConv2D)):
-            clean = _linear_bounds(layer, clean, clean)[0]
-            center, radius = _linear_bounds(layer, low, high)
+            kernel = layer.quantized_kernel()
+            clean = (layer._finish(layer.linear(layer.input_quantizer(clean), kernel))
+                     if training else None)
+            center, radius = _linear_bounds(layer, kernel, low, high)
             low, high = center - radius, center + radius
         else:
             scale, offset = _batchnorm_affine(layer, clean, training)
-            clean = clean * scale + offset
+            clean = clean * scale + offset if training else None
             center = (low + high) / 2 * scale + offset
             radius = (high - low) / 2 * tf.abs(scale)
-            if index != last_norm:
-                thresholded.append((center, radius))
+            normalized.append((center, radius))
             low, high = center - radius, center + radius
-    return thresholded
+    return normalized[:-1]  # the last BatchNorm gives the logits, which no sign follows
 
 
 def instability(model: keras.Model, x, eps: float,
