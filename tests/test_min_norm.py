@@ -66,13 +66,18 @@ def test_fmn_l0_changes_few_pixels_and_targets(digits_mlp, digits_eval):
 def test_fmn_keeps_to_the_box_where_clipping_stalls_the_paper_update(digits_mlp, digits_eval):
     """Most digit pixels sit at 0 and their gradient points below it: the update
     skips those entries (the clip would undo them) and still reaches the boundary,
-    within 10% of DeepFool's norms on the same MLP."""
+    as close as DeepFool's on the same MLP, digit by digit.
+
+    The comparison is paired: the median of the per-digit ratios was 0.998 to
+    1.000 on MLPs of six seeds, while the ratio of the two medians moved from 0.98
+    to 1.04 between them (and to 1.10 once under pytest-xdist), as the digits
+    near either median change places."""
     x, y = digits_eval
     x, y = x[:60], y[:60]
     fmn = FMN(digits_mlp).run(x, y, norm=2, steps=100)
     deepfool = DeepFool(digits_mlp).run(x, y)
     assert fmn.success.all() and deepfool.success.all()
-    assert fmn.median_norm(2) < 1.1 * deepfool.median_norm(2)
+    assert np.median(fmn.minimal_norms(2) / deepfool.minimal_norms(2)) < 1.03
     assert fmn.x_adv.min() >= 0 and fmn.x_adv.max() <= 1
 
 
