@@ -96,7 +96,8 @@ def _bench_run(args) -> int:
                             adaptive=args.adaptive, transfer_from=transfer,
                             overwrite=args.overwrite, verify=args.verify,
                             verify_time_limit=args.verify_time_limit,
-                            verify_backend=args.verify_backend)
+                            verify_backend=args.verify_backend,
+                            verify_search_share=args.verify_search_share)
     print()
     print(bench.markdown(report))
     print(f"\nmodel: {source}\nreport: {os.path.join(out, 'report.json')} (and report.md, "
@@ -189,6 +190,10 @@ def bench_parser() -> argparse.ArgumentParser:
     parser.add_argument("--verify-backend", choices=("milp", "sat"), default="milp",
                         help="--verify: the solver (default milp: SciPy's HiGHS; sat needs "
                              "python-sat)")
+    parser.add_argument("--verify-search-share", type=float, default=0.5, metavar="SHARE",
+                        help="--verify: the share of each example's time for the local search "
+                             "for counterexamples (default 0.5; 0.9 where the solver decides "
+                             "nothing in time, as on binary CNNs)")
     parser.add_argument("--no-progress", action="store_true")
     parser.set_defaults(handler=_bench_run)
     return parser

@@ -92,6 +92,9 @@ def main(argv=None):
     parser.add_argument("--square-queries", type=int, help="default: the protocol's 5,000")
     parser.add_argument("--time-limit", type=float, default=10.0,
                         help="verifier seconds per example")
+    parser.add_argument("--search-share", type=float, default=0.5,
+                        help="the verifier's share of each example's time for the local "
+                             "search (0.9 for the CNN, where HiGHS decides nothing in time)")
     parser.add_argument("--verifiable", type=float, metavar="EPS",
                         help="train with VerifiableModel's instability loss over EPS-balls")
     parser.add_argument("--verifiable-weight", type=float, default=2.0,
@@ -109,7 +112,8 @@ def main(argv=None):
     document = protocol(args.eps, args.n, args.iterations, args.square_queries, args.dataset)
     report = bench.evaluate(wrapped, document, progress=False,
                             out_dir=os.path.join(args.out_dir, "run"), overwrite=True,
-                            verify=True, verify_time_limit=args.time_limit)
+                            verify=True, verify_time_limit=args.time_limit,
+                            verify_search_share=args.search_share)
     rows = []
     print("| eps | after the attacks | certified interval | verified | robust | broken "
           "(missed by every attack) | unknown | median s | p95 s | open units |")

@@ -225,7 +225,7 @@ def test_the_harness_reports_the_certified_interval_and_the_missed_counterexampl
     # the naive (zero) gradient: FGSM breaks nothing, every decision is the verifier's
     wrapped = QNNModelWrapper(model, surrogate="zero", engine=path)
     report = bench.evaluate(wrapped, weak_protocol(1 / 255, sweep=[4 / 255]), progress=False,
-                            verify=True, verify_time_limit=20)
+                            verify=True, verify_time_limit=20, verify_search_share=0.25)
     engine = BinaryEngine.load(path)
     _, (x_test, y_test) = digits
     x, y = x_test[:40], y_test[:40]
@@ -242,7 +242,7 @@ def test_the_harness_reports_the_certified_interval_and_the_missed_counterexampl
         assert entry["robust_accuracy"]["value"] == pytest.approx(high)
         assert low == pytest.approx(verification["robust"] / 40)
     # at 1/255 everything is decided: the figure is exact, and it matches a direct run
-    direct = verify(engine, x[correct], y[correct], 1 / 255, time_limit=20)
+    direct = verify(engine, x[correct], y[correct], 1 / 255, time_limit=20, search_share=0.25)
     assert main["verification"]["exact"]
     assert main["verification"]["robust"] == direct.counts()["robust"]
     assert wider["verification"]["broken"] > 0
@@ -251,6 +251,7 @@ def test_the_harness_reports_the_certified_interval_and_the_missed_counterexampl
     assert "counterexamples the attacks missed" in checks["attack-completeness"]["message"]
     table = bench.markdown(report)
     assert "certified by the exact verifier (milp), eps=0.003922" in table
+    assert "(limit 20 s, search share 0.25)" in table
     assert "robust (worst case), eps=0.003922** (exact)" in table
 
 
@@ -270,6 +271,9 @@ def test_verify_refuses_models_without_an_engine_and_l2_protocols(tiny_binary_ml
     with pytest.raises(ValueError, match="verify_backend must be one of"):
         bench.evaluate(wrapped, weak_protocol(0.01), progress=False, verify=True,
                        verify_backend="cplex")
+    with pytest.raises(ValueError, match="verify_search_share must be"):
+        bench.evaluate(wrapped, weak_protocol(0.01), progress=False, verify=True,
+                       verify_search_share=1.0)
 
 
 def test_completeness_check_reads_every_verified_eps():

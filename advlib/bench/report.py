@@ -200,7 +200,8 @@ def markdown(report: Dict) -> str:
                      f"eps={main['eps']:.4g} | [{100 * low:.2f}%, {100 * high:.2f}%] | "
                      f"{verification['verified']} verified: {verification['robust']} robust, "
                      f"{verification['broken']} broken, {verification['unknown']} unknown "
-                     f"(limit {verification['time_limit']:g} s) | | | "
+                     f"(limit {verification['time_limit']:g} s, search share "
+                     f"{verification.get('search_share', 0.5):g}) | | | "
                      f"{verification['seconds']['total']:.1f} |")
     if main.get("min_norm_breaks"):
         lines += ["", f"The minimum-norm attacks broke {main['min_norm_breaks']} examples within "

@@ -571,7 +571,8 @@ def evaluate(model, protocol="digits-linf-0.2", out_dir: Optional[str] = None,
              batch_size: Optional[int] = None, progress: bool = True,
              model_name: Optional[str] = None, adaptive: bool = False,
              transfer_from=None, overwrite: bool = False, verify: bool = False,
-             verify_time_limit: float = 30.0, verify_backend: str = "milp") -> Dict:
+             verify_time_limit: float = 30.0, verify_backend: str = "milp",
+             verify_search_share: float = 0.5) -> Dict:
     """Evaluates a live model under a protocol; returns the report.
 
     Args:
@@ -602,6 +603,10 @@ def evaluate(model, protocol="digits-linf-0.2", out_dir: Optional[str] = None,
         verify_time_limit: seconds per example; past it the example is unknown.
         verify_backend: "milp" (SciPy's HiGHS) or "sat" (PySAT; see
             `advlib.qnn.verify.verify` for which decides what faster).
+        verify_search_share: the share of each example's time for the local
+            search for counterexamples (`advlib.qnn.verify.verify`'s
+            `search_share`): 0.9 where the complete backend decides nothing in
+            time, as on binary CNNs with thousands of open units.
 
     Returns:
         The report (see `advlib.bench.report`), as also written to out_dir.
@@ -618,7 +623,7 @@ def evaluate(model, protocol="digits-linf-0.2", out_dir: Optional[str] = None,
     check_model_fits(wrapped, x, y, protocol)
     size = protocol["batch_size"] if batch_size is None else int(batch_size)
     verification = _verification_settings(wrapped, protocol, verify, verify_time_limit,
-                                          verify_backend)
+                                          verify_backend, verify_search_share)
     variants = None
     if adaptive:
         from advlib.bench.adaptive import variants as adaptive_variants
@@ -633,7 +638,8 @@ def evaluate(model, protocol="digits-linf-0.2", out_dir: Optional[str] = None,
         return _evaluate(evaluation, progress, transfer, model_name, model)
 
 
-def _verification_settings(wrapped, protocol, verify, time_limit, backend) -> Optional[Dict]:
+def _verification_settings(wrapped, protocol, verify, time_limit, backend,
+                           search_share) -> Optional[Dict]:
     """The verifier's settings of a run (None without --verify), checked up front."""
     from advlib import _checks
     from advlib.qnn import verify_sat
@@ -650,9 +656,11 @@ def _verification_settings(wrapped, protocol, verify, time_limit, backend) -> Op
                          f"the L{protocol['threat']['norm']} norm.")
     _checks.check_number("verify_time_limit", time_limit, low=0, low_open=True)
     _checks.check_choice("verify_backend", backend, BACKENDS)
+    _checks.check_number("verify_search_share", search_share, low=0, high=1, high_open=True)
     if backend == "sat":
         verify_sat.require()
-    return {"backend": backend, "time_limit": float(time_limit)}
+    return {"backend": backend, "time_limit": float(time_limit),
+            "search_share": float(search_share)}
 
 
 def _evaluate(evaluation: Evaluation, progress: bool, transfer, model_name, model) -> Dict:
