@@ -225,6 +225,10 @@ def test_attacks_on_qnns_use_the_surrogate_and_the_engine(digits_qnns, digits, t
     params = dict(y=y, eps=0.15, eps_iter=0.02, nb_iter=20, seed=0, clip_min=0.0, clip_max=1.0)
     ste = QNNModelWrapper(model, surrogate="ste", engine=path)
     naive = QNNModelWrapper(model, surrogate="zero", engine=path)
+    # the attacks' queries run on the BLAS twin: the reference engine's logits, bit for bit
+    reference = BinaryEngine.load(path)
+    assert ste.engine.backend == "numpy" and ste._predictor.backend == "blas"
+    np.testing.assert_array_equal(ste.predict_logits(x).numpy(), reference.predict(x))
     keras_predictions = model.predict(x, verbose=0).argmax(1)
     np.testing.assert_array_equal(ste.predict_classes(x).numpy(), keras_predictions)
     clean = np.mean(ste.predict_classes(x).numpy() == y)
@@ -234,6 +238,9 @@ def test_attacks_on_qnns_use_the_surrogate_and_the_engine(digits_qnns, digits, t
         ProjectedGradientDescent(naive).generate_np(x, **params)).numpy() == y)
     assert broken < clean - 0.3  # STE gradients break the binary network
     assert masked > broken + 0.2  # naive gradients make it look robust
+    with pytest.raises(TypeError, match="engine must be a BinaryEngine, the path of an "
+                                        "exported .npz or None, got dict"):
+        QNNModelWrapper(model, engine={"spec": None})
 
 
 def test_keras_loads_qnn_files_after_importing_advlib_models(tmp_path):

@@ -210,10 +210,7 @@ class NetworkEncoding:
                             f"got {type(engine).__name__}.")
         self.spec, self.arrays = self.engine.spec, self.engine.arrays
         # the same integers on float32 BLAS: fast for the search's large batches
-        try:
-            self.fast_engine = BinaryEngine(self.spec, self.arrays, backend="blas")
-        except ValueError:  # sums beyond float32's exact integers
-            self.fast_engine = self.engine
+        self.fast_engine = self.engine.on_blas()
         self.layers = [self._prepare(index, layer)
                        for index, layer in enumerate(self.spec["layers"])]
         last = self.spec["layers"][-1]
