@@ -240,3 +240,17 @@ def test_blas_backend_refuses_sums_beyond_float32s_exact_integers():
     first["in_shape"] = [70_000]
     with pytest.raises(ValueError, match=r"beyond float32's exact integers.*backend='numpy'"):
         BlasBackend(spec, arrays)
+
+
+def test_on_blas_gives_the_blas_twin_where_it_is_exact_and_the_engine_where_not():
+    spec, arrays = random_network(seed=0, flat=True, input_shape=(9, 7, 2))
+    reference = BinaryEngine(spec, arrays)
+    twin = reference.on_blas()
+    assert twin.backend == "blas" and twin.on_blas() is twin
+    x = np.random.default_rng(0).random((20, 9, 7, 2), dtype=np.float32)
+    np.testing.assert_array_equal(twin.predict(x), reference.predict(x))
+    # 66,000 8-bit inputs can sum to 255 * 66,000 > 2**24: the reference stays
+    spec, arrays = random_network(seed=0, flat=True, input_shape=(1, 66_000, 1), dense=(4,),
+                                  classes=2)
+    wide = BinaryEngine(spec, arrays)
+    assert wide.on_blas() is wide
