@@ -180,6 +180,8 @@ def test_the_local_search_breaks_what_enumeration_breaks(monkeypatch, flat):
     (dict(eps=0.1, x=np.full((2,) + SHAPE, 2.0, np.float32)), ValueError, "clip_max"),
     (dict(eps=0.1, y=[0, 9]), ValueError, "class 9"),
     (dict(eps=0.1, backend="bdd"), ValueError, r"backend must be one of \['milp', 'sat'\]"),
+    (dict(eps=0.1, example_ids=[3]), ValueError, "example_ids must be 2 non-negative"),
+    (dict(eps=0.1, example_ids=[0.5, 1]), ValueError, "example_ids must be 2 non-negative"),
 ])
 def test_bad_input_is_refused_by_name(kwargs, error, message):
     spec, arrays = random_network(0, input_shape=SHAPE, channels=(3, 5), dense=(6,), classes=4)
@@ -216,12 +218,43 @@ def weak_protocol(eps, sweep=()):
             "diagnostics": {"n": 10, "spsa_iterations": 0}}
 
 
+def spy_on_search_seeds(monkeypatch, images):
+    """Records, per call of the verifier's search, the index of its image among
+    `images` and the seed it was given."""
+    from advlib.qnn import verify_search
+
+    calls, search = [], verify_search.search_counterexample
+
+    def recording(encoding, x, *args, seed=0, **kwargs):
+        index = [i for i, image in enumerate(images) if np.array_equal(image, x)]
+        calls.append((index[0], seed))
+        return search(encoding, x, *args, seed=seed, **kwargs)
+
+    monkeypatch.setattr(verify_search, "search_counterexample", recording)
+    return calls
+
+
+def test_a_subset_draws_the_seeds_of_the_whole_set(monkeypatch):
+    spec, arrays = random_network(1, input_shape=SHAPE, channels=(3, 5), dense=(6,), classes=4)
+    engine = BinaryEngine(spec, arrays)
+    x = (np.random.default_rng(2).integers(0, 256, (6,) + SHAPE) / 255).astype(np.float32)
+    y = engine.predict_classes(x)
+    calls = spy_on_search_seeds(monkeypatch, x)
+    verify(engine, x[[1, 4]], y[[1, 4]], 0.05, time_limit=0.2, seed=7, example_ids=[1, 4])
+    first = {}
+    for index, seed in calls:
+        first.setdefault(index, seed)
+    assert first == {1: 8, 4: 11}
+
+
 def test_the_harness_reports_the_certified_interval_and_the_missed_counterexamples(
-        tiny_binary_mlp, digits):
+        tiny_binary_mlp, digits, monkeypatch):
     from advlib import bench
     from advlib.models import QNNModelWrapper
 
     model, path = tiny_binary_mlp
+    _, (x_test, _) = digits
+    calls = spy_on_search_seeds(monkeypatch, x_test[:40])
     # the naive (zero) gradient: FGSM breaks nothing, every decision is the verifier's
     wrapped = QNNModelWrapper(model, surrogate="zero", engine=path)
     report = bench.evaluate(wrapped, weak_protocol(1 / 255, sweep=[4 / 255]), progress=False,
@@ -253,6 +286,13 @@ def test_the_harness_reports_the_certified_interval_and_the_missed_counterexampl
     assert "certified by the exact verifier (milp), eps=0.003922" in table
     assert "(limit 20 s, search share 0.25)" in table
     assert "robust (worst case), eps=0.003922** (exact)" in table
+    # each digit's search draws the seed verify() gives it on all 40, not its
+    # position among the verified ones (a digit's first search uses its index)
+    assert not correct.all()
+    first = {}
+    for index, seed in calls:
+        first.setdefault(index, seed)
+    assert first and all(seed == index for index, seed in first.items())
 
 
 def test_verify_refuses_models_without_an_engine_and_l2_protocols(tiny_binary_mlp,

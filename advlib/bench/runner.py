@@ -402,7 +402,7 @@ class Evaluation:
                                         instances=self.instances,
                                         skip=[not run for run in runs])
             if self.verification is not None:
-                self._verify(x, y, eps, out, predicted == y)
+                self._verify(x, y, eps, out, predicted == y, start)
             self.arrays["broken_by"][e, start:stop] = out["broken_by"]
             self.arrays["norm"][e, start:stop] = out["norm"]
             self.arrays["attacked"][e, :, start:stop] = out["attacked"]
@@ -432,9 +432,11 @@ class Evaluation:
         self.arrays["certified_radius"][start:stop] = result.radius
         self.arrays["certify_seconds"][b] = result.seconds
 
-    def _verify(self, x, y, eps, out, correct) -> None:
+    def _verify(self, x, y, eps, out, correct, start: int) -> None:
         """The exact verifier on the examples every attack left; its counterexamples
-        join the worst case as breaks by the pseudo-attack `len(names)`."""
+        join the worst case as breaks by the pseudo-attack `len(names)`. Each
+        example's search draws the seed it draws in `verify()` on the whole set
+        (`start` is the batch's first index)."""
         from advlib.attacks.utils import within_threat
         from advlib.qnn.verify import verify
 
@@ -444,7 +446,7 @@ class Evaluation:
         if rows.size == 0:
             return
         result = verify(self.encoding, x[rows], y[rows], eps, progress=False,
-                        **self.verification)
+                        example_ids=start + rows, **self.verification)
         clip = self.protocol["clip"]
         for row, verdict in zip(rows, result.verdicts):
             status = verdict.status

@@ -593,7 +593,8 @@ _FIRST_RESTARTS = 30
 def verify(engine: Union[BinaryEngine, str, NetworkEncoding], x, y, eps: float,
            time_limit: float = 30.0, progress: bool = False,
            backend: str = "milp", search_share: float = 0.5,
-           seed: int = 0) -> VerificationResult:
+           seed: int = 0, example_ids: Optional[Sequence[int]] = None
+           ) -> VerificationResult:
     """Decides, per example, whether the L-inf ball of radius `eps` holds a point
     that the exact binary engine misclassifies.
 
@@ -623,7 +624,11 @@ def verify(engine: Union[BinaryEngine, str, NetworkEncoding], x, y, eps: float,
             complete program decides nothing in time (the digits CNN, with
             thousands of open units), 0.9 decides more: 99.7% of its test
             digits at eps 0.1 in 30 s, against 98.3% with 0.5.
-        seed: seeds the search (example i uses seed + i).
+        seed: seeds the search: the example whose id is k uses seed + k.
+        example_ids: per example, its index in the whole data set (default 0 to
+            n - 1). A caller that verifies a subset, as the harness verifies
+            what the attacks left, passes the subset's indices, so each example
+            draws the seed it draws when the whole set is verified.
 
     Returns:
         A `VerificationResult`: a `Verdict` per example (status, checked
@@ -646,6 +651,7 @@ def verify(engine: Union[BinaryEngine, str, NetworkEncoding], x, y, eps: float,
     _checks.check_finite_array("x", x)
     _checks.check_in_range("x", x, 0.0, 1.0)
     labels = _checks.check_labels("y", y, len(x), encoding.engine.nb_classes)
+    ids = _example_ids(example_ids, len(x))
     logits = encoding.engine.predict(x) if len(x) else np.zeros((0, len(encoding.scale)))
     verdicts = []
     iterator = range(len(x))
@@ -658,8 +664,18 @@ def verify(engine: Union[BinaryEngine, str, NetworkEncoding], x, y, eps: float,
                                     target=int(logits[i].argmax()), reason="misclassified"))
             continue
         verdicts.append(_decide(encoding, x[i], int(labels[i]), eps, time_limit, logits[i],
-                                backend, search_share, seed + i))
+                                backend, search_share, seed + int(ids[i])))
     return VerificationResult(verdicts, float(eps))
+
+
+def _example_ids(example_ids, n: int) -> np.ndarray:
+    if example_ids is None:
+        return np.arange(n)
+    ids = np.asarray(example_ids)
+    if ids.shape != (n,) or not np.issubdtype(ids.dtype, np.integer) or (ids < 0).any():
+        raise ValueError(f"example_ids must be {n} non-negative integers, one per example "
+                         f"of x; got an array of shape {ids.shape} and dtype {ids.dtype}.")
+    return ids
 
 
 def _decide(encoding, x, label, eps, time_limit, clean_logits, backend, search_share, seed):
