@@ -3,7 +3,10 @@ verifier proves the lower one, and together they make a certified interval.
 
     python examples/verify_binary.py                          # 64-32-32-10 binary MLP, digits
     python examples/verify_binary.py --width 256 --depth 3 --eps 0.0039 --time-limit 30
-    python examples/verify_binary.py --network cnn --eps 0.1 0.05 0.2 --time-limit 30
+    python examples/verify_binary.py --network cnn --eps 0.1 0.05 0.2 --time-limit 30 \
+        --out-dir verify_cnn
+    python examples/verify_binary.py --network cnn --eps 0.1 0.05 0.2 --time-limit 30 \
+        --out-dir verify_cnn --resume                         # continues it after a stop
     python examples/verify_binary.py --width 256 --depth 3 --eps 0.0039 --verifiable 0.02
     python examples/verify_binary.py --dataset fashion-mnist --width 256 --depth 2 \
         --epochs 10 --verifiable 0.03 --n 200 --eps 0.00392156862745098 \
@@ -19,7 +22,10 @@ robust accuracy after the attacks, the certified interval, the verifier's
 counterexamples that every attack missed, and the share of hidden units whose
 sign interval bounds leave open over the ball (the verifier's binary variables).
 With --verifiable EPS the network trains with `VerifiableModel`'s loss on those
-units over eps-balls, which makes it far quicker to verify.
+units over eps-balls, which makes it far quicker to verify. The run saves its
+state after every batch (--batch-size): stopped, it continues with the same
+command and --resume, which reloads the saved network instead of training
+another.
 """
 
 import argparse
@@ -32,7 +38,7 @@ import keras  # noqa: E402
 
 from advlib import bench, qnn  # noqa: E402
 from advlib.datasets import load  # noqa: E402
-from advlib.models import QNNModelWrapper  # noqa: E402
+from advlib.models import QNNModelWrapper, load_model  # noqa: E402
 from advlib.qnn.stability import VerifiableModel, instability  # noqa: E402
 
 
@@ -63,10 +69,12 @@ def train(network: str, width: int, depth: int, epochs: int, verifiable=None,
     return model
 
 
-def protocol(eps_list, n: int, iterations=None, square_queries=None, dataset="digits"):
+def protocol(eps_list, n: int, iterations=None, square_queries=None, dataset="digits",
+             batch_size=None):
     """The data set's protocol (AutoAttack's ensemble, then advlib's PGD-CW and
     targeted PGD) at every one of the given eps values, on the first n test
-    images (optionally with fewer steps and queries, for a quick look)."""
+    images (optionally with fewer steps and queries, for a quick look), in
+    batches of the protocol's size or `batch_size`, at most n."""
     document = bench.load_protocol(DATASETS[dataset][0])
     document.pop("sweep_attacks", None)  # the whole ensemble at every eps
     for entry in document["attacks"]:
@@ -75,7 +83,8 @@ def protocol(eps_list, n: int, iterations=None, square_queries=None, dataset="di
         if square_queries and "n_queries" in entry["params"]:
             entry["params"]["n_queries"] = square_queries
     document.update(name=f"{dataset}-verify", threat={"norm": "inf", "eps": eps_list[0]},
-                    sweep=list(eps_list[1:]), batch_size=n)
+                    sweep=list(eps_list[1:]),
+                    batch_size=min(batch_size or document["batch_size"], n))
     document["dataset"]["n"] = n
     document.pop("headline")
     return document
@@ -103,22 +112,49 @@ def main(argv=None):
                         help="train with VerifiableModel's instability loss over EPS-balls")
     parser.add_argument("--verifiable-weight", type=float, default=2.0,
                         help="that loss's weight")
-    parser.add_argument("--out-dir", default="verify_binary")
+    parser.add_argument("--batch-size", type=int,
+                        help="examples per batch, whose results are saved as it ends "
+                             "(default: the protocol's, at most --n); a stopped run "
+                             "loses only its unfinished batch")
+    parser.add_argument("--out-dir", default="verify_binary",
+                        help="a new or empty folder, or with --resume an earlier run's")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the run in --out-dir with its saved network, "
+                             "keeping the examples it finished (the other options must "
+                             "be that run's)")
     args = parser.parse_args(argv)
-    os.makedirs(args.out_dir, exist_ok=True)
+    if args.batch_size is not None and args.batch_size < 1:
+        parser.error(f"--batch-size must be a positive integer, got {args.batch_size}.")
 
-    model = train(args.network, args.width, args.depth, args.epochs or EPOCHS[args.network],
-                  args.verifiable, args.verifiable_weight, args.dataset)
-    _, (x_test, _) = load(args.dataset)
+    model_path = os.path.join(args.out_dir, f"binary_{args.network}.keras")
     engine = os.path.join(args.out_dir, f"binary_{args.network}.npz")
-    qnn.export(model, engine)
+    if args.resume:
+        if not (os.path.isfile(model_path) and os.path.isfile(engine)):
+            parser.error(f"--resume: {args.out_dir!r} holds no saved {args.network} network "
+                         f"({model_path!r} and {engine!r}); run without --resume first.")
+        model = load_model(model_path)
+    else:
+        if os.path.isdir(args.out_dir) and os.listdir(args.out_dir):
+            parser.error(f"--out-dir {args.out_dir!r} is not empty: choose a new folder, or "
+                         "pass --resume to continue the run saved there.")
+        os.makedirs(args.out_dir, exist_ok=True)
+        model = train(args.network, args.width, args.depth,
+                      args.epochs or EPOCHS[args.network], args.verifiable,
+                      args.verifiable_weight, args.dataset)
+        model.save(model_path)
+        qnn.export(model, engine)
+    _, (x_test, _) = load(args.dataset)
     wrapped = QNNModelWrapper(model, surrogate="ste", engine=engine)
-    document = protocol(args.eps, args.n, args.iterations, args.square_queries, args.dataset)
-    report = bench.evaluate(wrapped, document, progress=False,
-                            out_dir=os.path.join(args.out_dir, "run"), overwrite=True,
-                            verify=True, verify_time_limit=args.time_limit,
-                            verify_search_share=SEARCH_SHARE[args.network]
-                            if args.search_share is None else args.search_share)
+    document = protocol(args.eps, args.n, args.iterations, args.square_queries, args.dataset,
+                        args.batch_size)
+    try:
+        report = bench.evaluate(wrapped, document, progress=False,
+                                out_dir=os.path.join(args.out_dir, "run"), resume=args.resume,
+                                verify=True, verify_time_limit=args.time_limit,
+                                verify_search_share=SEARCH_SHARE[args.network]
+                                if args.search_share is None else args.search_share)
+    except ValueError as error:  # bad options, or a run that --resume cannot continue
+        parser.error(str(error))
     rows = []
     print("| eps | after the attacks | certified interval | verified | robust | broken "
           "(missed by every attack) | unknown | median s | p95 s | open units |")

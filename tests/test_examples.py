@@ -6,6 +6,8 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "examples"))
@@ -144,9 +146,9 @@ def test_autoattack_report_example(tmp_path):
 def test_verify_binary_example(tmp_path):
     import verify_binary
 
-    rows = verify_binary.main(["--n", "30", "--eps", "0.0157", "0.0039", "--epochs", "10",
-                               "--iterations", "10", "--square-queries", "200",
-                               "--verifiable", "0.02", "--out-dir", str(tmp_path)])
+    arguments = ["--n", "30", "--eps", "0.0157", "0.0039", "--iterations", "10",
+                 "--square-queries", "200", "--verifiable", "0.02", "--out-dir", str(tmp_path)]
+    rows = verify_binary.main(arguments + ["--epochs", "10"])
     assert [row["eps"] for row in rows] == [0.0039, 0.0157]
     for row in rows:
         low, high = row["interval"]
@@ -157,6 +159,16 @@ def test_verify_binary_example(tmp_path):
     assert 0 <= rows[0]["open_units"] < rows[1]["open_units"] < 1
     assert os.path.isfile(tmp_path / "run" / "report.json")
     assert json.load(open(tmp_path / "verification.json")) == json.loads(json.dumps(rows))
+    # the folder holds a run: a second run must not train over its network
+    engine = (tmp_path / "binary_mlp.npz").read_bytes()
+    with pytest.raises(SystemExit) as stopped:
+        verify_binary.main(arguments + ["--epochs", "1"])
+    assert stopped.value.code == 2
+    assert (tmp_path / "binary_mlp.npz").read_bytes() == engine
+    # --resume continues with the saved network: the finished run reports the same rows
+    assert verify_binary.main(arguments + ["--resume"]) == rows
+    with pytest.raises(SystemExit):
+        verify_binary.main(["--resume", "--out-dir", str(tmp_path / "elsewhere")])
 
 
 def test_certified_robustness_example(tmp_path):
