@@ -28,6 +28,7 @@ from advlib.attacks import FastGradientMethod, ProjectedGradientDescent  # noqa:
 from advlib.datasets import load  # noqa: E402
 from advlib.models import KerasModelWrapper, small_cnn  # noqa: E402
 from advlib.training import AdversarialModel, RobustnessCallback  # noqa: E402
+from _outputs import add_overwrite_option, refuse_to_overwrite  # noqa: E402
 
 
 class EpochTimer(keras.callbacks.Callback):
@@ -122,7 +123,14 @@ def main(argv=None):
     parser.add_argument("--eval-iter", type=int, default=20, help="PGD steps in evaluation")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out-dir", default="adv_out")
+    add_overwrite_option(parser)
     args = parser.parse_args(argv)
+    robust_file = f"{args.recipe}_{args.dataset}.keras"
+    natural_file = f"natural_{args.dataset}.keras"
+    figure = f"robust_accuracy_{args.dataset}.png"
+    report_file = f"report_{args.recipe}_{args.dataset}.json"
+    refuse_to_overwrite(parser, args.out_dir, [robust_file, natural_file, figure, report_file],
+                        args.overwrite)
 
     data = load(args.dataset)
     _, (x_test, y_test) = data
@@ -134,8 +142,8 @@ def main(argv=None):
     overrides = {} if args.nb_iter is None else {"nb_iter": args.nb_iter}
     robust_model, robust_times, monitor = train_robust(
         data, args.recipe, args.eps, args.epochs, args.batch_size, args.seed, **overrides)
-    robust_model.save(os.path.join(args.out_dir, f"{args.recipe}_{args.dataset}.keras"))
-    clean_model.save(os.path.join(args.out_dir, f"natural_{args.dataset}.keras"))
+    robust_model.save(os.path.join(args.out_dir, robust_file))
+    clean_model.save(os.path.join(args.out_dir, natural_file))
 
     eps_values = [0.0] + [args.eps * f for f in (0.25, 0.5, 0.75, 1.0, 1.5)]
     results = {"natural": evaluate(clean_model, x_eval, y_eval, eps_values, args.eval_iter,
@@ -149,15 +157,14 @@ def main(argv=None):
         at_eps = next(r for r in rows if np.isclose(r["eps"], args.eps))
         print(f"| {name} | {args.eps} | {rows[0]['pgd']:.4f} | {at_eps['fgsm']:.4f} | "
               f"{at_eps['pgd']:.4f} | {np.mean(times):.1f} | {np.sum(times):.0f} |")
-    path = os.path.join(args.out_dir, f"robust_accuracy_{args.dataset}.png")
+    path = os.path.join(args.out_dir, figure)
     plot(results, path, args.eval_iter)
     print(f"saved {path}")
     report = dict(dataset=args.dataset, recipe=args.recipe, eps=args.eps, results=results,
                   clean_epoch_seconds=clean_times, robust_epoch_seconds=robust_times,
                   robustness_history=monitor.history, best_robust_epoch=monitor.best_epoch,
                   plot=path)
-    with open(os.path.join(args.out_dir, f"report_{args.recipe}_{args.dataset}.json"),
-              "w") as handle:
+    with open(os.path.join(args.out_dir, report_file), "w") as handle:
         json.dump(report, handle, indent=2)
     return report
 

@@ -21,6 +21,7 @@ from advlib.attacks import (CarliniWagnerL2, FastGradientMethod,  # noqa: E402
                             ProjectedGradientDescent, SaliencyMapMethod)
 from advlib.datasets import load  # noqa: E402
 from advlib.models import KerasModelWrapper, small_cnn, train_classifier  # noqa: E402
+from _outputs import add_overwrite_option, refuse_to_overwrite  # noqa: E402
 
 
 def attack_all(model, x, y, eps, cw_iterations, jsma_gamma, seed):
@@ -82,7 +83,10 @@ def main(argv=None):
     parser.add_argument("--cw-iterations", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out-dir", default=".")
+    add_overwrite_option(parser)
     args = parser.parse_args(argv)
+    figure = f"attack_gallery_{args.dataset}.png"
+    refuse_to_overwrite(parser, args.out_dir, [figure], args.overwrite)
 
     (x_train, y_train), (x_test, y_test) = load(args.dataset)
     model = KerasModelWrapper(train_classifier(small_cnn(x_train.shape[1:]), x_train, y_train,
@@ -95,7 +99,7 @@ def main(argv=None):
     results = attack_all(model, x, y, args.eps, args.cw_iterations, gamma, args.seed)
     print_table(results)
     os.makedirs(args.out_dir, exist_ok=True)
-    path = os.path.join(args.out_dir, f"attack_gallery_{args.dataset}.png")
+    path = os.path.join(args.out_dir, figure)
     save_grid(x, y, results, path, rows=min(5, len(x)))
     print(f"\nsaved {path}")
     return results, path

@@ -19,6 +19,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from advlib import bench  # noqa: E402
 from advlib.attacks import AutoAttack  # noqa: E402
 from advlib.datasets import load  # noqa: E402
+from _outputs import refuse_to_overwrite  # noqa: E402
 
 PROTOCOLS = {"digits": "digits-linf-0.2", "fashion-mnist": "fashion-mnist-linf-0.1"}
 
@@ -34,6 +35,7 @@ def main(argv=None):
                         help="the harness at the protocol's eps only (a quick look)")
     parser.add_argument("--out-dir", default="autoattack_report")
     args = parser.parse_args(argv)
+    refuse_to_overwrite(parser, args.out_dir, ["summary.json", "bench"])
     os.makedirs(args.out_dir, exist_ok=True)
 
     if args.model:
@@ -60,7 +62,7 @@ def main(argv=None):
 
     # 2. the harness: the same figure, the worst case, intervals and diagnostics
     report = bench.evaluate(model, protocol, out_dir=os.path.join(args.out_dir, "bench"),
-                            overwrite=True, progress=False)
+                            progress=False)
     table = bench.markdown(report)
     print("\n" + table)
     standard = report["results"]["headline"]["robust_accuracy"]["value"]

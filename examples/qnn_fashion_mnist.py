@@ -27,6 +27,7 @@ from advlib.attacks import ProjectedGradientDescent  # noqa: E402
 from advlib.datasets import load  # noqa: E402
 from advlib.models import KerasModelWrapper, QNNModelWrapper, load_model  # noqa: E402
 from advlib.qnn.engine import BinaryEngine  # noqa: E402
+from _outputs import add_overwrite_option, refuse_to_overwrite  # noqa: E402
 
 
 def build(kind, input_shape, activation_bits, binary, width):
@@ -83,6 +84,7 @@ def main(argv=None):
                         help="a trained binary .keras file to use instead of training one")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out-dir", default="qnn_out")
+    add_overwrite_option(parser)
     args = parser.parse_args(argv)
 
     data = load(args.dataset)
@@ -93,12 +95,18 @@ def main(argv=None):
 
     if args.binary_model:
         model = load_model(args.binary_model)
+    else:
+        model = build(args.model, x_train.shape[1:], args.activation_bits, True, args.width)
+    outputs = ([] if args.binary_model else [f"{model.name}.keras"]) + \
+        ([f"{model.name}.npz"] if args.activation_bits == 1 else []) + \
+        [f"{model.name}_report.json"]
+    refuse_to_overwrite(parser, args.out_dir, outputs, args.overwrite)
+    if args.binary_model:
         model.compile(metrics=["accuracy"],
                       loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
         accuracy = float(model.evaluate(x_test, y_test, verbose=0, batch_size=500)[1])
         seconds = None
     else:
-        model = build(args.model, x_train.shape[1:], args.activation_bits, True, args.width)
         accuracy, seconds = train(model, data, args.epochs, args.batch_size,
                                   args.learning_rate, args.seed)
     report.update(test_accuracy=accuracy, train_seconds=seconds)

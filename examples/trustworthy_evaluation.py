@@ -20,6 +20,7 @@ from advlib import bench, qnn  # noqa: E402
 from advlib.bench.testbeds import InputQuantization, defended  # noqa: E402
 from advlib.datasets import load  # noqa: E402
 from advlib.models import QNNModelWrapper, small_cnn, train_classifier  # noqa: E402
+from _outputs import add_overwrite_option, refuse_to_overwrite  # noqa: E402
 
 
 # Version 2 of the protocol (gradient attacks, then SPSA), whose numbers the tutorial
@@ -54,6 +55,15 @@ def binary_cnn(x_train, y_train, epochs):
     return model
 
 
+# the evaluations, in order, each with its Markdown report in --out-dir
+RUNS = ("cnn", "defended", "defended, adaptive", "binary, naive gradients", "binary, STE",
+        "binary, naive gradients, adaptive")
+
+
+def report_file(name: str) -> str:
+    return name.replace(", ", "_").replace(" ", "-") + ".md"
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=360, help="test digits to evaluate")
@@ -61,29 +71,30 @@ def main(argv=None):
     parser.add_argument("--spsa-iter", type=int, help="SPSA iterations (protocol: 100)")
     parser.add_argument("--epochs", type=int, default=15)
     parser.add_argument("--out-dir", default="trustworthy_evaluation")
+    add_overwrite_option(parser)
     args = parser.parse_args(argv)
+    refuse_to_overwrite(parser, args.out_dir, [report_file(name) for name in RUNS] +
+                        ["summary.json"], args.overwrite)
     os.makedirs(args.out_dir, exist_ok=True)
     (x_train, y_train), _ = load("digits")
     protocol = protocol_for(args.n, sweep=not args.no_sweep, spsa_iter=args.spsa_iter)
     cnn = train_classifier(small_cnn((8, 8, 1)), x_train, y_train, epochs=args.epochs, seed=0)
     masked = defended(cnn, InputQuantization(levels=5, name="quantize"))
     qnn_model = binary_cnn(x_train, y_train, args.epochs)
-    runs = {
-        "cnn": (cnn, {}),
-        "defended": (masked, {"transfer_from": cnn}),
-        "defended, adaptive": (masked, {"adaptive": True}),
-        "binary, naive gradients": (QNNModelWrapper(qnn_model, surrogate="zero"), {}),
-        "binary, STE": (QNNModelWrapper(qnn_model), {}),
-        "binary, naive gradients, adaptive": (QNNModelWrapper(qnn_model, surrogate="zero"),
-                                              {"adaptive": True}),
-    }
+    runs = dict(zip(RUNS, [
+        (cnn, {}),
+        (masked, {"transfer_from": cnn}),
+        (masked, {"adaptive": True}),
+        (QNNModelWrapper(qnn_model, surrogate="zero"), {}),
+        (QNNModelWrapper(qnn_model), {}),
+        (QNNModelWrapper(qnn_model, surrogate="zero"), {"adaptive": True}),
+    ]))
     summary = {}
     for name, (model, options) in runs.items():
         report = bench.evaluate(model, protocol, model_name=name, **options)
         table = bench.markdown(report)
         print(f"\n## {name}\n\n{table}")
-        with open(os.path.join(args.out_dir, name.replace(", ", "_").replace(" ", "-") + ".md"),
-                  "w") as handle:
+        with open(os.path.join(args.out_dir, report_file(name)), "w") as handle:
             handle.write(table + "\n")
         summary[name] = {
             "robust_accuracy": report["results"]["robust_accuracy"]["value"],

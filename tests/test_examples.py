@@ -67,6 +67,29 @@ def test_attack_gallery_with_tiny_settings(tmp_path):
     jsma = results["JSMA (gamma 0.3)"]
     assert jsma.success_rate > 0.5 and jsma.l0.max() <= 19
     assert results["PGD-40 (Linf 0.1)"].linf.max() <= 0.1 + 1e-6
+    # a rerun into the same folder stops before training, and the figure stays
+    figure = open(path, "rb").read()
+    with pytest.raises(SystemExit) as stopped:
+        attack_gallery.main(["--out-dir", str(tmp_path)])
+    assert stopped.value.code == 2
+    assert open(path, "rb").read() == figure
+
+
+def test_examples_refuse_to_write_over_earlier_outputs(tmp_path, capsys):
+    import argparse
+
+    from _outputs import refuse_to_overwrite
+
+    parser = argparse.ArgumentParser(prog="example")
+    (tmp_path / "summary.json").write_text("{}")
+    refuse_to_overwrite(parser, str(tmp_path), ["report.json"])          # nothing there yet
+    refuse_to_overwrite(parser, str(tmp_path), ["summary.json"], overwrite=True)
+    for overwrite, remedy in ((False, "or pass --overwrite"), (None, "choose another folder.")):
+        with pytest.raises(SystemExit):
+            refuse_to_overwrite(parser, str(tmp_path), ["summary.json", "bench"], overwrite)
+        message = capsys.readouterr().err
+        assert "already holds summary.json from an earlier run" in message and remedy in message
+    assert (tmp_path / "summary.json").read_text() == "{}"
 
 
 def test_qnn_example_on_digits(tmp_path):
