@@ -88,7 +88,7 @@ def main(argv=None):
         (QNNModelWrapper(qnn_model, surrogate="zero"), {}),
         (QNNModelWrapper(qnn_model), {}),
         (QNNModelWrapper(qnn_model, surrogate="zero"), {"adaptive": True}),
-    ]))
+    ], strict=True))
     summary = {}
     for name, (model, options) in runs.items():
         report = bench.evaluate(model, protocol, model_name=name, **options)

@@ -125,6 +125,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.batch_size is not None and args.batch_size < 1:
         parser.error(f"--batch-size must be a positive integer, got {args.batch_size}.")
+    if args.search_share is None:
+        args.search_share = SEARCH_SHARE[args.network]
 
     model_path = os.path.join(args.out_dir, f"binary_{args.network}.keras")
     engine = os.path.join(args.out_dir, f"binary_{args.network}.npz")
@@ -151,8 +153,7 @@ def main(argv=None):
         report = bench.evaluate(wrapped, document, progress=False,
                                 out_dir=os.path.join(args.out_dir, "run"), resume=args.resume,
                                 verify=True, verify_time_limit=args.time_limit,
-                                verify_search_share=SEARCH_SHARE[args.network]
-                                if args.search_share is None else args.search_share)
+                                verify_search_share=args.search_share)
     except ValueError as error:  # bad options, or a run that --resume cannot continue
         parser.error(str(error))
     rows = []
