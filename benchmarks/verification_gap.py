@@ -23,7 +23,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 
 from advlib.attacks import APGD, SPSA, ProjectedGradientDescent, SquareAttack  # noqa: E402
-from advlib.bench.runner import VERDICT_CODES  # noqa: E402
+from advlib.bench.arrays import VERDICT_CODES  # noqa: E402
 from advlib.datasets import load  # noqa: E402
 from advlib.models import QNNModelWrapper  # noqa: E402
 from advlib.qnn.engine import BinaryEngine  # noqa: E402

@@ -17,7 +17,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # noqa: E402
 
 from advlib import bench, qnn  # noqa: E402
-from advlib.bench.testbeds import InputQuantization, defended  # noqa: E402
+from advlib.models.testbeds import InputQuantization, defended  # noqa: E402
 from advlib.datasets import load  # noqa: E402
 from advlib.models import QNNModelWrapper, small_cnn, train_classifier  # noqa: E402
 from _outputs import add_overwrite_option, refuse_to_overwrite  # noqa: E402

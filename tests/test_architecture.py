@@ -3,6 +3,9 @@ found by name without a list to edit."""
 
 import ast
 import os
+import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -16,22 +19,41 @@ from advlib.bench import ensemble, protocol as protocols
 ROOT = os.path.dirname(os.path.abspath(advlib.__file__))
 
 
-def module_names():
-    """Every module of advlib, by dotted name, with its file."""
+# The layers, lowest first: a module may import from its own component, from a
+# lower layer, or along an edge of SAME_LAYER; never upwards.
+LAYERS = (
+    ("advlib", "advlib._checks", "advlib._seeding", "advlib.stats"),
+    ("advlib.losses", "advlib.datasets", "advlib.qnn"),
+    ("advlib.models",),
+    ("advlib.attacks",),
+    ("advlib.training", "advlib.certify", "advlib.bench"),
+    ("advlib.cli",),
+)
+SAME_LAYER = {("advlib.bench", "advlib.certify")}  # the harness certifies
+
+
+def module_names(root=ROOT):
+    """Every module of the package at `root`, by dotted name, with its file."""
     found = {}
-    for folder, _, files in os.walk(ROOT):
+    for folder, _, files in os.walk(root):
         for file in files:
             if file.endswith(".py"):
-                relative = os.path.relpath(os.path.join(folder, file), os.path.dirname(ROOT))
+                relative = os.path.relpath(os.path.join(folder, file), os.path.dirname(root))
                 name = relative[:-3].replace(os.sep, ".")
                 found[name[:-len(".__init__")] if name.endswith(".__init__") else name] = \
                     os.path.join(folder, file)
     return found
 
 
+def ancestors(name):
+    parts = name.split(".")
+    return {".".join(parts[:i]) for i in range(1, len(parts))}
+
+
 def imports_of(path, name, modules):
     """The advlib modules that `path` imports, at any depth (function-level too),
-    each resolved to the most specific module it names."""
+    each resolved to the most specific module it names, plus the packages whose
+    `__init__` such an import runs (those that do not contain `name` already)."""
     package = name if path.endswith("__init__.py") else name.rsplit(".", 1)[0]
     targets = set()
     for node in ast.walk(ast.parse(open(path).read())):
@@ -45,7 +67,34 @@ def imports_of(path, name, modules):
             for alias in node.names:
                 full = f"{base}.{alias.name}"
                 targets.add(full if full in modules else base)
+    targets |= {parent for target in targets for parent in ancestors(target)} - \
+        ancestors(name)
     return {t for t in targets if t in modules and t != name}
+
+
+def import_graph(root=ROOT):
+    modules = module_names(root)
+    return {name: imports_of(path, name, modules) for name, path in modules.items()}
+
+
+def component(name):
+    """The layer entry that holds module `name`: its longest listed prefix."""
+    listed = [entry for layer in LAYERS for entry in layer
+              if name == entry or name.startswith(entry + ".")]
+    return max(listed, key=len)
+
+
+def layer_violations(graph):
+    """The imports that run up the layers or sideways without an allowance, as
+    'module -> component'."""
+    rank = {entry: index for index, layer in enumerate(LAYERS) for entry in layer}
+    found = set()
+    for source, targets in graph.items():
+        for target in targets:
+            a, b = component(source), component(target)
+            if a != b and rank[b] >= rank[a] and (a, b) not in SAME_LAYER:
+                found.add(f"{source} -> {b}")
+    return sorted(found)
 
 
 def find_cycle(graph):
@@ -74,12 +123,60 @@ def find_cycle(graph):
 
 
 def test_the_import_graph_has_no_cycle():
-    modules = module_names()
-    graph = {name: imports_of(path, name, modules) for name, path in modules.items()}
+    graph = import_graph()
     # the graph is real: the attacks import the model wrappers, the harness the attacks
     assert "advlib.models.keras" in graph["advlib.attacks.base"]
     assert "advlib.attacks" in graph["advlib.bench.ensemble"]
     assert find_cycle(graph) is None, " -> ".join(find_cycle(graph))
+
+
+def test_imports_follow_the_layers():
+    graph = import_graph()
+    # importing a submodule runs its package's __init__: that edge is in the graph
+    assert "advlib.models" in graph["advlib.certify.smoothing"]
+    assert "advlib.attacks" in graph["advlib.training.callbacks"]
+    assert layer_violations(graph) == []
+
+
+@pytest.mark.parametrize("module, planted, edge", [
+    ("models/base.py", "from advlib.bench import runner", "advlib.models.base -> advlib.bench"),
+    ("models/inspect.py", "    from advlib.attacks.utils import clip_eta",
+     "advlib.models.inspect -> advlib.attacks"),
+    ("certify/smoothing.py", "import advlib.bench.report",
+     "advlib.certify.smoothing -> advlib.bench"),
+])
+def test_the_layer_rule_catches_a_planted_upward_import(tmp_path, module, planted, edge):
+    copy = tmp_path / "advlib"
+    shutil.copytree(ROOT, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    path = copy / module
+    text = path.read_text()
+    if planted.startswith(" "):  # inside the first function
+        head, tail = text.split("\ndef ", 1)
+        name_line, body = tail.split("\n", 1)
+        while name_line.rstrip()[-1] != ":":  # signatures over several lines
+            more, body = body.split("\n", 1)
+            name_line += "\n" + more
+        text = f"{head}\ndef {name_line}\n{planted}\n{body}"
+    else:
+        text += f"\n{planted}\n"
+    path.write_text(text)
+    assert layer_violations(import_graph(str(copy))) == [edge]
+
+
+@pytest.mark.parametrize("package, forbidden", [
+    ("advlib.models", ("advlib.attacks", "advlib.bench", "advlib.training", "advlib.certify")),
+    ("advlib.attacks", ("advlib.bench", "advlib.training", "advlib.certify")),
+    ("advlib.certify", ("advlib.attacks", "advlib.bench")),
+    ("advlib.qnn.engine", ("tensorflow", "keras", "advlib.models")),
+])
+def test_importing_a_layer_loads_nothing_above_it(package, forbidden):
+    code = (f"import sys, {package}; print(sorted({{m.split('.')[0] if not "
+            "m.startswith('advlib') else '.'.join(m.split('.')[:2]) for m in sys.modules}))")
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            check=True, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")).stdout
+    assert package.rsplit(".", 1)[0] in loaded  # the probe sees what it imported
+    for name in forbidden:
+        assert repr(name) not in loaded, f"import {package} loads {name}"
 
 
 def test_the_cycle_finder_finds_a_cycle():

@@ -298,7 +298,7 @@ def test_clip_eta_and_optimize_linear_norms():
 
 
 def test_margin_loss_and_its_use_in_pgd(digits_mlp, digits_eval):
-    from advlib.attacks.losses import margin_loss
+    from advlib.losses import margin_loss
 
     logits = np.array([[2.0, 5.0, 1.0], [0.5, -1.0, 3.0]], np.float32)
     np.testing.assert_allclose(margin_loss(labels=tf.constant([1, 0]), logits=logits),

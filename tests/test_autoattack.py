@@ -11,7 +11,7 @@ from advlib.attacks import (APGD, APGDT, FAB, FABT, AutoAttack, FastGradientMeth
 from advlib.attacks.auto_pgd import checkpoint_lengths
 from advlib.attacks.fab import project_onto_hyperplane
 from advlib.attacks.utils import perturbation_norms as norms, project_l1_box
-from advlib.bench.testbeds import InputQuantization, defended
+from advlib.models.testbeds import InputQuantization, defended
 
 BOX = dict(clip_min=0.0, clip_max=1.0)
 

@@ -13,7 +13,7 @@ import pytest
 
 from advlib import bench
 from advlib.bench import protocol as protocols
-from advlib.bench.runner import parse_shard
+from advlib.bench.shards import parse_shard
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 QUICK = "digits-linf-0.2@2"  # v2: the fast ensemble, for the harness mechanics

@@ -11,7 +11,7 @@ import pytest
 from advlib import bench
 from advlib.bench import diagnostics
 from advlib.models import inspect
-from advlib.bench.testbeds import AlwaysOnNoise, InputQuantization, defended
+from advlib.models.testbeds import AlwaysOnNoise, InputQuantization, defended
 from advlib.bench import protocol as protocols
 from advlib.cli import main
 from advlib.models import (BPDAModelWrapper, EOTModelWrapper, KerasModelWrapper,
@@ -220,7 +220,7 @@ def test_bpda_wrapper_keeps_the_forward_pass_and_restores_the_gradient(masked, c
     np.testing.assert_array_equal(wrapped.predict_logits(x).numpy(),
                                   KerasModelWrapper(masked).predict_logits(x).numpy())
     import tensorflow as tf
-    from advlib.attacks.losses import cross_entropy
+    from advlib.losses import cross_entropy
     _, naive, _ = KerasModelWrapper(masked).loss_gradient(tf.constant(x), tf.constant(y),
                                                           cross_entropy)
     _, bpda, _ = wrapped.loss_gradient(tf.constant(x), tf.constant(y), cross_entropy)

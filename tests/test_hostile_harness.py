@@ -17,7 +17,7 @@ from advlib._checks import check_number
 from advlib.attacks import SPSA, CarliniWagnerL2, ProjectedGradientDescent
 from advlib.attacks.result import AttackResult
 from advlib.bench import protocol as protocols
-from advlib.bench import runner
+from advlib.bench import identity, render, storage
 from advlib.models import CallableModelWrapper, QNNModelWrapper, as_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -75,7 +75,7 @@ def test_identity_covers_engine_surrogate_and_weightless_models(digits_qnns, dig
     with tempfile.TemporaryDirectory() as folder:
         export(qnn, os.path.join(folder, "net.npz"))
         engine = BinaryEngine.load(os.path.join(folder, "net.npz"))
-    ids = {name: runner.model_identity(model, x)["fingerprint"] for name, model in {
+    ids = {name: identity.model_identity(model, x)["fingerprint"] for name, model in {
         "keras": QNNModelWrapper(qnn),
         "identity": QNNModelWrapper(qnn, surrogate="identity"),
         "engine": QNNModelWrapper(qnn, engine=engine),
@@ -85,16 +85,16 @@ def test_identity_covers_engine_surrogate_and_weightless_models(digits_qnns, dig
                                                      tf.ones_like(x[:, 0, :1, 0]))),
     }.items()}
     assert len(set(ids.values())) == len(ids), ids
-    assert runner.model_identity(QNNModelWrapper(qnn, engine=engine), x)["fingerprint"] == \
+    assert identity.model_identity(QNNModelWrapper(qnn, engine=engine), x)["fingerprint"] == \
         ids["engine"]
 
 
 def test_a_randomized_model_keeps_its_identity_across_runs(digits_cnn, digits, tmp_path):
-    from advlib.bench.testbeds import AlwaysOnNoise, defended
+    from advlib.models.testbeds import AlwaysOnNoise, defended
 
     _, (x, _) = digits
     noisy = defended(digits_cnn, AlwaysOnNoise(0.3, name="noise"))
-    first, second = (runner.model_identity(as_model(noisy), x[:100]) for _ in range(2))
+    first, second = (identity.model_identity(as_model(noisy), x[:100]) for _ in range(2))
     assert first["predictions"] == "randomized" and first == second
     with pytest.raises(ValueError, match="no saved state"):
         run(noisy, tmp_path / "never", resume=True)
@@ -175,7 +175,7 @@ def test_reports_are_strict_json(finished, tmp_path):
     report["probes"]["determinism"]["max_abs_difference"] = float("inf")
     with np.load(out / "examples.npz") as data:
         arrays = {key: data[key] for key in data.files}
-    runner.write_outputs(report, arrays, str(tmp_path))
+    storage.write_outputs(report, arrays, str(tmp_path))
     written = strict_json(tmp_path / "report.json")
     assert written["results"]["per_eps"][0]["attacks"][0]["median_norm"] is None
     strict_json(out / "report.json")
@@ -194,7 +194,7 @@ def test_a_folder_with_other_files_is_not_overwritten(digits_mlp, tmp_path):
 
 
 def test_a_locked_folder_is_refused(digits_mlp, tmp_path):
-    with runner.OutputFolder(str(tmp_path)):
+    with storage.OutputFolder(str(tmp_path)):
         with pytest.raises(ValueError, match=rf"in use by another advlib run \(pid {os.getpid()}"):
             run(digits_mlp, tmp_path)
     assert run(digits_mlp, tmp_path)["complete"]
@@ -230,7 +230,7 @@ def test_atomic_writes_use_unique_temporary_files(tmp_path):
     def writer(text):
         try:
             for _ in range(200):
-                runner._write_atomic(target, text)
+                storage.write_atomic(target, text)
         except Exception as error:  # noqa: BLE001
             failures.append(error)
     threads = [threading.Thread(target=writer, args=(text,)) for text in ("a" * 5000, "b")]
@@ -251,11 +251,11 @@ def test_a_failed_plot_leaves_the_old_figure(finished, tmp_path, monkeypatch):
     def broken_plot(report, handle):
         handle.write(b"half a png")
         raise RuntimeError("the plot failed")
-    monkeypatch.setattr(runner.reports, "plot", broken_plot)
+    monkeypatch.setattr(render, "plot", broken_plot)
     with np.load(out / "examples.npz") as data:
         arrays = {key: data[key] for key in data.files}
     with pytest.raises(RuntimeError):
-        runner.write_outputs(json.loads(json.dumps(report)), arrays, str(tmp_path))
+        storage.write_outputs(json.loads(json.dumps(report)), arrays, str(tmp_path))
     assert png.read_bytes() == b"the old figure"
     assert not [name for name in os.listdir(tmp_path) if name.endswith(".tmp")]
 

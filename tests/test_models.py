@@ -142,7 +142,7 @@ def test_gradients_never_pass_through_saturated_probabilities():
 
 
 def wrapped_loss():
-    from advlib.attacks.losses import cross_entropy
+    from advlib.losses import cross_entropy
     return cross_entropy
 
 

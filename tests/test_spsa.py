@@ -5,7 +5,7 @@ import pytest
 import tensorflow as tf
 
 from advlib.attacks import SPSA, ProjectedGradientDescent
-from advlib.attacks.losses import margin_loss
+from advlib.losses import margin_loss
 from advlib.models import KerasModelWrapper, QNNModelWrapper
 from conftest import linear_model
 

@@ -7,7 +7,7 @@ keras = pytest.importorskip("keras")
 
 from advlib import qnn  # noqa: E402
 from advlib.qnn.stability import VerifiableModel, instability, interval_bounds  # noqa: E402
-from advlib.qnn.verify import NetworkEncoding  # noqa: E402
+from advlib.qnn.verify import NetworkEncoding, milp  # noqa: E402
 
 
 def thresholded_outputs(model):
@@ -64,7 +64,7 @@ def test_open_units_are_the_verifiers_binary_variables(digits_qnns, digits, tmp_
     for eps in (2 / 255, 0.05):
         for x in x_test[:5]:
             _, open_share = instability(model, x[None], eps)
-            *_, stats = encoding.encode(x, eps)
+            *_, stats = milp.encode(encoding, x, eps)
             assert stats["units"] - stats["fixed"] == round(float(open_share) * stats["units"])
 
 
@@ -98,7 +98,7 @@ def test_training_with_the_loss_leaves_fewer_open_units(digits, tmp_path):
     plain_path, stable_path = str(tmp_path / "plain.npz"), str(tmp_path / "stable.npz")
     qnn.export(plain, plain_path)
     qnn.export(stable, stable_path)
-    binaries = [np.median([NetworkEncoding(path).encode(x, eps)[0].binaries
+    binaries = [np.median([milp.encode(NetworkEncoding(path), x, eps)[0].binaries
                            for x in x_test[:20]]) for path in (plain_path, stable_path)]
     assert binaries[1] < 0.6 * binaries[0]
 

@@ -7,7 +7,7 @@ import pytest
 
 from advlib.qnn.engine import BinaryEngine
 from advlib.qnn.verify import NetworkEncoding, check_counterexamples, verify
-from advlib.qnn.verify_search import search_counterexample
+from advlib.qnn.verify.search import search_counterexample
 from engine_nets import random_network
 
 SHAPE = (2, 3, 1)  # six pixels: up to 5 levels each at eps 2/255, 15,625 points
@@ -89,7 +89,7 @@ def test_reified_cardinality_with_repeated_literals_matches_enumeration():
     which z appears k times; check that Minicard counts repeated literals, for
     every assignment of small random constraints."""
     from pysat.solvers import Solver
-    from advlib.qnn import verify_sat
+    from advlib.qnn.verify import sat as verify_sat
 
     rng = np.random.default_rng(0)
     for _ in range(40):
@@ -123,7 +123,7 @@ def test_both_answers_occur_and_bounds_decide_some():
 
 
 def test_the_time_limit_gives_unknown(monkeypatch):
-    from advlib.qnn import verify as module
+    from advlib.qnn.verify import milp as module
 
     spec, arrays = random_network(2, input_shape=SHAPE, channels=(3, 5), dense=(6,), classes=4)
     engine = BinaryEngine(spec, arrays)
@@ -140,7 +140,7 @@ def test_the_local_search_breaks_what_enumeration_breaks(monkeypatch, flat):
     """The complete programs made to time out, so that every counterexample comes
     from the search: on these three-pixel boxes it must break each example that
     enumeration breaks and no other, every counterexample re-checked."""
-    from advlib.qnn import verify as module
+    from advlib.qnn.verify import milp as module
 
     monkeypatch.setattr(module, "_solve", lambda *args: "time limit")
     shape = (1, 3, 1)
@@ -221,7 +221,7 @@ def weak_protocol(eps, sweep=()):
 def spy_on_search_seeds(monkeypatch, images):
     """Records, per call of the verifier's search, the index of its image among
     `images` and the seed it was given."""
-    from advlib.qnn import verify_search
+    from advlib.qnn.verify import search as verify_search
 
     calls, search = [], verify_search.search_counterexample
 

@@ -12,7 +12,7 @@ Example:
 import importlib
 import pkgutil
 
-from advlib.attacks import losses
+from advlib import losses
 from advlib.attacks.base import Attack, by_name, names, random_targets, refuse_true_class_targets
 from advlib.attacks.gradient import GradientAttack
 from advlib.attacks.result import AttackResult

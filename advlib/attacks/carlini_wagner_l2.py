@@ -10,7 +10,7 @@ import tensorflow as tf
 from advlib import _checks
 from advlib.attacks import utils
 from advlib.attacks.base import Attack, refuse_true_class_targets
-from advlib.attacks.losses import margin_loss
+from advlib.losses import margin_loss
 
 _LARGE_CONST = 1e10
 _TANH_SHRINK = 0.999999  # keeps atanh finite for inputs on the bounds

@@ -12,7 +12,7 @@ from advlib.attacks import utils
 from advlib.attacks.base import Attack
 from advlib.attacks.carlini_wagner_l2 import (initial_bracket, search_constants,
                                               search_in_batches)
-from advlib.attacks.losses import margin_loss
+from advlib.losses import margin_loss
 
 DECISION_RULES = ("EN", "L1")
 

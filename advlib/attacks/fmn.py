@@ -11,7 +11,7 @@ import tensorflow as tf
 from advlib import _checks
 from advlib.attacks import utils
 from advlib.attacks.base import Attack, refuse_true_class_targets
-from advlib.attacks.losses import margin_loss
+from advlib.losses import margin_loss
 
 FMN_NORMS = (0, 1, 2, np.inf)
 

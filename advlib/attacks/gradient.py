@@ -15,7 +15,8 @@ import numpy as np
 import tensorflow as tf
 
 from advlib import _checks
-from advlib.attacks import losses, utils
+from advlib import losses
+from advlib.attacks import utils
 from advlib.attacks.base import Attack
 
 

@@ -10,7 +10,7 @@ import tensorflow as tf
 from advlib import _checks
 from advlib.attacks import utils
 from advlib.attacks.base import Attack
-from advlib.attacks.losses import margin_loss
+from advlib.losses import margin_loss
 
 # Model evaluations per call: bounds the memory of the perturbed copies.
 _MAX_POINTS = 16384

@@ -10,7 +10,8 @@ import numpy as np
 import tensorflow as tf
 
 from advlib import _checks
-from advlib.attacks import losses, utils
+from advlib import losses
+from advlib.attacks import utils
 from advlib.attacks.base import Attack, on_survivors
 
 # the p schedule of the paper, for 10,000 queries: p_init is halved after each bound

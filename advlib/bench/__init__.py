@@ -8,8 +8,10 @@ Example:
 
 from advlib.bench.protocol import ProtocolError, available, load as load_protocol
 from advlib.bench.reference import reference_model
-from advlib.bench.report import compare, markdown, wilson_interval
-from advlib.bench.runner import evaluate, merge, reassess
+from advlib.bench.render import compare, markdown
+from advlib.bench.runner import evaluate
+from advlib.bench.shards import merge, reassess
+from advlib.stats import wilson_interval
 
 __all__ = ["ProtocolError", "available", "compare", "evaluate", "load_protocol", "markdown",
            "merge", "reassess", "reference_model", "wilson_interval"]

@@ -22,6 +22,7 @@ from typing import Dict, List, Sequence
 import numpy as np
 
 from advlib.attacks.utils import within_threat
+from advlib.stats import proportion
 
 _TOLERANCE = 1e-5  # float32 rounding of a perturbation's norm
 
@@ -61,10 +62,10 @@ def run(model, protocol: Dict, x: np.ndarray, y: np.ndarray, seed: int,
 
 
 def summarize(norms: np.ndarray, names: Sequence[str], eps: Sequence[float],
-              seconds: np.ndarray, proportion) -> Dict:
+              seconds: np.ndarray) -> Dict:
     """Per attack and for the best of them per example: median minimal norm,
-    success rate, and robust accuracy at each eps (`proportion` makes the
-    report's {value, count, n, ci95} entries)."""
+    success rate, and robust accuracy at each eps, as the report's
+    {value, count, n, ci95} entries."""
     best = norms.min(axis=0) if len(names) else np.zeros(0)
     median = lambda values: float(np.median(values)) if values.size else float("nan")
     within = lambda values, e: values <= e * (1 + _TOLERANCE) + 1e-7

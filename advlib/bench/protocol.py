@@ -49,7 +49,7 @@ import copy
 import hashlib
 import json
 import os
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 import numpy as np
 
@@ -124,6 +124,22 @@ def _unknown(keys, allowed, where):
         raise ProtocolError(f"{where} has unknown key(s) {extra}; allowed: {sorted(allowed)}.")
 
 
+def _object(value, allowed, where) -> Dict[str, Any]:
+    """`value`, checked to be an object whose keys are among `allowed`."""
+    if not isinstance(value, dict):
+        raise ProtocolError(f"{where} must be an object with keys {sorted(allowed)}, got "
+                            f"{value!r}.")
+    _unknown(value, allowed, where)
+    return value
+
+
+def _section(document, key, allowed, source) -> Optional[Dict[str, Any]]:
+    """The optional section `key` of the document (None where absent), checked by
+    `_object`."""
+    value = document.get(key)
+    return None if value is None else _object(value, allowed, f"{source}: {key}")
+
+
 def validate(document: Dict[str, Any], source: str = "protocol") -> Dict[str, Any]:
     """Checks a protocol and fills in defaults; raises ProtocolError naming the problem."""
     if not isinstance(document, dict):
@@ -132,9 +148,15 @@ def validate(document: Dict[str, Any], source: str = "protocol") -> Dict[str, An
     missing = sorted(_REQUIRED - set(document))
     if missing:
         raise ProtocolError(f"{source} lacks required key(s) {missing}.")
+    for section in _SECTIONS:  # in order: later sections read what earlier ones filled in
+        section(document, source)
+    return document
+
+
+def _validate_dataset(document, source) -> None:
     from advlib.datasets import NAMES
-    dataset = document["dataset"]
-    _unknown(dataset, _DATASET_KEYS, f"{source}: dataset")
+
+    dataset = _object(document["dataset"], _DATASET_KEYS, f"{source}: dataset")
     if dataset.get("name") not in NAMES:
         raise ProtocolError(f"{source}: dataset name must be one of {list(NAMES)}, got "
                             f"{dataset.get('name')!r}.")
@@ -143,19 +165,21 @@ def validate(document: Dict[str, Any], source: str = "protocol") -> Dict[str, An
         raise ProtocolError(f"{source}: dataset split must be 'train' or 'test', got "
                             f"{dataset['split']!r}.")
     _check(source, "dataset n", dataset.get("n"), low=1, integer=True)
-    threat = document["threat"]
-    _unknown(threat, _THREAT_KEYS, f"{source}: threat")
+
+
+def _validate_threat(document, source) -> None:
+    threat = _object(document["threat"], _THREAT_KEYS, f"{source}: threat")
     if str(threat.get("norm")) not in ("inf", "2"):
         raise ProtocolError(f"{source}: threat norm must be 'inf' or '2', got "
                             f"{threat.get('norm')!r}.")
     threat["norm"] = str(threat["norm"])
     _check(source, "threat eps", threat.get("eps"), low=0, low_open=True)
     _check(source, "version", document["version"], low=1, integer=True)
-    clip = document.setdefault("clip", {"min": 0.0, "max": 1.0})
-    if not isinstance(clip, dict):
-        raise ProtocolError(f"{source}: clip must be an object with keys 'min' and 'max', got "
-                            f"{clip!r}.")
-    _unknown(clip, {"min", "max"}, f"{source}: clip")
+
+
+def _validate_clip(document, source) -> None:
+    clip = _object(document.setdefault("clip", {"min": 0.0, "max": 1.0}), {"min", "max"},
+                   f"{source}: clip")
     missing_bounds = sorted({"min", "max"} - set(clip))
     if missing_bounds:
         raise ProtocolError(f"{source}: clip lacks {missing_bounds}; give both bounds of the "
@@ -164,6 +188,10 @@ def validate(document: Dict[str, Any], source: str = "protocol") -> Dict[str, An
         _check(source, f"clip {key}", clip[key], allow_none=True)
     if clip["min"] is not None and clip["max"] is not None and clip["min"] >= clip["max"]:
         raise ProtocolError(f"{source}: clip min must be below clip max, got {clip}.")
+
+
+def _validate_run(document, source) -> None:
+    """The seed, the batch size, the sweep and the description, with their defaults."""
     document.setdefault("seed", 0)
     # the harness derives per-batch and per-attack seeds from it; they must stay in int64
     _check(source, "seed", document["seed"], low=0, high=MAX_SEED, integer=True)
@@ -173,14 +201,6 @@ def validate(document: Dict[str, Any], source: str = "protocol") -> Dict[str, An
     document.setdefault("description", "")
     for eps in document["sweep"]:
         _check(source, "sweep eps", eps, low=0, low_open=True)
-    _validate_diagnostics(document, source)
-    _validate_entries(document["attacks"], f"{source}: attacks")
-    _check_attack_params(document, source)
-    _validate_headline(document, source)
-    _validate_sweep_attacks(document, source)
-    _validate_certify(document, source)
-    _validate_min_norm(document, source)
-    return document
 
 
 def _validate_entries(attacks, where_list) -> None:
@@ -191,10 +211,7 @@ def _validate_entries(attacks, where_list) -> None:
     names = set()
     for index, entry in enumerate(attacks):
         where = f"{where_list}[{index}]"
-        if not isinstance(entry, dict):
-            raise ProtocolError(f"{where} must be an object with keys {sorted(_ATTACK_KEYS)}, "
-                                f"got {entry!r}.")
-        _unknown(entry, _ATTACK_KEYS, where)
+        _object(entry, _ATTACK_KEYS, where)
         if entry.get("attack") not in attacks_module.names():
             raise ProtocolError(f"{where}: unknown attack {entry.get('attack')!r}; known: "
                                 f"{attacks_module.names()}.")
@@ -211,15 +228,26 @@ def _validate_entries(attacks, where_list) -> None:
         _unknown(params, allowed, f"{where} ({entry['attack']}) params")
 
 
+def _validate_attacks(document, source) -> None:
+    """The main attacks, each built at every eps as the harness will, so that a bad
+    value fails now rather than after minutes of evaluation."""
+    from advlib.bench.ensemble import attack_seed, batch_seed
+
+    attacks = document["attacks"]
+    _validate_entries(attacks, f"{source}: attacks")
+    batches = -(-document["dataset"]["n"] // document["batch_size"])
+    eps_list = eps_values(document)
+    # the largest seed the harness derives
+    seed = attack_seed(batch_seed(document["seed"], batches, len(eps_list)), len(attacks))
+    for index, entry in enumerate(attacks):
+        _check_entry_params(document, entry, f"{source}: attacks[{index}]", eps_list, seed)
+
+
 def _validate_min_norm(document, source) -> None:
-    section = document.get("min_norm")
+    section = _section(document, "min_norm", _MIN_NORM_KEYS, source)
     if section is None:
         return
     where = f"{source}: min_norm"
-    if not isinstance(section, dict):
-        raise ProtocolError(f"{where} must be an object with keys {sorted(_MIN_NORM_KEYS)}, "
-                            f"got {section!r}.")
-    _unknown(section, _MIN_NORM_KEYS, where)
     _validate_entries(section.get("attacks"), f"{where}: attacks")
     eps = section.get("eps")
     if not isinstance(eps, list) or not eps:
@@ -233,14 +261,10 @@ def _validate_min_norm(document, source) -> None:
 
 
 def _validate_certify(document, source) -> None:
-    settings = document.get("certify")
+    settings = _section(document, "certify", _CERTIFY_KEYS, source)
     if settings is None:
         return
     where = f"{source}: certify"
-    if not isinstance(settings, dict):
-        raise ProtocolError(f"{where} must be an object with keys {sorted(_CERTIFY_KEYS)}, "
-                            f"got {settings!r}.")
-    _unknown(settings, _CERTIFY_KEYS, where)
     missing = sorted({"sigma", "n"} - set(settings))
     if missing:
         raise ProtocolError(f"{where} lacks {missing}: the noise's sigma and the estimation "
@@ -272,24 +296,11 @@ def _validate_sweep_attacks(document, source) -> None:
                             f"protocol's attack names {names}; got {chosen!r}.")
 
 
-def runs_at(protocol, eps_index: int, names: List[str]) -> List[bool]:
-    """Which of the ensemble's attacks (`names`, adaptive copies "name@variant"
-    included) run at the `eps_index`-th eps of `eps_values`: all at the main eps,
-    those of `sweep_attacks` (default all) in the sweep."""
-    chosen = protocol.get("sweep_attacks")
-    if eps_index == 0 or chosen is None:
-        return [True] * len(names)
-    return [name.split("@")[0] in chosen for name in names]
-
-
 def _validate_headline(document, source) -> None:
-    headline = document.get("headline")
+    headline = _section(document, "headline", _HEADLINE_KEYS, source)
     if headline is None:
         return
     where = f"{source}: headline"
-    if not isinstance(headline, dict):
-        raise ProtocolError(f"{where} must be an object with keys {sorted(_HEADLINE_KEYS)}.")
-    _unknown(headline, _HEADLINE_KEYS, where)
     members = headline.get("attacks")
     names = [entry["name"] for entry in document["attacks"]]
     if not isinstance(members, list) or not members or members != names[:len(members)]:
@@ -300,28 +311,14 @@ def _validate_headline(document, source) -> None:
     headline.setdefault("comparable_with", "")
 
 
-def _check_attack_params(document, source) -> None:
-    """Builds every attack's parameters for every eps, as the harness will, so that a
-    bad value fails now rather than after minutes of evaluation."""
-    from advlib.bench.ensemble import attack_seed, batch_seed
-
-    attacks = document["attacks"]
-    batches = -(-document["dataset"]["n"] // document["batch_size"])
-    eps_list = eps_values(document)
-    # the largest seed the harness derives
-    seed = attack_seed(batch_seed(document["seed"], batches, len(eps_list)), len(attacks))
-    for index, entry in enumerate(attacks):
-        fraction = entry["params"].get("eps_iter_fraction")
-        if fraction is not None:
-            _check(source, f"attacks[{index}] eps_iter_fraction", fraction, low=0, low_open=True)
-        _check_entry_params(document, entry, f"{source}: attacks[{index}]", eps_list, seed)
-
-
 def _check_entry_params(document, entry, where, eps_list, seed) -> None:
     """Builds one attack entry's parameters at every eps of `eps_list` and lets its
     attack check them."""
     from advlib.bench.ensemble import AttackEntry
 
+    fraction = entry["params"].get("eps_iter_fraction")
+    if fraction is not None:
+        _check(where, "eps_iter_fraction", fraction, low=0, low_open=True)
     typed = AttackEntry.from_protocol(entry)
     for eps in eps_list:
         params = typed.params_at(eps, document["threat"]["norm"], document["clip"], seed)
@@ -335,11 +332,7 @@ def _check_entry_params(document, entry, where, eps_list, seed) -> None:
 def _validate_diagnostics(document, source):
     from advlib.bench.diagnostics import DEFAULTS
 
-    settings = document.get("diagnostics", {})
-    if not isinstance(settings, dict):
-        raise ProtocolError(f"{source}: diagnostics must be an object with keys "
-                            f"{sorted(DEFAULTS)}, got {settings!r}.")
-    _unknown(settings, DEFAULTS, f"{source}: diagnostics")
+    settings = _section(document, "diagnostics", DEFAULTS, source) or {}
     if "n" in settings:
         _check(source, "diagnostics n", settings["n"], low=1, integer=True)
     if "spsa_iterations" in settings:
@@ -350,11 +343,26 @@ def _validate_diagnostics(document, source):
             _check(source, f"diagnostics {key}", settings[key], low=0, high=1)
 
 
+_SECTIONS = (_validate_dataset, _validate_threat, _validate_clip, _validate_run,
+             _validate_diagnostics, _validate_attacks, _validate_headline,
+             _validate_sweep_attacks, _validate_certify, _validate_min_norm)
+
+
 def _check(source, name, value, **bounds):
     try:
         _checks.check_number(name, value, **bounds)
     except (TypeError, ValueError) as error:
         raise ProtocolError(f"{source}: {error}") from error
+
+
+def runs_at(protocol, eps_index: int, names: List[str]) -> List[bool]:
+    """Which of the ensemble's attacks (`names`, adaptive copies "name@variant"
+    included) run at the `eps_index`-th eps of `eps_values`: all at the main eps,
+    those of `sweep_attacks` (default all) in the sweep."""
+    chosen = protocol.get("sweep_attacks")
+    if eps_index == 0 or chosen is None:
+        return [True] * len(names)
+    return [name.split("@")[0] in chosen for name in names]
 
 
 def protocol_hash(protocol: Dict[str, Any]) -> str:

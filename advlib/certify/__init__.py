@@ -6,7 +6,7 @@ Example:
     >>> result.certified_accuracy(y, radii=[0.0, 0.25, 0.5])
 """
 
-from advlib.certify.smoothing import (ABSTAIN, CertificationResult, SmoothedClassifier,
-                                      clopper_pearson_lower)
+from advlib.certify.smoothing import ABSTAIN, CertificationResult, SmoothedClassifier
+from advlib.stats import clopper_pearson_lower
 
 __all__ = ["ABSTAIN", "CertificationResult", "SmoothedClassifier", "clopper_pearson_lower"]

@@ -20,22 +20,11 @@ import tensorflow as tf
 
 from advlib import _checks, _seeding
 from advlib.models.keras import as_model
+from advlib.stats import clopper_pearson_lower, wilson_interval
 
 ABSTAIN = -1
 # the phases of one certification draw independent noise
 _PREDICT, _SELECT, _ESTIMATE = 0, 1, 2
-
-
-def clopper_pearson_lower(successes, trials, alpha: float) -> np.ndarray:
-    """The one-sided (1 - alpha) Clopper-Pearson lower bound of a binomial
-    proportion: the alpha quantile of Beta(k, n - k + 1), and 0 where k = 0."""
-    from scipy.stats import beta
-
-    k = np.asarray(successes, np.float64)
-    n = np.asarray(trials, np.float64)
-    with np.errstate(invalid="ignore"):
-        bound = beta.ppf(alpha, k, n - k + 1)
-    return np.where(k > 0, bound, 0.0)
 
 
 @dataclasses.dataclass
@@ -81,8 +70,6 @@ class CertificationResult:
     def summary(self, y, radii: Sequence[float] = (0.0, 0.25, 0.5, 0.75, 1.0)) -> Dict:
         """Certified accuracy at each radius with its 95% Wilson interval over the
         examples, the abstention rate, and the settings."""
-        from advlib.bench.report import wilson_interval
-
         per_radius = []
         for r in radii:
             hits = self.certified(y, r)

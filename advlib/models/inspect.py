@@ -13,7 +13,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from advlib.attacks.losses import margin_loss
+from advlib.losses import margin_loss
 
 
 def layer_inputs(model, layers, x) -> List[np.ndarray]:

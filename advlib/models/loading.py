@@ -141,8 +141,8 @@ def load_model(path: str, custom_objects: Optional[Dict[str, object]] = None):
     """
     import keras
 
-    import advlib.bench.testbeds  # noqa: F401  registers advlib's layers (QNNs, testbeds)
-    import advlib.qnn.layers  # noqa: F401
+    import advlib.models.testbeds  # noqa: F401  (registers the testbed layers)
+    import advlib.qnn.layers  # noqa: F401  (registers the QNN layers)
 
     check_keras_is_safe()
     path = os.fspath(path)

@@ -1,4 +1,4 @@
-"""The verifier's SAT backend: the binary network as cardinality constraints,
+"""The verifier's SAT decider: the binary network as cardinality constraints,
 decided by a CDCL solver with native cardinality constraints (PySAT's Minicard).
 
 Every hidden unit of the exported engine compares an integer accumulator with
@@ -32,6 +32,9 @@ import time
 from typing import List, Optional
 
 import numpy as np
+
+from advlib.qnn.verify.encoding import NetworkEncoding
+from advlib.qnn.verify.result import Verdict, classes_to_try, finish, judge_candidate
 
 _SOLVER = "minicard"
 _CONFLICTS_PER_SLICE = 500
@@ -303,3 +306,32 @@ class SatEncoding:
         truth[positive] = True
         return self.low + np.array([truth[lits].sum() for lits in self.pixel_literals],
                                    np.int64)
+
+
+def decide(encoding: NetworkEncoding, x: np.ndarray, label: int, eps: float,
+                       time_limit: float = 30.0, clean_logits: Optional[np.ndarray] = None
+                       ) -> Verdict:
+    """Decides one example by one incremental SAT call per class that the counts
+    leave open; see `advlib.qnn.verify.verify`."""
+    start = time.perf_counter()
+    instance = SatEncoding(encoding, x, eps)
+    verdict = Verdict("robust", int(label), fixed=instance.fixed / max(instance.units, 1),
+                      binaries=instance.builder.count)
+    try:
+        for j in classes_to_try(label, clean_logits, len(encoding.scale)):
+            act = instance.class_wins(label, j, encoding.tolerance)
+            if act is None:
+                continue  # no count of the last layer lets class j win
+            remaining = time_limit - (time.perf_counter() - start)
+            if remaining <= 0:
+                return finish(verdict, "unknown", start, reason="time limit")
+            answer = instance.solve(act, remaining)
+            verdict.programs += 1
+            if answer is None:
+                return finish(verdict, "unknown", start, reason="time limit")
+            if answer:
+                image = encoding.image_at_levels(x, instance.levels(), eps)
+                return judge_candidate(verdict, encoding.engine, image, j, start)
+        return finish(verdict, "robust", start, reason="every class ruled out")
+    finally:
+        instance.close()

@@ -1,4 +1,4 @@
-"""Counterexamples for the verifier by local search on the exact engine.
+"""The verifier's search decider: counterexamples by local search on the exact engine.
 
 On networks as large as the reference digits CNN, the complete program of a
 whole eps-ball is too large to solve in seconds, yet most of the examples that
@@ -38,6 +38,9 @@ from typing import Optional
 
 import numpy as np
 
+from advlib.qnn.verify.encoding import NetworkEncoding
+from advlib.qnn.verify.result import Verdict, finish, judge_candidate
+
 # a move that leaves the margin as it is gets taken this often (the plateau walk)
 _PLATEAU = 0.8
 # the share of the free pixels a restart sends to random levels of their ranges
@@ -46,7 +49,7 @@ _KICK = 0.125
 _INSIDE = 0.25
 
 
-def search_counterexample(encoding, x: np.ndarray, label: int, eps: float, time_limit: float,
+def search_counterexample(encoding: NetworkEncoding, x: np.ndarray, label: int, eps: float, time_limit: float,
                           seed: int = 0, start: Optional[np.ndarray] = None,
                           restarts: Optional[int] = None) -> Optional[np.ndarray]:
     """Searches the L-inf ball of radius `eps` around `x` for a point that the engine
@@ -90,11 +93,42 @@ def search_counterexample(encoding, x: np.ndarray, label: int, eps: float, time_
     return encoding.image_at_levels(x, levels, eps)
 
 
+def decide(encoding: NetworkEncoding, x: np.ndarray, label: int, eps: float,
+           time_limit: float, seed: int = 0, restarts: Optional[int] = None,
+           verdict: Optional[Verdict] = None) -> Verdict:
+    """Searches for a counterexample (`search_counterexample`) and checks it through
+    the engine.
+
+    Args:
+        encoding: the network's `NetworkEncoding`.
+        x: one image in [0, 1].
+        label: the class to move away from.
+        eps: the L-inf radius.
+        time_limit: seconds.
+        seed: seeds the search.
+        restarts: as in `search_counterexample`.
+        verdict: a complete decider's undecided verdict, which keeps its
+            statistics and reason; default: a new one.
+
+    Returns:
+        `broken` with the counterexample, or `unknown`: the search can only break.
+    """
+    start = time.perf_counter()
+    verdict = Verdict("unknown", int(label)) if verdict is None else verdict
+    image = search_counterexample(encoding, x, label, eps, time_limit, seed=seed,
+                                  restarts=restarts)
+    if image is None:
+        return finish(verdict, "unknown", start, reason=verdict.reason or "no counterexample")
+    verdict = judge_candidate(verdict, encoding.engine, image, -1, start)
+    verdict.reason += " (local search)"
+    return verdict
+
+
 class _Scorer:
     """Margins (logit_label - the best other logit) of many candidate levels at
     once, and whether each is misclassified, on the engine's BLAS backend."""
 
-    def __init__(self, encoding, x, eps, label):
+    def __init__(self, encoding: NetworkEncoding, x, eps, label):
         self.engine = encoding.fast_engine
         self.encoding, self.x, self.eps, self.label = encoding, x, eps, label
 

@@ -6,7 +6,7 @@ spirit of the test models of Pintor et al. 2022. They are registered Keras
 layers, so models using them save and load with `safe_mode=True`.
 
 Example:
-    >>> from advlib.bench.testbeds import InputQuantization, defended
+    >>> from advlib.models.testbeds import InputQuantization, defended
     >>> masked = defended(cnn, InputQuantization(levels=5))
     >>> advlib.bench.evaluate(masked)["headline_flag"]      # flagged
     >>> advlib.bench.evaluate(masked, adaptive=True)         # broken through BPDA

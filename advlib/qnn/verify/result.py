@@ -1,0 +1,108 @@
+"""The verifier's answers: a `Verdict` per example and their `VerificationResult`,
+with the helpers that every decider uses to close a verdict."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Dict, List, Optional
+
+import numpy as np
+
+STATUSES = ("robust", "broken", "unknown")
+
+
+@dataclasses.dataclass
+class Verdict:
+    """The verifier's answer for one example.
+
+    Attributes:
+        status: "robust" (proved), "broken" (a counterexample, checked through
+            the engine) or "unknown" (time limit or a float tie).
+        label: the class judged against.
+        counterexample: for "broken", an image within eps of the input that
+            the engine misclassifies; else None.
+        target: for "broken", the class the counterexample reaches.
+        seconds: wall time.
+        binaries: binary variables in the largest program solved (undecided units).
+        fixed: share of hidden units decided by the bounds alone.
+        programs: MILPs solved (one per class that the bounds could not rule out).
+        nodes: branch-and-bound nodes, summed over the programs.
+        reason: why "unknown", or how the answer was reached.
+    """
+
+    status: str
+    label: int
+    counterexample: Optional[np.ndarray] = None
+    target: Optional[int] = None
+    seconds: float = 0.0
+    binaries: int = 0
+    fixed: float = 1.0
+    programs: int = 0
+    nodes: int = 0
+    reason: str = ""
+
+
+@dataclasses.dataclass
+class VerificationResult:
+    """Verdicts for a batch, with the statistics a report needs."""
+
+    verdicts: List[Verdict]
+    eps: float
+
+    @property
+    def statuses(self) -> np.ndarray:
+        return np.array([v.status for v in self.verdicts])
+
+    def counts(self) -> Dict[str, int]:
+        statuses = self.statuses
+        return {status: int((statuses == status).sum()) for status in STATUSES}
+
+    def robust_interval(self, correct: Optional[np.ndarray] = None) -> List[float]:
+        """[proved robust, not broken] as shares of all examples; examples that
+        are misclassified to begin with (`correct` False) count as not robust."""
+        statuses = self.statuses
+        keep = np.ones(len(statuses), bool) if correct is None else np.asarray(correct, bool)
+        n = max(len(statuses), 1)
+        return [float(((statuses == "robust") & keep).sum() / n),
+                float(((statuses != "broken") & keep).sum() / n)]
+
+    def times(self) -> Dict[str, float]:
+        seconds = np.array([v.seconds for v in self.verdicts]) if self.verdicts else np.zeros(1)
+        return {"median": float(np.median(seconds)), "p95": float(np.percentile(seconds, 95)),
+                "max": float(seconds.max()), "total": float(seconds.sum())}
+
+    def summary(self) -> Dict:
+        return {"eps": self.eps, "n": len(self.verdicts), **self.counts(),
+                "seconds": self.times(),
+                "programs": int(sum(v.programs for v in self.verdicts)),
+                "nodes": int(sum(v.nodes for v in self.verdicts)),
+                "median_binaries": float(np.median([v.binaries for v in self.verdicts]))
+                if self.verdicts else 0.0}
+
+
+def classes_to_try(label: int, clean_logits: Optional[np.ndarray], count: int) -> List[int]:
+    """The classes other than the label, most likely first: the first that yields
+    a counterexample ends the search."""
+    order = np.argsort(-clean_logits) if clean_logits is not None else range(count)
+    return [int(j) for j in order if j != label]
+
+
+def finish(verdict: Verdict, status: str, start: float, reason: str) -> Verdict:
+    """Sets the verdict's status and reason, and its time since `start`."""
+    verdict.status, verdict.reason = status, reason
+    verdict.seconds = time.perf_counter() - start
+    return verdict
+
+
+def judge_candidate(verdict: Verdict, engine, image: np.ndarray, target: int,
+                    start: float) -> Verdict:
+    """A decider's point for class `target`, checked through the exact `engine`:
+    `broken` if the engine misclassifies it, else `unknown` (it lies within float
+    rounding of a tie)."""
+    predicted = int(engine.predict_classes(image[None])[0])
+    if predicted != verdict.label:
+        verdict.counterexample, verdict.target = image, predicted
+        return finish(verdict, "broken", start, reason=f"class {predicted}")
+    return finish(verdict, "unknown", start,
+                  reason=f"a solution for class {target} lies within float rounding of a tie")
