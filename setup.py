@@ -20,18 +20,21 @@ TENSORFLOW = os.environ.get("ADVLIB_TENSORFLOW")
 if TENSORFLOW:
     TENSORFLOW_REQUIREMENTS = [f"{TENSORFLOW}>=2.16"]
 else:
-    CPU_WHEELS = ("(platform_system == 'Linux' and platform_machine == 'x86_64') or "
-                  "(platform_system == 'Windows' and platform_machine == 'AMD64')")
-    OTHERS = ("(platform_system != 'Linux' or platform_machine != 'x86_64') and "
-              "(platform_system != 'Windows' or platform_machine != 'AMD64')")
-    TENSORFLOW_REQUIREMENTS = [f"tensorflow-cpu>=2.16; {CPU_WHEELS}",
-                               f"tensorflow>=2.16; {OTHERS}"]
+    CPU_WHEELS = (
+        "(platform_system == 'Linux' and platform_machine == 'x86_64') or "
+        "(platform_system == 'Windows' and platform_machine == 'AMD64')"
+    )
+    OTHERS = (
+        "(platform_system != 'Linux' or platform_machine != 'x86_64') and "
+        "(platform_system != 'Windows' or platform_machine != 'AMD64')"
+    )
+    TENSORFLOW_REQUIREMENTS = [f"tensorflow-cpu>=2.16; {CPU_WHEELS}", f"tensorflow>=2.16; {OTHERS}"]
 
 setup(
     name="advlib",
     version=VERSION,
     description="Adversarial robustness for TensorFlow/Keras models: attacks, "
-                "adversarial training, quantized networks and a benchmark harness.",
+    "adversarial training, quantized networks and a benchmark harness.",
     long_description=README,
     long_description_content_type="text/markdown",
     license="MIT",
@@ -39,7 +42,8 @@ setup(
     packages=find_packages(include=["advlib", "advlib.*"]),
     include_package_data=True,
     package_data={"advlib": ["**/*.cu", "**/*.json"]},
-    install_requires=TENSORFLOW_REQUIREMENTS + [
+    install_requires=TENSORFLOW_REQUIREMENTS
+    + [
         "keras>=3.14.0",
         "numpy>=2.0",
         "scipy>=1.10",
@@ -52,9 +56,13 @@ setup(
         # the verifier's SAT backend (PySAT publishes only .dev versions)
         "verify": ["python-sat>=1.8.dev16"],
         # NVRTC compiles the CUDA kernels in CI, where there is no GPU
-        "dev": ["pytest>=7", "pytest-xdist>=3", "hypothesis>=6", "python-sat>=1.8.dev16",
-                "nvidia-cuda-nvrtc-cu12; platform_system == 'Linux' and "
-                "platform_machine == 'x86_64'"],
+        "dev": [
+            "pytest>=7",
+            "pytest-xdist>=3",
+            "hypothesis>=6",
+            "python-sat>=1.8.dev16",
+            "nvidia-cuda-nvrtc-cu12; platform_system == 'Linux' and platform_machine == 'x86_64'",
+        ],
     },
     entry_points={"console_scripts": ["advlib=advlib.cli:main"]},
     classifiers=[

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-DRAWN_SEED_MAX = 2 ** 31 - 1
+DRAWN_SEED_MAX = 2**31 - 1
 
 
 def draw_seed() -> int:

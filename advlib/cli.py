@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import List, Optional
 
 import advlib
 
@@ -13,9 +12,9 @@ import advlib
 def _info(args) -> int:
     """Prints versions and where each data set would be read from."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import keras
     import numpy
     import tensorflow as tf
-    import keras
 
     from advlib.datasets import loaders
 
@@ -24,13 +23,16 @@ def _info(args) -> int:
     devices = [d.name for d in tf.config.list_physical_devices()]
     print(f"devices: {', '.join(devices)}")
     for name in ("mnist", "fashion-mnist"):
-        found = [f for f in loaders._idx_folder_candidates(name, args.data_dir)
-                 if loaders._has_idx_files(f)]
+        found = [
+            f
+            for f in loaders._idx_folder_candidates(name, args.data_dir)
+            if loaders._has_idx_files(f)
+        ]
         print(f"{name}: {found[0] if found else 'not found locally (downloaded on first use)'}")
     return 0
 
 
-def _custom_objects(spec: Optional[str]) -> dict:
+def _custom_objects(spec: str | None) -> dict:
     """The CUSTOM_OBJECTS dict of a .py file or an importable module, found the same
     way however advlib was launched (the working directory first)."""
     import importlib
@@ -41,33 +43,41 @@ def _custom_objects(spec: Optional[str]) -> dict:
     if spec.endswith(".py") or os.path.sep in spec:
         if not os.path.isfile(spec):
             raise ValueError(f"--custom-objects file {spec!r} does not exist.")
-        loader = importlib.util.spec_from_file_location("advlib_custom_objects", spec)
-        module = importlib.util.module_from_spec(loader)
-        loader.loader.exec_module(module)
+        found = importlib.util.spec_from_file_location("advlib_custom_objects", spec)
+        if found is None or found.loader is None:
+            raise ValueError(f"--custom-objects file {spec!r} cannot be imported as Python.")
+        module = importlib.util.module_from_spec(found)
+        found.loader.exec_module(module)
     else:
         sys.path.insert(0, os.getcwd())
         try:
             module = importlib.import_module(spec)
         except ImportError as error:
-            raise ValueError(f"--custom-objects: cannot import module {spec!r} ({error}); "
-                             "give an importable module name or a .py file.") from error
+            raise ValueError(
+                f"--custom-objects: cannot import module {spec!r} ({error}); "
+                "give an importable module name or a .py file."
+            ) from error
         finally:
             sys.path.remove(os.getcwd())
     custom = getattr(module, "CUSTOM_OBJECTS", None)
     if not isinstance(custom, dict) or not all(isinstance(k, str) for k in custom):
-        raise ValueError(f"--custom-objects {spec!r} must define CUSTOM_OBJECTS, a dict from "
-                         f"names to classes or functions; found {type(custom).__name__}.")
+        raise ValueError(
+            f"--custom-objects {spec!r} must define CUSTOM_OBJECTS, a dict from "
+            f"names to classes or functions; found {type(custom).__name__}."
+        )
     return custom
 
 
-def _load_model(path: str, custom_objects_spec: Optional[str]):
+def _load_model(path: str, custom_objects_spec: str | None):
     """Loads a .keras file with advlib's safe loader; the custom objects module is
     imported only once the file is known to exist."""
     from advlib.models.loading import load_model
 
     if not os.path.isfile(path):
-        raise ValueError(f"model file {path!r} does not exist"
-                         f"{' (it is a directory)' if os.path.isdir(path) else ''}.")
+        raise ValueError(
+            f"model file {path!r} does not exist"
+            f"{' (it is a directory)' if os.path.isdir(path) else ''}."
+        )
     return load_model(path, _custom_objects(custom_objects_spec))
 
 
@@ -84,24 +94,41 @@ def _bench_run(args) -> int:
     else:
         model, source, name = _load_model(args.model, args.custom_objects), args.model, None
     if args.engine or args.surrogate:
-        model = QNNModelWrapper(model, surrogate=args.surrogate or "ste",
-                                temperature=args.temperature, engine=args.engine)
-    transfer = None if args.transfer_from is None else _load_model(args.transfer_from,
-                                                                   args.custom_objects)
-    out = args.out or os.path.join("advlib-bench", protocol["name"].replace("/", "_"),
-                                   time.strftime("%Y%m%d-%H%M%S"))
-    report = bench.evaluate(model, protocol=protocol, out_dir=out, resume=args.resume,
-                            shard=args.shard, batch_size=args.batch_size,
-                            progress=not args.no_progress, model_name=name,
-                            adaptive=args.adaptive, transfer_from=transfer,
-                            overwrite=args.overwrite, verify=args.verify,
-                            verify_time_limit=args.verify_time_limit,
-                            verify_backend=args.verify_backend,
-                            verify_search_share=args.verify_search_share)
+        model = QNNModelWrapper(
+            model,
+            surrogate=args.surrogate or "ste",
+            temperature=args.temperature,
+            engine=args.engine,
+        )
+    transfer = (
+        None if args.transfer_from is None else _load_model(args.transfer_from, args.custom_objects)
+    )
+    out = args.out or os.path.join(
+        "advlib-bench", protocol["name"].replace("/", "_"), time.strftime("%Y%m%d-%H%M%S")
+    )
+    report = bench.evaluate(
+        model,
+        protocol=protocol,
+        out_dir=out,
+        resume=args.resume,
+        shard=args.shard,
+        batch_size=args.batch_size,
+        progress=not args.no_progress,
+        model_name=name,
+        adaptive=args.adaptive,
+        transfer_from=transfer,
+        overwrite=args.overwrite,
+        verify=args.verify,
+        verify_time_limit=args.verify_time_limit,
+        verify_backend=args.verify_backend,
+        verify_search_share=args.verify_search_share,
+    )
     print()
     print(bench.markdown(report))
-    print(f"\nmodel: {source}\nreport: {os.path.join(out, 'report.json')} (and report.md, "
-          f"examples.npz, robustness.png)")
+    print(
+        f"\nmodel: {source}\nreport: {os.path.join(out, 'report.json')} (and report.md, "
+        f"examples.npz, robustness.png)"
+    )
     return 0
 
 
@@ -116,7 +143,6 @@ def _bench_merge(args) -> int:
 
 def _bench_compare(args) -> int:
     from advlib import bench
-
     from advlib.bench.report import load_report
 
     reports = []
@@ -132,9 +158,14 @@ def _bench_compare(args) -> int:
 def _bench_reassess(args) -> int:
     from advlib import bench
 
-    settings = {key: value for key, value in (
-        ("black_box_margin", args.black_box_margin),
-        ("convergence_threshold", args.convergence_threshold)) if value is not None}
+    settings = {
+        key: value
+        for key, value in (
+            ("black_box_margin", args.black_box_margin),
+            ("convergence_threshold", args.convergence_threshold),
+        )
+        if value is not None
+    }
     print(bench.markdown(bench.reassess(args.report, settings)))
     return 0
 
@@ -150,50 +181,80 @@ def _bench_list(args) -> int:
 
 def bench_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="advlib bench", description="Standardized robustness evaluation. Also: "
+        prog="advlib bench",
+        description="Standardized robustness evaluation. Also: "
         "'advlib bench merge DIR... --out DIR', 'advlib bench compare A B...', "
         "'advlib bench reassess DIR [--black-box-margin M]', "
-        "'advlib bench list'.")
-    parser.add_argument("--model", help="a .keras file (default: the reference digits CNN, "
-                                        "trained once and cached)")
-    parser.add_argument("--protocol", default="digits-linf-0.2",
-                        help="a shipped protocol's name or a JSON file")
-    parser.add_argument("--out", help="output directory (default: a new one under "
-                                      "./advlib-bench/)")
+        "'advlib bench list'.",
+    )
+    parser.add_argument(
+        "--model", help="a .keras file (default: the reference digits CNN, trained once and cached)"
+    )
+    parser.add_argument(
+        "--protocol", default="digits-linf-0.2", help="a shipped protocol's name or a JSON file"
+    )
+    parser.add_argument("--out", help="output directory (default: a new one under ./advlib-bench/)")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="write into an --out folder that holds other files")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="write into an --out folder that holds other files"
+    )
     parser.add_argument("--shard", help="i/n: evaluate every n-th batch from the i-th")
     parser.add_argument("--batch-size", type=int, help="override the protocol's batch size")
-    parser.add_argument("--custom-objects", help="module whose CUSTOM_OBJECTS (or public "
-                                                 "callables) the model needs")
-    parser.add_argument("--engine", help="exported .npz of a binary network: predictions "
-                                         "come from the exact binary engine")
-    parser.add_argument("--surrogate", choices=("ste", "identity", "smooth", "zero"),
-                        help="QNNs: the sign's backward pass that the attacks use (default "
-                             "ste; zero is the naive gradient)")
-    parser.add_argument("--temperature", type=float, default=1.0,
-                        help="QNNs: temperature of --surrogate smooth")
-    parser.add_argument("--adaptive", action="store_true",
-                        help="also attack through BPDA / sign-surrogate gradients and "
-                             "report the worst case")
-    parser.add_argument("--transfer-from", metavar="PATH",
-                        help="a .keras surrogate (e.g. a QNN's float twin) for the transfer "
-                             "diagnostic")
-    parser.add_argument("--verify", action="store_true",
-                        help="binary networks (with --engine): decide the examples every "
-                             "attack left with the exact verifier, and report the certified "
-                             "interval at every eps")
-    parser.add_argument("--verify-time-limit", type=float, default=30.0, metavar="SECONDS",
-                        help="--verify: seconds per example before it counts as unknown "
-                             "(default 30)")
-    parser.add_argument("--verify-backend", choices=("milp", "sat"), default="milp",
-                        help="--verify: the solver (default milp: SciPy's HiGHS; sat needs "
-                             "python-sat)")
-    parser.add_argument("--verify-search-share", type=float, default=0.5, metavar="SHARE",
-                        help="--verify: the share of each example's time for the local search "
-                             "for counterexamples (default 0.5; 0.9 where the solver decides "
-                             "nothing in time, as on binary CNNs)")
+    parser.add_argument(
+        "--custom-objects", help="module whose CUSTOM_OBJECTS (or public callables) the model needs"
+    )
+    parser.add_argument(
+        "--engine",
+        help="exported .npz of a binary network: predictions come from the exact binary engine",
+    )
+    parser.add_argument(
+        "--surrogate",
+        choices=("ste", "identity", "smooth", "zero"),
+        help="QNNs: the sign's backward pass that the attacks use (default "
+        "ste; zero is the naive gradient)",
+    )
+    parser.add_argument(
+        "--temperature", type=float, default=1.0, help="QNNs: temperature of --surrogate smooth"
+    )
+    parser.add_argument(
+        "--adaptive",
+        action="store_true",
+        help="also attack through BPDA / sign-surrogate gradients and report the worst case",
+    )
+    parser.add_argument(
+        "--transfer-from",
+        metavar="PATH",
+        help="a .keras surrogate (e.g. a QNN's float twin) for the transfer diagnostic",
+    )
+    parser.add_argument(
+        "--verify",
+        action="store_true",
+        help="binary networks (with --engine): decide the examples every "
+        "attack left with the exact verifier, and report the certified "
+        "interval at every eps",
+    )
+    parser.add_argument(
+        "--verify-time-limit",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="--verify: seconds per example before it counts as unknown (default 30)",
+    )
+    parser.add_argument(
+        "--verify-backend",
+        choices=("milp", "sat"),
+        default="milp",
+        help="--verify: the solver (default milp: SciPy's HiGHS; sat needs python-sat)",
+    )
+    parser.add_argument(
+        "--verify-search-share",
+        type=float,
+        default=0.5,
+        metavar="SHARE",
+        help="--verify: the share of each example's time for the local search "
+        "for counterexamples (default 0.5; 0.9 where the solver decides "
+        "nothing in time, as on binary CNNs)",
+    )
     parser.add_argument("--no-progress", action="store_true")
     parser.set_defaults(handler=_bench_run)
     return parser
@@ -202,24 +263,43 @@ def bench_parser() -> argparse.ArgumentParser:
 def _bench_subcommands():
     """name -> (handler, its arguments as (flags, options) pairs)."""
     return {
-        "merge": (_bench_merge, [
-            (("reports",), dict(nargs="+", help="shard output directories")),
-            (("--out",), dict(required=True, help="a new folder for the merged report")),
-            (("--overwrite",), dict(action="store_true",
-                                    help="write into an --out folder that holds other files"))]),
-        "compare": (_bench_compare, [
-            (("reports",), dict(nargs="+", help="report.json files or directories")),
-            (("--force",), dict(action="store_true",
-                                help="rank reports of different protocols anyway"))]),
-        "reassess": (_bench_reassess, [
-            (("report",), dict(help="a finished run's folder or its report.json")),
-            (("--black-box-margin",), dict(type=float, help="replaces the protocol's")),
-            (("--convergence-threshold",), dict(type=float, help="replaces the protocol's"))]),
+        "merge": (
+            _bench_merge,
+            [
+                (("reports",), dict(nargs="+", help="shard output directories")),
+                (("--out",), dict(required=True, help="a new folder for the merged report")),
+                (
+                    ("--overwrite",),
+                    dict(
+                        action="store_true",
+                        help="write into an --out folder that holds other files",
+                    ),
+                ),
+            ],
+        ),
+        "compare": (
+            _bench_compare,
+            [
+                (("reports",), dict(nargs="+", help="report.json files or directories")),
+                (
+                    ("--force",),
+                    dict(action="store_true", help="rank reports of different protocols anyway"),
+                ),
+            ],
+        ),
+        "reassess": (
+            _bench_reassess,
+            [
+                (("report",), dict(help="a finished run's folder or its report.json")),
+                (("--black-box-margin",), dict(type=float, help="replaces the protocol's")),
+                (("--convergence-threshold",), dict(type=float, help="replaces the protocol's")),
+            ],
+        ),
         "list": (_bench_list, []),
     }
 
 
-def _bench(argv: List[str]) -> int:
+def _bench(argv: list[str]) -> int:
     subcommands = _bench_subcommands()
     if argv and argv[0] in subcommands:
         handler, arguments = subcommands[argv[0]]
@@ -257,10 +337,12 @@ def _run_handler(program: str, args) -> int:
     try:
         return args.handler(args)
     except KeyboardInterrupt:
-        print(f"{program}: interrupted; finished batches are saved (--resume continues).",
-              file=sys.stderr)
+        print(
+            f"{program}: interrupted; finished batches are saved (--resume continues).",
+            file=sys.stderr,
+        )
         return 130
-    except Exception as error:  # noqa: BLE001  the CLI never shows a traceback
+    except Exception as error:
         if os.environ.get("ADVLIB_DEBUG"):
             raise
         print(f"{program}: error: {describe_error(error)}", file=sys.stderr)
@@ -274,12 +356,13 @@ def build_parser() -> argparse.ArgumentParser:
     info = commands.add_parser("info", help="versions, devices and data set locations")
     info.add_argument("--data-dir", default=None, help="a folder of IDX files to check first")
     info.set_defaults(handler=_info)
-    commands.add_parser("bench", help="standardized robustness evaluation (advlib bench -h)",
-                        add_help=False)
+    commands.add_parser(
+        "bench", help="standardized robustness evaluation (advlib bench -h)", add_help=False
+    )
     return parser
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv and argv[0] == "bench":
         return _bench(argv[1:])

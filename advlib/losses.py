@@ -53,8 +53,13 @@ def targeted_dlr_loss(labels, logits):
     return -(true - target) / (ranked[:, 0] - 0.5 * (ranked[:, 2] + ranked[:, 3]) + 1e-12)
 
 
-LOSSES = {"ce": cross_entropy, "cross_entropy": cross_entropy,
-          "cw": margin_loss, "margin": margin_loss, "dlr": dlr_loss}
+LOSSES = {
+    "ce": cross_entropy,
+    "cross_entropy": cross_entropy,
+    "cw": margin_loss,
+    "margin": margin_loss,
+    "dlr": dlr_loss,
+}
 
 
 def get(loss_fn):
@@ -65,5 +70,6 @@ def get(loss_fn):
         return loss_fn
     if isinstance(loss_fn, str) and loss_fn in LOSSES:
         return LOSSES[loss_fn]
-    raise ValueError(f"loss_fn must be a callable(labels=, logits=) or one of "
-                     f"{sorted(LOSSES)}, got {loss_fn!r}.")
+    raise ValueError(
+        f"loss_fn must be a callable(labels=, logits=) or one of {sorted(LOSSES)}, got {loss_fn!r}."
+    )

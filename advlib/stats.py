@@ -9,12 +9,11 @@ Example:
 from __future__ import annotations
 
 import math
-from typing import Dict, List
 
 import numpy as np
 
 
-def wilson_interval(successes: int, n: int, z: float = 1.959964) -> List[float]:
+def wilson_interval(successes: int, n: int, z: float = 1.959964) -> list[float]:
     """The Wilson score interval of a proportion.
 
     Args:
@@ -34,7 +33,7 @@ def wilson_interval(successes: int, n: int, z: float = 1.959964) -> List[float]:
     return [max(0.0, centre - half), min(1.0, centre + half)]
 
 
-def proportion(mask: np.ndarray) -> Dict:
+def proportion(mask: np.ndarray) -> dict:
     """The share of True entries of `mask`, with its count and 95% Wilson interval.
 
     Returns:

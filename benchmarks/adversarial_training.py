@@ -18,17 +18,21 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
+import keras
 
-from advlib.datasets import load  # noqa: E402
-from advlib.models import small_cnn  # noqa: E402
-from advlib.training import AdversarialModel  # noqa: E402
+from advlib.datasets import load
+from advlib.models import small_cnn
+from advlib.training import AdversarialModel
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-CONFIGS = [("clean", None, {}), ("goodfellow (FGSM, 50/50)", "goodfellow", {}),
-           ("fast (FGSM + random start)", "fast", {}), ("madry PGD-3", "madry", {"nb_iter": 3}),
-           ("madry PGD-7", "madry", {}), ("trades (PGD-10 on KL)", "trades", {})]
+CONFIGS = [
+    ("clean", None, {}),
+    ("goodfellow (FGSM, 50/50)", "goodfellow", {}),
+    ("fast (FGSM + random start)", "fast", {}),
+    ("madry PGD-3", "madry", {"nb_iter": 3}),
+    ("madry PGD-7", "madry", {}),
+    ("trades (PGD-10 on KL)", "trades", {}),
+]
 
 
 def epoch_seconds(recipe, overrides, x, y, epochs, eps):
@@ -36,8 +40,10 @@ def epoch_seconds(recipe, overrides, x, y, epochs, eps):
     model = small_cnn(x.shape[1:])
     if recipe is None:
         trainer = model
-        trainer.compile(keras.optimizers.Adam(1e-3),
-                        keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        trainer.compile(
+            keras.optimizers.Adam(1e-3),
+            keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        )
     else:
         trainer = AdversarialModel.from_recipe(recipe, model, eps=eps, seed=0, **overrides)
         trainer.compile(keras.optimizers.Adam(1e-3))
@@ -52,8 +58,7 @@ def main(argv=None):
     parser.add_argument("--n", type=int, default=10000)
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--eps", type=float, default=0.1)
-    parser.add_argument("--out", default=os.path.join(HERE, "results",
-                                                      "adversarial_training.json"))
+    parser.add_argument("--out", default=os.path.join(HERE, "results", "adversarial_training.json"))
     args = parser.parse_args(argv)
     try:
         (x, y), _ = load("fashion-mnist", download=False)
@@ -61,7 +66,7 @@ def main(argv=None):
     except FileNotFoundError:
         (x, y), _ = load("digits")
         source = "digits"
-    x, y = x[:args.n], y[:args.n]
+    x, y = x[: args.n], y[: args.n]
     rows = []
     for name, recipe, overrides in CONFIGS:
         seconds = epoch_seconds(recipe, overrides, x, y, args.epochs, args.eps)
@@ -73,13 +78,24 @@ def main(argv=None):
     print("|---|---|---|")
     for r in rows:
         r["relative_to_clean"] = r["seconds_per_epoch"] / clean
-        print(f"| {r['configuration']} | {r['seconds_per_epoch']:.1f} | "
-              f"{r['relative_to_clean']:.2f}x |")
+        print(
+            f"| {r['configuration']} | {r['seconds_per_epoch']:.1f} | "
+            f"{r['relative_to_clean']:.2f}x |"
+        )
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as handle:
-        json.dump(dict(benchmark="adversarial_training", data=source, n=len(x),
-                       machine=platform.machine(), cpus=os.cpu_count(), rows=rows), handle,
-                  indent=2)
+        json.dump(
+            dict(
+                benchmark="adversarial_training",
+                data=source,
+                n=len(x),
+                machine=platform.machine(),
+                cpus=os.cpu_count(),
+                rows=rows,
+            ),
+            handle,
+            indent=2,
+        )
     print(f"wrote {args.out}")
     return 0
 

@@ -31,13 +31,13 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
+import keras
+import numpy as np
+import tensorflow as tf
 
-import advlib  # noqa: E402
-from advlib.attacks import BasicIterativeMethod, FastGradientMethod  # noqa: E402
-from advlib.models import small_cnn, train_classifier  # noqa: E402
+import advlib
+from advlib.attacks import BasicIterativeMethod, FastGradientMethod
+from advlib.models import small_cnn, train_classifier
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 RESULTS = os.path.join(HERE, "results")
@@ -87,6 +87,7 @@ def floor_pgd(model, eps, eps_iter, nb_iter):
         for _ in range(nb_iter):
             x_adv = step(x_adv, x, y)
         return x_adv.numpy()
+
     return run
 
 
@@ -98,29 +99,54 @@ def implementations(model, eps, nb_iter, n):
         ("FGSM", "advlib"): lambda x, y: fgsm.generate_np(x, y=y, eps=eps, batch_size=n, **bounds),
         ("FGSM", "hand-written floor"): floor_pgd(model, eps, eps, 1),
         (f"PGD-{nb_iter}", "advlib"): lambda x, y: bim.generate_np(
-            x, y=y, eps=eps, eps_iter=eps_iter, nb_iter=nb_iter, batch_size=n, **bounds),
+            x, y=y, eps=eps, eps_iter=eps_iter, nb_iter=nb_iter, batch_size=n, **bounds
+        ),
         (f"PGD-{nb_iter}", "hand-written floor"): floor_pgd(model, eps, eps_iter, nb_iter),
     }
     try:
         from cleverhans.tf2.attacks.fast_gradient_method import fast_gradient_method
         from cleverhans.tf2.attacks.projected_gradient_descent import projected_gradient_descent
+
         impls[("FGSM", "cleverhans 4")] = lambda x, y: fast_gradient_method(
-            model, tf.constant(x), eps, np.inf, y=tf.constant(y), **bounds).numpy()
+            model, tf.constant(x), eps, np.inf, y=tf.constant(y), **bounds
+        ).numpy()
         impls[(f"PGD-{nb_iter}", "cleverhans 4")] = lambda x, y: projected_gradient_descent(
-            model, tf.constant(x), eps, eps_iter, nb_iter, np.inf, y=tf.constant(y),
-            rand_init=False, sanity_checks=False, **bounds).numpy()
+            model,
+            tf.constant(x),
+            eps,
+            eps_iter,
+            nb_iter,
+            np.inf,
+            y=tf.constant(y),
+            rand_init=False,
+            sanity_checks=False,
+            **bounds,
+        ).numpy()
     except ImportError:
         pass
     try:
         from art.attacks.evasion import FastGradientMethod as ArtFGM
         from art.attacks.evasion import ProjectedGradientDescent as ArtPGD
         from art.estimators.classification import TensorFlowV2Classifier
+
         classifier = TensorFlowV2Classifier(
-            model, nb_classes=10, input_shape=(28, 28, 1), clip_values=(0.0, 1.0),
-            loss_object=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+            model,
+            nb_classes=10,
+            input_shape=(28, 28, 1),
+            clip_values=(0.0, 1.0),
+            loss_object=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        )
         art_fgsm = ArtFGM(classifier, eps=eps, batch_size=n)
-        art_pgd = ArtPGD(classifier, norm=np.inf, eps=eps, eps_step=eps_iter, max_iter=nb_iter,
-                         num_random_init=0, batch_size=n, verbose=False)
+        art_pgd = ArtPGD(
+            classifier,
+            norm=np.inf,
+            eps=eps,
+            eps_step=eps_iter,
+            max_iter=nb_iter,
+            num_random_init=0,
+            batch_size=n,
+            verbose=False,
+        )
         onehot = lambda y: np.eye(10, dtype=np.float32)[y]
         impls[("FGSM", "ART")] = lambda x, y: art_fgsm.generate(x, y=onehot(y))
         impls[(f"PGD-{nb_iter}", "ART")] = lambda x, y: art_pgd.generate(x, y=onehot(y))
@@ -128,13 +154,18 @@ def implementations(model, eps, nb_iter, n):
         pass
     try:
         import foolbox
+
         fmodel = foolbox.TensorFlowModel(model, bounds=(0.0, 1.0))
         fb_fgsm = foolbox.attacks.FGSM(random_start=False)
-        fb_bim = foolbox.attacks.LinfBasicIterativeAttack(abs_stepsize=eps_iter, steps=nb_iter,
-                                                          random_start=False)
+        fb_bim = foolbox.attacks.LinfBasicIterativeAttack(
+            abs_stepsize=eps_iter, steps=nb_iter, random_start=False
+        )
+
         def run_foolbox(attack):
-            return lambda x, y: attack(fmodel, tf.constant(x), tf.constant(y),
-                                       epsilons=eps)[1].numpy()
+            return lambda x, y: attack(fmodel, tf.constant(x), tf.constant(y), epsilons=eps)[
+                1
+            ].numpy()
+
         impls[("FGSM", "Foolbox 3")] = run_foolbox(fb_fgsm)
         impls[(f"PGD-{nb_iter}", "Foolbox 3")] = run_foolbox(fb_bim)
     except ImportError:
@@ -148,53 +179,103 @@ def optimisation_attacks(model, x, y, sections, cw_iterations, skip):
     from advlib.attacks.saliency_map_method import random_targets
 
     onehot = lambda labels: np.eye(10, dtype=np.float32)[labels]
-    cw = dict(learning_rate=5e-3, binary_search_steps=5, max_iterations=cw_iterations,
-              initial_const=1e-2, confidence=0.0)
+    cw = dict(
+        learning_rate=5e-3,
+        binary_search_steps=5,
+        max_iterations=cw_iterations,
+        initial_const=1e-2,
+        confidence=0.0,
+    )
     runs = {}
     if "cw" in sections:
         name = f"CW-L2 ({cw_iterations} it.)"
         runs[(name, "advlib")] = lambda: CarliniWagnerL2(model).generate_np(
-            x, y=y, batch_size=100, **cw)
+            x, y=y, batch_size=100, **cw
+        )
         try:
             from cleverhans.tf2.attacks.carlini_wagner_l2 import carlini_wagner_l2
-            runs[(name, "cleverhans 4")] = lambda: np.concatenate([carlini_wagner_l2(
-                model, x[i:i + 100], y=y[i:i + 100], batch_size=100, clip_min=0.0,
-                clip_max=1.0, **cw) for i in range(0, len(x), 100)])
+
+            runs[(name, "cleverhans 4")] = lambda: np.concatenate(
+                [
+                    carlini_wagner_l2(
+                        model,
+                        x[i : i + 100],
+                        y=y[i : i + 100],
+                        batch_size=100,
+                        clip_min=0.0,
+                        clip_max=1.0,
+                        **cw,
+                    )
+                    for i in range(0, len(x), 100)
+                ]
+            )
         except ImportError:
             pass
         try:
             from art.attacks.evasion import CarliniL2Method
             from art.estimators.classification import TensorFlowV2Classifier
+
             classifier = TensorFlowV2Classifier(
-                model, nb_classes=10, input_shape=x.shape[1:], clip_values=(0.0, 1.0),
-                loss_object=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-            art_cw = CarliniL2Method(classifier, confidence=0.0, learning_rate=5e-3,
-                                     binary_search_steps=5, max_iter=cw_iterations,
-                                     initial_const=1e-2, batch_size=100, verbose=False)
+                model,
+                nb_classes=10,
+                input_shape=x.shape[1:],
+                clip_values=(0.0, 1.0),
+                loss_object=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            )
+            art_cw = CarliniL2Method(
+                classifier,
+                confidence=0.0,
+                learning_rate=5e-3,
+                binary_search_steps=5,
+                max_iter=cw_iterations,
+                initial_const=1e-2,
+                batch_size=100,
+                verbose=False,
+            )
             runs[(name, "ART")] = lambda: art_cw.generate(x, y=onehot(y))
         except ImportError:
             pass
         try:
             import foolbox
+
             fmodel = foolbox.TensorFlowModel(model, bounds=(0.0, 1.0))
             fb_cw = foolbox.attacks.L2CarliniWagnerAttack(
-                binary_search_steps=5, steps=cw_iterations, stepsize=5e-3, confidence=0.0,
-                initial_const=1e-2, abort_early=True)
-            runs[(name, "Foolbox 3")] = lambda: np.concatenate([fb_cw(
-                fmodel, tf.constant(x[i:i + 100]), tf.constant(y[i:i + 100]),
-                epsilons=None)[0].numpy() for i in range(0, len(x), 100)])
+                binary_search_steps=5,
+                steps=cw_iterations,
+                stepsize=5e-3,
+                confidence=0.0,
+                initial_const=1e-2,
+                abort_early=True,
+            )
+            runs[(name, "Foolbox 3")] = lambda: np.concatenate(
+                [
+                    fb_cw(
+                        fmodel,
+                        tf.constant(x[i : i + 100]),
+                        tf.constant(y[i : i + 100]),
+                        epsilons=None,
+                    )[0].numpy()
+                    for i in range(0, len(x), 100)
+                ]
+            )
         except ImportError:
             pass
     if "jsma" in sections:
         targets = random_targets(y, 10, 0)
         runs[("JSMA (gamma 0.1)", "advlib")] = lambda: SaliencyMapMethod(model).generate_np(
-            x, y_target=targets, theta=1.0, gamma=0.1, batch_size=100)
+            x, y_target=targets, theta=1.0, gamma=0.1, batch_size=100
+        )
         try:
             from art.attacks.evasion import SaliencyMapMethod as ArtJSMA
             from art.estimators.classification import TensorFlowV2Classifier
+
             classifier = TensorFlowV2Classifier(
-                model, nb_classes=10, input_shape=x.shape[1:], clip_values=(0.0, 1.0),
-                loss_object=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+                model,
+                nb_classes=10,
+                input_shape=x.shape[1:],
+                clip_values=(0.0, 1.0),
+                loss_object=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            )
             art_jsma = ArtJSMA(classifier, theta=1.0, gamma=0.1, batch_size=100, verbose=False)
             runs[("JSMA (gamma 0.1)", "ART")] = lambda: art_jsma.generate(x, y=onehot(targets))
         except ImportError:
@@ -214,12 +295,19 @@ def optimisation_attacks(model, x, y, sections, cw_iterations, skip):
         predicted = model.predict(x_adv, verbose=0).argmax(1)
         success = predicted == targets if attack.startswith("JSMA") else predicted != y
         delta = (x_adv - x).reshape(len(x), -1)
-        norm = (np.linalg.norm(delta, axis=1) if attack.startswith("CW")
-                else (delta != 0).mean(axis=1))
-        rows.append(dict(attack=attack, implementation=name, seconds=seconds,
-                         success_rate=float(success.mean()),
-                         mean_norm=float(norm[success].mean()) if success.any() else None,
-                         norm="L2" if attack.startswith("CW") else "fraction of features"))
+        norm = (
+            np.linalg.norm(delta, axis=1) if attack.startswith("CW") else (delta != 0).mean(axis=1)
+        )
+        rows.append(
+            dict(
+                attack=attack,
+                implementation=name,
+                seconds=seconds,
+                success_rate=float(success.mean()),
+                mean_norm=float(norm[success].mean()) if success.any() else None,
+                norm="L2" if attack.startswith("CW") else "fraction of features",
+            )
+        )
     return rows
 
 
@@ -230,8 +318,9 @@ def main(argv=None):
     parser.add_argument("--nb-iter", type=int, default=40)
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--sections", default="fgsm-pgd",
-                        help="comma-separated: fgsm-pgd, cw, jsma")
+    parser.add_argument(
+        "--sections", default="fgsm-pgd", help="comma-separated: fgsm-pgd, cw, jsma"
+    )
     parser.add_argument("--opt-n", type=int, default=100)
     parser.add_argument("--cw-iterations", type=int, default=1000)
     parser.add_argument("--skip", default="", help="comma-separated implementations to skip")
@@ -243,16 +332,29 @@ def main(argv=None):
     model, x, y, source = load_model_and_data(args.n, args.epochs)
     clean = float(np.mean(model.predict(x, verbose=0).argmax(1) == y))
     print(f"model: CNN on {source}, clean accuracy {clean:.3f} on {len(x)} examples")
-    report = dict(benchmark="attack_speed", advlib=advlib.__version__, tensorflow=tf.__version__,
-                  keras=keras.__version__, machine=platform.machine(), cpus=os.cpu_count(),
-                  data=source, n=len(x), eps=args.eps, nb_iter=args.nb_iter,
-                  clean_accuracy=clean, repeats=args.repeats, rows=[], optimisation_rows=[])
+    report = dict(
+        benchmark="attack_speed",
+        advlib=advlib.__version__,
+        tensorflow=tf.__version__,
+        keras=keras.__version__,
+        machine=platform.machine(),
+        cpus=os.cpu_count(),
+        data=source,
+        n=len(x),
+        eps=args.eps,
+        nb_iter=args.nb_iter,
+        clean_accuracy=clean,
+        repeats=args.repeats,
+        rows=[],
+        optimisation_rows=[],
+    )
     if "fgsm-pgd" in sections:
         report["rows"] = fgsm_pgd(model, x, y, args, skip)
     if "cw" in sections or "jsma" in sections:
-        correct = np.flatnonzero(model.predict(x, verbose=0).argmax(1) == y)[:args.opt_n]
-        rows = optimisation_attacks(model, x[correct], y[correct], sections,
-                                    args.cw_iterations, skip)
+        correct = np.flatnonzero(model.predict(x, verbose=0).argmax(1) == y)[: args.opt_n]
+        rows = optimisation_attacks(
+            model, x[correct], y[correct], sections, args.cw_iterations, skip
+        )
         report["optimisation_rows"] = rows
         report["cw_iterations"] = args.cw_iterations
         print_optimisation_table(rows)
@@ -270,17 +372,28 @@ def print_optimisation_table(rows):
         if "error" in r:
             print(f"| {r['attack']} | {r['implementation']} | crashed: {r['error'][:60]} | | | |")
             continue
-        ours = next((o for o in rows if o["attack"] == r["attack"]
-                     and o["implementation"] == "advlib" and "seconds" in o), None)
+        ours = next(
+            (
+                o
+                for o in rows
+                if o["attack"] == r["attack"] and o["implementation"] == "advlib" and "seconds" in o
+            ),
+            None,
+        )
         ratio = f"{r['seconds'] / ours['seconds']:.1f}x" if ours else "-"
         norm = "-" if r["mean_norm"] is None else f"{r['mean_norm']:.4f} ({r['norm']})"
-        print(f"| {r['attack']} | {r['implementation']} | {r['seconds']:.1f} | {ratio} | "
-              f"{r['success_rate']:.3f} | {norm} |")
+        print(
+            f"| {r['attack']} | {r['implementation']} | {r['seconds']:.1f} | {ratio} | "
+            f"{r['success_rate']:.3f} | {norm} |"
+        )
 
 
 def fgsm_pgd(model, x, y, args, skip):
-    impls = {key: run for key, run in implementations(model, args.eps, args.nb_iter,
-                                                      args.n).items() if key[1] not in skip}
+    impls = {
+        key: run
+        for key, run in implementations(model, args.eps, args.nb_iter, args.n).items()
+        if key[1] not in skip
+    }
     outputs = {key: run(x, y) for key, run in impls.items()}  # warm-up: tracing, first calls
     times = {key: [] for key in impls}
     for _ in range(args.repeats):  # interleaved, so drifts in machine speed hit all alike
@@ -292,20 +405,30 @@ def fgsm_pgd(model, x, y, args, skip):
     for (attack, name), x_adv in outputs.items():
         best = min(times[(attack, name)])
         accuracy = float(np.mean(model.predict(x_adv, verbose=0).argmax(1) == y))
-        rows.append(dict(attack=attack, implementation=name, seconds=best,
-                         examples_per_second=len(x) / best, accuracy_left=accuracy,
-                         linf=float(np.abs(x_adv - x).max())))
+        rows.append(
+            dict(
+                attack=attack,
+                implementation=name,
+                seconds=best,
+                examples_per_second=len(x) / best,
+                accuracy_left=accuracy,
+                linf=float(np.abs(x_adv - x).max()),
+            )
+        )
     for row in rows:
-        ours = next(r for r in rows if r["attack"] == row["attack"]
-                    and r["implementation"] == "advlib")
+        ours = next(
+            r for r in rows if r["attack"] == row["attack"] and r["implementation"] == "advlib"
+        )
         row["time_vs_advlib"] = row["seconds"] / ours["seconds"]
 
-    print(f"\n| attack | implementation | seconds | examples/s | time / advlib | accuracy left |")
+    print("\n| attack | implementation | seconds | examples/s | time / advlib | accuracy left |")
     print("|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['attack']} | {r['implementation']} | {r['seconds']:.2f} | "
-              f"{r['examples_per_second']:.0f} | {r['time_vs_advlib']:.2f}x | "
-              f"{r['accuracy_left']:.3f} |")
+        print(
+            f"| {r['attack']} | {r['implementation']} | {r['seconds']:.2f} | "
+            f"{r['examples_per_second']:.0f} | {r['time_vs_advlib']:.2f}x | "
+            f"{r['accuracy_left']:.3f} |"
+        )
     return rows
 
 

@@ -33,7 +33,7 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import numpy as np  # noqa: E402
+import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 RESULTS = os.path.join(HERE, "results")
@@ -59,10 +59,15 @@ def torch_twin(keras_model):
     for layer in keras_model.layers:
         if isinstance(layer, keras.layers.Conv2D):
             kernel, bias = (w.numpy() for w in layer.weights)
-            if layer.padding != "same" or tuple(layer.strides) != (1, 1) or kernel.shape[0] % 2 == 0:
+            if (
+                layer.padding != "same"
+                or tuple(layer.strides) != (1, 1)
+                or kernel.shape[0] % 2 == 0
+            ):
                 raise ValueError(f"{layer.name}: only odd 'same' convolutions of stride 1 port")
-            conv = nn.Conv2d(kernel.shape[2], kernel.shape[3], kernel.shape[:2],
-                             padding=kernel.shape[0] // 2)
+            conv = nn.Conv2d(
+                kernel.shape[2], kernel.shape[3], kernel.shape[:2], padding=kernel.shape[0] // 2
+            )
             conv.weight.data = torch.tensor(kernel.transpose(3, 2, 0, 1))
             conv.bias.data = torch.tensor(bias)
             layers.append(conv)
@@ -93,19 +98,36 @@ def reference_attacks(model, eps, n_classes):
     import torchattacks as ta
 
     members = {
-        "apgd-ce": ta.APGD(model, norm="Linf", eps=eps, steps=100, n_restarts=1, seed=0,
-                           loss="ce"),
-        "apgd-t": ta.APGDT(model, norm="Linf", eps=eps, steps=100, n_restarts=1, seed=0,
-                           n_classes=n_classes),
-        "fab-t": ta.FAB(model, norm="Linf", eps=eps, steps=100, n_restarts=1, seed=0,
-                        multi_targeted=True, n_classes=n_classes),
-        "square": ta.Square(model, norm="Linf", eps=eps, n_queries=5000, n_restarts=1,
-                            p_init=0.8, resc_schedule=False, seed=0),
+        "apgd-ce": ta.APGD(model, norm="Linf", eps=eps, steps=100, n_restarts=1, seed=0, loss="ce"),
+        "apgd-t": ta.APGDT(
+            model, norm="Linf", eps=eps, steps=100, n_restarts=1, seed=0, n_classes=n_classes
+        ),
+        "fab-t": ta.FAB(
+            model,
+            norm="Linf",
+            eps=eps,
+            steps=100,
+            n_restarts=1,
+            seed=0,
+            multi_targeted=True,
+            n_classes=n_classes,
+        ),
+        "square": ta.Square(
+            model,
+            norm="Linf",
+            eps=eps,
+            n_queries=5000,
+            n_restarts=1,
+            p_init=0.8,
+            resc_schedule=False,
+            seed=0,
+        ),
     }
     ensembles = {
         "autoattack (reference parameters)": ta.MultiAttack([members[m] for m in MEMBERS]),
         "torchattacks.AutoAttack (as shipped: 10 steps)": ta.AutoAttack(
-            model, norm="Linf", eps=eps, version="standard", n_classes=n_classes, seed=0),
+            model, norm="Linf", eps=eps, version="standard", n_classes=n_classes, seed=0
+        ),
     }
     return members, ensembles
 
@@ -115,19 +137,23 @@ def advlib_attacks(model, eps):
 
     box = dict(eps=eps, clip_min=0.0, clip_max=1.0, seed=0)
     members = {
-        "apgd-ce": lambda x, y: APGD(model).generate_np(x, y=y, nb_iter=100, loss="ce",
-                                                         batch_size=500, **box),
-        "apgd-t": lambda x, y: APGDT(model).generate_np(x, y=y, nb_iter=100,
-                                                         n_target_classes=9, batch_size=500,
-                                                         **box),
-        "fab-t": lambda x, y: FABT(model).generate_np(x, y=y, nb_iter=100, n_target_classes=9,
-                                                       batch_size=500, **box),
-        "square": lambda x, y: SquareAttack(model).generate_np(x, y=y, n_queries=5000,
-                                                                batch_size=500, **box),
+        "apgd-ce": lambda x, y: APGD(model).generate_np(
+            x, y=y, nb_iter=100, loss="ce", batch_size=500, **box
+        ),
+        "apgd-t": lambda x, y: APGDT(model).generate_np(
+            x, y=y, nb_iter=100, n_target_classes=9, batch_size=500, **box
+        ),
+        "fab-t": lambda x, y: FABT(model).generate_np(
+            x, y=y, nb_iter=100, n_target_classes=9, batch_size=500, **box
+        ),
+        "square": lambda x, y: SquareAttack(model).generate_np(
+            x, y=y, n_queries=5000, batch_size=500, **box
+        ),
     }
     standard = AutoAttack(model, norm="Linf", eps=eps, version="standard", seed=0)
-    return members, {"autoattack (standard)": lambda x, y: standard.run_standard_evaluation(
-        x, y, bs=500)}
+    return members, {
+        "autoattack (standard)": lambda x, y: standard.run_standard_evaluation(x, y, bs=500)
+    }
 
 
 def robust_mask(predict, x_adv, x, y, eps):
@@ -140,8 +166,8 @@ def run_torch(attack, x, y, batch=500):
 
     out = []
     for i in range(0, len(x), batch):
-        images = torch.tensor(x[i:i + batch]).permute(0, 3, 1, 2).contiguous()
-        adv = attack(images, torch.tensor(y[i:i + batch]).long())
+        images = torch.tensor(x[i : i + batch]).permute(0, 3, 1, 2).contiguous()
+        adv = attack(images, torch.tensor(y[i : i + batch]).long())
         out.append(adv.permute(0, 2, 3, 1).detach().numpy())
     return np.concatenate(out)
 
@@ -176,19 +202,27 @@ def evaluate_model(name, keras_model, x, y, eps, skip_single):
         raise SystemExit(f"{name}: the PyTorch twin's logits differ by {difference:.3g} > 1e-4")
     module = from_nchw(twin)
     wrapped = KerasModelWrapper(keras_model)
-    predict = lambda a: np.concatenate([wrapped.predict_classes(a[i:i + 500]).numpy()
-                                        for i in range(0, len(a), 500)])
+    predict = lambda a: np.concatenate(
+        [wrapped.predict_classes(a[i : i + 500]).numpy() for i in range(0, len(a), 500)]
+    )
     clean = float(np.mean(predict(x) == y))
     ours, our_ensembles = advlib_attacks(wrapped, eps)
     theirs, their_ensembles = reference_attacks(module, eps, int(keras_logits.shape[1]))
     rows, masks = [], {}
-    plan = ([] if skip_single else [(m, ours[m], theirs[m]) for m in MEMBERS])
-    plan.append(("autoattack (standard)", our_ensembles["autoattack (standard)"],
-                 their_ensembles["autoattack (reference parameters)"]))
+    plan = [] if skip_single else [(m, ours[m], theirs[m]) for m in MEMBERS]
+    plan.append(
+        (
+            "autoattack (standard)",
+            our_ensembles["autoattack (standard)"],
+            their_ensembles["autoattack (reference parameters)"],
+        )
+    )
     for label, mine, reference in plan:
         row = {"model": name, "attack": label}
-        for side, run in (("advlib", lambda: mine(x, y)),
-                          ("reference", lambda: run_torch(reference, x, y))):
+        for side, run in (
+            ("advlib", lambda: mine(x, y)),
+            ("reference", lambda: run_torch(reference, x, y)),
+        ):
             print(f"  {name}: {label} ({side}) ...", flush=True)
             start = time.perf_counter()
             x_adv = run()
@@ -198,14 +232,21 @@ def evaluate_model(name, keras_model, x, y, eps, skip_single):
             masks[(label, side)] = mask
         row["speedup"] = row["reference_seconds"] / row["advlib_seconds"]
         rows.append(row)
-        print(f"    advlib {100 * row['advlib_robust']:.1f}% in {row['advlib_seconds']:.0f} s, "
-              f"reference {100 * row['reference_robust']:.1f}% in "
-              f"{row['reference_seconds']:.0f} s", flush=True)
+        print(
+            f"    advlib {100 * row['advlib_robust']:.1f}% in {row['advlib_seconds']:.0f} s, "
+            f"reference {100 * row['reference_robust']:.1f}% in "
+            f"{row['reference_seconds']:.0f} s",
+            flush=True,
+        )
     shipped = their_ensembles["torchattacks.AutoAttack (as shipped: 10 steps)"]
     start = time.perf_counter()
     shipped_mask = robust_mask(predict, run_torch(shipped, x, y), x, y, eps)
-    extra = {"torchattacks_autoattack_as_shipped": {
-        "robust": float(shipped_mask.mean()), "seconds": time.perf_counter() - start}}
+    extra = {
+        "torchattacks_autoattack_as_shipped": {
+            "robust": float(shipped_mask.mean()),
+            "seconds": time.perf_counter() - start,
+        }
+    }
     ours_aa, theirs_aa = (masks[("autoattack (standard)", s)] for s in ("advlib", "reference"))
     extra["only_reference_breaks"] = int((ours_aa & ~theirs_aa).sum())
     extra["only_advlib_breaks"] = int((theirs_aa & ~ours_aa).sum())
@@ -218,48 +259,68 @@ def main(argv=None):
     parser.add_argument("--robust", help="the adversarially trained CNN (.keras)")
     parser.add_argument("--n", type=int, default=1000)
     parser.add_argument("--eps", type=float, default=0.1)
-    parser.add_argument("--skip-single", action="store_true",
-                        help="only the ensembles, not each attack alone")
+    parser.add_argument(
+        "--skip-single", action="store_true", help="only the ensembles, not each attack alone"
+    )
     parser.add_argument("--out", default=os.path.join(RESULTS, "autoattack_reference.json"))
     args = parser.parse_args(argv)
-    models = [(name, path) for name, path in (("robust", args.robust), ("natural", args.natural))
-              if path]
+    models = [
+        (name, path) for name, path in (("robust", args.robust), ("natural", args.natural)) if path
+    ]
     if not models:
         parser.error("give --natural and/or --robust")
     try:
         import torch  # noqa: F401
         import torchattacks  # noqa: F401
     except ImportError as error:
-        raise SystemExit(f"this benchmark needs PyTorch and torchattacks: {error}")
+        raise SystemExit(f"this benchmark needs PyTorch and torchattacks: {error}") from None
     from advlib.datasets import load
     from advlib.models import load_model
 
     _, (x_test, y_test) = load("fashion-mnist", download=False)
-    x, y = x_test[:args.n], y_test[:args.n]
-    results = [evaluate_model(name, load_model(path), x, y, args.eps, args.skip_single)
-               for name, path in models]
+    x, y = x_test[: args.n], y_test[: args.n]
+    results = [
+        evaluate_model(name, load_model(path), x, y, args.eps, args.skip_single)
+        for name, path in models
+    ]
     print()
     print(f"Fashion-MNIST, first {args.n} test images, L-inf eps {args.eps}:\n")
-    print("| model | attack | advlib robust | reference robust | advlib s | reference s | "
-          "speed-up |")
+    print(
+        "| model | attack | advlib robust | reference robust | advlib s | reference s | speed-up |"
+    )
     print("|---|---|---|---|---|---|---|")
     for result in results:
         for row in result["rows"]:
-            print(f"| {row['model']} ({100 * result['clean']:.1f}% clean) | {row['attack']} | "
-                  f"{100 * row['advlib_robust']:.1f}% | {100 * row['reference_robust']:.1f}% | "
-                  f"{row['advlib_seconds']:.0f} | {row['reference_seconds']:.0f} | "
-                  f"{row['speedup']:.1f}x |")
+            print(
+                f"| {row['model']} ({100 * result['clean']:.1f}% clean) | {row['attack']} | "
+                f"{100 * row['advlib_robust']:.1f}% | {100 * row['reference_robust']:.1f}% | "
+                f"{row['advlib_seconds']:.0f} | {row['reference_seconds']:.0f} | "
+                f"{row['speedup']:.1f}x |"
+            )
         shipped = result["torchattacks_autoattack_as_shipped"]
-        print(f"| {result['model']} | torchattacks.AutoAttack as shipped (10 steps) | | "
-              f"{100 * shipped['robust']:.1f}% | | {shipped['seconds']:.0f} | |")
+        print(
+            f"| {result['model']} | torchattacks.AutoAttack as shipped (10 steps) | | "
+            f"{100 * shipped['robust']:.1f}% | | {shipped['seconds']:.0f} | |"
+        )
     for result in results:
-        print(f"\n{result['model']}: logits agree to {result['logit_difference']:.2g}; "
-              f"{result['only_reference_breaks']} examples broken only by the reference's "
-              f"ensemble, {result['only_advlib_breaks']} only by advlib's.")
+        print(
+            f"\n{result['model']}: logits agree to {result['logit_difference']:.2g}; "
+            f"{result['only_reference_breaks']} examples broken only by the reference's "
+            f"ensemble, {result['only_advlib_breaks']} only by advlib's."
+        )
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as handle:
-        json.dump({"n": args.n, "eps": args.eps, "python": sys.version.split()[0],
-                   "machine": platform.machine(), "results": results}, handle, indent=1)
+        json.dump(
+            {
+                "n": args.n,
+                "eps": args.eps,
+                "python": sys.version.split()[0],
+                "machine": platform.machine(),
+                "results": results,
+            },
+            handle,
+            indent=1,
+        )
     print(f"\nwrote {args.out}")
 
 

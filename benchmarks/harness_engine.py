@@ -22,13 +22,13 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from advlib import bench, qnn  # noqa: E402
-from advlib.models import QNNModelWrapper  # noqa: E402
+from advlib import bench, qnn
+from advlib.models import QNNModelWrapper
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "examples"))
-import verify_binary  # noqa: E402
+import verify_binary
 
 
 def run(model, engine_path, document, on_blas: bool):
@@ -37,8 +37,9 @@ def run(model, engine_path, document, on_blas: bool):
         wrapped._predictor = wrapped.engine  # the packed reference answers the queries
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as folder:
-        report = bench.evaluate(wrapped, document, out_dir=os.path.join(folder, "run"),
-                                progress=False)
+        report = bench.evaluate(
+            wrapped, document, out_dir=os.path.join(folder, "run"), progress=False
+        )
         with np.load(os.path.join(folder, "run", "examples.npz")) as arrays:
             broken_by = arrays["broken_by"].copy()
     return time.perf_counter() - start, report, broken_by
@@ -57,25 +58,39 @@ def main(argv=None):
     with tempfile.TemporaryDirectory() as folder:
         engine_path = os.path.join(folder, "engine.npz")
         qnn.export(model, engine_path)
-        results = {name: run(model, engine_path, document, on_blas)
-                   for name, on_blas in (("packed NumPy (reference)", False),
-                                         ("BLAS twin", True))}
+        results = {
+            name: run(model, engine_path, document, on_blas)
+            for name, on_blas in (("packed NumPy (reference)", False), ("BLAS twin", True))
+        }
     (ref_seconds, ref_report, ref_broken), (seconds, report, broken) = results.values()
     same = bool(np.array_equal(ref_broken, broken))
-    print(f"{args.network}, {args.n} digits, eps {args.eps:g}, digits-linf-0.2's attacks "
-          f"and diagnostics\n")
-    print("| engine answering the queries | seconds | speed | robust accuracy | "
-          "same per-example outcomes |\n|---|---|---|---|---|")
+    print(
+        f"{args.network}, {args.n} digits, eps {args.eps:g}, digits-linf-0.2's attacks "
+        f"and diagnostics\n"
+    )
+    print(
+        "| engine answering the queries | seconds | speed | robust accuracy | "
+        "same per-example outcomes |\n|---|---|---|---|---|"
+    )
     for name, (wall, rep, _) in results.items():
         accuracy = rep["results"]["per_eps"][0]["robust_accuracy"]["value"]
-        rows.append(dict(engine=name, seconds=wall, speed=ref_seconds / wall,
-                         robust_accuracy=accuracy, same_outcomes=same))
-        print(f"| {name} | {wall:.1f} | {ref_seconds / wall:.2f}x | {100 * accuracy:.2f}% | "
-              f"{'yes' if same else 'NO'} |", flush=True)
+        rows.append(
+            dict(
+                engine=name,
+                seconds=wall,
+                speed=ref_seconds / wall,
+                robust_accuracy=accuracy,
+                same_outcomes=same,
+            )
+        )
+        print(
+            f"| {name} | {wall:.1f} | {ref_seconds / wall:.2f}x | {100 * accuracy:.2f}% | "
+            f"{'yes' if same else 'NO'} |",
+            flush=True,
+        )
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as handle:
-        json.dump(dict(network=args.network, n=args.n, eps=args.eps, rows=rows), handle,
-                  indent=2)
+        json.dump(dict(network=args.network, n=args.n, eps=args.eps, rows=rows), handle, indent=2)
     if not same:
         raise SystemExit("the two engines' outcomes differ: the BLAS twin is not exact here")
     return rows

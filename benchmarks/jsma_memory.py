@@ -22,6 +22,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 def child(variant: str, gamma: float) -> dict:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import numpy as np
+
     from advlib.attacks import SaliencyMapMethod
     from advlib.models import small_cnn
 
@@ -29,18 +30,28 @@ def child(variant: str, gamma: float) -> dict:
     x = np.random.default_rng(0).random((64, 32, 32, 3), dtype=np.float32)
     targets = (model.predict(x, verbose=0).argmax(1) + 1) % 10
     attack = SaliencyMapMethod(model)
-    attack.generate_np(x[:64], y_target=targets, gamma=1 / 3072, batch_size=64,
-                       use_logits=variant == "logits")  # traces, one step
+    attack.generate_np(
+        x[:64], y_target=targets, gamma=1 / 3072, batch_size=64, use_logits=variant == "logits"
+    )  # traces, one step
     before_mb = _rss_mb()
     start = time.perf_counter()
-    x_adv = attack.generate_np(x, y_target=targets, gamma=gamma, batch_size=64,
-                               use_logits=variant == "logits")
+    x_adv = attack.generate_np(
+        x, y_target=targets, gamma=gamma, batch_size=64, use_logits=variant == "logits"
+    )
     seconds = time.perf_counter() - start
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     changed = int((x_adv != x).reshape(64, -1).sum(1).max())
-    return dict(variant=variant, batch=64, features=3072, gamma=gamma, seconds=seconds,
-                resident_before_mb=before_mb, peak_mb=peak_mb,
-                extra_mb=peak_mb - before_mb, max_features_changed=changed)
+    return dict(
+        variant=variant,
+        batch=64,
+        features=3072,
+        gamma=gamma,
+        seconds=seconds,
+        resident_before_mb=before_mb,
+        peak_mb=peak_mb,
+        extra_mb=peak_mb - before_mb,
+        max_features_changed=changed,
+    )
 
 
 def _rss_mb() -> float:
@@ -62,15 +73,20 @@ def main(argv=None):
         return 0
     rows = []
     for variant in ("probabilities", "logits"):
-        out = subprocess.run([sys.executable, __file__, "--child", variant,
-                              "--gamma", str(args.gamma)], capture_output=True, text=True,
-                             check=True)
+        out = subprocess.run(
+            [sys.executable, __file__, "--child", variant, "--gamma", str(args.gamma)],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
     print("| saliency | batch | features | gamma | seconds | extra memory (MB) |")
     print("|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['variant']} | {r['batch']} | {r['features']} | {r['gamma']} | "
-              f"{r['seconds']:.1f} | {r['extra_mb']:.0f} |")
+        print(
+            f"| {r['variant']} | {r['batch']} | {r['features']} | {r['gamma']} | "
+            f"{r['seconds']:.1f} | {r['extra_mb']:.0f} |"
+        )
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as handle:
         json.dump({"benchmark": "jsma_memory", "rows": rows}, handle, indent=2)

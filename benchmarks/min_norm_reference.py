@@ -33,11 +33,11 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import numpy as np  # noqa: E402
+import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from autoattack_reference import RESULTS, from_nchw, run_torch, torch_twin  # noqa: E402
+from autoattack_reference import RESULTS, from_nchw, run_torch, torch_twin
 
 NORM_NAMES = {0: "L0", 1: "L1", 2: "L2", np.inf: "Linf"}
 
@@ -46,10 +46,15 @@ def norms_of(x_adv, x, y, predict, norm):
     """Minimal norms as advlib's AttackResult defines them: the perturbation's norm
     where the point is misclassified and inside [0, 1], else inf."""
     delta = (x_adv - x).reshape(len(x), -1).astype(np.float64)
-    size = {0: (delta != 0).sum(1), 1: np.abs(delta).sum(1),
-            2: np.sqrt((delta ** 2).sum(1)), np.inf: np.abs(delta).max(1)}[norm]
-    inside = (x_adv.reshape(len(x), -1).min(1) >= -1e-6) & \
-        (x_adv.reshape(len(x), -1).max(1) <= 1 + 1e-6)
+    size = {
+        0: (delta != 0).sum(1),
+        1: np.abs(delta).sum(1),
+        2: np.sqrt((delta**2).sum(1)),
+        np.inf: np.abs(delta).max(1),
+    }[norm]
+    inside = (x_adv.reshape(len(x), -1).min(1) >= -1e-6) & (
+        x_adv.reshape(len(x), -1).max(1) <= 1 + 1e-6
+    )
     broken = (predict(x_adv) != y) & inside
     return np.where(broken, size, np.inf)
 
@@ -68,17 +73,29 @@ def timed(function, repeats=1):
 def advlib_runs(model):
     from advlib.attacks import FMN, DeepFool, ElasticNetMethod
 
-    run = lambda attack, **params: (lambda x, y: attack(model).generate_np(
-        x, y=y, batch_size=500, **params))
+    run = lambda attack, **params: (
+        lambda x, y: attack(model).generate_np(x, y=y, batch_size=500, **params)
+    )
     return {
         "DeepFool L2": (2, run(DeepFool, norm=2, nb_candidate=10, overshoot=0.02, max_iter=50)),
         "FMN L2": (2, run(FMN, norm=2, steps=100)),
         "FMN Linf": (np.inf, run(FMN, norm=np.inf, steps=100)),
         "FMN L1": (1, run(FMN, norm=1, steps=100)),
         "FMN L0": (0, run(FMN, norm=0, steps=100)),
-        "EAD (L1 rule)": (1, run(ElasticNetMethod, beta=1e-3, decision_rule="L1",
-                                 confidence=0.0, learning_rate=0.01, binary_search_steps=9,
-                                 max_iterations=100, abort_early=True, initial_const=1e-3)),
+        "EAD (L1 rule)": (
+            1,
+            run(
+                ElasticNetMethod,
+                beta=1e-3,
+                decision_rule="L1",
+                confidence=0.0,
+                learning_rate=0.01,
+                binary_search_steps=9,
+                max_iterations=100,
+                abort_early=True,
+                initial_const=1e-3,
+            ),
+        ),
     }
 
 
@@ -95,30 +112,60 @@ def reference_runs(twin):
         def call(x, y):
             out = []
             for i in range(0, len(x), 500):
-                images = torch.tensor(x[i:i + 500])
-                _, adv, _ = attack(model, images, torch.tensor(y[i:i + 500]).long(),
-                                   epsilons=None)
+                images = torch.tensor(x[i : i + 500])
+                _, adv, _ = attack(
+                    model, images, torch.tensor(y[i : i + 500]).long(), epsilons=None
+                )
                 out.append(adv.detach().numpy())
             return np.concatenate(out)
+
         return call
 
-    torchattack = lambda attack: (lambda x, y: run_torch(attack, x, y))
+    torchattack = lambda attack: lambda x, y: run_torch(attack, x, y)
     return {
-        "DeepFool L2": [("torchattacks", torchattack(ta.DeepFool(nchw, steps=50,
-                                                                 overshoot=0.02))),
-                        ("Foolbox", foolbox(fb.attacks.L2DeepFoolAttack(
-                            steps=50, candidates=10, overshoot=0.02)))],
+        "DeepFool L2": [
+            ("torchattacks", torchattack(ta.DeepFool(nchw, steps=50, overshoot=0.02))),
+            (
+                "Foolbox",
+                foolbox(fb.attacks.L2DeepFoolAttack(steps=50, candidates=10, overshoot=0.02)),
+            ),
+        ],
         "FMN L2": [("Foolbox", foolbox(fb.attacks.L2FMNAttack(steps=100)))],
         "FMN Linf": [("Foolbox", foolbox(fb.attacks.LInfFMNAttack(steps=100)))],
         "FMN L1": [("Foolbox", foolbox(fb.attacks.L1FMNAttack(steps=100)))],
         "FMN L0": [("Foolbox", foolbox(fb.attacks.L0FMNAttack(steps=100)))],
-        "EAD (L1 rule)": [("torchattacks", torchattack(ta.EADL1(
-            nchw, kappa=0, lr=0.01, binary_search_steps=9, max_iterations=100,
-            abort_early=True, initial_const=1e-3, beta=1e-3))),
-                          ("Foolbox", foolbox(fb.attacks.EADAttack(
-                              binary_search_steps=9, steps=100, initial_stepsize=0.01,
-                              confidence=0.0, initial_const=1e-3, regularization=1e-3,
-                              decision_rule="L1", abort_early=True)))],
+        "EAD (L1 rule)": [
+            (
+                "torchattacks",
+                torchattack(
+                    ta.EADL1(
+                        nchw,
+                        kappa=0,
+                        lr=0.01,
+                        binary_search_steps=9,
+                        max_iterations=100,
+                        abort_early=True,
+                        initial_const=1e-3,
+                        beta=1e-3,
+                    )
+                ),
+            ),
+            (
+                "Foolbox",
+                foolbox(
+                    fb.attacks.EADAttack(
+                        binary_search_steps=9,
+                        steps=100,
+                        initial_stepsize=0.01,
+                        confidence=0.0,
+                        initial_const=1e-3,
+                        regularization=1e-3,
+                        decision_rule="L1",
+                        abort_early=True,
+                    )
+                ),
+            ),
+        ],
     }
 
 
@@ -127,8 +174,12 @@ def main(argv=None):
     parser.add_argument("--model", required=True, help="the Fashion-MNIST CNN (.keras)")
     parser.add_argument("--n", type=int, default=500)
     parser.add_argument("--only", nargs="+", help="attack rows to run (default: all)")
-    parser.add_argument("--repeats", type=int, default=1,
-                        help="time each attack this many times and keep the fastest")
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=1,
+        help="time each attack this many times and keep the fastest",
+    )
     parser.add_argument("--out", default=os.path.join(RESULTS, "min_norm_reference.json"))
     args = parser.parse_args(argv)
     try:
@@ -136,7 +187,9 @@ def main(argv=None):
         import torch
         import torchattacks  # noqa: F401
     except ImportError as error:
-        raise SystemExit(f"this benchmark needs PyTorch, torchattacks and Foolbox: {error}")
+        raise SystemExit(
+            f"this benchmark needs PyTorch, torchattacks and Foolbox: {error}"
+        ) from None
     from advlib.datasets import load
     from advlib.models import load_model
 
@@ -144,7 +197,7 @@ def main(argv=None):
     keras_model = load_model(args.model)
     twin = torch_twin(keras_model)
     _, (x_test, y_test) = load("fashion-mnist", download=False)
-    x, y = x_test[:args.n], y_test[:args.n]
+    x, y = x_test[: args.n], y_test[: args.n]
     keras_logits = keras_model.predict(x, verbose=0)
     with torch.no_grad():
         torch_logits = twin(torch.tensor(x)).numpy()
@@ -165,41 +218,66 @@ def main(argv=None):
         for reference, call in theirs[name]:
             ref_adv, ref_seconds = timed(lambda: call(x, y), args.repeats)
             other = norms_of(ref_adv, x, y, predict, norm)
-            row = {"attack": name, "norm": NORM_NAMES[norm], "reference": reference,
-                   "advlib_success": float(np.isfinite(mine).mean()),
-                   "reference_success": float(np.isfinite(other).mean()),
-                   "advlib_median": float(np.median(mine)),
-                   "reference_median": float(np.median(other)),
-                   "advlib_seconds": seconds, "reference_seconds": ref_seconds,
-                   "advlib_smaller_on": int(np.sum(mine < other)),
-                   "reference_smaller_on": int(np.sum(other < mine))}
-            row["median_ratio"] = row["advlib_median"] / row["reference_median"] \
-                if np.isfinite(row["reference_median"]) and row["reference_median"] > 0 \
+            row = {
+                "attack": name,
+                "norm": NORM_NAMES[norm],
+                "reference": reference,
+                "advlib_success": float(np.isfinite(mine).mean()),
+                "reference_success": float(np.isfinite(other).mean()),
+                "advlib_median": float(np.median(mine)),
+                "reference_median": float(np.median(other)),
+                "advlib_seconds": seconds,
+                "reference_seconds": ref_seconds,
+                "advlib_smaller_on": int(np.sum(mine < other)),
+                "reference_smaller_on": int(np.sum(other < mine)),
+            }
+            row["median_ratio"] = (
+                row["advlib_median"] / row["reference_median"]
+                if np.isfinite(row["reference_median"]) and row["reference_median"] > 0
                 else float("nan")
+            )
             row["speedup"] = ref_seconds / seconds
             rows.append(row)
-            print(f"{name} vs {reference}: median {row['advlib_median']:.4g} vs "
-                  f"{row['reference_median']:.4g}, {seconds:.1f} s vs {ref_seconds:.1f} s",
-                  flush=True)
-    print(f"\nFashion-MNIST, first {args.n} test images, model {os.path.basename(args.model)} "
-          f"({100 * clean:.1f}% clean); logits agree to {difference:.2g}:\n")
-    print("| attack | reference | advlib median | reference median | ratio | advlib success | "
-          "reference success | advlib smaller / larger | advlib s | reference s | speed-up |")
+            print(
+                f"{name} vs {reference}: median {row['advlib_median']:.4g} vs "
+                f"{row['reference_median']:.4g}, {seconds:.1f} s vs {ref_seconds:.1f} s",
+                flush=True,
+            )
+    print(
+        f"\nFashion-MNIST, first {args.n} test images, model {os.path.basename(args.model)} "
+        f"({100 * clean:.1f}% clean); logits agree to {difference:.2g}:\n"
+    )
+    print(
+        "| attack | reference | advlib median | reference median | ratio | advlib success | "
+        "reference success | advlib smaller / larger | advlib s | reference s | speed-up |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['attack']} | {r['reference']} | {r['advlib_median']:.4g} | "
-              f"{r['reference_median']:.4g} | {r['median_ratio']:.3f} | "
-              f"{100 * r['advlib_success']:.1f}% | {100 * r['reference_success']:.1f}% | "
-              f"{r['advlib_smaller_on']} / {r['reference_smaller_on']} | "
-              f"{r['advlib_seconds']:.1f} | {r['reference_seconds']:.1f} | "
-              f"{r['speedup']:.1f}x |")
+        print(
+            f"| {r['attack']} | {r['reference']} | {r['advlib_median']:.4g} | "
+            f"{r['reference_median']:.4g} | {r['median_ratio']:.3f} | "
+            f"{100 * r['advlib_success']:.1f}% | {100 * r['reference_success']:.1f}% | "
+            f"{r['advlib_smaller_on']} / {r['reference_smaller_on']} | "
+            f"{r['advlib_seconds']:.1f} | {r['reference_seconds']:.1f} | "
+            f"{r['speedup']:.1f}x |"
+        )
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as handle:
-        json.dump({"n": args.n, "repeats": args.repeats,
-                   "model": os.path.basename(args.model), "clean": clean,
-                   "logit_difference": difference, "python": sys.version.split()[0],
-                   "machine": platform.machine(), "cpus": os.cpu_count(), "rows": rows},
-                  handle, indent=1)
+        json.dump(
+            {
+                "n": args.n,
+                "repeats": args.repeats,
+                "model": os.path.basename(args.model),
+                "clean": clean,
+                "logit_difference": difference,
+                "python": sys.version.split()[0],
+                "machine": platform.machine(),
+                "cpus": os.cpu_count(),
+                "rows": rows,
+            },
+            handle,
+            indent=1,
+        )
     print(f"\nwrote {args.out}")
 
 

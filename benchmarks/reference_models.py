@@ -21,14 +21,18 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import keras  # noqa: E402
+import keras
 
-from advlib import bench, qnn  # noqa: E402
-from advlib.models import load_model  # noqa: E402
-import advlib.qnn.layers  # noqa: E402,F401  registers the layers for load_model
-from advlib.datasets import load  # noqa: E402
-from advlib.models import QNNModelWrapper, small_cnn, train_classifier  # noqa: E402
-from advlib.training import AdversarialModel  # noqa: E402
+import advlib.qnn.layers  # noqa: F401  registers the layers for load_model
+from advlib import bench, qnn
+from advlib.datasets import load
+from advlib.models import (
+    QNNModelWrapper,
+    load_model,
+    small_cnn,
+    train_classifier,
+)
+from advlib.training import AdversarialModel
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 PROTOCOLS = {"digits": "digits-linf-0.2", "fashion-mnist": "fashion-mnist-linf-0.1"}
@@ -37,8 +41,7 @@ EPS = {"digits": 0.2, "fashion-mnist": 0.1}
 
 def natural(data, epochs):
     (x, y), _ = data
-    return train_classifier(small_cnn(x.shape[1:], name="natural_cnn"), x, y, epochs=epochs,
-                            seed=0)
+    return train_classifier(small_cnn(x.shape[1:], name="natural_cnn"), x, y, epochs=epochs, seed=0)
 
 
 def robust(data, eps, epochs):
@@ -55,11 +58,16 @@ def binary(data, epochs, is_binary=True):
     (x, y), _ = data
     keras.utils.set_random_seed(0)
     small = x.shape[1] < 16
-    model = qnn.binary_cnn(x.shape[1:], filters=(32, 32, 64, 64) if small else
-                           (64, 64, 128, 128), dense=128 if small else 512, binary=is_binary,
-                           name="binary_cnn" if is_binary else "float_twin")
-    model.compile(keras.optimizers.Adam(3e-3),
-                  keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model = qnn.binary_cnn(
+        x.shape[1:],
+        filters=(32, 32, 64, 64) if small else (64, 64, 128, 128),
+        dense=128 if small else 512,
+        binary=is_binary,
+        name="binary_cnn" if is_binary else "float_twin",
+    )
+    model.compile(
+        keras.optimizers.Adam(3e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    )
     model.fit(x, y, epochs=epochs, batch_size=64 if small else 100, verbose=0)
     return model
 
@@ -71,16 +79,25 @@ def main(argv=None):
     parser.add_argument("--robust")
     parser.add_argument("--binary")
     parser.add_argument("--twin", help="the binary CNN's float twin (.keras)")
-    parser.add_argument("--models", default="natural,fast-AT,binary",
-                        help="which of natural, fast-AT and binary to evaluate")
-    parser.add_argument("--no-twin", action="store_true",
-                        help="no float twin: skip the binary CNN's transfer diagnostic")
+    parser.add_argument(
+        "--models",
+        default="natural,fast-AT,binary",
+        help="which of natural, fast-AT and binary to evaluate",
+    )
+    parser.add_argument(
+        "--no-twin",
+        action="store_true",
+        help="no float twin: skip the binary CNN's transfer diagnostic",
+    )
     parser.add_argument("--epochs", type=int, default=15)
     parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument("--shard", default=None, help="i/n: evaluate a deterministic slice")
-    parser.add_argument("--keras-predictions", action="store_true",
-                        help="judge the binary CNN by Keras (bit-identical, faster on CPU) "
-                             "rather than the NumPy engine")
+    parser.add_argument(
+        "--keras-predictions",
+        action="store_true",
+        help="judge the binary CNN by Keras (bit-identical, faster on CPU) "
+        "rather than the NumPy engine",
+    )
     parser.add_argument("--out", default=os.path.join(HERE, "results", "reference_models"))
     args = parser.parse_args(argv)
     unknown = set(args.models.split(",")) - {"natural", "fast-AT", "binary"}
@@ -90,15 +107,16 @@ def main(argv=None):
     loaded = load_model
     models = {
         "natural CNN": loaded(args.natural) if args.natural else natural(data, args.epochs),
-        "fast-AT CNN": loaded(args.robust) if args.robust else robust(data, EPS[args.dataset],
-                                                                     args.epochs),
-        "binary CNN (STE)": loaded(args.binary) if args.binary else binary(
-            data, args.epochs),
+        "fast-AT CNN": loaded(args.robust)
+        if args.robust
+        else robust(data, EPS[args.dataset], args.epochs),
+        "binary CNN (STE)": loaded(args.binary) if args.binary else binary(data, args.epochs),
     }
     surrogates = {"fast-AT CNN": models["natural CNN"]}
     if not args.no_twin:
-        surrogates["binary CNN (STE)"] = loaded(args.twin) if args.twin else binary(
-            data, args.epochs, is_binary=False)
+        surrogates["binary CNN (STE)"] = (
+            loaded(args.twin) if args.twin else binary(data, args.epochs, is_binary=False)
+        )
     protocol = PROTOCOLS[args.dataset]
     rows = []
     chosen = set(args.models.split(","))
@@ -110,30 +128,52 @@ def main(argv=None):
             path = os.path.join(args.out, f"{args.dataset}_binary.npz")
             os.makedirs(args.out, exist_ok=True)
             qnn.export(model, path)
-            model = QNNModelWrapper(model, surrogate="ste",
-                                    engine=None if args.keras_predictions else path)
+            model = QNNModelWrapper(
+                model, surrogate="ste", engine=None if args.keras_predictions else path
+            )
         start = time.perf_counter()
-        report = bench.evaluate(model, protocol=protocol, out_dir=folder + f"-{int(start)}",
-                                batch_size=args.batch_size, model_name=name, shard=args.shard,
-                                transfer_from=surrogates.get(name))
+        report = bench.evaluate(
+            model,
+            protocol=protocol,
+            out_dir=folder + f"-{int(start)}",
+            batch_size=args.batch_size,
+            model_name=name,
+            shard=args.shard,
+            transfer_from=surrogates.get(name),
+        )
         seconds = time.perf_counter() - start
         standard = report["results"].get("headline") or {}
-        rows.append(dict(model=name, clean=report["results"]["clean_accuracy"],
-                         robust=report["results"]["robust_accuracy"],
-                         autoattack=standard.get("robust_accuracy"), seconds=seconds,
-                         n=report["n"], shard=report["shard"],
-                         diagnostics={c["id"]: c["status"] for c in report["diagnostics"]},
-                         flag=report["headline_flag"].strip()))
-    print(f"\n{protocol}" + (f", shard {args.shard} ({rows[0]['n']} examples)"
-                              if args.shard else ""))
-    interval = lambda p: "-" if p is None else (
-        f"{100 * p['value']:.2f}% [{100 * p['ci95'][0]:.1f}, {100 * p['ci95'][1]:.1f}]")
-    print("| model | clean | AutoAttack (standard) [95% CI] | robust (worst case) [95% CI] | "
-          "evaluation time |")
+        rows.append(
+            dict(
+                model=name,
+                clean=report["results"]["clean_accuracy"],
+                robust=report["results"]["robust_accuracy"],
+                autoattack=standard.get("robust_accuracy"),
+                seconds=seconds,
+                n=report["n"],
+                shard=report["shard"],
+                diagnostics={c["id"]: c["status"] for c in report["diagnostics"]},
+                flag=report["headline_flag"].strip(),
+            )
+        )
+    print(
+        f"\n{protocol}" + (f", shard {args.shard} ({rows[0]['n']} examples)" if args.shard else "")
+    )
+    interval = lambda p: (
+        "-"
+        if p is None
+        else (f"{100 * p['value']:.2f}% [{100 * p['ci95'][0]:.1f}, {100 * p['ci95'][1]:.1f}]")
+    )
+    print(
+        "| model | clean | AutoAttack (standard) [95% CI] | robust (worst case) [95% CI] | "
+        "evaluation time |"
+    )
     print("|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['model']} | {100 * r['clean']['value']:.2f}% | {interval(r['autoattack'])} | "
-              f"{interval(r['robust'])} | {r['seconds']:.0f} s |")
+        print(
+            f"| {r['model']} | {100 * r['clean']['value']:.2f}% | {interval(r['autoattack'])} | "
+            f"{interval(r['robust'])} | {r['seconds']:.0f} s |"
+        )
     checks = list(rows[0]["diagnostics"])
     print("\n| model | " + " | ".join(checks) + " |")
     print("|---|" + "---|" * len(checks))

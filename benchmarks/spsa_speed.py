@@ -21,35 +21,47 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
+import numpy as np
+import tensorflow as tf
 
-from advlib.attacks import SPSA  # noqa: E402
-from advlib.datasets import load  # noqa: E402
-from advlib.models import KerasModelWrapper, small_cnn, train_classifier  # noqa: E402
+from advlib.attacks import SPSA
+from advlib.datasets import load
+from advlib.models import KerasModelWrapper, small_cnn, train_classifier
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-PARAMS = dict(eps=0.2, learning_rate=0.01, delta=0.01, spsa_samples=128, clip_min=0.0,
-              clip_max=1.0)
+PARAMS = dict(eps=0.2, learning_rate=0.01, delta=0.01, spsa_samples=128, clip_min=0.0, clip_max=1.0)
 
 
 def run_advlib(model, x, y, nb_iter):
-    return SPSA(model).generate_np(x, batch_size=len(x), y=y, nb_iter=nb_iter, seed=0,
-                                   **PARAMS)
+    return SPSA(model).generate_np(x, batch_size=len(x), y=y, nb_iter=nb_iter, seed=0, **PARAMS)
 
 
 def run_advlib_one_by_one(model, x, y, nb_iter):
     """cleverhans's execution model (a batch of 1), with advlib's code."""
     attack = SPSA(model)
-    return np.concatenate([attack.generate_np(x[i:i + 1], y=y[i:i + 1], nb_iter=nb_iter,
-                                              seed=0, **PARAMS) for i in range(len(x))])
+    return np.concatenate(
+        [
+            attack.generate_np(x[i : i + 1], y=y[i : i + 1], nb_iter=nb_iter, seed=0, **PARAMS)
+            for i in range(len(x))
+        ]
+    )
 
 
 def run_cleverhans(model, x, y, nb_iter):
     from cleverhans.tf2.attacks.spsa import spsa
 
-    return np.concatenate([spsa(model, tf.constant(x[i:i + 1]), tf.constant(y[i:i + 1]),
-                                nb_iter=nb_iter, **PARAMS).numpy() for i in range(len(x))])
+    return np.concatenate(
+        [
+            spsa(
+                model,
+                tf.constant(x[i : i + 1]),
+                tf.constant(y[i : i + 1]),
+                nb_iter=nb_iter,
+                **PARAMS,
+            ).numpy()
+            for i in range(len(x))
+        ]
+    )
 
 
 def main(argv=None):
@@ -61,11 +73,12 @@ def main(argv=None):
     (x_train, y_train), (x_test, y_test) = load("digits")
     model = train_classifier(small_cnn((8, 8, 1)), x_train, y_train, epochs=15, seed=0)
     wrapped = KerasModelWrapper(model)
-    keep = np.flatnonzero(wrapped.predict_classes(x_test).numpy() == y_test)[:args.n]
+    keep = np.flatnonzero(wrapped.predict_classes(x_test).numpy() == y_test)[: args.n]
     x, y = x_test[keep], y_test[keep]
     runners = {"advlib (batched)": run_advlib, "advlib, one at a time": run_advlib_one_by_one}
     try:
         import cleverhans  # noqa: F401
+
         runners["cleverhans 4 (batch of 1)"] = run_cleverhans
     except ImportError:
         print("cleverhans is not installed: advlib only")
@@ -80,9 +93,14 @@ def main(argv=None):
         x_adv = run(model, x, y, args.nb_iter)
         seconds = time.perf_counter() - start
         linf = np.abs(x_adv - x).reshape(len(x), -1).max(axis=1)
-        rows.append(dict(implementation=name, seconds=seconds,
-                         success=float(np.mean(wrapped.predict_classes(x_adv).numpy() != y)),
-                         max_linf=float(linf.max())))
+        rows.append(
+            dict(
+                implementation=name,
+                seconds=seconds,
+                success=float(np.mean(wrapped.predict_classes(x_adv).numpy() != y)),
+                max_linf=float(linf.max()),
+            )
+        )
     base = rows[0]["seconds"]
     print(f"\nSPSA, {len(x)} digits, {args.nb_iter} iterations x 128 samples, eps 0.2")
     print("| implementation | seconds | time / advlib | success | max L-inf |")
@@ -91,12 +109,23 @@ def main(argv=None):
         if "crashed" in row:
             print(f"| {row['implementation']} | crashed: {row['crashed']} | | | |")
             continue
-        print(f"| {row['implementation']} | {row['seconds']:.1f} | "
-              f"{row['seconds'] / base:.1f}x | {row['success']:.2f} | {row['max_linf']:.3f} |")
+        print(
+            f"| {row['implementation']} | {row['seconds']:.1f} | "
+            f"{row['seconds'] / base:.1f}x | {row['success']:.2f} | {row['max_linf']:.3f} |"
+        )
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, "w") as handle:
-        json.dump({"benchmark": "spsa_speed", "n": len(x), "nb_iter": args.nb_iter,
-                   "params": PARAMS, "rows": rows}, handle, indent=2)
+        json.dump(
+            {
+                "benchmark": "spsa_speed",
+                "n": len(x),
+                "nb_iter": args.nb_iter,
+                "params": PARAMS,
+                "rows": rows,
+            },
+            handle,
+            indent=2,
+        )
     return 0
 
 

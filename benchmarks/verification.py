@@ -24,36 +24,54 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import keras  # noqa: E402
+import keras
 
-from advlib import qnn  # noqa: E402
-from advlib.datasets import load  # noqa: E402
-from advlib.qnn.engine import BinaryEngine  # noqa: E402
-from advlib.qnn.stability import VerifiableModel  # noqa: E402
-from advlib.qnn.verify import verify  # noqa: E402
+from advlib import qnn
+from advlib.datasets import load
+from advlib.qnn.engine import BinaryEngine
+from advlib.qnn.stability import VerifiableModel
+from advlib.qnn.verify import verify
 
 # name: (builder, data set, epochs, batch size, (eps, weight) of VerifiableModel or None)
 NETWORKS = {
-    "mlp-32x2": (lambda shape: qnn.binary_mlp(shape, width=32, depth=2), "digits", 20, 64,
-                 None),
+    "mlp-32x2": (lambda shape: qnn.binary_mlp(shape, width=32, depth=2), "digits", 20, 64, None),
     "mlp-256x3": (lambda shape: qnn.binary_mlp(shape, width=256), "digits", 20, 64, None),
-    "cnn": (lambda shape: qnn.binary_cnn(shape, filters=(32, 32, 64, 64), dense=128),
-            "digits", 15, 64, None),
-    "fm-mlp-256x2": (lambda shape: qnn.binary_mlp(shape, width=256, depth=2),
-                     "fashion-mnist", 5, 128, None),
+    "cnn": (
+        lambda shape: qnn.binary_cnn(shape, filters=(32, 32, 64, 64), dense=128),
+        "digits",
+        15,
+        64,
+        None,
+    ),
+    "fm-mlp-256x2": (
+        lambda shape: qnn.binary_mlp(shape, width=256, depth=2),
+        "fashion-mnist",
+        5,
+        128,
+        None,
+    ),
     # the same MLP trained with the instability loss over eps-0.03 balls
-    "fm-mlp-256x2-verifiable": (lambda shape: qnn.binary_mlp(shape, width=256, depth=2),
-                                "fashion-mnist", 10, 128, (0.03, 2.0)),
+    "fm-mlp-256x2-verifiable": (
+        lambda shape: qnn.binary_mlp(shape, width=256, depth=2),
+        "fashion-mnist",
+        10,
+        128,
+        (0.03, 2.0),
+    ),
 }
 # (network, eps values, images, seconds per image)
 CELLS = {
-    "issue": [("mlp-32x2", (0.05, 0.1, 0.2), 360, 30.0),
-              ("cnn", (0.05, 0.1, 0.2), 360, 30.0),
-              ("fm-mlp-256x2", (1 / 255, 2 / 255, 0.02), 200, 60.0),
-              ("fm-mlp-256x2-verifiable", (1 / 255, 2 / 255, 0.02), 200, 60.0)],
-    "small": [("mlp-32x2", (1 / 255, 2 / 255, 4 / 255, 8 / 255), 360, 10.0),
-              ("mlp-256x3", (1 / 255, 2 / 255), 10, 10.0),
-              ("cnn", (1 / 255, 2 / 255), 10, 10.0)],
+    "issue": [
+        ("mlp-32x2", (0.05, 0.1, 0.2), 360, 30.0),
+        ("cnn", (0.05, 0.1, 0.2), 360, 30.0),
+        ("fm-mlp-256x2", (1 / 255, 2 / 255, 0.02), 200, 60.0),
+        ("fm-mlp-256x2-verifiable", (1 / 255, 2 / 255, 0.02), 200, 60.0),
+    ],
+    "small": [
+        ("mlp-32x2", (1 / 255, 2 / 255, 4 / 255, 8 / 255), 360, 10.0),
+        ("mlp-256x3", (1 / 255, 2 / 255), 10, 10.0),
+        ("cnn", (1 / 255, 2 / 255), 10, 10.0),
+    ],
 }
 
 
@@ -66,8 +84,10 @@ def engine_for(name, folder):
         keras.utils.set_random_seed(0)
         model = build(x_train.shape[1:])
         trained = model if stability is None else VerifiableModel(model, *stability)
-        trained.compile(keras.optimizers.Adam(3e-3),
-                        keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        trained.compile(
+            keras.optimizers.Adam(3e-3),
+            keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        )
         trained.fit(x_train, y_train, epochs=epochs, batch_size=batch_size, verbose=0)
         qnn.export(model, path)
     return BinaryEngine.load(path), data
@@ -76,22 +96,25 @@ def engine_for(name, folder):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cells", default="issue", choices=sorted(CELLS))
-    parser.add_argument("--networks", nargs="+", choices=sorted(NETWORKS),
-                        help="only these networks' cells")
+    parser.add_argument(
+        "--networks", nargs="+", choices=sorted(NETWORKS), help="only these networks' cells"
+    )
     parser.add_argument("--backends", nargs="+", default=["milp"], choices=["milp", "sat"])
     parser.add_argument("--n", type=int, help="images per cell (default: the table's)")
-    parser.add_argument("--time-limit", type=float, help="seconds per image (default: the "
-                                                          "table's)")
-    parser.add_argument("--eps", type=float, nargs="+", help="these eps, in this order "
-                                                             "(default: the table's)")
+    parser.add_argument("--time-limit", type=float, help="seconds per image (default: the table's)")
+    parser.add_argument(
+        "--eps", type=float, nargs="+", help="these eps, in this order (default: the table's)"
+    )
     parser.add_argument("--search-share", type=float, default=0.5)
     parser.add_argument("--progress", action="store_true", help="a bar per cell")
     parser.add_argument("--out", default="verification_results")
     args = parser.parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
     rows = []
-    print("| network | backend | eps | images | clean | robust | broken (by the search) | "
-          "unknown | decided | median s | p95 s | max s |")
+    print(
+        "| network | backend | eps | images | clean | robust | broken (by the search) | "
+        "unknown | decided | median s | p95 s | max s |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for name, eps_values, n, time_limit in CELLS[args.cells]:
         if args.networks and name not in args.networks:
@@ -104,22 +127,40 @@ def main(argv=None):
         for backend in args.backends:
             for eps in args.eps or eps_values:
                 start = time.perf_counter()
-                result = verify(engine, x[:n], y[:n], eps, time_limit=time_limit,
-                                backend=backend, search_share=args.search_share,
-                                progress=args.progress)
+                result = verify(
+                    engine,
+                    x[:n],
+                    y[:n],
+                    eps,
+                    time_limit=time_limit,
+                    backend=backend,
+                    search_share=args.search_share,
+                    progress=args.progress,
+                )
                 counts = result.counts()
                 searched = sum("local search" in v.reason for v in result.verdicts)
-                row = dict(network=name, backend=backend, eps=eps, n=n, clean=clean,
-                           time_limit=time_limit,
-                           **counts, by_search=searched, **result.times(),
-                           decided=(counts["robust"] + counts["broken"]) / n,
-                           wall=time.perf_counter() - start)
+                row = dict(
+                    network=name,
+                    backend=backend,
+                    eps=eps,
+                    n=n,
+                    clean=clean,
+                    time_limit=time_limit,
+                    **counts,
+                    by_search=searched,
+                    **result.times(),
+                    decided=(counts["robust"] + counts["broken"]) / n,
+                    wall=time.perf_counter() - start,
+                )
                 rows.append(row)
-                print(f"| {name} | {backend} | {eps:.4g} | {n} | {100 * clean:.1f}% | "
-                      f"{row['robust']} | "
-                      f"{row['broken']} ({searched}) | {row['unknown']} | "
-                      f"{100 * row['decided']:.1f}% | {row['median']:.3f} | "
-                      f"{row['p95']:.3f} | {row['max']:.2f} |", flush=True)
+                print(
+                    f"| {name} | {backend} | {eps:.4g} | {n} | {100 * clean:.1f}% | "
+                    f"{row['robust']} | "
+                    f"{row['broken']} ({searched}) | {row['unknown']} | "
+                    f"{100 * row['decided']:.1f}% | {row['median']:.3f} | "
+                    f"{row['p95']:.3f} | {row['max']:.2f} |",
+                    flush=True,
+                )
                 with open(os.path.join(args.out, "verification.json"), "w") as handle:
                     json.dump(rows, handle, indent=2)
     return rows

@@ -20,42 +20,49 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from advlib.attacks import APGD, SPSA, ProjectedGradientDescent, SquareAttack  # noqa: E402
-from advlib.bench.arrays import VERDICT_CODES  # noqa: E402
-from advlib.datasets import load  # noqa: E402
-from advlib.models import QNNModelWrapper  # noqa: E402
-from advlib.qnn.engine import BinaryEngine  # noqa: E402
+from advlib.attacks import APGD, SPSA, ProjectedGradientDescent, SquareAttack
+from advlib.bench.arrays import VERDICT_CODES
+from advlib.datasets import load
+from advlib.models import QNNModelWrapper
+from advlib.qnn.engine import BinaryEngine
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "examples"))
-import verify_binary  # noqa: E402
+import verify_binary
 
 
 def settings(eps):
     """key -> (the table's name, attack class, its parameters)."""
     box = dict(eps=eps, clip_min=0.0, clip_max=1.0, seed=0)
     return {
-        "pgd": ("PGD (STE), 100 steps x 10 restarts", ProjectedGradientDescent, dict(
-            box, eps_iter=eps / 4, nb_iter=100, nb_restarts=10, rand_init=True)),
+        "pgd": (
+            "PGD (STE), 100 steps x 10 restarts",
+            ProjectedGradientDescent,
+            dict(box, eps_iter=eps / 4, nb_iter=100, nb_restarts=10, rand_init=True),
+        ),
         "apgd": ("APGD-CE (STE), 1,000 steps", APGD, dict(box, nb_iter=1000)),
-        "spsa": ("SPSA, 200 steps x 256 samples", SPSA,
-                 dict(box, nb_iter=200, spsa_samples=256)),
+        "spsa": ("SPSA, 200 steps x 256 samples", SPSA, dict(box, nb_iter=200, spsa_samples=256)),
         "square": ("Square, 20,000 queries", SquareAttack, dict(box, n_queries=20000)),
     }
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--run", default="verify_binary",
-                        help="the --out-dir of examples/verify_binary.py")
+    parser.add_argument(
+        "--run", default="verify_binary", help="the --out-dir of examples/verify_binary.py"
+    )
     parser.add_argument("--eps", type=float, default=0.05)
     parser.add_argument("--network", default="mlp", choices=sorted(verify_binary.EPOCHS))
     parser.add_argument("--width", type=int, default=32)
     parser.add_argument("--depth", type=int, default=2)
     parser.add_argument("--epochs", type=int, help="default: the example's for --network")
-    parser.add_argument("--attacks", nargs="+", choices=sorted(settings(0.1)),
-                        help="only these settings (default: all)")
+    parser.add_argument(
+        "--attacks",
+        nargs="+",
+        choices=sorted(settings(0.1)),
+        help="only these settings (default: all)",
+    )
     args = parser.parse_args(argv)
     report = json.load(open(os.path.join(args.run, "run", "report.json")))
     eps_list = [entry["eps"] for entry in report["results"]["per_eps"]]
@@ -69,16 +76,22 @@ def main(argv=None):
     x, y = x_test[index[missed]], y_test[index[missed]]
     engine_path = os.path.join(args.run, f"binary_{args.network}.npz")
     engine = BinaryEngine.load(engine_path)
-    model = verify_binary.train(args.network, args.width, args.depth,
-                                args.epochs or verify_binary.EPOCHS[args.network])
-    if not (QNNModelWrapper(model).predict_classes(x_test).numpy() ==
-            engine.predict_classes(x_test)).all():
-        raise SystemExit("the retrained model differs from the run's engine: pass the run's "
-                         "--network, --width, --depth and --epochs")
+    model = verify_binary.train(
+        args.network, args.width, args.depth, args.epochs or verify_binary.EPOCHS[args.network]
+    )
+    if not (
+        QNNModelWrapper(model).predict_classes(x_test).numpy() == engine.predict_classes(x_test)
+    ).all():
+        raise SystemExit(
+            "the retrained model differs from the run's engine: pass the run's "
+            "--network, --width, --depth and --epochs"
+        )
     wrapped = QNNModelWrapper(model, surrogate="ste", engine=engine_path)
     rows = []
-    print(f"{len(missed)} digits at eps {args.eps:g} have a counterexample that every attack "
-          f"of the protocol missed\n")
+    print(
+        f"{len(missed)} digits at eps {args.eps:g} have a counterexample that every attack "
+        f"of the protocol missed\n"
+    )
     print("| attack | breaks | seconds |\n|---|---|---|")
     chosen = settings(args.eps)
     for key in args.attacks or chosen:
@@ -88,8 +101,7 @@ def main(argv=None):
         inside = np.abs(adversarial - x).max(axis=(1, 2, 3)) <= args.eps + 1e-6
         breaks = int(((engine.predict_classes(adversarial) != y) & inside).sum())
         seconds = time.perf_counter() - start
-        rows.append({"attack": name, "breaks": breaks, "of": int(len(missed)),
-                     "seconds": seconds})
+        rows.append({"attack": name, "breaks": breaks, "of": int(len(missed)), "seconds": seconds})
         print(f"| {name} | {breaks} of {len(missed)} | {seconds:.0f} |", flush=True)
     suffix = "" if not args.attacks else "_" + "_".join(args.attacks)
     with open(os.path.join(args.run, f"gap_eps{args.eps:g}{suffix}.json"), "w") as handle:

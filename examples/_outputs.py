@@ -2,16 +2,20 @@
 files of an earlier one unless asked to (--overwrite)."""
 
 import os
-from typing import Iterable, Optional
+from collections.abc import Iterable
 
 
 def add_overwrite_option(parser) -> None:
-    parser.add_argument("--overwrite", action="store_true",
-                        help="write over the files an earlier run left in --out-dir")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="write over the files an earlier run left in --out-dir",
+    )
 
 
-def refuse_to_overwrite(parser, out_dir: str, names: Iterable[str],
-                        overwrite: Optional[bool] = None) -> None:
+def refuse_to_overwrite(
+    parser, out_dir: str, names: Iterable[str], overwrite: bool | None = None
+) -> None:
     """Stops the script with a usage error, before any work, if `out_dir` already
     holds one of the files or folders it would write (`names`), unless
     `overwrite`. None: the script has no --overwrite option (its harness runs
@@ -20,5 +24,7 @@ def refuse_to_overwrite(parser, out_dir: str, names: Iterable[str],
     if existing and not overwrite:
         shown = ", ".join(existing[:3]) + (", ..." if len(existing) > 3 else "")
         remedy = "" if overwrite is None else ", or pass --overwrite to write over them"
-        parser.error(f"--out-dir {out_dir!r} already holds {shown} from an earlier run: "
-                     f"choose another folder{remedy}.")
+        parser.error(
+            f"--out-dir {out_dir!r} already holds {shown} from an earlier run: "
+            f"choose another folder{remedy}."
+        )

@@ -21,17 +21,17 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import keras  # noqa: E402
-import matplotlib  # noqa: E402
+import keras
+import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
-from advlib import bench  # noqa: E402
-from advlib.bench import protocol as protocols  # noqa: E402
-from advlib.datasets import load  # noqa: E402
-from advlib.models import load_model, small_cnn  # noqa: E402
-from advlib.training import AdversarialModel  # noqa: E402
+from advlib import bench
+from advlib.bench import protocol as protocols
+from advlib.datasets import load
+from advlib.models import load_model, small_cnn
+from advlib.training import AdversarialModel
 
 PROTOCOLS = {"digits": "digits-l2-certified", "fashion-mnist": "fashion-mnist-l2-certified"}
 
@@ -62,8 +62,13 @@ def protocol_for(dataset, sigma, n, samples, quick):
     if samples is not None:
         document["certify"]["n"] = samples
     if quick:  # the harness mechanics only: APGD-CE with 10 steps
-        document["attacks"] = [{"name": "apgd-ce", "attack": "APGD",
-                                "params": {"nb_iter": 10, "loss": "ce", "nb_restarts": 1}}]
+        document["attacks"] = [
+            {
+                "name": "apgd-ce",
+                "attack": "APGD",
+                "params": {"nb_iter": 10, "loss": "ce", "nb_restarts": 1},
+            }
+        ]
         document["headline"]["attacks"] = ["apgd-ce"]
         document.pop("sweep_attacks", None)
         document["diagnostics"] = {"n": 20, "spsa_iterations": 0}
@@ -77,10 +82,14 @@ def run(sigma, args, data):
     model = train_gaussian(data, sigma, args.epochs, args.batch_size, args.seed, path)
     folder = os.path.join(args.out_dir, f"sigma_{sigma:g}")
     resume = os.path.exists(os.path.join(folder, "state.json"))
-    return bench.evaluate(model, protocol=protocol_for(args.dataset, sigma, args.n,
-                                                       args.samples, args.quick),
-                          out_dir=folder, resume=resume, progress=not args.quiet,
-                          model_name=f"gaussian sigma={sigma:g}")
+    return bench.evaluate(
+        model,
+        protocol=protocol_for(args.dataset, sigma, args.n, args.samples, args.quick),
+        out_dir=folder,
+        resume=resume,
+        progress=not args.quiet,
+        model_name=f"gaussian sigma={sigma:g}",
+    )
 
 
 def plot(reports, path):
@@ -89,15 +98,23 @@ def plot(reports, path):
     figure, axis = plt.subplots(figsize=(6, 4))
     for (sigma, report), color in zip(reports.items(), plt.rcParams["axes.prop_cycle"]):
         certified = report["results"]["certified"]["per_radius"]
-        axis.plot([p["radius"] for p in certified],
-                  [p["certified_accuracy"]["value"] for p in certified], "-^",
-                  color=color["color"], label=f"sigma={sigma:g}: certified (smoothed)")
+        axis.plot(
+            [p["radius"] for p in certified],
+            [p["certified_accuracy"]["value"] for p in certified],
+            "-^",
+            color=color["color"],
+            label=f"sigma={sigma:g}: certified (smoothed)",
+        )
         per_eps = sorted(report["results"]["per_eps"], key=lambda e: e["eps"])
-        axis.plot([0.0] + [e["eps"] for e in per_eps],
-                  [report["results"]["clean_accuracy"]["value"]] +
-                  [e["robust_accuracy"]["value"] for e in per_eps], "--o",
-                  color=color["color"], alpha=0.7,
-                  label=f"sigma={sigma:g}: empirical (base model, attacks)")
+        axis.plot(
+            [0.0] + [e["eps"] for e in per_eps],
+            [report["results"]["clean_accuracy"]["value"]]
+            + [e["robust_accuracy"]["value"] for e in per_eps],
+            "--o",
+            color=color["color"],
+            alpha=0.7,
+            label=f"sigma={sigma:g}: empirical (base model, attacks)",
+        )
     axis.set_xlabel("L2 radius")
     axis.set_ylabel("accuracy")
     axis.set_ylim(0, 1)
@@ -116,8 +133,11 @@ def main(argv=None):
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--n", type=int, help="test examples (default: the protocol's)")
     parser.add_argument("--samples", type=int, help="CERTIFY's n (default: the protocol's)")
-    parser.add_argument("--quick", action="store_true",
-                        help="attack with APGD-CE, 10 steps, only (for a smoke test)")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="attack with APGD-CE, 10 steps, only (for a smoke test)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out-dir", default="certified_runs")
     parser.add_argument("--quiet", action="store_true")
@@ -128,23 +148,33 @@ def main(argv=None):
     os.makedirs(args.out_dir, exist_ok=True)
     data = load(args.dataset)
     reports = {sigma: run(sigma, args, data) for sigma in args.sigma}
-    print(f"\n| sigma | clean (base) | smoothed | abstained | " +
-          " | ".join(f"certified r={p['radius']:g}" for p in
-                     next(iter(reports.values()))["results"]["certified"]["per_radius"]) +
-          " | certify seconds |")
+    print(
+        "\n| sigma | clean (base) | smoothed | abstained | "
+        + " | ".join(
+            f"certified r={p['radius']:g}"
+            for p in next(iter(reports.values()))["results"]["certified"]["per_radius"]
+        )
+        + " | certify seconds |"
+    )
     summary = {}
     for sigma, report in reports.items():
         certified = report["results"]["certified"]
         values = [p["certified_accuracy"]["value"] for p in certified["per_radius"]]
-        print(f"| {sigma:g} | {100 * report['results']['clean_accuracy']['value']:.1f}% | "
-              f"{100 * certified['smoothed_accuracy']['value']:.1f}% | "
-              f"{certified['abstained']} | " + " | ".join(f"{100 * v:.1f}%" for v in values) +
-              f" | {certified['seconds']:.0f} |")
-        summary[f"{sigma:g}"] = {"clean": report["results"]["clean_accuracy"]["value"],
-                                 "certified": certified,
-                                 "empirical": [{"eps": e["eps"],
-                                                "robust": e["robust_accuracy"]["value"]}
-                                               for e in report["results"]["per_eps"]]}
+        print(
+            f"| {sigma:g} | {100 * report['results']['clean_accuracy']['value']:.1f}% | "
+            f"{100 * certified['smoothed_accuracy']['value']:.1f}% | "
+            f"{certified['abstained']} | "
+            + " | ".join(f"{100 * v:.1f}%" for v in values)
+            + f" | {certified['seconds']:.0f} |"
+        )
+        summary[f"{sigma:g}"] = {
+            "clean": report["results"]["clean_accuracy"]["value"],
+            "certified": certified,
+            "empirical": [
+                {"eps": e["eps"], "robust": e["robust_accuracy"]["value"]}
+                for e in report["results"]["per_eps"]
+            ],
+        }
     figure = os.path.join(args.out_dir, "certified_vs_empirical.png")
     plot(reports, figure)
     with open(os.path.join(args.out_dir, "summary.json"), "w") as handle:

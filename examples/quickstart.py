@@ -11,11 +11,11 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from advlib.attacks import FastGradientMethod, ProjectedGradientDescent  # noqa: E402
-from advlib.datasets import load  # noqa: E402
-from advlib.models import KerasModelWrapper, small_cnn, train_classifier  # noqa: E402
+from advlib.attacks import FastGradientMethod, ProjectedGradientDescent
+from advlib.datasets import load
+from advlib.models import KerasModelWrapper, small_cnn, train_classifier
 
 
 def accuracy(model, x, y):
@@ -31,19 +31,22 @@ def main(argv=None):
 
     (x_train, y_train), (x_test, y_test) = load("digits")
     start = time.perf_counter()
-    keras_model = train_classifier(small_cnn(x_train.shape[1:]), x_train, y_train,
-                                   epochs=args.epochs, seed=args.seed)
+    keras_model = train_classifier(
+        small_cnn(x_train.shape[1:]), x_train, y_train, epochs=args.epochs, seed=args.seed
+    )
     model = KerasModelWrapper(keras_model)
-    print(f"trained a small CNN on digits in {time.perf_counter() - start:.1f} s "
-          f"({len(x_train)} train / {len(x_test)} test images)")
+    print(
+        f"trained a small CNN on digits in {time.perf_counter() - start:.1f} s "
+        f"({len(x_train)} train / {len(x_test)} test images)"
+    )
 
     bounds = dict(clip_min=0.0, clip_max=1.0)
     fgsm = FastGradientMethod(model).generate_np(x_test, eps=args.eps, **bounds)
     pgd = ProjectedGradientDescent(model).generate_np(
-        x_test, eps=args.eps, eps_iter=args.eps / 8, nb_iter=20, seed=args.seed, **bounds)
+        x_test, eps=args.eps, eps_iter=args.eps / 8, nb_iter=20, seed=args.seed, **bounds
+    )
 
-    rows = [("clean", x_test), (f"FGSM eps={args.eps}", fgsm),
-            (f"PGD-20 eps={args.eps}", pgd)]
+    rows = [("clean", x_test), (f"FGSM eps={args.eps}", fgsm), (f"PGD-20 eps={args.eps}", pgd)]
     print(f"\n{'examples':<18}{'accuracy':>10}")
     for name, x in rows:
         print(f"{name:<18}{accuracy(model, x, y_test):>10.3f}")

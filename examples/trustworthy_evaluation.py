@@ -14,14 +14,13 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import keras  # noqa: E402
+import keras
+from _outputs import add_overwrite_option, refuse_to_overwrite
 
-from advlib import bench, qnn  # noqa: E402
-from advlib.models.testbeds import InputQuantization, defended  # noqa: E402
-from advlib.datasets import load  # noqa: E402
-from advlib.models import QNNModelWrapper, small_cnn, train_classifier  # noqa: E402
-from _outputs import add_overwrite_option, refuse_to_overwrite  # noqa: E402
-
+from advlib import bench, qnn
+from advlib.datasets import load
+from advlib.models import QNNModelWrapper, small_cnn, train_classifier
+from advlib.models.testbeds import InputQuantization, defended
 
 # Version 2 of the protocol (gradient attacks, then SPSA), whose numbers the tutorial
 # discusses. Under version 3, AutoAttack's Square breaks the "defended" model inside the
@@ -41,23 +40,29 @@ def protocol_for(n, sweep=True, spsa_iter=None):
             if entry["attack"] == "SPSA":
                 entry["params"]["nb_iter"] = spsa_iter
         # and the diagnostics' own SPSA probe
-        protocol["diagnostics"] = dict(protocol.get("diagnostics", {}),
-                                       spsa_iterations=spsa_iter)
+        protocol["diagnostics"] = dict(protocol.get("diagnostics", {}), spsa_iterations=spsa_iter)
     return protocol
 
 
 def binary_cnn(x_train, y_train, epochs):
     keras.utils.set_random_seed(0)
     model = qnn.binary_cnn((8, 8, 1), filters=(32, 32, 64, 64), dense=128)
-    model.compile(keras.optimizers.Adam(3e-3),
-                  keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.compile(
+        keras.optimizers.Adam(3e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    )
     model.fit(x_train, y_train, epochs=epochs, batch_size=64, verbose=0)
     return model
 
 
 # the evaluations, in order, each with its Markdown report in --out-dir
-RUNS = ("cnn", "defended", "defended, adaptive", "binary, naive gradients", "binary, STE",
-        "binary, naive gradients, adaptive")
+RUNS = (
+    "cnn",
+    "defended",
+    "defended, adaptive",
+    "binary, naive gradients",
+    "binary, STE",
+    "binary, naive gradients, adaptive",
+)
 
 
 def report_file(name: str) -> str:
@@ -73,22 +78,32 @@ def main(argv=None):
     parser.add_argument("--out-dir", default="trustworthy_evaluation")
     add_overwrite_option(parser)
     args = parser.parse_args(argv)
-    refuse_to_overwrite(parser, args.out_dir, [report_file(name) for name in RUNS] +
-                        ["summary.json"], args.overwrite)
+    refuse_to_overwrite(
+        parser,
+        args.out_dir,
+        [report_file(name) for name in RUNS] + ["summary.json"],
+        args.overwrite,
+    )
     os.makedirs(args.out_dir, exist_ok=True)
     (x_train, y_train), _ = load("digits")
     protocol = protocol_for(args.n, sweep=not args.no_sweep, spsa_iter=args.spsa_iter)
     cnn = train_classifier(small_cnn((8, 8, 1)), x_train, y_train, epochs=args.epochs, seed=0)
     masked = defended(cnn, InputQuantization(levels=5, name="quantize"))
     qnn_model = binary_cnn(x_train, y_train, args.epochs)
-    runs = dict(zip(RUNS, [
-        (cnn, {}),
-        (masked, {"transfer_from": cnn}),
-        (masked, {"adaptive": True}),
-        (QNNModelWrapper(qnn_model, surrogate="zero"), {}),
-        (QNNModelWrapper(qnn_model), {}),
-        (QNNModelWrapper(qnn_model, surrogate="zero"), {"adaptive": True}),
-    ], strict=True))
+    runs = dict(
+        zip(
+            RUNS,
+            [
+                (cnn, {}),
+                (masked, {"transfer_from": cnn}),
+                (masked, {"adaptive": True}),
+                (QNNModelWrapper(qnn_model, surrogate="zero"), {}),
+                (QNNModelWrapper(qnn_model), {}),
+                (QNNModelWrapper(qnn_model, surrogate="zero"), {"adaptive": True}),
+            ],
+            strict=True,
+        )
+    )
     summary = {}
     for name, (model, options) in runs.items():
         report = bench.evaluate(model, protocol, model_name=name, **options)
@@ -100,7 +115,8 @@ def main(argv=None):
             "robust_accuracy": report["results"]["robust_accuracy"]["value"],
             "flag": report["headline_flag"].strip(),
             "checks": {c["id"]: c["status"] for c in report["diagnostics"]},
-            "adaptive": report.get("adaptive")}
+            "adaptive": report.get("adaptive"),
+        }
     with open(os.path.join(args.out_dir, "summary.json"), "w") as handle:
         json.dump(summary, handle, indent=2)
     print("\n| model | robust accuracy | flag |\n|---|---|---|")

@@ -34,13 +34,12 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import keras  # noqa: E402
+import keras
 
-from advlib import bench, qnn  # noqa: E402
-from advlib.datasets import load  # noqa: E402
-from advlib.models import QNNModelWrapper, load_model  # noqa: E402
-from advlib.qnn.stability import VerifiableModel, instability  # noqa: E402
-
+from advlib import bench, qnn
+from advlib.datasets import load
+from advlib.models import QNNModelWrapper, load_model
+from advlib.qnn.stability import VerifiableModel, instability
 
 # epochs by network: the MLP's, and the reference CNN's recipe
 EPOCHS = {"mlp": 20, "cnn": 15}
@@ -51,8 +50,15 @@ SEARCH_SHARE = {"mlp": 0.5, "cnn": 0.9}
 DATASETS = {"digits": ("digits-linf-0.2", 64), "fashion-mnist": ("fashion-mnist-linf-0.1", 128)}
 
 
-def train(network: str, width: int, depth: int, epochs: int, verifiable=None,
-          verifiable_weight: float = 2.0, dataset: str = "digits") -> keras.Model:
+def train(
+    network: str,
+    width: int,
+    depth: int,
+    epochs: int,
+    verifiable=None,
+    verifiable_weight: float = 2.0,
+    dataset: str = "digits",
+) -> keras.Model:
     """The seeded binary network; with `verifiable` (an eps), trained with
     `VerifiableModel`'s instability loss over balls of that radius."""
     (x_train, y_train), _ = load(dataset)
@@ -61,16 +67,17 @@ def train(network: str, width: int, depth: int, epochs: int, verifiable=None,
         model = qnn.binary_cnn(x_train.shape[1:], filters=(32, 32, 64, 64), dense=128)
     else:
         model = qnn.binary_mlp(x_train.shape[1:], width=width, depth=depth)
-    trained = model if verifiable is None else VerifiableModel(model, verifiable,
-                                                               verifiable_weight)
-    trained.compile(keras.optimizers.Adam(3e-3),
-                    keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    trained = model if verifiable is None else VerifiableModel(model, verifiable, verifiable_weight)
+    trained.compile(
+        keras.optimizers.Adam(3e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    )
     trained.fit(x_train, y_train, epochs=epochs, batch_size=DATASETS[dataset][1], verbose=0)
     return model
 
 
-def protocol(eps_list, n: int, iterations=None, square_queries=None, dataset="digits",
-             batch_size=None):
+def protocol(
+    eps_list, n: int, iterations=None, square_queries=None, dataset="digits", batch_size=None
+):
     """The data set's protocol (AutoAttack's ensemble, then advlib's PGD-CW and
     targeted PGD) at every one of the given eps values, on the first n test
     images (optionally with fewer steps and queries, for a quick look), in
@@ -82,9 +89,12 @@ def protocol(eps_list, n: int, iterations=None, square_queries=None, dataset="di
             entry["params"]["nb_iter"] = iterations
         if square_queries and "n_queries" in entry["params"]:
             entry["params"]["n_queries"] = square_queries
-    document.update(name=f"{dataset}-verify", threat={"norm": "inf", "eps": eps_list[0]},
-                    sweep=list(eps_list[1:]),
-                    batch_size=min(batch_size or document["batch_size"], n))
+    document.update(
+        name=f"{dataset}-verify",
+        threat={"norm": "inf", "eps": eps_list[0]},
+        sweep=list(eps_list[1:]),
+        batch_size=min(batch_size or document["batch_size"], n),
+    )
     document["dataset"]["n"] = n
     document.pop("headline")
     return document
@@ -93,8 +103,12 @@ def protocol(eps_list, n: int, iterations=None, square_queries=None, dataset="di
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--network", default="mlp", choices=sorted(EPOCHS))
-    parser.add_argument("--dataset", default="digits", choices=sorted(DATASETS),
-                        help="fashion-mnist needs the IDX files (see advlib.datasets)")
+    parser.add_argument(
+        "--dataset",
+        default="digits",
+        choices=sorted(DATASETS),
+        help="fashion-mnist needs the IDX files (see advlib.datasets)",
+    )
     parser.add_argument("--width", type=int, default=32, help="the MLP's")
     parser.add_argument("--depth", type=int, default=2, help="the MLP's")
     parser.add_argument("--epochs", type=int, help="default: 20 (MLP), 15 (CNN)")
@@ -102,26 +116,42 @@ def main(argv=None):
     parser.add_argument("--n", type=int, default=360, help="test images (360: all digits)")
     parser.add_argument("--iterations", type=int, help="attack steps (default: the protocol's)")
     parser.add_argument("--square-queries", type=int, help="default: the protocol's 5,000")
-    parser.add_argument("--time-limit", type=float, default=10.0,
-                        help="verifier seconds per example")
-    parser.add_argument("--search-share", type=float,
-                        help="the verifier's share of each example's time for the local "
-                             "search (default: 0.9 for the CNN, where HiGHS decides "
-                             "nothing in time, 0.5 for the MLP)")
-    parser.add_argument("--verifiable", type=float, metavar="EPS",
-                        help="train with VerifiableModel's instability loss over EPS-balls")
-    parser.add_argument("--verifiable-weight", type=float, default=2.0,
-                        help="that loss's weight")
-    parser.add_argument("--batch-size", type=int,
-                        help="examples per batch, whose results are saved as it ends "
-                             "(default: the protocol's, at most --n); a stopped run "
-                             "loses only its unfinished batch")
-    parser.add_argument("--out-dir", default="verify_binary",
-                        help="a new or empty folder, or with --resume an earlier run's")
-    parser.add_argument("--resume", action="store_true",
-                        help="continue the run in --out-dir with its saved network, "
-                             "keeping the examples it finished (the other options must "
-                             "be that run's)")
+    parser.add_argument(
+        "--time-limit", type=float, default=10.0, help="verifier seconds per example"
+    )
+    parser.add_argument(
+        "--search-share",
+        type=float,
+        help="the verifier's share of each example's time for the local "
+        "search (default: 0.9 for the CNN, where HiGHS decides "
+        "nothing in time, 0.5 for the MLP)",
+    )
+    parser.add_argument(
+        "--verifiable",
+        type=float,
+        metavar="EPS",
+        help="train with VerifiableModel's instability loss over EPS-balls",
+    )
+    parser.add_argument("--verifiable-weight", type=float, default=2.0, help="that loss's weight")
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        help="examples per batch, whose results are saved as it ends "
+        "(default: the protocol's, at most --n); a stopped run "
+        "loses only its unfinished batch",
+    )
+    parser.add_argument(
+        "--out-dir",
+        default="verify_binary",
+        help="a new or empty folder, or with --resume an earlier run's",
+    )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in --out-dir with its saved network, "
+        "keeping the examples it finished (the other options must "
+        "be that run's)",
+    )
     args = parser.parse_args(argv)
     if args.batch_size is not None and args.batch_size < 1:
         parser.error(f"--batch-size must be a positive integer, got {args.batch_size}.")
@@ -132,46 +162,74 @@ def main(argv=None):
     engine = os.path.join(args.out_dir, f"binary_{args.network}.npz")
     if args.resume:
         if not (os.path.isfile(model_path) and os.path.isfile(engine)):
-            parser.error(f"--resume: {args.out_dir!r} holds no saved {args.network} network "
-                         f"({model_path!r} and {engine!r}); run without --resume first.")
+            parser.error(
+                f"--resume: {args.out_dir!r} holds no saved {args.network} network "
+                f"({model_path!r} and {engine!r}); run without --resume first."
+            )
         model = load_model(model_path)
     else:
         if os.path.isdir(args.out_dir) and os.listdir(args.out_dir):
-            parser.error(f"--out-dir {args.out_dir!r} is not empty: choose a new folder, or "
-                         "pass --resume to continue the run saved there.")
+            parser.error(
+                f"--out-dir {args.out_dir!r} is not empty: choose a new folder, or "
+                "pass --resume to continue the run saved there."
+            )
         os.makedirs(args.out_dir, exist_ok=True)
-        model = train(args.network, args.width, args.depth,
-                      args.epochs or EPOCHS[args.network], args.verifiable,
-                      args.verifiable_weight, args.dataset)
+        model = train(
+            args.network,
+            args.width,
+            args.depth,
+            args.epochs or EPOCHS[args.network],
+            args.verifiable,
+            args.verifiable_weight,
+            args.dataset,
+        )
         model.save(model_path)
         qnn.export(model, engine)
     _, (x_test, _) = load(args.dataset)
     wrapped = QNNModelWrapper(model, surrogate="ste", engine=engine)
-    document = protocol(args.eps, args.n, args.iterations, args.square_queries, args.dataset,
-                        args.batch_size)
+    document = protocol(
+        args.eps, args.n, args.iterations, args.square_queries, args.dataset, args.batch_size
+    )
     try:
-        report = bench.evaluate(wrapped, document, progress=False,
-                                out_dir=os.path.join(args.out_dir, "run"), resume=args.resume,
-                                verify=True, verify_time_limit=args.time_limit,
-                                verify_search_share=args.search_share)
+        report = bench.evaluate(
+            wrapped,
+            document,
+            progress=False,
+            out_dir=os.path.join(args.out_dir, "run"),
+            resume=args.resume,
+            verify=True,
+            verify_time_limit=args.time_limit,
+            verify_search_share=args.search_share,
+        )
     except ValueError as error:  # bad options, or a run that --resume cannot continue
         parser.error(str(error))
     rows = []
-    print("| eps | after the attacks | certified interval | verified | robust | broken "
-          "(missed by every attack) | unknown | median s | p95 s | open units |")
+    print(
+        "| eps | after the attacks | certified interval | verified | robust | broken "
+        "(missed by every attack) | unknown | median s | p95 s | open units |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|")
     for entry in sorted(report["results"]["per_eps"], key=lambda e: e["eps"]):
         check = entry["verification"]
         after_attacks = entry["attacks"][-1]["robust_accuracy_after"]["value"]
         low, high = check["interval"]
-        open_units = float(instability(model, x_test[:args.n], entry["eps"])[1])
-        rows.append({"eps": entry["eps"], "after_attacks": after_attacks, "interval": [low, high],
-                     **{k: check[k] for k in ("verified", "robust", "broken", "unknown")},
-                     "seconds": check["seconds"], "open_units": open_units})
-        print(f"| {entry['eps']:.4g} | {100 * after_attacks:.2f}% | [{100 * low:.2f}%, "
-              f"{100 * high:.2f}%] | {check['verified']} | {check['robust']} | "
-              f"{check['broken']} | {check['unknown']} | {check['seconds']['median']:.2f} | "
-              f"{check['seconds']['p95']:.2f} | {100 * open_units:.1f}% |")
+        open_units = float(instability(model, x_test[: args.n], entry["eps"])[1])
+        rows.append(
+            {
+                "eps": entry["eps"],
+                "after_attacks": after_attacks,
+                "interval": [low, high],
+                **{k: check[k] for k in ("verified", "robust", "broken", "unknown")},
+                "seconds": check["seconds"],
+                "open_units": open_units,
+            }
+        )
+        print(
+            f"| {entry['eps']:.4g} | {100 * after_attacks:.2f}% | [{100 * low:.2f}%, "
+            f"{100 * high:.2f}%] | {check['verified']} | {check['robust']} | "
+            f"{check['broken']} | {check['unknown']} | {check['seconds']['median']:.2f} | "
+            f"{check['seconds']['p95']:.2f} | {100 * open_units:.1f}% |"
+        )
     with open(os.path.join(args.out_dir, "verification.json"), "w") as handle:
         json.dump(rows, handle, indent=2)
     return rows

@@ -5,8 +5,8 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
+import numpy as np
+import pytest
 
 
 def pytest_configure(config):
@@ -25,6 +25,7 @@ def emulated_cupy(monkeypatch):
         fake = fake_cupy.make(cc)
         monkeypatch.setitem(sys.modules, "cupy", fake)
         return fake
+
     return install
 
 
@@ -32,6 +33,7 @@ def emulated_cupy(monkeypatch):
 def digits():
     """scikit-learn's digits: ((x_train, y_train), (x_test, y_test))."""
     from advlib.datasets import load
+
     return load("digits")
 
 
@@ -48,12 +50,15 @@ def digits_linear(digits):
     is known in closed form: (model, normal, offset), where class 1 wins exactly
     where x . normal + offset > 0."""
     import keras
+
     (x_train, y_train), _ = digits
     keras.utils.set_random_seed(0)
-    model = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Flatten(),
-                              keras.layers.Dense(2)])
-    model.compile(keras.optimizers.Adam(1e-2),
-                  keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model = keras.Sequential(
+        [keras.Input((8, 8, 1)), keras.layers.Flatten(), keras.layers.Dense(2)]
+    )
+    model.compile(
+        keras.optimizers.Adam(1e-2), keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    )
     model.fit(x_train, (y_train >= 5).astype(np.int64), epochs=20, verbose=0)
     kernel, bias = model.layers[-1].get_weights()
     normal = (kernel[:, 1] - kernel[:, 0]).astype(np.float64)
@@ -69,6 +74,7 @@ def trained_once(request, name, train):
     import keras
 
     import advlib.models  # noqa: F401  (registers advlib's layers for loading)
+
     if not hasattr(request.config, "workerinput"):
         return train()
     shared = request.getfixturevalue("tmp_path_factory").getbasetemp().parent
@@ -86,9 +92,13 @@ def trained_once(request, name, train):
 def digits_mlp(request, digits):
     """An MLP trained on digits in a few seconds (about 96% test accuracy)."""
     from advlib.models import mlp, train_classifier
+
     (x_train, y_train), _ = digits
-    return trained_once(request, "digits_mlp", lambda: train_classifier(
-        mlp((8, 8, 1), hidden=(64,)), x_train, y_train, epochs=30, seed=0))
+    return trained_once(
+        request,
+        "digits_mlp",
+        lambda: train_classifier(mlp((8, 8, 1), hidden=(64,)), x_train, y_train, epochs=30, seed=0),
+    )
 
 
 @pytest.fixture(scope="session")
@@ -101,9 +111,13 @@ def digits_eval(digits, digits_mlp):
 def digits_cnn(request, digits):
     """The small CNN of the examples, trained on digits (about 96% test accuracy)."""
     from advlib.models import small_cnn, train_classifier
+
     (x_train, y_train), _ = digits
-    return trained_once(request, "digits_cnn", lambda: train_classifier(
-        small_cnn((8, 8, 1)), x_train, y_train, epochs=15, seed=0))
+    return trained_once(
+        request,
+        "digits_cnn",
+        lambda: train_classifier(small_cnn((8, 8, 1)), x_train, y_train, epochs=15, seed=0),
+    )
 
 
 @pytest.fixture(scope="session")
@@ -116,30 +130,46 @@ def cnn_eval(digits, digits_cnn):
 def digits_qnns(request, digits):
     """A binary CNN and a binary MLP trained on digits: {"cnn": ..., "mlp": ...}."""
     import keras
+
     from advlib import qnn
+
     (x_train, y_train), _ = digits
 
     def train(kind):
         keras.utils.set_random_seed(0)
-        model = (qnn.binary_cnn((8, 8, 1), filters=(32, 32, 64, 64), dense=128)
-                 if kind == "cnn" else qnn.binary_mlp((8, 8, 1), width=256))
-        model.compile(keras.optimizers.Adam(3e-3),
-                      keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                      metrics=["accuracy"])
-        model.fit(x_train, y_train, epochs=15 if kind == "cnn" else 20, batch_size=64,
-                  verbose=0)
+        model = (
+            qnn.binary_cnn((8, 8, 1), filters=(32, 32, 64, 64), dense=128)
+            if kind == "cnn"
+            else qnn.binary_mlp((8, 8, 1), width=256)
+        )
+        model.compile(
+            keras.optimizers.Adam(3e-3),
+            keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            metrics=["accuracy"],
+        )
+        model.fit(x_train, y_train, epochs=15 if kind == "cnn" else 20, batch_size=64, verbose=0)
         return model
-    return {kind: trained_once(request, f"digits_binary_{kind}", lambda: train(kind))
-            for kind in ("cnn", "mlp")}
+
+    return {
+        kind: trained_once(request, f"digits_binary_{kind}", lambda: train(kind))
+        for kind in ("cnn", "mlp")
+    }
 
 
 def linear_model(weights, bias=None):
     """A functional Keras model computing flatten(x) @ weights + bias."""
     import keras
+
     weights = np.asarray(weights, np.float32)
     inputs = keras.Input((weights.shape[0],))
     dense = keras.layers.Dense(weights.shape[1])
     model = keras.Model(inputs, dense(inputs))
-    dense.set_weights([weights, np.zeros(weights.shape[1], np.float32) if bias is None
-                       else np.asarray(bias, np.float32)])
+    dense.set_weights(
+        [
+            weights,
+            np.zeros(weights.shape[1], np.float32)
+            if bias is None
+            else np.asarray(bias, np.float32),
+        ]
+    )
     return model

@@ -3,11 +3,13 @@ engine's tests on machines that have only NumPy and CuPy."""
 
 import numpy as np
 
-from advlib.qnn.engine import pack_signs, spec as spec_io
+from advlib.qnn.engine import pack_signs
+from advlib.qnn.engine import spec as spec_io
 
 
-def random_network(seed=0, input_shape=(9, 7, 2), channels=(3, 33), dense=(40,), classes=5,
-                   flat=False):
+def random_network(
+    seed=0, input_shape=(9, 7, 2), channels=(3, 33), dense=(40,), classes=5, flat=False
+):
     """A random binary network: an 8-bit first layer, binary layers with "same"
     padding (+1 and -1), a max-pool, a flatten and dense layers."""
     rng = np.random.default_rng(seed)
@@ -16,8 +18,9 @@ def random_network(seed=0, input_shape=(9, 7, 2), channels=(3, 33), dense=(40,),
 
     def add(entry, length, units, last):
         index = len(layers)
-        entry.update(name=f"l{index}", keras_output=f"l{index}",
-                     output="logits" if last else "bits")
+        entry.update(
+            name=f"l{index}", keras_output=f"l{index}", output="logits" if last else "bits"
+        )
         signs = np.where(rng.random((units, length)) < 0.5, -1.0, 1.0)
         if entry["type"] == "conv":
             kh, kw = entry["kernel"]
@@ -30,40 +33,66 @@ def random_network(seed=0, input_shape=(9, 7, 2), channels=(3, 33), dense=(40,),
             arrays[f"layer{index}/scale"] = rng.normal(size=units).astype(np.float32)
             arrays[f"layer{index}/shift"] = rng.normal(size=units).astype(np.float32)
         else:
-            arrays[f"layer{index}/threshold"] = rng.integers(-bound // 4, bound // 4 + 1,
-                                                             units).astype(np.int64)
+            arrays[f"layer{index}/threshold"] = rng.integers(
+                -bound // 4, bound // 4 + 1, units
+            ).astype(np.int64)
             arrays[f"layer{index}/flip"] = rng.random(units) < 0.3
         layers.append(entry)
 
     if flat:
-        layers.append(dict(type="flatten", in_shape=list(shape),
-                           out_shape=[int(np.prod(shape))], name="flat"))
+        layers.append(
+            dict(type="flatten", in_shape=list(shape), out_shape=[int(np.prod(shape))], name="flat")
+        )
         shape = [int(np.prod(shape))]
     else:
         for i, width in enumerate(channels):
             h, w, c = shape
-            entry = dict(type="conv", in_shape=list(shape), out_shape=[h, w, width],
-                         kernel=[3, 3], strides=[1, 1], pads=[[1, 1], [1, 1]],
-                         pad_value=0.0 if i == 0 else (1.0 if i % 2 else -1.0),
-                         input="uint8" if i == 0 else "binary")
+            entry = dict(
+                type="conv",
+                in_shape=list(shape),
+                out_shape=[h, w, width],
+                kernel=[3, 3],
+                strides=[1, 1],
+                pads=[[1, 1], [1, 1]],
+                pad_value=0.0 if i == 0 else (1.0 if i % 2 else -1.0),
+                input="uint8" if i == 0 else "binary",
+            )
             add(entry, 9 * c, width, False)
             shape = [h, w, width]
             if i == 0:
                 out = [(h + 1 - 2) // 2 + 1, (w + 1 - 2) // 2 + 1, width]
-                layers.append(dict(type="maxpool", in_shape=list(shape), out_shape=out,
-                                   pool=[2, 2], strides=[2, 2], pads=[[0, 1], [0, 1]],
-                                   name="pool"))
+                layers.append(
+                    dict(
+                        type="maxpool",
+                        in_shape=list(shape),
+                        out_shape=out,
+                        pool=[2, 2],
+                        strides=[2, 2],
+                        pads=[[0, 1], [0, 1]],
+                        name="pool",
+                    )
+                )
                 shape = out
-        layers.append(dict(type="flatten", in_shape=list(shape),
-                           out_shape=[int(np.prod(shape))], name="flat"))
+        layers.append(
+            dict(type="flatten", in_shape=list(shape), out_shape=[int(np.prod(shape))], name="flat")
+        )
         shape = [int(np.prod(shape))]
     widths = list(dense) + [classes]
     for i, units in enumerate(widths):
-        entry = dict(type="dense", in_shape=list(shape), out_shape=[units],
-                     input="uint8" if flat and i == 0 else "binary")
+        entry = dict(
+            type="dense",
+            in_shape=list(shape),
+            out_shape=[units],
+            input="uint8" if flat and i == 0 else "binary",
+        )
         add(entry, shape[0], units, i == len(widths) - 1)
         shape = [units]
-    spec = {"format": spec_io.FORMAT, "version": spec_io.VERSION, "word_bits": 32,
-            "input_shape": list(input_shape), "layers": layers}
+    spec = {
+        "format": spec_io.FORMAT,
+        "version": spec_io.VERSION,
+        "word_bits": 32,
+        "input_shape": list(input_shape),
+        "layers": layers,
+    }
     spec_io.validate(spec, arrays)
     return spec, arrays

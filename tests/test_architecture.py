@@ -14,7 +14,8 @@ import tensorflow as tf
 import advlib
 from advlib import attacks
 from advlib.attacks import Attack, by_name
-from advlib.bench import ensemble, protocol as protocols
+from advlib.bench import ensemble
+from advlib.bench import protocol as protocols
 
 ROOT = os.path.dirname(os.path.abspath(advlib.__file__))
 
@@ -40,8 +41,9 @@ def module_names(root=ROOT):
             if file.endswith(".py"):
                 relative = os.path.relpath(os.path.join(folder, file), os.path.dirname(root))
                 name = relative[:-3].replace(os.sep, ".")
-                found[name[:-len(".__init__")] if name.endswith(".__init__") else name] = \
+                found[name[: -len(".__init__")] if name.endswith(".__init__") else name] = (
                     os.path.join(folder, file)
+                )
     return found
 
 
@@ -62,13 +64,12 @@ def imports_of(path, name, modules):
         elif isinstance(node, ast.ImportFrom):
             base = node.module or ""
             if node.level:
-                parts = package.split(".")[:len(package.split(".")) - node.level + 1]
+                parts = package.split(".")[: len(package.split(".")) - node.level + 1]
                 base = ".".join(parts + ([base] if base else []))
             for alias in node.names:
                 full = f"{base}.{alias.name}"
                 targets.add(full if full in modules else base)
-    targets |= {parent for target in targets for parent in ancestors(target)} - \
-        ancestors(name)
+    targets |= {parent for target in targets for parent in ancestors(target)} - ancestors(name)
     return {t for t in targets if t in modules and t != name}
 
 
@@ -79,8 +80,12 @@ def import_graph(root=ROOT):
 
 def component(name):
     """The layer entry that holds module `name`: its longest listed prefix."""
-    listed = [entry for layer in LAYERS for entry in layer
-              if name == entry or name.startswith(entry + ".")]
+    listed = [
+        entry
+        for layer in LAYERS
+        for entry in layer
+        if name == entry or name.startswith(entry + ".")
+    ]
     return max(listed, key=len)
 
 
@@ -105,7 +110,7 @@ def find_cycle(graph):
         stack.append(node)
         for target in sorted(graph[node]):
             if state.get(target) == "open":
-                return stack[stack.index(target):] + [target]
+                return stack[stack.index(target) :] + [target]
             if target not in state:
                 cycle = visit(target)
                 if cycle:
@@ -138,13 +143,22 @@ def test_imports_follow_the_layers():
     assert layer_violations(graph) == []
 
 
-@pytest.mark.parametrize("module, planted, edge", [
-    ("models/base.py", "from advlib.bench import runner", "advlib.models.base -> advlib.bench"),
-    ("models/inspect.py", "    from advlib.attacks.utils import clip_eta",
-     "advlib.models.inspect -> advlib.attacks"),
-    ("certify/smoothing.py", "import advlib.bench.report",
-     "advlib.certify.smoothing -> advlib.bench"),
-])
+@pytest.mark.parametrize(
+    "module, planted, edge",
+    [
+        ("models/base.py", "from advlib.bench import runner", "advlib.models.base -> advlib.bench"),
+        (
+            "models/inspect.py",
+            "    from advlib.attacks.utils import clip_eta",
+            "advlib.models.inspect -> advlib.attacks",
+        ),
+        (
+            "certify/smoothing.py",
+            "import advlib.bench.report",
+            "advlib.certify.smoothing -> advlib.bench",
+        ),
+    ],
+)
 def test_the_layer_rule_catches_a_planted_upward_import(tmp_path, module, planted, edge):
     copy = tmp_path / "advlib"
     shutil.copytree(ROOT, copy, ignore=shutil.ignore_patterns("__pycache__"))
@@ -163,17 +177,27 @@ def test_the_layer_rule_catches_a_planted_upward_import(tmp_path, module, plante
     assert layer_violations(import_graph(str(copy))) == [edge]
 
 
-@pytest.mark.parametrize("package, forbidden", [
-    ("advlib.models", ("advlib.attacks", "advlib.bench", "advlib.training", "advlib.certify")),
-    ("advlib.attacks", ("advlib.bench", "advlib.training", "advlib.certify")),
-    ("advlib.certify", ("advlib.attacks", "advlib.bench")),
-    ("advlib.qnn.engine", ("tensorflow", "keras", "advlib.models")),
-])
+@pytest.mark.parametrize(
+    "package, forbidden",
+    [
+        ("advlib.models", ("advlib.attacks", "advlib.bench", "advlib.training", "advlib.certify")),
+        ("advlib.attacks", ("advlib.bench", "advlib.training", "advlib.certify")),
+        ("advlib.certify", ("advlib.attacks", "advlib.bench")),
+        ("advlib.qnn.engine", ("tensorflow", "keras", "advlib.models")),
+    ],
+)
 def test_importing_a_layer_loads_nothing_above_it(package, forbidden):
-    code = (f"import sys, {package}; print(sorted({{m.split('.')[0] if not "
-            "m.startswith('advlib') else '.'.join(m.split('.')[:2]) for m in sys.modules}))")
-    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            check=True, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")).stdout
+    code = (
+        f"import sys, {package}; print(sorted({{m.split('.')[0] if not "
+        "m.startswith('advlib') else '.'.join(m.split('.')[:2]) for m in sys.modules}))"
+    )
+    loaded = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"),
+    ).stdout
     assert package.rsplit(".", 1)[0] in loaded  # the probe sees what it imported
     for name in forbidden:
         assert repr(name) not in loaded, f"import {package} loads {name}"
@@ -190,10 +214,12 @@ class Nudge(Attack):
 
     black_box = True
 
-    def parse_params(self, eps=0.1, norm=np.inf, clip_min=None, clip_max=None, y=None,
-                     seed=None, flips=1):
-        return dict(eps=eps, norm=norm, clip_min=clip_min, clip_max=clip_max, y=y, seed=seed,
-                    flips=flips)
+    def parse_params(
+        self, eps=0.1, norm=np.inf, clip_min=None, clip_max=None, y=None, seed=None, flips=1
+    ):
+        return dict(
+            eps=eps, norm=norm, clip_min=clip_min, clip_max=clip_max, y=y, seed=seed, flips=flips
+        )
 
     def _generate(self, x, labels, targeted, *, eps, norm, clip_min, clip_max, seed, flips):
         signs = tf.sign(tf.random.stateless_uniform(tf.shape(x), self._seed_pair(seed), -1, 1))
@@ -207,8 +233,9 @@ def registered_nudge():
     del attacks.base._REGISTRY["Nudge"]
 
 
-def test_a_new_attack_is_found_by_name_and_runs_in_a_protocol(registered_nudge, digits_mlp,
-                                                             digits_eval):
+def test_a_new_attack_is_found_by_name_and_runs_in_a_protocol(
+    registered_nudge, digits_mlp, digits_eval
+):
     assert registered_nudge is Nudge and "Nudge" in attacks.names()
     assert Nudge.takes_seed() and not attacks.FastGradientMethod.takes_seed()
     assert set(Nudge.harness_params()) == {"eps", "norm", "clip_min", "clip_max", "y", "seed"}
@@ -217,19 +244,22 @@ def test_a_new_attack_is_found_by_name_and_runs_in_a_protocol(registered_nudge, 
     document.pop("headline")  # AutoAttack's attacks are gone
     protocol = protocols.validate(document)
     with pytest.raises(protocols.ProtocolError, match=r"unknown key\(s\) \['seed'\]"):
-        protocols.validate(dict(document, attacks=[
-            {"name": "nudge", "attack": "Nudge", "params": {"seed": 3}}]))
+        protocols.validate(
+            dict(document, attacks=[{"name": "nudge", "attack": "Nudge", "params": {"seed": 3}}])
+        )
     entry = ensemble.AttackEntry.from_protocol(protocol["attacks"][0])
     params = entry.params_at(0.2, "inf", {"min": 0.0, "max": 1.0}, seed=11)
     assert params == dict(flips=1, eps=0.2, norm=np.inf, clip_min=0.0, clip_max=1.0, seed=11)
     x, y = digits_eval
-    out = ensemble.run_ensemble(Nudge(digits_mlp).model, protocol, x[:50], y[:50], 0.2,
-                                seed=4)
+    out = ensemble.run_ensemble(Nudge(digits_mlp).model, protocol, x[:50], y[:50], 0.2, seed=4)
     assert out["attacked"][0].sum() > 0 and out["forward"][0] > 0
     nudged = [Nudge(digits_mlp).generate_np(x[:20], eps=0.2, seed=s) for s in (4, 4, 5)]
     np.testing.assert_array_equal(nudged[0], nudged[1])
     assert not np.array_equal(nudged[0], nudged[2])
     assert ensemble.is_black_box(protocol["attacks"][0])
-    assert ensemble.expand(protocol["attacks"] + [{"name": "pgd", "attack":
-                                                   "ProjectedGradientDescent"}], ["bpda"]
-                           )[-1]["attack"] == "Nudge"  # black-box attacks run last
+    assert (
+        ensemble.expand(
+            protocol["attacks"] + [{"name": "pgd", "attack": "ProjectedGradientDescent"}], ["bpda"]
+        )[-1]["attack"]
+        == "Nudge"
+    )  # black-box attacks run last

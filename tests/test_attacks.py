@@ -3,12 +3,20 @@
 import numpy as np
 import pytest
 import tensorflow as tf
-
-from advlib.attacks import (BasicIterativeMethod, FastGradientMethod, MadryEtAl,
-                            MomentumIterativeMethod, ProjectedGradientDescent, clip_eta,
-                            optimize_linear, project_l1_ball, random_lp_vector)
-from advlib.models import CallableModelWrapper
 from conftest import linear_model
+
+from advlib.attacks import (
+    BasicIterativeMethod,
+    FastGradientMethod,
+    MadryEtAl,
+    MomentumIterativeMethod,
+    ProjectedGradientDescent,
+    clip_eta,
+    optimize_linear,
+    project_l1_ball,
+    random_lp_vector,
+)
+from advlib.models import CallableModelWrapper
 
 ITERATIVE = [BasicIterativeMethod, ProjectedGradientDescent, MomentumIterativeMethod]
 ALL_ATTACKS = [FastGradientMethod] + ITERATIVE
@@ -78,15 +86,17 @@ def test_default_labels_are_the_model_predictions(digits_mlp, digits):
     x = x[:64]
     predicted = digits_mlp.predict(x, verbose=0).argmax(1)
     attack = FastGradientMethod(digits_mlp)
-    np.testing.assert_array_equal(attack.generate_np(x, eps=0.1),
-                                  attack.generate_np(x, eps=0.1, y=predicted))
+    np.testing.assert_array_equal(
+        attack.generate_np(x, eps=0.1), attack.generate_np(x, eps=0.1, y=predicted)
+    )
 
 
 def test_one_hot_labels_equal_integer_labels(digits_mlp, digits_eval):
     x, y = digits_eval
     attack = FastGradientMethod(digits_mlp)
-    np.testing.assert_array_equal(attack.generate_np(x, eps=0.1, y=y),
-                                  attack.generate_np(x, eps=0.1, y=np.eye(10)[y]))
+    np.testing.assert_array_equal(
+        attack.generate_np(x, eps=0.1, y=y), attack.generate_np(x, eps=0.1, y=np.eye(10)[y])
+    )
 
 
 # -- perturbation bounds and clipping ------------------------------------------
@@ -106,10 +116,12 @@ def test_perturbation_within_eps_and_bounds(digits_mlp, digits_eval, attack_clas
 def test_clip_bounds_other_than_unit_interval(linear):
     model, _, x = linear
     x_adv = ProjectedGradientDescent(model).generate_np(
-        x, eps=0.5, eps_iter=0.2, nb_iter=5, clip_min=0.1, clip_max=0.9, seed=0)
+        x, eps=0.5, eps_iter=0.2, nb_iter=5, clip_min=0.1, clip_max=0.9, seed=0
+    )
     assert x_adv.min() >= 0.1 - 1e-7 and x_adv.max() <= 0.9 + 1e-7
-    unbounded = ProjectedGradientDescent(model).generate_np(x, eps=0.5, eps_iter=0.2,
-                                                            nb_iter=5, seed=0)
+    unbounded = ProjectedGradientDescent(model).generate_np(
+        x, eps=0.5, eps_iter=0.2, nb_iter=5, seed=0
+    )
     assert unbounded.min() < 0.1 or unbounded.max() > 0.9
 
 
@@ -123,9 +135,11 @@ def test_fgsm_breaks_the_digits_mlp(digits_mlp, digits):
 
 def mean_loss(model, x, y):
     import keras
+
     logits = model.predict(x, verbose=0)
-    return float(keras.losses.sparse_categorical_crossentropy(y, logits, from_logits=True)
-                 .numpy().mean())
+    return float(
+        keras.losses.sparse_categorical_crossentropy(y, logits, from_logits=True).numpy().mean()
+    )
 
 
 @pytest.mark.parametrize("attack_class", ITERATIVE + [MadryEtAl])
@@ -133,8 +147,9 @@ def test_iterative_attacks_beat_fgsm(digits_mlp, digits_eval, attack_class):
     x, y = digits_eval
     fgsm = FastGradientMethod(digits_mlp).generate_np(x, eps=0.15, y=y, **BOUNDS)
     seed = dict(seed=0) if issubclass(attack_class, ProjectedGradientDescent) else {}
-    iterative = attack_class(digits_mlp).generate_np(x, eps=0.15, eps_iter=0.015, nb_iter=40,
-                                                     y=y, **seed, **BOUNDS)
+    iterative = attack_class(digits_mlp).generate_np(
+        x, eps=0.15, eps_iter=0.015, nb_iter=40, y=y, **seed, **BOUNDS
+    )
     assert accuracy(digits_mlp, iterative, y) <= accuracy(digits_mlp, fgsm, y)
     # the near-linear MLP leaves a small accuracy gap, but a clear one in loss
     assert mean_loss(digits_mlp, iterative, y) > 1.03 * mean_loss(digits_mlp, fgsm, y)
@@ -144,8 +159,9 @@ def test_iterative_attacks_beat_fgsm(digits_mlp, digits_eval, attack_class):
 def test_targeted_success(digits_mlp, digits_eval, attack_class):
     x, y = digits_eval
     target = (y + 1) % 10
-    x_adv = attack_class(digits_mlp).generate_np(x, eps=0.3, eps_iter=0.03, nb_iter=20,
-                                                 y_target=target, **BOUNDS)
+    x_adv = attack_class(digits_mlp).generate_np(
+        x, eps=0.3, eps_iter=0.03, nb_iter=20, y_target=target, **BOUNDS
+    )
     success = np.mean(digits_mlp.predict(x_adv, verbose=0).argmax(1) == target)
     assert success > 0.9
 
@@ -186,8 +202,9 @@ def test_generate_and_generate_np_agree(digits_mlp, digits_eval, attack_class):
         params.update(seed=1)
     tensor = attack.generate(tf.constant(x), **params)
     assert isinstance(tensor, tf.Tensor)
-    np.testing.assert_allclose(attack.generate_np(x, batch_size=len(x), **params),
-                               tensor.numpy(), atol=1e-6)
+    np.testing.assert_allclose(
+        attack.generate_np(x, batch_size=len(x), **params), tensor.numpy(), atol=1e-6
+    )
     if attack_class is not ProjectedGradientDescent:  # random starts depend on the batch
         batched = attack.generate_np(x, batch_size=17, **params)
         assert np.mean(np.abs(batched - tensor.numpy()) < 1e-6) > 0.999
@@ -217,8 +234,15 @@ def test_changing_numbers_does_not_retrace(digits_mlp, digits_eval):
     attack = BasicIterativeMethod(digits_mlp)
     attack.generate(x[:50], eps=0.1, eps_iter=0.01, nb_iter=2, y=y[:50], **BOUNDS)
     traces = attack._step.experimental_get_tracing_count()
-    attack.generate(x[50:100], eps=0.2, eps_iter=0.03, nb_iter=3, y=(y[50:100] + 1) % 10,
-                    clip_min=-1.0, clip_max=2.0)
+    attack.generate(
+        x[50:100],
+        eps=0.2,
+        eps_iter=0.03,
+        nb_iter=3,
+        y=(y[50:100] + 1) % 10,
+        clip_min=-1.0,
+        clip_max=2.0,
+    )
     attack.generate(x[100:150], eps=0.05, eps_iter=0.02, nb_iter=2, y_target=y[:50])
     targeted_traces = 1  # targeted is structural: one more trace, once
     assert attack._step.experimental_get_tracing_count() == traces + targeted_traces
@@ -237,8 +261,9 @@ def test_inputs_of_any_rank(linear):
             params["seed"] = 0  # the same random start on both paths
         x_adv = attack_class(flat_model).generate_np(images, **params)
         assert x_adv.shape == images.shape
-        np.testing.assert_allclose(x_adv.reshape(len(x), -1),
-                                   attack_class(model).generate_np(x, **params), atol=1e-6)
+        np.testing.assert_allclose(
+            x_adv.reshape(len(x), -1), attack_class(model).generate_np(x, **params), atol=1e-6
+        )
 
 
 def test_eps_zero_returns_x_unchanged(digits_mlp, digits_eval):
@@ -275,8 +300,9 @@ def test_l1_projection_is_exact():
     eta[0] *= 0.01  # already inside the ball
     projected = project_l1_ball(tf.constant(eta), tf.constant(2.0, tf.float64)).numpy()
     for row, out in zip(eta, projected):
-        np.testing.assert_allclose(out.ravel(), reference_l1_projection(row.ravel(), 2.0),
-                                   atol=1e-9)
+        np.testing.assert_allclose(
+            out.ravel(), reference_l1_projection(row.ravel(), 2.0), atol=1e-9
+        )
     np.testing.assert_array_equal(projected[0], eta[0])
 
 
@@ -301,11 +327,13 @@ def test_margin_loss_and_its_use_in_pgd(digits_mlp, digits_eval):
     from advlib.losses import margin_loss
 
     logits = np.array([[2.0, 5.0, 1.0], [0.5, -1.0, 3.0]], np.float32)
-    np.testing.assert_allclose(margin_loss(labels=tf.constant([1, 0]), logits=logits),
-                               [2.0 - 5.0, 3.0 - 0.5])
+    np.testing.assert_allclose(
+        margin_loss(labels=tf.constant([1, 0]), logits=logits), [2.0 - 5.0, 3.0 - 0.5]
+    )
     x, y = digits_eval
     x_adv = ProjectedGradientDescent(digits_mlp).generate_np(
-        x, y=y, eps=0.15, eps_iter=0.015, nb_iter=40, loss_fn="cw", seed=0, **BOUNDS)
+        x, y=y, eps=0.15, eps_iter=0.015, nb_iter=40, loss_fn="cw", seed=0, **BOUNDS
+    )
     assert accuracy(digits_mlp, x_adv, y) < 0.3
     with pytest.raises(ValueError, match="loss_fn must be"):
         ProjectedGradientDescent(digits_mlp).generate_np(x, loss_fn="hinge")
@@ -316,8 +344,7 @@ def test_targeted_pgd_tries_the_top_classes(digits_mlp, digits_eval):
 
     x, y = digits_eval
     attack = TargetedPGD(digits_mlp)
-    result = attack.run(x, y, eps=0.15, eps_iter=0.03, nb_iter=10, top_classes=2, seed=0,
-                        **BOUNDS)
+    result = attack.run(x, y, eps=0.15, eps_iter=0.03, nb_iter=10, top_classes=2, seed=0, **BOUNDS)
     assert result.success_rate > 0.5 and result.linf.max() <= 0.15 + 1e-6
     assert not result.targeted  # untargeted robustness, checked by targeted runs
     one = attack.run(x, y, eps=0.15, eps_iter=0.03, nb_iter=10, top_classes=1, seed=0, **BOUNDS)

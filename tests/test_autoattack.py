@@ -6,11 +6,21 @@ import pytest
 import tensorflow as tf
 from scipy.optimize import linprog, minimize
 
-from advlib.attacks import (APGD, APGDT, FAB, FABT, AutoAttack, FastGradientMethod,
-                            ProjectedGradientDescent, SquareAttack, by_name)
+from advlib.attacks import (
+    APGD,
+    APGDT,
+    FAB,
+    FABT,
+    AutoAttack,
+    FastGradientMethod,
+    ProjectedGradientDescent,
+    SquareAttack,
+    by_name,
+)
 from advlib.attacks.auto_pgd import checkpoint_lengths
 from advlib.attacks.fab import project_onto_hyperplane
-from advlib.attacks.utils import perturbation_norms as norms, project_l1_box
+from advlib.attacks.utils import perturbation_norms as norms
+from advlib.attacks.utils import project_l1_box
 from advlib.models.testbeds import InputQuantization, defended
 
 BOX = dict(clip_min=0.0, clip_max=1.0)
@@ -25,6 +35,7 @@ def robust_cnn(digits):
     """A CNN adversarially trained on digits (fast recipe, eps 0.1)."""
     from advlib.models import small_cnn
     from advlib.training import AdversarialModel
+
     (x_train, y_train), _ = digits
     keras.utils.set_random_seed(0)
     model = small_cnn((8, 8, 1))
@@ -45,16 +56,26 @@ def lp_reference(p, w, b, norm):
     """min ||d|| s.t. w.(p + d) = b, 0 <= p + d <= 1, by SciPy (LP or QP)."""
     n, bounds, need = len(p), list(zip(-p, 1 - p)), b - w @ p
     if norm == 2:
-        result = minimize(lambda d: (d ** 2).sum(), np.zeros(n), bounds=bounds,
-                          constraints=[{"type": "eq", "fun": lambda d: w @ d - need}],
-                          method="SLSQP", options={"ftol": 1e-14, "maxiter": 1000})
+        result = minimize(
+            lambda d: (d**2).sum(),
+            np.zeros(n),
+            bounds=bounds,
+            constraints=[{"type": "eq", "fun": lambda d: w @ d - need}],
+            method="SLSQP",
+            options={"ftol": 1e-14, "maxiter": 1000},
+        )
         return result.x if result.success else None
     extra = 1 if norm == np.inf else n
     ones = np.ones((n, extra)) if norm == np.inf else np.eye(n)
     upper = np.vstack([np.c_[np.eye(n), -ones], np.c_[-np.eye(n), -ones]])
-    result = linprog(np.r_[np.zeros(n), np.ones(extra)], A_ub=upper, b_ub=np.zeros(2 * n),
-                     A_eq=np.r_[w, np.zeros(extra)][None], b_eq=[need],
-                     bounds=bounds + [(0, None)] * extra)
+    result = linprog(
+        np.r_[np.zeros(n), np.ones(extra)],
+        A_ub=upper,
+        b_ub=np.zeros(2 * n),
+        A_eq=np.r_[w, np.zeros(extra)][None],
+        b_eq=[need],
+        bounds=bounds + [(0, None)] * extra,
+    )
     return result.x[:n] if result.success else None
 
 
@@ -66,9 +87,14 @@ def test_fab_projection_is_the_smallest_step_onto_the_hyperplane_in_the_box(norm
         p, w = rng.random(7), rng.normal(size=7)
         w[rng.integers(7)] = 0.0  # a coordinate that cannot help
         b = w @ p + rng.normal() * 0.6
-        step = project_onto_hyperplane(tf.constant(p[None]), tf.constant(w[None]),
-                                       tf.constant([b]), tf.zeros((1, 7), tf.float64),
-                                       tf.ones((1, 7), tf.float64), norm).numpy()[0]
+        step = project_onto_hyperplane(
+            tf.constant(p[None]),
+            tf.constant(w[None]),
+            tf.constant([b]),
+            tf.zeros((1, 7), tf.float64),
+            tf.ones((1, 7), tf.float64),
+            norm,
+        ).numpy()[0]
         assert (p + step >= -1e-12).all() and (p + step <= 1 + 1e-12).all()
         room = np.where(np.sign(w) * np.sign(b - w @ p) > 0, 1 - p, p)
         if np.abs(w) @ room < abs(b - w @ p):  # the box cannot reach the plane
@@ -79,8 +105,9 @@ def test_fab_projection_is_the_smallest_step_onto_the_hyperplane_in_the_box(norm
             continue
         solved += 1
         assert w @ (p + step) == pytest.approx(b, abs=1e-9)
-        assert norms(step[None], norm)[0] == pytest.approx(norms(reference[None], norm)[0],
-                                                           abs=1e-6)
+        assert norms(step[None], norm)[0] == pytest.approx(
+            norms(reference[None], norm)[0], abs=1e-6
+        )
     assert solved >= 15
 
 
@@ -93,10 +120,14 @@ def test_l1_box_projection_is_the_euclidean_projection():
             assert np.abs(d[i]).sum() <= 1.0 + 1e-9
             assert (x[i] + d[i] >= -1e-12).all() and (x[i] + d[i] <= 1 + 1e-12).all()
             # optimality: no feasible point found by SLSQP is closer to v
-            result = minimize(lambda z: ((z - v[i]) ** 2).sum(), np.zeros(6),
-                              bounds=list(zip(-x[i], 1 - x[i])), method="SLSQP",
-                              constraints=[{"type": "ineq", "fun": lambda z: 1 - np.abs(z).sum()}],
-                              options={"ftol": 1e-12, "maxiter": 500})
+            result = minimize(
+                lambda z: ((z - v[i]) ** 2).sum(),
+                np.zeros(6),
+                bounds=list(zip(-x[i], 1 - x[i])),
+                method="SLSQP",
+                constraints=[{"type": "ineq", "fun": lambda z: 1 - np.abs(z).sum()}],
+                options={"ftol": 1e-12, "maxiter": 500},
+            )
             assert ((d[i] - v[i]) ** 2).sum() <= ((result.x - v[i]) ** 2).sum() + 1e-6
 
 
@@ -111,7 +142,8 @@ def test_apgd_beats_or_ties_pgd_with_the_same_budget(robust_cnn, test_set):
     x, y = test_set
     eps = 0.15
     pgd = ProjectedGradientDescent(robust_cnn).generate_np(
-        x, y=y, eps=eps, eps_iter=eps / 4, nb_iter=100, seed=0, **BOX)
+        x, y=y, eps=eps, eps_iter=eps / 4, nb_iter=100, seed=0, **BOX
+    )
     results = {}
     for loss in ("ce", "dlr"):
         apgd = APGD(robust_cnn)
@@ -123,8 +155,9 @@ def test_apgd_beats_or_ties_pgd_with_the_same_budget(robust_cnn, test_set):
     clean = robust_accuracy(robust_cnn, x, y)
     assert pgd_accuracy < clean - 0.2  # the attack has work to do
     assert min(results.values()) <= pgd_accuracy, (results, pgd_accuracy)
-    targeted = APGDT(robust_cnn).generate_np(x, y=y, eps=eps, nb_iter=50, n_target_classes=3,
-                                             seed=0, **BOX)
+    targeted = APGDT(robust_cnn).generate_np(
+        x, y=y, eps=eps, nb_iter=50, n_target_classes=3, seed=0, **BOX
+    )
     assert robust_accuracy(robust_cnn, targeted, y) <= results["dlr"] + 0.02
 
 
@@ -141,7 +174,8 @@ def test_fab_finds_smaller_perturbations_than_pgd(digits_cnn, test_set):
     x, y = test_set
     eps = 0.2
     pgd = ProjectedGradientDescent(digits_cnn).generate_np(
-        x, y=y, eps=eps, eps_iter=eps / 4, nb_iter=50, seed=0, **BOX)
+        x, y=y, eps=eps, eps_iter=eps / 4, nb_iter=50, seed=0, **BOX
+    )
     fab = FABT(digits_cnn).generate_np(x, y=y, eps=eps, nb_iter=100, seed=0)
     untargeted = FAB(digits_cnn).generate_np(x[:60], y=y[:60], eps=eps, nb_iter=50, seed=0)
     predicted = lambda a: digits_cnn.predict(a, verbose=0).argmax(1)
@@ -154,8 +188,7 @@ def test_fab_finds_smaller_perturbations_than_pgd(digits_cnn, test_set):
 
 
 @pytest.mark.parametrize("norm,eps", [(np.inf, 0.2), (2, 1.5)])
-def test_square_breaks_a_cnn_that_every_gradient_attack_fails_on(digits_cnn, test_set, norm,
-                                                                 eps):
+def test_square_breaks_a_cnn_that_every_gradient_attack_fails_on(digits_cnn, test_set, norm, eps):
     masked = defended(digits_cnn, InputQuantization(levels=5, name="quantize"))
     x, y = test_set
     x, y = x[:100], y[:100]
@@ -174,15 +207,18 @@ def test_square_breaks_a_cnn_that_every_gradient_attack_fails_on(digits_cnn, tes
 
 
 # -- seeds and batching ---------------------------------------------------------------------
-@pytest.mark.parametrize("attack,params", [
-    (APGD, dict(eps=0.1, nb_iter=10, nb_restarts=2)),
-    (SquareAttack, dict(eps=0.1, n_queries=100)),
-    (SquareAttack, dict(eps=1.0, norm=2, n_queries=100)),
-    # the restarts after the first start at random; their result counts only where it
-    # beats the first run's, which after 10 steps it rarely does (1 or 2 of 40 examples
-    # differ between seeds, and none on some machines); after 2 steps, 5 of 40 differ
-    (FAB, dict(eps=0.03, nb_iter=2, nb_restarts=5)),
-])
+@pytest.mark.parametrize(
+    "attack,params",
+    [
+        (APGD, dict(eps=0.1, nb_iter=10, nb_restarts=2)),
+        (SquareAttack, dict(eps=0.1, n_queries=100)),
+        (SquareAttack, dict(eps=1.0, norm=2, n_queries=100)),
+        # the restarts after the first start at random; their result counts only where it
+        # beats the first run's, which after 10 steps it rarely does (1 or 2 of 40 examples
+        # differ between seeds, and none on some machines); after 2 steps, 5 of 40 differ
+        (FAB, dict(eps=0.03, nb_iter=2, nb_restarts=5)),
+    ],
+)
 def test_seeds_reproduce_and_matter(digits_cnn, test_set, attack, params):
     x, y = test_set[0][:40], test_set[1][:40]
     runs = [attack(digits_cnn).generate_np(x, y=y, seed=s, **BOX, **params) for s in (3, 3, 4)]
@@ -194,8 +230,9 @@ def test_square_queries_of_an_example_do_not_depend_on_the_others(digits_cnn, te
     x, y = test_set[0][:60], test_set[1][:60]
     square = SquareAttack(digits_cnn)
     whole = square.generate_np(x, y=y, eps=0.1, n_queries=200, seed=1, batch_size=60, **BOX)
-    part = square.generate_np(x[:20], y=y[:20], eps=0.1, n_queries=200, seed=1, batch_size=60,
-                              **BOX)
+    part = square.generate_np(
+        x[:20], y=y[:20], eps=0.1, n_queries=200, seed=1, batch_size=60, **BOX
+    )
     np.testing.assert_array_equal(whole[:20], part)
 
 
@@ -218,7 +255,8 @@ def test_autoattack_standard_is_the_per_example_worst_case(digits_cnn, test_set)
     assert robust_accuracy(digits_cnn, single, y) >= accuracy["square"]
     # the class API gives the same examples (the same batching: random draws follow it)
     np.testing.assert_array_equal(
-        AutoAttack(digits_cnn).generate_np(x, y=y, eps=eps, seed=0, batch_size=None), x_adv)
+        AutoAttack(digits_cnn).generate_np(x, y=y, eps=eps, seed=0, batch_size=None), x_adv
+    )
 
 
 def test_autoattack_versions_and_bad_settings(digits_cnn, test_set):
@@ -242,8 +280,9 @@ def test_autoattack_versions_and_bad_settings(digits_cnn, test_set):
         SquareAttack(digits_cnn).generate_np(x.reshape(len(x), -1))
     with pytest.raises(ValueError, match="norm must be np.inf or 2"):
         SquareAttack(digits_cnn).generate_np(x, norm=1)
-    two_classes = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Flatten(),
-                                    keras.layers.Dense(2)])
+    two_classes = keras.Sequential(
+        [keras.Input((8, 8, 1)), keras.layers.Flatten(), keras.layers.Dense(2)]
+    )
     with pytest.raises(ValueError, match="loss='dlr' needs 3 classes"):
         APGD(two_classes).generate_np(x, loss="dlr")
 

@@ -3,13 +3,21 @@
 import keras
 import numpy as np
 import pytest
-
-from advlib.attacks import (BasicIterativeMethod, FastGradientMethod,
-                            MomentumIterativeMethod, ProjectedGradientDescent)
 from conftest import linear_model
 
-ATTACKS = [FastGradientMethod, BasicIterativeMethod, ProjectedGradientDescent,
-           MomentumIterativeMethod]
+from advlib.attacks import (
+    BasicIterativeMethod,
+    FastGradientMethod,
+    MomentumIterativeMethod,
+    ProjectedGradientDescent,
+)
+
+ATTACKS = [
+    FastGradientMethod,
+    BasicIterativeMethod,
+    ProjectedGradientDescent,
+    MomentumIterativeMethod,
+]
 
 
 @pytest.fixture(scope="module")
@@ -23,21 +31,24 @@ def x():
 
 
 @pytest.mark.parametrize("attack_class", ATTACKS)
-@pytest.mark.parametrize("params,error,words", [
-    (dict(eps=-0.1), ValueError, ["eps", "-0.1"]),
-    (dict(eps="big"), TypeError, ["eps", "big"]),
-    (dict(norm=3), ValueError, ["norm", "3", "np.inf, 1 or 2"]),
-    (dict(ord="l3"), ValueError, ["norm", "l3"]),
-    (dict(clip_min=1.0, clip_max=0.0), ValueError, ["clip_min", "clip_max"]),
-    (dict(y=[0, 1, 2]), ValueError, ["y", "(4)", "(3,)"]),
-    (dict(y=[0, 1, 2, 3]), ValueError, ["y", "class 3", "0..2"]),
-    (dict(y=[0, 1, 2, -1]), ValueError, ["y", "-1"]),
-    (dict(y=[0.5, 1, 2, 0]), TypeError, ["y", "integer"]),
-    (dict(y_target=[[1, 1, 0]] * 4), ValueError, ["y_target", "one-hot"]),
-    (dict(y=[0, 1, 2, 0], y_target=[1, 1, 1, 1]), ValueError, ["y", "y_target", "together"]),
-    (dict(targeted=True), ValueError, ["targeted", "y_target"]),
-    (dict(epsilon=0.1), TypeError, ["epsilon", "allowed"]),
-])
+@pytest.mark.parametrize(
+    "params,error,words",
+    [
+        (dict(eps=-0.1), ValueError, ["eps", "-0.1"]),
+        (dict(eps="big"), TypeError, ["eps", "big"]),
+        (dict(norm=3), ValueError, ["norm", "3", "np.inf, 1 or 2"]),
+        (dict(ord="l3"), ValueError, ["norm", "l3"]),
+        (dict(clip_min=1.0, clip_max=0.0), ValueError, ["clip_min", "clip_max"]),
+        (dict(y=[0, 1, 2]), ValueError, ["y", "(4)", "(3,)"]),
+        (dict(y=[0, 1, 2, 3]), ValueError, ["y", "class 3", "0..2"]),
+        (dict(y=[0, 1, 2, -1]), ValueError, ["y", "-1"]),
+        (dict(y=[0.5, 1, 2, 0]), TypeError, ["y", "integer"]),
+        (dict(y_target=[[1, 1, 0]] * 4), ValueError, ["y_target", "one-hot"]),
+        (dict(y=[0, 1, 2, 0], y_target=[1, 1, 1, 1]), ValueError, ["y", "y_target", "together"]),
+        (dict(targeted=True), ValueError, ["targeted", "y_target"]),
+        (dict(epsilon=0.1), TypeError, ["epsilon", "allowed"]),
+    ],
+)
 def test_bad_parameters(model, x, attack_class, params, error, words):
     with pytest.raises(error) as info:
         attack_class(model).generate_np(x, **params)
@@ -46,9 +57,14 @@ def test_bad_parameters(model, x, attack_class, params, error, words):
 
 
 @pytest.mark.parametrize("attack_class", ATTACKS[1:])
-@pytest.mark.parametrize("params,name", [(dict(nb_iter=0), "nb_iter"),
-                                         (dict(nb_iter=2.5), "nb_iter"),
-                                         (dict(eps_iter=-1.0), "eps_iter")])
+@pytest.mark.parametrize(
+    "params,name",
+    [
+        (dict(nb_iter=0), "nb_iter"),
+        (dict(nb_iter=2.5), "nb_iter"),
+        (dict(eps_iter=-1.0), "eps_iter"),
+    ],
+)
 def test_bad_iteration_parameters(model, x, attack_class, params, name):
     with pytest.raises((ValueError, TypeError), match=name):
         attack_class(model).generate_np(x, **params)

@@ -33,8 +33,9 @@ def quick_protocol(**changes):
 @pytest.fixture(scope="module")
 def full_run(digits_cnn, tmp_path_factory):
     out = str(tmp_path_factory.mktemp("full"))
-    report = bench.evaluate(digits_cnn, protocol=quick_protocol(), out_dir=out, batch_size=90,
-                            progress=False)
+    report = bench.evaluate(
+        digits_cnn, protocol=quick_protocol(), out_dir=out, batch_size=90, progress=False
+    )
     return report, out
 
 
@@ -77,8 +78,14 @@ def test_shards_merge_into_the_single_run(full_run, digits_cnn, tmp_path):
     shards = []
     for i in (1, 2):
         folder = str(tmp_path / f"shard{i}")
-        part = bench.evaluate(digits_cnn, protocol=quick_protocol(), out_dir=folder,
-                              batch_size=90, shard=f"{i}/2", progress=False)
+        part = bench.evaluate(
+            digits_cnn,
+            protocol=quick_protocol(),
+            out_dir=folder,
+            batch_size=90,
+            shard=f"{i}/2",
+            progress=False,
+        )
         assert part["complete"] and part["shard"] == f"{i}/2" and part["n_total"] == 360
         shards.append(folder)
     merged = bench.merge(shards, str(tmp_path / "merged"))
@@ -88,8 +95,10 @@ def test_shards_merge_into_the_single_run(full_run, digits_cnn, tmp_path):
             assert a["robust_accuracy_after"] == b["robust_accuracy_after"]
             assert a["forward_passes"] == b["forward_passes"]
     assert merged["diagnostics"] == report["diagnostics"]  # every shard probes the same subset
-    with np.load(os.path.join(out, "examples.npz")) as one, \
-            np.load(str(tmp_path / "merged" / "examples.npz")) as many:
+    with (
+        np.load(os.path.join(out, "examples.npz")) as one,
+        np.load(str(tmp_path / "merged" / "examples.npz")) as many,
+    ):
         for key in ("correct", "broken_by", "success", "attacked"):
             np.testing.assert_array_equal(one[key], many[key])
     with pytest.raises(ValueError, match="leave batches"):
@@ -99,8 +108,14 @@ def test_shards_merge_into_the_single_run(full_run, digits_cnn, tmp_path):
 
 
 def run_cli(args, env):
-    return subprocess.Popen([sys.executable, "-m", "advlib.cli", "bench"] + args, cwd=ROOT,
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "advlib.cli", "bench"] + args,
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -150,10 +165,13 @@ def test_resume_after_sigkill_gives_identical_numbers(cli_env, tmp_path):
     assert a["results"]["clean_accuracy"] == b["results"]["clean_accuracy"]
     assert a["diagnostics"] == b["diagnostics"] and a["probes"] == b["probes"]
     for x, y in zip(a["results"]["per_eps"], b["results"]["per_eps"]):
-        assert [t["robust_accuracy_after"] for t in x["attacks"]] == \
-            [t["robust_accuracy_after"] for t in y["attacks"]]
-    with np.load(tmp_path / "straight" / "examples.npz") as one, \
-            np.load(os.path.join(interrupted, "examples.npz")) as two:
+        assert [t["robust_accuracy_after"] for t in x["attacks"]] == [
+            t["robust_accuracy_after"] for t in y["attacks"]
+        ]
+    with (
+        np.load(tmp_path / "straight" / "examples.npz") as one,
+        np.load(os.path.join(interrupted, "examples.npz")) as two,
+    ):
         for key in ("broken_by", "success", "norm"):
             np.testing.assert_array_equal(one[key], two[key])
 
@@ -179,61 +197,89 @@ def test_cli_bad_inputs_write_nothing(cli_env, tmp_path, capsys, monkeypatch):
 
 
 def test_models_that_do_not_fit_the_protocol(tmp_path):
-    wrong_shape = keras.Sequential([keras.Input((28, 28, 1)), keras.layers.Flatten(),
-                                    keras.layers.Dense(10)])
+    wrong_shape = keras.Sequential(
+        [keras.Input((28, 28, 1)), keras.layers.Flatten(), keras.layers.Dense(10)]
+    )
     with pytest.raises(ValueError, match=r"expects inputs of shape \(None, 28, 28, 1\)"):
-        bench.evaluate(wrong_shape, protocol=quick_protocol(), out_dir=str(tmp_path / "a"),
-                       progress=False)
-    few_classes = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Flatten(),
-                                    keras.layers.Dense(5)])
+        bench.evaluate(
+            wrong_shape, protocol=quick_protocol(), out_dir=str(tmp_path / "a"), progress=False
+        )
+    few_classes = keras.Sequential(
+        [keras.Input((8, 8, 1)), keras.layers.Flatten(), keras.layers.Dense(5)]
+    )
     with pytest.raises(ValueError, match="has 5 classes"):
-        bench.evaluate(few_classes, protocol=quick_protocol(), out_dir=str(tmp_path / "b"),
-                       progress=False)
+        bench.evaluate(
+            few_classes, protocol=quick_protocol(), out_dir=str(tmp_path / "b"), progress=False
+        )
     assert not os.path.exists(tmp_path / "a") and not os.path.exists(tmp_path / "b")
 
 
 def test_resume_refuses_another_run(full_run, digits_cnn, digits_mlp):
     _, out = full_run
     with pytest.raises(ValueError, match="belongs to another run: its model_fingerprint"):
-        bench.evaluate(digits_mlp, protocol=quick_protocol(), out_dir=out, batch_size=90,
-                       resume=True, progress=False)
+        bench.evaluate(
+            digits_mlp,
+            protocol=quick_protocol(),
+            out_dir=out,
+            batch_size=90,
+            resume=True,
+            progress=False,
+        )
     with pytest.raises(ValueError, match="its protocol_hash"):
-        bench.evaluate(digits_cnn, protocol=quick_protocol(seed=1), out_dir=out, batch_size=90,
-                       resume=True, progress=False)
+        bench.evaluate(
+            digits_cnn,
+            protocol=quick_protocol(seed=1),
+            out_dir=out,
+            batch_size=90,
+            resume=True,
+            progress=False,
+        )
     with pytest.raises(ValueError, match="already holds a run's state"):
-        bench.evaluate(digits_cnn, protocol=quick_protocol(), out_dir=out, batch_size=90,
-                       progress=False)
+        bench.evaluate(
+            digits_cnn, protocol=quick_protocol(), out_dir=out, batch_size=90, progress=False
+        )
 
 
 def test_compare_ranks_and_refuses_mismatched_protocols(full_run, digits_mlp, tmp_path):
     report, _ = full_run
-    other = bench.evaluate(digits_mlp, protocol=quick_protocol(), batch_size=90,
-                           progress=False)
+    other = bench.evaluate(digits_mlp, protocol=quick_protocol(), batch_size=90, progress=False)
     table = bench.compare([report, other])
-    rows = [line for line in table.splitlines() if line.startswith("| 1 ") or
-            line.startswith("| 2 ")]
+    rows = [line for line in table.splitlines() if line.startswith(("| 1 ", "| 2 "))]
     assert len(rows) == 2
-    different = bench.evaluate(digits_mlp, protocol=quick_protocol(
-        threat={"norm": "inf", "eps": 0.1}), batch_size=90, progress=False)
+    different = bench.evaluate(
+        digits_mlp,
+        protocol=quick_protocol(threat={"norm": "inf", "eps": 0.1}),
+        batch_size=90,
+        progress=False,
+    )
     with pytest.raises(ValueError, match="different protocols"):
         bench.compare([report, different])
     assert "| 2 |" in bench.compare([report, different], force=True)
 
 
 def test_protocols_validate_and_refuse_unknown_keys(tmp_path):
-    assert set(bench.available()) >= {"mnist-linf-0.3", "fashion-mnist-linf-0.1",
-                                      "cifar10-linf-8/255", "cifar10-l2-0.5", "digits-linf-0.2",
-                                      "digits-l2-certified", "fashion-mnist-l2-certified"}
+    assert set(bench.available()) >= {
+        "mnist-linf-0.3",
+        "fashion-mnist-linf-0.1",
+        "cifar10-linf-8/255",
+        "cifar10-l2-0.5",
+        "digits-linf-0.2",
+        "digits-l2-certified",
+        "fashion-mnist-l2-certified",
+    }
     for name in bench.available():
         protocol = bench.load_protocol(name)
         assert protocol["name"] == name
         assert protocols.protocol_hash(protocol) == protocols.protocol_hash(
-            bench.load_protocol(name))
+            bench.load_protocol(name)
+        )
     cases = [
         (dict(colour="red"), "unknown key(s) ['colour']"),
         (dict(attacks=[{"attack": "NewtonFool"}]), "unknown attack 'NewtonFool'"),
-        (dict(attacks=[{"attack": "ProjectedGradientDescent", "params": {"nb_iters": 3}}]),
-         "params has unknown key(s) ['nb_iters']"),
+        (
+            dict(attacks=[{"attack": "ProjectedGradientDescent", "params": {"nb_iters": 3}}]),
+            "params has unknown key(s) ['nb_iters']",
+        ),
         (dict(threat={"norm": "1", "eps": 0.1}), "threat norm must be 'inf' or '2'"),
         (dict(threat={"norm": "inf", "eps": -1}), "threat eps must be in"),
         (dict(dataset={"name": "svhn", "n": 10}), "dataset name must be one of"),
@@ -276,8 +322,9 @@ def small_v3(n=60, queries=300):
 def test_version_3_reports_the_autoattack_figure_beside_the_worst_case(digits_cnn, tmp_path):
     assert protocols.load("digits-linf-0.2")["version"] == 3
     assert protocols.load("digits-linf-0.2@2")["version"] == 2  # the earlier version loads
-    report = bench.evaluate(digits_cnn, protocol=small_v3(), progress=False,
-                            out_dir=str(tmp_path / "v3"))
+    report = bench.evaluate(
+        digits_cnn, protocol=small_v3(), progress=False, out_dir=str(tmp_path / "v3")
+    )
     standard = report["results"]["headline"]
     assert standard["label"] == "AutoAttack (standard)"
     assert standard["attacks"] == ["apgd-ce", "apgd-t", "fab-t", "square"]
@@ -291,27 +338,43 @@ def test_version_3_reports_the_autoattack_figure_beside_the_worst_case(digits_cn
     assert black_box["message"].startswith("SquareAttack broke")
     # an adaptive run reorders the ensemble (black-box last): no separable figure
     from advlib.bench.report import headline
-    reordered = dict(report, ensemble=report["ensemble"][:3] + report["ensemble"][4:] +
-                     report["ensemble"][3:4])
+
+    reordered = dict(
+        report, ensemble=report["ensemble"][:3] + report["ensemble"][4:] + report["ensemble"][3:4]
+    )
     assert headline(reordered)["robust_accuracy"] is None
     assert "not separable" in headline(reordered)["note"]
     # v2 and v3 reports are never ranked together
-    older = bench.evaluate(digits_cnn, protocol=quick_protocol(dataset={
-        "name": "digits", "split": "test", "n": 60}, batch_size=60, sweep=[]), progress=False)
+    older = bench.evaluate(
+        digits_cnn,
+        protocol=quick_protocol(
+            dataset={"name": "digits", "split": "test", "n": 60}, batch_size=60, sweep=[]
+        ),
+        progress=False,
+    )
     with pytest.raises(ValueError, match="different protocols"):
         bench.compare([report, older])
 
 
 def test_sweep_attacks_run_only_at_the_sweep_eps(digits_cnn):
     document = small_v3(n=60, queries=100)
-    document.update(sweep=[0.1], sweep_attacks=["apgd-ce", "square"],
-                    diagnostics={"n": 20, "spsa_iterations": 0})
+    document.update(
+        sweep=[0.1],
+        sweep_attacks=["apgd-ce", "square"],
+        diagnostics={"n": 20, "spsa_iterations": 0},
+    )
     report = bench.evaluate(digits_cnn, protocol=document, progress=False)
     main, sweep = report["results"]["per_eps"]
     assert all(a["ran"] for a in main["attacks"])
     ran = {a["name"]: a["ran"] for a in sweep["attacks"]}
-    assert ran == {"apgd-ce": True, "apgd-t": False, "fab-t": False, "square": True,
-                   "pgd-cw": False, "pgd-targeted": False}
+    assert ran == {
+        "apgd-ce": True,
+        "apgd-t": False,
+        "fab-t": False,
+        "square": True,
+        "pgd-cw": False,
+        "pgd-targeted": False,
+    }
     for attack in sweep["attacks"]:
         if not attack["ran"]:
             assert attack["attacked"] == attack["broken"] == attack["forward_passes"] == 0

@@ -7,7 +7,8 @@ import pytest
 from scipy.stats import binom, norm
 
 from advlib import bench
-from advlib.bench import ensemble, protocol as protocols
+from advlib.bench import ensemble
+from advlib.bench import protocol as protocols
 from advlib.certify import ABSTAIN, SmoothedClassifier, clopper_pearson_lower
 from advlib.models import small_cnn
 from advlib.training import AdversarialModel
@@ -78,7 +79,8 @@ def test_seeds_reproduce_and_matter(digits_mlp, digits):
     assert not np.array_equal(first, smoothed.sample_counts(x_test[:20], 400, seed=4))
     # several examples per pass and several passes per example count the same way
     many = SmoothedClassifier(digits_mlp, 0.5, batch_size=128).sample_counts(
-        x_test[:3], 1000, seed=3)
+        x_test[:3], 1000, seed=3
+    )
     assert np.all(many.sum(axis=1) == 1000)
 
 
@@ -95,8 +97,10 @@ def test_gaussian_recipe_trains_a_base_classifier_that_certifies(digits):
             logs = trainer.fit(x_train, y_train, epochs=10, batch_size=64, verbose=0).history
             assert logs["adv_accuracy"][-1] > 0.5  # accuracy on noisy inputs
         else:
-            model.compile(keras.optimizers.Adam(2e-3),
-                          keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+            model.compile(
+                keras.optimizers.Adam(2e-3),
+                keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            )
             model.fit(x_train, y_train, epochs=10, batch_size=64, verbose=0)
         result = SmoothedClassifier(model, SIGMA).certify(x, n0=50, n=500, seed=0)
         certified[recipe] = result.certified_accuracy(y, radii)
@@ -139,8 +143,13 @@ def certify_protocol(**certify):
     document = protocols.load("digits-l2-certified")
     document["dataset"]["n"] = 40
     document["batch_size"] = 20
-    document["attacks"] = [{"name": "apgd-ce", "attack": "APGD",
-                            "params": {"nb_iter": 10, "loss": "ce", "nb_restarts": 1}}]
+    document["attacks"] = [
+        {
+            "name": "apgd-ce",
+            "attack": "APGD",
+            "params": {"nb_iter": 10, "loss": "ce", "nb_restarts": 1},
+        }
+    ]
     document["headline"]["attacks"] = ["apgd-ce"]
     document.update(sweep=[0.25], diagnostics={"n": 10, "spsa_iterations": 0})
     document["certify"].update(n=300, n0=30, **certify)
@@ -156,8 +165,16 @@ def test_harness_reports_certified_accuracy_beside_the_attacks(digits_mlp, digit
     # the same numbers as a direct certification with each batch's seed
     _, (x_test, y_test) = digits
     smoothed = SmoothedClassifier(digits_mlp, SIGMA, batch_size=1000)
-    parts = [smoothed.certify(x_test[b * 20:(b + 1) * 20], n0=30, n=300, alpha=0.001,
-                              seed=ensemble.batch_seed(0, b, 2)) for b in range(2)]
+    parts = [
+        smoothed.certify(
+            x_test[b * 20 : (b + 1) * 20],
+            n0=30,
+            n=300,
+            alpha=0.001,
+            seed=ensemble.batch_seed(0, b, 2),
+        )
+        for b in range(2)
+    ]
     prediction = np.concatenate([p.prediction for p in parts])
     radius = np.concatenate([p.radius for p in parts])
     for entry in certified["per_radius"]:
@@ -173,15 +190,15 @@ def test_harness_reports_certified_accuracy_beside_the_attacks(digits_mlp, digit
     text = open(f"{out}/report.md").read()
     assert "certified accuracy, smoothed model" in text and "sigma=0.25" in text
     # resuming a finished run keeps its certificates
-    again = bench.evaluate(digits_mlp, protocol=document, out_dir=out, resume=True,
-                           progress=False)
+    again = bench.evaluate(digits_mlp, protocol=document, out_dir=out, resume=True, progress=False)
     assert again["results"]["certified"] == certified
 
 
 def test_certify_section_is_validated():
     with pytest.raises(protocols.ProtocolError, match="threat norm must be '2'"):
-        protocols.validate(dict(protocols.load("digits-linf-0.2"), certify={"sigma": 0.25,
-                                                                           "n": 100}))
+        protocols.validate(
+            dict(protocols.load("digits-linf-0.2"), certify={"sigma": 0.25, "n": 100})
+        )
     document = certify_protocol()
     with pytest.raises(protocols.ProtocolError, match=r"lacks \['sigma'\]"):
         protocols.validate(dict(document, certify={"n": 100}))

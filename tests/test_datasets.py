@@ -33,6 +33,7 @@ def isolated(monkeypatch, tmp_path):
 
     def no_network(name):
         raise OSError("network unreachable")
+
     monkeypatch.setattr(datasets.loaders, "_download_with_keras", no_network)
 
 
@@ -80,15 +81,16 @@ def test_mnist_like_from_data_dir(tmp_path, name):
     assert x_train.shape == (12, 28, 28, 1) and x_test.shape == (5, 28, 28, 1)
     np.testing.assert_allclose(x_train[..., 0] * 255, arrays["train"][0], atol=1e-4)
     np.testing.assert_array_equal(y_test, arrays["test"][1])
-    assert x_train.dtype == np.float32 and 0 <= x_train.min() and x_train.max() <= 1
+    assert x_train.dtype == np.float32 and x_train.min() >= 0 and x_train.max() <= 1
 
 
 def test_search_order(tmp_path, monkeypatch):
     explicit, env, debian = (str(tmp_path / d) for d in ("explicit", "env", "debian"))
     write_mnist_like(explicit, n_train=3)
     write_mnist_like(os.path.join(env, "fashion-mnist"), n_train=4)
-    write_mnist_like(os.path.join(str(tmp_path / "keras_home"), "datasets", "fashion-mnist"),
-                     n_train=5)
+    write_mnist_like(
+        os.path.join(str(tmp_path / "keras_home"), "datasets", "fashion-mnist"), n_train=5
+    )
     write_mnist_like(debian, n_train=6)
     monkeypatch.setenv("ADVLIB_DATA", env)
     count = lambda **kw: len(load("fashion-mnist", **kw)[0][0])
@@ -96,8 +98,11 @@ def test_search_order(tmp_path, monkeypatch):
     assert count() == 4
     monkeypatch.delenv("ADVLIB_DATA")
     assert count() == 5
-    os.remove(os.path.join(str(tmp_path / "keras_home"), "datasets", "fashion-mnist",
-                           IDX_FILES["test"][0]))
+    os.remove(
+        os.path.join(
+            str(tmp_path / "keras_home"), "datasets", "fashion-mnist", IDX_FILES["test"][0]
+        )
+    )
     assert count() == 6
 
 
@@ -105,9 +110,13 @@ def test_mnist_from_keras_cache_npz(tmp_path):
     cache = tmp_path / "keras_home" / "datasets"
     cache.mkdir(parents=True)
     rng = np.random.default_rng(0)
-    np.savez(cache / "mnist.npz", x_train=rng.integers(0, 256, (3, 28, 28), dtype=np.uint8),
-             y_train=np.array([1, 2, 3], np.uint8), x_test=np.zeros((2, 28, 28), np.uint8),
-             y_test=np.array([4, 5], np.uint8))
+    np.savez(
+        cache / "mnist.npz",
+        x_train=rng.integers(0, 256, (3, 28, 28), dtype=np.uint8),
+        y_train=np.array([1, 2, 3], np.uint8),
+        x_test=np.zeros((2, 28, 28), np.uint8),
+        y_test=np.array([4, 5], np.uint8),
+    )
     (x_train, y_train), (_, y_test) = load("mnist")
     assert x_train.shape == (3, 28, 28, 1)
     np.testing.assert_array_equal(y_test, [4, 5])

@@ -10,15 +10,28 @@ import pytest
 
 from advlib import bench
 from advlib.bench import diagnostics
-from advlib.models import inspect
-from advlib.models.testbeds import AlwaysOnNoise, InputQuantization, defended
 from advlib.bench import protocol as protocols
 from advlib.cli import main
-from advlib.models import (BPDAModelWrapper, EOTModelWrapper, KerasModelWrapper,
-                           QNNModelWrapper, find_masking_layers, small_cnn)
+from advlib.models import (
+    BPDAModelWrapper,
+    EOTModelWrapper,
+    KerasModelWrapper,
+    QNNModelWrapper,
+    find_masking_layers,
+    inspect,
+    small_cnn,
+)
+from advlib.models.testbeds import AlwaysOnNoise, InputQuantization, defended
 
-CHECKED = ["iterative-vs-single-step", "convergence", "monotone-in-eps", "unbounded",
-           "black-box-vs-white-box", "gradient-health", "determinism"]
+CHECKED = [
+    "iterative-vs-single-step",
+    "convergence",
+    "monotone-in-eps",
+    "unbounded",
+    "black-box-vs-white-box",
+    "gradient-health",
+    "determinism",
+]
 
 
 def small_protocol(eps=0.2, sweep=(0.1,), **attack_changes):
@@ -46,15 +59,15 @@ def masked(digits_cnn):
 
 @pytest.fixture(scope="module")
 def natural_report(digits_cnn):
-    return bench.evaluate(digits_cnn, small_protocol(), progress=False,
-                          transfer_from=digits_cnn)
+    return bench.evaluate(digits_cnn, small_protocol(), progress=False, transfer_from=digits_cnn)
 
 
 @pytest.fixture(scope="module")
 def masked_reports(masked, digits_cnn, tmp_path_factory):
     folder = str(tmp_path_factory.mktemp("masked"))
-    naive = bench.evaluate(masked, small_protocol(), progress=False, transfer_from=digits_cnn,
-                           out_dir=folder)
+    naive = bench.evaluate(
+        masked, small_protocol(), progress=False, transfer_from=digits_cnn, out_dir=folder
+    )
     adaptive = bench.evaluate(masked, small_protocol(), progress=False, adaptive=True)
     return naive, adaptive, folder
 
@@ -62,6 +75,7 @@ def masked_reports(masked, digits_cnn, tmp_path_factory):
 @pytest.fixture(scope="module")
 def adversarially_trained(digits):
     from advlib.training import AdversarialModel
+
     (x_train, y_train), _ = digits
     keras.utils.set_random_seed(0)
     model = small_cnn((8, 8, 1))
@@ -80,8 +94,12 @@ def test_natural_cnn_passes_every_check(natural_report):
 
 
 def test_adversarially_trained_cnn_passes_every_check(adversarially_trained, digits_cnn):
-    report = bench.evaluate(adversarially_trained, small_protocol(eps=0.1, sweep=(0.05, 0.2)),
-                            progress=False, transfer_from=digits_cnn)
+    report = bench.evaluate(
+        adversarially_trained,
+        small_protocol(eps=0.1, sweep=(0.05, 0.2)),
+        progress=False,
+        transfer_from=digits_cnn,
+    )
     found = statuses(report)
     assert all(found[check] == "pass" for check in CHECKED + ["transfer"]), found
     assert report["results"]["robust_accuracy"]["value"] > 0.5  # a robust model, not a broken one
@@ -130,8 +148,10 @@ def test_adaptive_mode_exposes_the_masking(masked_reports):
     naive, adaptive, _ = masked_reports
     assert adaptive["adaptive"]["variants"] == ["bpda"]
     assert adaptive["adaptive"]["robust_after"] < adaptive["adaptive"]["robust_before"] - 0.3
-    assert adaptive["results"]["robust_accuracy"]["value"] < \
-        naive["results"]["robust_accuracy"]["value"] - 0.3
+    assert (
+        adaptive["results"]["robust_accuracy"]["value"]
+        < naive["results"]["robust_accuracy"]["value"] - 0.3
+    )
     assert adaptive["headline_flag"] == ""
     found = statuses(adaptive)
     assert all(found[check] == "pass" for check in CHECKED), found
@@ -149,12 +169,13 @@ def test_closed_ste_windows_are_reported(digits_qnns, digits):
             gamma, beta, mean, variance = layer.get_weights()
             layer.set_weights([gamma * 20, beta * 20, mean, variance])
     _, (x_test, _) = digits
-    np.testing.assert_array_equal(QNNModelWrapper(model).predict_classes(x_test),
-                                  QNNModelWrapper(scaled).predict_classes(x_test))
+    np.testing.assert_array_equal(
+        QNNModelWrapper(model).predict_classes(x_test),
+        QNNModelWrapper(scaled).predict_classes(x_test),
+    )
     healthy = inspect.ste_window(QNNModelWrapper(model), x_test[:60])
     closed = inspect.ste_window(QNNModelWrapper(scaled), x_test[:60])
-    assert healthy["closed"] < diagnostics.WINDOW_WARN < diagnostics.WINDOW_FAIL < \
-        closed["closed"]
+    assert healthy["closed"] < diagnostics.WINDOW_WARN < diagnostics.WINDOW_FAIL < closed["closed"]
     assert diagnostics._window_check(closed)["status"] == "fail"
     assert diagnostics._window_check(healthy)["status"] == "pass"
 
@@ -162,8 +183,9 @@ def test_closed_ste_windows_are_reported(digits_qnns, digits):
 def test_weak_pgd_is_caught_by_single_step_and_convergence_checks(digits_cnn):
     """Both checks pass on the shipped protocol (test_natural_cnn_passes_every_check)."""
     weak = dict(nb_iter=2, eps_iter_fraction=0.1, rand_init=False)
-    protocol = small_protocol(sweep=(), **{"pgd-ce": dict(weak, nb_restarts=1), "pgd-cw": weak,
-                                           "pgd-targeted": weak})
+    protocol = small_protocol(
+        sweep=(), **{"pgd-ce": dict(weak, nb_restarts=1), "pgd-cw": weak, "pgd-targeted": weak}
+    )
     # an under-powered ensemble: no FGSM or SPSA to make up for the weak PGDs
     protocol["attacks"] = [a for a in protocol["attacks"] if a["name"].startswith("pgd")]
     report = bench.evaluate(digits_cnn, protocol, progress=False)
@@ -190,14 +212,19 @@ def test_randomized_model_gets_a_determinism_warning_pointing_to_eot(digits_cnn,
     clean = KerasModelWrapper(digits_cnn).predict_logits(x[:50]).numpy()
     assert np.abs(averaged - clean).mean() < np.abs(single - clean).mean()
     from advlib.bench.adaptive import variants
+
     assert list(variants(KerasModelWrapper(noisy), x[:20])) == ["eot-8"]
     assert list(variants(KerasModelWrapper(digits_cnn), x[:20])) == []
 
 
 def test_monotone_check_fires_on_a_rising_curve():
     def results(counts):
-        return {"per_eps": [{"eps": eps, "robust_accuracy": {"count": c, "n": 100}}
-                            for eps, c in counts]}
+        return {
+            "per_eps": [
+                {"eps": eps, "robust_accuracy": {"count": c, "n": 100}} for eps, c in counts
+            ]
+        }
+
     assert diagnostics._monotone(results([(0.1, 50), (0.2, 30), (0.3, 10)]))["status"] == "pass"
     assert diagnostics._monotone(results([(0.1, 50), (0.2, 51)]))["status"] == "pass"
     assert diagnostics._monotone(results([(0.1, 50), (0.3, 60)]))["status"] == "fail"
@@ -217,12 +244,16 @@ def test_bpda_wrapper_keeps_the_forward_pass_and_restores_the_gradient(masked, c
     x, y = cnn_eval
     assert find_masking_layers(masked, x[:32]) == ["quantize"]
     wrapped = BPDAModelWrapper(masked, sample=x[:32])
-    np.testing.assert_array_equal(wrapped.predict_logits(x).numpy(),
-                                  KerasModelWrapper(masked).predict_logits(x).numpy())
+    np.testing.assert_array_equal(
+        wrapped.predict_logits(x).numpy(), KerasModelWrapper(masked).predict_logits(x).numpy()
+    )
     import tensorflow as tf
+
     from advlib.losses import cross_entropy
-    _, naive, _ = KerasModelWrapper(masked).loss_gradient(tf.constant(x), tf.constant(y),
-                                                          cross_entropy)
+
+    _, naive, _ = KerasModelWrapper(masked).loss_gradient(
+        tf.constant(x), tf.constant(y), cross_entropy
+    )
     _, bpda, _ = wrapped.loss_gradient(tf.constant(x), tf.constant(y), cross_entropy)
     assert not np.any(naive.numpy()) and np.all(np.abs(bpda.numpy()).sum(axis=(1, 2, 3)) > 0)
     with pytest.raises(ValueError, match="not layers of model"):
@@ -266,17 +297,27 @@ def test_cli_adaptive_on_a_saved_defended_model(masked, tmp_path, capsys):
 def test_black_box_check_reads_every_eps():
     def results(main, sweep):
         rows = [(0.2, main)] + [(0.1, sweep)]
-        return {"clean_accuracy": {"count": 100},
-                "per_eps": [{"eps": eps, "attacks": [{"broken": b, "attacked": 50}]}
-                            for eps, b in rows]}
+        return {
+            "clean_accuracy": {"count": 100},
+            "per_eps": [
+                {"eps": eps, "attacks": [{"broken": b, "attacked": 50}]} for eps, b in rows
+            ],
+        }
+
     attacks = [{"attack": "SPSA"}]
     config = diagnostics.settings({})
     check = lambda main, sweep: diagnostics._black_box(results(main, sweep), attacks, config)
     assert check(0, 1)["status"] == "pass"
-    assert check(0, 5)["status"] == "warn" and "in the sweep: 5 of 50 at 0.1" in \
-        check(0, 5)["message"]
+    assert (
+        check(0, 5)["status"] == "warn" and "in the sweep: 5 of 50 at 0.1" in check(0, 5)["message"]
+    )
     assert check(5, 0)["status"] == "fail"
-    assert diagnostics._black_box(results(5, 0), [{"attack": "ProjectedGradientDescent"}], config)["status"] == "skip"
+    assert (
+        diagnostics._black_box(results(5, 0), [{"attack": "ProjectedGradientDescent"}], config)[
+            "status"
+        ]
+        == "skip"
+    )
     # a sweep eps where the black-box attack did not run (sweep_attacks) is not read
     skipped = results(0, 5)
     skipped["per_eps"][1]["attacks"][0]["ran"] = False
@@ -285,8 +326,10 @@ def test_black_box_check_reads_every_eps():
 
 
 def test_spsa_probe_counts_only_what_the_whole_ensemble_left():
-    results = {"clean_accuracy": {"count": 100},
-               "per_eps": [{"eps": 0.2, "attacks": [{"broken": 0, "attacked": 50}]}]}
+    results = {
+        "clean_accuracy": {"count": 100},
+        "per_eps": [{"eps": 0.2, "attacks": [{"broken": 0, "attacked": 50}]}],
+    }
     config = diagnostics.settings({})
     pgd_only = [{"attack": "ProjectedGradientDescent"}]
     spsa = {"broken": 4, "broken_at": [3, 5, 8, 9]}
@@ -294,9 +337,15 @@ def test_spsa_probe_counts_only_what_the_whole_ensemble_left():
     standing[[5, 8, 9]] = True
     survivors = lambda places: [i for i in places if standing[i]]
     check = diagnostics._black_box(results, pgd_only, config, spsa, survivors, attacked=60)
-    assert check["status"] == "fail" and check["evidence"]["spsa"]["missed_by_ensemble"] == [5, 8, 9]
+    assert check["status"] == "fail" and check["evidence"]["spsa"]["missed_by_ensemble"] == [
+        5,
+        8,
+        9,
+    ]
     assert "SPSA on the diagnostic subset broke 4 of 60, 3 of them left" in check["message"]
     standing[[8, 9]] = False  # one example is within the noise of random starts
-    assert diagnostics._black_box(results, pgd_only, config, spsa, survivors, 60)["status"] == "pass"
+    assert (
+        diagnostics._black_box(results, pgd_only, config, spsa, survivors, 60)["status"] == "pass"
+    )
     with pytest.raises(protocols.ProtocolError, match="spsa_iterations"):
         protocols.validate(dict(small_protocol(), diagnostics={"spsa_iterations": -1}))

@@ -10,15 +10,14 @@ import sys
 
 import numpy as np
 import pytest
+from engine_nets import random_network
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from advlib.qnn.engine import BinaryEngine, pack_bits, pack_signs, unpack_bits, words_for
 from advlib.qnn.engine import numpy_backend as ops
-from advlib.qnn.engine.blas_backend import BlasBackend
 from advlib.qnn.engine import spec as spec_io
-
-from engine_nets import random_network
+from advlib.qnn.engine.blas_backend import BlasBackend
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -28,13 +27,15 @@ def signs(rng, *shape):
 
 
 def test_engine_imports_no_tensorflow():
-    code = ("import sys, advlib.qnn.engine, advlib.qnn.engine.spec; "
-            "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules")
+    code = (
+        "import sys, advlib.qnn.engine, advlib.qnn.engine.spec; "
+        "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules"
+    )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.integers(1, 5), st.integers(1, 130), st.integers(0, 2 ** 31))
+@given(st.integers(1, 5), st.integers(1, 130), st.integers(0, 2**31))
 def test_pack_round_trip(rows, length, seed):
     bits = np.random.default_rng(seed).random((rows, length)) < 0.5
     words = pack_bits(bits)
@@ -79,31 +80,52 @@ def reference_conv(x, w, stride, pads, pad_value):
     out = np.zeros((n, out_h, out_w, f), np.int64)
     for i in range(out_h):
         for j in range(out_w):
-            patch = x[:, i * stride:i * stride + kh, j * stride:j * stride + kw]
+            patch = x[:, i * stride : i * stride + kh, j * stride : j * stride + kw]
             out[:, i, j] = np.einsum("nhwc,fhwc->nf", patch, w)
     return out
 
 
-def single_layer(kind, in_shape, weights_signs, pads=((1, 1), (1, 1)), stride=1,
-                 pad_value=1.0, input_kind="binary"):
+def single_layer(
+    kind,
+    in_shape,
+    weights_signs,
+    pads=((1, 1), (1, 1)),
+    stride=1,
+    pad_value=1.0,
+    input_kind="binary",
+):
     """A one-layer network whose logits are its accumulators (scale 1, shift 0)."""
     f = weights_signs.shape[0]
     if kind == "conv":
         kh, kw = weights_signs.shape[1:3]
         h, w, _ = in_shape
         out = [(h + sum(pads[0]) - kh) // stride + 1, (w + sum(pads[1]) - kw) // stride + 1, f]
-        layer = dict(type="conv", in_shape=list(in_shape), out_shape=out, kernel=[kh, kw],
-                     strides=[stride, stride], pads=[list(p) for p in pads],
-                     pad_value=pad_value)
+        layer = dict(
+            type="conv",
+            in_shape=list(in_shape),
+            out_shape=out,
+            kernel=[kh, kw],
+            strides=[stride, stride],
+            pads=[list(p) for p in pads],
+            pad_value=pad_value,
+        )
         packed = pack_signs(weights_signs).reshape(f, -1)
     else:
         layer = dict(type="dense", in_shape=list(in_shape), out_shape=[f])
         packed = pack_signs(weights_signs)
     layer.update(input=input_kind, output="logits", name="l", keras_output="l")
-    spec = {"format": spec_io.FORMAT, "version": spec_io.VERSION, "word_bits": 32,
-            "input_shape": list(in_shape), "layers": [layer]}
-    arrays = {"layer0/weights": packed, "layer0/scale": np.ones(f, np.float32),
-              "layer0/shift": np.zeros(f, np.float32)}
+    spec = {
+        "format": spec_io.FORMAT,
+        "version": spec_io.VERSION,
+        "word_bits": 32,
+        "input_shape": list(in_shape),
+        "layers": [layer],
+    }
+    arrays = {
+        "layer0/weights": packed,
+        "layer0/scale": np.ones(f, np.float32),
+        "layer0/shift": np.zeros(f, np.float32),
+    }
     return BinaryEngine(spec, arrays)
 
 
@@ -151,8 +173,7 @@ def test_flatten_follows_keras_order():
 def test_thresholds_and_flips():
     acc = np.array([[-3, -1, 1, 3]]).T
     bits = ops.threshold_bits(acc, np.array([1, 1]), np.array([False, True]))
-    np.testing.assert_array_equal(bits, [[False, True], [False, True], [True, True],
-                                         [True, False]])
+    np.testing.assert_array_equal(bits, [[False, True], [False, True], [True, True], [True, False]])
 
 
 # -- bad input ----------------------------------------------------------------------
@@ -174,8 +195,11 @@ def test_saved_network_loads_and_predicts(saved):
 def test_truncated_or_corrupted_files(saved, tmp_path):
     path, _ = saved
     raw = open(path, "rb").read()
-    for name, content in (("truncated.npz", raw[:len(raw) // 2]),
-                          ("garbage.npz", b"\x00" * 100), ("empty.npz", b"")):
+    for name, content in (
+        ("truncated.npz", raw[: len(raw) // 2]),
+        ("garbage.npz", b"\x00" * 100),
+        ("empty.npz", b""),
+    ):
         bad = tmp_path / name
         bad.write_bytes(content)
         with pytest.raises(ValueError, match="missing, corrupted or truncated"):
@@ -221,8 +245,13 @@ def test_blas_backend_equals_the_packed_reference_bit_for_bit(seed, flat):
     assert blas.backend == "blas"
     rng = np.random.default_rng(seed)
     # extreme images too: all levels 0 or 255 reach the largest first-layer sums
-    x = np.concatenate([rng.random((40, 9, 7, 2), dtype=np.float32),
-                        np.zeros((1, 9, 7, 2), np.float32), np.ones((1, 9, 7, 2), np.float32)])
+    x = np.concatenate(
+        [
+            rng.random((40, 9, 7, 2), dtype=np.float32),
+            np.zeros((1, 9, 7, 2), np.float32),
+            np.ones((1, 9, 7, 2), np.float32),
+        ]
+    )
     logits, hidden = reference.forward(x)
     blas_logits, blas_hidden = blas.forward(x)
     np.testing.assert_array_equal(blas_logits, logits)
@@ -250,7 +279,8 @@ def test_on_blas_gives_the_blas_twin_where_it_is_exact_and_the_engine_where_not(
     x = np.random.default_rng(0).random((20, 9, 7, 2), dtype=np.float32)
     np.testing.assert_array_equal(twin.predict(x), reference.predict(x))
     # 66,000 8-bit inputs can sum to 255 * 66,000 > 2**24: the reference stays
-    spec, arrays = random_network(seed=0, flat=True, input_shape=(1, 66_000, 1), dense=(4,),
-                                  classes=2)
+    spec, arrays = random_network(
+        seed=0, flat=True, input_shape=(1, 66_000, 1), dense=(4,), classes=2
+    )
     wide = BinaryEngine(spec, arrays)
     assert wide.on_blas() is wide

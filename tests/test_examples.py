@@ -8,7 +8,6 @@ import sys
 
 import pytest
 
-
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "examples"))
 
@@ -37,31 +36,40 @@ def test_readme_opens_with_two_setup_commands_and_ci_runs_the_second():
     assert len(commands) == 2
     assert all("python3 -m venv" in c and "\n" not in c for c in commands)
     assert "pytest" in commands[1] and commands[0].endswith("advlib bench")
-    out = subprocess.run(["bash", "-c", "source <(sed -n '/^command=/p' .ci/run); "
-                          "echo \"$command\""], cwd=ROOT, capture_output=True, text=True)
+    out = subprocess.run(
+        ["bash", "-c", "source <(sed -n '/^command=/p' .ci/run); echo \"$command\""],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     assert out.stdout.strip() == commands[1]
 
 
 def test_cli_version_and_info():
-    out = subprocess.run([sys.executable, "-m", "advlib.cli", "--version"],
-                         capture_output=True, text=True, cwd=ROOT)
+    out = subprocess.run(
+        [sys.executable, "-m", "advlib.cli", "--version"], capture_output=True, text=True, cwd=ROOT
+    )
     assert out.returncode == 0 and out.stdout.startswith("advlib ")
-    out = subprocess.run([sys.executable, "-m", "advlib.cli", "info"],
-                         capture_output=True, text=True, cwd=ROOT)
+    out = subprocess.run(
+        [sys.executable, "-m", "advlib.cli", "info"], capture_output=True, text=True, cwd=ROOT
+    )
     assert out.returncode == 0, out.stderr
     assert "tensorflow" in out.stdout and "fashion-mnist:" in out.stdout
-    bad = subprocess.run([sys.executable, "-m", "advlib.cli", "nonsense"],
-                         capture_output=True, text=True, cwd=ROOT)
+    bad = subprocess.run(
+        [sys.executable, "-m", "advlib.cli", "nonsense"], capture_output=True, text=True, cwd=ROOT
+    )
     assert bad.returncode == 2 and "invalid choice" in bad.stderr
 
 
 def test_attack_gallery_with_tiny_settings(tmp_path):
     import attack_gallery
 
-    results, path = attack_gallery.main(["--n", "12", "--epochs", "6", "--cw-iterations", "60",
-                                         "--out-dir", str(tmp_path)])
+    results, path = attack_gallery.main(
+        ["--n", "12", "--epochs", "6", "--cw-iterations", "60", "--out-dir", str(tmp_path)]
+    )
     assert os.path.getsize(path) > 10_000
     from matplotlib.image import imread
+
     assert imread(path).shape[0] > 500  # a 5-row grid
     assert set(results) == {"FGSM (Linf 0.1)", "PGD-40 (Linf 0.1)", "JSMA (gamma 0.3)", "CW-L2"}
     jsma = results["JSMA (gamma 0.3)"]
@@ -82,7 +90,7 @@ def test_examples_refuse_to_write_over_earlier_outputs(tmp_path, capsys):
 
     parser = argparse.ArgumentParser(prog="example")
     (tmp_path / "summary.json").write_text("{}")
-    refuse_to_overwrite(parser, str(tmp_path), ["report.json"])          # nothing there yet
+    refuse_to_overwrite(parser, str(tmp_path), ["report.json"])  # nothing there yet
     refuse_to_overwrite(parser, str(tmp_path), ["summary.json"], overwrite=True)
     for overwrite, remedy in ((False, "or pass --overwrite"), (None, "choose another folder.")):
         with pytest.raises(SystemExit):
@@ -95,17 +103,33 @@ def test_examples_refuse_to_write_over_earlier_outputs(tmp_path, capsys):
 def test_qnn_example_on_digits(tmp_path):
     import qnn_fashion_mnist
 
-    report = qnn_fashion_mnist.main(["--dataset", "digits", "--epochs", "10", "--width", "128",
-                                     "--batch-size", "64",
-                                     "--attack-n", "100", "--eps", "0.15", "--float-twin",
-                                     "--out-dir", str(tmp_path)])
+    report = qnn_fashion_mnist.main(
+        [
+            "--dataset",
+            "digits",
+            "--epochs",
+            "10",
+            "--width",
+            "128",
+            "--batch-size",
+            "64",
+            "--attack-n",
+            "100",
+            "--eps",
+            "0.15",
+            "--float-twin",
+            "--out-dir",
+            str(tmp_path),
+        ]
+    )
     assert report["test_accuracy"] > 0.8
     assert report["exactness"]["exact"]
     assert report["memory"]["ratio"] > 10
     attacks = report["attacks"]
     assert attacks["binary, STE gradients"]["pgd"] < attacks["binary, STE gradients"]["clean"]
-    assert (attacks["binary, naive (zero) gradients"]["pgd"] >
-            attacks["binary, STE gradients"]["pgd"])
+    assert (
+        attacks["binary, naive (zero) gradients"]["pgd"] > attacks["binary, STE gradients"]["pgd"]
+    )
     assert os.path.exists(tmp_path / "binary_cnn.npz")
     assert os.path.exists(tmp_path / "binary_cnn_report.json")
 
@@ -113,8 +137,20 @@ def test_qnn_example_on_digits(tmp_path):
 def test_adversarial_training_example_on_digits(tmp_path):
     import adversarial_training
 
-    report = adversarial_training.main(["--dataset", "digits", "--epochs", "3", "--eps", "0.2",
-                                        "--eval-iter", "10", "--out-dir", str(tmp_path)])
+    report = adversarial_training.main(
+        [
+            "--dataset",
+            "digits",
+            "--epochs",
+            "3",
+            "--eps",
+            "0.2",
+            "--eval-iter",
+            "10",
+            "--out-dir",
+            str(tmp_path),
+        ]
+    )
     natural, robust = report["results"]["natural"], report["results"]["fast AT"]
     at_eps = lambda rows: next(r for r in rows if abs(r["eps"] - 0.2) < 1e-9)
     assert at_eps(robust)["pgd"] > at_eps(natural)["pgd"]
@@ -129,13 +165,26 @@ def test_adversarial_training_example_on_digits(tmp_path):
 def test_trustworthy_evaluation_example(tmp_path):
     import trustworthy_evaluation
 
-    summary = trustworthy_evaluation.main(["--n", "40", "--epochs", "8", "--no-sweep",
-                                           "--spsa-iter", "10", "--out-dir", str(tmp_path)])
+    summary = trustworthy_evaluation.main(
+        [
+            "--n",
+            "40",
+            "--epochs",
+            "8",
+            "--no-sweep",
+            "--spsa-iter",
+            "10",
+            "--out-dir",
+            str(tmp_path),
+        ]
+    )
     assert summary["cnn"]["flag"] == "" and summary["binary, STE"]["flag"] == ""
     assert "gradient-health" in summary["defended"]["flag"]
     assert "gradient-health" in summary["binary, naive gradients"]["flag"]
-    for naive, adaptive in (("defended", "defended, adaptive"),
-                            ("binary, naive gradients", "binary, naive gradients, adaptive")):
+    for naive, adaptive in (
+        ("defended", "defended, adaptive"),
+        ("binary, naive gradients", "binary, naive gradients, adaptive"),
+    ):
         assert summary[adaptive]["flag"] == ""
         assert summary[adaptive]["robust_accuracy"] < summary[naive]["robust_accuracy"]
     # the binary CNN: zero gradients fail the gradient checks, the STE passes them all,
@@ -144,8 +193,10 @@ def test_trustworthy_evaluation_example(tmp_path):
     naive_checks = binary["binary, naive gradients"]["checks"]
     assert naive_checks["unbounded"] == naive_checks["gradient-health"] == "fail"
     assert binary["binary, STE"]["checks"]["ste-window"] == "pass"
-    assert binary["binary, STE"]["robust_accuracy"] < \
-        binary["binary, naive gradients"]["robust_accuracy"]
+    assert (
+        binary["binary, STE"]["robust_accuracy"]
+        < binary["binary, naive gradients"]["robust_accuracy"]
+    )
     adaptive = binary["binary, naive gradients, adaptive"]
     assert adaptive["adaptive"]["variants"] == ["ste", "identity", "smooth-1"]
     assert adaptive["robust_accuracy"] <= binary["binary, STE"]["robust_accuracy"] + 2 / 40
@@ -158,7 +209,7 @@ def test_autoattack_report_example(tmp_path):
 
     summary = autoattack_report.main(["--n", "24", "--no-sweep", "--out-dir", str(tmp_path)])
     log = summary["autoattack_log"]
-    assert list(log) == ["clean", "apgd-ce", "apgd-t", "fab-t", "square"][:len(log)]
+    assert list(log) == ["clean", "apgd-ce", "apgd-t", "fab-t", "square"][: len(log)]
     # the harness's headline and AutoAttack's own run agree (their seeds differ), and the
     # worst case is no higher
     assert abs(summary["autoattack_standard"] - list(log.values())[-1]) <= 1 / 24 + 1e-9
@@ -169,8 +220,21 @@ def test_autoattack_report_example(tmp_path):
 def test_verify_binary_example(tmp_path):
     import verify_binary
 
-    arguments = ["--n", "30", "--eps", "0.0157", "0.0039", "--iterations", "10",
-                 "--square-queries", "200", "--verifiable", "0.02", "--out-dir", str(tmp_path)]
+    arguments = [
+        "--n",
+        "30",
+        "--eps",
+        "0.0157",
+        "0.0039",
+        "--iterations",
+        "10",
+        "--square-queries",
+        "200",
+        "--verifiable",
+        "0.02",
+        "--out-dir",
+        str(tmp_path),
+    ]
     rows = verify_binary.main(arguments + ["--epochs", "10"])
     assert [row["eps"] for row in rows] == [0.0039, 0.0157]
     for row in rows:
@@ -197,8 +261,23 @@ def test_verify_binary_example(tmp_path):
 def test_certified_robustness_example(tmp_path):
     import certified_robustness
 
-    args = ["--dataset", "digits", "--sigma", "0.25", "0.5", "--epochs", "5", "--n", "40",
-            "--samples", "500", "--quick", "--quiet", "--out-dir", str(tmp_path)]
+    args = [
+        "--dataset",
+        "digits",
+        "--sigma",
+        "0.25",
+        "0.5",
+        "--epochs",
+        "5",
+        "--n",
+        "40",
+        "--samples",
+        "500",
+        "--quick",
+        "--quiet",
+        "--out-dir",
+        str(tmp_path),
+    ]
     summary = certified_robustness.main(args)
     for sigma in ("0.25", "0.5"):
         per_radius = summary[sigma]["certified"]["per_radius"]

@@ -24,9 +24,14 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 @pytest.fixture(scope="module")
 def saved_model(tmp_path_factory):
     keras.utils.set_random_seed(0)
-    model = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Flatten(),
-                              keras.layers.Dense(10, activation="relu"),
-                              keras.layers.Dense(10)])
+    model = keras.Sequential(
+        [
+            keras.Input((8, 8, 1)),
+            keras.layers.Flatten(),
+            keras.layers.Dense(10, activation="relu"),
+            keras.layers.Dense(10),
+        ]
+    )
     path = str(tmp_path_factory.mktemp("models") / "plain.keras")
     model.save(path)
     return path
@@ -50,6 +55,7 @@ def rewrite(source, target, config_change=None, extra=None):
 def add_to_first_layer(entry):
     def change(config):
         config["config"]["layers"][1]["config"]["kernel_regularizer"] = entry
+
     return change
 
 
@@ -76,22 +82,44 @@ def test_configs_that_would_run_code_are_refused(saved_model, tmp_path, case):
     marker = tmp_path / "ran"
     entries = {
         # any importable callable named as a serialized object
-        "cve-2025-1550": {"module": "os", "class_name": "system",
-                          "config": f"touch {marker}", "registered_name": "system"},
+        "cve-2025-1550": {
+            "module": "os",
+            "class_name": "system",
+            "config": f"touch {marker}",
+            "registered_name": "system",
+        },
         # a Keras utility that writes files, called through the config
-        "cve-2025-8747": {"module": "keras.utils", "class_name": "function",
-                          "config": "get_file", "registered_name": "get_file"},
+        "cve-2025-8747": {
+            "module": "keras.utils",
+            "class_name": "function",
+            "config": "get_file",
+            "registered_name": "get_file",
+        },
         # safe mode switched off from inside the file
-        "cve-2025-9906": {"module": "keras.config", "class_name": "function",
-                          "config": "enable_unsafe_deserialization",
-                          "registered_name": "enable_unsafe_deserialization"},
+        "cve-2025-9906": {
+            "module": "keras.config",
+            "class_name": "function",
+            "config": "enable_unsafe_deserialization",
+            "registered_name": "enable_unsafe_deserialization",
+        },
     }
     if case == "lambda":
+
         def change(config):
-            config["config"]["layers"].insert(1, {
-                "module": "keras.layers", "class_name": "Lambda",
-                "config": {"name": "evil", "function": {"class_name": "__lambda__", "config": {
-                    "code": "", "defaults": None, "closure": None}}}})
+            config["config"]["layers"].insert(
+                1,
+                {
+                    "module": "keras.layers",
+                    "class_name": "Lambda",
+                    "config": {
+                        "name": "evil",
+                        "function": {
+                            "class_name": "__lambda__",
+                            "config": {"code": "", "defaults": None, "closure": None},
+                        },
+                    },
+                },
+            )
     else:
         change = add_to_first_layer(entries[case])
     evil = rewrite(saved_model, tmp_path / "evil.keras", change)
@@ -138,8 +166,7 @@ def engine_file(tmp_path_factory):
 
 
 def copy_npz(source, target, replace=None, extra=None):
-    with zipfile.ZipFile(source) as old, zipfile.ZipFile(target, "w",
-                                                         zipfile.ZIP_DEFLATED) as new:
+    with zipfile.ZipFile(source) as old, zipfile.ZipFile(target, "w", zipfile.ZIP_DEFLATED) as new:
         for item in old.infolist():
             data = (replace or {}).get(item.filename, old.read(item.filename))
             new.writestr(item.filename, data)
@@ -151,18 +178,19 @@ def copy_npz(source, target, replace=None, extra=None):
 
 def test_unused_members_are_never_decompressed(engine_file, tmp_path):
     def bomb(handle):  # 256 MB of zeros, a few hundred KB compressed
-        block = bytes(2 ** 20)
+        block = bytes(2**20)
         for _ in range(256):
             handle.write(block)
+
     path = copy_npz(engine_file, tmp_path / "bomb.npz", extra={"junk.npy": bomb})
-    assert os.path.getsize(path) < 2 ** 21
+    assert os.path.getsize(path) < 2**21
     tracemalloc.start()
     try:
         engine = BinaryEngine.load(path)
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
-    assert peak < 32 * 2 ** 20
+    assert peak < 32 * 2**20
     x = np.random.default_rng(0).random((3,) + engine.input_shape).astype(np.float32)
     np.testing.assert_array_equal(engine.predict(x), BinaryEngine.load(engine_file).predict(x))
 
@@ -171,8 +199,9 @@ def test_a_forged_array_header_is_refused_without_allocating(engine_file, tmp_pa
     with zipfile.ZipFile(engine_file) as archive:
         name = next(n for n in archive.namelist() if n.endswith("weights.npy"))
     header = np.lib.format.header_data_from_array_1_0(np.zeros(1, np.uint32))
-    header["shape"] = (2 ** 40,)
+    header["shape"] = (2**40,)
     import io
+
     forged = io.BytesIO()
     np.lib.format.write_array_header_1_0(forged, header)
     path = copy_npz(engine_file, tmp_path / "forged.npz", replace={name: forged.getvalue()})
@@ -185,17 +214,21 @@ def test_declared_sizes_beyond_the_cap_are_refused(engine_file):
         spec_io.load(engine_file, max_bytes=100)
 
 
-@pytest.mark.parametrize("edit,message", [
-    (lambda s: s["layers"].__setitem__(0, ["dense"]), "must be a mapping"),
-    (lambda s: s["layers"][0].__setitem__("in_shape", [0]), "positive integers"),
-    (lambda s: s.__setitem__("input_shape", "64"), "input_shape"),
-    (lambda s: s.__setitem__("layers", {}), "lists no layers"),
-])
+@pytest.mark.parametrize(
+    "edit,message",
+    [
+        (lambda s: s["layers"].__setitem__(0, ["dense"]), "must be a mapping"),
+        (lambda s: s["layers"][0].__setitem__("in_shape", [0]), "positive integers"),
+        (lambda s: s.__setitem__("input_shape", "64"), "input_shape"),
+        (lambda s: s.__setitem__("layers", {}), "lists no layers"),
+    ],
+)
 def test_spec_fields_are_validated(engine_file, tmp_path, edit, message):
     with zipfile.ZipFile(engine_file) as archive:
         spec = json.loads(str(np.lib.format.read_array(archive.open("spec.npy"))))
     edit(spec)
     import io
+
     buffer = io.BytesIO()
     np.lib.format.write_array(buffer, np.array(json.dumps(spec)))
     path = copy_npz(engine_file, tmp_path / "bad.npz", replace={"spec.npy": buffer.getvalue()})
@@ -203,12 +236,15 @@ def test_spec_fields_are_validated(engine_file, tmp_path, edit, message):
         BinaryEngine.load(path)
 
 
-@pytest.mark.parametrize("field,value,message", [
-    ("strides", [0, 1], "strides must be two positive integers"),
-    ("kernel", [3, -1], "kernel must be two positive integers"),
-    ("pads", [[1, 1], [1]], "pads must be"),
-    ("pad_value", 7, "pad_value must be"),
-])
+@pytest.mark.parametrize(
+    "field,value,message",
+    [
+        ("strides", [0, 1], "strides must be two positive integers"),
+        ("kernel", [3, -1], "kernel must be two positive integers"),
+        ("pads", [[1, 1], [1]], "pads must be"),
+        ("pad_value", 7, "pad_value must be"),
+    ],
+)
 def test_conv_fields_are_validated(field, value, message):
     from engine_nets import random_network
 
@@ -221,7 +257,8 @@ def test_conv_fields_are_validated(field, value, message):
 
 def test_an_idx_header_that_would_overflow_is_refused(tmp_path):
     path = tmp_path / "huge-idx"
-    path.write_bytes(bytes([0, 0, 8, 4]) + np.array([2 ** 32 - 1] * 4, ">u4").tobytes() +
-                     b"\x00" * 16)
+    path.write_bytes(
+        bytes([0, 0, 8, 4]) + np.array([2**32 - 1] * 4, ">u4").tobytes() + b"\x00" * 16
+    )
     with pytest.raises(ValueError, match="declares shape"):
         read_idx(str(path))

@@ -2,11 +2,15 @@
 
 import numpy as np
 import pytest
-
-from advlib.attacks import (BasicIterativeMethod, CarliniWagnerL2, FastGradientMethod,
-                            SaliencyMapMethod)
-from advlib.attacks.saliency_map_method import random_targets
 from conftest import linear_model
+
+from advlib.attacks import (
+    BasicIterativeMethod,
+    CarliniWagnerL2,
+    FastGradientMethod,
+    SaliencyMapMethod,
+)
+from advlib.attacks.saliency_map_method import random_targets
 
 FEATURES = 64
 
@@ -32,8 +36,9 @@ def test_jsma_targeted_success(jsma_result, cnn_eval):
     assert jsma_result.targeted
     assert np.all(jsma_result.labels != y)  # random targets avoid the true class
     assert jsma_result.success_rate >= 0.9
-    assert np.all(jsma_result.predictions[jsma_result.success] ==
-                  jsma_result.labels[jsma_result.success])
+    assert np.all(
+        jsma_result.predictions[jsma_result.success] == jsma_result.labels[jsma_result.success]
+    )
 
 
 def test_jsma_random_targets_are_reproducible(digits_cnn, cnn_eval, jsma_result):
@@ -45,12 +50,14 @@ def test_jsma_random_targets_are_reproducible(digits_cnn, cnn_eval, jsma_result)
     assert np.all(other != y) and not np.array_equal(other, jsma_result.labels)
 
 
-@pytest.mark.parametrize("theta,gamma", [(1.0, 0.05), (1.0, 0.1), (-1.0, 0.1), (0.5, 0.1),
-                                         (-0.3, 0.15)])
+@pytest.mark.parametrize(
+    "theta,gamma", [(1.0, 0.05), (1.0, 0.1), (-1.0, 0.1), (0.5, 0.1), (-0.3, 0.15)]
+)
 def test_jsma_respects_the_l0_budget_and_direction(digits_cnn, cnn_eval, theta, gamma):
     x, y = cnn_eval
-    x_adv = SaliencyMapMethod(digits_cnn).generate_np(x[:40], theta=theta, gamma=gamma,
-                                                      y=y[:40], seed=2)
+    x_adv = SaliencyMapMethod(digits_cnn).generate_np(
+        x[:40], theta=theta, gamma=gamma, y=y[:40], seed=2
+    )
     delta = (x_adv - x[:40]).reshape(40, -1)
     assert (delta != 0).sum(1).max() <= int(gamma * FEATURES)
     assert (delta != 0).sum(1).max() >= 2
@@ -104,8 +111,9 @@ def test_cw_defaults_break_every_example(cw_result, digits_cnn, cnn_eval):
 
 def test_cw_confidence_margin(digits_cnn, cnn_eval):
     x, y = cnn_eval
-    result = CarliniWagnerL2(digits_cnn).run(x[:30], y=y[:30], confidence=3.0,
-                                             max_iterations=300, initial_const=1.0)
+    result = CarliniWagnerL2(digits_cnn).run(
+        x[:30], y=y[:30], confidence=3.0, max_iterations=300, initial_const=1.0
+    )
     assert result.success_rate > 0.8
     margins = logit_margin(digits_cnn, result.x_adv, y[:30])
     assert np.all(margins[result.success] >= 3.0)
@@ -115,8 +123,9 @@ def test_cw_confidence_margin(digits_cnn, cnn_eval):
 
 def test_cw_failures_return_the_original(digits_cnn, cnn_eval):
     x, y = cnn_eval
-    result = CarliniWagnerL2(digits_cnn).run(x[:20], y=y[:20], binary_search_steps=1,
-                                             max_iterations=2, initial_const=1e-4)
+    result = CarliniWagnerL2(digits_cnn).run(
+        x[:20], y=y[:20], binary_search_steps=1, max_iterations=2, initial_const=1e-4
+    )
     assert not result.success.all()
     np.testing.assert_array_equal(result.x_adv[~result.success], x[:20][~result.success])
     assert np.all(result.l2[~result.success] == 0)
@@ -146,17 +155,23 @@ def test_cw_on_vectors_without_bounds():
     weights = np.random.default_rng(0).normal(size=(5, 3))
     model = linear_model(weights)
     x = np.random.default_rng(1).normal(size=(8, 5)).astype(np.float32) * 3
-    result = CarliniWagnerL2(model).run(x, clip_min=None, clip_max=None, max_iterations=200,
-                                        learning_rate=0.05, initial_const=1.0)
+    result = CarliniWagnerL2(model).run(
+        x, clip_min=None, clip_max=None, max_iterations=200, learning_rate=0.05, initial_const=1.0
+    )
     assert result.x_adv.shape == x.shape
     assert result.success_rate == 1.0
 
 
-@pytest.mark.parametrize("params,name", [(dict(binary_search_steps=0), "binary_search_steps"),
-                                         (dict(max_iterations=0), "max_iterations"),
-                                         (dict(learning_rate=0.0), "learning_rate"),
-                                         (dict(initial_const=-1.0), "initial_const"),
-                                         (dict(confidence=-1.0), "confidence")])
+@pytest.mark.parametrize(
+    "params,name",
+    [
+        (dict(binary_search_steps=0), "binary_search_steps"),
+        (dict(max_iterations=0), "max_iterations"),
+        (dict(learning_rate=0.0), "learning_rate"),
+        (dict(initial_const=-1.0), "initial_const"),
+        (dict(confidence=-1.0), "confidence"),
+    ],
+)
 def test_cw_refuses_bad_parameters(digits_cnn, cnn_eval, params, name):
     x, _ = cnn_eval
     with pytest.raises(ValueError, match=name):
@@ -164,18 +179,20 @@ def test_cw_refuses_bad_parameters(digits_cnn, cnn_eval, params, name):
 
 
 # -- AttackResult --------------------------------------------------------------------
-@pytest.mark.parametrize("attack_class,params", [
-    (FastGradientMethod, dict(eps=0.2)),
-    (BasicIterativeMethod, dict(eps=0.2, eps_iter=0.05, nb_iter=5)),
-    (SaliencyMapMethod, dict(gamma=0.2, seed=0)),
-])
-def test_attack_result_matches_a_numpy_recomputation(digits_cnn, cnn_eval, attack_class,
-                                                     params):
+@pytest.mark.parametrize(
+    "attack_class,params",
+    [
+        (FastGradientMethod, dict(eps=0.2)),
+        (BasicIterativeMethod, dict(eps=0.2, eps_iter=0.05, nb_iter=5)),
+        (SaliencyMapMethod, dict(gamma=0.2, seed=0)),
+    ],
+)
+def test_attack_result_matches_a_numpy_recomputation(digits_cnn, cnn_eval, attack_class, params):
     x, y = cnn_eval
     result = attack_class(digits_cnn).run(x, y=y, batch_size=32, **params)
     delta = (result.x_adv - x).reshape(len(x), -1).astype(np.float64)
     np.testing.assert_array_equal(result.l0, (delta != 0).sum(1))
-    np.testing.assert_allclose(result.l2, np.sqrt((delta ** 2).sum(1)))
+    np.testing.assert_allclose(result.l2, np.sqrt((delta**2).sum(1)))
     np.testing.assert_allclose(result.linf, np.abs(delta).max(1))
     predictions = digits_cnn.predict(result.x_adv, verbose=0).argmax(1)
     np.testing.assert_array_equal(result.predictions, predictions)
@@ -214,8 +231,9 @@ def brute_force_pair(alpha, beta, domain, increase):
 
 @pytest.mark.parametrize("increase", [True, False])
 def test_blocked_pair_search_equals_brute_force(increase, monkeypatch):
-    import advlib.attacks.saliency_map_method as jsma
     import tensorflow as tf
+
+    import advlib.attacks.saliency_map_method as jsma
 
     monkeypatch.setattr(jsma, "_PAIR_BLOCK", 7 * 23)  # many blocks, a ragged last one
     rng = np.random.default_rng(0)
@@ -224,8 +242,9 @@ def test_blocked_pair_search_equals_brute_force(increase, monkeypatch):
     domain = rng.random((7, 23)) > 0.3
     domain[6] = False
     domain[6, :2] = True  # a single admissible pair
-    p, q, found = jsma.best_pair(tf.constant(alpha), tf.constant(beta), tf.constant(domain),
-                                 increase)
+    p, q, found = jsma.best_pair(
+        tf.constant(alpha), tf.constant(beta), tf.constant(domain), increase
+    )
     for i in range(7):
         expected = brute_force_pair(alpha[i], beta[i], domain[i], increase)
         assert bool(found[i]) == (expected is not None)
@@ -234,15 +253,17 @@ def test_blocked_pair_search_equals_brute_force(increase, monkeypatch):
 
 
 def test_probability_saliency_pair_is_the_top_two_target_gradients():
-    import advlib.attacks.saliency_map_method as jsma
     import tensorflow as tf
+
+    import advlib.attacks.saliency_map_method as jsma
 
     rng = np.random.default_rng(1)
     alpha = rng.normal(size=(5, 30)).astype(np.float32)
     domain = rng.random((5, 30)) > 0.2
     for increase in (True, False):
         p, q, found = jsma.best_pair_from_target_gradient(
-            tf.constant(alpha), tf.constant(domain), increase)
+            tf.constant(alpha), tf.constant(domain), increase
+        )
         for i in range(5):
             # the general search with beta = -alpha picks the same pair
             expected = brute_force_pair(alpha[i], -alpha[i], domain[i], increase)
@@ -253,8 +274,7 @@ def test_probability_saliency_pair_is_the_top_two_target_gradients():
 
 def test_jsma_with_logits_saliency(digits_cnn, cnn_eval):
     x, y = cnn_eval
-    result = SaliencyMapMethod(digits_cnn).run(x[:40], y=y[:40], gamma=0.3, seed=0,
-                                               use_logits=True)
+    result = SaliencyMapMethod(digits_cnn).run(x[:40], y=y[:40], gamma=0.3, seed=0, use_logits=True)
     assert result.success_rate >= 0.6
     assert result.l0.max() <= int(0.3 * FEATURES)
 
@@ -267,6 +287,13 @@ def test_jsma_and_cw_steps_trace_once(digits_cnn, cnn_eval):
     assert jsma._step.experimental_get_tracing_count() == 1
     cw = CarliniWagnerL2(digits_cnn)
     cw.generate_np(x[:8], y=y[:8], max_iterations=5, binary_search_steps=2)
-    cw.generate_np(x[8:16], y=y[8:16], max_iterations=5, binary_search_steps=2,
-                   confidence=1.0, learning_rate=0.1, initial_const=3.0)
+    cw.generate_np(
+        x[8:16],
+        y=y[8:16],
+        max_iterations=5,
+        binary_search_steps=2,
+        confidence=1.0,
+        learning_rate=0.1,
+        initial_const=3.0,
+    )
     assert cw._step.experimental_get_tracing_count() == 1

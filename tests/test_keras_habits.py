@@ -15,9 +15,14 @@ EPS = 0.1
 
 
 def small_model(softmax=False):
-    return keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Flatten(),
-                             keras.layers.Dense(32, activation="relu"),
-                             keras.layers.Dense(10, activation="softmax" if softmax else None)])
+    return keras.Sequential(
+        [
+            keras.Input((8, 8, 1)),
+            keras.layers.Flatten(),
+            keras.layers.Dense(32, activation="relu"),
+            keras.layers.Dense(10, activation="softmax" if softmax else None),
+        ]
+    )
 
 
 def robust(model, recipe="fast", **overrides):
@@ -30,11 +35,14 @@ def test_the_everyday_compile_line_trains_and_reports_clean_and_adversarial_metr
     keras.utils.set_random_seed(0)
     model = small_model()
     trainer = robust(model)
-    trainer.compile(optimizer="adam",
-                    loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                    metrics=["accuracy"])
-    history = trainer.fit(x_train, y_train, epochs=3, batch_size=64, verbose=0,
-                          validation_data=(x_test, y_test)).history
+    trainer.compile(
+        optimizer="adam",
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
+    history = trainer.fit(
+        x_train, y_train, epochs=3, batch_size=64, verbose=0, validation_data=(x_test, y_test)
+    ).history
     for name in ("accuracy", "adv_accuracy", "val_accuracy", "val_adv_accuracy", "loss"):
         assert name in history, sorted(history)
     assert history["loss"][-1] < history["loss"][0]
@@ -51,14 +59,19 @@ def test_the_given_loss_is_the_training_loss(digits):
     keras.utils.set_random_seed(1)
     model = small_model()
     logs = {}
-    for name, loss in (("default", None),
-                       ("given", keras.losses.SparseCategoricalCrossentropy(from_logits=True)),
-                       ("doubled", lambda y, p: 2 * keras.losses.sparse_categorical_crossentropy(
-                           y, p, from_logits=True))):
+    for name, loss in (
+        ("default", None),
+        ("given", keras.losses.SparseCategoricalCrossentropy(from_logits=True)),
+        (
+            "doubled",
+            lambda y, p: 2 * keras.losses.sparse_categorical_crossentropy(y, p, from_logits=True),
+        ),
+    ):
         trainer = robust(model)
         trainer.compile(optimizer="adam", loss=loss)
-        logs[name] = trainer.evaluate(x_test, y_test, batch_size=len(x_test), verbose=0,
-                                      return_dict=True)
+        logs[name] = trainer.evaluate(
+            x_test, y_test, batch_size=len(x_test), verbose=0, return_dict=True
+        )
     for part in ("loss", "clean_loss", "adv_loss"):
         assert logs["given"][part] == pytest.approx(logs["default"][part], rel=1e-6)
         assert logs["doubled"][part] == pytest.approx(2 * logs["default"][part], rel=1e-5)
@@ -71,10 +84,14 @@ def test_trades_keeps_its_kl_term_and_uses_the_given_loss_for_the_natural_part(d
     logs = []
     for scale in (1.0, 3.0):
         trainer = robust(model, "trades", nb_iter=2)
-        trainer.compile(loss=lambda y, p, s=scale: s * keras.losses.sparse_categorical_crossentropy(
-            y, p, from_logits=True))
-        logs.append(trainer.evaluate(x_test, y_test, batch_size=len(x_test), verbose=0,
-                                     return_dict=True))
+        trainer.compile(
+            loss=lambda y, p, s=scale: (
+                s * keras.losses.sparse_categorical_crossentropy(y, p, from_logits=True)
+            )
+        )
+        logs.append(
+            trainer.evaluate(x_test, y_test, batch_size=len(x_test), verbose=0, return_dict=True)
+        )
     kl = [log["loss"] - log["clean_loss"] for log in logs]
     assert kl[0] > 0 and kl[1] == pytest.approx(kl[0], rel=1e-4)
     assert logs[1]["clean_loss"] == pytest.approx(3 * logs[0]["clean_loss"], rel=1e-5)
@@ -85,11 +102,19 @@ def test_one_hot_labels_train_with_categorical_crossentropy(digits):
     keras.utils.set_random_seed(0)
     model = small_model(softmax=True)
     trainer = robust(model)
-    trainer.compile(optimizer=keras.optimizers.Adam(2e-3), loss="categorical_crossentropy",
-                    metrics=["accuracy", keras.metrics.CategoricalAccuracy(name="cat")])
-    history = trainer.fit(x_train, keras.utils.to_categorical(y_train, 10), epochs=4,
-                          batch_size=64, verbose=0,
-                          validation_data=(x_test, keras.utils.to_categorical(y_test, 10)))
+    trainer.compile(
+        optimizer=keras.optimizers.Adam(2e-3),
+        loss="categorical_crossentropy",
+        metrics=["accuracy", keras.metrics.CategoricalAccuracy(name="cat")],
+    )
+    history = trainer.fit(
+        x_train,
+        keras.utils.to_categorical(y_train, 10),
+        epochs=4,
+        batch_size=64,
+        verbose=0,
+        validation_data=(x_test, keras.utils.to_categorical(y_test, 10)),
+    )
     history = history.history
     accuracy = np.mean(model.predict(x_test, verbose=0).argmax(1) == y_test)
     assert accuracy > 0.6
@@ -108,19 +133,23 @@ def test_a_loss_on_the_wrong_outputs_is_refused():
         robust(small_model()).compile(loss=keras.losses.CategoricalCrossentropy())
     with pytest.raises(ValueError, match=r"expects logits .* returns probabilities"):
         robust(small_model(softmax=True)).compile(
-            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+        )
 
 
 # -- keras.utils.set_random_seed ------------------------------------------------------
 def draws(digits_mlp, x, y):
     """Everything advlib draws at random when no seed is given."""
-    pgd = ProjectedGradientDescent(digits_mlp).generate_np(x, eps=0.2, nb_iter=2,
-                                                           clip_min=0.0, clip_max=1.0)
-    spsa = SPSA(digits_mlp).generate_np(x[:4], eps=0.2, nb_iter=2, spsa_samples=8,
-                                        clip_min=0.0, clip_max=1.0)
+    pgd = ProjectedGradientDescent(digits_mlp).generate_np(
+        x, eps=0.2, nb_iter=2, clip_min=0.0, clip_max=1.0
+    )
+    spsa = SPSA(digits_mlp).generate_np(
+        x[:4], eps=0.2, nb_iter=2, spsa_samples=8, clip_min=0.0, clip_max=1.0
+    )
     targets = SaliencyMapMethod(digits_mlp).run(x[:8], y[:8], gamma=0.05).labels
-    stochastic = StochasticBinarization()(tf.constant(x[:4].reshape(4, -1) * 2 - 1),
-                                          training=True).numpy()
+    stochastic = StochasticBinarization()(
+        tf.constant(x[:4].reshape(4, -1) * 2 - 1), training=True
+    ).numpy()
     trainer = AdversarialModel.from_recipe("fast", small_model(), eps=EPS)
     return [pgd, spsa, targets, stochastic, np.array(trainer.seed)]
 
@@ -138,8 +167,11 @@ def test_keras_seeding_makes_every_random_draw_reproducible(digits_mlp, digits_e
     explicit = []
     for seed in (1, 2):
         keras.utils.set_random_seed(seed)
-        explicit.append(ProjectedGradientDescent(digits_mlp).generate_np(
-            x, eps=0.2, nb_iter=2, clip_min=0.0, clip_max=1.0, seed=5))
+        explicit.append(
+            ProjectedGradientDescent(digits_mlp).generate_np(
+                x, eps=0.2, nb_iter=2, clip_min=0.0, clip_max=1.0, seed=5
+            )
+        )
     np.testing.assert_array_equal(*explicit)
 
 
@@ -147,26 +179,34 @@ def test_keras_seeding_makes_every_random_draw_reproducible(digits_mlp, digits_e
 def larq_tutorial_model(quantizer="ste_sign"):
     """The model of Larq's introductory MNIST tutorial, with `import larq as lq`
     replaced by advlib's layers (and Keras 3's Input instead of input_shape)."""
-    kwargs = dict(input_quantizer=quantizer, kernel_quantizer=quantizer,
-                  kernel_constraint="weight_clip")
-    return keras.Sequential([
-        keras.Input((28, 28, 1)),
-        QuantConv2D(32, (3, 3), kernel_quantizer=quantizer, kernel_constraint="weight_clip",
-                    use_bias=False),
-        keras.layers.MaxPooling2D((2, 2)),
-        keras.layers.BatchNormalization(scale=False),
-        QuantConv2D(64, (3, 3), use_bias=False, **kwargs),
-        keras.layers.MaxPooling2D((2, 2)),
-        keras.layers.BatchNormalization(scale=False),
-        QuantConv2D(64, (3, 3), use_bias=False, **kwargs),
-        keras.layers.BatchNormalization(scale=False),
-        keras.layers.Flatten(),
-        QuantDense(64, use_bias=False, **kwargs),
-        keras.layers.BatchNormalization(scale=False),
-        QuantDense(10, use_bias=False, **kwargs),
-        keras.layers.BatchNormalization(scale=False),
-        keras.layers.Activation("softmax"),
-    ])
+    kwargs = dict(
+        input_quantizer=quantizer, kernel_quantizer=quantizer, kernel_constraint="weight_clip"
+    )
+    return keras.Sequential(
+        [
+            keras.Input((28, 28, 1)),
+            QuantConv2D(
+                32,
+                (3, 3),
+                kernel_quantizer=quantizer,
+                kernel_constraint="weight_clip",
+                use_bias=False,
+            ),
+            keras.layers.MaxPooling2D((2, 2)),
+            keras.layers.BatchNormalization(scale=False),
+            QuantConv2D(64, (3, 3), use_bias=False, **kwargs),
+            keras.layers.MaxPooling2D((2, 2)),
+            keras.layers.BatchNormalization(scale=False),
+            QuantConv2D(64, (3, 3), use_bias=False, **kwargs),
+            keras.layers.BatchNormalization(scale=False),
+            keras.layers.Flatten(),
+            QuantDense(64, use_bias=False, **kwargs),
+            keras.layers.BatchNormalization(scale=False),
+            QuantDense(10, use_bias=False, **kwargs),
+            keras.layers.BatchNormalization(scale=False),
+            keras.layers.Activation("softmax"),
+        ]
+    )
 
 
 @pytest.mark.parametrize("quantizer", ["ste_sign", qnn.ste_sign, SteSign])
@@ -180,17 +220,20 @@ def test_larq_tutorial_model_ports_by_changing_the_import(digits, quantizer, tmp
     assert all(isinstance(layer.kernel_constraint, WeightClip) for layer in quant)
     assert quant[0].input_quantizer is None
     assert all(isinstance(layer.input_quantizer, SteSign) for layer in quant[1:])
-    model.compile(keras.optimizers.Adam(0.05), loss="sparse_categorical_crossentropy",
-                  metrics=["accuracy"])
+    model.compile(
+        keras.optimizers.Adam(0.05), loss="sparse_categorical_crossentropy", metrics=["accuracy"]
+    )
     model.fit(images, y_train[:256], epochs=1, batch_size=64, verbose=0)
     # the constraint keeps the latent weights in [-1, 1], as Larq's weight_clip does
     assert max(float(np.abs(layer.kernel.numpy()).max()) for layer in quant) <= 1.0
     path = str(tmp_path / "larq.keras")
     model.save(path)
     from advlib.models import load_model
+
     again = load_model(path)
-    np.testing.assert_array_equal(again.predict(images[:8], verbose=0),
-                                  model.predict(images[:8], verbose=0))
+    np.testing.assert_array_equal(
+        again.predict(images[:8], verbose=0), model.predict(images[:8], verbose=0)
+    )
 
 
 def test_quantizer_errors_list_the_real_choices():

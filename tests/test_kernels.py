@@ -12,11 +12,11 @@ import platform
 
 import numpy as np
 import pytest
+from cudaemu import emulator
+from engine_nets import random_network
 
 from advlib.qnn.engine import BinaryEngine, nvrtc, pack_signs
 from advlib.qnn.engine import numpy_backend as ops
-from cudaemu import emulator
-from engine_nets import random_network
 
 NVRTC_WHEELS = platform.system() == "Linux" and platform.machine() == "x86_64"
 NO_COMPILER = "no C++ compiler (g++) to build the kernels for CPU emulation"
@@ -24,19 +24,23 @@ NO_COMPILER = "no C++ compiler (g++) to build the kernels for CPU emulation"
 
 def have_gpu():
     from advlib.qnn.engine import cupy_backend
+
     return cupy_backend.available()[0]
 
 
 GPU = have_gpu()
-DEVICES = [pytest.param("gpu", marks=[pytest.mark.gpu, pytest.mark.skipif(
-               not GPU, reason="needs CuPy and a CUDA device")]),
-           pytest.param("emulated", marks=pytest.mark.skipif(
-               not emulator.compiler(), reason=NO_COMPILER))]
+DEVICES = [
+    pytest.param(
+        "gpu",
+        marks=[pytest.mark.gpu, pytest.mark.skipif(not GPU, reason="needs CuPy and a CUDA device")],
+    ),
+    pytest.param("emulated", marks=pytest.mark.skipif(not emulator.compiler(), reason=NO_COMPILER)),
+]
 
 
 @pytest.fixture(params=DEVICES)
 def device(request, emulated_cupy):
-    """"gpu" (the real CuPy) or "emulated" (the fake CuPy and the CPU emulation)."""
+    """ "gpu" (the real CuPy) or "emulated" (the fake CuPy and the CPU emulation)."""
     if request.param == "emulated":
         emulated_cupy()
     return request.param
@@ -45,6 +49,7 @@ def device(request, emulated_cupy):
 @pytest.fixture
 def backend(device):
     from advlib.qnn.engine.cupy_backend import CupyBackend
+
     spec, arrays = random_network(0)
     return CupyBackend(spec, arrays)
 
@@ -73,8 +78,9 @@ def test_every_kernel_compiles(arch):
 @pytest.mark.skipif(not NVRTC_WHEELS, reason="nvidia-cuda-nvrtc-cu12 ships for Linux x86-64")
 def test_compile_errors_carry_the_log():
     with pytest.raises(nvrtc.CompileError, match="broken.cu does not compile for sm_90"):
-        nvrtc.compile_source('extern "C" __global__ void f() { undefined_thing(); }',
-                             "broken.cu", "sm_90")
+        nvrtc.compile_source(
+            'extern "C" __global__ void f() { undefined_thing(); }', "broken.cu", "sm_90"
+        )
 
 
 def test_the_tensor_core_kernels_live_alone():
@@ -94,15 +100,21 @@ def test_auto_backend_falls_back_to_numpy_with_a_warning():
         engine = BinaryEngine(spec, arrays, backend="auto")
     assert engine.backend == "numpy" and len(caught) == 1
     x = np.random.default_rng(0).random((3, 9, 7, 2), dtype=np.float32)
-    np.testing.assert_array_equal(engine.predict(x),
-                                  BinaryEngine(spec, arrays).predict(x))
+    np.testing.assert_array_equal(engine.predict(x), BinaryEngine(spec, arrays).predict(x))
     with pytest.raises(RuntimeError, match="backend='cupy' needs CuPy and a GPU"):
         BinaryEngine(spec, arrays, backend="cupy")
 
 
 # -- the kernels, on a GPU or emulated --------------------------------------------------
-GEMM_SHAPES = [(1, 1, 1), (7, 5, 31), (33, 65, 33), (64, 64, 64), (1, 130, 4097),
-               (257, 96, 257), (3000, 70, 1000)]
+GEMM_SHAPES = [
+    (1, 1, 1),
+    (7, 5, 31),
+    (33, 65, 33),
+    (64, 64, 64),
+    (1, 130, 4097),
+    (257, 96, 257),
+    (3000, 70, 1000),
+]
 
 
 @pytest.mark.parametrize("m,n,length", GEMM_SHAPES)
@@ -120,13 +132,24 @@ def test_gemm_equals_numpy(backend, device, m, n, length, tensor_cores):
     np.testing.assert_array_equal(out.get(), expected)
     threshold = rng.integers(-length, length + 1, n).astype(np.int64)
     flip = rng.random(n) < 0.5
-    bits = backend.gemm(cp.asarray(a), cp.asarray(w), length, tensor_cores=tensor_cores,
-                        epilogue=("bits", cp.asarray(threshold), cp.asarray(flip)))
-    np.testing.assert_array_equal(bits.get(),
-                                  ops.pack_bits(ops.threshold_bits(expected, threshold, flip)))
+    bits = backend.gemm(
+        cp.asarray(a),
+        cp.asarray(w),
+        length,
+        tensor_cores=tensor_cores,
+        epilogue=("bits", cp.asarray(threshold), cp.asarray(flip)),
+    )
+    np.testing.assert_array_equal(
+        bits.get(), ops.pack_bits(ops.threshold_bits(expected, threshold, flip))
+    )
     scale, shift = rng.normal(size=n).astype(np.float32), rng.normal(size=n).astype(np.float32)
-    logits = backend.gemm(cp.asarray(a), cp.asarray(w), length, tensor_cores=tensor_cores,
-                          epilogue=("logits", cp.asarray(scale), cp.asarray(shift)))
+    logits = backend.gemm(
+        cp.asarray(a),
+        cp.asarray(w),
+        length,
+        tensor_cores=tensor_cores,
+        epilogue=("logits", cp.asarray(scale), cp.asarray(shift)),
+    )
     np.testing.assert_array_equal(logits.get(), expected.astype(np.float32) * scale + shift)
 
 
@@ -139,13 +162,14 @@ def test_non_contiguous_operands(backend, tensor_cores):
     rng = np.random.default_rng(5)
     a, w = pack_signs(signs(rng, 40, 300)), pack_signs(signs(rng, 24, 300))
     wide_a = cp.asarray(np.concatenate([a, a ^ 0xFFFF], axis=1))
-    strided_a = wide_a[:, :a.shape[1]]
+    strided_a = wide_a[:, : a.shape[1]]
     strided_w = cp.asarray(np.ascontiguousarray(w.T)).T
     assert not strided_a.flags.c_contiguous and not strided_w.flags.c_contiguous
     out = backend.gemm(strided_a, strided_w, 300, tensor_cores=tensor_cores)
     np.testing.assert_array_equal(out.get(), ops.binary_dot(a, w, 300))
-    np.testing.assert_array_equal(backend.row_popcounts(strided_a).get(),
-                                  np.bitwise_count(a).sum(axis=1))
+    np.testing.assert_array_equal(
+        backend.row_popcounts(strided_a).get(), np.bitwise_count(a).sum(axis=1)
+    )
 
 
 @pytest.mark.parametrize("length", [1, 33, 784])
@@ -153,18 +177,19 @@ def test_packing_and_bit_planes_equal_numpy(backend, length):
     rng = np.random.default_rng(length)
     x = rng.normal(size=(17, length)).astype(np.float32)
     x[0, 0] = 0.0
-    np.testing.assert_array_equal(backend.pack_signs(backend.cp.asarray(x)).get(),
-                                  pack_signs(x))
+    np.testing.assert_array_equal(backend.pack_signs(backend.cp.asarray(x)).get(), pack_signs(x))
     x8 = rng.integers(0, 256, (17, length), dtype=np.uint8)
     planes = backend.bit_planes(backend.cp.asarray(x8))
     np.testing.assert_array_equal(planes.get(), ops.bit_planes(x8))
     w = pack_signs(signs(rng, 9, length))
     acc = backend.gemm(planes, backend.cp.asarray(w), length, planes=8)
-    np.testing.assert_array_equal(acc.get(), x8.astype(np.int64) @ np.where(
-        ops.unpack_bits(w, length), 1, -1).T)
+    np.testing.assert_array_equal(
+        acc.get(), x8.astype(np.int64) @ np.where(ops.unpack_bits(w, length), 1, -1).T
+    )
     packed = pack_signs(x)
-    np.testing.assert_array_equal(backend.unpack(backend.cp.asarray(packed), length).get(),
-                                  ops.unpack_bits(packed, length))
+    np.testing.assert_array_equal(
+        backend.unpack(backend.cp.asarray(packed), length).get(), ops.unpack_bits(packed, length)
+    )
 
 
 @pytest.mark.parametrize("shape", [(2, 3, 3, 5), (3, 4, 2, 33), (1, 5, 7, 64)])
@@ -177,8 +202,11 @@ def test_flatten_equals_numpy(backend, shape):
 
 def whole_engine_cases(device):
     batches = (1, 37, 1000) if device == "gpu" else (1, 9)
-    return [(seed, flat, batch) for seed, flat in [(0, False), (1, False), (2, True), (3, True)]
-            for batch in batches]
+    return [
+        (seed, flat, batch)
+        for seed, flat in [(0, False), (1, False), (2, True), (3, True)]
+        for batch in batches
+    ]
 
 
 @pytest.mark.parametrize("case", range(12))
@@ -198,5 +226,4 @@ def test_whole_engine_is_bit_exact(device, case):
         assert len(hidden) == len(expected_hidden)
         for ours, theirs in zip(hidden, expected_hidden):
             np.testing.assert_array_equal(ours, theirs)
-        np.testing.assert_array_equal(engine.predict_classes(x),
-                                      reference.predict_classes(x))
+        np.testing.assert_array_equal(engine.predict_classes(x), reference.predict_classes(x))

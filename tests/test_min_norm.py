@@ -19,8 +19,11 @@ def linear(digits, digits_linear):
     model, w, offset = digits_linear
     x = digits[1][0][:60]
     margin = np.abs(x.reshape(len(x), -1) @ w + offset)
-    exact = {2: margin / np.linalg.norm(w), np.inf: margin / np.abs(w).sum(),
-             1: margin / np.abs(w).max()}
+    exact = {
+        2: margin / np.linalg.norm(w),
+        np.inf: margin / np.abs(w).sum(),
+        1: margin / np.abs(w).max(),
+    }
     y = model.predict(x, verbose=0).argmax(1)
     return model, x, y, exact
 
@@ -55,8 +58,9 @@ def test_fmn_l0_changes_few_pixels_and_targets(digits_mlp, digits_eval):
     x, y = x[:40], y[:40]
     result = FMN(digits_mlp).run(x, y, norm=0, steps=100)
     assert result.success_rate > 0.9 and result.median_norm(0) <= 6
-    np.testing.assert_array_equal(result.minimal_norms(0)[result.success],
-                                  result.l0[result.success])
+    np.testing.assert_array_equal(
+        result.minimal_norms(0)[result.success], result.l0[result.success]
+    )
     targets = (y + 1) % 10
     targeted = FMN(digits_mlp).run(x, y_target=targets, norm=2, steps=100)
     assert targeted.success_rate > 0.9
@@ -83,8 +87,13 @@ def test_fmn_keeps_to_the_box_where_clipping_stalls_the_paper_update(digits_mlp,
 
 def test_ead_gives_sparse_l1_small_perturbations(linear):
     model, x, y, exact = linear
-    options = dict(max_iterations=200, binary_search_steps=6, initial_const=0.1,
-                   learning_rate=0.01, **UNBOUNDED)
+    options = dict(
+        max_iterations=200,
+        binary_search_steps=6,
+        initial_const=0.1,
+        learning_rate=0.01,
+        **UNBOUNDED,
+    )
     l1_rule = ElasticNetMethod(model).run(x, y, beta=0.05, decision_rule="L1", **options)
     assert l1_rule.success.all()
     assert np.all(l1_rule.l1 >= exact[1] * (1 - 1e-4))
@@ -98,8 +107,9 @@ def test_ead_targeted_on_digits(digits_mlp, digits_eval):
     x, y = digits_eval
     x, y = x[:30], y[:30]
     targets = (y + 3) % 10
-    result = ElasticNetMethod(digits_mlp).run(x, y_target=targets, max_iterations=100,
-                                              binary_search_steps=5, abort_early=True)
+    result = ElasticNetMethod(digits_mlp).run(
+        x, y_target=targets, max_iterations=100, binary_search_steps=5, abort_early=True
+    )
     assert result.success_rate > 0.9
     assert np.all(result.predictions[result.success] == targets[result.success])
     assert result.x_adv.min() >= 0 and result.x_adv.max() <= 1
@@ -108,15 +118,23 @@ def test_ead_targeted_on_digits(digits_mlp, digits_eval):
 def test_attack_result_minimum_norm_views():
     x = np.zeros((4, 2), np.float32)
     x_adv = np.array([[0.3, 0.4], [0.0, 0.0], [1.0, 0.0], [0.0, 2.0]], np.float32)
-    result = AttackResult.from_arrays(x, x_adv, labels=np.zeros(4, np.int64), targeted=False,
-                                      predictions=np.array([1, 1, 0, 1]), forward_passes=0,
-                                      backward_passes=0, wall_time=0.0)
+    result = AttackResult.from_arrays(
+        x,
+        x_adv,
+        labels=np.zeros(4, np.int64),
+        targeted=False,
+        predictions=np.array([1, 1, 0, 1]),
+        forward_passes=0,
+        backward_passes=0,
+        wall_time=0.0,
+    )
     np.testing.assert_allclose(result.minimal_norms(2), [0.5, 0.0, np.inf, 2.0], rtol=1e-6)
     np.testing.assert_allclose(result.minimal_norms("l1"), [0.7, 0.0, np.inf, 2.0], rtol=1e-6)
     assert result.minimal_norms(0).tolist() == [2, 0, np.inf, 1]
     assert result.median_norm(2) == pytest.approx(1.25)
-    np.testing.assert_allclose(result.success_at([0.0, 0.5, 1.0, 3.0], norm=2),
-                               [0.25, 0.5, 0.5, 0.75])
+    np.testing.assert_allclose(
+        result.success_at([0.0, 0.5, 1.0, 3.0], norm=2), [0.25, 0.5, 0.5, 0.75]
+    )
     with pytest.raises(ValueError, match="norm must be one of 0, 1, 2 or np.inf"):
         result.minimal_norms(3)
     with pytest.raises(ValueError, match="eps must be in"):
@@ -143,20 +161,29 @@ def min_norm_protocol():
     document.pop("certify")
     document["dataset"]["n"] = 40
     document["batch_size"] = 20
-    document["attacks"] = [{"name": "apgd-ce", "attack": "APGD",
-                            "params": {"nb_iter": 10, "loss": "ce", "nb_restarts": 1}}]
+    document["attacks"] = [
+        {
+            "name": "apgd-ce",
+            "attack": "APGD",
+            "params": {"nb_iter": 10, "loss": "ce", "nb_restarts": 1},
+        }
+    ]
     document["headline"]["attacks"] = ["apgd-ce"]
     document.update(sweep=[], diagnostics={"n": 10, "spsa_iterations": 0})
     for entry in document["min_norm"]["attacks"]:
-        entry["params"].update({"steps": 30} if entry["attack"] == "FMN" else
-                               {"nb_iter": 20} if entry["attack"] == "FAB" else {})
+        entry["params"].update(
+            {"steps": 30}
+            if entry["attack"] == "FMN"
+            else {"nb_iter": 20}
+            if entry["attack"] == "FAB"
+            else {}
+        )
     return document
 
 
 def test_harness_min_norm_section(digits_mlp, tmp_path):
     out = str(tmp_path / "run")
-    report = bench.evaluate(digits_mlp, protocol=min_norm_protocol(), out_dir=out,
-                            progress=False)
+    report = bench.evaluate(digits_mlp, protocol=min_norm_protocol(), out_dir=out, progress=False)
     section = report["results"]["min_norm"]
     with np.load(f"{out}/examples.npz") as data:
         norms, correct = data["min_norm"], data["correct"]
@@ -187,15 +214,23 @@ def test_min_norm_section_is_validated():
     with pytest.raises(protocols.ProtocolError, match="min_norm: attacks must be a non-empty"):
         protocols.validate(dict(document, min_norm={"attacks": [], "eps": [1]}))
     with pytest.raises(protocols.ProtocolError, match="eps must be a non-empty list"):
-        protocols.validate(dict(document, min_norm={
-            "attacks": [{"attack": "DeepFool"}], "eps": 1.0}))
+        protocols.validate(
+            dict(document, min_norm={"attacks": [{"attack": "DeepFool"}], "eps": 1.0})
+        )
     with pytest.raises(protocols.ProtocolError, match="unknown attack 'Nope'"):
-        protocols.validate(dict(document, min_norm={"attacks": [{"attack": "Nope"}],
-                                                    "eps": [1.0]}))
+        protocols.validate(dict(document, min_norm={"attacks": [{"attack": "Nope"}], "eps": [1.0]}))
     with pytest.raises(protocols.ProtocolError, match="deepfool.*nb_candidate must be in"):
-        protocols.validate(dict(document, min_norm={
-            "attacks": [{"name": "deepfool", "attack": "DeepFool",
-                         "params": {"nb_candidate": 1}}], "eps": [0.1]}))
+        protocols.validate(
+            dict(
+                document,
+                min_norm={
+                    "attacks": [
+                        {"name": "deepfool", "attack": "DeepFool", "params": {"nb_candidate": 1}}
+                    ],
+                    "eps": [0.1],
+                },
+            )
+        )
 
 
 def test_l0_projection_equals_a_stable_sort():

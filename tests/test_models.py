@@ -1,6 +1,5 @@
 """Model wrappers: softmax detection, logits, gradients and callables."""
 
-
 import keras
 import numpy as np
 import pytest
@@ -21,7 +20,8 @@ SOFTMAX_ENDINGS = {
     "dense_softmax": lambda h: keras.layers.Dense(3, activation="softmax", name="head")(h),
     "softmax_layer": lambda h: keras.layers.Softmax()(keras.layers.Dense(3, name="head")(h)),
     "activation_layer": lambda h: keras.layers.Activation("softmax")(
-        keras.layers.Dense(3, name="head")(h)),
+        keras.layers.Dense(3, name="head")(h)
+    ),
 }
 
 
@@ -52,8 +52,11 @@ def test_sequential_models_are_split_before_the_softmax(ending):
         layers.append(keras.layers.Dense(3, activation="softmax", name="head"))
     else:
         layers.append(keras.layers.Dense(3, name="head"))
-        layers.append(keras.layers.Softmax() if ending == "softmax_layer"
-                      else keras.layers.Activation("softmax"))
+        layers.append(
+            keras.layers.Softmax()
+            if ending == "softmax_layer"
+            else keras.layers.Activation("softmax")
+        )
     model = keras.Sequential(layers)
     x = np.random.default_rng(1).normal(size=(7, 5)).astype(np.float32)
     wrapped = KerasModelWrapper(model)
@@ -62,8 +65,9 @@ def test_sequential_models_are_split_before_the_softmax(ending):
 
 
 def test_nested_model_ending_in_softmax():
-    inner = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, activation="softmax",
-                                                                    name="head")])
+    inner = keras.Sequential(
+        [keras.Input((4,)), keras.layers.Dense(3, activation="softmax", name="head")]
+    )
     outer = keras.Sequential([keras.Input((5,)), keras.layers.Dense(4, name="hidden"), inner])
     x = np.ones((2, 5), np.float32)
     wrapped = KerasModelWrapper(outer)
@@ -143,6 +147,7 @@ def test_gradients_never_pass_through_saturated_probabilities():
 
 def wrapped_loss():
     from advlib.losses import cross_entropy
+
     return cross_entropy
 
 
@@ -151,8 +156,7 @@ def test_callable_wrapper_logits_and_probs():
     x = np.ones((4, 5), np.float32)
     logits = CallableModelWrapper(lambda z: z @ weights, output_layer="logits")
     probs = CallableModelWrapper(lambda z: tf.nn.softmax(z @ weights), output_layer="probs")
-    np.testing.assert_allclose(tf.nn.softmax(probs.get_logits(x)), logits.get_probs(x),
-                               atol=1e-6)
+    np.testing.assert_allclose(tf.nn.softmax(probs.get_logits(x)), logits.get_probs(x), atol=1e-6)
     np.testing.assert_array_equal(logits.predict_classes(x), probs.predict_classes(x))
     assert logits.check_output(tf.constant(x)) == 3
     with pytest.raises(ValueError, match="output_layer"):

@@ -26,34 +26,34 @@ def test_ste_sign_values_and_gradient():
     np.testing.assert_array_equal(grad, [0, 1, 1, 1, 1, 1, 0])
 
 
-@pytest.mark.parametrize("name,expected", [
-    ("ste", [0, 1, 1, 1, 1, 1, 0]),
-    ("identity", [1, 1, 1, 1, 1, 1, 1]),
-    ("zero", [0, 0, 0, 0, 0, 0, 0]),
-    ("smooth", list((1 - np.tanh(X.numpy() / 0.5) ** 2) / 0.5)),
-])
+@pytest.mark.parametrize(
+    "name,expected",
+    [
+        ("ste", [0, 1, 1, 1, 1, 1, 0]),
+        ("identity", [1, 1, 1, 1, 1, 1, 1]),
+        ("zero", [0, 0, 0, 0, 0, 0, 0]),
+        ("smooth", list((1 - np.tanh(X.numpy() / 0.5) ** 2) / 0.5)),
+    ],
+)
 def test_sign_surrogates_change_only_the_gradient(name, expected):
     layer = qnn.SteSign()
     with qnn.sign_surrogate(name, temperature=0.5):
         y, grad = forward_and_gradient(layer)
     np.testing.assert_array_equal(y, [-1, -1, -1, 1, 1, 1, 1])
     np.testing.assert_allclose(grad, expected, rtol=1e-4)
-    with pytest.raises(ValueError, match="surrogate must be one of"):
-        with qnn.sign_surrogate("magic"):
-            pass
+    with pytest.raises(ValueError, match="surrogate must be one of"), qnn.sign_surrogate("magic"):
+        pass
 
 
 def test_stochastic_binarization():
     weights = tf.fill([20000], 0.5)
-    draws = [qnn.StochasticBinarization(seed=3)(weights, training=True).numpy()
-             for _ in range(2)]
+    draws = [qnn.StochasticBinarization(seed=3)(weights, training=True).numpy() for _ in range(2)]
     np.testing.assert_array_equal(draws[0], draws[1])  # seeded
     assert set(np.unique(draws[0])) == {-1.0, 1.0}
     assert abs(np.mean(draws[0] == 1) - 0.75) < 0.02  # P(+1) = hard_sigmoid(0.5)
     other = qnn.StochasticBinarization(seed=4)(weights, training=True).numpy()
     assert not np.array_equal(draws[0], other)
-    np.testing.assert_array_equal(qnn.StochasticBinarization()(X, training=False),
-                                  qnn.ste_sign(X))
+    np.testing.assert_array_equal(qnn.StochasticBinarization()(X, training=False), qnn.ste_sign(X))
     _, grad = forward_and_gradient(lambda x: qnn.StochasticBinarization()(x, training=True))
     np.testing.assert_array_equal(grad, [0, 1, 1, 1, 1, 1, 0])
 
@@ -77,8 +77,15 @@ def test_uint8_input():
 
 
 def test_quant_conv_pads_with_pad_values():
-    layer = qnn.QuantConv2D(1, 3, padding="same", pad_values=1.0, input_quantizer="ste_sign",
-                            kernel_quantizer="ste_sign", use_bias=False)
+    layer = qnn.QuantConv2D(
+        1,
+        3,
+        padding="same",
+        pad_values=1.0,
+        input_quantizer="ste_sign",
+        kernel_quantizer="ste_sign",
+        use_bias=False,
+    )
     x = -np.ones((1, 4, 4, 1), np.float32)
     layer.build(x.shape)
     layer.kernel.assign(np.ones((3, 3, 1, 1), np.float32))
@@ -121,19 +128,28 @@ def random_binary_model(seed, channels=(3, 5, 33), dense=17, input_shape=(9, 7, 
     keras.utils.set_random_seed(seed)
     layers = [keras.Input(input_shape)]
     for i, width in enumerate(channels):
-        layers += [qnn.QuantConv2D(width, 3, padding="same" if i != 1 else "valid",
-                                   strides=2 if i == 2 else 1,
-                                   pad_values=0.0 if i == 0 else (-1.0 if i == 2 else 1.0),
-                                   input_quantizer="uint8" if i == 0 else "ste_sign",
-                                   kernel_quantizer="ste_sign", use_bias=i == 1),
-                   keras.layers.BatchNormalization()]
+        layers += [
+            qnn.QuantConv2D(
+                width,
+                3,
+                padding="same" if i != 1 else "valid",
+                strides=2 if i == 2 else 1,
+                pad_values=0.0 if i == 0 else (-1.0 if i == 2 else 1.0),
+                input_quantizer="uint8" if i == 0 else "ste_sign",
+                kernel_quantizer="ste_sign",
+                use_bias=i == 1,
+            ),
+            keras.layers.BatchNormalization(),
+        ]
         if i == 0:
             layers.append(keras.layers.MaxPooling2D(2, padding="same"))
-    layers += [keras.layers.Flatten(),
-               qnn.QuantDense(dense, input_quantizer="ste_sign", kernel_quantizer="ste_sign"),
-               keras.layers.BatchNormalization(),
-               qnn.QuantDense(4, input_quantizer="ste_sign", kernel_quantizer="ste_sign"),
-               keras.layers.BatchNormalization()]
+    layers += [
+        keras.layers.Flatten(),
+        qnn.QuantDense(dense, input_quantizer="ste_sign", kernel_quantizer="ste_sign"),
+        keras.layers.BatchNormalization(),
+        qnn.QuantDense(4, input_quantizer="ste_sign", kernel_quantizer="ste_sign"),
+        keras.layers.BatchNormalization(),
+    ]
     model = keras.Sequential(layers)
     rng = np.random.default_rng(seed)
     for layer in model.layers:
@@ -170,15 +186,26 @@ def test_export_refuses_what_it_cannot_represent():
     two_bit = qnn.binary_mlp((4,), width=8, activation_bits=2)
     with pytest.raises(ValueError, match="input quantizer is KBitQuantizer"):
         qnn.export(two_bit)
-    zero_padded = keras.Sequential([
-        keras.Input((5, 5, 1)),
-        qnn.QuantConv2D(2, 3, padding="same", input_quantizer="uint8", kernel_quantizer="ste_sign"),
-        qnn.QuantConv2D(2, 3, padding="same", input_quantizer="ste_sign",
-                        kernel_quantizer="ste_sign")])
+    zero_padded = keras.Sequential(
+        [
+            keras.Input((5, 5, 1)),
+            qnn.QuantConv2D(
+                2, 3, padding="same", input_quantizer="uint8", kernel_quantizer="ste_sign"
+            ),
+            qnn.QuantConv2D(
+                2, 3, padding="same", input_quantizer="ste_sign", kernel_quantizer="ste_sign"
+            ),
+        ]
+    )
     with pytest.raises(ValueError, match="must pad with \\+1 or -1"):
         qnn.export(zero_padded)
-    softmax_end = keras.Sequential([keras.Input((4,)), qnn.QuantDense(
-        3, input_quantizer="uint8", kernel_quantizer="ste_sign"), keras.layers.Softmax()])
+    softmax_end = keras.Sequential(
+        [
+            keras.Input((4,)),
+            qnn.QuantDense(3, input_quantizer="uint8", kernel_quantizer="ste_sign"),
+            keras.layers.Softmax(),
+        ]
+    )
     with pytest.raises(ValueError, match="remove the layers after it"):
         qnn.export(softmax_end)
 
@@ -189,14 +216,25 @@ def test_save_and_load_keras_file_in_safe_mode(digits_qnns, digits, tmp_path):
     path = str(tmp_path / "binary.keras")
     model.save(path)
     loaded = keras.models.load_model(path, safe_mode=True)
-    np.testing.assert_array_equal(loaded.predict(x_test, verbose=0),
-                                  model.predict(x_test, verbose=0))
-    quantizers = {type(l.kernel_quantizer).__name__ for l in loaded.layers
-                  if isinstance(l, (qnn.QuantDense, qnn.QuantConv2D))}
+    np.testing.assert_array_equal(
+        loaded.predict(x_test, verbose=0), model.predict(x_test, verbose=0)
+    )
+    quantizers = {
+        type(layer.kernel_quantizer).__name__
+        for layer in loaded.layers
+        if isinstance(layer, (qnn.QuantDense, qnn.QuantConv2D))
+    }
     assert quantizers == {"SteSign"}
-    stochastic = keras.Sequential([keras.Input((4,)), qnn.QuantDense(
-        2, input_quantizer=qnn.KBitQuantizer(3, -2.0, 2.0),
-        kernel_quantizer=qnn.StochasticBinarization(seed=7))])
+    stochastic = keras.Sequential(
+        [
+            keras.Input((4,)),
+            qnn.QuantDense(
+                2,
+                input_quantizer=qnn.KBitQuantizer(3, -2.0, 2.0),
+                kernel_quantizer=qnn.StochasticBinarization(seed=7),
+            ),
+        ]
+    )
     stochastic.save(str(tmp_path / "s.keras"))
     again = keras.models.load_model(str(tmp_path / "s.keras"), safe_mode=True)
     assert again.layers[0].kernel_quantizer.seed == 7
@@ -232,14 +270,18 @@ def test_attacks_on_qnns_use_the_surrogate_and_the_engine(digits_qnns, digits, t
     keras_predictions = model.predict(x, verbose=0).argmax(1)
     np.testing.assert_array_equal(ste.predict_classes(x).numpy(), keras_predictions)
     clean = np.mean(ste.predict_classes(x).numpy() == y)
-    broken = np.mean(ste.predict_classes(
-        ProjectedGradientDescent(ste).generate_np(x, **params)).numpy() == y)
-    masked = np.mean(naive.predict_classes(
-        ProjectedGradientDescent(naive).generate_np(x, **params)).numpy() == y)
+    broken = np.mean(
+        ste.predict_classes(ProjectedGradientDescent(ste).generate_np(x, **params)).numpy() == y
+    )
+    masked = np.mean(
+        naive.predict_classes(ProjectedGradientDescent(naive).generate_np(x, **params)).numpy() == y
+    )
     assert broken < clean - 0.3  # STE gradients break the binary network
     assert masked > broken + 0.2  # naive gradients make it look robust
-    with pytest.raises(TypeError, match="engine must be a BinaryEngine, the path of an "
-                                        "exported .npz or None, got dict"):
+    with pytest.raises(
+        TypeError,
+        match="engine must be a BinaryEngine, the path of an exported .npz or None, got dict",
+    ):
         QNNModelWrapper(model, engine={"spec": None})
 
 
@@ -255,5 +297,8 @@ def test_keras_loads_qnn_files_after_importing_advlib_models(tmp_path):
         import keras, advlib.models
         keras.models.load_model({path!r}, safe_mode=True)
     """)
-    subprocess.run([sys.executable, "-c", script], check=True,
-                   env={**__import__("os").environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    subprocess.run(
+        [sys.executable, "-c", script],
+        check=True,
+        env={**__import__("os").environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+    )

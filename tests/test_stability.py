@@ -5,15 +5,16 @@ import pytest
 
 keras = pytest.importorskip("keras")
 
-from advlib import qnn  # noqa: E402
-from advlib.qnn.stability import VerifiableModel, instability, interval_bounds  # noqa: E402
-from advlib.qnn.verify import NetworkEncoding, milp  # noqa: E402
+from advlib import qnn
+from advlib.qnn.stability import VerifiableModel, instability, interval_bounds
+from advlib.qnn.verify import NetworkEncoding, milp
 
 
 def thresholded_outputs(model):
     """A model giving the outputs of every BatchNorm but the last (inference mode)."""
-    norms = [layer for layer in model.layers
-             if isinstance(layer, keras.layers.BatchNormalization)][:-1]
+    norms = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)][
+        :-1
+    ]
     return keras.Model(model.inputs, [layer.output for layer in norms])
 
 
@@ -76,14 +77,17 @@ def test_training_with_the_loss_leaves_fewer_open_units(digits, tmp_path):
         keras.utils.set_random_seed(0)
         model = qnn.binary_mlp((8, 8, 1), width=32, depth=2)
         trainer = model if weight is None else VerifiableModel(model, eps=eps, weight=weight)
-        trainer.compile(keras.optimizers.Adam(3e-3),
-                        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                        metrics=["accuracy"])
+        trainer.compile(
+            keras.optimizers.Adam(3e-3),
+            keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            metrics=["accuracy"],
+        )
         history = trainer.fit(x_train, y_train, epochs=20, batch_size=64, verbose=0)
         if weight is not None:  # evaluate reports the open share with the moving statistics
             logs = trainer.evaluate(x_test, y_test, verbose=0, return_dict=True)
             assert logs["open_units"] == pytest.approx(
-                float(instability(model, x_test, eps)[1]), abs=0.02)
+                float(instability(model, x_test, eps)[1]), abs=0.02
+            )
         return model, history.history
 
     plain, _ = train(None)
@@ -98,8 +102,10 @@ def test_training_with_the_loss_leaves_fewer_open_units(digits, tmp_path):
     plain_path, stable_path = str(tmp_path / "plain.npz"), str(tmp_path / "stable.npz")
     qnn.export(plain, plain_path)
     qnn.export(stable, stable_path)
-    binaries = [np.median([milp.encode(NetworkEncoding(path), x, eps)[0].binaries
-                           for x in x_test[:20]]) for path in (plain_path, stable_path)]
+    binaries = [
+        np.median([milp.encode(NetworkEncoding(path), x, eps)[0].binaries for x in x_test[:20]])
+        for path in (plain_path, stable_path)
+    ]
     assert binaries[1] < 0.6 * binaries[0]
 
 
@@ -121,9 +127,13 @@ def test_bad_input_is_refused_by_name(digits_qnns):
     single = qnn.binary_mlp((8, 8, 1), width=8, depth=0)
     with pytest.raises(ValueError, match="no hidden binary layer"):
         instability(single, np.zeros((1, 8, 8, 1), np.float32), 0.1)
-    no_norm = keras.Sequential([
-        keras.Input((8, 8, 1)), keras.layers.Flatten(),
-        qnn.QuantDense(8, input_quantizer="uint8", kernel_quantizer="ste_sign"),
-        qnn.QuantDense(3, input_quantizer="ste_sign", kernel_quantizer="ste_sign")])
+    no_norm = keras.Sequential(
+        [
+            keras.Input((8, 8, 1)),
+            keras.layers.Flatten(),
+            qnn.QuantDense(8, input_quantizer="uint8", kernel_quantizer="ste_sign"),
+            qnn.QuantDense(3, input_quantizer="ste_sign", kernel_quantizer="ste_sign"),
+        ]
+    )
     with pytest.raises(ValueError, match="not followed by BatchNormalization"):
         VerifiableModel(no_norm, eps=0.1)

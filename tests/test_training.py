@@ -13,8 +13,12 @@ import tensorflow as tf
 
 from advlib.attacks import FastGradientMethod, ProjectedGradientDescent
 from advlib.models import KerasModelWrapper, mlp, small_cnn
-from advlib.training import (RECIPES, AdversarialModel, CatastrophicOverfittingWarning,
-                             RobustnessCallback)
+from advlib.training import (
+    RECIPES,
+    AdversarialModel,
+    CatastrophicOverfittingWarning,
+    RobustnessCallback,
+)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EPS = 0.2
@@ -24,7 +28,8 @@ EPOCHS = 4
 def pgd_accuracy(model, x, y, eps=EPS):
     wrapped = KerasModelWrapper(model)
     x_adv = ProjectedGradientDescent(wrapped).generate_np(
-        x, y=y, eps=eps, eps_iter=eps / 8, nb_iter=20, seed=0, clip_min=0.0, clip_max=1.0)
+        x, y=y, eps=eps, eps_iter=eps / 8, nb_iter=20, seed=0, clip_min=0.0, clip_max=1.0
+    )
     return float(np.mean(wrapped.predict_classes(x_adv).numpy() == y))
 
 
@@ -43,8 +48,9 @@ def clean_pgd(digits):
     (x_train, y_train), (x_test, y_test) = digits
     keras.utils.set_random_seed(0)
     model = small_cnn((8, 8, 1))
-    model.compile(keras.optimizers.Adam(2e-3),
-                  keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.compile(
+        keras.optimizers.Adam(2e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    )
     model.fit(x_train, y_train, epochs=EPOCHS, batch_size=64, verbose=0)
     return pgd_accuracy(model, x_test, y_test)
 
@@ -78,29 +84,43 @@ def test_training_attack_uses_current_weights_in_graph(digits):
     x, y = x_train[:64], y_train[:64]
     logs = robust.evaluate(x, y, batch_size=64, verbose=0, return_dict=True)
     x_adv = FastGradientMethod(model).generate_np(x, y=y, eps=EPS, clip_min=0.0, clip_max=1.0)
-    expected = keras.losses.sparse_categorical_crossentropy(
-        y, model.predict(x_adv, verbose=0), from_logits=True).numpy().mean()
+    expected = (
+        keras.losses.sparse_categorical_crossentropy(
+            y, model.predict(x_adv, verbose=0), from_logits=True
+        )
+        .numpy()
+        .mean()
+    )
     assert logs["adv_loss"] == pytest.approx(expected, rel=1e-4)
 
 
 def test_tf_data_class_weights_validation_and_softmax_models(digits):
     (x_train, y_train), (x_test, y_test) = digits
     keras.utils.set_random_seed(0)
-    model = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Flatten(),
-                              keras.layers.Dense(32, activation="relu"),
-                              keras.layers.Dense(10, activation="softmax")])
+    model = keras.Sequential(
+        [
+            keras.Input((8, 8, 1)),
+            keras.layers.Flatten(),
+            keras.layers.Dense(32, activation="relu"),
+            keras.layers.Dense(10, activation="softmax"),
+        ]
+    )
     robust = AdversarialModel.from_recipe("fast", model, eps=EPS)
     robust.compile(keras.optimizers.Adam(2e-3))
     data = tf.data.Dataset.from_tensor_slices((x_train, y_train)).batch(64)
     weights = {c: (3.0 if c == 0 else 1.0) for c in range(10)}
-    history = robust.fit(data, epochs=2, class_weight=weights, verbose=0,
-                         validation_data=(x_test, y_test))
+    history = robust.fit(
+        data, epochs=2, class_weight=weights, verbose=0, validation_data=(x_test, y_test)
+    )
     assert "val_adv_accuracy" in history.history and "val_clean_loss" in history.history
     # the loss is computed on the logits before the softmax
     logs = robust.evaluate(x_test, y_test, verbose=0, return_dict=True, batch_size=len(x_test))
     logits = KerasModelWrapper(model).get_logits(x_test).numpy()
-    expected = keras.losses.sparse_categorical_crossentropy(y_test, logits,
-                                                            from_logits=True).numpy().mean()
+    expected = (
+        keras.losses.sparse_categorical_crossentropy(y_test, logits, from_logits=True)
+        .numpy()
+        .mean()
+    )
     assert logs["clean_loss"] == pytest.approx(expected, rel=1e-4)
 
 
@@ -130,14 +150,20 @@ def test_inner_model_saves_and_loads_without_advlib(digits, tmp_path):
     script = textwrap.dedent(f"""
         import sys, numpy as np, keras
         model = keras.models.load_model({path!r}, safe_mode=True)
-        np.save({str(tmp_path / 'out.npy')!r}, model.predict(np.load({str(tmp_path / 'x.npy')!r}), verbose=0))
+        x = np.load({str(tmp_path / "x.npy")!r})
+        np.save({str(tmp_path / "out.npy")!r}, model.predict(x, verbose=0))
         assert not any(m.startswith('advlib') for m in sys.modules)
     """)
     np.save(tmp_path / "x.npy", x_test)
-    subprocess.run([sys.executable, "-c", script], check=True, cwd=str(tmp_path),
-                   env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
-    np.testing.assert_allclose(np.load(tmp_path / "out.npy"), model.predict(x_test, verbose=0),
-                               atol=1e-5)
+    subprocess.run(
+        [sys.executable, "-c", script],
+        check=True,
+        cwd=str(tmp_path),
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"),
+    )
+    np.testing.assert_allclose(
+        np.load(tmp_path / "out.npy"), model.predict(x_test, verbose=0), atol=1e-5
+    )
 
 
 def test_binary_networks_train_with_ste_gradients(digits):
@@ -150,8 +176,9 @@ def test_binary_networks_train_with_ste_gradients(digits):
     robust.compile(keras.optimizers.Adam(3e-3))
     history = robust.fit(x_train, y_train, epochs=3, batch_size=64, verbose=0)
     assert history.history["adv_accuracy"][-1] > history.history["adv_accuracy"][0]
-    x_adv = ProjectedGradientDescent(model).generate_np(x_test[:50], eps=EPS, nb_iter=3,
-                                                        eps_iter=0.1, seed=0)
+    x_adv = ProjectedGradientDescent(model).generate_np(
+        x_test[:50], eps=EPS, nb_iter=3, eps_iter=0.1, seed=0
+    )
     assert np.abs(x_adv - x_test[:50]).max() > 0  # STE gradients are not zero
 
 
@@ -176,8 +203,11 @@ def test_bad_arguments(digits):
     robust = AdversarialModel(model, attack_params=dict(eps=0.1))
     with pytest.raises(ValueError, match="needs a compiled model"):
         robust.fit(x_train, y_train)
-    with pytest.raises(ValueError, match=r"expects probabilities \(from_logits=False\), but "
-                                         "the model returns logits; pass from_logits=True"):
+    with pytest.raises(
+        ValueError,
+        match=r"expects probabilities \(from_logits=False\), but "
+        "the model returns logits; pass from_logits=True",
+    ):
         robust.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
     with pytest.raises(ValueError, match="loss must be a keras.losses.Loss.*'hinge_of_doom'"):
         robust.compile(optimizer="adam", loss="hinge_of_doom")
@@ -197,8 +227,9 @@ class ScriptedCallback(RobustnessCallback):
     """Replays (PGD, FGSM) accuracies instead of attacking."""
 
     def __init__(self, script, **kwargs):
-        super().__init__(np.zeros((4, 8, 8, 1), np.float32), np.zeros(4, int), eps=0.1,
-                         verbose=0, **kwargs)
+        super().__init__(
+            np.zeros((4, 8, 8, 1), np.float32), np.zeros(4, int), eps=0.1, verbose=0, **kwargs
+        )
         self.script = list(script)
 
     def evaluate(self):
@@ -209,21 +240,25 @@ def run_scripted(callback, epochs, digits):
     (x_train, y_train), _ = digits
     keras.utils.set_random_seed(0)
     model = small_cnn((8, 8, 1))
-    model.compile(keras.optimizers.Adam(1e-3),
-                  keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.compile(
+        keras.optimizers.Adam(1e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    )
     snapshots = []
 
     class Snap(keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):
             snapshots.append(model.get_weights())
-    history = model.fit(x_train[:128], y_train[:128], epochs=epochs, verbose=0,
-                        callbacks=[Snap(), callback])
+
+    history = model.fit(
+        x_train[:128], y_train[:128], epochs=epochs, verbose=0, callbacks=[Snap(), callback]
+    )
     return model, history, snapshots
 
 
 def test_callback_stops_on_catastrophic_overfitting(digits):
-    callback = ScriptedCallback([(0.5, 0.6), (0.7, 0.72), (0.2, 0.95), (0.1, 0.99)],
-                                on_overfit="stop", restore_best=False)
+    callback = ScriptedCallback(
+        [(0.5, 0.6), (0.7, 0.72), (0.2, 0.95), (0.1, 0.99)], on_overfit="stop", restore_best=False
+    )
     with pytest.warns(CatastrophicOverfittingWarning, match="epoch 3.*0.700.*0.200"):
         _, history, _ = run_scripted(callback, 4, digits)
     assert len(history.history["loss"]) == 3
@@ -232,8 +267,9 @@ def test_callback_stops_on_catastrophic_overfitting(digits):
 
 
 def test_callback_rolls_back_to_the_best_robust_weights(digits):
-    callback = ScriptedCallback([(0.5, 0.6), (0.7, 0.72), (0.2, 0.95)], on_overfit="rollback",
-                                restore_best=False)
+    callback = ScriptedCallback(
+        [(0.5, 0.6), (0.7, 0.72), (0.2, 0.95)], on_overfit="rollback", restore_best=False
+    )
     with pytest.warns(CatastrophicOverfittingWarning):
         model, _, snapshots = run_scripted(callback, 5, digits)
     for restored, best in zip(model.get_weights(), snapshots[1]):
@@ -249,8 +285,11 @@ def test_callback_warns_only_when_fgsm_rises(digits):
 
 
 def test_callback_patience_and_restore_best(digits):
-    callback = ScriptedCallback([(0.5, 0.6), (0.6, 0.6), (0.55, 0.5), (0.58, 0.5), (0.5, 0.5)],
-                                patience=2, restore_best=True)
+    callback = ScriptedCallback(
+        [(0.5, 0.6), (0.6, 0.6), (0.55, 0.5), (0.58, 0.5), (0.5, 0.5)],
+        patience=2,
+        restore_best=True,
+    )
     model, history, snapshots = run_scripted(callback, 5, digits)
     assert len(history.history["loss"]) == 4  # two epochs without improvement
     for restored, best in zip(model.get_weights(), snapshots[1]):
@@ -263,11 +302,13 @@ def test_callback_measures_real_pgd_accuracy(digits):
     model = small_cnn((8, 8, 1))
     robust = AdversarialModel.from_recipe("fast", model, eps=EPS)
     robust.compile(keras.optimizers.Adam(2e-3))
-    callback = RobustnessCallback(x_test, y_test, eps=EPS, eps_iter=EPS / 8, n=100, verbose=0,
-                                  restore_best=False)
+    callback = RobustnessCallback(
+        x_test, y_test, eps=EPS, eps_iter=EPS / 8, n=100, verbose=0, restore_best=False
+    )
     robust.fit(x_train, y_train, epochs=2, batch_size=64, verbose=0, callbacks=[callback])
-    assert callback.history[-1]["pgd_accuracy"] == pgd_accuracy(model, x_test[:100],
-                                                                y_test[:100], EPS)
+    assert callback.history[-1]["pgd_accuracy"] == pgd_accuracy(
+        model, x_test[:100], y_test[:100], EPS
+    )
     with pytest.raises(ValueError, match="on_overfit must be one of"):
         RobustnessCallback(x_test, y_test, eps=0.1, on_overfit="panic")
 
@@ -276,7 +317,8 @@ def test_mirrored_strategy_matches_one_device():
     script = textwrap.dedent("""
         import os, json, numpy as np, tensorflow as tf
         cpu = tf.config.list_physical_devices("CPU")[0]
-        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+        two = [tf.config.LogicalDeviceConfiguration()] * 2
+        tf.config.set_logical_device_configuration(cpu, two)
         import keras
         from advlib.datasets import load
         from advlib.training import AdversarialModel
@@ -298,13 +340,19 @@ def test_mirrored_strategy_matches_one_device():
         assert mirrored.num_replicas_in_sync == 2
         w1, l1 = train(tf.distribute.get_strategy())
         w2, l2 = train(mirrored)
-        print(json.dumps({"max_weight_diff": max(float(np.abs(a - b).max()) for a, b in zip(w1, w2)),
-                          "losses": [l1, l2]}))
+        diff = max(float(np.abs(a - b).max()) for a, b in zip(w1, w2))
+        print(json.dumps({"max_weight_diff": diff, "losses": [l1, l2]}))
     """)
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                         cwd=ROOT, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+    out = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"),
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     import json
+
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["max_weight_diff"] < 1e-4, result
     np.testing.assert_allclose(result["losses"][0], result["losses"][1], rtol=1e-4)

@@ -4,11 +4,11 @@ import itertools
 
 import numpy as np
 import pytest
+from engine_nets import random_network
 
 from advlib.qnn.engine import BinaryEngine
 from advlib.qnn.verify import NetworkEncoding, check_counterexamples, verify
 from advlib.qnn.verify.search import search_counterexample
-from engine_nets import random_network
 
 SHAPE = (2, 3, 1)  # six pixels: up to 5 levels each at eps 2/255, 15,625 points
 
@@ -16,8 +16,9 @@ SHAPE = (2, 3, 1)  # six pixels: up to 5 levels each at eps 2/255, 15,625 points
 def brute_force_broken(engine, encoding, x, label, eps) -> bool:
     """Whether any point of the quantized box is misclassified by the engine."""
     low, high = encoding.input_box(x.reshape(-1), eps)
-    grid = np.array(list(itertools.product(*[range(a, b + 1) for a, b in zip(low, high)])),
-                    np.float32) / np.float32(255)
+    grid = np.array(
+        list(itertools.product(*[range(a, b + 1) for a, b in zip(low, high)])), np.float32
+    ) / np.float32(255)
     return bool((engine.predict_classes(grid.reshape((-1,) + x.shape)) != label).any())
 
 
@@ -28,8 +29,9 @@ def test_every_answer_matches_brute_force(seed, flat, backend):
     """Random networks with odd shapes, +1 and -1 padding, max-pooling, flipped
     thresholds (negative BatchNorm scales) and thresholds outside the accumulator's
     range (zero scales): every robust / broken answer equals enumeration."""
-    spec, arrays = random_network(seed, input_shape=SHAPE, channels=(3, 5), dense=(6,),
-                                  classes=4, flat=flat)
+    spec, arrays = random_network(
+        seed, input_shape=SHAPE, channels=(3, 5), dense=(6,), classes=4, flat=flat
+    )
     engine = BinaryEngine(spec, arrays)
     encoding = NetworkEncoding(engine)
     rng = np.random.default_rng(seed)
@@ -40,8 +42,9 @@ def test_every_answer_matches_brute_force(seed, flat, backend):
         # no search: every answer comes from the complete backend under test
         result = verify(encoding, x, y, eps, time_limit=60, backend=backend, search_share=0)
         for i, verdict in enumerate(result.verdicts):
-            expected = "broken" if brute_force_broken(engine, encoding, x[i], y[i], eps) \
-                else "robust"
+            expected = (
+                "broken" if brute_force_broken(engine, encoding, x[i], y[i], eps) else "robust"
+            )
             assert verdict.status == expected, (i, eps, verdict.reason)
         broken = [i for i, v in enumerate(result.verdicts) if v.status == "broken"]
         assert check_counterexamples(engine, x, result, eps) == broken
@@ -66,17 +69,18 @@ def test_both_backends_agree_with_brute_force_at_a_large_eps(flat):
     shape = (1, 3, 1)
     statuses = []
     for seed in range(2):
-        spec, arrays = random_network(seed, input_shape=shape, channels=(4, 6), dense=(8,),
-                                      classes=4, flat=flat)
+        spec, arrays = random_network(
+            seed, input_shape=shape, channels=(4, 6), dense=(8,), classes=4, flat=flat
+        )
         engine = BinaryEngine(spec, arrays)
         encoding = NetworkEncoding(engine)
         x = (np.random.default_rng(seed).integers(0, 256, (8,) + shape) / 255).astype(np.float32)
         y = engine.predict_classes(x)
-        expected = ["broken" if grid_broken(engine, x[i], y[i], 0.1) else "robust"
-                    for i in range(len(x))]
+        expected = [
+            "broken" if grid_broken(engine, x[i], y[i], 0.1) else "robust" for i in range(len(x))
+        ]
         for backend in ("milp", "sat"):
-            result = verify(encoding, x, y, 0.1, time_limit=60, backend=backend,
-                            search_share=0)
+            result = verify(encoding, x, y, 0.1, time_limit=60, backend=backend, search_share=0)
             assert list(result.statuses) == expected, backend
             broken = [i for i, status in enumerate(expected) if status == "broken"]
             assert check_counterexamples(engine, x, result, 0.1) == broken
@@ -89,6 +93,7 @@ def test_reified_cardinality_with_repeated_literals_matches_enumeration():
     which z appears k times; check that Minicard counts repeated literals, for
     every assignment of small random constraints."""
     from pysat.solvers import Solver
+
     from advlib.qnn.verify import sat as verify_sat
 
     rng = np.random.default_rng(0)
@@ -102,7 +107,7 @@ def test_reified_cardinality_with_repeated_literals_matches_enumeration():
         z = builder.at_least(lits, k)
         for values in itertools.product([False, True], repeat=n):
             assumption = [v if t else -v for v, t in zip(range(1, n + 1), values)]
-            count = sum(values[abs(l) - 1] == (l > 0) for l in lits)
+            count = sum(values[abs(lit) - 1] == (lit > 0) for lit in lits)
             if isinstance(z, bool):
                 assert z == (count >= k)
                 continue
@@ -146,8 +151,9 @@ def test_the_local_search_breaks_what_enumeration_breaks(monkeypatch, flat):
     shape = (1, 3, 1)
     found = 0
     for seed in range(2):
-        spec, arrays = random_network(seed, input_shape=shape, channels=(4, 6), dense=(8,),
-                                      classes=4, flat=flat)
+        spec, arrays = random_network(
+            seed, input_shape=shape, channels=(4, 6), dense=(8,), classes=4, flat=flat
+        )
         engine = BinaryEngine(spec, arrays)
         x = (np.random.default_rng(seed).integers(0, 256, (8,) + shape) / 255).astype(np.float32)
         y = engine.predict_classes(x)
@@ -163,26 +169,31 @@ def test_the_local_search_breaks_what_enumeration_breaks(monkeypatch, flat):
         # started from a counterexample, the search returns it without a step
         for i in broken:
             start = result.verdicts[i].counterexample
-            again = search_counterexample(NetworkEncoding(engine), x[i], int(y[i]), 0.1,
-                                          time_limit=1e-9, start=start)
-            np.testing.assert_array_equal(engine.predict_classes(again[None]),
-                                          engine.predict_classes(start[None]))
+            again = search_counterexample(
+                NetworkEncoding(engine), x[i], int(y[i]), 0.1, time_limit=1e-9, start=start
+            )
+            np.testing.assert_array_equal(
+                engine.predict_classes(again[None]), engine.predict_classes(start[None])
+            )
             assert np.abs(again - x[i]).max() <= 0.1 + 1e-7
     assert found >= 2
 
 
-@pytest.mark.parametrize("kwargs,error,message", [
-    (dict(eps=0.1, search_share=1.0), ValueError, r"search_share must be in \[0, 1\)"),
-    (dict(eps=0.1, seed=-1), ValueError, "seed must be"),
-    (dict(eps=-0.1), ValueError, "eps must be in"),
-    (dict(eps=0.1, time_limit=0), ValueError, "time_limit"),
-    (dict(eps=0.1, x=np.zeros((2, 3, 3, 1), np.float32)), ValueError, r"x must have shape"),
-    (dict(eps=0.1, x=np.full((2,) + SHAPE, 2.0, np.float32)), ValueError, "clip_max"),
-    (dict(eps=0.1, y=[0, 9]), ValueError, "class 9"),
-    (dict(eps=0.1, backend="bdd"), ValueError, r"backend must be one of \['milp', 'sat'\]"),
-    (dict(eps=0.1, example_ids=[3]), ValueError, "example_ids must be 2 non-negative"),
-    (dict(eps=0.1, example_ids=[0.5, 1]), ValueError, "example_ids must be 2 non-negative"),
-])
+@pytest.mark.parametrize(
+    "kwargs,error,message",
+    [
+        (dict(eps=0.1, search_share=1.0), ValueError, r"search_share must be in \[0, 1\)"),
+        (dict(eps=0.1, seed=-1), ValueError, "seed must be"),
+        (dict(eps=-0.1), ValueError, "eps must be in"),
+        (dict(eps=0.1, time_limit=0), ValueError, "time_limit"),
+        (dict(eps=0.1, x=np.zeros((2, 3, 3, 1), np.float32)), ValueError, r"x must have shape"),
+        (dict(eps=0.1, x=np.full((2,) + SHAPE, 2.0, np.float32)), ValueError, "clip_max"),
+        (dict(eps=0.1, y=[0, 9]), ValueError, "class 9"),
+        (dict(eps=0.1, backend="bdd"), ValueError, r"backend must be one of \['milp', 'sat'\]"),
+        (dict(eps=0.1, example_ids=[3]), ValueError, "example_ids must be 2 non-negative"),
+        (dict(eps=0.1, example_ids=[0.5, 1]), ValueError, "example_ids must be 2 non-negative"),
+    ],
+)
 def test_bad_input_is_refused_by_name(kwargs, error, message):
     spec, arrays = random_network(0, input_shape=SHAPE, channels=(3, 5), dense=(6,), classes=4)
     arguments = dict(x=np.zeros((2,) + SHAPE, np.float32), y=[0, 1])
@@ -198,12 +209,15 @@ def test_bad_input_is_refused_by_name(kwargs, error, message):
 def tiny_binary_mlp(digits, tmp_path_factory):
     """A 64-32-32-10 binary MLP on digits and its exported engine."""
     import keras
+
     from advlib import qnn
+
     (x_train, y_train), _ = digits
     keras.utils.set_random_seed(0)
     model = qnn.binary_mlp((8, 8, 1), width=32, depth=2)
-    model.compile(keras.optimizers.Adam(3e-3),
-                  keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.compile(
+        keras.optimizers.Adam(3e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    )
     model.fit(x_train, y_train, epochs=20, batch_size=64, verbose=0)
     path = str(tmp_path_factory.mktemp("tiny") / "tiny.npz")
     qnn.export(model, path)
@@ -212,10 +226,16 @@ def tiny_binary_mlp(digits, tmp_path_factory):
 
 def weak_protocol(eps, sweep=()):
     """FGSM alone, so that the verifier has examples to decide."""
-    return {"name": "weak", "version": 1, "dataset": {"name": "digits", "n": 40},
-            "threat": {"norm": "inf", "eps": eps}, "sweep": list(sweep), "batch_size": 40,
-            "attacks": [{"attack": "FastGradientMethod"}],
-            "diagnostics": {"n": 10, "spsa_iterations": 0}}
+    return {
+        "name": "weak",
+        "version": 1,
+        "dataset": {"name": "digits", "n": 40},
+        "threat": {"norm": "inf", "eps": eps},
+        "sweep": list(sweep),
+        "batch_size": 40,
+        "attacks": [{"attack": "FastGradientMethod"}],
+        "diagnostics": {"n": 10, "spsa_iterations": 0},
+    }
 
 
 def spy_on_search_seeds(monkeypatch, images):
@@ -248,7 +268,8 @@ def test_a_subset_draws_the_seeds_of_the_whole_set(monkeypatch):
 
 
 def test_the_harness_reports_the_certified_interval_and_the_missed_counterexamples(
-        tiny_binary_mlp, digits, monkeypatch):
+    tiny_binary_mlp, digits, monkeypatch
+):
     from advlib import bench
     from advlib.models import QNNModelWrapper
 
@@ -257,8 +278,14 @@ def test_the_harness_reports_the_certified_interval_and_the_missed_counterexampl
     calls = spy_on_search_seeds(monkeypatch, x_test[:40])
     # the naive (zero) gradient: FGSM breaks nothing, every decision is the verifier's
     wrapped = QNNModelWrapper(model, surrogate="zero", engine=path)
-    report = bench.evaluate(wrapped, weak_protocol(1 / 255, sweep=[4 / 255]), progress=False,
-                            verify=True, verify_time_limit=20, verify_search_share=0.25)
+    report = bench.evaluate(
+        wrapped,
+        weak_protocol(1 / 255, sweep=[4 / 255]),
+        progress=False,
+        verify=True,
+        verify_time_limit=20,
+        verify_search_share=0.25,
+    )
     engine = BinaryEngine.load(path)
     _, (x_test, y_test) = digits
     x, y = x_test[:40], y_test[:40]
@@ -268,8 +295,10 @@ def test_the_harness_reports_the_certified_interval_and_the_missed_counterexampl
         verification = entry["verification"]
         assert entry["attacks"][0]["broken"] == 0
         assert verification["verified"] == correct.sum()
-        assert verification["robust"] + verification["broken"] + verification["unknown"] == \
-            correct.sum()
+        assert (
+            verification["robust"] + verification["broken"] + verification["unknown"]
+            == correct.sum()
+        )
         # the worst case counts the verifier's counterexamples, and is the interval's top
         low, high = verification["interval"]
         assert entry["robust_accuracy"]["value"] == pytest.approx(high)
@@ -295,13 +324,13 @@ def test_the_harness_reports_the_certified_interval_and_the_missed_counterexampl
     assert first and all(seed == index for index, seed in first.items())
 
 
-def test_verify_refuses_models_without_an_engine_and_l2_protocols(tiny_binary_mlp,
-                                                                  digits_cnn):
+def test_verify_refuses_models_without_an_engine_and_l2_protocols(tiny_binary_mlp, digits_cnn):
     from advlib import bench
     from advlib.models import QNNModelWrapper
 
-    with pytest.raises(ValueError, match="verify=True needs a binary network with an "
-                                         "exported engine"):
+    with pytest.raises(
+        ValueError, match="verify=True needs a binary network with an exported engine"
+    ):
         bench.evaluate(digits_cnn, weak_protocol(0.01), progress=False, verify=True)
     model, path = tiny_binary_mlp
     wrapped = QNNModelWrapper(model, engine=path)
@@ -309,11 +338,13 @@ def test_verify_refuses_models_without_an_engine_and_l2_protocols(tiny_binary_ml
     with pytest.raises(ValueError, match="decides L-inf balls"):
         bench.evaluate(wrapped, l2, progress=False, verify=True)
     with pytest.raises(ValueError, match="verify_backend must be one of"):
-        bench.evaluate(wrapped, weak_protocol(0.01), progress=False, verify=True,
-                       verify_backend="cplex")
+        bench.evaluate(
+            wrapped, weak_protocol(0.01), progress=False, verify=True, verify_backend="cplex"
+        )
     with pytest.raises(ValueError, match="verify_search_share must be"):
-        bench.evaluate(wrapped, weak_protocol(0.01), progress=False, verify=True,
-                       verify_search_share=1.0)
+        bench.evaluate(
+            wrapped, weak_protocol(0.01), progress=False, verify=True, verify_search_share=1.0
+        )
 
 
 def test_completeness_check_reads_every_verified_eps():
@@ -321,9 +352,14 @@ def test_completeness_check_reads_every_verified_eps():
 
     def results(main, sweep):
         rows = [(0.1, main), (0.05, sweep)]
-        return {"clean_accuracy": {"count": 100}, "per_eps": [
-            {"eps": eps, "verification": {"broken": broken, "verified": 30, "unknown": 2}}
-            for eps, broken in rows]}
+        return {
+            "clean_accuracy": {"count": 100},
+            "per_eps": [
+                {"eps": eps, "verification": {"broken": broken, "verified": 30, "unknown": 2}}
+                for eps, broken in rows
+            ],
+        }
+
     config = diagnostics.settings({})
     check = lambda main, sweep: diagnostics._completeness(results(main, sweep), config)
     assert check(0, 1)["status"] == "pass"

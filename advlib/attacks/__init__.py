@@ -16,13 +16,33 @@ from advlib import losses
 from advlib.attacks.base import Attack, by_name, names, random_targets, refuse_true_class_targets
 from advlib.attacks.gradient import GradientAttack
 from advlib.attacks.result import AttackResult
-from advlib.attacks.utils import (adam_update, clip_eta, optimize_linear, per_example,
-                                  project_l1_ball, random_lp_vector)
+from advlib.attacks.utils import (
+    adam_update,
+    clip_eta,
+    optimize_linear,
+    per_example,
+    project_l1_ball,
+    random_lp_vector,
+)
 
 for _module in pkgutil.iter_modules(__path__):
     importlib.import_module(f"{__name__}.{_module.name}")
 globals().update({name: by_name(name) for name in names()})
 
-__all__ = ["Attack", "AttackResult", "GradientAttack", "adam_update", "by_name", "clip_eta",
-           "losses", "names", "optimize_linear", "per_example", "project_l1_ball",
-           "random_lp_vector", "random_targets", "refuse_true_class_targets", *names()]
+__all__ = [
+    "Attack",
+    "AttackResult",
+    "GradientAttack",
+    "adam_update",
+    "by_name",
+    "clip_eta",
+    "losses",
+    "names",
+    "optimize_linear",
+    "per_example",
+    "project_l1_ball",
+    "random_lp_vector",
+    "random_targets",
+    "refuse_true_class_targets",
+    *names(),
+]

@@ -4,7 +4,7 @@ accuracy papers report and RobustBench ranks."""
 from __future__ import annotations
 
 import time
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any
 
 import numpy as np
 import tensorflow as tf
@@ -20,7 +20,7 @@ VERSIONS = ("standard", "plus", "rand", "custom")
 MEMBERS = ("apgd-ce", "apgd-dlr", "apgd-t", "fab", "fab-t", "square")
 
 
-def attack_list(version: str, norm) -> List[str]:
+def attack_list(version: str, norm) -> list[str]:
     """The reference's attacks for a version (L1 has no Square, and its standard
     version no FAB-T)."""
     if version == "standard":
@@ -30,7 +30,7 @@ def attack_list(version: str, norm) -> List[str]:
     return ["apgd-ce", "apgd-dlr"]
 
 
-def member_settings(name: str, version: str, norm) -> Tuple[type, Dict[str, Any]]:
+def member_settings(name: str, version: str, norm) -> tuple[type, dict[str, Any]]:
     """The attack class and the reference's parameters for one member."""
     l1 = norm == 1
     restarts = 5 if version == "plus" or (version == "standard" and l1) else 1
@@ -40,8 +40,12 @@ def member_settings(name: str, version: str, norm) -> Tuple[type, Dict[str, Any]
             params.update(eot_iter=20, nb_restarts=1)
         return APGD, params
     if name == "apgd-t":
-        return APGDT, dict(nb_iter=100, nb_restarts=1, large_reps=l1,
-                           n_target_classes=5 if (l1 and version == "standard") else 9)
+        return APGDT, dict(
+            nb_iter=100,
+            nb_restarts=1,
+            large_reps=l1,
+            n_target_classes=5 if (l1 and version == "standard") else 9,
+        )
     if name == "fab":
         return FAB, dict(nb_iter=100, nb_restarts=restarts)
     if name == "fab-t":
@@ -81,47 +85,79 @@ class AutoAttack(Attack):
         >>> adversary.robust_accuracy
     """
 
-    def __init__(self, model, norm=None, eps: Optional[float] = None,
-                 version: Optional[str] = None, attacks_to_run=None,
-                 seed: Optional[int] = None, verbose: bool = False):
+    def __init__(
+        self,
+        model,
+        norm=None,
+        eps: float | None = None,
+        version: str | None = None,
+        attacks_to_run=None,
+        seed: int | None = None,
+        verbose: bool = False,
+    ):
         super().__init__(model)
-        given = dict(norm=norm, eps=eps, version=version, attacks_to_run=attacks_to_run,
-                     seed=seed)
+        given = dict(norm=norm, eps=eps, version=version, attacks_to_run=attacks_to_run, seed=seed)
         self.settings = {k: v for k, v in given.items() if v is not None}
         self.check_params(**self.settings)
         self.verbose = bool(verbose)
-        self.robust_accuracy: Dict[str, float] = {}
-        self.log: List[str] = []
-        self._members: Dict[str, Attack] = {}
+        self.robust_accuracy: dict[str, float] = {}
+        self.log: list[str] = []
+        self._members: dict[str, Attack] = {}
 
-    def parse_params(self, eps=0.3, norm=None, ord=None, version="standard",
-                     attacks_to_run=None, y=None, clip_min=0.0, clip_max=1.0,
-                     seed=0) -> Dict[str, Any]:
+    def parse_params(
+        self,
+        eps=0.3,
+        norm=None,
+        ord=None,
+        version="standard",
+        attacks_to_run=None,
+        y=None,
+        clip_min=0.0,
+        clip_max=1.0,
+        seed=0,
+    ) -> dict[str, Any]:
         norm = utils.resolve_norm(norm, ord)
         _checks.check_number("eps", eps, low=0)
         _checks.check_choice("version", version, VERSIONS)
         if version == "custom":
             if not attacks_to_run:
-                raise ValueError("version='custom' needs attacks_to_run, a list of names "
-                                 f"among {list(MEMBERS)}.")
+                raise ValueError(
+                    f"version='custom' needs attacks_to_run, a list of names among {list(MEMBERS)}."
+                )
             for name in attacks_to_run:
                 _checks.check_choice("attacks_to_run entry", name, MEMBERS)
         elif attacks_to_run:
-            raise ValueError(f"attacks_to_run is only for version='custom'; version="
-                             f"{version!r} runs {attack_list(version, norm)}.")
+            raise ValueError(
+                f"attacks_to_run is only for version='custom'; version="
+                f"{version!r} runs {attack_list(version, norm)}."
+            )
         if norm == 1 and "square" in (attacks_to_run or []):
             raise ValueError("square has no L1 version; remove it from attacks_to_run.")
         _checks.check_seed(seed)
-        return dict(eps=float(eps), norm=norm, version=version,
-                    attacks_to_run=list(attacks_to_run or attack_list(version, norm)), y=y,
-                    clip_min=clip_min, clip_max=clip_max, seed=seed)
+        return dict(
+            eps=float(eps),
+            norm=norm,
+            version=version,
+            attacks_to_run=list(attacks_to_run or attack_list(version, norm)),
+            y=y,
+            clip_min=clip_min,
+            clip_max=clip_max,
+            seed=seed,
+        )
 
-    def parse(self, **params) -> Dict[str, Any]:
+    def parse(self, **params) -> dict[str, Any]:
         return super().parse(**{**getattr(self, "settings", {}), **params})
 
     # -- the reference's entry point --------------------------------------------------------
-    def run_standard_evaluation(self, x_orig, y_orig, bs: int = 250, return_labels=False,
-                                batch_size: Optional[int] = None, **params):
+    def run_standard_evaluation(
+        self,
+        x_orig,
+        y_orig,
+        bs: int = 250,
+        return_labels=False,
+        batch_size: int | None = None,
+        **params,
+    ):
         """AutoAttack's method: runs the ensemble on all of `x_orig`, attack by attack,
         in batches of `bs` (or `batch_size`); NumPy in, NumPy out.
 
@@ -158,18 +194,21 @@ class AutoAttack(Attack):
             if rows.size == 0:
                 break
             for begin in range(0, rows.size, batch_size):
-                batch = rows[begin:begin + batch_size]
+                batch = rows[begin : begin + batch_size]
                 candidate = self._run_member(name, x[batch], y[batch], params)
                 classes = self._predict_np(candidate, len(candidate))
-                within, _ = utils.within_threat(candidate, x[batch], eps, norm,
-                                                params["clip_min"], params["clip_max"])
+                within, _ = utils.within_threat(
+                    candidate, x[batch], eps, norm, params["clip_min"], params["clip_max"]
+                )
                 broken = (classes != y[batch]) & within
                 x_adv[batch[broken]] = candidate[broken]
                 predicted[batch[broken]] = classes[broken]
                 robust[batch[broken]] = False
             self.robust_accuracy[name] = float(robust.sum() / n)
-            self._say(f"robust accuracy after {name.upper()}: {100 * robust.sum() / n:.2f}% "
-                      f"(total time {time.perf_counter() - start:.1f} s)")
+            self._say(
+                f"robust accuracy after {name.upper()}: {100 * robust.sum() / n:.2f}% "
+                f"(total time {time.perf_counter() - start:.1f} s)"
+            )
         return x_adv, predicted
 
     def _run_member(self, name, x, y, params):
@@ -178,11 +217,19 @@ class AutoAttack(Attack):
         if attack is None:
             attack = self._members[name] = cls(self.model)
         attack.forward_passes = attack.backward_passes = attack.nonfinite_fallbacks = 0
-        shared = dict(eps=params["eps"], norm=params["norm"], y=y, clip_min=params["clip_min"],
-                      clip_max=params["clip_max"], seed=params["seed"])
+        shared = dict(
+            eps=params["eps"],
+            norm=params["norm"],
+            y=y,
+            clip_min=params["clip_min"],
+            clip_max=params["clip_max"],
+            seed=params["seed"],
+        )
         if cls in (FAB, FABT) and (shared["clip_min"] is None or shared["clip_max"] is None):
-            raise ValueError("AutoAttack's FAB needs a bounded input domain: give clip_min and "
-                             "clip_max, or use version='custom' without fab.")
+            raise ValueError(
+                "AutoAttack's FAB needs a bounded input domain: give clip_min and "
+                "clip_max, or use version='custom' without fab."
+            )
         out = attack.generate(x, **shared, **settings).numpy()
         self.forward_passes += attack.forward_passes
         self.backward_passes += attack.backward_passes

@@ -4,13 +4,12 @@ attacks of AutoAttack; L1 after Croce & Hein 2021."""
 from __future__ import annotations
 
 import math
-from typing import Any, Dict
+from typing import Any
 
 import numpy as np
 import tensorflow as tf
 
-from advlib import _checks
-from advlib import losses
+from advlib import _checks, losses
 from advlib.attacks import utils
 from advlib.attacks.base import Attack, on_survivors, refuse_true_class_targets
 
@@ -36,7 +35,8 @@ def checkpoint_lengths(nb_iter: int, norm) -> list:
     if norm == 1:
         return [max(int(0.04 * nb_iter), 1)] * nb_iter
     first, shortest, decrease = (max(int(f * nb_iter), 1) for f in (0.22, 0.06, 0.03))
-    lengths, k = [], first
+    lengths: list[int] = []
+    k = first
     while sum(lengths) < nb_iter:
         lengths.append(k)
         k = max(k - decrease, shortest)
@@ -81,10 +81,24 @@ class APGD(Attack):
         super().__init__(model)
         self._iterate = tf.function(self._iterate_fn, reduce_retracing=True)
 
-    def parse_params(self, eps=0.3, nb_iter=100, norm=None, ord=None, loss="ce", nb_restarts=1,
-                     rho=0.75, eot_iter=1, large_reps=False, y=None, y_target=None,
-                     targeted=False, clip_min=None, clip_max=None,
-                     seed=None) -> Dict[str, Any]:
+    def parse_params(
+        self,
+        eps=0.3,
+        nb_iter=100,
+        norm=None,
+        ord=None,
+        loss="ce",
+        nb_restarts=1,
+        rho=0.75,
+        eot_iter=1,
+        large_reps=False,
+        y=None,
+        y_target=None,
+        targeted=False,
+        clip_min=None,
+        clip_max=None,
+        seed=None,
+    ) -> dict[str, Any]:
         norm = utils.resolve_norm(norm, ord)
         _checks.check_number("eps", eps, low=0)
         _checks.check_number("nb_iter", nb_iter, low=1, integer=True)
@@ -93,14 +107,27 @@ class APGD(Attack):
         _checks.check_number("rho", rho, low=0, high=1)
         _checks.check_number("eot_iter", eot_iter, low=1, integer=True)
         _checks.check_seed(seed)
-        return dict(eps=float(eps), nb_iter=int(nb_iter), norm=norm, loss=loss,
-                    nb_restarts=int(nb_restarts), rho=float(rho), eot_iter=int(eot_iter),
-                    large_reps=bool(large_reps), y=y, y_target=y_target, targeted=bool(targeted),
-                    clip_min=clip_min, clip_max=clip_max, seed=seed)
+        return dict(
+            eps=float(eps),
+            nb_iter=int(nb_iter),
+            norm=norm,
+            loss=loss,
+            nb_restarts=int(nb_restarts),
+            rho=float(rho),
+            eot_iter=int(eot_iter),
+            large_reps=bool(large_reps),
+            y=y,
+            y_target=y_target,
+            targeted=bool(targeted),
+            clip_min=clip_min,
+            clip_max=clip_max,
+            seed=seed,
+        )
 
     # -- the attack ---------------------------------------------------------------
-    def _generate(self, x, labels, targeted, *, eps, norm, loss, seed, clip_min, clip_max,
-                  **options):
+    def _generate(
+        self, x, labels, targeted, *, eps, norm, loss, seed, clip_min, clip_max, **options
+    ):
         if eps == 0:
             return tf.identity(x)
         true = labels
@@ -109,24 +136,55 @@ class APGD(Attack):
             self._count(len(x))
             refuse_true_class_targets(labels.numpy(), true.numpy())
         loss_fn = self._loss(loss, targeted)
-        loss_labels = tf.stack([tf.cast(true, tf.int64), tf.cast(labels, tf.int64)], axis=1) \
-            if targeted and loss == "dlr" else labels
+        loss_labels = (
+            tf.stack([tf.cast(true, tf.int64), tf.cast(labels, tf.int64)], axis=1)
+            if targeted and loss == "dlr"
+            else labels
+        )
         bounds = utils.bounds_as_tensors(x.dtype, clip_min, clip_max)
-        return self._restarts(x, labels, loss_labels, loss_fn, targeted, eps, norm, bounds,
-                              self._seed_pair(seed), **options)[0]
+        return self._restarts(
+            x,
+            labels,
+            loss_labels,
+            loss_fn,
+            targeted,
+            eps,
+            norm,
+            bounds,
+            self._seed_pair(seed),
+            **options,
+        )[0]
 
     def _loss(self, name: str, targeted: bool):
         if name == "dlr":
             needed = 4 if targeted else 3
             if self.model.nb_classes < needed:
-                raise ValueError(f"loss='dlr' needs {needed} classes or more"
-                                 f"{' when targeted' if targeted else ''}; the model has "
-                                 f"{self.model.nb_classes}. Use loss='ce'.")
+                raise ValueError(
+                    f"loss='dlr' needs {needed} classes or more"
+                    f"{' when targeted' if targeted else ''}; the model has "
+                    f"{self.model.nb_classes}. Use loss='ce'."
+                )
             return losses.targeted_dlr_loss if targeted else losses.dlr_loss
         return _negative_cross_entropy if targeted else losses.cross_entropy
 
-    def _restarts(self, x, labels, loss_labels, loss_fn, targeted, eps, norm, bounds, seed_pair,
-                  *, nb_iter, nb_restarts, rho, eot_iter, large_reps):
+    def _restarts(
+        self,
+        x,
+        labels,
+        loss_labels,
+        loss_fn,
+        targeted,
+        eps,
+        norm,
+        bounds,
+        seed_pair,
+        *,
+        nb_iter,
+        nb_restarts,
+        rho,
+        eot_iter,
+        large_reps,
+    ):
         """Runs restarts on the examples still robust.
 
         Returns:
@@ -137,25 +195,65 @@ class APGD(Attack):
 
         def restart(index, rows):
             pick = lambda t: tf.gather(t, rows)
-            return self._run(pick(x), pick(labels), pick(loss_labels), loss_fn, targeted, eps,
-                             norm, bounds, seed_pair + [1, index], nb_iter, rho, eot_iter,
-                             large_reps)
+            return self._run(
+                pick(x),
+                pick(labels),
+                pick(loss_labels),
+                loss_fn,
+                targeted,
+                eps,
+                norm,
+                bounds,
+                seed_pair + [1, index],
+                nb_iter,
+                rho,
+                eot_iter,
+                large_reps,
+            )
 
         return on_survivors(x, robust, range(nb_restarts), restart), robust
 
-    def _run(self, x, labels, loss_labels, loss_fn, targeted, eps, norm, bounds, seed_pair,
-             nb_iter, rho, eot_iter, large_reps):
+    def _run(
+        self,
+        x,
+        labels,
+        loss_labels,
+        loss_fn,
+        targeted,
+        eps,
+        norm,
+        bounds,
+        seed_pair,
+        nb_iter,
+        rho,
+        eot_iter,
+        large_reps,
+    ):
         """One restart: (best adversarial or highest-loss points, still robust)."""
         low, high = bounds
         run = lambda eps, steps, start: self._single_run(
-            x, labels, loss_labels, loss_fn, targeted, eps, norm, bounds, seed_pair, steps, rho,
-            eot_iter, start)
+            x,
+            labels,
+            loss_labels,
+            loss_fn,
+            targeted,
+            eps,
+            norm,
+            bounds,
+            seed_pair,
+            steps,
+            rho,
+            eot_iter,
+            start,
+        )
         if norm == 1 and large_reps:
-            schedule = [(eps * f, max(math.ceil(share * nb_iter), 1)) for f, share in
-                        _L1_SCHEDULE[:-1]]
+            schedule = [
+                (eps * f, max(math.ceil(share * nb_iter), 1)) for f, share in _L1_SCHEDULE[:-1]
+            ]
             schedule.append((eps, nb_iter - sum(n for _, n in schedule)))
-            start = x + utils.project_l1_box(self._noise(x, 1, seed_pair), eps * 3, low - x,
-                                             high - x)
+            start = x + utils.project_l1_box(
+                self._noise(x, 1, seed_pair), eps * 3, low - x, high - x
+            )
             for current, steps in schedule:
                 start = x + utils.project_l1_box(start - x, current, low - x, high - x)
                 start, x_adv, robust = run(current, max(steps, 1), start)
@@ -174,8 +272,22 @@ class APGD(Attack):
             scale = tf.norm(tf.reshape(t, [tf.shape(x)[0], -1]), axis=1)
         return t / utils.per_example(scale + 1e-12, x)
 
-    def _single_run(self, x, labels, loss_labels, loss_fn, targeted, eps, norm, bounds,
-                    seed_pair, nb_iter, rho, eot_iter, start):
+    def _single_run(
+        self,
+        x,
+        labels,
+        loss_labels,
+        loss_fn,
+        targeted,
+        eps,
+        norm,
+        bounds,
+        seed_pair,
+        nb_iter,
+        rho,
+        eot_iter,
+        start,
+    ):
         """Algorithm 1 of the paper on one batch, from `start` (None: a random start).
 
         Returns:
@@ -186,27 +298,54 @@ class APGD(Attack):
         eps_t = tf.cast(eps, x.dtype)
         if start is None:
             noise = self._noise(x, norm, seed_pair)
-            start = (x + utils.project_l1_box(noise, eps_t, low - x, high - x) if norm == 1
-                     else tf.clip_by_value(x + eps_t * noise, low, high))
+            start = (
+                x + utils.project_l1_box(noise, eps_t, low - x, high - x)
+                if norm == 1
+                else tf.clip_by_value(x + eps_t * noise, low, high)
+            )
         loss, grad, logits = self._evaluate(start, loss_labels, loss_fn, eot_iter)
         robust = ~self._succeeded(logits, labels, targeted)
         factor = _STEP_FACTOR[norm]
         features = int(np.prod(x.shape[1:]))
         sparsity = tf.fill([len(x)], tf.cast(0.2, x.dtype))
         state = dict(
-            x_adv=start, x_old=start, grad=grad, x_best=start, grad_best=grad, loss_best=loss,
-            x_found=start, robust=robust, previous=loss, increases=tf.zeros_like(loss),
-            step=tf.fill([len(x)], factor * eps_t), last_best=loss,
+            x_adv=start,
+            x_old=start,
+            grad=grad,
+            x_best=start,
+            grad_best=grad,
+            loss_best=loss,
+            x_found=start,
+            robust=robust,
+            previous=loss,
+            increases=tf.zeros_like(loss),
+            step=tf.fill([len(x)], factor * eps_t),
+            last_best=loss,
             reduced=tf.ones([len(x)], tf.bool),
             # L1: the sparsity of the step, and that of the best point at the last check
-            sparsity=sparsity, last_sparsity=tf.fill([len(x)], tf.cast(features, x.dtype)))
+            sparsity=sparsity,
+            last_sparsity=tf.fill([len(x)], tf.cast(features, x.dtype)),
+        )
         # per step: the length of the window that ends there, or 0
         schedule = np.zeros(nb_iter)
         ends = np.cumsum(checkpoint_lengths(nb_iter, norm))
         schedule[ends[ends <= nb_iter] - 1] = np.diff(np.r_[0, ends])[ends <= nb_iter]
-        state = self._iterate(state, x, labels, loss_labels, eps_t, low, high,
-                              tf.constant(schedule, x.dtype), tf.constant(rho, x.dtype),
-                              factor * eps_t, norm, loss_fn, targeted, eot_iter)
+        state = self._iterate(
+            state,
+            x,
+            labels,
+            loss_labels,
+            eps_t,
+            low,
+            high,
+            tf.constant(schedule, x.dtype),
+            tf.constant(rho, x.dtype),
+            factor * eps_t,
+            norm,
+            loss_fn,
+            targeted,
+            eot_iter,
+        )
         self._count(len(x), forward=(nb_iter + 1) * eot_iter, backward=(nb_iter + 1) * eot_iter)
         return state["x_best"], state["x_found"], state["robust"]
 
@@ -236,46 +375,102 @@ class APGD(Attack):
             flat = tf.reshape(tf.abs(grad), [tf.shape(x)[0], -1])
             features = tf.shape(flat)[1]
             ranked = tf.sort(flat, axis=1)
-            place = tf.clip_by_value(tf.cast((1 - state["sparsity"]) * tf.cast(features, x.dtype),
-                                             tf.int32), 0, features - 1)
+            place = tf.clip_by_value(
+                tf.cast((1 - state["sparsity"]) * tf.cast(features, x.dtype), tf.int32),
+                0,
+                features - 1,
+            )
             threshold = utils.per_example(tf.gather(ranked, place, batch_dims=1), x)
             direction = tf.sign(grad) * tf.cast(tf.abs(grad) >= threshold, x.dtype)
             count = tf.reduce_sum(tf.abs(tf.reshape(direction, [tf.shape(x)[0], -1])), axis=1)
-            return self._project(x, x_adv + step * direction / utils.per_example(count + 1e-10,
-                                                                                  x),
-                                 eps, low, high, norm)
+            return self._project(
+                x,
+                x_adv + step * direction / utils.per_example(count + 1e-10, x),
+                eps,
+                low,
+                high,
+                norm,
+            )
         direction = tf.sign(grad) if norm == np.inf else utils.optimize_linear(grad, 1.0, 2)
         return self._project(x, x_adv + step * direction, eps, low, high, norm)
 
-    def _iterate_fn(self, state, x, labels, loss_labels, eps, low, high, schedule, rho,
-                    initial_step, norm, loss_fn, targeted, eot_iter):
+    def _iterate_fn(
+        self,
+        state,
+        x,
+        labels,
+        loss_labels,
+        eps,
+        low,
+        high,
+        schedule,
+        rho,
+        initial_step,
+        norm,
+        loss_fn,
+        targeted,
+        eot_iter,
+    ):
         """Every step of one run, in one compiled loop, with the checkpoints."""
         for i in tf.range(tf.shape(schedule)[0]):
             momentum = tf.where(i > 0, tf.constant(_MOMENTUM, x.dtype), tf.constant(1.0, x.dtype))
-            state = self._step_fn(state, x, labels, loss_labels, eps, low, high, momentum, norm,
-                                  loss_fn, targeted, eot_iter)
+            state = self._step_fn(
+                state,
+                x,
+                labels,
+                loss_labels,
+                eps,
+                low,
+                high,
+                momentum,
+                norm,
+                loss_fn,
+                targeted,
+                eot_iter,
+            )
             if schedule[i] > 0:
                 state = self._check_fn(state, x, schedule[i], rho, initial_step, norm)
         return state
 
-    def _step_fn(self, state, x, labels, loss_labels, eps, low, high, momentum, norm, loss_fn,
-                 targeted, eot_iter):
+    def _step_fn(
+        self,
+        state,
+        x,
+        labels,
+        loss_labels,
+        eps,
+        low,
+        high,
+        momentum,
+        norm,
+        loss_fn,
+        targeted,
+        eot_iter,
+    ):
         state = dict(state)
         z = self._ascend(x, state, eps, low, high, norm)
         if norm == 1:  # the L1 version takes the plain step
             moved = z
         else:
-            moved = self._project(x, state["x_adv"] + momentum * (z - state["x_adv"]) +
-                                  (1 - momentum) * (state["x_adv"] - state["x_old"]),
-                                  eps, low, high, norm)
+            moved = self._project(
+                x,
+                state["x_adv"]
+                + momentum * (z - state["x_adv"])
+                + (1 - momentum) * (state["x_adv"] - state["x_old"]),
+                eps,
+                low,
+                high,
+                norm,
+            )
         loss, grad, logits = self._evaluate(moved, loss_labels, loss_fn, eot_iter)
         finite = tf.math.is_finite(loss) & utils.finite_rows(grad) & utils.finite_rows(moved)
         keep = utils.per_example(finite, x)
         moved, grad = tf.where(keep, moved, state["x_adv"]), tf.where(keep, grad, state["grad"])
         loss = tf.where(finite, loss, state["previous"])
         success = self._succeeded(logits, labels, targeted) & finite
-        state["x_found"] = tf.where(utils.per_example(success & state["robust"], x), moved,
-                                    state["x_found"])
+        state["x_found"] = tf.where(
+            utils.per_example(success & state["robust"], x), moved, state["x_found"]
+        )
         state["robust"] = state["robust"] & ~success
         better = loss > state["loss_best"]
         state["x_best"] = tf.where(utils.per_example(better, x), moved, state["x_best"])
@@ -291,8 +486,9 @@ class APGD(Attack):
         the sparsity) and go back to the best point."""
         state = dict(state)
         if norm == 1:
-            changed = tf.reshape(tf.cast(tf.not_equal(state["x_best"], x), x.dtype),
-                                 [tf.shape(x)[0], -1])
+            changed = tf.reshape(
+                tf.cast(tf.not_equal(state["x_best"], x), x.dtype), [tf.shape(x)[0], -1]
+            )
             sparsity_now = tf.reduce_sum(changed, axis=1)
             features = tf.cast(tf.shape(changed)[1], x.dtype)
             restart = sparsity_now / state["last_sparsity"] < 0.95
@@ -333,19 +529,56 @@ class APGDT(APGD):
         >>> x_adv = APGDT(keras_model).generate_np(x, y=y, eps=0.1, clip_min=0., clip_max=1.)
     """
 
-    def parse_params(self, eps=0.3, nb_iter=100, norm=None, ord=None, n_target_classes=9,
-                     nb_restarts=1, rho=0.75, eot_iter=1, large_reps=False, y=None,
-                     clip_min=None, clip_max=None, seed=None) -> Dict[str, Any]:
+    def parse_params(
+        self,
+        eps=0.3,
+        nb_iter=100,
+        norm=None,
+        ord=None,
+        n_target_classes=9,
+        nb_restarts=1,
+        rho=0.75,
+        eot_iter=1,
+        large_reps=False,
+        y=None,
+        clip_min=None,
+        clip_max=None,
+        seed=None,
+    ) -> dict[str, Any]:
         _checks.check_number("n_target_classes", n_target_classes, low=1, integer=True)
-        parsed = super().parse_params(eps=eps, nb_iter=nb_iter, norm=norm, ord=ord, loss="dlr",
-                                      nb_restarts=nb_restarts, rho=rho, eot_iter=eot_iter,
-                                      large_reps=large_reps, y=y, clip_min=clip_min,
-                                      clip_max=clip_max, seed=seed)
+        parsed = super().parse_params(
+            eps=eps,
+            nb_iter=nb_iter,
+            norm=norm,
+            ord=ord,
+            loss="dlr",
+            nb_restarts=nb_restarts,
+            rho=rho,
+            eot_iter=eot_iter,
+            large_reps=large_reps,
+            y=y,
+            clip_min=clip_min,
+            clip_max=clip_max,
+            seed=seed,
+        )
         parsed["n_target_classes"] = int(n_target_classes)
         return parsed
 
-    def _generate(self, x, labels, targeted, *, eps, norm, loss, seed, clip_min, clip_max,
-                  n_target_classes, **options):
+    def _generate(
+        self,
+        x,
+        labels,
+        targeted,
+        *,
+        eps,
+        norm,
+        loss,
+        seed,
+        clip_min,
+        clip_max,
+        n_target_classes,
+        **options,
+    ):
         if eps == 0:
             return tf.identity(x)
         loss_fn = self._loss(loss, targeted=True)
@@ -359,8 +592,18 @@ class APGDT(APGD):
         def towards(k, rows):
             true = tf.gather(labels, rows)
             pair = tf.stack([tf.cast(true, tf.int64), tf.constant(ranked[rows, k], tf.int64)], 1)
-            return self._restarts(tf.gather(x, rows), true, pair, loss_fn, False, eps, norm,
-                                  bounds, seed_pair + [0, _TARGET_SEED_STRIDE * k], **options)
+            return self._restarts(
+                tf.gather(x, rows),
+                true,
+                pair,
+                loss_fn,
+                False,
+                eps,
+                norm,
+                bounds,
+                seed_pair + [0, _TARGET_SEED_STRIDE * k],
+                **options,
+            )
 
         targets = range(1, min(n_target_classes, self.model.nb_classes - 1) + 1)
         return on_survivors(x, robust, targets, towards)

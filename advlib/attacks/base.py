@@ -6,7 +6,7 @@ from __future__ import annotations
 import abc
 import inspect
 import time
-from typing import Any, ClassVar, Dict, List, Optional, Tuple, Type
+from typing import Any, ClassVar
 
 import numpy as np
 import tensorflow as tf
@@ -17,20 +17,20 @@ from advlib.attacks.result import AttackResult
 from advlib.models.base import Model
 from advlib.models.keras import as_model
 
-_REGISTRY: Dict[str, Type["Attack"]] = {}
+_REGISTRY: dict[str, type[Attack]] = {}
 
 
-def by_name(name: str) -> Type["Attack"]:
+def by_name(name: str) -> type[Attack]:
     """The attack class registered under `name` (its class name, e.g. "SPSA")."""
     return _REGISTRY[_checks.check_choice("attack", name, sorted(_REGISTRY))]
 
 
-def names() -> List[str]:
+def names() -> list[str]:
     """The names of every registered attack."""
     return sorted(_REGISTRY)
 
 
-def random_targets(labels: np.ndarray, nb_classes: int, seed: Optional[int]) -> np.ndarray:
+def random_targets(labels: np.ndarray, nb_classes: int, seed: int | None) -> np.ndarray:
     """A uniformly random class other than `labels`, reproducible from `seed`
     (None: a seed drawn as by `advlib._seeding.draw_seed`)."""
     generator = np.random.default_rng(_seeding.seed_or_draw(seed))
@@ -58,9 +58,11 @@ def refuse_true_class_targets(targets: np.ndarray, true_classes: np.ndarray) -> 
     same = np.flatnonzero(targets == true_classes)
     if same.size:
         i = int(same[0])
-        raise ValueError(f"y_target[{i}]={int(targets[i])} is the example's own class "
-                         f"({len(same)} such examples); a targeted attack needs a target "
-                         "other than the true (or, without y, the predicted) class.")
+        raise ValueError(
+            f"y_target[{i}]={int(targets[i])} is the example's own class "
+            f"({len(same)} such examples); a targeted attack needs a target "
+            "other than the true (or, without y, the predicted) class."
+        )
 
 
 class Attack(abc.ABC):
@@ -80,13 +82,13 @@ class Attack(abc.ABC):
     """
 
     # Parameters holding one entry per example; generate_np slices them.
-    per_example_params: ClassVar[Tuple[str, ...]] = ("y", "y_target")
+    per_example_params: ClassVar[tuple[str, ...]] = ("y", "y_target")
     # Defaults that override those of parse_params's signature.
-    defaults: ClassVar[Dict[str, Any]] = {}
+    defaults: ClassVar[dict[str, Any]] = {}
     # Sees only the model's outputs: the cross-check against gradient masking.
     black_box: ClassVar[bool] = False
     # The parameters an evaluation sets from its threat model.
-    threat_params: ClassVar[Tuple[str, ...]] = ("eps", "norm", "clip_min", "clip_max")
+    threat_params: ClassVar[tuple[str, ...]] = ("eps", "norm", "clip_min", "clip_max")
 
     def __init_subclass__(cls, register: bool = True, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -123,8 +125,9 @@ class Attack(abc.ABC):
             return tf.identity(x)
         self.model.check_output(x)
         labels, targeted = self._resolve_labels(x, parsed)
-        options = {k: v for k, v in parsed.items()
-                   if k not in self.per_example_params + ("targeted",)}
+        options = {
+            k: v for k, v in parsed.items() if k not in self.per_example_params + ("targeted",)
+        }
         return self._finite_or_clean(x, self._generate(x, labels, targeted, **options))
 
     def _finite_or_clean(self, x: tf.Tensor, x_adv: tf.Tensor) -> tf.Tensor:
@@ -137,19 +140,23 @@ class Attack(abc.ABC):
         self.nonfinite_fallbacks += bad
         return tf.where(utils.per_example(finite, x), x_adv, tf.cast(x, x_adv.dtype))
 
-    def generate_np(self, x, batch_size: Optional[int] = 128, **params) -> np.ndarray:
+    def generate_np(self, x, batch_size: int | None = 128, **params) -> np.ndarray:
         """Like `generate`, but NumPy in, NumPy out, in batches of `batch_size`
         (None: all of `x` in one batch)."""
         _checks.check_number("batch_size", batch_size, low=1, integer=True, allow_none=True)
         x = np.asarray(x)
         batch_size = max(len(x), 1) if batch_size is None else int(batch_size)
         params = self._whole_batch_params(x, params)
-        per_example = {k: np.asarray(v) for k, v in params.items()
-                       if k in self.per_example_params and v is not None}
+        per_example = {
+            k: np.asarray(v)
+            for k, v in params.items()
+            if k in self.per_example_params and v is not None
+        }
         for name, value in per_example.items():
             if value.ndim == 0 or len(value) != len(x):
-                raise ValueError(f"{name} must have one entry per example "
-                                 f"({len(x)}), got shape {value.shape}.")
+                raise ValueError(
+                    f"{name} must have one entry per example ({len(x)}), got shape {value.shape}."
+                )
         self.parse(**params)  # fail before the first batch, not after many
         if len(x) == 0:
             return self.generate(x, **params).numpy()
@@ -160,7 +167,7 @@ class Attack(abc.ABC):
             chunks.append(self.generate(x[start:stop], **batch_params).numpy())
         return np.concatenate(chunks)
 
-    def run(self, x, y=None, batch_size: Optional[int] = 128, **params) -> AttackResult:
+    def run(self, x, y=None, batch_size: int | None = 128, **params) -> AttackResult:
         """Runs the attack and reports per-example success, norms and costs.
 
         Args:
@@ -188,15 +195,27 @@ class Attack(abc.ABC):
             labels = y if y is not None else self._predict_np(x, batch_size)
             y = labels
         x_adv = self.generate_np(x, batch_size=batch_size, y=y, **params)
-        labels = _checks.check_labels("y_target" if targeted else "y", labels, len(x),
-                                      self.model.nb_classes) if len(x) else \
-            np.zeros(0, np.int64)
+        labels = (
+            _checks.check_labels(
+                "y_target" if targeted else "y", labels, len(x), self.model.nb_classes
+            )
+            if len(x)
+            else np.zeros(0, np.int64)
+        )
         predictions = self._predict_np(x_adv, batch_size)
-        return AttackResult.from_arrays(x, x_adv, labels, targeted, predictions,
-                                        self.forward_passes, self.backward_passes,
-                                        time.perf_counter() - start, self.nonfinite_fallbacks)
+        return AttackResult.from_arrays(
+            x,
+            x_adv,
+            labels,
+            targeted,
+            predictions,
+            self.forward_passes,
+            self.backward_passes,
+            time.perf_counter() - start,
+            self.nonfinite_fallbacks,
+        )
 
-    def _whole_batch_params(self, x: np.ndarray, params: Dict[str, Any]) -> Dict[str, Any]:
+    def _whole_batch_params(self, x: np.ndarray, params: dict[str, Any]) -> dict[str, Any]:
         """Fixes, once for all of `x`, parameters that would differ per batch."""
         return params
 
@@ -204,11 +223,15 @@ class Attack(abc.ABC):
         if len(x) == 0:
             return np.zeros(0, np.int64)
         self._count(len(x))
-        return np.concatenate([self.model.predict_classes(x[i:i + batch_size]).numpy()
-                               for i in range(0, len(x), batch_size)])
+        return np.concatenate(
+            [
+                self.model.predict_classes(x[i : i + batch_size]).numpy()
+                for i in range(0, len(x), batch_size)
+            ]
+        )
 
     @classmethod
-    def check_params(cls, **params) -> Dict[str, Any]:
+    def check_params(cls, **params) -> dict[str, Any]:
         """Checks parameters without a model, e.g. a protocol's at load time.
 
         Returns:
@@ -218,7 +241,7 @@ class Attack(abc.ABC):
         return cls.__new__(cls).parse(**params)
 
     @classmethod
-    def parameters(cls) -> Tuple[str, ...]:
+    def parameters(cls) -> tuple[str, ...]:
         """The names of the attack's parameters."""
         return tuple(inspect.signature(cls.parse_params).parameters)
 
@@ -227,39 +250,48 @@ class Attack(abc.ABC):
         return "seed" in cls.parameters()
 
     @classmethod
-    def harness_params(cls) -> Tuple[str, ...]:
+    def harness_params(cls) -> tuple[str, ...]:
         """The parameters an evaluation sets itself: labels, batching, the threat
         model and the seed; a protocol gives only the others."""
         own = ("y", "y_target", "targeted", "ord", "batch_size", "seed") + cls.threat_params
         return tuple(name for name in cls.parameters() if name in own)
 
+    # Each attack declares its own keyword parameters (cleverhans's API), so these
+    # abstract signatures take anything: every override is compatible with them.
     @abc.abstractmethod
-    def parse_params(self, **params) -> Dict[str, Any]:
+    def parse_params(self, *args: Any, **params: Any) -> dict[str, Any]:
         """Checks the parameters and returns them with defaults filled in."""
 
     @abc.abstractmethod
-    def _generate(self, x: tf.Tensor, labels: tf.Tensor, targeted: bool, **params) -> tf.Tensor:
-        """Crafts adversarial examples for a checked, non-empty batch."""
+    def _generate(self, *args: Any, **params: Any) -> tf.Tensor:
+        """Crafts adversarial examples for a checked, non-empty batch: called with
+        (x, labels, targeted) and the parsed parameters as keywords."""
 
     # -- checks shared by all attacks ------------------------------------
-    def parse(self, **params) -> Dict[str, Any]:
+    def parse(self, **params) -> dict[str, Any]:
         """Checks `params` (unknown names, values, label rules) and returns every
         parameter with the defaults filled in, as `generate` uses them."""
         allowed = self.parameters()
         unknown = sorted(set(params) - set(allowed))
         if unknown:
-            raise TypeError(f"{type(self).__name__} got unknown parameter(s) {unknown}; "
-                            f"allowed: {sorted(allowed)}.")
+            raise TypeError(
+                f"{type(self).__name__} got unknown parameter(s) {unknown}; "
+                f"allowed: {sorted(allowed)}."
+            )
         defaults = {k: v for k, v in self.defaults.items() if k in allowed}
         parsed = self.parse_params(**{**defaults, **params})
         if parsed.get("y") is not None and parsed.get("y_target") is not None:
-            raise ValueError("y and y_target must not be given together: y gives the true "
-                             "labels of an untargeted attack, y_target the targets of a "
-                             "targeted one.")
+            raise ValueError(
+                "y and y_target must not be given together: y gives the true "
+                "labels of an untargeted attack, y_target the targets of a "
+                "targeted one."
+            )
         if parsed.get("targeted") and parsed.get("y_target") is None:
             if parsed.get("y") is None:
-                raise ValueError("targeted=True needs target labels: pass y_target (or y, "
-                                 "as in cleverhans 4, which then holds the targets).")
+                raise ValueError(
+                    "targeted=True needs target labels: pass y_target (or y, "
+                    "as in cleverhans 4, which then holds the targets)."
+                )
             parsed["y_target"], parsed["y"] = parsed["y"], None
         if "clip_min" in parsed:
             _checks.check_clip_bounds(parsed["clip_min"], parsed["clip_max"])
@@ -270,7 +302,7 @@ class Attack(abc.ABC):
         _checks.check_in_range("x", array, parsed.get("clip_min"), parsed.get("clip_max"))
         return tf.convert_to_tensor(x)
 
-    def _resolve_labels(self, x: tf.Tensor, parsed) -> Tuple[tf.Tensor, bool]:
+    def _resolve_labels(self, x: tf.Tensor, parsed) -> tuple[tf.Tensor, bool]:
         """Returns (labels, targeted): the targets, or the labels to move away from.
 
         Without `y` or `y_target`, the model's own predictions are used, which
@@ -279,14 +311,15 @@ class Attack(abc.ABC):
         nb_classes = self.model.nb_classes
         batch = int(x.shape[0])
         if parsed.get("y_target") is not None:
-            return tf.constant(_checks.check_labels("y_target", parsed["y_target"],
-                                                    batch, nb_classes)), True
+            return tf.constant(
+                _checks.check_labels("y_target", parsed["y_target"], batch, nb_classes)
+            ), True
         if parsed.get("y") is not None:
             return tf.constant(_checks.check_labels("y", parsed["y"], batch, nb_classes)), False
         self._count(batch)
         return self.model.predict_classes(x), False
 
     @staticmethod
-    def _seed_pair(seed: Optional[int]) -> np.ndarray:
+    def _seed_pair(seed: int | None) -> np.ndarray:
         """The stateless-RNG seed of one batch; None draws one as Keras seeding allows."""
         return np.array([_seeding.seed_or_draw(seed), 0], dtype=np.int64)

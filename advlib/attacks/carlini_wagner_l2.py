@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Dict
+from typing import Any
 
 import numpy as np
 import tensorflow as tf
@@ -39,7 +39,7 @@ def search_constants(succeeded, const, lower, upper):
     return np.where(bracketed, (lower + upper) / 2, const * 10), lower, upper
 
 
-def search_in_batches(attack: Attack, x, labels, targeted, batch_size, **options):
+def search_in_batches(attack: Any, x, labels, targeted, batch_size, **options):
     """Runs `attack._attack_batch` (a search over the loss constant) on `batch_size`
     examples at a time, all at once when None: the memory of each search grows with
     its batch. Targets equal to the true class are refused first: the search would
@@ -48,8 +48,13 @@ def search_in_batches(attack: Attack, x, labels, targeted, batch_size, **options
         refuse_true_class_targets(labels.numpy(), attack.model.predict_classes(x).numpy())
         attack._count(len(x))
     size = batch_size or len(x)
-    return tf.concat([attack._attack_batch(x[i:i + size], labels[i:i + size], targeted,
-                                           **options) for i in range(0, len(x), size)], 0)
+    return tf.concat(
+        [
+            attack._attack_batch(x[i : i + size], labels[i : i + size], targeted, **options)
+            for i in range(0, len(x), size)
+        ],
+        0,
+    )
 
 
 class CarliniWagnerL2(Attack):
@@ -88,20 +93,39 @@ class CarliniWagnerL2(Attack):
         super().__init__(model)
         self._step = tf.function(self._step_fn, reduce_retracing=True)
 
-    def parse_params(self, y=None, y_target=None, batch_size=None, confidence=0.0,
-                     learning_rate=5e-3, binary_search_steps=5, max_iterations=1000,
-                     abort_early=True, initial_const=1e-2, clip_min=0.0,
-                     clip_max=1.0) -> Dict[str, Any]:
+    def parse_params(
+        self,
+        y=None,
+        y_target=None,
+        batch_size=None,
+        confidence=0.0,
+        learning_rate=5e-3,
+        binary_search_steps=5,
+        max_iterations=1000,
+        abort_early=True,
+        initial_const=1e-2,
+        clip_min=0.0,
+        clip_max=1.0,
+    ) -> dict[str, Any]:
         _checks.check_number("batch_size", batch_size, low=1, integer=True, allow_none=True)
         _checks.check_number("confidence", confidence, low=0)
         _checks.check_number("learning_rate", learning_rate, low=0, low_open=True)
         _checks.check_number("binary_search_steps", binary_search_steps, low=1, integer=True)
         _checks.check_number("max_iterations", max_iterations, low=1, integer=True)
         _checks.check_number("initial_const", initial_const, low=0, low_open=True)
-        return dict(y=y, y_target=y_target, batch_size=batch_size, confidence=confidence,
-                    learning_rate=learning_rate, binary_search_steps=int(binary_search_steps),
-                    max_iterations=int(max_iterations), abort_early=bool(abort_early),
-                    initial_const=initial_const, clip_min=clip_min, clip_max=clip_max)
+        return dict(
+            y=y,
+            y_target=y_target,
+            batch_size=batch_size,
+            confidence=confidence,
+            learning_rate=learning_rate,
+            binary_search_steps=int(binary_search_steps),
+            max_iterations=int(max_iterations),
+            abort_early=bool(abort_early),
+            initial_const=initial_const,
+            clip_min=clip_min,
+            clip_max=clip_max,
+        )
 
     def _generate(self, x, labels, targeted, *, batch_size, **options):
         return search_in_batches(self, x, labels, targeted, batch_size, **options)
@@ -120,8 +144,26 @@ class CarliniWagnerL2(Attack):
         return x
 
     # -- one Adam step on the whole batch -----------------------------------
-    def _step_fn(self, w, m, v, t, x, labels, const, best_l2, best_x, succeeded, active, low,
-                 high, confidence, learning_rate, use_tanh, targeted):
+    def _step_fn(
+        self,
+        w,
+        m,
+        v,
+        t,
+        x,
+        labels,
+        const,
+        best_l2,
+        best_x,
+        succeeded,
+        active,
+        low,
+        high,
+        confidence,
+        learning_rate,
+        use_tanh,
+        targeted,
+    ):
         with tf.GradientTape() as tape:
             tape.watch(w)
             x_adv = self._to_input(w, low, high, use_tanh)
@@ -141,13 +183,32 @@ class CarliniWagnerL2(Attack):
         # success at the point just evaluated, at the required confidence
         success = (margin > confidence) & active
         improved = success & (l2 < best_l2)
-        return (tf.where(moving, new_w, w), tf.where(moving, new_m, m),
-                tf.where(moving, new_v, v), t, tf.where(improved, l2, best_l2),
-                tf.where(broadcast(improved), x_adv, best_x), succeeded | success, loss)
+        return (
+            tf.where(moving, new_w, w),
+            tf.where(moving, new_m, m),
+            tf.where(moving, new_v, v),
+            t,
+            tf.where(improved, l2, best_l2),
+            tf.where(broadcast(improved), x_adv, best_x),
+            succeeded | success,
+            loss,
+        )
 
-    def _attack_batch(self, x, labels, targeted, *, confidence, learning_rate,
-                      binary_search_steps, max_iterations, abort_early, initial_const,
-                      clip_min, clip_max):
+    def _attack_batch(
+        self,
+        x,
+        labels,
+        targeted,
+        *,
+        confidence,
+        learning_rate,
+        binary_search_steps,
+        max_iterations,
+        abort_early,
+        initial_const,
+        clip_min,
+        clip_max,
+    ):
         dtype = x.dtype
         use_tanh = clip_min is not None and clip_max is not None
         low, high = utils.bounds_as_tensors(dtype, clip_min, clip_max)
@@ -167,8 +228,23 @@ class CarliniWagnerL2(Attack):
             previous = np.full(batch, np.inf)
             for iteration in range(max_iterations):
                 w, m, v, t, best_l2, best_x, succeeded, loss = self._step(
-                    w, m, v, t, x, labels, const_t, best_l2, best_x, succeeded,
-                    tf.constant(active), low, high, *scalars, use_tanh, targeted)
+                    w,
+                    m,
+                    v,
+                    t,
+                    x,
+                    labels,
+                    const_t,
+                    best_l2,
+                    best_x,
+                    succeeded,
+                    tf.constant(active),
+                    low,
+                    high,
+                    *scalars,
+                    use_tanh,
+                    targeted,
+                )
                 self._count(int(active.sum()), forward=1, backward=1)
                 if abort_early and iteration % check_every == 0:
                     active, previous = still_improving(loss.numpy(), previous, active)

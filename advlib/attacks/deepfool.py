@@ -3,7 +3,7 @@ repeated steps onto the nearest linearised decision boundary."""
 
 from __future__ import annotations
 
-from typing import Any, Dict
+from typing import Any
 
 import numpy as np
 import tensorflow as tf
@@ -49,18 +49,34 @@ class DeepFool(Attack):
         super().__init__(model)
         self._step = tf.function(self._step_fn, reduce_retracing=True)
 
-    def parse_params(self, nb_candidate=10, overshoot=0.02, max_iter=50, norm=None, ord=None,
-                     y=None, clip_min=0.0, clip_max=1.0) -> Dict[str, Any]:
+    def parse_params(
+        self,
+        nb_candidate=10,
+        overshoot=0.02,
+        max_iter=50,
+        norm=None,
+        ord=None,
+        y=None,
+        clip_min=0.0,
+        clip_max=1.0,
+    ) -> dict[str, Any]:
         norm = utils.resolve_norm(norm, ord, default=2, allowed=(2, np.inf))
         _checks.check_number("nb_candidate", nb_candidate, low=2, integer=True)
         _checks.check_number("overshoot", overshoot, low=0)
         _checks.check_number("max_iter", max_iter, low=1, integer=True)
-        return dict(nb_candidate=int(nb_candidate), overshoot=float(overshoot),
-                    max_iter=int(max_iter), norm=norm, y=y, clip_min=clip_min,
-                    clip_max=clip_max)
+        return dict(
+            nb_candidate=int(nb_candidate),
+            overshoot=float(overshoot),
+            max_iter=int(max_iter),
+            norm=norm,
+            y=y,
+            clip_min=clip_min,
+            clip_max=clip_max,
+        )
 
-    def _generate(self, x, labels, targeted, *, nb_candidate, overshoot, max_iter, norm,
-                  clip_min, clip_max):
+    def _generate(
+        self, x, labels, targeted, *, nb_candidate, overshoot, max_iter, norm, clip_min, clip_max
+    ):
         del targeted  # untargeted only: parse refuses y_target
         nb_candidate = min(nb_candidate, self.model.nb_classes)
         low, high = utils.bounds_as_tensors(x.dtype, clip_min, clip_max)
@@ -72,8 +88,9 @@ class DeepFool(Attack):
             # only the examples still classified as their label take a step
             rows = tf.constant(active[:, None])
             pick = lambda t: tf.gather_nd(t, rows)
-            updated, still = self._step(pick(x), pick(total), pick(labels),
-                                        pick(candidates), low, high, overshoot, norm)
+            updated, still = self._step(
+                pick(x), pick(total), pick(labels), pick(candidates), low, high, overshoot, norm
+            )
             self._count(len(active), forward=nb_candidate, backward=nb_candidate)
             still = still.numpy()
             total = tf.tensor_scatter_nd_update(total, rows, updated)
@@ -102,12 +119,14 @@ class DeepFool(Attack):
         with tf.GradientTape() as tape:
             tape.watch(copies)
             all_logits = tf.cast(self.model.get_logits(copies), x.dtype)
-            picked = tf.reshape(tf.gather(all_logits, tf.reshape(candidates, [-1, 1]),
-                                          batch_dims=1), [batch, count])
+            picked = tf.reshape(
+                tf.gather(all_logits, tf.reshape(candidates, [-1, 1]), batch_dims=1), [batch, count]
+            )
             own = tf.gather(all_logits, tf.repeat(labels, count), batch_dims=1)
             difference_copies = tf.reshape(picked, [-1]) - own
-        gradient = tape.gradient(difference_copies, copies,
-                                 unconnected_gradients=tf.UnconnectedGradients.ZERO)
+        gradient = tape.gradient(
+            difference_copies, copies, unconnected_gradients=tf.UnconnectedGradients.ZERO
+        )
         logits = all_logits[::count]
         difference = picked - tf.reshape(own, [batch, count])
         flat_gradient = tf.reshape(gradient, [batch, count, -1])
@@ -116,12 +135,11 @@ class DeepFool(Attack):
         _, _, f, w = utils.nearest_linear_boundary(difference, flat_gradient, norm)
         size = tf.abs(f) + _PAST_BOUNDARY
         if norm == np.inf:
-            step = utils.per_example(size / (tf.reduce_sum(tf.abs(w), axis=1) + 1e-12),
-                                     w) * tf.sign(w)
+            step = utils.per_example(
+                size / (tf.reduce_sum(tf.abs(w), axis=1) + 1e-12), w
+            ) * tf.sign(w)
         else:
-            step = utils.per_example(size / (tf.reduce_sum(tf.square(w), axis=1) + 1e-12),
-                                     w) * w
+            step = utils.per_example(size / (tf.reduce_sum(tf.square(w), axis=1) + 1e-12), w) * w
         moving = tf.equal(tf.argmax(logits, axis=-1, output_type=labels.dtype), labels)
-        total = tf.where(utils.per_example(moving, x), total + tf.reshape(step, tf.shape(x)),
-                         total)
+        total = tf.where(utils.per_example(moving, x), total + tf.reshape(step, tf.shape(x)), total)
         return total, moving

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Dict
+from typing import Any
 
 import numpy as np
 import tensorflow as tf
@@ -10,8 +10,7 @@ import tensorflow as tf
 from advlib import _checks
 from advlib.attacks import utils
 from advlib.attacks.base import Attack
-from advlib.attacks.carlini_wagner_l2 import (initial_bracket, search_constants,
-                                              search_in_batches)
+from advlib.attacks.carlini_wagner_l2 import initial_bracket, search_constants, search_in_batches
 from advlib.losses import margin_loss
 
 DECISION_RULES = ("EN", "L1")
@@ -21,8 +20,7 @@ def shrink(z, x, beta, low, high):
     """ISTA's projected shrinkage-thresholding: z moves towards x by beta
     elementwise (entries within beta of x become x), then into [low, high]."""
     difference = z - x
-    shrunk = tf.where(difference > beta, z - beta,
-                      tf.where(difference < -beta, z + beta, x))
+    shrunk = tf.where(difference > beta, z - beta, tf.where(difference < -beta, z + beta, x))
     return tf.clip_by_value(shrunk, low, high)
 
 
@@ -64,10 +62,22 @@ class ElasticNetMethod(Attack):
         super().__init__(model)
         self._step = tf.function(self._step_fn, reduce_retracing=True)
 
-    def parse_params(self, y=None, y_target=None, beta=1e-2, decision_rule="EN",
-                     batch_size=None, confidence=0.0, learning_rate=1e-2,
-                     binary_search_steps=9, max_iterations=1000, abort_early=False,
-                     initial_const=1e-3, clip_min=0.0, clip_max=1.0) -> Dict[str, Any]:
+    def parse_params(
+        self,
+        y=None,
+        y_target=None,
+        beta=1e-2,
+        decision_rule="EN",
+        batch_size=None,
+        confidence=0.0,
+        learning_rate=1e-2,
+        binary_search_steps=9,
+        max_iterations=1000,
+        abort_early=False,
+        initial_const=1e-3,
+        clip_min=0.0,
+        clip_max=1.0,
+    ) -> dict[str, Any]:
         _checks.check_number("beta", beta, low=0)
         _checks.check_choice("decision_rule", decision_rule, DECISION_RULES)
         _checks.check_number("batch_size", batch_size, low=1, integer=True, allow_none=True)
@@ -76,18 +86,40 @@ class ElasticNetMethod(Attack):
         _checks.check_number("binary_search_steps", binary_search_steps, low=1, integer=True)
         _checks.check_number("max_iterations", max_iterations, low=1, integer=True)
         _checks.check_number("initial_const", initial_const, low=0, low_open=True)
-        return dict(y=y, y_target=y_target, beta=float(beta), decision_rule=decision_rule,
-                    batch_size=batch_size, confidence=float(confidence),
-                    learning_rate=float(learning_rate),
-                    binary_search_steps=int(binary_search_steps),
-                    max_iterations=int(max_iterations), abort_early=bool(abort_early),
-                    initial_const=float(initial_const), clip_min=clip_min, clip_max=clip_max)
+        return dict(
+            y=y,
+            y_target=y_target,
+            beta=float(beta),
+            decision_rule=decision_rule,
+            batch_size=batch_size,
+            confidence=float(confidence),
+            learning_rate=float(learning_rate),
+            binary_search_steps=int(binary_search_steps),
+            max_iterations=int(max_iterations),
+            abort_early=bool(abort_early),
+            initial_const=float(initial_const),
+            clip_min=clip_min,
+            clip_max=clip_max,
+        )
 
     def _generate(self, x, labels, targeted, *, batch_size, **options):
         return search_in_batches(self, x, labels, targeted, batch_size, **options)
 
-    def _step_fn(self, state, k, x, labels, const, low, high, beta, confidence,
-                 learning_rate, en_rule, targeted):
+    def _step_fn(
+        self,
+        state,
+        k,
+        x,
+        labels,
+        const,
+        low,
+        high,
+        beta,
+        confidence,
+        learning_rate,
+        en_rule,
+        targeted,
+    ):
         """One FISTA step of the search's `state` (a dict of batch tensors), then the
         new point's success and distance recorded. Returns the new state and the
         batch's summed loss."""
@@ -95,15 +127,18 @@ class ElasticNetMethod(Attack):
         adversarial, slack = state["adversarial"], state["slack"]
         with tf.GradientTape() as tape:
             tape.watch(slack)
-            margin = margin_loss(labels=labels, logits=tf.cast(self.model.get_logits(slack),
-                                                               x.dtype))
+            margin = margin_loss(
+                labels=labels, logits=tf.cast(self.model.get_logits(slack), x.dtype)
+            )
             margin = -margin if targeted else margin
-            smooth = const * tf.maximum(confidence - margin, 0) + \
-                tf.reduce_sum(tf.square(slack - x), axes)
+            smooth = const * tf.maximum(confidence - margin, 0) + tf.reduce_sum(
+                tf.square(slack - x), axes
+            )
         gradient = tape.gradient(smooth, slack)
         new_adversarial = shrink(slack - learning_rate * gradient, x, beta, low, high)
-        margin = margin_loss(labels=labels, logits=tf.cast(
-            self.model.get_logits(new_adversarial), x.dtype))
+        margin = margin_loss(
+            labels=labels, logits=tf.cast(self.model.get_logits(new_adversarial), x.dtype)
+        )
         margin = -margin if targeted else margin
         l1 = tf.reduce_sum(tf.abs(new_adversarial - x), axes)
         l2 = tf.reduce_sum(tf.square(new_adversarial - x), axes)
@@ -111,16 +146,31 @@ class ElasticNetMethod(Attack):
         success = margin > confidence
         improved = success & (distance < state["best_distance"])
         loss = tf.reduce_sum(const * tf.maximum(confidence - margin, 0) + l2 + beta * l1)
-        return {"adversarial": new_adversarial,
-                "slack": new_adversarial + k / (k + 3) * (new_adversarial - adversarial),
-                "best_distance": tf.where(improved, distance, state["best_distance"]),
-                "best_x": tf.where(utils.per_example(improved, x), new_adversarial,
-                                   state["best_x"]),
-                "succeeded": state["succeeded"] | success}, loss
+        return {
+            "adversarial": new_adversarial,
+            "slack": new_adversarial + k / (k + 3) * (new_adversarial - adversarial),
+            "best_distance": tf.where(improved, distance, state["best_distance"]),
+            "best_x": tf.where(utils.per_example(improved, x), new_adversarial, state["best_x"]),
+            "succeeded": state["succeeded"] | success,
+        }, loss
 
-    def _attack_batch(self, x, labels, targeted, *, beta, decision_rule, confidence,
-                      learning_rate, binary_search_steps, max_iterations, abort_early,
-                      initial_const, clip_min, clip_max):
+    def _attack_batch(
+        self,
+        x,
+        labels,
+        targeted,
+        *,
+        beta,
+        decision_rule,
+        confidence,
+        learning_rate,
+        binary_search_steps,
+        max_iterations,
+        abort_early,
+        initial_const,
+        clip_min,
+        clip_max,
+    ):
         dtype = x.dtype
         low, high = utils.bounds_as_tensors(dtype, clip_min, clip_max)
         batch = len(x)
@@ -134,10 +184,19 @@ class ElasticNetMethod(Attack):
             previous = np.inf
             for k in range(max_iterations):
                 rate = learning_rate * (1 - k / max_iterations) ** 0.5
-                state, loss = self._step(state, tf.constant(float(k), dtype), x, labels,
-                                         const_t, low, high, *scalars,
-                                         tf.constant(rate, dtype), decision_rule == "EN",
-                                         targeted)
+                state, loss = self._step(
+                    state,
+                    tf.constant(float(k), dtype),
+                    x,
+                    labels,
+                    const_t,
+                    low,
+                    high,
+                    *scalars,
+                    tf.constant(rate, dtype),
+                    decision_rule == "EN",
+                    targeted,
+                )
                 self._count(batch, forward=2, backward=1)
                 # as cleverhans and Foolbox: the batch's summed loss, every tenth
                 if abort_early and k % check_every == 0:
@@ -145,6 +204,5 @@ class ElasticNetMethod(Attack):
                     if loss > previous * 0.9999:
                         break
                     previous = loss
-            const, lower, upper = search_constants(state["succeeded"].numpy(), const, lower,
-                                                   upper)
+            const, lower, upper = search_constants(state["succeeded"].numpy(), const, lower, upper)
         return state["best_x"]

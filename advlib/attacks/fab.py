@@ -3,7 +3,7 @@ adversarial examples by projections onto linearised decision boundaries."""
 
 from __future__ import annotations
 
-from typing import Any, Dict
+from typing import Any
 
 import numpy as np
 import tensorflow as tf
@@ -38,7 +38,7 @@ def project_onto_hyperplane(points, w, b, low, high, norm):
         norm: np.inf, 2 or 1.
     """
     dtype = points.dtype
-    need = b - tf.reduce_sum(w * points, axis=1)               # signed distance in w-units
+    need = b - tf.reduce_sum(w * points, axis=1)  # signed distance in w-units
     direction = tf.sign(w) * tf.sign(need)[:, None]
     room = tf.where(direction > 0, high - points, points - low)
     room = tf.where(tf.abs(w) > 0, tf.maximum(room, 0.0), tf.zeros_like(room))
@@ -52,9 +52,11 @@ def project_onto_hyperplane(points, w, b, low, high, norm):
         last = _first_reaching(filled, target)
         partial = tf.math.divide_no_nan(target[:, None] - before, ranked_size)
         columns = tf.range(tf.shape(points)[1])[None, :]
-        moves = tf.where(columns < last[:, None], ranked_room,
-                         tf.where(columns == last[:, None],
-                                  tf.clip_by_value(partial, 0.0, ranked_room), 0.0))
+        moves = tf.where(
+            columns < last[:, None],
+            ranked_room,
+            tf.where(columns == last[:, None], tf.clip_by_value(partial, 0.0, ranked_room), 0.0),
+        )
         inverse = tf.argsort(order, axis=1)
         move = tf.gather(moves, inverse, batch_dims=1)
         return direction * move
@@ -65,10 +67,10 @@ def project_onto_hyperplane(points, w, b, low, high, norm):
     breakpoints = tf.where(size > 0, breakpoints, tf.zeros_like(breakpoints))
     order = tf.argsort(breakpoints, axis=1)
     ranked = tf.gather(breakpoints, order, batch_dims=1)
-    slope = tf.gather(size * scale, order, batch_dims=1)       # d(contribution)/d(level)
-    saturated = tf.cumsum(slope * ranked, axis=1)              # those already at their room
-    remaining = tf.cumsum(slope, axis=1, reverse=True)         # those still moving
-    reached = saturated + ranked * (remaining - slope)         # g at each breakpoint
+    slope = tf.gather(size * scale, order, batch_dims=1)  # d(contribution)/d(level)
+    saturated = tf.cumsum(slope * ranked, axis=1)  # those already at their room
+    remaining = tf.cumsum(slope, axis=1, reverse=True)  # those still moving
+    reached = saturated + ranked * (remaining - slope)  # g at each breakpoint
     k = _first_reaching(reached, target)
     features = tf.shape(points)[1]
     index = tf.minimum(k, features - 1)[:, None]
@@ -117,9 +119,21 @@ class FAB(Attack):
         super().__init__(model)
         self._iterate = tf.function(self._iterate_fn, reduce_retracing=True)
 
-    def parse_params(self, eps=0.3, norm=None, ord=None, nb_iter=100, nb_restarts=1,
-                     alpha_max=0.1, eta=1.05, beta=0.9, y=None, clip_min=0.0, clip_max=1.0,
-                     seed=None) -> Dict[str, Any]:
+    def parse_params(
+        self,
+        eps=0.3,
+        norm=None,
+        ord=None,
+        nb_iter=100,
+        nb_restarts=1,
+        alpha_max=0.1,
+        eta=1.05,
+        beta=0.9,
+        y=None,
+        clip_min=0.0,
+        clip_max=1.0,
+        seed=None,
+    ) -> dict[str, Any]:
         norm = utils.resolve_norm(norm, ord)
         _checks.check_number("eps", eps, low=0)
         _checks.check_number("nb_iter", nb_iter, low=1, integer=True)
@@ -129,19 +143,46 @@ class FAB(Attack):
         _checks.check_number("beta", beta, low=0, high=1)
         for name, value in (("clip_min", clip_min), ("clip_max", clip_max)):
             if value is None:
-                raise ValueError(f"{name} must be a number for FAB, whose projections need a "
-                                 "bounded input domain; got None.")
+                raise ValueError(
+                    f"{name} must be a number for FAB, whose projections need a "
+                    "bounded input domain; got None."
+                )
         _checks.check_seed(seed)
-        return dict(eps=float(eps), norm=norm, nb_iter=int(nb_iter),
-                    nb_restarts=int(nb_restarts), alpha_max=float(alpha_max), eta=float(eta),
-                    beta=float(beta), y=y, clip_min=clip_min, clip_max=clip_max, seed=seed)
+        return dict(
+            eps=float(eps),
+            norm=norm,
+            nb_iter=int(nb_iter),
+            nb_restarts=int(nb_restarts),
+            alpha_max=float(alpha_max),
+            eta=float(eta),
+            beta=float(beta),
+            y=y,
+            clip_min=clip_min,
+            clip_max=clip_max,
+            seed=seed,
+        )
 
     # -- the attack -------------------------------------------------------------------
     def _generate(self, x, labels, targeted, *, seed, **options):
         return self._attack(x, labels, None, self._seed_pair(seed), **options)[0]
 
-    def _attack(self, x, labels, targets, seed_pair, *, eps, norm, nb_iter, nb_restarts,
-                alpha_max, eta, beta, clip_min, clip_max):
+    def _attack(
+        self,
+        x,
+        labels,
+        targets,
+        seed_pair,
+        *,
+        eps,
+        norm,
+        nb_iter,
+        nb_restarts,
+        alpha_max,
+        eta,
+        beta,
+        clip_min,
+        clip_max,
+    ):
         """Restarts on the examples not broken within eps.
 
         Returns:
@@ -157,24 +198,50 @@ class FAB(Attack):
                 break
             pick = lambda t: None if t is None else tf.gather(t, rows)
             x_adv, norms = self._single_run(
-                pick(x), pick(labels), pick(targets), restart > 0, seed_pair + [restart, 0],
-                eps, norm, nb_iter, alpha_max, eta, beta, clip_min, clip_max)
+                pick(x),
+                pick(labels),
+                pick(targets),
+                restart > 0,
+                seed_pair + [restart, 0],
+                eps,
+                norm,
+                nb_iter,
+                alpha_max,
+                eta,
+                beta,
+                clip_min,
+                clip_max,
+            )
             norms = norms.numpy()
             better = norms < best[rows]
             update = rows[better]
-            out = tf.tensor_scatter_nd_update(out, update[:, None],
-                                              tf.boolean_mask(x_adv, better))
+            out = tf.tensor_scatter_nd_update(out, update[:, None], tf.boolean_mask(x_adv, better))
             best[update] = norms[better]
         return out, correct & (best <= eps)
 
-    def _single_run(self, x, labels, targets, random_start, seed_pair, eps, norm, nb_iter,
-                    alpha_max, eta, beta, clip_min, clip_max):
+    def _single_run(
+        self,
+        x,
+        labels,
+        targets,
+        random_start,
+        seed_pair,
+        eps,
+        norm,
+        nb_iter,
+        alpha_max,
+        eta,
+        beta,
+        clip_min,
+        clip_max,
+    ):
         low, high = utils.bounds_as_tensors(x.dtype, clip_min, clip_max)
         current = x
         if random_start:
             if norm == np.inf:
-                noise = tf.random.stateless_uniform(tf.shape(x), seed_pair, -1.0, 1.0,
-                                                    dtype=x.dtype)
+                noise = tf.random.stateless_uniform(
+                    tf.shape(x), seed_pair, -1.0, 1.0, dtype=x.dtype
+                )
             else:
                 noise = tf.random.stateless_normal(tf.shape(x), seed_pair, dtype=x.dtype)
             noise = noise / utils.per_example(utils.lp_norm(noise, norm) + 1e-12, x)
@@ -182,10 +249,24 @@ class FAB(Attack):
         best = tf.fill([len(x)], tf.constant(_NO_ADVERSARIAL, x.dtype))
         x_adv = x
         constants = [tf.constant(v, x.dtype) for v in (alpha_max, eta, beta)]
-        x_adv, best = self._iterate(current, x, labels, targets, x_adv, best, low, high,
-                                    *constants, norm, tf.constant(nb_iter))
-        self._count(len(x), forward=2 * nb_iter, backward=nb_iter * (
-            1 if targets is not None else self.model.nb_classes))
+        x_adv, best = self._iterate(
+            current,
+            x,
+            labels,
+            targets,
+            x_adv,
+            best,
+            low,
+            high,
+            *constants,
+            norm,
+            tf.constant(nb_iter),
+        )
+        self._count(
+            len(x),
+            forward=2 * nb_iter,
+            backward=nb_iter * (1 if targets is not None else self.model.nb_classes),
+        )
         return x_adv, best
 
     # -- compiled step ----------------------------------------------------------------------
@@ -196,8 +277,11 @@ class FAB(Attack):
             tape.watch(point)
             logits = tf.cast(self.model.get_logits(point), point.dtype)
             own = tf.gather(logits, labels, batch_dims=1)[:, None]
-            difference = logits - own if targets is None else \
-                tf.gather(logits, targets, batch_dims=1)[:, None] - own
+            difference = (
+                logits - own
+                if targets is None
+                else tf.gather(logits, targets, batch_dims=1)[:, None] - own
+            )
         # a model that cuts its input off has a zero gradient, not a missing one
         zero = tf.UnconnectedGradients.ZERO
         if targets is not None:
@@ -206,21 +290,36 @@ class FAB(Attack):
         is_own = tf.one_hot(labels, tf.shape(logits)[1], on_value=True, off_value=False)
         return tf.where(is_own, tf.constant(_NO_ADVERSARIAL, point.dtype), difference), gradient
 
-    def _iterate_fn(self, current, x, labels, targets, x_adv, best, low, high, alpha_max, eta,
-                    beta, norm, nb_iter):
+    def _iterate_fn(
+        self,
+        current,
+        x,
+        labels,
+        targets,
+        x_adv,
+        best,
+        low,
+        high,
+        alpha_max,
+        eta,
+        beta,
+        norm,
+        nb_iter,
+    ):
         """All the steps of one run in one compiled loop."""
         for _ in tf.range(nb_iter):
-            current, x_adv, best = self._step_fn(current, x, labels, targets, x_adv, best, low,
-                                                 high, alpha_max, eta, beta, norm)
+            current, x_adv, best = self._step_fn(
+                current, x, labels, targets, x_adv, best, low, high, alpha_max, eta, beta, norm
+            )
         return x_adv, best
 
-    def _step_fn(self, current, x, labels, targets, x_adv, best, low, high, alpha_max, eta,
-                 beta, norm):
+    def _step_fn(
+        self, current, x, labels, targets, x_adv, best, low, high, alpha_max, eta, beta, norm
+    ):
         batch = tf.shape(x)[0]
         difference, gradient = self._boundary(current, labels, targets)
         flat_gradient = tf.reshape(gradient, [batch, tf.shape(difference)[1], -1])
-        _, _, nearest_difference, w = utils.nearest_linear_boundary(difference, flat_gradient,
-                                                                    norm)
+        _, _, nearest_difference, w = utils.nearest_linear_boundary(difference, flat_gradient, norm)
         flat_current = tf.reshape(current, [batch, -1])
         flat_x = tf.reshape(x, [batch, -1])
         b = -nearest_difference + tf.reduce_sum(w * flat_current, 1)
@@ -232,8 +331,9 @@ class FAB(Attack):
         size_x = tf.maximum(utils.lp_norm(step_x, norm), 1e-8)
         alpha = tf.clip_by_value(size_current / (size_current + size_x), 0.0, alpha_max)
         alpha = utils.per_example(alpha, x)
-        moved = ((current + eta * tf.reshape(step_current, tf.shape(x))) * (1 - alpha) +
-                 (x + eta * tf.reshape(step_x, tf.shape(x))) * alpha)
+        moved = (current + eta * tf.reshape(step_current, tf.shape(x))) * (1 - alpha) + (
+            x + eta * tf.reshape(step_x, tf.shape(x))
+        ) * alpha
         moved = tf.clip_by_value(moved, low, high)
         predicted = tf.argmax(self.model.get_logits(moved), axis=-1, output_type=labels.dtype)
         adversarial = tf.not_equal(predicted, labels) & utils.finite_rows(moved)
@@ -263,14 +363,37 @@ class FABT(FAB):
         >>> x_adv = FABT(keras_model).generate_np(x, y=y, eps=0.1)
     """
 
-    def parse_params(self, eps=0.3, norm=None, ord=None, nb_iter=100, nb_restarts=1,
-                     n_target_classes=9, alpha_max=0.1, eta=1.05, beta=0.9, y=None,
-                     clip_min=0.0, clip_max=1.0, seed=None) -> Dict[str, Any]:
+    def parse_params(
+        self,
+        eps=0.3,
+        norm=None,
+        ord=None,
+        nb_iter=100,
+        nb_restarts=1,
+        n_target_classes=9,
+        alpha_max=0.1,
+        eta=1.05,
+        beta=0.9,
+        y=None,
+        clip_min=0.0,
+        clip_max=1.0,
+        seed=None,
+    ) -> dict[str, Any]:
         _checks.check_number("n_target_classes", n_target_classes, low=1, integer=True)
-        parsed = super().parse_params(eps=eps, norm=norm, ord=ord, nb_iter=nb_iter,
-                                      nb_restarts=nb_restarts, alpha_max=alpha_max, eta=eta,
-                                      beta=beta, y=y, clip_min=clip_min, clip_max=clip_max,
-                                      seed=seed)
+        parsed = super().parse_params(
+            eps=eps,
+            norm=norm,
+            ord=ord,
+            nb_iter=nb_iter,
+            nb_restarts=nb_restarts,
+            alpha_max=alpha_max,
+            eta=eta,
+            beta=beta,
+            y=y,
+            clip_min=clip_min,
+            clip_max=clip_max,
+            seed=seed,
+        )
         parsed["n_target_classes"] = int(n_target_classes)
         return parsed
 
@@ -285,15 +408,20 @@ class FABT(FAB):
             if rows.size == 0:
                 break
             pick = lambda t: tf.gather(t, rows)
-            x_adv, broken = self._attack(pick(x), pick(labels),
-                                         tf.cast(pick(ranked)[:, k], labels.dtype),
-                                         seed_pair + [0, _TARGET_SEED_STRIDE * k], eps=eps,
-                                         **options)
+            x_adv, broken = self._attack(
+                pick(x),
+                pick(labels),
+                tf.cast(pick(ranked)[:, k], labels.dtype),
+                seed_pair + [0, _TARGET_SEED_STRIDE * k],
+                eps=eps,
+                **options,
+            )
             norms = utils.lp_norm(x_adv - pick(x), options["norm"]).numpy()
             changed = np.any((x_adv != pick(x)).numpy().reshape(len(rows), -1), axis=1)
             better = changed & (norms < best[rows])
-            out = tf.tensor_scatter_nd_update(out, rows[better][:, None],
-                                              tf.boolean_mask(x_adv, better))
+            out = tf.tensor_scatter_nd_update(
+                out, rows[better][:, None], tf.boolean_mask(x_adv, better)
+            )
             best[rows[better]] = norms[better]
             open_[rows[broken]] = False
         return out

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Dict
+from typing import Any
 
 import numpy as np
 import tensorflow as tf
@@ -27,8 +27,9 @@ def project_l0_ball(delta, eps):
     _, largest = tf.math.top_k(tf.abs(flat), k=count)
     rows = tf.repeat(tf.range(shape[0])[:, None], count, axis=1)
     wanted = tf.cast(tf.range(count)[None, :], flat.dtype) < eps[:, None]
-    keep = tf.tensor_scatter_nd_update(tf.zeros(tf.shape(flat), tf.bool),
-                                       tf.stack([rows, largest], axis=-1), wanted)
+    keep = tf.tensor_scatter_nd_update(
+        tf.zeros(tf.shape(flat), tf.bool), tf.stack([rows, largest], axis=-1), wanted
+    )
     return tf.reshape(tf.where(keep, flat, tf.zeros_like(flat)), shape)
 
 
@@ -39,8 +40,11 @@ def project_onto_ball(delta, eps, norm):
         return project_l0_ball(delta, eps)
     finite = tf.math.is_finite(eps)
     radius = utils.per_example(tf.where(finite, eps, tf.zeros_like(eps)), delta)
-    projected = utils.clip_eta(delta, norm, radius) if norm != 1 else \
-        utils.project_l1_ball(delta, tf.where(finite, eps, tf.zeros_like(eps))[:, None])
+    projected = (
+        utils.clip_eta(delta, norm, radius)
+        if norm != 1
+        else utils.project_l1_ball(delta, tf.where(finite, eps, tf.zeros_like(eps))[:, None])
+    )
     return tf.where(utils.per_example(finite, delta), projected, delta)
 
 
@@ -76,9 +80,20 @@ class FMN(Attack):
         super().__init__(model)
         self._step = tf.function(self._step_fn, reduce_retracing=True)
 
-    def parse_params(self, norm=None, ord=None, steps=100, alpha_init=1.0, alpha_final=None,
-                     gamma_init=0.05, gamma_final=0.001, y=None, y_target=None,
-                     clip_min=0.0, clip_max=1.0) -> Dict[str, Any]:
+    def parse_params(
+        self,
+        norm=None,
+        ord=None,
+        steps=100,
+        alpha_init=1.0,
+        alpha_final=None,
+        gamma_init=0.05,
+        gamma_final=0.001,
+        y=None,
+        y_target=None,
+        clip_min=0.0,
+        clip_max=1.0,
+    ) -> dict[str, Any]:
         norm = utils.resolve_norm(norm, ord, allowed=FMN_NORMS)
         _checks.check_number("steps", steps, low=1, integer=True)
         _checks.check_number("alpha_init", alpha_init, low=0, low_open=True)
@@ -86,13 +101,34 @@ class FMN(Attack):
         _checks.check_number("alpha_final", alpha_final, low=0, high=alpha_init)
         _checks.check_number("gamma_init", gamma_init, low=0, high=1, high_open=True)
         _checks.check_number("gamma_final", gamma_final, low=0, high=gamma_init)
-        return dict(norm=norm, steps=int(steps), alpha_init=float(alpha_init),
-                    alpha_final=float(alpha_final), gamma_init=float(gamma_init),
-                    gamma_final=float(gamma_final), y=y, y_target=y_target,
-                    clip_min=clip_min, clip_max=clip_max)
+        return dict(
+            norm=norm,
+            steps=int(steps),
+            alpha_init=float(alpha_init),
+            alpha_final=float(alpha_final),
+            gamma_init=float(gamma_init),
+            gamma_final=float(gamma_final),
+            y=y,
+            y_target=y_target,
+            clip_min=clip_min,
+            clip_max=clip_max,
+        )
 
-    def _generate(self, x, labels, targeted, *, norm, steps, alpha_init, alpha_final,
-                  gamma_init, gamma_final, clip_min, clip_max):
+    def _generate(
+        self,
+        x,
+        labels,
+        targeted,
+        *,
+        norm,
+        steps,
+        alpha_init,
+        alpha_final,
+        gamma_init,
+        gamma_final,
+        clip_min,
+        clip_max,
+    ):
         if targeted:
             refuse_true_class_targets(labels.numpy(), self.model.predict_classes(x).numpy())
             self._count(len(x))
@@ -104,20 +140,49 @@ class FMN(Attack):
         worst = tf.where(tf.math.is_finite(worst), worst, tf.constant(np.inf, dtype))
         epsilon = tf.ones([batch], dtype) if norm == 0 else tf.fill([batch], np.inf)
         epsilon = tf.cast(epsilon, dtype)
-        state = (tf.zeros_like(x), epsilon, tf.fill([batch], tf.constant(np.inf, dtype)), x,
-                 tf.zeros([batch], tf.bool))
+        state = (
+            tf.zeros_like(x),
+            epsilon,
+            tf.fill([batch], tf.constant(np.inf, dtype)),
+            x,
+            tf.zeros([batch], tf.bool),
+        )
         for i in range(steps):
             cosine = (1 + math.cos(math.pi * i / steps)) / 2
             alpha = alpha_final + (alpha_init - alpha_final) * cosine
             gamma = gamma_final + (gamma_init - gamma_final) * cosine
-            state = self._step(x, labels, *state, worst, low, high,
-                               tf.constant(alpha, dtype), tf.constant(gamma, dtype), norm,
-                               targeted)
+            state = self._step(
+                x,
+                labels,
+                *state,
+                worst,
+                low,
+                high,
+                tf.constant(alpha, dtype),
+                tf.constant(gamma, dtype),
+                norm,
+                targeted,
+            )
         self._count(batch, forward=steps, backward=steps)
         return state[3]
 
-    def _step_fn(self, x, labels, delta, epsilon, best_norm, best_adv, found, worst, low, high,
-                 alpha, gamma, norm, targeted):
+    def _step_fn(
+        self,
+        x,
+        labels,
+        delta,
+        epsilon,
+        best_norm,
+        best_adv,
+        found,
+        worst,
+        low,
+        high,
+        alpha,
+        gamma,
+        norm,
+        targeted,
+    ):
         point = x + delta
         with tf.GradientTape() as tape:
             tape.watch(delta)
@@ -125,22 +190,21 @@ class FMN(Attack):
             # ascending `loss` moves towards the goal; it is positive once reached
             loss = margin_loss(labels=labels, logits=logits)
             loss = -loss if targeted else loss
-        gradient = tape.gradient(loss, delta,
-                                 unconnected_gradients=tf.UnconnectedGradients.ZERO)
+        gradient = tape.gradient(loss, delta, unconnected_gradients=tf.UnconnectedGradients.ZERO)
         # entries at a bound of the domain cannot move out of it (the clip undoes
         # it): dropping them keeps the step and the boundary estimate usable
         blocked = ((point <= low) & (gradient < 0)) | ((point >= high) & (gradient > 0))
         gradient = tf.where(blocked, tf.zeros_like(gradient), gradient)
         predicted = tf.argmax(logits, axis=-1, output_type=labels.dtype)
-        adversarial = tf.equal(predicted, labels) if targeted else \
-            tf.not_equal(predicted, labels)
+        adversarial = tf.equal(predicted, labels) if targeted else tf.not_equal(predicted, labels)
         size = utils.lp_norm(delta, norm)
         better = adversarial & (size < best_norm)
         best_norm = tf.where(better, size, best_norm)
         best_adv = tf.where(utils.per_example(better, x), point, best_adv)
         found = found | adversarial
-        epsilon = self._adapt_epsilon(epsilon, adversarial, found, best_norm, size, loss,
-                                      gradient, gamma, norm)
+        epsilon = self._adapt_epsilon(
+            epsilon, adversarial, found, best_norm, size, loss, gradient, gamma, norm
+        )
         epsilon = tf.minimum(epsilon, worst)
         length = utils.per_example(tf.maximum(utils.lp_norm(gradient, 2), 1e-12), x)
         delta = project_onto_ball(delta + alpha * gradient / length, epsilon, norm)
@@ -148,11 +212,9 @@ class FMN(Attack):
         return delta, epsilon, best_norm, best_adv, found
 
     @staticmethod
-    def _adapt_epsilon(epsilon, adversarial, found, best_norm, size, loss, gradient, gamma,
-                       norm):
+    def _adapt_epsilon(epsilon, adversarial, found, best_norm, size, loss, gradient, gamma, norm):
         if norm == 0:  # a count: move by at least one entry
-            shrunk = tf.minimum(tf.minimum(epsilon - 1, tf.floor(epsilon * (1 - gamma))),
-                                best_norm)
+            shrunk = tf.minimum(tf.minimum(epsilon - 1, tf.floor(epsilon * (1 - gamma))), best_norm)
             grown = tf.maximum(epsilon + 1, tf.floor(epsilon * (1 + gamma)))
             return tf.maximum(tf.where(adversarial, shrunk, grown), 0.0)
         # before the first success, jump to the linearised distance to the boundary,
@@ -161,6 +223,8 @@ class FMN(Attack):
         dual = utils.DUAL_NORMS[norm]
         gradient_norm = tf.maximum(utils.lp_norm(gradient, dual), 1e-12)
         to_boundary = tf.maximum(size + tf.abs(loss) / gradient_norm, size * (1 + gamma))
-        return tf.where(adversarial, tf.minimum(epsilon * (1 - gamma), best_norm),
-                        tf.where(found, epsilon * (1 + gamma), to_boundary))
-
+        return tf.where(
+            adversarial,
+            tf.minimum(epsilon * (1 - gamma), best_norm),
+            tf.where(found, epsilon * (1 + gamma), to_boundary),
+        )

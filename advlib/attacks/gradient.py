@@ -9,13 +9,12 @@ so none of them retraces the step.
 
 from __future__ import annotations
 
-from typing import Any, Dict
+from typing import Any
 
 import numpy as np
 import tensorflow as tf
 
-from advlib import _checks
-from advlib import losses
+from advlib import _checks, losses
 from advlib.attacks import utils
 from advlib.attacks.base import Attack
 
@@ -23,8 +22,12 @@ from advlib.attacks.base import Attack
 def _as_tensors(dtype, eps, eps_iter, clip_min, clip_max, decay_factor):
     """The step's numbers as tensors of the input's dtype; open bounds are +-inf."""
     cast = lambda value: tf.cast(value, dtype)
-    return (cast(eps), cast(eps_iter), *utils.bounds_as_tensors(dtype, clip_min, clip_max),
-            cast(0.0 if decay_factor is None else decay_factor))
+    return (
+        cast(eps),
+        cast(eps_iter),
+        *utils.bounds_as_tensors(dtype, clip_min, clip_max),
+        cast(0.0 if decay_factor is None else decay_factor),
+    )
 
 
 class GradientAttack(Attack, register=False):
@@ -54,10 +57,25 @@ class GradientAttack(Attack, register=False):
         self._step = tf.function(self._step_fn, reduce_retracing=True)
         self._score = tf.function(self._score_fn, reduce_retracing=True)
 
-    def parse_params(self, eps=0.3, eps_iter=None, nb_iter=10, norm=None, ord=None,
-                     y=None, y_target=None, targeted=False, clip_min=None, clip_max=None,
-                     loss_fn=None, rand_init=False, rand_minmax=None, nb_restarts=1,
-                     decay_factor=None, seed=None) -> Dict[str, Any]:
+    def parse_params(
+        self,
+        eps=0.3,
+        eps_iter=None,
+        nb_iter=10,
+        norm=None,
+        ord=None,
+        y=None,
+        y_target=None,
+        targeted=False,
+        clip_min=None,
+        clip_max=None,
+        loss_fn=None,
+        rand_init=False,
+        rand_minmax=None,
+        nb_restarts=1,
+        decay_factor=None,
+        seed=None,
+    ) -> dict[str, Any]:
         norm = utils.resolve_norm(norm, ord)
         _checks.check_number("eps", eps, low=0)
         _checks.check_number("nb_iter", nb_iter, low=1, integer=True)
@@ -68,15 +86,41 @@ class GradientAttack(Attack, register=False):
         _checks.check_number("nb_restarts", nb_restarts, low=1, integer=True)
         _checks.check_number("decay_factor", decay_factor, low=0, allow_none=True)
         _checks.check_seed(seed)
-        return dict(eps=eps, eps_iter=eps_iter, nb_iter=int(nb_iter), norm=norm, y=y,
-                    y_target=y_target, targeted=bool(targeted), clip_min=clip_min,
-                    clip_max=clip_max, loss_fn=losses.get(loss_fn), rand_init=bool(rand_init),
-                    rand_minmax=rand_minmax, nb_restarts=int(nb_restarts),
-                    decay_factor=decay_factor, seed=seed)
+        return dict(
+            eps=eps,
+            eps_iter=eps_iter,
+            nb_iter=int(nb_iter),
+            norm=norm,
+            y=y,
+            y_target=y_target,
+            targeted=bool(targeted),
+            clip_min=clip_min,
+            clip_max=clip_max,
+            loss_fn=losses.get(loss_fn),
+            rand_init=bool(rand_init),
+            rand_minmax=rand_minmax,
+            nb_restarts=int(nb_restarts),
+            decay_factor=decay_factor,
+            seed=seed,
+        )
 
     # -- compiled pieces ---------------------------------------------------
-    def _step_fn(self, x_adv, x, labels, momentum, eps, eps_iter, decay, clip_min, clip_max,
-                 norm, targeted, loss_fn, use_momentum):
+    def _step_fn(
+        self,
+        x_adv,
+        x,
+        labels,
+        momentum,
+        eps,
+        eps_iter,
+        decay,
+        clip_min,
+        clip_max,
+        norm,
+        targeted,
+        loss_fn,
+        use_momentum,
+    ):
         _, grad, _ = self.model.loss_gradient(x_adv, labels, loss_fn, targeted)
         previous_momentum = momentum
         if use_momentum:
@@ -91,8 +135,7 @@ class GradientAttack(Attack, register=False):
         keep = utils.per_example(finite, x)
         if use_momentum:
             momentum = tf.where(keep, momentum, previous_momentum)
-        return (tf.where(keep, moved, x_adv), momentum,
-                tf.reduce_sum(tf.cast(~finite, tf.int32)))
+        return (tf.where(keep, moved, x_adv), momentum, tf.reduce_sum(tf.cast(~finite, tf.int32)))
 
     def _score_fn(self, x_adv, labels, loss_fn, targeted):
         """Per example: whether the attack succeeded, and its objective."""
@@ -103,24 +146,61 @@ class GradientAttack(Attack, register=False):
         return success, -loss if targeted else loss
 
     # -- the attack --------------------------------------------------------
-    def _generate(self, x, labels, targeted, *, eps, eps_iter, nb_iter, norm, clip_min,
-                  clip_max, loss_fn, rand_init, rand_minmax, nb_restarts, decay_factor,
-                  seed):
+    def _generate(
+        self,
+        x,
+        labels,
+        targeted,
+        *,
+        eps,
+        eps_iter,
+        nb_iter,
+        norm,
+        clip_min,
+        clip_max,
+        loss_fn,
+        rand_init,
+        rand_minmax,
+        nb_restarts,
+        decay_factor,
+        seed,
+    ):
         if eps == 0:
             return tf.identity(x)
         eps_t, eps_iter_t, low, high, decay = _as_tensors(
-            x.dtype, eps, eps_iter, clip_min, clip_max, decay_factor)
+            x.dtype, eps, eps_iter, clip_min, clip_max, decay_factor
+        )
         use_momentum = decay_factor is not None
         seed_pair = self._seed_pair(seed)
         best, fallbacks = None, tf.zeros((), tf.int32)
         for restart in range(nb_restarts):
-            x_adv = self._start(x, rand_init, norm, eps_t, tf.cast(rand_minmax, x.dtype),
-                                seed_pair + [0, restart], low, high)
+            x_adv = self._start(
+                x,
+                rand_init,
+                norm,
+                eps_t,
+                tf.cast(rand_minmax, x.dtype),
+                seed_pair + [0, restart],
+                low,
+                high,
+            )
             momentum = tf.zeros_like(x) if use_momentum else tf.zeros((), x.dtype)
             for _ in range(nb_iter):
-                x_adv, momentum, bad = self._step(x_adv, x, labels, momentum, eps_t,
-                                                  eps_iter_t, decay, low, high, norm, targeted,
-                                                  loss_fn, use_momentum)
+                x_adv, momentum, bad = self._step(
+                    x_adv,
+                    x,
+                    labels,
+                    momentum,
+                    eps_t,
+                    eps_iter_t,
+                    decay,
+                    low,
+                    high,
+                    norm,
+                    targeted,
+                    loss_fn,
+                    use_momentum,
+                )
                 fallbacks += bad
             self._count(len(x), forward=nb_iter, backward=nb_iter)
             if nb_restarts > 1:
@@ -135,9 +215,24 @@ class GradientAttack(Attack, register=False):
         noise = utils.random_lp_vector(tf.shape(x), norm, rand_minmax, seed_pair, dtype=x.dtype)
         return tf.clip_by_value(x + utils.clip_eta(noise, norm, eps), low, high)
 
-    def perturb(self, x, labels, *, eps, eps_iter, nb_iter, norm=np.inf, targeted=False,
-                clip_min=None, clip_max=None, loss_fn=None, rand_init=False, rand_minmax=None,
-                decay_factor=None, seed_pair=None):
+    def perturb(
+        self,
+        x,
+        labels,
+        *,
+        eps,
+        eps_iter,
+        nb_iter,
+        norm=np.inf,
+        targeted=False,
+        clip_min=None,
+        clip_max=None,
+        loss_fn=None,
+        rand_init=False,
+        rand_minmax=None,
+        decay_factor=None,
+        seed_pair=None,
+    ):
         """Crafts adversarial examples with TensorFlow ops only.
 
         For use inside compiled code, such as a training step: no NumPy, no
@@ -146,8 +241,9 @@ class GradientAttack(Attack, register=False):
         for TRADES's KL). `seed_pair` is an int tensor of shape (2,) for the
         random start.
         """
-        eps, eps_iter, low, high, decay = _as_tensors(x.dtype, eps, eps_iter, clip_min,
-                                                      clip_max, decay_factor)
+        eps, eps_iter, low, high, decay = _as_tensors(
+            x.dtype, eps, eps_iter, clip_min, clip_max, decay_factor
+        )
         use_momentum = decay_factor is not None
         rand_minmax = eps if rand_minmax is None else tf.cast(rand_minmax, x.dtype)
         x_adv = self._start(x, rand_init, norm, eps, rand_minmax, seed_pair, low, high)
@@ -155,12 +251,26 @@ class GradientAttack(Attack, register=False):
         norm, loss_fn = utils.normalize_norm(norm), losses.get(loss_fn)
 
         def step(i, x_adv, momentum):
-            x_adv, momentum, _ = self._step_fn(x_adv, x, labels, momentum, eps, eps_iter, decay,
-                                               low, high, norm, targeted, loss_fn, use_momentum)
+            x_adv, momentum, _ = self._step_fn(
+                x_adv,
+                x,
+                labels,
+                momentum,
+                eps,
+                eps_iter,
+                decay,
+                low,
+                high,
+                norm,
+                targeted,
+                loss_fn,
+                use_momentum,
+            )
             return i + 1, x_adv, momentum
 
-        _, x_adv, _ = tf.while_loop(lambda i, *_: i < nb_iter, step,
-                                    [tf.constant(0), x_adv, momentum])
+        _, x_adv, _ = tf.while_loop(
+            lambda i, *_: i < nb_iter, step, [tf.constant(0), x_adv, momentum]
+        )
         return tf.stop_gradient(x_adv)
 
     def _keep_most_damaging(self, best, x_adv, labels, loss_fn, targeted):
@@ -171,5 +281,8 @@ class GradientAttack(Attack, register=False):
         best_x, best_success, best_loss = best
         better = (success & ~best_success) | ((success == best_success) & (loss > best_loss))
         mask = tf.reshape(better, [-1] + [1] * (x_adv.shape.rank - 1))
-        return (tf.where(mask, x_adv, best_x), tf.where(better, success, best_success),
-                tf.where(better, loss, best_loss))
+        return (
+            tf.where(mask, x_adv, best_x),
+            tf.where(better, success, best_success),
+            tf.where(better, loss, best_loss),
+        )

@@ -59,14 +59,37 @@ class TargetedPGD(ProjectedGradientDescent):
         top_classes (3): how many target classes to try.
     """
 
-    def parse_params(self, eps=0.3, eps_iter=0.05, nb_iter=10, norm=None, ord=None, y=None,
-                     clip_min=None, clip_max=None, loss_fn="cw", rand_init=True,
-                     rand_minmax=None, seed=None, top_classes=3):
+    def parse_params(
+        self,
+        eps=0.3,
+        eps_iter=0.05,
+        nb_iter=10,
+        norm=None,
+        ord=None,
+        y=None,
+        clip_min=None,
+        clip_max=None,
+        loss_fn="cw",
+        rand_init=True,
+        rand_minmax=None,
+        seed=None,
+        top_classes=3,
+    ):
         _checks.check_number("top_classes", top_classes, low=1, integer=True)
         parsed = super().parse_params(
-            eps=eps, eps_iter=eps_iter, nb_iter=nb_iter, norm=norm, ord=ord, y=y,
-            clip_min=clip_min, clip_max=clip_max, loss_fn=loss_fn, rand_init=rand_init,
-            rand_minmax=rand_minmax, seed=seed)
+            eps=eps,
+            eps_iter=eps_iter,
+            nb_iter=nb_iter,
+            norm=norm,
+            ord=ord,
+            y=y,
+            clip_min=clip_min,
+            clip_max=clip_max,
+            loss_fn=loss_fn,
+            rand_init=rand_init,
+            rand_minmax=rand_minmax,
+            seed=seed,
+        )
         parsed["top_classes"] = int(top_classes)
         return parsed
 
@@ -75,15 +98,18 @@ class TargetedPGD(ProjectedGradientDescent):
         self._count(len(x))
         true = labels.numpy()
         logits[np.arange(len(x)), true] = -np.inf
-        ranked = np.argsort(-logits, axis=1)[:, :min(top_classes, logits.shape[1] - 1)]
+        ranked = np.argsort(-logits, axis=1)[:, : min(top_classes, logits.shape[1] - 1)]
         x_adv = x.numpy().copy()
         open_ = np.ones(len(x), bool)
         for k in range(ranked.shape[1]):
             index = np.flatnonzero(open_)
             if index.size == 0:
                 break
-            candidate = super()._generate(tf.gather(x, index), tf.constant(ranked[index, k]),
-                                          True, **options).numpy()
+            candidate = (
+                super()
+                ._generate(tf.gather(x, index), tf.constant(ranked[index, k]), True, **options)
+                .numpy()
+            )
             fooled = self.model.predict_classes(candidate).numpy() != true[index]
             self._count(len(index))
             x_adv[index[fooled]] = candidate[fooled]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Dict, Optional, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -49,16 +49,33 @@ class AttackResult:
     nonfinite_fallbacks: int = 0
 
     @classmethod
-    def from_arrays(cls, x, x_adv, labels, targeted, predictions, forward_passes,
-                    backward_passes, wall_time, nonfinite_fallbacks=0) -> "AttackResult":
+    def from_arrays(
+        cls,
+        x,
+        x_adv,
+        labels,
+        targeted,
+        predictions,
+        forward_passes,
+        backward_passes,
+        wall_time,
+        nonfinite_fallbacks=0,
+    ) -> AttackResult:
         success = predictions == labels if targeted else predictions != labels
         # a NaN example is no adversarial example, whatever argmax makes of it
         finite = np.isfinite(np.asarray(x_adv).reshape(len(x_adv), -1)).all(axis=1)
-        return cls(x_adv=x_adv, success=success & finite, labels=labels, targeted=targeted,
-                   predictions=predictions, forward_passes=int(forward_passes),
-                   backward_passes=int(backward_passes), wall_time=float(wall_time),
-                   nonfinite_fallbacks=int(nonfinite_fallbacks),
-                   **lp_norms(np.asarray(x_adv) - np.asarray(x)))
+        return cls(
+            x_adv=x_adv,
+            success=success & finite,
+            labels=labels,
+            targeted=targeted,
+            predictions=predictions,
+            forward_passes=int(forward_passes),
+            backward_passes=int(backward_passes),
+            wall_time=float(wall_time),
+            nonfinite_fallbacks=int(nonfinite_fallbacks),
+            **lp_norms(np.asarray(x_adv) - np.asarray(x)),
+        )
 
     @property
     def success_rate(self) -> float:
@@ -81,20 +98,24 @@ class AttackResult:
         """The share of examples broken within each eps of `eps`: a robustness curve
         (robust accuracy = 1 - success, for untargeted attacks on true labels)
         from one minimum-norm run."""
-        eps = np.atleast_1d(np.asarray(eps, np.float64))
-        for value in eps:
+        radii = np.atleast_1d(np.asarray(eps, np.float64))
+        for value in radii:
             _checks.check_number("eps", float(value), low=0)
         norms = self.minimal_norms(norm)
         if not norms.size:
-            return np.zeros(len(eps))
-        return np.array([(norms <= e * (1 + _EPS_TOLERANCE) + 1e-7).mean() for e in eps])
+            return np.zeros(len(radii))
+        return np.array([(norms <= e * (1 + _EPS_TOLERANCE) + 1e-7).mean() for e in radii])
 
-    def summary(self, norm: Optional[str] = None) -> Dict[str, float]:
+    def summary(self, norm: str | None = None) -> dict[str, float]:
         """Success rate and median / mean norms over the successful examples."""
-        out = {"n": int(self.success.size), "success_rate": self.success_rate,
-               "forward_passes": self.forward_passes, "backward_passes": self.backward_passes,
-               "wall_time": self.wall_time}
-        for name in ([norm] if norm else ["l0", "l1", "l2", "linf"]):
+        out = {
+            "n": int(self.success.size),
+            "success_rate": self.success_rate,
+            "forward_passes": self.forward_passes,
+            "backward_passes": self.backward_passes,
+            "wall_time": self.wall_time,
+        }
+        for name in [norm] if norm else ["l0", "l1", "l2", "linf"]:
             values = getattr(self, name)[self.success]
             out[f"median_{name}"] = float(np.median(values)) if values.size else float("nan")
             out[f"mean_{name}"] = float(np.mean(values)) if values.size else float("nan")
@@ -102,9 +123,11 @@ class AttackResult:
 
     def __repr__(self) -> str:
         s = self.summary()
-        return (f"AttackResult(n={s['n']}, success_rate={s['success_rate']:.3f}, "
-                f"mean_l2={s['mean_l2']:.4g}, mean_linf={s['mean_linf']:.4g}, "
-                f"wall_time={self.wall_time:.2f}s)")
+        return (
+            f"AttackResult(n={s['n']}, success_rate={s['success_rate']:.3f}, "
+            f"mean_l2={s['mean_l2']:.4g}, mean_linf={s['mean_linf']:.4g}, "
+            f"wall_time={self.wall_time:.2f}s)"
+        )
 
 
 def _field(norm) -> str:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Dict
+from typing import Any
 
 import numpy as np
 import tensorflow as tf
@@ -13,7 +13,7 @@ from advlib.attacks.base import Attack, random_targets, refuse_true_class_target
 
 # Elements of one (batch, chunk, features) block of pair scores: bounds the
 # memory of the pair search at a few hundred MB whatever the input size.
-_PAIR_BLOCK = 2 ** 22
+_PAIR_BLOCK = 2**22
 
 
 class SaliencyMapMethod(Attack):
@@ -56,20 +56,41 @@ class SaliencyMapMethod(Attack):
         super().__init__(model)
         self._step = tf.function(self._step_fn)
 
-    def parse_params(self, theta=1.0, gamma=1.0, clip_min=0.0, clip_max=1.0, y=None,
-                     y_target=None, seed=None, use_logits=False) -> Dict[str, Any]:
+    def parse_params(
+        self,
+        theta=1.0,
+        gamma=1.0,
+        clip_min=0.0,
+        clip_max=1.0,
+        y=None,
+        y_target=None,
+        seed=None,
+        use_logits=False,
+    ) -> dict[str, Any]:
         _checks.check_number("theta", theta, low=-1, high=1)
         if theta == 0:
-            raise ValueError("theta must be nonzero (positive increases features, negative "
-                             "decreases them), got 0.")
+            raise ValueError(
+                "theta must be nonzero (positive increases features, negative "
+                "decreases them), got 0."
+            )
         _checks.check_number("gamma", gamma, low=0, high=1, low_open=True)
         for name, value in (("clip_min", clip_min), ("clip_max", clip_max)):
             if value is None:
-                raise ValueError(f"{name} must be a number for JSMA, which moves features "
-                                 "to the bounds of the input domain; got None.")
+                raise ValueError(
+                    f"{name} must be a number for JSMA, which moves features "
+                    "to the bounds of the input domain; got None."
+                )
         _checks.check_seed(seed)
-        return dict(theta=theta, gamma=gamma, clip_min=clip_min, clip_max=clip_max, y=y,
-                    y_target=y_target, seed=seed, use_logits=bool(use_logits))
+        return dict(
+            theta=theta,
+            gamma=gamma,
+            clip_min=clip_min,
+            clip_max=clip_max,
+            y=y,
+            y_target=y_target,
+            seed=seed,
+            use_logits=bool(use_logits),
+        )
 
     def _whole_batch_params(self, x, params):
         """Draws the random targets for all of `x` at once, so batching cannot change them."""
@@ -79,15 +100,15 @@ class SaliencyMapMethod(Attack):
         true_classes = params.get("y")
         if true_classes is None:
             self.model.check_output(tf.convert_to_tensor(x[:1]))
-            true_classes = np.concatenate([self.model.predict_classes(x[i:i + 512]).numpy()
-                                           for i in range(0, len(x), 512)])
+            true_classes = np.concatenate(
+                [self.model.predict_classes(x[i : i + 512]).numpy() for i in range(0, len(x), 512)]
+            )
             self._count(len(x))
         true_classes = _checks.check_labels("y", true_classes, len(x), self.model.nb_classes)
         targets = random_targets(true_classes, self.model.nb_classes, params.get("seed"))
         return dict(params, y=None, y_target=targets)
 
-    def _generate(self, x, labels, targeted, *, theta, gamma, clip_min, clip_max, seed,
-                  use_logits):
+    def _generate(self, x, labels, targeted, *, theta, gamma, clip_min, clip_max, seed, use_logits):
         nb_classes = self.model.nb_classes
         predicted = self.model.predict_classes(x).numpy()
         self._count(len(x))
@@ -110,15 +131,26 @@ class SaliencyMapMethod(Attack):
         max_steps = budget * math.ceil(1 / abs(theta)) + 1
         for _ in range(max_steps):
             flat, domain, changed, any_active = self._step(
-                flat, domain, changed, targets, step, low, high, tf.constant(budget),
-                tuple(int(d) for d in shape[1:]), increase, use_logits)
+                flat,
+                domain,
+                changed,
+                targets,
+                step,
+                low,
+                high,
+                tf.constant(budget),
+                tuple(int(d) for d in shape[1:]),
+                increase,
+                use_logits,
+            )
             self._count(len(x), forward=1, backward=2 if use_logits else 1)
             if not bool(any_active):
                 break
         return tf.reshape(flat, shape)
 
-    def _step_fn(self, flat, domain, changed, targets, step, low, high, budget, shape,
-                 increase, use_logits):
+    def _step_fn(
+        self, flat, domain, changed, targets, step, low, high, budget, shape, increase, use_logits
+    ):
         features = flat.shape[1]
         target_mask = tf.one_hot(targets, self.model.nb_classes, dtype=tf.float32)
         with tf.GradientTape(persistent=use_logits) as tape:
@@ -138,8 +170,10 @@ class SaliencyMapMethod(Attack):
             # (alpha_p + alpha_q)^2 peaks at the two largest (smallest) alphas
             p, q, found = best_pair_from_target_gradient(alpha, domain, increase)
         predicted = tf.argmax(logits, axis=-1, output_type=targets.dtype)
-        pair = tf.logical_or(tf.one_hot(p, features, on_value=True, off_value=False),
-                             tf.one_hot(q, features, on_value=True, off_value=False))
+        pair = tf.logical_or(
+            tf.one_hot(p, features, on_value=True, off_value=False),
+            tf.one_hot(q, features, on_value=True, off_value=False),
+        )
         within_budget = tf.reduce_sum(tf.cast(changed | pair, tf.int32), axis=1) <= budget
         active = (predicted != targets) & found & within_budget
         pair = pair & active[:, None]
@@ -187,8 +221,8 @@ def best_pair(alpha, beta, domain, increase):
     for start in tf.range(0, blocks * block, block):
         rows = start + tf.range(block)
         off_diagonal = tf.cast(rows[:, None] != columns[None, :], tf.float32)
-        a = tf.nn.relu(alpha_rows[:, start:start + block, None] + alpha[:, None, :])
-        b = tf.nn.relu(-(beta_rows[:, start:start + block, None] + beta[:, None, :]))
+        a = tf.nn.relu(alpha_rows[:, start : start + block, None] + alpha[:, None, :])
+        b = tf.nn.relu(-(beta_rows[:, start : start + block, None] + beta[:, None, :]))
         score = tf.reshape(a * b * off_diagonal, [batch, block * features])
         index = tf.argmax(score, axis=1, output_type=tf.int32)
         value = tf.reduce_max(score, axis=1)

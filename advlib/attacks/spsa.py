@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Dict
+from typing import Any
 
 import numpy as np
 import tensorflow as tf
@@ -53,41 +53,85 @@ class SPSA(Attack):
 
     black_box = True
 
-    def parse_params(self, eps=0.3, nb_iter=100, learning_rate=0.01, delta=0.01,
-                     spsa_samples=128, spsa_iters=1, early_stop_loss_threshold=None,
-                     norm=None, ord=None, y=None, y_target=None, targeted=False,
-                     clip_min=None, clip_max=None, seed=None) -> Dict[str, Any]:
+    def parse_params(
+        self,
+        eps=0.3,
+        nb_iter=100,
+        learning_rate=0.01,
+        delta=0.01,
+        spsa_samples=128,
+        spsa_iters=1,
+        early_stop_loss_threshold=None,
+        norm=None,
+        ord=None,
+        y=None,
+        y_target=None,
+        targeted=False,
+        clip_min=None,
+        clip_max=None,
+        seed=None,
+    ) -> dict[str, Any]:
         _checks.check_number("eps", eps, low=0)
         _checks.check_number("nb_iter", nb_iter, low=0, integer=True)
         _checks.check_number("learning_rate", learning_rate, low=0, low_open=True)
         _checks.check_number("delta", delta, low=0, low_open=True)
         _checks.check_number("spsa_samples", spsa_samples, low=2, integer=True)
         if spsa_samples % 2:
-            raise ValueError(f"spsa_samples must be even (the directions come in antithetic "
-                             f"pairs), got {spsa_samples}.")
+            raise ValueError(
+                f"spsa_samples must be even (the directions come in antithetic "
+                f"pairs), got {spsa_samples}."
+            )
         _checks.check_number("spsa_iters", spsa_iters, low=1, integer=True)
-        _checks.check_number("early_stop_loss_threshold", early_stop_loss_threshold,
-                             allow_none=True)
+        _checks.check_number(
+            "early_stop_loss_threshold", early_stop_loss_threshold, allow_none=True
+        )
         _checks.check_seed(seed)
         norm = utils.resolve_norm(norm, ord, allowed=(np.inf, 2))
-        return dict(eps=float(eps), nb_iter=int(nb_iter), learning_rate=float(learning_rate),
-                    delta=float(delta), spsa_samples=int(spsa_samples),
-                    spsa_iters=int(spsa_iters), early_stop_loss_threshold=(
-                        None if early_stop_loss_threshold is None
-                        else float(early_stop_loss_threshold)),
-                    norm=norm, y=y, y_target=y_target, targeted=bool(targeted),
-                    clip_min=clip_min, clip_max=clip_max, seed=seed)
+        return dict(
+            eps=float(eps),
+            nb_iter=int(nb_iter),
+            learning_rate=float(learning_rate),
+            delta=float(delta),
+            spsa_samples=int(spsa_samples),
+            spsa_iters=int(spsa_iters),
+            early_stop_loss_threshold=(
+                None if early_stop_loss_threshold is None else float(early_stop_loss_threshold)
+            ),
+            norm=norm,
+            y=y,
+            y_target=y_target,
+            targeted=bool(targeted),
+            clip_min=clip_min,
+            clip_max=clip_max,
+            seed=seed,
+        )
 
     def _generate(self, x, labels, targeted, **options):
         if x.dtype.size < 4:
             # half precision cannot hold Adam's moments; search in float32, return x's dtype
-            return tf.cast(self._search(tf.cast(x, tf.float32), labels, targeted, **options),
-                           x.dtype)
+            return tf.cast(
+                self._search(tf.cast(x, tf.float32), labels, targeted, **options), x.dtype
+            )
         return self._search(x, labels, targeted, **options)
 
-    def _search(self, x, labels, targeted, *, eps, nb_iter, learning_rate, delta,
-                spsa_samples, spsa_iters, early_stop_loss_threshold, norm, clip_min, clip_max,
-                seed):
+    def _search(
+        self,
+        x,
+        labels,
+        targeted,
+        *,
+        eps,
+        nb_iter,
+        learning_rate,
+        delta,
+        spsa_samples,
+        spsa_iters,
+        early_stop_loss_threshold,
+        norm,
+        clip_min,
+        clip_max,
+        seed,
+    ):
         if eps == 0 or nb_iter == 0:  # no step: the clean input, not the random start
             return tf.identity(x)
         low, high = utils.bounds_as_tensors(x.dtype, clip_min, clip_max)
@@ -95,7 +139,8 @@ class SPSA(Attack):
         seed_pair = self._seed_pair(seed)
         eps_t = tf.cast(eps, x.dtype)
         x_adv = tf.clip_by_value(
-            x + utils.random_lp_vector(tf.shape(x), norm, eps_t, seed_pair, x.dtype), low, high)
+            x + utils.random_lp_vector(tf.shape(x), norm, eps_t, seed_pair, x.dtype), low, high
+        )
         first, second = tf.zeros_like(x), tf.zeros_like(x)
         best, best_loss = x_adv, self._loss(x_adv, labels, targeted)
         for step in range(nb_iter):
@@ -108,15 +153,33 @@ class SPSA(Attack):
             grad = tf.zeros_like(x_active)
             for repeat in range(spsa_iters):
                 grad += self._estimate_gradient(
-                    x_active, labels_active, targeted, delta, spsa_samples,
-                    seed_pair + [1, step * spsa_iters + repeat], rows, len(active))
+                    x_active,
+                    labels_active,
+                    targeted,
+                    delta,
+                    spsa_samples,
+                    seed_pair + [1, step * spsa_iters + repeat],
+                    rows,
+                    len(active),
+                )
             grad = tf.scatter_nd(rows, grad / spsa_iters, tf.shape(x, out_type=tf.int64))
             x_adv, first, second = _adam_step(
-                x_adv, x, grad, first, second, tf.constant(active),
-                tf.cast(step + 1, x.dtype), tf.cast(learning_rate, x.dtype), eps_t, low, high,
-                norm)
+                x_adv,
+                x,
+                grad,
+                first,
+                second,
+                tf.constant(active),
+                tf.cast(step + 1, x.dtype),
+                tf.cast(learning_rate, x.dtype),
+                eps_t,
+                low,
+                high,
+                norm,
+            )
             loss = tf.tensor_scatter_nd_update(
-                best_loss, rows, self._loss(tf.gather_nd(x_adv, rows), labels_active, targeted))
+                best_loss, rows, self._loss(tf.gather_nd(x_adv, rows), labels_active, targeted)
+            )
             better = tf.cast(loss < best_loss, x.dtype)
             best = tf.where(utils.per_example(better, x) > 0, x_adv, best)
             best_loss = tf.minimum(loss, best_loss)
@@ -124,20 +187,25 @@ class SPSA(Attack):
 
     def _loss(self, points, labels, targeted) -> tf.Tensor:
         """The margin loss to minimise: negative once the attack has succeeded."""
-        logits = tf.concat([self.model.predict_logits(points[i:i + _MAX_POINTS])
-                            for i in range(0, int(points.shape[0]), _MAX_POINTS)], axis=0)
+        logits = tf.concat(
+            [
+                self.model.predict_logits(points[i : i + _MAX_POINTS])
+                for i in range(0, int(points.shape[0]), _MAX_POINTS)
+            ],
+            axis=0,
+        )
         self._count(int(points.shape[0]))
         margin = margin_loss(labels=labels, logits=logits)
         return margin if targeted else -margin
 
-    def _estimate_gradient(self, x_adv, labels, targeted, delta, samples, seed_pair, rows,
-                           batch):
+    def _estimate_gradient(self, x_adv, labels, targeted, delta, samples, seed_pair, rows, batch):
         """The gradient estimate at each row of `x_adv`; `rows` (shape (n, 1)) are
         their places in a batch of `batch`, so that an example's directions do not
         depend on which other examples are still running."""
         pairs = samples // 2
-        directions, points = _probe_points(x_adv, tf.constant(delta, x_adv.dtype), pairs,
-                                           tf.constant(seed_pair), rows, batch)
+        directions, points = _probe_points(
+            x_adv, tf.constant(delta, x_adv.dtype), pairs, tf.constant(seed_pair), rows, batch
+        )
         repeated = tf.repeat(labels, 2 * pairs)
         loss = tf.reshape(self._loss(points, repeated, targeted), (-1, 2, pairs))
         return _combine(directions, loss, tf.constant(delta, x_adv.dtype))
@@ -147,8 +215,11 @@ class SPSA(Attack):
 def _probe_points(x_adv, delta, pairs, seed_pair, rows, batch):
     """Random sign directions (rows, pairs, ...) and the points x +- delta * v."""
     shape = tf.concat([[batch, pairs], tf.shape(x_adv)[1:]], 0)
-    directions = tf.sign(tf.gather_nd(tf.random.stateless_uniform(
-        shape, seed_pair, -1.0, 1.0, dtype=x_adv.dtype), rows))
+    directions = tf.sign(
+        tf.gather_nd(
+            tf.random.stateless_uniform(shape, seed_pair, -1.0, 1.0, dtype=x_adv.dtype), rows
+        )
+    )
     directions = tf.where(directions == 0, tf.ones_like(directions), directions)
     centre = tf.expand_dims(x_adv, 1)
     points = tf.stack([centre + delta * directions, centre - delta * directions], axis=1)
@@ -159,8 +230,9 @@ def _probe_points(x_adv, delta, pairs, seed_pair, rows, batch):
 def _combine(directions, loss, delta):
     """The central-difference estimate, averaged over the antithetic pairs."""
     slope = (loss[:, 0] - loss[:, 1]) / (2 * delta)  # (batch, pairs)
-    slope = tf.reshape(slope, tf.concat([tf.shape(slope), tf.ones([tf.rank(directions) - 2],
-                                                                  tf.int32)], 0))
+    slope = tf.reshape(
+        slope, tf.concat([tf.shape(slope), tf.ones([tf.rank(directions) - 2], tf.int32)], 0)
+    )
     return tf.reduce_mean(slope * directions, axis=1)
 
 
@@ -170,5 +242,8 @@ def _adam_step(x_adv, x, grad, first, second, active, t, learning_rate, eps, low
     step, new_first, new_second = utils.adam_update(grad, first, second, t, learning_rate)
     moved = tf.clip_by_value(x + utils.clip_eta(x_adv - step - x, norm, eps), low, high)
     keep = utils.per_example(tf.cast(active, x.dtype), x) > 0
-    return (tf.where(keep, moved, x_adv), tf.where(keep, new_first, first),
-            tf.where(keep, new_second, second))
+    return (
+        tf.where(keep, moved, x_adv),
+        tf.where(keep, new_first, first),
+        tf.where(keep, new_second, second),
+    )

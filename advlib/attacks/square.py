@@ -4,13 +4,12 @@ black-box attack by random square updates."""
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import Any, Dict
+from typing import Any
 
 import numpy as np
 import tensorflow as tf
 
-from advlib import _checks
-from advlib import losses
+from advlib import _checks, losses
 from advlib.attacks import utils
 from advlib.attacks.base import Attack, on_survivors
 
@@ -27,7 +26,7 @@ def p_selection(p_init: float, iteration: int, n_queries: int, rescale: bool) ->
     if rescale:
         iteration = int(iteration / n_queries * 10000)
     halvings = sum(iteration > bound for bound in _SCHEDULE_BOUNDS)
-    return p_init / 2 ** halvings
+    return p_init / 2**halvings
 
 
 def _rectangles(rows: int, cols: int) -> np.ndarray:
@@ -36,10 +35,12 @@ def _rectangles(rows: int, cols: int) -> np.ndarray:
     centre_r, centre_c = rows // 2 + 1, cols // 2 + 1
     top, left = centre_r - 1, centre_c - 1
     for ring in range(max(centre_r, centre_c)):
-        pattern[max(top, 0):min(top + 2 * ring + 1, rows),
-                max(left, 0):min(left + 2 * ring + 1, cols)] += 1.0 / (ring + 1) ** 2
+        pattern[
+            max(top, 0) : min(top + 2 * ring + 1, rows),
+            max(left, 0) : min(left + 2 * ring + 1, cols),
+        ] += 1.0 / (ring + 1) ** 2
         top, left = top - 1, left - 1
-    return pattern / max(np.sqrt((pattern ** 2).sum()), 1e-12)
+    return pattern / max(np.sqrt((pattern**2).sum()), 1e-12)
 
 
 @lru_cache(maxsize=64)
@@ -51,7 +52,7 @@ def eta(size: int) -> np.ndarray:
     if half:
         pattern[:half] = _rectangles(half, size)
     pattern[half:] = -_rectangles(size - half, size)
-    return pattern / max(np.sqrt((pattern ** 2).sum()), 1e-12)
+    return pattern / max(np.sqrt((pattern**2).sum()), 1e-12)
 
 
 class SquareAttack(Attack):
@@ -97,10 +98,23 @@ class SquareAttack(Attack):
         self._accept = tf.function(self._accept_fn, reduce_retracing=True)
         self._chunk = tf.function(self._chunk_fn, reduce_retracing=True)
 
-    def parse_params(self, eps=0.3, norm=None, ord=None, n_queries=5000, p_init=0.8,
-                     loss="margin", nb_restarts=1, rescale_schedule=False, y=None,
-                     y_target=None, targeted=False, clip_min=None, clip_max=None,
-                     seed=None) -> Dict[str, Any]:
+    def parse_params(
+        self,
+        eps=0.3,
+        norm=None,
+        ord=None,
+        n_queries=5000,
+        p_init=0.8,
+        loss="margin",
+        nb_restarts=1,
+        rescale_schedule=False,
+        y=None,
+        y_target=None,
+        targeted=False,
+        clip_min=None,
+        clip_max=None,
+        seed=None,
+    ) -> dict[str, Any]:
         norm = utils.resolve_norm(norm, ord, allowed=(np.inf, 2))
         _checks.check_number("eps", eps, low=0)
         _checks.check_number("n_queries", n_queries, low=0, integer=True)
@@ -108,21 +122,49 @@ class SquareAttack(Attack):
         _checks.check_choice("loss", loss, ("margin", "ce"))
         _checks.check_number("nb_restarts", nb_restarts, low=1, integer=True)
         _checks.check_seed(seed)
-        return dict(eps=float(eps), norm=norm, n_queries=int(n_queries), p_init=float(p_init),
-                    loss=loss, nb_restarts=int(nb_restarts),
-                    rescale_schedule=bool(rescale_schedule), y=y, y_target=y_target,
-                    targeted=bool(targeted), clip_min=clip_min, clip_max=clip_max, seed=seed)
+        return dict(
+            eps=float(eps),
+            norm=norm,
+            n_queries=int(n_queries),
+            p_init=float(p_init),
+            loss=loss,
+            nb_restarts=int(nb_restarts),
+            rescale_schedule=bool(rescale_schedule),
+            y=y,
+            y_target=y_target,
+            targeted=bool(targeted),
+            clip_min=clip_min,
+            clip_max=clip_max,
+            seed=seed,
+        )
 
     def _check_input(self, x, parsed) -> tf.Tensor:
         x = super()._check_input(x, parsed)
         if x.shape.rank not in (3, 4):
-            raise ValueError(f"x must be a batch of images, (batch, height, width[, "
-                             f"channels]), for SquareAttack; got shape {tuple(x.shape)}.")
+            raise ValueError(
+                f"x must be a batch of images, (batch, height, width[, "
+                f"channels]), for SquareAttack; got shape {tuple(x.shape)}."
+            )
         return x
 
     # -- the attack -------------------------------------------------------------------
-    def _generate(self, x, labels, targeted, *, eps, norm, n_queries, p_init, loss,
-                  nb_restarts, rescale_schedule, clip_min, clip_max, seed):
+    def _generate(
+        self,
+        x,
+        labels,
+        targeted,
+        *,
+        eps,
+        norm,
+        n_queries,
+        p_init,
+        loss,
+        nb_restarts,
+        rescale_schedule,
+        clip_min,
+        clip_max,
+        seed,
+    ):
         if eps == 0 or n_queries == 0:
             return tf.identity(x)
         images = x if x.shape.rank == 4 else x[..., None]
@@ -130,9 +172,19 @@ class SquareAttack(Attack):
         seed_pair = self._seed_pair(seed)
 
         def restart(index, rows):
-            return self._search(tf.gather(images, rows), tf.gather(labels, rows), targeted, eps,
-                                norm, n_queries, p_init, loss, rescale_schedule, bounds,
-                                seed_pair + [index, 0])
+            return self._search(
+                tf.gather(images, rows),
+                tf.gather(labels, rows),
+                targeted,
+                eps,
+                norm,
+                n_queries,
+                p_init,
+                loss,
+                rescale_schedule,
+                bounds,
+                seed_pair + [index, 0],
+            )
 
         out = on_survivors(images, np.ones(len(x), bool), range(nb_restarts), restart)
         return out if x.shape.rank == 4 else out[..., 0]
@@ -159,12 +211,16 @@ class SquareAttack(Attack):
         for iteration in range(n_queries):
             p = p_selection(p_init, iteration, n_queries, rescale)
             side = int(round(np.sqrt(p * height * width)))
-            sides.append(min(max(side, 1), height, width) if norm == np.inf else
-                         min(max(side + (side % 2 == 0), 3), height, width))
+            sides.append(
+                min(max(side, 1), height, width)
+                if norm == np.inf
+                else min(max(side + (side % 2 == 0), 3), height, width)
+            )
         return sides
 
-    def _search(self, x, labels, targeted, eps, norm, n_queries, p_init, loss, rescale, bounds,
-                seed_pair):
+    def _search(
+        self, x, labels, targeted, eps, norm, n_queries, p_init, loss, rescale, bounds, seed_pair
+    ):
         """One restart on a batch: (best points, which stayed robust)."""
         low, high = bounds
         eps_t = tf.cast(eps, x.dtype)
@@ -188,19 +244,45 @@ class SquareAttack(Attack):
             rows = tf.constant(active[:, None])
             count = min(step, n_queries - first)
             if step == 1:
-                candidate = self._propose(x, x_best, rows, tf.constant(seed_pair + [0, first + 1]),
-                                          tf.constant(sides[first]), bank[which[first]],
-                                          **common)
+                candidate = self._propose(
+                    x,
+                    x_best,
+                    rows,
+                    tf.constant(seed_pair + [0, first + 1]),
+                    tf.constant(sides[first]),
+                    bank[which[first]],
+                    **common,
+                )
                 new_margin, new_objective = self._objectives(
-                    candidate, tf.gather_nd(labels, rows), targeted, loss)
+                    candidate, tf.gather_nd(labels, rows), targeted, loss
+                )
                 x_best, margin, objective = self._accept(
-                    x_best, margin, objective, rows, candidate, new_margin, new_objective,
-                    tf.ones([len(active)], tf.bool))
+                    x_best,
+                    margin,
+                    objective,
+                    rows,
+                    candidate,
+                    new_margin,
+                    new_objective,
+                    tf.ones([len(active)], tf.bool),
+                )
                 continue
             x_best, margin, objective, queries = self._chunk(
-                x, x_best, margin, objective, labels, rows, tf.constant(seed_pair),
-                tf.constant(first), tf.constant(sides[first:first + count]),
-                tf.constant(which[first:first + count]), bank, targeted, loss, **common)
+                x,
+                x_best,
+                margin,
+                objective,
+                labels,
+                rows,
+                tf.constant(seed_pair),
+                tf.constant(first),
+                tf.constant(sides[first : first + count]),
+                tf.constant(which[first : first + count]),
+                bank,
+                targeted,
+                loss,
+                **common,
+            )
             self._count(int(queries))
         return x_best, margin.numpy() > 0
 
@@ -209,15 +291,21 @@ class SquareAttack(Attack):
         random signs, scaled to norm eps."""
         batch, height, width, channels = (int(d) for d in x.shape)
         if norm == np.inf:
-            signs = tf.sign(tf.random.stateless_uniform([batch, 1, width, channels], seed_pair,
-                                                        -1.0, 1.0, dtype=x.dtype))
+            signs = tf.sign(
+                tf.random.stateless_uniform(
+                    [batch, 1, width, channels], seed_pair, -1.0, 1.0, dtype=x.dtype
+                )
+            )
             return tf.clip_by_value(x + eps * tf.where(signs == 0, 1.0, signs), low, high)
         side = max(height // 5, 1)
         margin_r = max((height - side * 5) // 2, 0)
         margin_c = max((width - side * 5) // 2, 0)
         tiles_r, tiles_c = height // side, width // side
-        signs = tf.sign(tf.random.stateless_uniform([batch, tiles_r, tiles_c, channels],
-                                                    seed_pair, -1.0, 1.0, dtype=x.dtype))
+        signs = tf.sign(
+            tf.random.stateless_uniform(
+                [batch, tiles_r, tiles_c, channels], seed_pair, -1.0, 1.0, dtype=x.dtype
+            )
+        )
         signs = tf.where(signs == 0, tf.ones_like(signs), signs)
         flips = np.random.default_rng(int(seed_pair[0])).random((tiles_r, tiles_c)) > 0.5
         delta = tf.zeros_like(x)
@@ -229,30 +317,52 @@ class SquareAttack(Attack):
                 bottom, right = min(top + side, height), min(left + side, width)
                 if bottom <= top or right <= left:
                     continue
-                block[top:bottom, left:right] = pattern[:bottom - top, :right - left]
-                delta += tf.constant(block[None, :, :, None], x.dtype) * \
-                    signs[:, i, j][:, None, None, :]
+                block[top:bottom, left:right] = pattern[: bottom - top, : right - left]
+                delta += (
+                    tf.constant(block[None, :, :, None], x.dtype) * signs[:, i, j][:, None, None, :]
+                )
         delta = utils.optimize_linear(delta, eps, 2)  # delta scaled to norm eps
         return tf.clip_by_value(x + delta, low, high)
 
     # -- compiled pieces ------------------------------------------------------------------
-    def _chunk_fn(self, x, x_best, margin, objective, labels, rows, seed_pair, first, sides,
-                  which, bank, targeted, loss, batch, eps, low, high, norm):
+    def _chunk_fn(
+        self,
+        x,
+        x_best,
+        margin,
+        objective,
+        labels,
+        rows,
+        seed_pair,
+        first,
+        sides,
+        which,
+        bank,
+        targeted,
+        loss,
+        batch,
+        eps,
+        low,
+        high,
+        norm,
+    ):
         """`len(sides)` queries for the rows running at the chunk's start; a row that
         succeeds stops changing (and stops counting queries) within the chunk."""
         row_labels = tf.gather_nd(labels, rows)
         queries = tf.constant(0, tf.int64)
         for i in tf.range(tf.shape(sides)[0]):
             active = tf.gather_nd(margin, rows) > 0
-            seed = seed_pair + tf.stack([tf.constant(0, seed_pair.dtype),
-                                         tf.cast(first + i + 1, seed_pair.dtype)])
-            candidate = self._propose_fn(x, x_best, rows, seed, sides[i], bank[which[i]],
-                                         batch, eps, low, high, norm)
+            seed = seed_pair + tf.stack(
+                [tf.constant(0, seed_pair.dtype), tf.cast(first + i + 1, seed_pair.dtype)]
+            )
+            candidate = self._propose_fn(
+                x, x_best, rows, seed, sides[i], bank[which[i]], batch, eps, low, high, norm
+            )
             logits = tf.cast(self.model.get_logits(candidate), x.dtype)
             new_margin, new_objective = self._scores(logits, row_labels, targeted, loss)
-            x_best, margin, objective = self._accept_fn(x_best, margin, objective, rows,
-                                                        candidate, new_margin, new_objective,
-                                                        active)
+            x_best, margin, objective = self._accept_fn(
+                x_best, margin, objective, rows, candidate, new_margin, new_objective, active
+            )
             queries += tf.reduce_sum(tf.cast(active, tf.int64))
         return x_best, margin, objective, queries
 
@@ -278,37 +388,44 @@ class SquareAttack(Attack):
         x, x_best = tf.gather_nd(x, rows), tf.gather_nd(x_best, rows)
         height, width, channels = x.shape[1], x.shape[2], x.shape[3]
         seeds = tf.random.experimental.stateless_split(seed, 3)
-        signs = tf.sign(tf.gather_nd(tf.random.stateless_uniform(
-            [batch, 1, 1, channels], seeds[0], -1.0, 1.0, dtype=x.dtype), rows))
+        signs = tf.sign(
+            tf.gather_nd(
+                tf.random.stateless_uniform(
+                    [batch, 1, 1, channels], seeds[0], -1.0, 1.0, dtype=x.dtype
+                ),
+                rows,
+            )
+        )
         signs = tf.where(signs == 0, tf.ones_like(signs), signs)
         if norm == np.inf:
-            (inside, _, _), = self._windows(seeds[1], 1, batch, height, width, side, rows)
+            ((inside, _, _),) = self._windows(seeds[1], 1, batch, height, width, side, rows)
             inside = tf.cast(inside[..., None], x.dtype)
             moved = x_best + inside * 2 * eps * signs
             return tf.clip_by_value(tf.clip_by_value(moved, x - eps, x + eps), low, high)
-        return self._propose_l2(x, x_best, rows, seeds, side, pattern, batch, eps, low, high,
-                                signs)
+        return self._propose_l2(x, x_best, rows, seeds, side, pattern, batch, eps, low, high, signs)
 
     def _propose_l2(self, x, x_best, rows, seeds, side, pattern, batch, eps, low, high, signs):
         height, width, channels = x.shape[1], x.shape[2], x.shape[3]
-        (first, top, left), (second, _, _) = self._windows(seeds[1], 2, batch, height, width,
-                                                           side, rows)
+        (first, top, left), (second, _, _) = self._windows(
+            seeds[1], 2, batch, height, width, side, rows
+        )
         first_mask = tf.cast(first[..., None], x.dtype)
         union = tf.cast((first | second)[..., None], x.dtype)
         delta = x_best - x
         sum_sq = lambda t, axes: tf.reduce_sum(tf.square(t), axes, keepdims=True)
-        window_norm = tf.sqrt(sum_sq(delta * first_mask, [1, 2]))        # per channel
+        window_norm = tf.sqrt(sum_sq(delta * first_mask, [1, 2]))  # per channel
         image_sq = sum_sq(delta, [1, 2, 3])
         windows_sq = sum_sq(delta * union, [1, 2, 3])
         # the pattern (transposed for half the rows) placed at each row's first square
         transpose = tf.gather_nd(tf.random.stateless_uniform([batch], seeds[2]), rows) > 0.5
         shape = tf.shape(first)
-        r = tf.broadcast_to(tf.clip_by_value(tf.range(height)[None, :, None] - top, 0, side - 1),
-                            shape)
-        c = tf.broadcast_to(tf.clip_by_value(tf.range(width)[None, None, :] - left, 0, side - 1),
-                            shape)
-        index = tf.where(transpose[:, None, None, None], tf.stack([c, r], -1),
-                         tf.stack([r, c], -1))
+        r = tf.broadcast_to(
+            tf.clip_by_value(tf.range(height)[None, :, None] - top, 0, side - 1), shape
+        )
+        c = tf.broadcast_to(
+            tf.clip_by_value(tf.range(width)[None, None, :] - left, 0, side - 1), shape
+        )
+        index = tf.where(transpose[:, None, None, None], tf.stack([c, r], -1), tf.stack([r, c], -1))
         placed = tf.gather_nd(pattern, index)[..., None] * first_mask
         window = placed * signs + delta * first_mask / (window_norm + 1e-12)
         scale = tf.sqrt(tf.maximum(tf.square(eps) - image_sq, 0.0) / channels + windows_sq)
@@ -317,17 +434,19 @@ class SquareAttack(Attack):
         return tf.clip_by_value(x + utils.optimize_linear(delta, eps, 2), low, high)
 
     @staticmethod
-    def _accept_fn(x_best, margin, objective, rows, candidate, new_margin, new_objective,
-                   active):
+    def _accept_fn(x_best, margin, objective, rows, candidate, new_margin, new_objective, active):
         """Keeps each candidate (of an `active` row) that lowered the objective or made
         the example adversarial."""
         old_objective = tf.gather_nd(objective, rows)
         improved = (new_objective < old_objective) & active
-        objective = tf.tensor_scatter_nd_update(objective, rows,
-                                                tf.where(improved, new_objective, old_objective))
+        objective = tf.tensor_scatter_nd_update(
+            objective, rows, tf.where(improved, new_objective, old_objective)
+        )
         keep = improved | ((new_margin <= 0) & active)
-        margin = tf.tensor_scatter_nd_update(margin, rows, tf.where(
-            keep, new_margin, tf.gather_nd(margin, rows)))
-        x_best = tf.tensor_scatter_nd_update(x_best, rows, tf.where(
-            keep[:, None, None, None], candidate, tf.gather_nd(x_best, rows)))
+        margin = tf.tensor_scatter_nd_update(
+            margin, rows, tf.where(keep, new_margin, tf.gather_nd(margin, rows))
+        )
+        x_best = tf.tensor_scatter_nd_update(
+            x_best, rows, tf.where(keep[:, None, None, None], candidate, tf.gather_nd(x_best, rows))
+        )
         return x_best, margin, objective

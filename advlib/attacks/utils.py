@@ -29,8 +29,9 @@ def normalize_norm(norm):
 
 def normalize_norm_or_l0(norm):
     """Like `normalize_norm`, and 0 (or "l0") for the count of changed entries."""
-    if (isinstance(norm, str) and norm.lower() == "l0") or \
-            (not isinstance(norm, (bool, str)) and norm == 0):
+    if (isinstance(norm, str) and norm.lower() == "l0") or (
+        not isinstance(norm, (bool, str)) and norm == 0
+    ):
         return 0
     try:
         return normalize_norm(norm)
@@ -53,8 +54,10 @@ def resolve_norm(norm, ord=None, default=np.inf, allowed=NORMS):
 
 def bounds_as_tensors(dtype, clip_min, clip_max):
     """The input domain as two tensors of `dtype`; an open bound is -inf / +inf."""
-    return (tf.cast(-np.inf if clip_min is None else clip_min, dtype),
-            tf.cast(np.inf if clip_max is None else clip_max, dtype))
+    return (
+        tf.cast(-np.inf if clip_min is None else clip_min, dtype),
+        tf.cast(np.inf if clip_max is None else clip_max, dtype),
+    )
 
 
 ADAM_BETAS = (0.9, 0.999)
@@ -76,8 +79,9 @@ def adam_update(grad, first, second, t, learning_rate):
     beta1, beta2 = ADAM_BETAS
     first = beta1 * first + (1 - beta1) * grad
     second = beta2 * second + (1 - beta2) * tf.square(grad)
-    step = learning_rate * (first / (1 - beta1 ** t)) / (
-        tf.sqrt(second / (1 - beta2 ** t)) + ADAM_EPSILON)
+    step = (
+        learning_rate * (first / (1 - beta1**t)) / (tf.sqrt(second / (1 - beta2**t)) + ADAM_EPSILON)
+    )
     return step, first, second
 
 
@@ -144,9 +148,12 @@ def nearest_linear_boundary(difference, flat_gradient, norm):
         gradient_norm = tf.norm(flat_gradient, axis=2)
     distance = tf.abs(difference) / (gradient_norm + 1e-12)
     nearest = tf.argmin(distance, axis=1, output_type=tf.int32)
-    return (nearest, tf.gather(distance, nearest, batch_dims=1),
-            tf.gather(difference, nearest, batch_dims=1),
-            tf.gather(flat_gradient, nearest, batch_dims=1))
+    return (
+        nearest,
+        tf.gather(distance, nearest, batch_dims=1),
+        tf.gather(difference, nearest, batch_dims=1),
+        tf.gather(flat_gradient, nearest, batch_dims=1),
+    )
 
 
 def project_l1_ball(eta, eps):
@@ -182,8 +189,10 @@ def project_l1_box(delta, eps, low, high, steps: int = 40):
     """
     shape = tf.shape(delta)
     flat = tf.reshape(delta, [shape[0], -1])
-    low, high = (tf.reshape(tf.broadcast_to(tf.cast(b, delta.dtype), shape), [shape[0], -1])
-                 for b in (low, high))
+    low, high = (
+        tf.reshape(tf.broadcast_to(tf.cast(b, delta.dtype), shape), [shape[0], -1])
+        for b in (low, high)
+    )
     eps = tf.cast(eps, flat.dtype) * tf.ones_like(flat[:, :1])
 
     def shrink(theta):
@@ -229,8 +238,9 @@ def random_lp_vector(shape, norm, eps, seed, dtype=tf.float32):
     else:
         uniform = tf.random.stateless_uniform(shape, seed_y, -0.5, 0.5, dtype=dtype)
         y = -tf.sign(uniform) * tf.math.log1p(-2 * tf.abs(uniform))  # Laplace(0, 1)
-    w = -tf.math.log(tf.random.stateless_uniform(shape[:1], seed_w, np.finfo(np.float32).tiny,
-                                                 1.0, dtype=dtype))
+    w = -tf.math.log(
+        tf.random.stateless_uniform(shape[:1], seed_w, np.finfo(np.float32).tiny, 1.0, dtype=dtype)
+    )
     axes = tf.range(1, tf.size(shape))
     power = tf.reduce_sum(tf.abs(y) ** norm, axes) + w
     return eps * y / per_example(power ** (1.0 / norm), y)
@@ -248,7 +258,7 @@ def perturbation_norms(delta: np.ndarray, norm) -> np.ndarray:
         return np.abs(flat).max(axis=1, initial=0.0)
     if norm == 1:
         return np.abs(flat).sum(axis=1)
-    return np.sqrt((flat ** 2).sum(axis=1))
+    return np.sqrt((flat**2).sum(axis=1))
 
 
 def within_threat(x_adv: np.ndarray, x: np.ndarray, eps: float, norm, clip_min, clip_max):
@@ -267,7 +277,9 @@ def within_threat(x_adv: np.ndarray, x: np.ndarray, eps: float, norm, clip_min, 
 def lp_norms(delta: np.ndarray):
     """Per-example L0, L1, L2 and L-inf norms of a NumPy perturbation batch."""
     flat = delta.reshape(len(delta), -1).astype(np.float64)
-    return {"l0": (flat != 0).sum(axis=1).astype(np.int64),
-            "l1": np.abs(flat).sum(axis=1),
-            "l2": np.sqrt((flat ** 2).sum(axis=1)),
-            "linf": np.abs(flat).max(axis=1, initial=0.0)}
+    return {
+        "l0": (flat != 0).sum(axis=1).astype(np.int64),
+        "l1": np.abs(flat).sum(axis=1),
+        "l2": np.sqrt((flat**2).sum(axis=1)),
+        "linf": np.abs(flat).max(axis=1, initial=0.0),
+    }

@@ -7,13 +7,25 @@ these names.
 
 from __future__ import annotations
 
-from typing import Dict, Iterable, Optional
+from collections.abc import Iterable
 
 import numpy as np
 
-PER_EXAMPLE = ("index", "label", "clean_pred", "correct", "broken_by", "norm", "attacked",
-               "success", "verdict", "verify_seconds", "smoothed_pred", "certified_radius",
-               "min_norm")
+PER_EXAMPLE = (
+    "index",
+    "label",
+    "clean_pred",
+    "correct",
+    "broken_by",
+    "norm",
+    "attacked",
+    "success",
+    "verdict",
+    "verify_seconds",
+    "smoothed_pred",
+    "certified_radius",
+    "min_norm",
+)
 ATTACK_COSTS = ("forward", "backward", "seconds", "nonfinite")  # per batch, eps and attack
 PER_BATCH = ATTACK_COSTS + ("certify_seconds", "min_norm_seconds")
 # the verifier's answers, per eps and example, in the "verdict" array
@@ -22,9 +34,15 @@ NOT_VERIFIED = -1
 NOT_CERTIFIED = -2  # in "smoothed_pred"; -1 is the smoothed classifier's abstention
 
 
-def allocate(labels: np.ndarray, eps_count: int, attack_count: int, batches: int,
-             verification: bool = False, certify: bool = False,
-             min_norm_count: Optional[int] = None) -> Dict[str, np.ndarray]:
+def allocate(
+    labels: np.ndarray,
+    eps_count: int,
+    attack_count: int,
+    batches: int,
+    verification: bool = False,
+    certify: bool = False,
+    min_norm_count: int | None = None,
+) -> dict[str, np.ndarray]:
     """The arrays of a run that has not started.
 
     Args:
@@ -40,24 +58,35 @@ def allocate(labels: np.ndarray, eps_count: int, attack_count: int, batches: int
         Every array, keyed by name, filled with "not done yet".
     """
     e, a, n = eps_count, attack_count, len(labels)
-    arrays = {"index": np.arange(n), "label": labels.astype(np.int64),
-              "clean_pred": np.full(n, -1, np.int64), "correct": np.zeros(n, bool),
-              "broken_by": np.full((e, n), -1, np.int16),
-              "norm": np.full((e, n), np.nan), "attacked": np.zeros((e, a, n), bool),
-              "success": np.zeros((e, a, n), bool),
-              "forward": np.zeros((batches, e, a), np.int64),
-              "backward": np.zeros((batches, e, a), np.int64),
-              "seconds": np.zeros((batches, e, a)),
-              "nonfinite": np.zeros((batches, e, a), np.int64)}
+    arrays = {
+        "index": np.arange(n),
+        "label": labels.astype(np.int64),
+        "clean_pred": np.full(n, -1, np.int64),
+        "correct": np.zeros(n, bool),
+        "broken_by": np.full((e, n), -1, np.int16),
+        "norm": np.full((e, n), np.nan),
+        "attacked": np.zeros((e, a, n), bool),
+        "success": np.zeros((e, a, n), bool),
+        "forward": np.zeros((batches, e, a), np.int64),
+        "backward": np.zeros((batches, e, a), np.int64),
+        "seconds": np.zeros((batches, e, a)),
+        "nonfinite": np.zeros((batches, e, a), np.int64),
+    }
     if verification:
-        arrays.update(verdict=np.full((e, n), NOT_VERIFIED, np.int8),
-                      verify_seconds=np.zeros((e, n)))
+        arrays.update(
+            verdict=np.full((e, n), NOT_VERIFIED, np.int8), verify_seconds=np.zeros((e, n))
+        )
     if certify:
-        arrays.update(smoothed_pred=np.full(n, NOT_CERTIFIED, np.int64),
-                      certified_radius=np.zeros(n), certify_seconds=np.zeros(batches))
+        arrays.update(
+            smoothed_pred=np.full(n, NOT_CERTIFIED, np.int64),
+            certified_radius=np.zeros(n),
+            certify_seconds=np.zeros(batches),
+        )
     if min_norm_count is not None:
-        arrays.update(min_norm=np.full((min_norm_count, n), np.inf),
-                      min_norm_seconds=np.zeros((batches, min_norm_count)))
+        arrays.update(
+            min_norm=np.full((min_norm_count, n), np.inf),
+            min_norm_seconds=np.zeros((batches, min_norm_count)),
+        )
     return arrays
 
 
@@ -65,12 +94,13 @@ def batch_rows(batches: Iterable[int], batch_size: int, n: int) -> np.ndarray:
     """A mask of the examples that belong to `batches`."""
     mask = np.zeros(n, bool)
     for b in batches:
-        mask[b * batch_size:(b + 1) * batch_size] = True
+        mask[b * batch_size : (b + 1) * batch_size] = True
     return mask
 
 
-def copy_batch(target: Dict[str, np.ndarray], source: Dict[str, np.ndarray], b: int,
-               batch_size: int) -> None:
+def copy_batch(
+    target: dict[str, np.ndarray], source: dict[str, np.ndarray], b: int, batch_size: int
+) -> None:
     """Copies batch `b`'s entries of every array from `source` into `target`."""
     rows = slice(b * batch_size, (b + 1) * batch_size)
     for key in PER_EXAMPLE:
@@ -81,9 +111,16 @@ def copy_batch(target: Dict[str, np.ndarray], source: Dict[str, np.ndarray], b: 
             target[key][b] = source[key][b]
 
 
-def finished_view(arrays: Dict[str, np.ndarray], selection: np.ndarray,
-                  batches_done) -> Dict[str, np.ndarray]:
+def finished_view(
+    arrays: dict[str, np.ndarray], selection: np.ndarray, batches_done
+) -> dict[str, np.ndarray]:
     """The finished part of a run: per-example arrays at the selected examples,
     per-batch arrays summed over the finished batches."""
-    return {key: (arrays[key][..., selection] if key in PER_EXAMPLE else
-                  arrays[key][batches_done].sum(axis=0)) for key in arrays}
+    return {
+        key: (
+            arrays[key][..., selection]
+            if key in PER_EXAMPLE
+            else arrays[key][batches_done].sum(axis=0)
+        )
+        for key in arrays
+    }

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Type
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
 from advlib.attacks import Attack, by_name
 from advlib.attacks.utils import within_threat
+
 
 @dataclasses.dataclass(frozen=True)
 class AttackEntry:
@@ -23,28 +25,38 @@ class AttackEntry:
     """
 
     name: str
-    attack: Type[Attack]
+    attack: type[Attack]
     params: Mapping[str, Any]
-    eps_iter_fraction: Optional[float] = None
-    variant: Optional[str] = None
+    eps_iter_fraction: float | None = None
+    variant: str | None = None
 
     @classmethod
-    def from_protocol(cls, entry: Dict) -> "AttackEntry":
+    def from_protocol(cls, entry: dict) -> AttackEntry:
         params = dict(entry.get("params", {}))
         fraction = params.pop("eps_iter_fraction", None)
-        return cls(entry.get("name", entry["attack"]), by_name(entry["attack"]), params,
-                   fraction, entry.get("variant"))
+        return cls(
+            entry.get("name", entry["attack"]),
+            by_name(entry["attack"]),
+            params,
+            fraction,
+            entry.get("variant"),
+        )
 
     @property
     def black_box(self) -> bool:
         return self.attack.black_box
 
-    def params_at(self, eps: float, norm: str, clip: Dict, seed: int) -> Dict[str, Any]:
+    def params_at(self, eps: float, norm: str, clip: dict, seed: int) -> dict[str, Any]:
         """The attack's parameters at one eps: the protocol's, with the threat model,
         the step size and the seed filled in where the attack takes them."""
         own = self.attack.harness_params()
-        threat = dict(eps=eps, norm=np.inf if norm == "inf" else 2, clip_min=clip["min"],
-                      clip_max=clip["max"], seed=seed)
+        threat = dict(
+            eps=eps,
+            norm=np.inf if norm == "inf" else 2,
+            clip_min=clip["min"],
+            clip_max=clip["max"],
+            seed=seed,
+        )
         params = dict(self.params, **{k: v for k, v in threat.items() if k in own})
         if self.eps_iter_fraction is not None:
             params["eps_iter"] = self.eps_iter_fraction * eps
@@ -61,11 +73,19 @@ def attack_seed(seed: int, index: int) -> int:
     return seed * 1000 + index
 
 
-def run_ensemble(model, protocol: Dict, x: np.ndarray, y: np.ndarray, eps: float,
-                 seed: int, on_attack=None, attacks: Optional[List[Dict]] = None,
-                 variants: Optional[Dict] = None,
-                 instances: Optional[Dict] = None,
-                 skip: Sequence[bool] = ()) -> Dict[str, np.ndarray]:
+def run_ensemble(
+    model,
+    protocol: dict,
+    x: np.ndarray,
+    y: np.ndarray,
+    eps: float,
+    seed: int,
+    on_attack=None,
+    attacks: list[dict] | None = None,
+    variants: dict | None = None,
+    instances: dict | None = None,
+    skip: Sequence[bool] = (),
+) -> dict[str, np.ndarray]:
     """Runs every attack of the protocol, in order, on the examples still robust.
 
     An example counts as broken only if `model` (the model as evaluated)
@@ -86,14 +106,21 @@ def run_ensemble(model, protocol: Dict, x: np.ndarray, y: np.ndarray, eps: float
         (attacks, batch); and per-attack "forward", "backward", "seconds".
     """
     norm, clip = protocol["threat"]["norm"], protocol["clip"]
-    entries = [AttackEntry.from_protocol(a)
-               for a in (protocol["attacks"] if attacks is None else attacks)]
+    entries = [
+        AttackEntry.from_protocol(a) for a in (protocol["attacks"] if attacks is None else attacks)
+    ]
     count = len(entries)
     robust = model.predict_classes(x).numpy() == y
-    out = {"broken_by": np.full(len(x), -1, np.int16), "norm": np.full(len(x), np.nan),
-           "attacked": np.zeros((count, len(x)), bool), "success": np.zeros((count, len(x)), bool),
-           "forward": np.zeros(count, np.int64), "backward": np.zeros(count, np.int64),
-           "seconds": np.zeros(count), "nonfinite": np.zeros(count, np.int64)}
+    out = {
+        "broken_by": np.full(len(x), -1, np.int16),
+        "norm": np.full(len(x), np.nan),
+        "attacked": np.zeros((count, len(x)), bool),
+        "success": np.zeros((count, len(x)), bool),
+        "forward": np.zeros(count, np.int64),
+        "backward": np.zeros(count, np.int64),
+        "seconds": np.zeros(count),
+        "nonfinite": np.zeros(count, np.int64),
+    }
     for index, entry in enumerate(entries):
         todo = np.flatnonzero(robust)
         if todo.size == 0:
@@ -106,15 +133,19 @@ def run_ensemble(model, protocol: Dict, x: np.ndarray, y: np.ndarray, eps: float
         key = (entry.attack, variant)
         attack = None if instances is None else instances.get(key)
         if attack is None:
-            attack = entry.attack(model if variant is None else variants[variant])
+            attack = entry.attack(
+                model if variant is None or variants is None else variants[variant]
+            )
             if instances is not None:
                 instances[key] = attack
         params = entry.params_at(eps, norm, clip, attack_seed(seed, index))
         result = attack.run(x[todo], y[todo], batch_size=len(todo), **params)
-        success = result.success if variant is None else \
-            model.predict_classes(result.x_adv).numpy() != y[todo]
-        within, norms = within_threat(result.x_adv, x[todo], eps, norm, clip["min"],
-                                      clip["max"])
+        success = (
+            result.success
+            if variant is None
+            else model.predict_classes(result.x_adv).numpy() != y[todo]
+        )
+        within, norms = within_threat(result.x_adv, x[todo], eps, norm, clip["min"], clip["max"])
         broken = success & within
         out["attacked"][index, todo] = True
         out["success"][index, todo] = broken
@@ -128,17 +159,16 @@ def run_ensemble(model, protocol: Dict, x: np.ndarray, y: np.ndarray, eps: float
     return out
 
 
-def expand(attacks: List[Dict], variant_names: List[str]) -> List[Dict]:
+def expand(attacks: list[dict], variant_names: list[str]) -> list[dict]:
     """The ensemble of an adaptive run: the gradient attacks once more per model
     variant, after the originals; the black-box attacks last, so that they
     cross-check every white-box attack."""
     black = [a for a in attacks if is_black_box(a)]
     white = [a for a in attacks if not is_black_box(a)]
-    adapted = [dict(a, name=f"{a['name']}@{v}", variant=v) for v in variant_names
-               for a in white]
+    adapted = [dict(a, name=f"{a['name']}@{v}", variant=v) for v in variant_names for a in white]
     return white + adapted + black
 
 
-def is_black_box(entry: Dict) -> bool:
+def is_black_box(entry: dict) -> bool:
     """Whether a protocol entry's attack sees only the model's outputs."""
     return by_name(entry["attack"]).black_box

@@ -6,7 +6,8 @@ from __future__ import annotations
 import hashlib
 import json
 import platform
-from typing import Any, Dict, Iterable, Optional, Tuple
+from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
 
@@ -32,14 +33,17 @@ def _sha(text: str) -> str:
 def engine_fingerprint(engine) -> str:
     """SHA-256 of an exported binary network: its spec and every array."""
     names = sorted(engine.arrays)
-    return _sha(json.dumps(engine.spec, sort_keys=True) +
-                fingerprint_arrays([engine.arrays[name] for name in names]) + ",".join(names))
+    return _sha(
+        json.dumps(engine.spec, sort_keys=True)
+        + fingerprint_arrays([engine.arrays[name] for name in names])
+        + ",".join(names)
+    )
 
 
-def _model_settings(wrapped) -> Dict[str, Any]:
+def _model_settings(wrapped) -> dict[str, Any]:
     """Everything of a wrapper that decides its predictions and gradients."""
     kind = type(wrapped)
-    parts: Dict[str, Any] = {"wrapper": f"{kind.__module__}.{kind.__qualname__}"}
+    parts: dict[str, Any] = {"wrapper": f"{kind.__module__}.{kind.__qualname__}"}
     keras_model = getattr(wrapped, "model", None)
     if keras_model is not None and hasattr(keras_model, "weights"):
         try:
@@ -48,14 +52,15 @@ def _model_settings(wrapped) -> Dict[str, Any]:
             config = type(keras_model).__qualname__
         parts["architecture"] = _sha(config)
         parts["weights"] = fingerprint_arrays([w.numpy() for w in keras_model.weights])
-    for name in ("output_kind", "surrogate", "temperature", "output_layer", "samples",
-                 "bypassed"):
+    for name in ("output_kind", "surrogate", "temperature", "output_layer", "samples", "bypassed"):
         if hasattr(wrapped, name):
             parts[name] = repr(getattr(wrapped, name))
     function = getattr(wrapped, "fn", None)
     if function is not None:
-        parts["function"] = f"{getattr(function, '__module__', '?')}." \
-                            f"{getattr(function, '__qualname__', type(function).__name__)}"
+        parts["function"] = (
+            f"{getattr(function, '__module__', '?')}."
+            f"{getattr(function, '__qualname__', type(function).__name__)}"
+        )
     if getattr(wrapped, "engine", None) is not None:
         parts["engine"] = engine_fingerprint(wrapped.engine)
     if getattr(wrapped, "inner", None) is not None:
@@ -63,7 +68,7 @@ def _model_settings(wrapped) -> Dict[str, Any]:
     return parts
 
 
-def model_identity(wrapped, x_probe: np.ndarray) -> Dict[str, Any]:
+def model_identity(wrapped, x_probe: np.ndarray) -> dict[str, Any]:
     """The model's part of a run's identity: its wrapper and settings, architecture,
     weights, engine, and its predicted classes on the first examples (which tell
     apart even models without weights). `fingerprint` hashes all of it."""
@@ -76,26 +81,43 @@ def model_identity(wrapped, x_probe: np.ndarray) -> Dict[str, Any]:
     return dict(parts, fingerprint=_sha(json.dumps(parts, sort_keys=True)))
 
 
-def run_identity(protocol_hash: str, model_fingerprint: str, x: np.ndarray, y: np.ndarray,
-                 batch_size: int, shard: Optional[Tuple[int, int]],
-                 variants: Optional[Dict] = None, transfer_fingerprint: Optional[str] = None,
-                 verification: Optional[Dict] = None) -> Dict[str, Any]:
+def run_identity(
+    protocol_hash: str,
+    model_fingerprint: str,
+    x: np.ndarray,
+    y: np.ndarray,
+    batch_size: int,
+    shard: tuple[int, int] | None,
+    variants: dict | None = None,
+    transfer_fingerprint: str | None = None,
+    verification: dict | None = None,
+) -> dict[str, Any]:
     """Everything that decides a run's numbers; a resumed run must match it key by key."""
-    return {"protocol_hash": protocol_hash, "model_fingerprint": model_fingerprint,
-            "data_fingerprint": fingerprint_arrays([x, y]),
-            "batch_size": batch_size, "n": len(x),
-            "shard": None if shard is None else f"{shard[0]}/{shard[1]}",
-            "adaptive": None if variants is None else list(variants),
-            "transfer_from": transfer_fingerprint, "verify": verification}
+    return {
+        "protocol_hash": protocol_hash,
+        "model_fingerprint": model_fingerprint,
+        "data_fingerprint": fingerprint_arrays([x, y]),
+        "batch_size": batch_size,
+        "n": len(x),
+        "shard": None if shard is None else f"{shard[0]}/{shard[1]}",
+        "adaptive": None if variants is None else list(variants),
+        "transfer_from": transfer_fingerprint,
+        "verify": verification,
+    }
 
 
-def environment() -> Dict[str, str]:
+def environment() -> dict[str, str]:
     """The versions and device a run used, for its report."""
     import keras
     import tensorflow as tf
 
     gpus = tf.config.list_physical_devices("GPU")
-    return {"advlib": advlib.__version__, "tensorflow": tf.__version__,
-            "keras": keras.__version__, "numpy": np.__version__,
-            "python": platform.python_version(), "machine": platform.machine(),
-            "device": f"{len(gpus)} GPU(s)" if gpus else "CPU"}
+    return {
+        "advlib": advlib.__version__,
+        "tensorflow": tf.__version__,
+        "keras": keras.__version__,
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "device": f"{len(gpus)} GPU(s)" if gpus else "CPU",
+    }

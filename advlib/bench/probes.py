@@ -7,7 +7,8 @@ be re-run from a saved report.
 
 from __future__ import annotations
 
-from typing import Callable, Dict, Optional
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -15,34 +16,47 @@ from advlib.attacks.utils import within_threat
 from advlib.bench import diagnostics, ensemble
 from advlib.models.inspect import gradient_health, logit_spread, ste_window
 
-
 # Uesato et al.'s SPSA (cleverhans's defaults), stopping at each example's first success;
 # the protocol's diagnostics set nb_iter (spsa_iterations)
-SPSA_PROBE = {"name": "spsa", "attack": "SPSA",
-              "params": {"spsa_samples": 128, "early_stop_loss_threshold": 0.0}}
+SPSA_PROBE: dict[str, Any] = {
+    "name": "spsa",
+    "attack": "SPSA",
+    "params": {"spsa_samples": 128, "early_stop_loss_threshold": 0.0},
+}
 
 
-def _pgd_entry(protocol) -> Dict:
+def _pgd_entry(protocol) -> dict:
     """The protocol's first PGD, or a standard PGD-50 with steps of eps / 4."""
     for entry in protocol["attacks"]:
         if entry["attack"] == "ProjectedGradientDescent":
             return entry
-    return {"name": "pgd", "attack": "ProjectedGradientDescent",
-            "params": {"nb_iter": 50, "eps_iter_fraction": 0.25, "rand_init": True}}
+    return {
+        "name": "pgd",
+        "attack": "ProjectedGradientDescent",
+        "params": {"nb_iter": 50, "eps_iter_fraction": 0.25, "rand_init": True},
+    }
 
 
-def _broken(model, entry: Dict, x, y, eps, norm, clip, seed, judge) -> np.ndarray:
+def _broken(model, entry: dict, x, y, eps, norm, clip, seed, judge) -> np.ndarray:
     """Which examples the protocol entry's attack breaks at `eps`, judged by `judge`
     (the model as evaluated)."""
-    entry = ensemble.AttackEntry.from_protocol(entry)
-    params = entry.params_at(eps, norm, clip, seed)
-    result = entry.attack(model).run(x, y, batch_size=len(x), **params)
+    typed = ensemble.AttackEntry.from_protocol(entry)
+    params = typed.params_at(eps, norm, clip, seed)
+    result = typed.attack(model).run(x, y, batch_size=len(x), **params)
     within, _ = within_threat(result.x_adv, x, eps, norm, clip["min"], clip["max"])
     return (judge.predict_classes(result.x_adv).numpy() != y) & within
 
 
-def probe(model, judge, protocol, x, y, seed: int, surrogate=None,
-          on_step: Optional[Callable[[str], None]] = None) -> Dict:
+def probe(
+    model,
+    judge,
+    protocol,
+    x,
+    y,
+    seed: int,
+    surrogate=None,
+    on_step: Callable[[str], None] | None = None,
+) -> dict:
     """Runs the diagnostic attacks and measurements on the examples `x`.
 
     Args:
@@ -63,20 +77,28 @@ def probe(model, judge, protocol, x, y, seed: int, surrogate=None,
     correct = judge.predict_classes(x).numpy() == y
     places = np.flatnonzero(correct)  # positions in the protocol's examples
     x, y = x[correct], y[correct]
-    out: Dict = {"n": int(correct.size), "attacked": int(correct.sum())}
+    out: dict = {"n": int(correct.size), "attacked": int(correct.sum())}
     step("determinism")
-    out["determinism"] = logit_spread(judge, x if len(x) else np.zeros((1,) + x.shape[1:],
-                                                                        x.dtype))
+    out["determinism"] = logit_spread(judge, x if len(x) else np.zeros((1,) + x.shape[1:], x.dtype))
     if len(x) == 0:
         return out
     step("gradients")
     out["gradients"] = gradient_health(model, x, y)
     out["ste_window"] = ste_window(model, x)
     pgd = _pgd_entry(protocol)
-    strong = dict(pgd, params={**pgd["params"], "nb_iter": 2 * pgd["params"].get("nb_iter", 10),
-                               "nb_restarts": 2 * pgd["params"].get("nb_restarts", 1)})
-    runs = {"fgsm": {"name": "fgsm", "attack": "FastGradientMethod", "params": {}},
-            "pgd": pgd, "pgd_strong": strong}
+    strong = dict(
+        pgd,
+        params={
+            **pgd["params"],
+            "nb_iter": 2 * pgd["params"].get("nb_iter", 10),
+            "nb_restarts": 2 * pgd["params"].get("nb_restarts", 1),
+        },
+    )
+    runs = {
+        "fgsm": {"name": "fgsm", "attack": "FastGradientMethod", "params": {}},
+        "pgd": pgd,
+        "pgd_strong": strong,
+    }
     broken = {}
     for index, (name, entry) in enumerate(runs.items()):
         step(name)
@@ -93,25 +115,32 @@ def probe(model, judge, protocol, x, y, seed: int, surrogate=None,
         entry = dict(SPSA_PROBE, params=dict(SPSA_PROBE["params"], nb_iter=iterations))
         # the judge answers the queries: a black-box attack needs no variant's gradients
         spsa = _broken(judge, entry, x, y, eps, norm, clip, seed * 100 + 9, judge)
-        out["spsa"] = {"broken": int(spsa.sum()), "broken_at": places[spsa].tolist(),
-                       "params": entry["params"]}
+        out["spsa"] = {
+            "broken": int(spsa.sum()),
+            "broken_at": places[spsa].tolist(),
+            "params": entry["params"],
+        }
     if surrogate is not None:
         step("transfer")
         transferred = _broken(surrogate, pgd, x, y, eps, norm, clip, seed * 100 + 8, judge)
         white = broken["fgsm"] | broken["pgd"] | broken["pgd_strong"]
-        out["transfer"] = {"transfer": int(transferred.sum()), "white_box": int(white.sum()),
-                           "transfer_only": places[transferred & ~white].tolist()}
+        out["transfer"] = {
+            "transfer": int(transferred.sum()),
+            "white_box": int(white.sum()),
+            "transfer_only": places[transferred & ~white].tolist(),
+        }
     return out
 
 
-def _unbounded(model, judge, pgd, x, y, norm, clip, seed) -> Dict:
+def _unbounded(model, judge, pgd, x, y, norm, clip, seed) -> dict:
     """PGD on the margin loss with a budget covering the whole input domain."""
     low = 0.0 if clip["min"] is None else clip["min"]
     high = 1.0 if clip["max"] is None else clip["max"]
     span = high - low
     eps = span if norm == "inf" else span * float(np.sqrt(np.prod(x.shape[1:])))
     # no random start: it alone would misclassify, and hide a zero gradient
-    entry = dict(pgd, params={**pgd["params"], "loss_fn": "cw", "rand_init": False,
-                              "nb_restarts": 1})
+    entry = dict(
+        pgd, params={**pgd["params"], "loss_fn": "cw", "rand_init": False, "nb_restarts": 1}
+    )
     broken = _broken(model, entry, x, y, eps, norm, clip, seed, judge)
     return {"eps": eps, "robust": int((~broken).sum()), "n": len(x)}

@@ -49,7 +49,8 @@ import copy
 import hashlib
 import json
 import os
-from typing import Any, Dict, List, Optional
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -57,12 +58,30 @@ from advlib import _checks
 from advlib import attacks as attacks_module
 
 PROTOCOL_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "protocols")
-_TOP_KEYS = {"name", "version", "description", "dataset", "threat", "clip", "seed",
-             "batch_size", "attacks", "sweep", "sweep_attacks", "diagnostics", "headline",
-              "certify", "min_norm"}
+_TOP_KEYS = {
+    "name",
+    "version",
+    "description",
+    "dataset",
+    "threat",
+    "clip",
+    "seed",
+    "batch_size",
+    "attacks",
+    "sweep",
+    "sweep_attacks",
+    "diagnostics",
+    "headline",
+    "certify",
+    "min_norm",
+}
 _HEADLINE_KEYS = {"label", "attacks", "comparable_with"}
-CERTIFY_DEFAULTS = {"n0": 100, "alpha": 0.001, "radii": [0.0, 0.25, 0.5, 0.75, 1.0],
-                    "batch_size": 1000}
+CERTIFY_DEFAULTS = {
+    "n0": 100,
+    "alpha": 0.001,
+    "radii": [0.0, 0.25, 0.5, 0.75, 1.0],
+    "batch_size": 1000,
+}
 _CERTIFY_KEYS = {"sigma", "n"} | set(CERTIFY_DEFAULTS)
 _MIN_NORM_KEYS = {"attacks", "eps"}
 ARCHIVE_DIR = os.path.join(PROTOCOL_DIR, "archive")
@@ -70,14 +89,14 @@ _REQUIRED = {"name", "version", "dataset", "threat", "attacks"}
 _DATASET_KEYS = {"name", "split", "n"}
 _THREAT_KEYS = {"norm", "eps"}
 _ATTACK_KEYS = {"name", "attack", "params"}
-MAX_SEED = 2 ** 32 - 1
+MAX_SEED = 2**32 - 1
 
 
 class ProtocolError(ValueError):
     """A protocol file that is not valid."""
 
 
-def available() -> List[str]:
+def available() -> list[str]:
     """The names of the protocols shipped with advlib."""
     names = []
     for filename in sorted(os.listdir(PROTOCOL_DIR)):
@@ -96,7 +115,7 @@ def _shipped_path(name: str) -> str:
     return os.path.join(ARCHIVE_DIR, f"{stem}.v{version}.json")
 
 
-def load(name_or_path: str) -> Dict[str, Any]:
+def load(name_or_path: str) -> dict[str, Any]:
     """A shipped protocol by name (e.g. "digits-linf-0.2", or "digits-linf-0.2@2" for
     an earlier version), or a JSON file by path."""
     if isinstance(name_or_path, dict):
@@ -105,11 +124,14 @@ def load(name_or_path: str) -> Dict[str, Any]:
     if not os.path.exists(path):
         path = _shipped_path(name_or_path)
     if not os.path.exists(path):
-        archived = sorted(f[:-5].replace(".v", "@") for f in os.listdir(ARCHIVE_DIR)
-                          if f.endswith(".json"))
-        raise ProtocolError(f"protocol {name_or_path!r} is neither a file nor one of the "
-                            f"shipped protocols: {available()} (earlier versions: "
-                            f"{archived}).")
+        archived = sorted(
+            f[:-5].replace(".v", "@") for f in os.listdir(ARCHIVE_DIR) if f.endswith(".json")
+        )
+        raise ProtocolError(
+            f"protocol {name_or_path!r} is neither a file nor one of the "
+            f"shipped protocols: {available()} (earlier versions: "
+            f"{archived})."
+        )
     try:
         with open(path) as handle:
             document = json.load(handle)
@@ -124,23 +146,24 @@ def _unknown(keys, allowed, where):
         raise ProtocolError(f"{where} has unknown key(s) {extra}; allowed: {sorted(allowed)}.")
 
 
-def _object(value, allowed, where) -> Dict[str, Any]:
+def _object(value, allowed, where) -> dict[str, Any]:
     """`value`, checked to be an object whose keys are among `allowed`."""
     if not isinstance(value, dict):
-        raise ProtocolError(f"{where} must be an object with keys {sorted(allowed)}, got "
-                            f"{value!r}.")
+        raise ProtocolError(
+            f"{where} must be an object with keys {sorted(allowed)}, got {value!r}."
+        )
     _unknown(value, allowed, where)
     return value
 
 
-def _section(document, key, allowed, source) -> Optional[Dict[str, Any]]:
+def _section(document, key, allowed, source) -> dict[str, Any] | None:
     """The optional section `key` of the document (None where absent), checked by
     `_object`."""
     value = document.get(key)
     return None if value is None else _object(value, allowed, f"{source}: {key}")
 
 
-def validate(document: Dict[str, Any], source: str = "protocol") -> Dict[str, Any]:
+def validate(document: dict[str, Any], source: str = "protocol") -> dict[str, Any]:
     """Checks a protocol and fills in defaults; raises ProtocolError naming the problem."""
     if not isinstance(document, dict):
         raise ProtocolError(f"{source} must be a JSON object, got {type(document).__name__}.")
@@ -158,32 +181,38 @@ def _validate_dataset(document, source) -> None:
 
     dataset = _object(document["dataset"], _DATASET_KEYS, f"{source}: dataset")
     if dataset.get("name") not in NAMES:
-        raise ProtocolError(f"{source}: dataset name must be one of {list(NAMES)}, got "
-                            f"{dataset.get('name')!r}.")
+        raise ProtocolError(
+            f"{source}: dataset name must be one of {list(NAMES)}, got {dataset.get('name')!r}."
+        )
     dataset.setdefault("split", "test")
     if dataset["split"] not in ("train", "test"):
-        raise ProtocolError(f"{source}: dataset split must be 'train' or 'test', got "
-                            f"{dataset['split']!r}.")
+        raise ProtocolError(
+            f"{source}: dataset split must be 'train' or 'test', got {dataset['split']!r}."
+        )
     _check(source, "dataset n", dataset.get("n"), low=1, integer=True)
 
 
 def _validate_threat(document, source) -> None:
     threat = _object(document["threat"], _THREAT_KEYS, f"{source}: threat")
     if str(threat.get("norm")) not in ("inf", "2"):
-        raise ProtocolError(f"{source}: threat norm must be 'inf' or '2', got "
-                            f"{threat.get('norm')!r}.")
+        raise ProtocolError(
+            f"{source}: threat norm must be 'inf' or '2', got {threat.get('norm')!r}."
+        )
     threat["norm"] = str(threat["norm"])
     _check(source, "threat eps", threat.get("eps"), low=0, low_open=True)
     _check(source, "version", document["version"], low=1, integer=True)
 
 
 def _validate_clip(document, source) -> None:
-    clip = _object(document.setdefault("clip", {"min": 0.0, "max": 1.0}), {"min", "max"},
-                   f"{source}: clip")
+    clip = _object(
+        document.setdefault("clip", {"min": 0.0, "max": 1.0}), {"min", "max"}, f"{source}: clip"
+    )
     missing_bounds = sorted({"min", "max"} - set(clip))
     if missing_bounds:
-        raise ProtocolError(f"{source}: clip lacks {missing_bounds}; give both bounds of the "
-                            "input domain (null for unbounded), e.g. {\"min\": 0, \"max\": 1}.")
+        raise ProtocolError(
+            f"{source}: clip lacks {missing_bounds}; give both bounds of the "
+            'input domain (null for unbounded), e.g. {"min": 0, "max": 1}.'
+        )
     for key in ("min", "max"):
         _check(source, f"clip {key}", clip[key], allow_none=True)
     if clip["min"] is not None and clip["max"] is not None and clip["min"] >= clip["max"]:
@@ -213,8 +242,9 @@ def _validate_entries(attacks, where_list) -> None:
         where = f"{where_list}[{index}]"
         _object(entry, _ATTACK_KEYS, where)
         if entry.get("attack") not in attacks_module.names():
-            raise ProtocolError(f"{where}: unknown attack {entry.get('attack')!r}; known: "
-                                f"{attacks_module.names()}.")
+            raise ProtocolError(
+                f"{where}: unknown attack {entry.get('attack')!r}; known: {attacks_module.names()}."
+            )
         entry.setdefault("name", entry["attack"])
         if entry["name"] in names:
             raise ProtocolError(f"{where}: attack name {entry['name']!r} is used twice.")
@@ -223,8 +253,7 @@ def _validate_entries(attacks, where_list) -> None:
         if not isinstance(params, dict):
             raise ProtocolError(f"{where}: params must be an object, got {params!r}.")
         attack = attacks_module.by_name(entry["attack"])
-        allowed = (set(attack.parameters()) - set(attack.harness_params())) | \
-            {"eps_iter_fraction"}
+        allowed = (set(attack.parameters()) - set(attack.harness_params())) | {"eps_iter_fraction"}
         _unknown(params, allowed, f"{where} ({entry['attack']}) params")
 
 
@@ -251,13 +280,15 @@ def _validate_min_norm(document, source) -> None:
     _validate_entries(section.get("attacks"), f"{where}: attacks")
     eps = section.get("eps")
     if not isinstance(eps, list) or not eps:
-        raise ProtocolError(f"{where}: eps must be a non-empty list of radii for the "
-                            f"robustness curve, got {eps!r}.")
+        raise ProtocolError(
+            f"{where}: eps must be a non-empty list of radii for the robustness curve, got {eps!r}."
+        )
     for value in eps:
         _check(where, "eps", value, low=0)
     for index, entry in enumerate(section["attacks"]):
-        _check_entry_params(document, entry, f"{where}: attacks[{index}]",
-                            [float(document["threat"]["eps"])], 0)
+        _check_entry_params(
+            document, entry, f"{where}: attacks[{index}]", [float(document["threat"]["eps"])], 0
+        )
 
 
 def _validate_certify(document, source) -> None:
@@ -267,11 +298,15 @@ def _validate_certify(document, source) -> None:
     where = f"{source}: certify"
     missing = sorted({"sigma", "n"} - set(settings))
     if missing:
-        raise ProtocolError(f"{where} lacks {missing}: the noise's sigma and the estimation "
-                            "samples n per example are required.")
+        raise ProtocolError(
+            f"{where} lacks {missing}: the noise's sigma and the estimation "
+            "samples n per example are required."
+        )
     if document["threat"]["norm"] != "2":
-        raise ProtocolError(f"{where} certifies L2 radii; the protocol's threat norm must be "
-                            f"'2', got {document['threat']['norm']!r}.")
+        raise ProtocolError(
+            f"{where} certifies L2 radii; the protocol's threat norm must be "
+            f"'2', got {document['threat']['norm']!r}."
+        )
     for key, value in CERTIFY_DEFAULTS.items():
         settings.setdefault(key, copy.deepcopy(value))
     _check(where, "sigma", settings["sigma"], low=0, low_open=True)
@@ -280,8 +315,7 @@ def _validate_certify(document, source) -> None:
     _check(where, "alpha", settings["alpha"], low=0, high=1, low_open=True, high_open=True)
     radii = settings["radii"]
     if not isinstance(radii, list) or not radii:
-        raise ProtocolError(f"{where}: radii must be a non-empty list of L2 radii, got "
-                            f"{radii!r}.")
+        raise ProtocolError(f"{where}: radii must be a non-empty list of L2 radii, got {radii!r}.")
     for radius in radii:
         _check(where, "radius", radius, low=0)
 
@@ -292,8 +326,10 @@ def _validate_sweep_attacks(document, source) -> None:
         return
     names = [entry["name"] for entry in document["attacks"]]
     if not isinstance(chosen, list) or not chosen or any(n not in names for n in chosen):
-        raise ProtocolError(f"{source}: sweep_attacks must be a non-empty list of the "
-                            f"protocol's attack names {names}; got {chosen!r}.")
+        raise ProtocolError(
+            f"{source}: sweep_attacks must be a non-empty list of the "
+            f"protocol's attack names {names}; got {chosen!r}."
+        )
 
 
 def _validate_headline(document, source) -> None:
@@ -303,10 +339,12 @@ def _validate_headline(document, source) -> None:
     where = f"{source}: headline"
     members = headline.get("attacks")
     names = [entry["name"] for entry in document["attacks"]]
-    if not isinstance(members, list) or not members or members != names[:len(members)]:
-        raise ProtocolError(f"{where} attacks must be the first attacks of the list, in "
-                            f"order (its figure is the robust accuracy after the last of "
-                            f"them); got {members!r}, the list begins {names[:4]}.")
+    if not isinstance(members, list) or not members or members != names[: len(members)]:
+        raise ProtocolError(
+            f"{where} attacks must be the first attacks of the list, in "
+            f"order (its figure is the robust accuracy after the last of "
+            f"them); got {members!r}, the list begins {names[:4]}."
+        )
     headline.setdefault("label", "headline")
     headline.setdefault("comparable_with", "")
 
@@ -325,8 +363,7 @@ def _check_entry_params(document, entry, where, eps_list, seed) -> None:
         try:
             typed.attack.check_params(**params)
         except (TypeError, ValueError) as error:
-            raise ProtocolError(f"{where} ({entry['name']}) at eps {eps:g}: "
-                                f"{error}") from error
+            raise ProtocolError(f"{where} ({entry['name']}) at eps {eps:g}: {error}") from error
 
 
 def _validate_diagnostics(document, source):
@@ -336,16 +373,26 @@ def _validate_diagnostics(document, source):
     if "n" in settings:
         _check(source, "diagnostics n", settings["n"], low=1, integer=True)
     if "spsa_iterations" in settings:
-        _check(source, "diagnostics spsa_iterations", settings["spsa_iterations"], low=0,
-               integer=True)
+        _check(
+            source, "diagnostics spsa_iterations", settings["spsa_iterations"], low=0, integer=True
+        )
     for key in ("convergence_threshold", "black_box_margin", "completeness_margin"):
         if key in settings:
             _check(source, f"diagnostics {key}", settings[key], low=0, high=1)
 
 
-_SECTIONS = (_validate_dataset, _validate_threat, _validate_clip, _validate_run,
-             _validate_diagnostics, _validate_attacks, _validate_headline,
-             _validate_sweep_attacks, _validate_certify, _validate_min_norm)
+_SECTIONS = (
+    _validate_dataset,
+    _validate_threat,
+    _validate_clip,
+    _validate_run,
+    _validate_diagnostics,
+    _validate_attacks,
+    _validate_headline,
+    _validate_sweep_attacks,
+    _validate_certify,
+    _validate_min_norm,
+)
 
 
 def _check(source, name, value, **bounds):
@@ -355,7 +402,7 @@ def _check(source, name, value, **bounds):
         raise ProtocolError(f"{source}: {error}") from error
 
 
-def runs_at(protocol, eps_index: int, names: List[str]) -> List[bool]:
+def runs_at(protocol, eps_index: int, names: Sequence[str]) -> list[bool]:
     """Which of the ensemble's attacks (`names`, adaptive copies "name@variant"
     included) run at the `eps_index`-th eps of `eps_values`: all at the main eps,
     those of `sweep_attacks` (default all) in the sweep."""
@@ -365,13 +412,13 @@ def runs_at(protocol, eps_index: int, names: List[str]) -> List[bool]:
     return [name.split("@")[0] in chosen for name in names]
 
 
-def protocol_hash(protocol: Dict[str, Any]) -> str:
+def protocol_hash(protocol: dict[str, Any]) -> str:
     """SHA-256 of the protocol's canonical JSON (the description excluded)."""
     content = {k: v for k, v in protocol.items() if k != "description"}
     return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
 
 
-def eps_values(protocol) -> List[float]:
+def eps_values(protocol) -> list[float]:
     """The main eps first, then the sweep."""
     main = float(protocol["threat"]["eps"])
     return [main] + [float(e) for e in protocol["sweep"] if not np.isclose(e, main)]

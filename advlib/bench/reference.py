@@ -27,8 +27,13 @@ def reference_model(dataset: str = "digits", verbose: bool = True):
     if verbose:
         print(f"training the reference {dataset} CNN once; it is cached at {path}")
     (x_train, y_train), _ = load(dataset)
-    model = train_classifier(small_cnn(x_train.shape[1:], name=f"reference_{dataset}_cnn"),
-                             x_train, y_train, epochs=REFERENCE_EPOCHS, seed=0)
+    model = train_classifier(
+        small_cnn(x_train.shape[1:], name=f"reference_{dataset}_cnn"),
+        x_train,
+        y_train,
+        epochs=REFERENCE_EPOCHS,
+        seed=0,
+    )
     os.makedirs(os.path.dirname(path), exist_ok=True)
     temporary = path + ".tmp.keras"
     model.save(temporary)

@@ -7,46 +7,55 @@ The run's identity is in `identity`, its files in `storage`, its arrays in
 from __future__ import annotations
 
 import time
-from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
-from advlib.bench import diagnostics, ensemble, min_norm, probes as probing
+from advlib.bench import diagnostics, ensemble, min_norm
+from advlib.bench import probes as probing
 from advlib.bench import protocol as protocols
 from advlib.bench import report as reports
-from advlib.bench.arrays import (ATTACK_COSTS, NOT_VERIFIED, VERDICT_CODES, allocate,
-                                 batch_rows)
+from advlib.bench.arrays import ATTACK_COSTS, NOT_VERIFIED, VERDICT_CODES, allocate, batch_rows
 from advlib.bench.identity import IDENTITY_PROBE, model_identity, run_identity
 from advlib.bench.shards import parse_shard
 from advlib.bench.storage import OutputFolder, restore_state, save_state, write_outputs
 
 
-def load_examples(protocol) -> Tuple[np.ndarray, np.ndarray]:
+def load_examples(protocol) -> tuple[np.ndarray, np.ndarray]:
     from advlib.datasets import load
 
     spec = protocol["dataset"]
     train, test = load(spec["name"])
     x, y = test if spec["split"] == "test" else train
     if spec["n"] > len(x):
-        raise ValueError(f"protocol {protocol['name']!r} asks for {spec['n']} examples of "
-                         f"{spec['name']} ({spec['split']}), which has {len(x)}.")
-    return x[:spec["n"]], y[:spec["n"]]
+        raise ValueError(
+            f"protocol {protocol['name']!r} asks for {spec['n']} examples of "
+            f"{spec['name']} ({spec['split']}), which has {len(x)}."
+        )
+    return x[: spec["n"]], y[: spec["n"]]
 
 
 def check_model_fits(wrapped, x, y, protocol) -> None:
     expected = tuple(x.shape[1:])
     keras_model = getattr(wrapped, "model", None)
     declared = getattr(keras_model, "input_shape", None)
-    if isinstance(declared, tuple) and len(declared) == len(expected) + 1 and \
-            any(d is not None and d != e for d, e in zip(declared[1:], expected)):
-        raise ValueError(f"the model expects inputs of shape {declared}, but protocol "
-                         f"{protocol['name']!r} evaluates {protocol['dataset']['name']} images "
-                         f"of shape (n,) + {expected}.")
+    if (
+        isinstance(declared, tuple)
+        and len(declared) == len(expected) + 1
+        and any(d is not None and d != e for d, e in zip(declared[1:], expected))
+    ):
+        raise ValueError(
+            f"the model expects inputs of shape {declared}, but protocol "
+            f"{protocol['name']!r} evaluates {protocol['dataset']['name']} images "
+            f"of shape (n,) + {expected}."
+        )
     import tensorflow as tf
+
     classes = wrapped.check_output(tf.convert_to_tensor(x[:1]))
     if classes <= int(y.max()):
-        raise ValueError(f"the model has {classes} classes, but {protocol['dataset']['name']} "
-                         f"has labels up to {int(y.max())}.")
+        raise ValueError(
+            f"the model has {classes} classes, but {protocol['dataset']['name']} "
+            f"has labels up to {int(y.max())}."
+        )
 
 
 def check_finite_logits(wrapped, x: np.ndarray, offset: int = 0) -> np.ndarray:
@@ -56,63 +65,96 @@ def check_finite_logits(wrapped, x: np.ndarray, offset: int = 0) -> np.ndarray:
     bad = ~np.isfinite(logits).all(axis=1)
     if bad.any():
         first = offset + int(np.flatnonzero(bad)[0])
-        raise ValueError(f"the model returns non-finite logits (NaN or Inf) on {int(bad.sum())} "
-                         f"of {len(x)} clean examples (the first is example {first}); its "
-                         "predictions are meaningless there, so it cannot be evaluated.")
+        raise ValueError(
+            f"the model returns non-finite logits (NaN or Inf) on {int(bad.sum())} "
+            f"of {len(x)} clean examples (the first is example {first}); its "
+            "predictions are meaningless there, so it cannot be evaluated."
+        )
     return logits
 
 
 class Evaluation:
     """One run of a protocol on a model: its identity, arrays and state files."""
 
-    def __init__(self, wrapped, protocol, x, y, batch_size, shard, out_dir, name,
-                 variants: Optional[Dict] = None, transfer_from=None,
-                 verification: Optional[Dict] = None):
+    def __init__(
+        self,
+        wrapped,
+        protocol,
+        x,
+        y,
+        batch_size,
+        shard,
+        out_dir,
+        name,
+        variants: dict | None = None,
+        transfer_from=None,
+        verification: dict | None = None,
+    ):
         self.wrapped, self.protocol, self.x, self.y = wrapped, protocol, x, y
         self.verification = verification
         self.batch_size, self.shard, self.out_dir, self.name = batch_size, shard, out_dir, name
         self.variants = variants
-        self.attacks = (protocol["attacks"] if variants is None else
-                        ensemble.expand(protocol["attacks"], list(variants)))
+        self.attacks = (
+            protocol["attacks"]
+            if variants is None
+            else ensemble.expand(protocol["attacks"], list(variants))
+        )
         self.names = [entry["name"] for entry in self.attacks]
         self.eps_list = protocols.eps_values(protocol)
         self.batches = -(-len(x) // batch_size)
         if shard is not None and shard[0] > self.batches:
-            raise ValueError(f"shard {shard[0]}/{shard[1]} has no batches: {len(x)} examples "
-                             f"in batches of {batch_size} make {self.batches} batches, so at "
-                             f"most {self.batches} shards have work.")
-        probe = x[:min(len(x), IDENTITY_PROBE)]
+            raise ValueError(
+                f"shard {shard[0]}/{shard[1]} has no batches: {len(x)} examples "
+                f"in batches of {batch_size} make {self.batches} batches, so at "
+                f"most {self.batches} shards have work."
+            )
+        probe = x[: min(len(x), IDENTITY_PROBE)]
         self.model_parts = model_identity(wrapped, probe)
         self.identity = run_identity(
-            protocols.protocol_hash(protocol), self.model_parts["fingerprint"], x, y,
-            batch_size, shard, variants,
+            protocols.protocol_hash(protocol),
+            self.model_parts["fingerprint"],
+            x,
+            y,
+            batch_size,
+            shard,
+            variants,
             None if transfer_from is None else model_identity(transfer_from, probe)["fingerprint"],
-            verification)
-        self.mine = [b for b in range(self.batches)
-                     if shard is None or b % shard[1] == shard[0] - 1]
+            verification,
+        )
+        self.mine = [
+            b for b in range(self.batches) if shard is None or b % shard[1] == shard[0] - 1
+        ]
         self.certify = protocol.get("certify")
         min_norm_entries = (protocol.get("min_norm") or {}).get("attacks")
-        self.arrays = allocate(y, len(self.eps_list), len(self.names), self.batches,
-                               verification=verification is not None,
-                               certify=self.certify is not None,
-                               min_norm_count=None if min_norm_entries is None
-                               else len(min_norm_entries))
+        self.arrays = allocate(
+            y,
+            len(self.eps_list),
+            len(self.names),
+            self.batches,
+            verification=verification is not None,
+            certify=self.certify is not None,
+            min_norm_count=None if min_norm_entries is None else len(min_norm_entries),
+        )
         if verification is not None:
             from advlib.qnn.verify import NetworkEncoding
+
             self.encoding = NetworkEncoding(wrapped.engine)
         if self.certify is not None:
             from advlib.certify import SmoothedClassifier
-            self.smoothed = SmoothedClassifier(wrapped, self.certify["sigma"],
-                                               self.certify["batch_size"])
-        self.done: List[int] = []
-        self.probes: Optional[Dict] = None
-        self.instances: Dict = {}  # attack objects, reused across batches and eps
+
+            self.smoothed = SmoothedClassifier(
+                wrapped, self.certify["sigma"], self.certify["batch_size"]
+            )
+        self.done: list[int] = []
+        self.probes: dict | None = None
+        self.instances: dict = {}  # attack objects, reused across batches and eps
 
     # -- state ----------------------------------------------------------------
     def restore(self) -> None:
         """Continues from the state saved in the output folder (`storage.restore_state`)."""
-        self.arrays, self.done, self.probes = restore_state(self.out_dir, self.identity,
-                                                            self.arrays, self.mine)
+        self.arrays, self.done, self.probes = restore_state(
+            self.out_dir, self.identity, self.arrays, self.mine
+        )
 
     def save(self) -> None:
         """Saves the state after a finished batch or the diagnostics."""
@@ -129,11 +171,19 @@ class Evaluation:
         for e, eps in enumerate(self.eps_list):
             hook = None if on_attack is None else (lambda name, eps=eps: on_attack(name, eps))
             runs = protocols.runs_at(self.protocol, e, self.names)
-            out = ensemble.run_ensemble(self.wrapped, self.protocol, x, y, eps,
-                                        seed=ensemble.batch_seed(seed, b, e), on_attack=hook,
-                                        attacks=self.attacks, variants=self.variants,
-                                        instances=self.instances,
-                                        skip=[not run for run in runs])
+            out = ensemble.run_ensemble(
+                self.wrapped,
+                self.protocol,
+                x,
+                y,
+                eps,
+                seed=ensemble.batch_seed(seed, b, e),
+                on_attack=hook,
+                attacks=self.attacks,
+                variants=self.variants,
+                instances=self.instances,
+                skip=[not run for run in runs],
+            )
             if self.verification is not None:
                 self._verify(x, y, eps, out, predicted == y, start)
             self.arrays["broken_by"][e, start:stop] = out["broken_by"]
@@ -148,8 +198,14 @@ class Evaluation:
         if self.certify is not None:
             self._certify(b, x, start, stop)
         if self.protocol.get("min_norm") is not None:
-            out = min_norm.run(self.wrapped, self.protocol, x, y,
-                               ensemble.batch_seed(seed, b, len(self.eps_list)), self.instances)
+            out = min_norm.run(
+                self.wrapped,
+                self.protocol,
+                x,
+                y,
+                ensemble.batch_seed(seed, b, len(self.eps_list)),
+                self.instances,
+            )
             self.arrays["min_norm"][:, start:stop] = out["norms"]
             self.arrays["min_norm_seconds"][b] = out["seconds"]
         self.done.append(b)
@@ -159,8 +215,9 @@ class Evaluation:
         batch's attack seeds, at the eps index after the last."""
         settings = self.certify
         seed = ensemble.batch_seed(int(self.protocol["seed"]), b, len(self.eps_list))
-        result = self.smoothed.certify(x, n0=settings["n0"], n=settings["n"],
-                                       alpha=settings["alpha"], seed=seed)
+        result = self.smoothed.certify(
+            x, n0=settings["n0"], n=settings["n"], alpha=settings["alpha"], seed=seed
+        )
         self.arrays["smoothed_pred"][start:stop] = result.prediction
         self.arrays["certified_radius"][start:stop] = result.radius
         self.arrays["certify_seconds"][b] = result.seconds
@@ -173,21 +230,34 @@ class Evaluation:
         from advlib.attacks.utils import within_threat
         from advlib.qnn.verify import verify
 
+        assert self.verification is not None  # _verify runs only with --verify
         out["verdict"] = np.full(len(x), NOT_VERIFIED, np.int8)
         out["verify_seconds"] = np.zeros(len(x))
         rows = np.flatnonzero(correct & (out["broken_by"] < 0))
         if rows.size == 0:
             return
-        result = verify(self.encoding, x[rows], y[rows], eps, progress=False,
-                        example_ids=start + rows, **self.verification)
+        result = verify(
+            self.encoding,
+            x[rows],
+            y[rows],
+            eps,
+            progress=False,
+            example_ids=start + rows,
+            **self.verification,
+        )
         clip = self.protocol["clip"]
         for row, verdict in zip(rows, result.verdicts):
             status = verdict.status
-            if status == "broken":
+            if status == "broken" and verdict.counterexample is not None:
                 adversarial = verdict.counterexample[None].astype(x.dtype)
-                inside, norm = within_threat(adversarial, x[row:row + 1], eps,
-                                             self.protocol["threat"]["norm"], clip["min"],
-                                             clip["max"])
+                inside, norm = within_threat(
+                    adversarial,
+                    x[row : row + 1],
+                    eps,
+                    self.protocol["threat"]["norm"],
+                    clip["min"],
+                    clip["max"],
+                )
                 if inside[0]:
                     out["broken_by"][row] = len(self.names)
                     out["norm"][row] = norm[0]
@@ -202,22 +272,39 @@ class Evaluation:
         n = min(diagnostics.settings(self.protocol)["n"], len(self.x))
         check_finite_logits(self.wrapped, self.x[:n])
         attacked = next(iter(self.variants.values())) if self.variants else self.wrapped
-        self.probes = probing.probe(attacked, self.wrapped, self.protocol, self.x[:n],
-                                    self.y[:n], seed=int(self.protocol["seed"]),
-                                    surrogate=transfer_from, on_step=on_step)
+        self.probes = probing.probe(
+            attacked,
+            self.wrapped,
+            self.protocol,
+            self.x[:n],
+            self.y[:n],
+            seed=int(self.protocol["seed"]),
+            surrogate=transfer_from,
+            on_step=on_step,
+        )
 
     def selection(self) -> np.ndarray:
         """The examples of the finished batches."""
         return batch_rows(self.done, self.batch_size, len(self.x))
 
 
-def evaluate(model, protocol="digits-linf-0.2", out_dir: Optional[str] = None,
-             resume: bool = False, shard: Optional[str] = None,
-             batch_size: Optional[int] = None, progress: bool = True,
-             model_name: Optional[str] = None, adaptive: bool = False,
-             transfer_from=None, overwrite: bool = False, verify: bool = False,
-             verify_time_limit: float = 30.0, verify_backend: str = "milp",
-             verify_search_share: float = 0.5) -> Dict:
+def evaluate(
+    model,
+    protocol="digits-linf-0.2",
+    out_dir: str | None = None,
+    resume: bool = False,
+    shard: str | None = None,
+    batch_size: int | None = None,
+    progress: bool = True,
+    model_name: str | None = None,
+    adaptive: bool = False,
+    transfer_from=None,
+    overwrite: bool = False,
+    verify: bool = False,
+    verify_time_limit: float = 30.0,
+    verify_backend: str = "milp",
+    verify_search_share: float = 0.5,
+) -> dict:
     """Evaluates a live model under a protocol; returns the report.
 
     Args:
@@ -267,14 +354,27 @@ def evaluate(model, protocol="digits-linf-0.2", out_dir: Optional[str] = None,
     x, y = load_examples(protocol)
     check_model_fits(wrapped, x, y, protocol)
     size = protocol["batch_size"] if batch_size is None else int(batch_size)
-    verification = _verification_settings(wrapped, protocol, verify, verify_time_limit,
-                                          verify_backend, verify_search_share)
+    verification = _verification_settings(
+        wrapped, protocol, verify, verify_time_limit, verify_backend, verify_search_share
+    )
     variants = None
     if adaptive:
         from advlib.bench.adaptive import variants as adaptive_variants
-        variants = adaptive_variants(wrapped, x[:min(len(x), 64)])
-    evaluation = Evaluation(wrapped, protocol, x, y, size, shard_spec, out_dir, model_name,
-                            variants, transfer, verification)
+
+        variants = adaptive_variants(wrapped, x[: min(len(x), 64)])
+    evaluation = Evaluation(
+        wrapped,
+        protocol,
+        x,
+        y,
+        size,
+        shard_spec,
+        out_dir,
+        model_name,
+        variants,
+        transfer,
+        verification,
+    )
     if out_dir is None:
         return _evaluate(evaluation, progress, transfer, model_name, model)
     with OutputFolder(out_dir, resume=resume, overwrite=overwrite):
@@ -283,8 +383,9 @@ def evaluate(model, protocol="digits-linf-0.2", out_dir: Optional[str] = None,
         return _evaluate(evaluation, progress, transfer, model_name, model)
 
 
-def _verification_settings(wrapped, protocol, verify, time_limit, backend,
-                           search_share) -> Optional[Dict]:
+def _verification_settings(
+    wrapped, protocol, verify, time_limit, backend, search_share
+) -> dict | None:
     """The verifier's settings of a run (None without --verify), checked up front."""
     from advlib import _checks
     from advlib.qnn.verify import require_backend
@@ -292,30 +393,44 @@ def _verification_settings(wrapped, protocol, verify, time_limit, backend,
     if not verify:
         return None
     if getattr(wrapped, "engine", None) is None:
-        raise ValueError("verify=True needs a binary network with an exported engine: pass "
-                         "QNNModelWrapper(model, engine='model.npz') (--engine on the command "
-                         f"line); got a {type(wrapped).__name__} without one.")
+        raise ValueError(
+            "verify=True needs a binary network with an exported engine: pass "
+            "QNNModelWrapper(model, engine='model.npz') (--engine on the command "
+            f"line); got a {type(wrapped).__name__} without one."
+        )
     if protocol["threat"]["norm"] != "inf":
-        raise ValueError(f"verify=True decides L-inf balls; protocol {protocol['name']!r} uses "
-                         f"the L{protocol['threat']['norm']} norm.")
+        raise ValueError(
+            f"verify=True decides L-inf balls; protocol {protocol['name']!r} uses "
+            f"the L{protocol['threat']['norm']} norm."
+        )
     _checks.check_number("verify_time_limit", time_limit, low=0, low_open=True)
     require_backend(backend, "verify_backend")
     _checks.check_number("verify_search_share", search_share, low=0, high=1, high_open=True)
-    return {"backend": backend, "time_limit": float(time_limit),
-            "search_share": float(search_share)}
+    return {
+        "backend": backend,
+        "time_limit": float(time_limit),
+        "search_share": float(search_share),
+    }
 
 
-def _evaluate(evaluation: Evaluation, progress: bool, transfer, model_name, model) -> Dict:
+def _evaluate(evaluation: Evaluation, progress: bool, transfer, model_name, model) -> dict:
     out_dir, size, x = evaluation.out_dir, evaluation.batch_size, evaluation.x
     todo = [b for b in evaluation.mine if b not in evaluation.done]
     bar = None
     if progress:
         from tqdm.auto import tqdm
+
         total = sum(min(size, len(x) - b * size) for b in evaluation.mine)
-        bar = tqdm(total=total, initial=total - sum(min(size, len(x) - b * size) for b in todo),
-                   desc=evaluation.protocol["name"], unit="ex", dynamic_ncols=True)
-    on_attack = (None if bar is None else
-                 lambda name, eps: bar.set_postfix_str(f"{name} @ eps={eps:.4g}"))
+        bar = tqdm(
+            total=total,
+            initial=total - sum(min(size, len(x) - b * size) for b in todo),
+            desc=evaluation.protocol["name"],
+            unit="ex",
+            dynamic_ncols=True,
+        )
+    on_attack = (
+        None if bar is None else lambda name, eps: bar.set_postfix_str(f"{name} @ eps={eps:.4g}")
+    )
     start = time.perf_counter()
     if evaluation.probes is None:
         step = None if bar is None else lambda name: bar.set_postfix_str(f"diagnostics: {name}")

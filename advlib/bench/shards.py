@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import os
-from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -14,7 +13,7 @@ from advlib.bench.report import assess, summarize_arrays
 from advlib.bench.storage import OutputFolder, load_run, report_folder, write_outputs
 
 
-def parse_shard(shard: Optional[str]) -> Optional[Tuple[int, int]]:
+def parse_shard(shard: str | None) -> tuple[int, int] | None:
     """'i/n' -> (i, n) with 1 <= i <= n."""
     if shard is None:
         return None
@@ -27,7 +26,7 @@ def parse_shard(shard: Optional[str]) -> Optional[Tuple[int, int]]:
     return i, n
 
 
-def reassess(path: str, diagnostics_settings: Optional[Dict] = None) -> Dict:
+def reassess(path: str, diagnostics_settings: dict | None = None) -> dict:
     """The gradient-masking checks of a finished run, judged again from its saved
     report and arrays: no model and no attack is needed.
 
@@ -53,7 +52,7 @@ def reassess(path: str, diagnostics_settings: Optional[Dict] = None) -> Dict:
     return assess(report, arrays, selection)
 
 
-def merge(report_paths: List[str], out_dir: str, overwrite: bool = False) -> Dict:
+def merge(report_paths: list[str], out_dir: str, overwrite: bool = False) -> dict:
     """Combines shard reports into the report of one unsharded run.
 
     Args:
@@ -72,31 +71,41 @@ def merge(report_paths: List[str], out_dir: str, overwrite: bool = False) -> Dic
     target = os.path.realpath(out_dir)
     for folder in folders:
         if os.path.realpath(folder) == target:
-            raise ValueError(f"merge --out {out_dir!r} is one of the shards it merges; choose "
-                             "a new folder.")
+            raise ValueError(
+                f"merge --out {out_dir!r} is one of the shards it merges; choose a new folder."
+            )
     loaded = [load_run(folder) for folder in folders]
     first = loaded[0][0]
-    run_key = lambda r: (r["protocol_hash"], r["model"]["fingerprint"],
-                         r["data"]["fingerprint"], r["batch_size"],
-                         {k: v for k, v in (r.get("identity") or {}).items() if k != "shard"})
+    run_key = lambda r: (
+        r["protocol_hash"],
+        r["model"]["fingerprint"],
+        r["data"]["fingerprint"],
+        r["batch_size"],
+        {k: v for k, v in (r.get("identity") or {}).items() if k != "shard"},
+    )
     for folder, (report, _) in zip(folders[1:], loaded[1:]):
         if run_key(report) != run_key(first):
-            raise ValueError(f"the reports come from different runs (protocol, model, data, "
-                             f"batch size or settings differ: {folders[0]!r} and {folder!r}); "
-                             "only shards of one run can be merged.")
-    seen: Dict[int, str] = {}
+            raise ValueError(
+                f"the reports come from different runs (protocol, model, data, "
+                f"batch size or settings differ: {folders[0]!r} and {folder!r}); "
+                "only shards of one run can be merged."
+            )
+    seen: dict[int, str] = {}
     for report, _ in loaded:
         for b in report["batches"]:
             if b in seen:
-                raise ValueError(f"batch {b} appears in two shards ({seen[b]} and "
-                                 f"{report['shard']}).")
+                raise ValueError(
+                    f"batch {b} appears in two shards ({seen[b]} and {report['shard']})."
+                )
             seen[b] = report["shard"]
     arrays = {key: value.copy() for key, value in loaded[0][1].items()}
     total = arrays["forward"].shape[0]
     missing = sorted(set(range(total)) - set(seen))
     if missing:
-        raise ValueError(f"the shards leave batches {missing[:10]} unevaluated; merge all "
-                         f"{total} batches' shards.")
+        raise ValueError(
+            f"the shards leave batches {missing[:10]} unevaluated; merge all "
+            f"{total} batches' shards."
+        )
     size = first["batch_size"]
     for report, part in loaded[1:]:
         for b in report["batches"]:
@@ -104,11 +113,18 @@ def merge(report_paths: List[str], out_dir: str, overwrite: bool = False) -> Dic
     protocol = first["protocol"]
     names = [entry["name"] for entry in first["ensemble"]]
     selection = np.ones(len(arrays["index"]), bool)
-    merged = dict(first, shard=None, batches=list(range(total)), complete=True,
-                  n=int(selection.sum()), n_total=int(selection.sum()),
-                  results=summarize_arrays(arrays, selection, list(range(total)), names,
-                                           protocol, first.get("verify")),
-                  merged_from=[r["shard"] for r, _ in loaded])
+    merged = dict(
+        first,
+        shard=None,
+        batches=list(range(total)),
+        complete=True,
+        n=int(selection.sum()),
+        n_total=int(selection.sum()),
+        results=summarize_arrays(
+            arrays, selection, list(range(total)), names, protocol, first.get("verify")
+        ),
+        merged_from=[r["shard"] for r, _ in loaded],
+    )
     if isinstance(merged.get("identity"), dict):
         merged["identity"] = dict(merged["identity"], shard=None)
     merged.pop("wall_seconds_this_session", None)

@@ -7,7 +7,7 @@ import json
 import math
 import os
 import tempfile
-from typing import Dict, List, Optional, Tuple
+from typing import IO
 
 import numpy as np
 
@@ -69,9 +69,9 @@ class OutputFolder:
 
     def __init__(self, path: str, resume: bool = False, overwrite: bool = False):
         self.path, self.resume, self.overwrite = path, resume, overwrite
-        self._handle = None
+        self._handle: IO[str] | None = None
 
-    def __enter__(self) -> "OutputFolder":
+    def __enter__(self) -> OutputFolder:
         if os.path.exists(self.path) and not os.path.isdir(self.path):
             raise ValueError(f"output folder {self.path!r} is a file, not a folder.")
         if self.resume and not os.path.exists(os.path.join(self.path, STATE_JSON)):
@@ -102,27 +102,36 @@ class OutputFolder:
             owner = self._handle.read().strip() or "?"
             self._handle.close()
             self._handle = None
-            raise ValueError(f"output folder {self.path!r} is in use by another advlib run "
-                             f"(pid {owner}); wait for it to finish or choose another "
-                             "folder.") from None
+            raise ValueError(
+                f"output folder {self.path!r} is in use by another advlib run "
+                f"(pid {owner}); wait for it to finish or choose another "
+                "folder."
+            ) from None
         self._handle.seek(0)
         self._handle.truncate()
         self._handle.write(str(os.getpid()))
         self._handle.flush()
 
     def _check_contents(self) -> None:
-        entries = sorted(e for e in os.listdir(self.path) if e != LOCK and
-                         not (e.startswith(".") and e.endswith(".tmp")))
+        entries = sorted(
+            e
+            for e in os.listdir(self.path)
+            if e != LOCK and not (e.startswith(".") and e.endswith(".tmp"))
+        )
         if self.resume:  # __enter__ checked that the state is there
             return
         if STATE_JSON in entries:
-            raise ValueError(f"{self.path!r} already holds a run's state: pass resume=True "
-                             "(--resume) to continue it, or choose another directory.")
+            raise ValueError(
+                f"{self.path!r} already holds a run's state: pass resume=True "
+                "(--resume) to continue it, or choose another directory."
+            )
         if entries and not self.overwrite:
             shown = ", ".join(entries[:5]) + (", ..." if len(entries) > 5 else "")
-            raise ValueError(f"output folder {self.path!r} is not empty (it holds {shown}); "
-                             "choose a new or empty folder, or pass --overwrite "
-                             "(overwrite=True) to write over its files.")
+            raise ValueError(
+                f"output folder {self.path!r} is not empty (it holds {shown}); "
+                "choose a new or empty folder, or pass --overwrite "
+                "(overwrite=True) to write over its files."
+            )
 
     def release(self) -> None:
         if self._handle is not None:
@@ -130,17 +139,25 @@ class OutputFolder:
             self._handle = None
 
 
-def save_state(out_dir: str, identity: Dict, done: List[int], probes: Optional[Dict],
-               arrays: Dict[str, np.ndarray]) -> None:
+def save_state(
+    out_dir: str,
+    identity: dict,
+    done: list[int],
+    probes: dict | None,
+    arrays: dict[str, np.ndarray],
+) -> None:
     """Writes the state that `restore_state` reads, arrays first: a stop between the
     two writes leaves the previous list of finished batches, which the arrays cover."""
     write_atomic(os.path.join(out_dir, STATE_NPZ), arrays)
-    write_atomic(os.path.join(out_dir, STATE_JSON), to_json(
-        {"identity": identity, "done": done, "probes": probes}, indent=1))
+    write_atomic(
+        os.path.join(out_dir, STATE_JSON),
+        to_json({"identity": identity, "done": done, "probes": probes}, indent=1),
+    )
 
 
-def restore_state(out_dir: str, identity: Dict, template: Dict[str, np.ndarray],
-                  mine: List[int]) -> Tuple[Dict[str, np.ndarray], List[int], Optional[Dict]]:
+def restore_state(
+    out_dir: str, identity: dict, template: dict[str, np.ndarray], mine: list[int]
+) -> tuple[dict[str, np.ndarray], list[int], dict | None]:
     """Loads the state saved in `out_dir`, refusing one that is not this run's or not
     intact.
 
@@ -165,21 +182,30 @@ def restore_state(out_dir: str, identity: Dict, template: Dict[str, np.ndarray],
         with open(path) as handle:
             saved = json.load(handle)
     except ValueError as error:
-        raise ValueError(f"--resume: the state file {path!r} is not valid JSON "
-                         f"({error}).") from error
+        raise ValueError(
+            f"--resume: the state file {path!r} is not valid JSON ({error})."
+        ) from error
     if not isinstance(saved, dict) or not isinstance(saved.get("identity"), dict):
         raise ValueError(f"--resume: the state file {path!r} has no run identity.")
     for key, value in identity.items():
         if saved["identity"].get(key) != value:
-            raise ValueError(f"--resume: the state in {out_dir!r} belongs to another "
-                             f"run: its {key} is {saved['identity'].get(key)!r}, this run's "
-                             f"is {value!r}. Use another --out directory.")
+            raise ValueError(
+                f"--resume: the state in {out_dir!r} belongs to another "
+                f"run: its {key} is {saved['identity'].get(key)!r}, this run's "
+                f"is {value!r}. Use another --out directory."
+            )
     done = saved.get("done")
-    if not isinstance(done, list) or not all(type(b) is int for b in done) or \
-            len(set(done)) != len(done) or not set(done) <= set(mine):
-        raise ValueError(f"--resume: the state file {path!r} lists finished batches "
-                         f"{done!r}, which are not distinct batches of this run "
-                         f"(batches {mine[:5]}{'...' if len(mine) > 5 else ''}).")
+    if (
+        not isinstance(done, list)
+        or not all(type(b) is int for b in done)
+        or len(set(done)) != len(done)
+        or not set(done) <= set(mine)
+    ):
+        raise ValueError(
+            f"--resume: the state file {path!r} lists finished batches "
+            f"{done!r}, which are not distinct batches of this run "
+            f"(batches {mine[:5]}{'...' if len(mine) > 5 else ''})."
+        )
     if not (saved.get("probes") is None or isinstance(saved["probes"], dict)):
         raise ValueError(f"--resume: the state file {path!r} holds malformed probes.")
     arrays_path = os.path.join(out_dir, STATE_NPZ)
@@ -192,17 +218,21 @@ def restore_state(out_dir: str, identity: Dict, template: Dict[str, np.ndarray],
         found = loaded.get(key)
         if found is None or found.shape != expected.shape or found.dtype != expected.dtype:
             what = "missing" if found is None else f"{found.dtype} {found.shape}"
-            raise ValueError(f"--resume: {arrays_path!r} does not fit this run: array "
-                             f"{key!r} is {what}, expected {expected.dtype} "
-                             f"{expected.shape}.")
+            raise ValueError(
+                f"--resume: {arrays_path!r} does not fit this run: array "
+                f"{key!r} is {what}, expected {expected.dtype} "
+                f"{expected.shape}."
+            )
     return loaded, list(done), saved.get("probes")
 
 
-def write_outputs(report: Dict, arrays: Dict, out_dir: str) -> Dict[str, str]:
+def write_outputs(report: dict, arrays: dict, out_dir: str) -> dict[str, str]:
     """report.json, examples.npz, report.md and robustness.png in `out_dir`, each
     written under a unique temporary name and renamed."""
-    files = {name: os.path.join(out_dir, name) for name in
-             ("report.json", "examples.npz", "report.md", "robustness.png")}
+    files = {
+        name: os.path.join(out_dir, name)
+        for name in ("report.json", "examples.npz", "report.md", "robustness.png")
+    }
     report["files"] = {k: os.path.basename(v) for k, v in files.items()}
     write_atomic(files["examples.npz"], arrays)
     write_atomic(files["report.md"], render.markdown(report) + "\n")
@@ -211,7 +241,7 @@ def write_outputs(report: Dict, arrays: Dict, out_dir: str) -> Dict[str, str]:
     return files
 
 
-def load_run(path: str) -> Tuple[Dict, Dict[str, np.ndarray]]:
+def load_run(path: str) -> tuple[dict, dict[str, np.ndarray]]:
     """A finished run's report and per-example arrays, from its folder or report.json."""
     folder = report_folder(path)
     report = load_report(os.path.join(folder, "report.json"))

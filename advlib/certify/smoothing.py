@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Dict, Optional, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -67,23 +67,36 @@ class CertificationResult:
         """The certified accuracy at each radius of `radii`."""
         return np.array([self.certified(y, r).mean() if len(y) else 0.0 for r in radii])
 
-    def summary(self, y, radii: Sequence[float] = (0.0, 0.25, 0.5, 0.75, 1.0)) -> Dict:
+    def summary(self, y, radii: Sequence[float] = (0.0, 0.25, 0.5, 0.75, 1.0)) -> dict:
         """Certified accuracy at each radius with its 95% Wilson interval over the
         examples, the abstention rate, and the settings."""
         per_radius = []
         for r in radii:
             hits = self.certified(y, r)
-            per_radius.append({"radius": float(r), "value": float(hits.mean()) if hits.size
-                               else 0.0, "count": int(hits.sum()), "n": int(hits.size),
-                               "ci95": wilson_interval(int(hits.sum()), int(hits.size))})
+            per_radius.append(
+                {
+                    "radius": float(r),
+                    "value": float(hits.mean()) if hits.size else 0.0,
+                    "count": int(hits.sum()),
+                    "n": int(hits.size),
+                    "ci95": wilson_interval(int(hits.sum()), int(hits.size)),
+                }
+            )
         correct = self.prediction == np.asarray(y)
-        return {"sigma": self.sigma, "n0": self.n0, "n": self.n, "alpha": self.alpha,
-                "examples": int(len(self.prediction)),
-                "abstained": int(self.abstained.sum()),
-                "smoothed_accuracy": float(correct.mean()) if correct.size else 0.0,
-                "median_radius_of_correct": float(np.median(self.radius[correct]))
-                if correct.any() else 0.0,
-                "per_radius": per_radius, "seconds": self.seconds}
+        return {
+            "sigma": self.sigma,
+            "n0": self.n0,
+            "n": self.n,
+            "alpha": self.alpha,
+            "examples": int(len(self.prediction)),
+            "abstained": int(self.abstained.sum()),
+            "smoothed_accuracy": float(correct.mean()) if correct.size else 0.0,
+            "median_radius_of_correct": float(np.median(self.radius[correct]))
+            if correct.any()
+            else 0.0,
+            "per_radius": per_radius,
+            "seconds": self.seconds,
+        }
 
 
 class SmoothedClassifier:
@@ -125,8 +138,9 @@ class SmoothedClassifier:
         votes = tf.one_hot(classes, self.model.nb_classes, dtype=tf.int32)
         return tf.reduce_sum(tf.reshape(votes, [tf.shape(x)[0], repeats, -1]), axis=1)
 
-    def sample_counts(self, x, num: int, seed: Optional[int] = None, phase: int = _PREDICT,
-                      progress: bool = False) -> np.ndarray:
+    def sample_counts(
+        self, x, num: int, seed: int | None = None, phase: int = _PREDICT, progress: bool = False
+    ) -> np.ndarray:
         """Counts of the base classifier's classes over `num` noisy copies of each
         example of `x`: an int64 array (len(x), nb_classes)."""
         x = self._check_x(x)
@@ -134,16 +148,17 @@ class SmoothedClassifier:
         seed = _seeding.seed_or_draw(_checks.check_seed(seed))
         counts = np.zeros((len(x), self.model.nb_classes), np.int64)
         group = max(1, self.batch_size // num)  # examples per forward pass
-        chunk = min(num, self.batch_size)       # noisy copies per example per pass
+        chunk = min(num, self.batch_size)  # noisy copies per example per pass
         bar = _progress(len(x), progress, f"smoothing sigma={self.sigma:g}, {num} samples")
         for start in range(0, len(x), group):
-            rows = x[start:start + group]
+            rows = x[start : start + group]
             for index, done in enumerate(range(0, num, chunk)):
                 repeats = min(chunk, num - done)
                 # noise depends on (seed, phase, first example, chunk) only
                 stream = (phase * 1_000_003 + start) * 1_000_003 + index
-                counts[start:start + len(rows)] += self._step(
-                    rows, tf.constant(repeats), tf.constant([seed, stream], tf.int64)).numpy()
+                counts[start : start + len(rows)] += self._step(
+                    rows, tf.constant(repeats), tf.constant([seed, stream], tf.int64)
+                ).numpy()
             if bar is not None:
                 bar.update(len(rows))
         if bar is not None:
@@ -151,8 +166,14 @@ class SmoothedClassifier:
         return counts
 
     # -- Cohen et al.'s procedures ----------------------------------------------------
-    def predict(self, x, n: int = 1000, alpha: float = 0.001, seed: Optional[int] = None,
-                progress: bool = False) -> np.ndarray:
+    def predict(
+        self,
+        x,
+        n: int = 1000,
+        alpha: float = 0.001,
+        seed: int | None = None,
+        progress: bool = False,
+    ) -> np.ndarray:
         """The smoothed classifier's classes, or `ABSTAIN` where a two-sided
         binomial test cannot tell the top two classes apart at level `alpha`
         (Cohen et al.'s PREDICT: a wrong class is returned with probability at
@@ -180,8 +201,15 @@ class SmoothedClassifier:
                 prediction[i] = ABSTAIN
         return prediction
 
-    def certify(self, x, n0: int = 100, n: int = 100_000, alpha: float = 0.001,
-                seed: Optional[int] = None, progress: bool = False) -> CertificationResult:
+    def certify(
+        self,
+        x,
+        n0: int = 100,
+        n: int = 100_000,
+        alpha: float = 0.001,
+        seed: int | None = None,
+        progress: bool = False,
+    ) -> CertificationResult:
         """Cohen et al.'s CERTIFY: pick the top class from `n0` samples, bound its
         probability from `n` fresh samples, and certify the L2 radius
         sigma * Phi^-1(p_lower), or abstain where p_lower <= 1/2.
@@ -211,8 +239,17 @@ class SmoothedClassifier:
         certain = p_lower > 0.5
         prediction = np.where(certain, top, ABSTAIN).astype(np.int64)
         radius = np.where(certain, self.sigma * norm.ppf(np.where(certain, p_lower, 0.75)), 0.0)
-        return CertificationResult(prediction, radius, p_lower, counts, self.sigma, int(n0),
-                                   int(n), float(alpha), time.perf_counter() - start)
+        return CertificationResult(
+            prediction,
+            radius,
+            p_lower,
+            counts,
+            self.sigma,
+            int(n0),
+            int(n),
+            float(alpha),
+            time.perf_counter() - start,
+        )
 
     def _check_x(self, x) -> np.ndarray:
         array = _checks.check_batch("x", x)
@@ -225,4 +262,5 @@ def _progress(total: int, show: bool, description: str):
     if not show:
         return None
     from tqdm.auto import tqdm
+
     return tqdm(total=total, desc=description, unit="ex", dynamic_ncols=True)

@@ -34,8 +34,9 @@ def read_idx(path: str) -> np.ndarray:
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0:
         raise ValueError(f"{path!r} is not an IDX file: bad magic number.")
     if raw[2] != _UBYTE:
-        raise ValueError(f"{path!r} has IDX type code {raw[2]:#04x}; only unsigned "
-                         "bytes (0x08) are supported.")
+        raise ValueError(
+            f"{path!r} has IDX type code {raw[2]:#04x}; only unsigned bytes (0x08) are supported."
+        )
     ndim = raw[3]
     header = 4 + 4 * ndim
     if len(raw) < header:
@@ -43,8 +44,10 @@ def read_idx(path: str) -> np.ndarray:
     shape = tuple(int(d) for d in np.frombuffer(raw, ">u4", count=ndim, offset=4))
     expected = math.prod(shape)  # Python integers: a forged header cannot overflow it
     if len(raw) - header != expected:
-        raise ValueError(f"{path!r} holds {len(raw) - header} data bytes, but its "
-                         f"header declares shape {shape} ({expected} bytes).")
+        raise ValueError(
+            f"{path!r} holds {len(raw) - header} data bytes, but its "
+            f"header declares shape {shape} ({expected} bytes)."
+        )
     return np.frombuffer(raw, np.uint8, offset=header).reshape(shape)
 
 

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import os
-from typing import Callable, Dict, List, Optional, Tuple
+from collections.abc import Callable
 
 import numpy as np
 
 from advlib import _checks
 from advlib.datasets.idx import read_idx
 
-Split = Tuple[np.ndarray, np.ndarray]
+Split = tuple[np.ndarray, np.ndarray]
 
 IDX_FILES = {
     "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
@@ -32,7 +32,7 @@ def keras_cache_dir() -> str:
     return os.path.join(home, "datasets")
 
 
-def load_digits(test_fraction: float = 0.2) -> Tuple[Split, Split]:
+def load_digits(test_fraction: float = 0.2) -> tuple[Split, Split]:
     """scikit-learn's 8x8 digits with a fixed stratified split (seed 0)."""
     from sklearn.datasets import load_digits as sk_load_digits
     from sklearn.model_selection import train_test_split
@@ -41,11 +41,12 @@ def load_digits(test_fraction: float = 0.2) -> Tuple[Split, Split]:
     images = _to_float_images(bunch.images, 16.0)
     labels = bunch.target.astype(np.int64)
     x_train, x_test, y_train, y_test = train_test_split(
-        images, labels, test_size=test_fraction, random_state=0, stratify=labels)
+        images, labels, test_size=test_fraction, random_state=0, stratify=labels
+    )
     return (x_train, y_train), (x_test, y_test)
 
 
-def _idx_folder_candidates(name: str, data_dir: Optional[str]) -> List[str]:
+def _idx_folder_candidates(name: str, data_dir: str | None) -> list[str]:
     folders = []
     if data_dir is not None:
         folders.append(data_dir)
@@ -58,34 +59,38 @@ def _idx_folder_candidates(name: str, data_dir: Optional[str]) -> List[str]:
     return folders
 
 
-def _read_idx_folder(folder: str) -> Tuple[Split, Split]:
+def _read_idx_folder(folder: str) -> tuple[Split, Split]:
     splits = []
     for split in ("train", "test"):
         image_file, label_file = (os.path.join(folder, f) for f in IDX_FILES[split])
         images, labels = read_idx(image_file), read_idx(label_file)
         if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
-            raise ValueError(f"IDX files in {folder!r} do not fit together: images "
-                             f"{images.shape}, labels {labels.shape} ({split} split).")
+            raise ValueError(
+                f"IDX files in {folder!r} do not fit together: images "
+                f"{images.shape}, labels {labels.shape} ({split} split)."
+            )
         splits.append((_to_float_images(images, 255.0), labels.astype(np.int64)))
     return splits[0], splits[1]
 
 
 def _has_idx_files(folder: str) -> bool:
-    return all(os.path.isfile(os.path.join(folder, f))
-               for pair in IDX_FILES.values() for f in pair)
+    return all(os.path.isfile(os.path.join(folder, f)) for pair in IDX_FILES.values() for f in pair)
 
 
-def _download_with_keras(name: str) -> Tuple[Split, Split]:
+def _download_with_keras(name: str) -> tuple[Split, Split]:
     import keras
 
     module = keras.datasets.mnist if name == "mnist" else keras.datasets.fashion_mnist
     (x_train, y_train), (x_test, y_test) = module.load_data()
-    return ((_to_float_images(x_train, 255.0), y_train.astype(np.int64)),
-            (_to_float_images(x_test, 255.0), y_test.astype(np.int64)))
+    return (
+        (_to_float_images(x_train, 255.0), y_train.astype(np.int64)),
+        (_to_float_images(x_test, 255.0), y_test.astype(np.int64)),
+    )
 
 
-def load_mnist_like(name: str, data_dir: Optional[str] = None,
-                    download: bool = True) -> Tuple[Split, Split]:
+def load_mnist_like(
+    name: str, data_dir: str | None = None, download: bool = True
+) -> tuple[Split, Split]:
     """MNIST or Fashion-MNIST from IDX `.gz` files, downloading only as a last resort."""
     folders = _idx_folder_candidates(name, data_dir)
     for folder in folders:
@@ -96,11 +101,15 @@ def load_mnist_like(name: str, data_dir: Optional[str] = None,
         folders.append(cached_npz)
         if os.path.isfile(cached_npz):
             with np.load(cached_npz) as data:
-                return ((_to_float_images(data["x_train"], 255.0), data["y_train"].astype(np.int64)),
-                        (_to_float_images(data["x_test"], 255.0), data["y_test"].astype(np.int64)))
+                return (
+                    (_to_float_images(data["x_train"], 255.0), data["y_train"].astype(np.int64)),
+                    (_to_float_images(data["x_test"], 255.0), data["y_test"].astype(np.int64)),
+                )
     looked = "\n  ".join(folders)
-    hint = (f"Put the four IDX files ({', '.join(f for p in IDX_FILES.values() for f in p)}) "
-            f"in a folder and pass data_dir=, or set ADVLIB_DATA.")
+    hint = (
+        f"Put the four IDX files ({', '.join(f for p in IDX_FILES.values() for f in p)}) "
+        f"in a folder and pass data_dir=, or set ADVLIB_DATA."
+    )
     if name == "fashion-mnist":
         hint += " On Debian or Ubuntu: apt-get install dataset-fashion-mnist."
     if not download:
@@ -110,10 +119,11 @@ def load_mnist_like(name: str, data_dir: Optional[str] = None,
     except Exception as error:  # no network, proxy, certificate...
         raise FileNotFoundError(
             f"{name} not found and the download through Keras failed ({error}). "
-            f"Looked in:\n  {looked}\n{hint}") from error
+            f"Looked in:\n  {looked}\n{hint}"
+        ) from error
 
 
-def load_cifar10(data_dir: Optional[str] = None, download: bool = True) -> Tuple[Split, Split]:
+def load_cifar10(data_dir: str | None = None, download: bool = True) -> tuple[Split, Split]:
     """CIFAR-10 through Keras's loader (cached under Keras's data folder)."""
     del data_dir  # Keras decides where CIFAR-10 lives.
     import keras
@@ -124,23 +134,28 @@ def load_cifar10(data_dir: Optional[str] = None, download: bool = True) -> Tuple
         raise FileNotFoundError(
             f"CIFAR-10 could not be loaded through Keras ({error}). Keras looks in "
             f"{keras_cache_dir()} and downloads from the internet when the archive "
-            "is missing; copy cifar-10-batches-py.tar.gz there on offline machines.") from error
-    return ((_to_float_images(x_train, 255.0), y_train.reshape(-1).astype(np.int64)),
-            (_to_float_images(x_test, 255.0), y_test.reshape(-1).astype(np.int64)))
+            "is missing; copy cifar-10-batches-py.tar.gz there on offline machines."
+        ) from error
+    return (
+        (_to_float_images(x_train, 255.0), y_train.reshape(-1).astype(np.int64)),
+        (_to_float_images(x_test, 255.0), y_test.reshape(-1).astype(np.int64)),
+    )
 
 
-_LOADERS: Dict[str, Callable[..., Tuple[Split, Split]]] = {
+_LOADERS: dict[str, Callable[..., tuple[Split, Split]]] = {
     "digits": lambda data_dir=None, download=True: load_digits(),
     "mnist": lambda data_dir=None, download=True: load_mnist_like("mnist", data_dir, download),
     "fashion-mnist": lambda data_dir=None, download=True: load_mnist_like(
-        "fashion-mnist", data_dir, download),
+        "fashion-mnist", data_dir, download
+    ),
     "cifar10": load_cifar10,
 }
 NAMES = tuple(_LOADERS)
 
 
-def load(name: str = "digits", data_dir: Optional[str] = None,
-         download: bool = True) -> Tuple[Split, Split]:
+def load(
+    name: str = "digits", data_dir: str | None = None, download: bool = True
+) -> tuple[Split, Split]:
     """Loads a data set with its fixed train/test split.
 
     Args:

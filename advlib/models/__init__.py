@@ -8,6 +8,18 @@ from advlib.models.loading import UnsafeModelError, load_model
 from advlib.models.qnn import QNNModelWrapper
 from advlib.models.zoo import mlp, small_cnn, train_classifier
 
-__all__ = ["BPDAModelWrapper", "CallableModelWrapper", "EOTModelWrapper", "KerasModelWrapper",
-           "Model", "QNNModelWrapper", "UnsafeModelError", "as_model", "find_masking_layers",
-           "load_model", "mlp", "small_cnn", "train_classifier"]
+__all__ = [
+    "BPDAModelWrapper",
+    "CallableModelWrapper",
+    "EOTModelWrapper",
+    "KerasModelWrapper",
+    "Model",
+    "QNNModelWrapper",
+    "UnsafeModelError",
+    "as_model",
+    "find_masking_layers",
+    "load_model",
+    "mlp",
+    "small_cnn",
+    "train_classifier",
+]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import abc
-from typing import Callable, Optional, Tuple
+from collections.abc import Callable
 
 import tensorflow as tf
 
@@ -16,9 +16,9 @@ class Model(abc.ABC):
     never the saturating probabilities.
     """
 
-    def __init__(self, nb_classes: Optional[int] = None):
+    def __init__(self, nb_classes: int | None = None):
         self._nb_classes = nb_classes
-        self._checked_shapes = set()
+        self._checked_shapes: set[tuple] = set()
         self._predict = tf.function(self._predict_logits, reduce_retracing=True)
 
     @abc.abstractmethod
@@ -44,8 +44,10 @@ class Model(abc.ABC):
     def nb_classes(self) -> int:
         """Number of classes; known once the model has been checked or called."""
         if self._nb_classes is None:
-            raise ValueError("nb_classes is not known until the model has seen an input; "
-                             "call check_output(x) or pass nb_classes to the wrapper.")
+            raise ValueError(
+                "nb_classes is not known until the model has seen an input; "
+                "call check_output(x) or pass nb_classes to the wrapper."
+            )
         return self._nb_classes
 
     def check_output(self, x) -> int:
@@ -67,26 +69,31 @@ class Model(abc.ABC):
         try:
             logits = self.predict_logits(sample)
         except Exception as error:
-            raise ValueError(f"the model cannot be called on inputs of shape "
-                             f"(batch,) + {shape}: {error}") from error
+            raise ValueError(
+                f"the model cannot be called on inputs of shape (batch,) + {shape}: {error}"
+            ) from error
         if logits.shape.rank != 2 or logits.shape[0] != 1 or logits.shape[1] < 2:
-            raise ValueError(f"the model must return a 2-D batch of class scores "
-                             f"(batch, nb_classes >= 2); for an input of shape "
-                             f"{(1,) + shape} it returned shape {tuple(logits.shape)}.")
+            raise ValueError(
+                f"the model must return a 2-D batch of class scores "
+                f"(batch, nb_classes >= 2); for an input of shape "
+                f"{(1,) + shape} it returned shape {tuple(logits.shape)}."
+            )
         if self._nb_classes is not None and logits.shape[1] != self._nb_classes:
-            raise ValueError(f"the model returns {logits.shape[1]} class scores, but "
-                             f"nb_classes={self._nb_classes} was given.")
+            raise ValueError(
+                f"the model returns {logits.shape[1]} class scores, but "
+                f"nb_classes={self._nb_classes} was given."
+            )
         self._nb_classes = int(logits.shape[1])
         self._on_first_output(logits)
         self._checked_shapes.add(shape)
         return self._nb_classes
 
-    def _on_first_output(self, logits: tf.Tensor) -> None:
+    def _on_first_output(self, logits: tf.Tensor) -> None:  # noqa: B027  (an optional hook)
         """Hook for wrappers that want to inspect the first output."""
 
-    def loss_gradient(self, x: tf.Tensor, labels: tf.Tensor,
-                      loss_fn: Callable, targeted: bool = False
-                      ) -> Tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+    def loss_gradient(
+        self, x: tf.Tensor, labels: tf.Tensor, loss_fn: Callable, targeted: bool = False
+    ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
         """The gradient that attacks ascend.
 
         Args:
@@ -110,5 +117,8 @@ class Model(abc.ABC):
                 loss = -loss
         # a model that cuts the input off (stop_gradient, tf.round) has a zero gradient,
         # not a missing one: attacks see it, and the diagnostics report it
-        return loss, tape.gradient(loss, x, unconnected_gradients=tf.UnconnectedGradients.ZERO), \
-            logits
+        return (
+            loss,
+            tape.gradient(loss, x, unconnected_gradients=tf.UnconnectedGradients.ZERO),
+            logits,
+        )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import keras
 import tensorflow as tf
@@ -48,22 +48,29 @@ class BPDAModelWrapper(KerasModelWrapper):
         >>> x_adv = ProjectedGradientDescent(wrapped).generate_np(x, eps=0.1)
     """
 
-    def __init__(self, model, layers: Optional[Sequence[str]] = None, sample=None):
+    def __init__(self, model, layers: Sequence[str] | None = None, sample=None):
         if layers is None:
             if sample is None:
-                raise ValueError("BPDAModelWrapper needs layers=[names] or a sample batch "
-                                 "to find the non-differentiable layers from.")
+                raise ValueError(
+                    "BPDAModelWrapper needs layers=[names] or a sample batch "
+                    "to find the non-differentiable layers from."
+                )
             layers = find_masking_layers(model, sample)
         known = {layer.name for layer in model.layers}
         unknown = sorted(set(layers) - known)
         if unknown:
-            raise ValueError(f"layers {unknown} are not layers of model {model.name!r}; "
-                             f"its layers are {sorted(known)}.")
+            raise ValueError(
+                f"layers {unknown} are not layers of model {model.name!r}; "
+                f"its layers are {sorted(known)}."
+            )
         self.bypassed = list(layers)
         bypass = set(layers)
         clone = keras.models.clone_model(
-            model, clone_function=lambda layer: _IdentityBackward(layer)
-            if layer.name in bypass else layer)
+            model,
+            clone_function=lambda layer: (
+                _IdentityBackward(layer) if layer.name in bypass else layer
+            ),
+        )
         super().__init__(clone)
         self.original = model
 

@@ -7,8 +7,6 @@ gradient-masking probes all read a model through these functions.
 
 from __future__ import annotations
 
-from typing import Dict, List, Optional
-
 import keras
 import numpy as np
 import tensorflow as tf
@@ -16,7 +14,7 @@ import tensorflow as tf
 from advlib.losses import margin_loss
 
 
-def layer_inputs(model, layers, x) -> List[np.ndarray]:
+def layer_inputs(model, layers, x) -> list[np.ndarray]:
     """The values that each of `layers` receives when `model` runs on `x`."""
     if isinstance(model, keras.Sequential):
         seen, state = {}, tf.convert_to_tensor(x)
@@ -30,7 +28,7 @@ def layer_inputs(model, layers, x) -> List[np.ndarray]:
     return list(values) if isinstance(values, (list, tuple)) else [values]
 
 
-def find_masking_layers(model, x) -> List[str]:
+def find_masking_layers(model, x) -> list[str]:
     """Names of the layers whose input gradient is zero everywhere on `x`.
 
     Only weightless layers that keep their input's shape are candidates
@@ -46,10 +44,14 @@ def find_masking_layers(model, x) -> List[str]:
         model cannot be taken apart.
     """
     if not isinstance(model, keras.Model) or not (
-            isinstance(model, keras.Sequential) or hasattr(model, "_inbound_nodes")):
+        isinstance(model, keras.Sequential) or hasattr(model, "_inbound_nodes")
+    ):
         return []
-    candidates = [layer for layer in model.layers if not layer.weights
-                  and not isinstance(layer, keras.layers.InputLayer)]
+    candidates = [
+        layer
+        for layer in model.layers
+        if not layer.weights and not isinstance(layer, keras.layers.InputLayer)
+    ]
     try:
         inputs = layer_inputs(model, candidates, x)
     except (ValueError, TypeError, AttributeError):
@@ -70,38 +72,45 @@ def find_masking_layers(model, x) -> List[str]:
     return found
 
 
-def logit_spread(model, x, calls: int = 3) -> Dict:
+def logit_spread(model, x, calls: int = 3) -> dict:
     """The largest difference between the logits of repeated calls: 0 if deterministic."""
-    calls = [model.predict_logits(x).numpy() for _ in range(calls)]
-    difference = max(float(np.max(np.abs(c - calls[0]), initial=0.0)) for c in calls[1:])
-    return {"calls": len(calls), "max_abs_difference": difference}
+    outputs = [model.predict_logits(x).numpy() for _ in range(calls)]
+    difference = max(float(np.max(np.abs(c - outputs[0]), initial=0.0)) for c in outputs[1:])
+    return {"calls": len(outputs), "max_abs_difference": difference}
 
 
-def gradient_health(model, x, y) -> Dict:
+def gradient_health(model, x, y) -> dict:
     """How many examples have a zero or a non-finite input gradient of the margin loss."""
     _, grad, _ = model.loss_gradient(tf.convert_to_tensor(x), tf.constant(y), margin_loss)
     flat = grad.numpy().reshape(len(x), -1)
     nonfinite = ~np.isfinite(flat).all(axis=1)
     zero = ~nonfinite & ~np.any(flat, axis=1)
-    return {"zero": int(zero.sum()), "nonfinite": int(nonfinite.sum()), "n": len(x),
-            "loss": "margin (logit difference)"}
+    return {
+        "zero": int(zero.sum()),
+        "nonfinite": int(nonfinite.sum()),
+        "n": len(x),
+        "loss": "margin (logit difference)",
+    }
 
 
-def quantized_units(model) -> List:
+def quantized_units(model) -> list:
     """(layer name, quantizer) for each quantizer of a layer's input in a Keras QNN."""
     from advlib.qnn.quantizers import KBitQuantizer, SteSign
 
     keras_model = getattr(model, "model", None)
     found = []
     for layer in getattr(keras_model, "layers", []):
-        quantizer = layer if isinstance(layer, (SteSign, KBitQuantizer)) else \
-            getattr(layer, "input_quantizer", None)
+        quantizer = (
+            layer
+            if isinstance(layer, (SteSign, KBitQuantizer))
+            else getattr(layer, "input_quantizer", None)
+        )
         if isinstance(quantizer, (SteSign, KBitQuantizer)):
             found.append((layer, quantizer))
     return found
 
 
-def ste_window(model, x) -> Optional[Dict]:
+def ste_window(model, x) -> dict | None:
     """The share of quantized units whose straight-through window is closed on `x`."""
     from advlib.qnn.quantizers import SteSign
 
@@ -122,5 +131,8 @@ def ste_window(model, x) -> Optional[Dict]:
         layers.append({"layer": layer.name, "closed": float(closed.mean())})
         closed_total += int(closed.sum())
         size_total += closed.size
-    return {"layers": layers, "closed": closed_total / max(size_total, 1),
-            "surrogate": getattr(model, "surrogate", "ste")}
+    return {
+        "layers": layers,
+        "closed": closed_total / max(size_total, 1),
+        "surrogate": getattr(model, "surrogate", "ste"),
+    }

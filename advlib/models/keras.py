@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import warnings
-from typing import Callable, Optional
+from collections.abc import Callable
 
 import keras
 import numpy as np
@@ -41,7 +41,7 @@ def _call_without_activation(layer, inputs, training=False):
         layer.activation = saved
 
 
-def _logits_function(model) -> Optional[Callable]:
+def _logits_function(model) -> Callable | None:
     """Builds (x, training) -> pre-softmax logits for a model ending in a softmax, or None.
 
     Sequential and functional models are taken apart structurally (nested
@@ -77,8 +77,7 @@ def _logits_function(model) -> Optional[Callable]:
     if kind == "layer":
         return run_body
     if kind == "activation":
-        return lambda x, training: _call_without_activation(last, run_body(x, training),
-                                                            training)
+        return lambda x, training: _call_without_activation(last, run_body(x, training), training)
     if isinstance(last, keras.Model):
         inner = _logits_function(last)
         if inner is not None:
@@ -87,8 +86,11 @@ def _logits_function(model) -> Optional[Callable]:
 
 
 def _is_functional(model) -> bool:
-    return (not isinstance(model, keras.Sequential) and hasattr(model, "_inbound_nodes")
-            and type(model).__name__ == "Functional")
+    return (
+        not isinstance(model, keras.Sequential)
+        and hasattr(model, "_inbound_nodes")
+        and type(model).__name__ == "Functional"
+    )
 
 
 class KerasModelWrapper(Model):
@@ -111,8 +113,7 @@ class KerasModelWrapper(Model):
         >>> logits = wrapped.get_logits(x)
     """
 
-    def __init__(self, model, from_logits: Optional[bool] = None,
-                 nb_classes: Optional[int] = None):
+    def __init__(self, model, from_logits: bool | None = None, nb_classes: int | None = None):
         if not isinstance(model, keras.Model):
             raise TypeError(f"model must be a keras.Model, got {type(model).__name__}.")
         if not (from_logits is None or isinstance(from_logits, bool)):
@@ -125,12 +126,15 @@ class KerasModelWrapper(Model):
             self.output_kind = "softmax-split"
         elif from_logits is False:
             self._logits = lambda x, training: tf.math.log(
-                tf.maximum(tf.cast(model(x, training=training), tf.float32), _PROBS_FLOOR))
+                tf.maximum(tf.cast(model(x, training=training), tf.float32), _PROBS_FLOOR)
+            )
             self.output_kind = "log-probs"
-            warnings.warn("the model's softmax could not be taken apart; attacks use "
-                          "log-probabilities, whose gradients vanish where the softmax "
-                          "saturates. Expose the logits for reliable attacks.",
-                          stacklevel=2)
+            warnings.warn(
+                "the model's softmax could not be taken apart; attacks use "
+                "log-probabilities, whose gradients vanish where the softmax "
+                "saturates. Expose the logits for reliable attacks.",
+                stacklevel=2,
+            )
         else:
             self._logits = lambda x, training: model(x, training=training)
             self.output_kind = "logits"
@@ -145,23 +149,31 @@ class KerasModelWrapper(Model):
             return
         values = logits.numpy().astype(np.float64)
         if np.all(values >= 0) and np.allclose(values.sum(axis=-1), 1.0, atol=1e-5):
-            warnings.warn("the model's outputs look like probabilities (non-negative, "
-                          "rows summing to 1) but no softmax layer was found to take "
-                          "apart; they are treated as logits. Pass from_logits=False, or "
-                          "better, expose the pre-softmax logits.", stacklevel=3)
+            warnings.warn(
+                "the model's outputs look like probabilities (non-negative, "
+                "rows summing to 1) but no softmax layer was found to take "
+                "apart; they are treated as logits. Pass from_logits=False, or "
+                "better, expose the pre-softmax logits.",
+                stacklevel=3,
+            )
 
 
-def _static_classes(model) -> Optional[int]:
+def _static_classes(model) -> int | None:
     try:
         shape = model.output_shape
     except (AttributeError, ValueError, RuntimeError):
         return None
     if isinstance(shape, tuple) and len(shape) == 2 and isinstance(shape[1], int):
         return shape[1]
-    if isinstance(shape, tuple) and len(shape) != 2 and all(
-            isinstance(d, (int, type(None))) for d in shape):
-        raise ValueError(f"the model must return a 2-D batch of class scores "
-                         f"(batch, nb_classes); its output shape is {shape}.")
+    if (
+        isinstance(shape, tuple)
+        and len(shape) != 2
+        and all(isinstance(d, (int, type(None))) for d in shape)
+    ):
+        raise ValueError(
+            f"the model must return a 2-D batch of class scores "
+            f"(batch, nb_classes); its output shape is {shape}."
+        )
     return None
 
 
@@ -176,9 +188,11 @@ def as_model(model, **kwargs) -> Model:
         return model
     if isinstance(model, keras.Model):
         return KerasModelWrapper(model, **kwargs)
-    raise TypeError(f"model must be an advlib.models.Model or a keras.Model, got "
-                    f"{type(model).__name__}; wrap plain functions with "
-                    "CallableModelWrapper(fn, output_layer='logits' or 'probs').")
+    raise TypeError(
+        f"model must be an advlib.models.Model or a keras.Model, got "
+        f"{type(model).__name__}; wrap plain functions with "
+        "CallableModelWrapper(fn, output_layer='logits' or 'probs')."
+    )
 
 
 class CallableModelWrapper(Model):
@@ -194,8 +208,7 @@ class CallableModelWrapper(Model):
         >>> model = CallableModelWrapper(lambda x: x @ w, output_layer="logits")
     """
 
-    def __init__(self, fn: Callable, output_layer: str = "logits",
-                 nb_classes: Optional[int] = None):
+    def __init__(self, fn: Callable, output_layer: str = "logits", nb_classes: int | None = None):
         if not callable(fn):
             raise TypeError(f"fn must be callable, got {type(fn).__name__}.")
         _checks.check_choice("output_layer", output_layer, ("logits", "probs"))

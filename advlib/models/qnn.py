@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Optional, Union
-
 import numpy as np
 import tensorflow as tf
 
@@ -34,9 +32,14 @@ class QNNModelWrapper(KerasModelWrapper):
         >>> x_adv = ProjectedGradientDescent(wrapped).generate_np(x, eps=0.1)
     """
 
-    def __init__(self, model, surrogate: str = "ste", temperature: float = 1.0,
-                 engine: Optional[Union[str, object]] = None,
-                 from_logits: Optional[bool] = None):
+    def __init__(
+        self,
+        model,
+        surrogate: str = "ste",
+        temperature: float = 1.0,
+        engine: str | object | None = None,
+        from_logits: bool | None = None,
+    ):
         from advlib.qnn.quantizers import sign_surrogate
 
         with sign_surrogate(surrogate, temperature):  # validates both
@@ -48,8 +51,10 @@ class QNNModelWrapper(KerasModelWrapper):
         if isinstance(engine, str):
             engine = BinaryEngine.load(engine)
         if engine is not None and not isinstance(engine, BinaryEngine):
-            raise TypeError(f"engine must be a BinaryEngine, the path of an exported .npz or "
-                            f"None, got {type(engine).__name__}.")
+            raise TypeError(
+                f"engine must be a BinaryEngine, the path of an exported .npz or "
+                f"None, got {type(engine).__name__}."
+            )
         self.engine = engine
         # attacks query it on every step: the bit-exact BLAS twin is several times faster
         self._predictor = None if engine is None else engine.on_blas()
@@ -66,4 +71,5 @@ class QNNModelWrapper(KerasModelWrapper):
         if self.engine is None:
             return super().predict_logits(x)
         x = x.numpy() if isinstance(x, tf.Tensor) else np.asarray(x)
+        assert self._predictor is not None  # set with the engine
         return tf.constant(self._predictor.predict(x))

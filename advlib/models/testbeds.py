@@ -59,8 +59,7 @@ class AlwaysOnNoise(keras.layers.Layer):
         self.stddev = float(stddev)
 
     def call(self, inputs):
-        return inputs + tf.random.normal(tf.shape(inputs), stddev=self.stddev,
-                                         dtype=inputs.dtype)
+        return inputs + tf.random.normal(tf.shape(inputs), stddev=self.stddev, dtype=inputs.dtype)
 
     def get_config(self):
         return {**super().get_config(), "stddev": self.stddev}
@@ -69,5 +68,6 @@ class AlwaysOnNoise(keras.layers.Layer):
 def defended(model: keras.Model, preprocessing: keras.layers.Layer) -> keras.Model:
     """`model` behind the input layer `preprocessing`, as one functional model."""
     inputs = keras.Input(model.input_shape[1:])
-    return keras.Model(inputs, model(preprocessing(inputs)),
-                       name=f"{preprocessing.name}_defended_{model.name}")
+    return keras.Model(
+        inputs, model(preprocessing(inputs)), name=f"{preprocessing.name}_defended_{model.name}"
+    )

@@ -9,15 +9,25 @@ TensorFlow and is imported on first use, so the engine runs where only NumPy
 import importlib
 
 _EXPORTS = {
-    "ste_sign": "quantizers", "quantize_k_bits": "quantizers", "Quantizer": "quantizers",
-    "SteSign": "quantizers", "StochasticBinarization": "quantizers",
-    "KBitQuantizer": "quantizers", "Uint8Input": "quantizers", "WeightClip": "quantizers",
-    "sign_surrogate": "quantizers", "sign_with_surrogate": "quantizers",
+    "ste_sign": "quantizers",
+    "quantize_k_bits": "quantizers",
+    "Quantizer": "quantizers",
+    "SteSign": "quantizers",
+    "StochasticBinarization": "quantizers",
+    "KBitQuantizer": "quantizers",
+    "Uint8Input": "quantizers",
+    "WeightClip": "quantizers",
+    "sign_surrogate": "quantizers",
+    "sign_with_surrogate": "quantizers",
     "check_exactness": "exactness",
-    "QuantDense": "layers", "QuantConv2D": "layers",
-    "binary_mlp": "models", "binary_cnn": "models",
-    "summary": "memory_summary", "export": "exporter",
-    "VerifiableModel": "stability", "interval_bounds": "stability",
+    "QuantDense": "layers",
+    "QuantConv2D": "layers",
+    "binary_mlp": "models",
+    "binary_cnn": "models",
+    "summary": "memory_summary",
+    "export": "exporter",
+    "VerifiableModel": "stability",
+    "interval_bounds": "stability",
     "instability": "stability",
 }
 

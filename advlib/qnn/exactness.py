@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Dict, List
-
 import keras
 import numpy as np
 
 
-def _keras_hidden_names(spec) -> List[str]:
-    names = []
+def _keras_hidden_names(spec) -> list[str]:
+    names: list[str] = []
     for layer in spec["layers"]:
         if layer["type"] == "maxpool":
             names[-1] = layer["name"]
@@ -18,7 +16,7 @@ def _keras_hidden_names(spec) -> List[str]:
     return names
 
 
-def check_exactness(model: keras.Model, engine, x: np.ndarray, batch_size: int = 500) -> Dict:
+def check_exactness(model: keras.Model, engine, x: np.ndarray, batch_size: int = 500) -> dict:
     """Compares the engine with the Keras model in inference mode on `x`.
 
     Returns:
@@ -28,13 +26,14 @@ def check_exactness(model: keras.Model, engine, x: np.ndarray, batch_size: int =
          same predicted classes}.
     """
     names = _keras_hidden_names(engine.spec)
-    probe = keras.Model(model.inputs, [model.get_layer(n).output for n in names] +
-                        [model.outputs[0]])
+    probe = keras.Model(
+        model.inputs, [model.get_layer(n).output for n in names] + [model.outputs[0]]
+    )
     mismatches = np.zeros(len(names), np.int64)
     counts = np.zeros(len(names), np.int64)
     worst, agree = 0.0, 0
     for start in range(0, len(x), batch_size):
-        batch = x[start:start + batch_size]
+        batch = x[start : start + batch_size]
         outputs = probe.predict(batch, verbose=0, batch_size=batch_size)
         outputs = outputs if isinstance(outputs, list) else [outputs]
         keras_logits = outputs[-1]
@@ -45,6 +44,10 @@ def check_exactness(model: keras.Model, engine, x: np.ndarray, batch_size: int =
         scale = np.maximum(np.abs(keras_logits), 1.0)
         worst = max(worst, float(np.max(np.abs(logits - keras_logits) / scale)))
         agree += int(np.sum(logits.argmax(1) == keras_logits.argmax(1)))
-    return {"hidden_mismatches": mismatches.tolist(), "hidden_bits": counts.tolist(),
-            "max_logit_rel_error": worst, "prediction_agreement": agree / max(len(x), 1),
-            "exact": bool(mismatches.sum() == 0 and agree == len(x))}
+    return {
+        "hidden_mismatches": mismatches.tolist(),
+        "hidden_bits": counts.tolist(),
+        "max_logit_rel_error": worst,
+        "prediction_agreement": agree / max(len(x), 1),
+        "exact": bool(mismatches.sum() == 0 and agree == len(x)),
+    }

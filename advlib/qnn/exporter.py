@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Dict, List, Optional
+from typing import NoReturn
 
 import keras
 import numpy as np
@@ -17,9 +17,11 @@ _SKIPPED = (keras.layers.InputLayer, keras.layers.Dropout)
 _INT_MIN, _INT_MAX = np.iinfo(np.int64).min, np.iinfo(np.int64).max
 
 
-def _fail(layer, why):
-    raise ValueError(f"layer {layer.name!r} ({type(layer).__name__}) cannot be exported to "
-                     f"the binary engine: {why}")
+def _fail(layer, why) -> NoReturn:
+    raise ValueError(
+        f"layer {layer.name!r} ({type(layer).__name__}) cannot be exported to "
+        f"the binary engine: {why}"
+    )
 
 
 def _binary_kernel(layer) -> bool:
@@ -33,8 +35,11 @@ def _input_kind(layer, first: bool) -> str:
     if not first and isinstance(quantizer, SteSign):
         return "binary"
     wanted = "Uint8Input (8-bit inputs)" if first else "SteSign (binary activations)"
-    _fail(layer, f"its input quantizer is {type(quantizer).__name__ if quantizer else None}; "
-                 f"the engine needs {wanted} here.")
+    _fail(
+        layer,
+        f"its input quantizer is {type(quantizer).__name__ if quantizer else None}; "
+        f"the engine needs {wanted} here.",
+    )
 
 
 def _decision_function(layer, batchnorm, rank: int):
@@ -77,16 +82,16 @@ def fold_thresholds(layer, batchnorm, max_abs: int, rank: int):
         high = np.where(same_as_low, high, middle)
     increasing = ~at_low & at_high
     decreasing = at_low & ~at_high
-    threshold = np.where(increasing, high, np.where(decreasing, low,
-                                                    np.where(at_low, _INT_MIN, _INT_MAX)))
+    threshold = np.where(
+        increasing, high, np.where(decreasing, low, np.where(at_low, _INT_MIN, _INT_MAX))
+    )
     return threshold.astype(np.int64), decreasing
 
 
 def _affine(layer, batchnorm):
     """The last layer's logits = acc * scale + shift, in float32."""
     units = int(layer.kernel.shape[-1])
-    bias = layer.bias.numpy().astype(np.float32) if layer.use_bias else np.zeros(units,
-                                                                                 np.float32)
+    bias = layer.bias.numpy().astype(np.float32) if layer.use_bias else np.zeros(units, np.float32)
     if batchnorm is None:
         return np.ones(units, np.float32), bias
     gamma = batchnorm.gamma.numpy() if batchnorm.scale else np.ones(units, np.float32)
@@ -105,7 +110,7 @@ def _pack_kernel(layer) -> np.ndarray:
     return packed.reshape(filters, -1)
 
 
-def _sequence(model) -> List[keras.layers.Layer]:
+def _sequence(model) -> list[keras.layers.Layer]:
     layers = [layer for layer in model.layers if not isinstance(layer, _SKIPPED)]
     if not layers:
         raise ValueError("the model has no layers to export.")
@@ -117,22 +122,27 @@ def _check_no_activation(layer) -> None:
         _fail(layer, "the engine folds only BatchNorm after a layer, not an activation.")
 
 
-def _window(shape, size, strides, padding) -> Dict:
+def _window(shape, size, strides, padding) -> dict:
     """The spec fields of a sliding window (conv or pooling) over `shape`."""
-    pads = ([same_padding(shape[a], size[a], strides[a], 1) for a in (0, 1)]
-            if padding == "same" else [(0, 0), (0, 0)])
+    pads = (
+        [same_padding(shape[a], size[a], strides[a], 1) for a in (0, 1)]
+        if padding == "same"
+        else [(0, 0), (0, 0)]
+    )
     return dict(strides=list(strides), pads=[list(p) for p in pads])
 
 
-def _pool_entry(layer, shape, previous: Optional[Dict]) -> Dict:
-    if previous is None or previous.get("output") == "logits" or \
-            previous["type"] == "flatten":
+def _pool_entry(layer, shape, previous: dict | None) -> dict:
+    if previous is None or previous.get("output") == "logits" or previous["type"] == "flatten":
         _fail(layer, "max-pooling must follow a binary layer's BatchNorm.")
-    return dict(type="maxpool", pool=list(layer.pool_size),
-                **_window(shape, layer.pool_size, layer.strides, layer.padding))
+    return dict(
+        type="maxpool",
+        pool=list(layer.pool_size),
+        **_window(shape, layer.pool_size, layer.strides, layer.padding),
+    )
 
 
-def _compute_entry(layer, shape, first: bool) -> Dict:
+def _compute_entry(layer, shape, first: bool) -> dict:
     """The spec fields of a QuantDense or QuantConv2D layer (out_shape's width only)."""
     if not _binary_kernel(layer):
         _fail(layer, "its kernel quantizer is not binary (SteSign).")
@@ -146,25 +156,33 @@ def _compute_entry(layer, shape, first: bool) -> Dict:
     if tuple(layer.dilation_rate) != (1, 1):
         _fail(layer, "dilated convolutions are not supported.")
     if kind == "binary" and layer.padding == "same" and layer.pad_values == 0:
-        _fail(layer, "binary 'same' convolutions must pad with +1 or -1 (pad_values), since "
-                     "packed bits have no zero.")
-    return dict(type="conv", input=kind, out_shape=[units], kernel=list(layer.kernel_size),
-                pad_value=float(layer.pad_values),
-                **_window(shape, layer.kernel_size, layer.strides, layer.padding))
+        _fail(
+            layer,
+            "binary 'same' convolutions must pad with +1 or -1 (pad_values), since "
+            "packed bits have no zero.",
+        )
+    return dict(
+        type="conv",
+        input=kind,
+        out_shape=[units],
+        kernel=list(layer.kernel_size),
+        pad_value=float(layer.pad_values),
+        **_window(shape, layer.kernel_size, layer.strides, layer.padding),
+    )
 
 
-def _accumulator_length(entry: Dict) -> int:
+def _accumulator_length(entry: dict) -> int:
     """How many products one accumulator sums."""
     if entry["type"] == "dense":
         return entry["in_shape"][0]
     return entry["kernel"][0] * entry["kernel"][1] * entry["in_shape"][-1]
 
 
-def _layer_arrays(layer, batchnorm, entry: Dict, index: int, last: bool) -> Dict:
+def _layer_arrays(layer, batchnorm, entry: dict, index: int, last: bool) -> dict:
     """The packed weights, and the thresholds or (last layer) the affine map."""
     length = _accumulator_length(entry)
     max_abs = 255 * length if entry["input"] == "uint8" else length
-    if max_abs >= 2 ** 24:
+    if max_abs >= 2**24:
         _fail(layer, f"accumulators up to {max_abs} exceed float32's exact integers.")
     name = f"layer{index}"
     arrays = {f"{name}/weights": _pack_kernel(layer)}
@@ -173,11 +191,12 @@ def _layer_arrays(layer, batchnorm, entry: Dict, index: int, last: bool) -> Dict
     else:
         rank = 2 if isinstance(layer, QuantDense) else 4
         arrays[f"{name}/threshold"], arrays[f"{name}/flip"] = fold_thresholds(
-            layer, batchnorm, max_abs, rank)
+            layer, batchnorm, max_abs, rank
+        )
     return arrays
 
 
-def export(model: keras.Model, path: Optional[str] = None) -> Dict:
+def export(model: keras.Model, path: str | None = None) -> dict:
     """Writes a Keras binary network as a self-describing `.npz` for `BinaryEngine`.
 
     Supported: a chain of `QuantConv2D` / `QuantDense` layers with binary
@@ -198,12 +217,12 @@ def export(model: keras.Model, path: Optional[str] = None) -> Dict:
         ValueError: naming the first layer the engine cannot represent exactly.
     """
     layers = _sequence(model)
-    compute = [i for i, layer in enumerate(layers) if isinstance(layer, (QuantDense,
-                                                                         QuantConv2D))]
+    compute = [i for i, layer in enumerate(layers) if isinstance(layer, (QuantDense, QuantConv2D))]
     if not compute:
         raise ValueError("the model has no QuantDense or QuantConv2D layer to export.")
     shape = [int(d) for d in model.input_shape[1:]]
-    spec_layers, arrays = [], {}
+    spec_layers: list[dict] = []
+    arrays: dict[str, np.ndarray] = {}
     i = 0
     while i < len(layers):
         layer, index = layers[i], len(spec_layers)
@@ -216,25 +235,36 @@ def export(model: keras.Model, path: Optional[str] = None) -> Dict:
             first, last = i == compute[0], i == compute[-1]
             entry.update(_compute_entry(layer, shape, first))
             batchnorm = None
-            if i + 1 < len(layers) and isinstance(layers[i + 1],
-                                                  keras.layers.BatchNormalization):
+            if i + 1 < len(layers) and isinstance(layers[i + 1], keras.layers.BatchNormalization):
                 batchnorm = layers[i + 1]
                 i += 1
-            entry.update(output="logits" if last else "bits",
-                         keras_output=(batchnorm or layer).name)
+            entry.update(
+                output="logits" if last else "bits", keras_output=(batchnorm or layer).name
+            )
             arrays.update(_layer_arrays(layer, batchnorm, entry, index, last))
         elif i > compute[-1]:
-            _fail(layer, "the engine's output is the last binary layer's logits (after its "
-                         "BatchNorm); remove the layers after it.")
+            _fail(
+                layer,
+                "the engine's output is the last binary layer's logits (after its "
+                "BatchNorm); remove the layers after it.",
+            )
         else:
-            _fail(layer, "not a layer type the engine supports (QuantDense, QuantConv2D, "
-                         "BatchNormalization, MaxPooling2D, Flatten, Dropout).")
+            _fail(
+                layer,
+                "not a layer type the engine supports (QuantDense, QuantConv2D, "
+                "BatchNormalization, MaxPooling2D, Flatten, Dropout).",
+            )
         entry["out_shape"] = spec_io.output_shape(entry)
         spec_layers.append(entry)
         shape = entry["out_shape"]
         i += 1
-    spec = {"format": spec_io.FORMAT, "version": spec_io.VERSION, "word_bits": 32,
-            "input_shape": [int(d) for d in model.input_shape[1:]], "layers": spec_layers}
+    spec = {
+        "format": spec_io.FORMAT,
+        "version": spec_io.VERSION,
+        "word_bits": 32,
+        "input_shape": [int(d) for d in model.input_shape[1:]],
+        "layers": spec_layers,
+    }
     if path is not None:
         spec_io.save(path, spec, arrays)
     else:

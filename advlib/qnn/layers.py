@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import keras
 import tensorflow as tf
 from keras import ops
@@ -13,6 +15,14 @@ _PACKAGE = "advlib"
 
 class _QuantizedMixin:
     """The quantizer bookkeeping shared by `QuantDense` and `QuantConv2D`."""
+
+    # set by the Keras layer that the mixin joins
+    kernel: keras.Variable
+    bias: keras.Variable | None
+    use_bias: bool
+    activation: Any
+    input_quantizer: Any
+    kernel_quantizer: Any
 
     def _set_quantizers(self, input_quantizer, kernel_quantizer):
         self.input_quantizer = quantizers.get(input_quantizer)
@@ -35,9 +45,13 @@ class _QuantizedMixin:
         return self.activation(outputs) if self.activation is not None else outputs
 
     def _quantizer_config(self):
-        return {name: None if q is None else keras.saving.serialize_keras_object(q)
-                for name, q in (("input_quantizer", self.input_quantizer),
-                                ("kernel_quantizer", self.kernel_quantizer))}
+        return {
+            name: None if q is None else keras.saving.serialize_keras_object(q)
+            for name, q in (
+                ("input_quantizer", self.input_quantizer),
+                ("kernel_quantizer", self.kernel_quantizer),
+            )
+        }
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
@@ -57,10 +71,12 @@ class QuantDense(_QuantizedMixin, keras.layers.Dense):
         ...            kernel_constraint=WeightClip(1.0), use_bias=False)
     """
 
-    def __init__(self, units, input_quantizer=None, kernel_quantizer=None,
-                 kernel_constraint=None, **kwargs):
-        super().__init__(units, kernel_constraint=quantizers.get_constraint(kernel_constraint),
-                         **kwargs)
+    def __init__(
+        self, units, input_quantizer=None, kernel_quantizer=None, kernel_constraint=None, **kwargs
+    ):
+        super().__init__(
+            units, kernel_constraint=quantizers.get_constraint(kernel_constraint), **kwargs
+        )
         self._set_quantizers(input_quantizer, kernel_quantizer)
 
     def call(self, inputs, training=None):
@@ -99,10 +115,22 @@ class QuantConv2D(_QuantizedMixin, keras.layers.Conv2D):
         ...             input_quantizer="ste_sign", kernel_quantizer="ste_sign")
     """
 
-    def __init__(self, filters, kernel_size, input_quantizer=None, kernel_quantizer=None,
-                 kernel_constraint=None, pad_values: float = 0.0, **kwargs):
-        super().__init__(filters, kernel_size,
-                         kernel_constraint=quantizers.get_constraint(kernel_constraint), **kwargs)
+    def __init__(
+        self,
+        filters,
+        kernel_size,
+        input_quantizer=None,
+        kernel_quantizer=None,
+        kernel_constraint=None,
+        pad_values: float = 0.0,
+        **kwargs,
+    ):
+        super().__init__(
+            filters,
+            kernel_size,
+            kernel_constraint=quantizers.get_constraint(kernel_constraint),
+            **kwargs,
+        )
         if self.data_format != "channels_last":
             raise ValueError(f"data_format must be 'channels_last', got {self.data_format!r}.")
         self._set_quantizers(input_quantizer, kernel_quantizer)
@@ -117,15 +145,27 @@ class QuantConv2D(_QuantizedMixin, keras.layers.Conv2D):
         pad_value = self.pad_values if pad_value is None else pad_value
         padding = self.padding
         if padding == "same" and pad_value != 0.0:
-            pads = [same_padding(int(inputs.shape[axis]), self.kernel_size[axis - 1],
-                                 self.strides[axis - 1], self.dilation_rate[axis - 1])
-                    for axis in (1, 2)]
-            inputs = tf.pad(inputs, [[0, 0], list(pads[0]), list(pads[1]), [0, 0]],
-                            constant_values=pad_value)
+            pads = [
+                same_padding(
+                    int(inputs.shape[axis]),
+                    self.kernel_size[axis - 1],
+                    self.strides[axis - 1],
+                    self.dilation_rate[axis - 1],
+                )
+                for axis in (1, 2)
+            ]
+            inputs = tf.pad(
+                inputs, [[0, 0], list(pads[0]), list(pads[1]), [0, 0]], constant_values=pad_value
+            )
             padding = "valid"
-        return ops.conv(inputs, kernel, strides=self.strides, padding=padding,
-                        dilation_rate=self.dilation_rate, data_format=self.data_format)
+        return ops.conv(
+            inputs,
+            kernel,
+            strides=self.strides,
+            padding=padding,
+            dilation_rate=self.dilation_rate,
+            data_format=self.data_format,
+        )
 
     def get_config(self):
-        return {**super().get_config(), **self._quantizer_config(),
-                "pad_values": self.pad_values}
+        return {**super().get_config(), **self._quantizer_config(), "pad_values": self.pad_values}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import keras
 
@@ -24,10 +24,16 @@ def _activation(bits: int):
 
 def _binary_kwargs(activation_bits: int, binary: bool):
     if not binary:
-        return dict(input_quantizer=_activation(activation_bits) if activation_bits != 32
-                    else None, use_bias=False)
-    return dict(input_quantizer=_activation(activation_bits), kernel_quantizer=SteSign(),
-                kernel_constraint=WeightClip(1.0), use_bias=False)
+        return dict(
+            input_quantizer=_activation(activation_bits) if activation_bits != 32 else None,
+            use_bias=False,
+        )
+    return dict(
+        input_quantizer=_activation(activation_bits),
+        kernel_quantizer=SteSign(),
+        kernel_constraint=WeightClip(1.0),
+        use_bias=False,
+    )
 
 
 def _check_bits(activation_bits):
@@ -35,9 +41,15 @@ def _check_bits(activation_bits):
     _checks.check_choice("activation_bits", activation_bits, (1, 2, 3, 4, 5, 6, 7, 8, 32))
 
 
-def binary_mlp(input_shape: Sequence[int] = (28, 28, 1), nb_classes: int = 10,
-               width: int = 4096, depth: int = 3, activation_bits: int = 1,
-               binary: bool = True, name: str = "binary_mlp") -> keras.Model:
+def binary_mlp(
+    input_shape: Sequence[int] = (28, 28, 1),
+    nb_classes: int = 10,
+    width: int = 4096,
+    depth: int = 3,
+    activation_bits: int = 1,
+    binary: bool = True,
+    name: str = "binary_mlp",
+) -> keras.Model:
     """The BinaryNet MLP: `depth` hidden binary layers of `width` units.
 
     Each layer is QuantDense -> BatchNorm; the next layer binarizes its input.
@@ -65,10 +77,15 @@ def binary_mlp(input_shape: Sequence[int] = (28, 28, 1), nb_classes: int = 10,
     return keras.Sequential(layers, name=name)
 
 
-def binary_cnn(input_shape: Sequence[int] = (28, 28, 1), nb_classes: int = 10,
-               filters: Sequence[int] = (64, 64, 128, 128), dense: int = 512,
-               activation_bits: int = 1, binary: bool = True,
-               name: str = "binary_cnn") -> keras.Model:
+def binary_cnn(
+    input_shape: Sequence[int] = (28, 28, 1),
+    nb_classes: int = 10,
+    filters: Sequence[int] = (64, 64, 128, 128),
+    dense: int = 512,
+    activation_bits: int = 1,
+    binary: bool = True,
+    name: str = "binary_cnn",
+) -> keras.Model:
     """A binary VGG-style CNN for 28x28 inputs.
 
     conv(f0) conv(f1) pool conv(f2) conv(f3) pool dense(dense) dense(classes),
@@ -92,14 +109,18 @@ def binary_cnn(input_shape: Sequence[int] = (28, 28, 1), nb_classes: int = 10,
         elif not binary:
             layers.append(keras.layers.Activation("relu"))
         pad = 0.0 if index == 0 or not binary else 1.0
-        layers += [QuantConv2D(width, 3, padding="same", pad_values=pad, **kwargs),
-                   keras.layers.BatchNormalization(**_BN)]
+        layers += [
+            QuantConv2D(width, 3, padding="same", pad_values=pad, **kwargs),
+            keras.layers.BatchNormalization(**_BN),
+        ]
         if index % 2 == 1:
             layers.append(keras.layers.MaxPooling2D(2))
     layers.append(keras.layers.Flatten())
     for units in (dense, nb_classes):
         if not binary:
             layers.append(keras.layers.Activation("relu"))
-        layers += [QuantDense(units, **_binary_kwargs(activation_bits, binary)),
-                   keras.layers.BatchNormalization(**_BN)]
+        layers += [
+            QuantDense(units, **_binary_kwargs(activation_bits, binary)),
+            keras.layers.BatchNormalization(**_BN),
+        ]
     return keras.Sequential(layers, name=name)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-from typing import Optional
 
 import keras
 import numpy as np
@@ -36,6 +35,7 @@ def _ste_sign(x):
 
     def grad(upstream):
         return upstream * tf.cast(tf.abs(x) <= 1, upstream.dtype)
+
     return forward, grad
 
 
@@ -95,7 +95,7 @@ def quantize_k_bits(x, k: int, clip_min: float = -1.0, clip_max: float = 1.0):
     The gradient passes unchanged inside the clipping range and is zero
     outside it (the clipped straight-through estimator).
     """
-    levels = 2 ** k - 1
+    levels = 2**k - 1
     scale = (clip_max - clip_min) / levels
     clipped = tf.clip_by_value(x, clip_min, clip_max)
     return _ste_round((clipped - clip_min) / scale) * scale + clip_min
@@ -145,7 +145,7 @@ class StochasticBinarization(Quantizer):
 
     precision = 1
 
-    def __init__(self, seed: Optional[int] = None, **kwargs):
+    def __init__(self, seed: int | None = None, **kwargs):
         super().__init__(**kwargs)
         _checks.check_seed(seed)
         self.seed = _seeding.seed_or_draw(seed)
@@ -156,8 +156,7 @@ class StochasticBinarization(Quantizer):
         if not training:
             return deterministic
         probability = tf.clip_by_value((inputs + 1) / 2, 0, 1)
-        uniform = keras.random.uniform(tf.shape(inputs), seed=self._generator,
-                                       dtype=inputs.dtype)
+        uniform = keras.random.uniform(tf.shape(inputs), seed=self._generator, dtype=inputs.dtype)
         sampled = tf.where(uniform < probability, tf.ones_like(inputs), -tf.ones_like(inputs))
         # forward: the sample; backward: the STE of the deterministic sign
         return deterministic + tf.stop_gradient(sampled - deterministic)
@@ -188,8 +187,12 @@ class KBitQuantizer(Quantizer):
         return quantize_k_bits(inputs, self.k, self.clip_min, self.clip_max)
 
     def get_config(self):
-        return {**super().get_config(), "k": self.k, "clip_min": self.clip_min,
-                "clip_max": self.clip_max}
+        return {
+            **super().get_config(),
+            "k": self.k,
+            "clip_min": self.clip_min,
+            "clip_max": self.clip_max,
+        }
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
@@ -223,15 +226,14 @@ class WeightClip(keras.constraints.Constraint):
 
 
 # Larq's names where advlib has the same quantizer, and advlib's own
-_BY_NAME = {"ste_sign": SteSign, "stochastic": StochasticBinarization,
-            "uint8": Uint8Input}
+_BY_NAME = {"ste_sign": SteSign, "stochastic": StochasticBinarization, "uint8": Uint8Input}
 _K_BIT_NAMES = [f"{k}bit" for k in range(1, 9)]
 # quantizer functions, as Larq users pass them (kernel_quantizer=ste_sign)
 _BY_FUNCTION = {ste_sign: SteSign}
 _CONSTRAINTS = {"weight_clip": WeightClip}
 
 
-def get(identifier) -> Optional[Quantizer]:
+def get(identifier) -> Quantizer | None:
     """A quantizer from None, a name ("ste_sign", "stochastic", "uint8",
     "1bit" ... "8bit"), the function `ste_sign`, a `Quantizer` class, a
     config dict, or a `Quantizer` (returned as is)."""
@@ -247,8 +249,10 @@ def get(identifier) -> Optional[Quantizer]:
         return _BY_NAME[identifier]()
     if callable(identifier) and identifier in _BY_FUNCTION:
         return _BY_FUNCTION[identifier]()
-    raise ValueError(f"quantizer must be None, a Quantizer, the function ste_sign, or one "
-                     f"of {sorted(_BY_NAME) + _K_BIT_NAMES}, got {identifier!r}.")
+    raise ValueError(
+        f"quantizer must be None, a Quantizer, the function ste_sign, or one "
+        f"of {sorted(_BY_NAME) + _K_BIT_NAMES}, got {identifier!r}."
+    )
 
 
 def get_constraint(identifier):

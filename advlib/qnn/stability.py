@@ -35,8 +35,6 @@ Example:
 
 from __future__ import annotations
 
-from typing import List, Tuple
-
 import keras
 import numpy as np
 import tensorflow as tf
@@ -49,7 +47,7 @@ _PASSTHROUGH = (keras.layers.Flatten, keras.layers.Reshape, keras.layers.MaxPool
 _SKIPPED = (keras.layers.InputLayer, keras.layers.Dropout)
 
 
-def _layers(model: keras.Model) -> List[keras.layers.Layer]:
+def _layers(model: keras.Model) -> list[keras.layers.Layer]:
     layers = [layer for layer in model.layers if not isinstance(layer, _SKIPPED)]
     quantized = 0
     for index, layer in enumerate(layers):
@@ -60,19 +58,26 @@ def _layers(model: keras.Model) -> List[keras.layers.Layer]:
                 raise ValueError(
                     f"model: layer {layer.name!r} has input quantizer "
                     f"{type(layer.input_quantizer).__name__}; interval bounds of binary "
-                    f"networks need {wanted.__name__} here (the exported engine's form).")
+                    f"networks need {wanted.__name__} here (the exported engine's form)."
+                )
             following = layers[index + 1] if index + 1 < len(layers) else None
             if not isinstance(following, keras.layers.BatchNormalization):
-                raise ValueError(f"model: layer {layer.name!r} is not followed by "
-                                 "BatchNormalization, whose output the bounds threshold "
-                                 "(binary_mlp and binary_cnn put one after every layer).")
+                raise ValueError(
+                    f"model: layer {layer.name!r} is not followed by "
+                    "BatchNormalization, whose output the bounds threshold "
+                    "(binary_mlp and binary_cnn put one after every layer)."
+                )
         elif not isinstance(layer, _PASSTHROUGH + (keras.layers.BatchNormalization,)):
-            raise ValueError(f"model: layer {layer.name!r} ({type(layer).__name__}) is not "
-                             "one of a binary network's layers (QuantDense, QuantConv2D, "
-                             "BatchNormalization, MaxPooling2D, Flatten, Reshape, Dropout).")
+            raise ValueError(
+                f"model: layer {layer.name!r} ({type(layer).__name__}) is not "
+                "one of a binary network's layers (QuantDense, QuantConv2D, "
+                "BatchNormalization, MaxPooling2D, Flatten, Reshape, Dropout)."
+            )
     if quantized < 2:
-        raise ValueError(f"model {model.name!r} has no hidden binary layer: it needs at least "
-                         "two QuantDense or QuantConv2D layers.")
+        raise ValueError(
+            f"model {model.name!r} has no hidden binary layer: it needs at least "
+            "two QuantDense or QuantConv2D layers."
+        )
     return layers
 
 
@@ -103,8 +108,9 @@ def _batchnorm_affine(layer, inputs, training: bool):
     return scale, offset
 
 
-def interval_bounds(model: keras.Model, x, eps: float,
-                    training: bool = False) -> List[Tuple[tf.Tensor, tf.Tensor]]:
+def interval_bounds(
+    model: keras.Model, x, eps: float, training: bool = False
+) -> list[tuple[tf.Tensor, tf.Tensor]]:
     """(center, radius) of each thresholded BatchNorm output of a binary network
     over the L-inf ball of radius `eps` around each image of `x`.
 
@@ -133,8 +139,11 @@ def interval_bounds(model: keras.Model, x, eps: float,
             clean = layer(clean) if training else None
         elif isinstance(layer, (QuantDense, QuantConv2D)):
             kernel = layer.quantized_kernel()
-            clean = (layer._finish(layer.linear(layer.input_quantizer(clean), kernel))
-                     if training else None)
+            clean = (
+                layer._finish(layer.linear(layer.input_quantizer(clean), kernel))
+                if training
+                else None
+            )
             center, radius = _linear_bounds(layer, kernel, low, high)
             low, high = center - radius, center + radius
         else:
@@ -147,8 +156,9 @@ def interval_bounds(model: keras.Model, x, eps: float,
     return normalized[:-1]  # the last BatchNorm gives the logits, which no sign follows
 
 
-def instability(model: keras.Model, x, eps: float,
-                training: bool = False) -> Tuple[tf.Tensor, tf.Tensor]:
+def instability(
+    model: keras.Model, x, eps: float, training: bool = False
+) -> tuple[tf.Tensor, tf.Tensor]:
     """(loss, share of open units) of a binary network over the eps-balls of `x`.
 
     The loss is the mean over images and hidden units of
@@ -161,9 +171,14 @@ def instability(model: keras.Model, x, eps: float,
         flat_center = tf.reshape(center, [tf.shape(center)[0], -1])
         flat_radius = tf.reshape(radius, [tf.shape(radius)[0], -1])
         units = int(np.prod(center.shape[1:]))
-        losses.append(tf.reduce_sum(tf.reduce_mean(
-            tf.nn.relu(flat_radius - tf.abs(flat_center)) /
-            tf.maximum(flat_radius, 1e-6), axis=0)))
+        losses.append(
+            tf.reduce_sum(
+                tf.reduce_mean(
+                    tf.nn.relu(flat_radius - tf.abs(flat_center)) / tf.maximum(flat_radius, 1e-6),
+                    axis=0,
+                )
+            )
+        )
         is_open = (flat_center - flat_radius < 0) & (flat_center + flat_radius >= 0)
         open_units.append(tf.reduce_sum(tf.reduce_mean(tf.cast(is_open, tf.float32), axis=0)))
         total += units
@@ -212,8 +227,9 @@ class VerifiableModel(keras.Model):
         return self.model(inputs, training=training)
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
-        loss = super().compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight,
-                                    training=training)
+        loss = super().compute_loss(
+            x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=training
+        )
         penalty, open_share = instability(self.model, x, self.eps, training=training)
         self.open_units.update_state(open_share)
         return loss + self.weight * penalty

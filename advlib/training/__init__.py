@@ -12,5 +12,12 @@ from advlib.training.callbacks import CatastrophicOverfittingWarning, Robustness
 from advlib.training.noise import GaussianAugmentation
 from advlib.training.recipes import RECIPES, Recipe
 
-__all__ = ["AdversarialModel", "CatastrophicOverfittingWarning", "GaussianAugmentation",
-           "RECIPES", "Recipe", "RobustnessCallback", "kl_divergence"]
+__all__ = [
+    "AdversarialModel",
+    "CatastrophicOverfittingWarning",
+    "GaussianAugmentation",
+    "RECIPES",
+    "Recipe",
+    "RobustnessCallback",
+    "kl_divergence",
+]

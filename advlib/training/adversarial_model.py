@@ -3,22 +3,34 @@
 from __future__ import annotations
 
 import inspect
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any
 
 import keras
 import numpy as np
 import tensorflow as tf
 
 from advlib import _checks, _seeding
-from advlib.attacks import ProjectedGradientDescent, by_name
+from advlib.attacks import by_name
 from advlib.attacks.gradient import GradientAttack
+from advlib.attacks.projected_gradient_descent import ProjectedGradientDescent
 from advlib.models.keras import KerasModelWrapper
 from advlib.training import recipes
 from advlib.training.noise import GaussianAugmentation
 
 # keys of attack_params that the in-graph crafting understands
-_CRAFT_KEYS = ("eps", "eps_iter", "nb_iter", "norm", "clip_min", "clip_max", "rand_init",
-               "rand_minmax", "decay_factor", "loss_fn", "sigma")
+_CRAFT_KEYS = (
+    "eps",
+    "eps_iter",
+    "nb_iter",
+    "norm",
+    "clip_min",
+    "clip_max",
+    "rand_init",
+    "rand_minmax",
+    "decay_factor",
+    "loss_fn",
+    "sigma",
+)
 _ACCURACY_NAMES = ("accuracy", "acc")
 
 
@@ -76,53 +88,76 @@ class AdversarialModel(keras.Model):
         >>> robust.model.save("robust.keras")     # a plain Keras model
     """
 
-    def __init__(self, model: keras.Model, attack=ProjectedGradientDescent,
-                 attack_params: Optional[Dict[str, Any]] = None, adv_ratio: float = 1.0,
-                 trades_beta: Optional[float] = None, seed: Optional[int] = None,
-                 **kwargs):
+    def __init__(
+        self,
+        model: keras.Model,
+        attack=ProjectedGradientDescent,
+        attack_params: dict[str, Any] | None = None,
+        adv_ratio: float = 1.0,
+        trades_beta: float | None = None,
+        seed: int | None = None,
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         if not isinstance(model, keras.Model):
             raise TypeError(f"model must be a keras.Model, got {type(model).__name__}.")
         attack = by_name(attack) if isinstance(attack, str) else attack
-        if not (isinstance(attack, type) and
-                issubclass(attack, (GradientAttack, GaussianAugmentation))):
-            raise TypeError(f"attack must be a gradient attack class or its name "
-                            f"(FastGradientMethod, BasicIterativeMethod, "
-                            f"ProjectedGradientDescent, MomentumIterativeMethod), or "
-                            f"GaussianAugmentation, got "
-                            f"{attack!r}.")
+        if not (
+            isinstance(attack, type) and issubclass(attack, (GradientAttack, GaussianAugmentation))
+        ):
+            raise TypeError(
+                f"attack must be a gradient attack class or its name "
+                f"(FastGradientMethod, BasicIterativeMethod, "
+                f"ProjectedGradientDescent, MomentumIterativeMethod), or "
+                f"GaussianAugmentation, got "
+                f"{attack!r}."
+            )
         _checks.check_number("adv_ratio", adv_ratio, low=0, high=1)
         _checks.check_number("trades_beta", trades_beta, low=0, allow_none=True)
-        _checks.check_number("seed", seed, low=0, high=_seeding.DRAWN_SEED_MAX, integer=True,
-                             allow_none=True)
+        _checks.check_number(
+            "seed", seed, low=0, high=_seeding.DRAWN_SEED_MAX, integer=True, allow_none=True
+        )
         self.model = model
         self.wrapper = KerasModelWrapper(model)
         self.attack = attack(self.wrapper)
         params = dict(attack_params or {})
         for label_key in ("y", "y_target", "targeted"):
             if params.get(label_key):
-                raise ValueError(f"attack_params must not hold {label_key!r}: training attacks "
-                                 "are untargeted and use the batch's own labels.")
+                raise ValueError(
+                    f"attack_params must not hold {label_key!r}: training attacks "
+                    "are untargeted and use the batch's own labels."
+                )
         parsed = self.attack.parse(**params)
         self.craft_params = {k: parsed[k] for k in _CRAFT_KEYS if k in parsed}
         eps, low, high = parsed.get("eps"), parsed.get("clip_min"), parsed.get("clip_max")
         if eps is not None and low is not None and high is not None and eps > high - low:
-            raise ValueError(f"eps={eps} is larger than the data range "
-                             f"[clip_min, clip_max] = [{low}, {high}]; is eps on the scale "
-                             "of the inputs?")
+            raise ValueError(
+                f"eps={eps} is larger than the data range "
+                f"[clip_min, clip_max] = [{low}, {high}]; is eps on the scale "
+                "of the inputs?"
+            )
         self.adv_ratio = float(adv_ratio)
         self.trades_beta = trades_beta
         self.seed = _seeding.seed_or_draw(seed)
         self.output_loss = None
-        self.trackers = {name: keras.metrics.Mean(name=name)
-                         for name in ("loss", "clean_loss", "adv_loss")}
+        self.trackers = {
+            name: keras.metrics.Mean(name=name) for name in ("loss", "clean_loss", "adv_loss")
+        }
         self.output_metrics = _metric_pairs(None)
 
     @classmethod
-    def from_recipe(cls, recipe, model: keras.Model, eps: Optional[float] = None,
-                    norm=np.inf, clip_min: Optional[float] = 0.0,
-                    clip_max: Optional[float] = 1.0, seed: Optional[int] = None,
-                    sigma: Optional[float] = None, **overrides) -> "AdversarialModel":
+    def from_recipe(
+        cls,
+        recipe,
+        model: keras.Model,
+        eps: float | None = None,
+        norm=np.inf,
+        clip_min: float | None = 0.0,
+        clip_max: float | None = 1.0,
+        seed: int | None = None,
+        sigma: float | None = None,
+        **overrides,
+    ) -> AdversarialModel:
         """An `AdversarialModel` for a named recipe: "goodfellow", "madry",
         "fast" or "trades" (see `advlib.training.RECIPES`), which take `eps`;
         or "gaussian", which takes `sigma` (Gaussian data augmentation, for
@@ -131,24 +166,41 @@ class AdversarialModel(keras.Model):
         recipe = recipes.get(recipe, **overrides)
         if recipe.attack == "gaussian":
             if eps is not None:
-                raise ValueError(f"recipe {recipe.name!r} adds Gaussian noise and takes sigma, "
-                                 f"not eps (got eps={eps}).")
+                raise ValueError(
+                    f"recipe {recipe.name!r} adds Gaussian noise and takes sigma, "
+                    f"not eps (got eps={eps})."
+                )
             if sigma is None:
-                raise ValueError(f"recipe {recipe.name!r} needs sigma, the noise's standard "
-                                 "deviation (e.g. sigma=0.25).")
-            return cls(model, attack=GaussianAugmentation, attack_params={"sigma": sigma},
-                       adv_ratio=recipe.adv_ratio, seed=seed)
+                raise ValueError(
+                    f"recipe {recipe.name!r} needs sigma, the noise's standard "
+                    "deviation (e.g. sigma=0.25)."
+                )
+            return cls(
+                model,
+                attack=GaussianAugmentation,
+                attack_params={"sigma": sigma},
+                adv_ratio=recipe.adv_ratio,
+                seed=seed,
+            )
         if sigma is not None:
-            raise ValueError(f"recipe {recipe.name!r} crafts attacks within eps; sigma "
-                             f"(got {sigma}) belongs to the 'gaussian' recipe.")
+            raise ValueError(
+                f"recipe {recipe.name!r} crafts attacks within eps; sigma "
+                f"(got {sigma}) belongs to the 'gaussian' recipe."
+            )
         if eps is None:
             raise ValueError(f"recipe {recipe.name!r} needs eps, the attack's radius.")
         params = dict(recipe.attack_params(eps, norm), clip_min=clip_min, clip_max=clip_max)
         if recipe.trades_beta is not None:
             params["loss_fn"] = kl_divergence
         # FGSM recipes too: one PGD step allows their random start
-        return cls(model, attack=ProjectedGradientDescent, attack_params=params,
-                   adv_ratio=recipe.adv_ratio, trades_beta=recipe.trades_beta, seed=seed)
+        return cls(
+            model,
+            attack=ProjectedGradientDescent,
+            attack_params=params,
+            adv_ratio=recipe.adv_ratio,
+            trades_beta=recipe.trades_beta,
+            seed=seed,
+        )
 
     # -- Keras plumbing --------------------------------------------------------
     @property
@@ -182,13 +234,16 @@ class AdversarialModel(keras.Model):
 
     def fit(self, x=None, y=None, **kwargs):
         if not self.compiled:
-            raise ValueError("AdversarialModel.fit needs a compiled model: call "
-                             "compile(optimizer=...) first.")
+            raise ValueError(
+                "AdversarialModel.fit needs a compiled model: call compile(optimizer=...) first."
+            )
         if isinstance(x, np.ndarray) and x.size:
             spread = float(x.max() - x.min())
             if self.craft_params.get("eps", 0) > spread:
-                raise ValueError(f"eps={self.craft_params['eps']} is larger than the range of "
-                                 f"the training data ({spread:.4g}); is eps on the data's scale?")
+                raise ValueError(
+                    f"eps={self.craft_params['eps']} is larger than the range of "
+                    f"the training data ({spread:.4g}); is eps on the data's scale?"
+                )
         if self.output_loss is not None and isinstance(y, np.ndarray):
             _check_label_form(self.output_loss, y)
         return super().fit(x, y, **kwargs)
@@ -196,8 +251,10 @@ class AdversarialModel(keras.Model):
     # -- the steps ---------------------------------------------------------------
     def _labels(self, y):
         if y is None:
-            raise ValueError("AdversarialModel needs labels: fit and evaluate it on (x, y) "
-                             "pairs, since the training attack moves away from the true class.")
+            raise ValueError(
+                "AdversarialModel needs labels: fit and evaluate it on (x, y) "
+                "pairs, since the training attack moves away from the true class."
+            )
         y = tf.convert_to_tensor(y)
         if y.shape.rank == 2 and y.shape[-1] not in (None, 1):
             return tf.argmax(y, axis=-1, output_type=tf.int64)  # one-hot
@@ -207,8 +264,12 @@ class AdversarialModel(keras.Model):
         replica = tf.distribute.get_replica_context()
         replica_id = 0 if replica is None else replica.replica_id_in_sync_group
         step = tf.cast(self.optimizer.iterations, tf.int64)
-        return tf.stack([tf.constant(self.seed, tf.int64) * 1000 + salt,
-                         step * 64 + tf.cast(replica_id, tf.int64)])
+        return tf.stack(
+            [
+                tf.constant(self.seed, tf.int64) * 1000 + salt,
+                step * 64 + tf.cast(replica_id, tf.int64),
+            ]
+        )
 
     def _outputs(self, logits):
         """The model's outputs as its loss and metrics see them."""
@@ -218,36 +279,42 @@ class AdversarialModel(keras.Model):
         """The training loss of one batch, reduced over it as Keras reduces."""
         if self.output_loss is not None:
             return self.output_loss(y, self._outputs(logits), sample_weight=sample_weight)
-        return _reduce(tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits),
-                       sample_weight)
+        return _reduce(
+            tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits), sample_weight
+        )
 
     def _objectives(self, x, y, labels, sample_weight, training, salt):
         """The objective, with its clean and adversarial losses and the logits."""
         targets = labels
         if self.trades_beta is not None:
-            targets = tf.stop_gradient(tf.nn.softmax(tf.cast(self.wrapper.get_logits(x),
-                                                             tf.float32)))
-        x_adv = self.attack.perturb(x, targets, seed_pair=self._seed_pair(salt),
-                                    **self.craft_params)
+            targets = tf.stop_gradient(
+                tf.nn.softmax(tf.cast(self.wrapper.get_logits(x), tf.float32))
+            )
+        x_adv = self.attack.perturb(
+            x, targets, seed_pair=self._seed_pair(salt), **self.craft_params
+        )
         adv_logits = tf.cast(self.wrapper.get_logits(x_adv, training=training), tf.float32)
         clean_logits = tf.cast(self.wrapper.get_logits(x, training=training), tf.float32)
         clean = self._loss(y, labels, clean_logits, sample_weight)
         adversarial = self._loss(y, labels, adv_logits, sample_weight)
         if self.trades_beta is not None:
-            robust_term = _reduce(kl_divergence(tf.nn.softmax(clean_logits), adv_logits),
-                                  sample_weight)
+            robust_term = _reduce(
+                kl_divergence(tf.nn.softmax(clean_logits), adv_logits), sample_weight
+            )
             objective = clean + self.trades_beta * robust_term
         else:
             objective = (1 - self.adv_ratio) * clean + self.adv_ratio * adversarial
         return objective, clean, adversarial, clean_logits, adv_logits
 
-    def _update_trackers(self, y, labels, sample_weight, objective, clean, adversarial,
-                         clean_logits, adv_logits):
+    def _update_trackers(
+        self, y, labels, sample_weight, objective, clean, adversarial, clean_logits, adv_logits
+    ):
         self.trackers["loss"].update_state(objective)
         self.trackers["clean_loss"].update_state(clean)
         self.trackers["adv_loss"].update_state(adversarial)
-        for (clean_metric, adv_metric), wants_indices in zip(self.output_metrics,
-                                                              self._metric_labels):
+        for (clean_metric, adv_metric), wants_indices in zip(
+            self.output_metrics, self._metric_labels
+        ):
             truth = labels if wants_indices else y
             clean_metric.update_state(truth, self._outputs(clean_logits), sample_weight)
             adv_metric.update_state(truth, self._outputs(adv_logits), sample_weight)
@@ -256,15 +323,18 @@ class AdversarialModel(keras.Model):
     @property
     def _metric_labels(self):
         """Per metric pair: whether it takes class indices (accuracy) or the labels as given."""
-        return [isinstance(pair[0], keras.metrics.SparseCategoricalAccuracy)
-                for pair in self.output_metrics]
+        return [
+            isinstance(pair[0], keras.metrics.SparseCategoricalAccuracy)
+            for pair in self.output_metrics
+        ]
 
     def train_step(self, data):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         labels = self._labels(y)
         with tf.GradientTape() as tape:
             loss, clean, adversarial, clean_logits, adv_logits = self._objectives(
-                x, y, labels, sample_weight, training=True, salt=1)
+                x, y, labels, sample_weight, training=True, salt=1
+            )
             if self.model.losses:
                 loss = loss + tf.add_n(self.model.losses)
             # each replica averages its own share; gradients are summed across replicas
@@ -272,14 +342,19 @@ class AdversarialModel(keras.Model):
             scaled = self.optimizer.scale_loss(loss / replicas)
         variables = self.model.trainable_variables
         self.optimizer.apply(tape.gradient(scaled, variables), variables)
-        return self._update_trackers(y, labels, sample_weight, loss, clean, adversarial,
-                                     clean_logits, adv_logits)
+        return self._update_trackers(
+            y, labels, sample_weight, loss, clean, adversarial, clean_logits, adv_logits
+        )
 
     def test_step(self, data):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         labels = self._labels(y)
-        return self._update_trackers(y, labels, sample_weight, *self._objectives(
-            x, y, labels, sample_weight, training=False, salt=2))
+        return self._update_trackers(
+            y,
+            labels,
+            sample_weight,
+            *self._objectives(x, y, labels, sample_weight, training=False, salt=2),
+        )
 
 
 def _reduce(values, sample_weight):
@@ -289,7 +364,7 @@ def _reduce(values, sample_weight):
     return tf.reduce_mean(values)
 
 
-def _from_logits(loss) -> Optional[bool]:
+def _from_logits(loss) -> bool | None:
     """Whether a Keras loss (object or function) takes logits; None if it does not say."""
     kwargs = getattr(loss, "_fn_kwargs", None)
     if isinstance(kwargs, dict) and "from_logits" in kwargs:
@@ -310,19 +385,28 @@ def _output_loss(loss, wrapper) -> keras.losses.Loss:
     try:
         resolved = keras.losses.get(loss)
     except (ValueError, TypeError) as error:
-        raise ValueError(f"loss must be a keras.losses.Loss, the name of a Keras loss or a "
-                         f"function (y_true, y_pred), got {loss!r}: {error}") from error
+        raise ValueError(
+            f"loss must be a keras.losses.Loss, the name of a Keras loss or a "
+            f"function (y_true, y_pred), got {loss!r}: {error}"
+        ) from error
     if resolved is None or not callable(resolved):
-        raise ValueError(f"loss must be a keras.losses.Loss, the name of a Keras loss or a "
-                         f"function (y_true, y_pred), got {loss!r}.")
+        raise ValueError(
+            f"loss must be a keras.losses.Loss, the name of a Keras loss or a "
+            f"function (y_true, y_pred), got {loss!r}."
+        )
     takes_logits = _from_logits(resolved)
     returns_logits = wrapper.output_kind == "logits"
     if takes_logits is not None and takes_logits != returns_logits:
-        expects, returns = (("logits", "probabilities (it ends in a softmax)") if takes_logits
-                            else ("probabilities", "logits"))
-        raise ValueError(f"loss {getattr(resolved, 'name', loss)!r} expects {expects} "
-                         f"(from_logits={takes_logits}), but "
-                         f"the model returns {returns}; pass from_logits={not takes_logits}.")
+        expects, returns = (
+            ("logits", "probabilities (it ends in a softmax)")
+            if takes_logits
+            else ("probabilities", "logits")
+        )
+        raise ValueError(
+            f"loss {getattr(resolved, 'name', loss)!r} expects {expects} "
+            f"(from_logits={takes_logits}), but "
+            f"the model returns {returns}; pass from_logits={not takes_logits}."
+        )
     return resolved if isinstance(resolved, keras.losses.Loss) else _FunctionLoss(resolved)
 
 
@@ -345,24 +429,31 @@ def _check_label_form(loss, y: np.ndarray) -> None:
     sparse = "sparse" in name
     one_hot = y.ndim == 2 and y.shape[-1] > 1
     if not sparse and "categorical" in name and not one_hot:
-        raise ValueError(f"loss {name} needs one-hot labels of shape (n, classes), got y of "
-                         f"shape {y.shape}; use SparseCategoricalCrossentropy for class "
-                         "indices, or keras.utils.to_categorical(y).")
+        raise ValueError(
+            f"loss {name} needs one-hot labels of shape (n, classes), got y of "
+            f"shape {y.shape}; use SparseCategoricalCrossentropy for class "
+            "indices, or keras.utils.to_categorical(y)."
+        )
     if sparse and one_hot:
-        raise ValueError(f"loss {name} needs class indices, got one-hot y of shape {y.shape}; "
-                         "use CategoricalCrossentropy, or y.argmax(axis=1).")
+        raise ValueError(
+            f"loss {name} needs class indices, got one-hot y of shape {y.shape}; "
+            "use CategoricalCrossentropy, or y.argmax(axis=1)."
+        )
 
 
-def _metric_pairs(metrics) -> List[Tuple[keras.metrics.Metric, keras.metrics.Metric]]:
+def _metric_pairs(metrics) -> list[tuple[keras.metrics.Metric, keras.metrics.Metric]]:
     """A (clean, adversarial) pair of Keras metrics per requested metric."""
     if not metrics:
-        return [(keras.metrics.SparseCategoricalAccuracy(name="clean_accuracy"),
-                 keras.metrics.SparseCategoricalAccuracy(name="adv_accuracy"))]
+        return [
+            (
+                keras.metrics.SparseCategoricalAccuracy(name="clean_accuracy"),
+                keras.metrics.SparseCategoricalAccuracy(name="adv_accuracy"),
+            )
+        ]
     if isinstance(metrics, (str, keras.metrics.Metric)) or callable(metrics):
         metrics = [metrics]
     if not isinstance(metrics, (list, tuple)):
-        raise TypeError(f"metrics must be a list of Keras metrics or their names, got "
-                        f"{metrics!r}.")
+        raise TypeError(f"metrics must be a list of Keras metrics or their names, got {metrics!r}.")
     return [(_metric(m, ""), _metric(m, "adv_")) for m in metrics]
 
 
@@ -376,8 +467,7 @@ def _metric(metric, prefix: str) -> keras.metrics.Metric:
     except (ValueError, TypeError) as error:
         raise ValueError(f"metrics: {metric!r} is not a Keras metric: {error}") from error
     if isinstance(resolved, keras.metrics.Metric):
-        return type(resolved).from_config(dict(resolved.get_config(),
-                                               name=prefix + resolved.name))
+        return type(resolved).from_config(dict(resolved.get_config(), name=prefix + resolved.name))
     if callable(resolved):
         return keras.metrics.MeanMetricWrapper(resolved, name=prefix + resolved.__name__)
     raise ValueError(f"metrics: {metric!r} is not a Keras metric.")

@@ -4,13 +4,14 @@ roll-back to the best robust weights, and catastrophic-overfitting alarms."""
 from __future__ import annotations
 
 import warnings
-from typing import Optional
+from typing import Any
 
 import keras
 import numpy as np
 
 from advlib import _checks
-from advlib.attacks import FastGradientMethod, ProjectedGradientDescent
+from advlib.attacks.fast_gradient_method import FastGradientMethod
+from advlib.attacks.projected_gradient_descent import ProjectedGradientDescent
 from advlib.models.keras import KerasModelWrapper
 
 ON_OVERFIT = ("warn", "stop", "rollback")
@@ -48,11 +49,23 @@ class RobustnessCallback(keras.callbacks.Callback):
         >>> callback.best_accuracy, callback.best_epoch
     """
 
-    def __init__(self, x, y, eps: float, eps_iter: Optional[float] = None, nb_iter: int = 20,
-                 clip_min: Optional[float] = 0.0, clip_max: Optional[float] = 1.0,
-                 n: int = 500, seed: int = 0, patience: Optional[int] = None,
-                 restore_best: bool = True, on_overfit: str = "warn",
-                 overfit_drop: float = 0.2, verbose: int = 1):
+    def __init__(
+        self,
+        x,
+        y,
+        eps: float,
+        eps_iter: float | None = None,
+        nb_iter: int = 20,
+        clip_min: float | None = 0.0,
+        clip_max: float | None = 1.0,
+        n: int = 500,
+        seed: int = 0,
+        patience: int | None = None,
+        restore_best: bool = True,
+        on_overfit: str = "warn",
+        overfit_drop: float = 0.2,
+        verbose: int = 1,
+    ):
         super().__init__()
         _checks.check_number("eps", eps, low=0)
         _checks.check_number("n", n, low=1, integer=True)
@@ -60,17 +73,24 @@ class RobustnessCallback(keras.callbacks.Callback):
         _checks.check_number("overfit_drop", overfit_drop, low=0, high=1, low_open=True)
         _checks.check_choice("on_overfit", on_overfit, ON_OVERFIT)
         self.x, self.y = np.asarray(x)[:n], np.asarray(y)[:n]
-        self.params_pgd = dict(eps=eps, eps_iter=eps / 4 if eps_iter is None else eps_iter,
-                               nb_iter=nb_iter, clip_min=clip_min, clip_max=clip_max,
-                               seed=seed, rand_init=True)
-        self.params_fgsm = dict(eps=eps, clip_min=clip_min, clip_max=clip_max)
+        self.params_pgd: dict[str, Any] = dict(
+            eps=eps,
+            eps_iter=eps / 4 if eps_iter is None else eps_iter,
+            nb_iter=nb_iter,
+            clip_min=clip_min,
+            clip_max=clip_max,
+            seed=seed,
+            rand_init=True,
+        )
+        self.params_fgsm: dict[str, Any] = dict(eps=eps, clip_min=clip_min, clip_max=clip_max)
         self.patience, self.restore_best = patience, restore_best
         self.on_overfit, self.overfit_drop, self.verbose = on_overfit, overfit_drop, verbose
-        self.history = []
+        self.history: list[dict[str, float]] = []
 
     def _target(self) -> keras.Model:
         """The classifier being trained (the inner model of an AdversarialModel)."""
         from advlib.training.adversarial_model import AdversarialModel
+
         return self.model.model if isinstance(self.model, AdversarialModel) else self.model
 
     def evaluate(self):
@@ -82,7 +102,8 @@ class RobustnessCallback(keras.callbacks.Callback):
         return accuracy(pgd), accuracy(fgsm)
 
     def on_train_begin(self, logs=None):
-        self.best_accuracy, self.best_epoch, self.best_fgsm = -1.0, None, None
+        self.best_accuracy, self.best_fgsm = -1.0, -1.0
+        self.best_epoch: int | None = None
         self.best_weights, self.wait, self.overfit_epoch = None, 0, None
         self.history = []
 
@@ -92,8 +113,10 @@ class RobustnessCallback(keras.callbacks.Callback):
         if logs is not None:
             logs["val_pgd_accuracy"], logs["val_fgsm_accuracy"] = pgd, fgsm
         if self.verbose:
-            print(f"epoch {epoch + 1}: PGD accuracy {pgd:.4f}, FGSM accuracy {fgsm:.4f} "
-                  f"on {len(self.x)} held-out examples")
+            print(
+                f"epoch {epoch + 1}: PGD accuracy {pgd:.4f}, FGSM accuracy {fgsm:.4f} "
+                f"on {len(self.x)} held-out examples"
+            )
         if pgd > self.best_accuracy:
             self.best_accuracy, self.best_epoch, self.best_fgsm = pgd, epoch, fgsm
             self.best_weights = self._target().get_weights()
@@ -109,10 +132,13 @@ class RobustnessCallback(keras.callbacks.Callback):
         self.overfit_epoch = epoch
         warnings.warn(
             f"catastrophic overfitting at epoch {epoch + 1}: PGD accuracy fell from "
-            f"{self.best_accuracy:.3f} (epoch {self.best_epoch + 1}) to {pgd:.3f} while FGSM "
-            f"accuracy rose from {self.best_fgsm:.3f} to {fgsm:.3f}. The model has learnt to "
-            "mask single-step gradients; use a smaller step, more attack steps, or stop at "
-            "the best robust epoch.", CatastrophicOverfittingWarning, stacklevel=2)
+            f"{self.best_accuracy:.3f} (epoch {(self.best_epoch or 0) + 1}) to {pgd:.3f} "
+            f"while FGSM accuracy rose from {self.best_fgsm:.3f} to {fgsm:.3f}. The model "
+            "has learnt to mask single-step gradients; use a smaller step, more attack "
+            "steps, or stop at the best robust epoch.",
+            CatastrophicOverfittingWarning,
+            stacklevel=2,
+        )
         if self.on_overfit == "rollback":
             self._target().set_weights(self.best_weights)
         if self.on_overfit in ("stop", "rollback"):

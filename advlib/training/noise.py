@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Dict
+from typing import Any
 
 import tensorflow as tf
 
@@ -22,7 +22,7 @@ class GaussianAugmentation:
         self.model = model
 
     @staticmethod
-    def parse(sigma: float = 0.25) -> Dict[str, Any]:
+    def parse(sigma: float = 0.25) -> dict[str, Any]:
         _checks.check_number("sigma", sigma, low=0, low_open=True)
         return {"sigma": float(sigma)}
 

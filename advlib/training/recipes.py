@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Dict, Optional
+from typing import Any
 
 import numpy as np
 
@@ -36,38 +36,76 @@ class Recipe:
     eps_iter_fraction: float
     rand_init: bool
     adv_ratio: float
-    trades_beta: Optional[float] = None
+    trades_beta: float | None = None
     rand_radius: float = 1.0
     reference: str = ""
 
-    def attack_params(self, eps: float, norm=np.inf) -> Dict[str, Any]:
-        return dict(eps=eps, eps_iter=self.eps_iter_fraction * eps, nb_iter=self.nb_iter, norm=norm,
-                    rand_init=self.rand_init, rand_minmax=self.rand_radius * eps)
+    def attack_params(self, eps: float, norm=np.inf) -> dict[str, Any]:
+        return dict(
+            eps=eps,
+            eps_iter=self.eps_iter_fraction * eps,
+            nb_iter=self.nb_iter,
+            norm=norm,
+            rand_init=self.rand_init,
+            rand_minmax=self.rand_radius * eps,
+        )
 
 
-RECIPES: Dict[str, Recipe] = {
+RECIPES: dict[str, Recipe] = {
     "goodfellow": Recipe(
-        "goodfellow", "fgsm", 1, 1.0, False, 0.5,
+        "goodfellow",
+        "fgsm",
+        1,
+        1.0,
+        False,
+        0.5,
         reference="Goodfellow, Shlens & Szegedy 2015: FGSM examples, loss 0.5 clean + 0.5 "
-                  "adversarial."),
+        "adversarial.",
+    ),
     "madry": Recipe(
-        "madry", "pgd", 7, 2.5 / 7, True, 1.0,
+        "madry",
+        "pgd",
+        7,
+        2.5 / 7,
+        True,
+        1.0,
         reference="Madry et al. 2018: PGD-k from a random start, step 2.5 eps / k, "
-                  "adversarial loss only (k = 7 here; pass nb_iter to change it)."),
+        "adversarial loss only (k = 7 here; pass nb_iter to change it).",
+    ),
     "fast": Recipe(
-        "fast", "fgsm", 1, 1.25, True, 1.0,
+        "fast",
+        "fgsm",
+        1,
+        1.25,
+        True,
+        1.0,
         reference="Wong, Rice & Kolter 2020: FGSM from a uniform random start, step "
-                  "1.25 eps, adversarial loss only."),
+        "1.25 eps, adversarial loss only.",
+    ),
     "trades": Recipe(
-        "trades", "pgd", 10, 0.25, True, 1.0, trades_beta=6.0, rand_radius=0.01,
+        "trades",
+        "pgd",
+        10,
+        0.25,
+        True,
+        1.0,
+        trades_beta=6.0,
+        rand_radius=0.01,
         reference="Zhang et al. 2019: CE(clean) + beta KL(clean || adversarial), beta = 6, "
-                  "the inner PGD (10 steps of eps / 4, from a start within 0.01 eps) "
-                  "maximising the KL."),
+        "the inner PGD (10 steps of eps / 4, from a start within 0.01 eps) "
+        "maximising the KL.",
+    ),
     "gaussian": Recipe(
-        "gaussian", "gaussian", 0, 0.0, False, 1.0,
+        "gaussian",
+        "gaussian",
+        0,
+        0.0,
+        False,
+        1.0,
         reference="Cohen, Rosenfeld & Kolter 2019: Gaussian data augmentation with the "
-                  "smoothing's sigma, noisy loss only; certify with "
-                  "advlib.certify.SmoothedClassifier."),
+        "smoothing's sigma, noisy loss only; certify with "
+        "advlib.certify.SmoothedClassifier.",
+    ),
 }
 
 
@@ -75,6 +113,5 @@ def get(name_or_recipe, **overrides) -> Recipe:
     """A preset by name, with fields overridden (e.g. nb_iter=10 for PGD-10)."""
     recipe = name_or_recipe
     if not isinstance(recipe, Recipe):
-        recipe = RECIPES[_checks.check_choice("recipe", recipe,
-                                              sorted(RECIPES))]
+        recipe = RECIPES[_checks.check_choice("recipe", recipe, sorted(RECIPES))]
     return dataclasses.replace(recipe, **overrides) if overrides else recipe

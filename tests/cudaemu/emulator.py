@@ -28,23 +28,36 @@ import re
 import shutil
 import subprocess
 import tempfile
-from typing import Dict, List, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
 SHIM = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cuda_shim.h")
 # Hidden visibility and -Bsymbolic: each library binds to its own kernels and globals,
 # so a mutant loaded beside the original never runs the original's code.
-FLAGS = ("-std=c++14", "-O1", "-fPIC", "-shared", "-pthread", "-ffp-contract=off",
-         "-fvisibility=hidden", "-Wl,-Bsymbolic", "-Wall", "-Wno-unused-function",
-         "-Wno-unused-variable")
+FLAGS = (
+    "-std=c++14",
+    "-O1",
+    "-fPIC",
+    "-shared",
+    "-pthread",
+    "-ffp-contract=off",
+    "-fvisibility=hidden",
+    "-Wl,-Bsymbolic",
+    "-Wall",
+    "-Wno-unused-function",
+    "-Wno-unused-variable",
+)
 # PTX mnemonic -> the shim's emulation
-PTX = {"mma.sync.aligned.m16n8k256.row.col.s32.b1.b1.s32.and.popc":
-       "::emu_ptx::mma_m16n8k256_and_popc"}
-_KERNEL = re.compile(r'extern\s+"C"\s+__global__\s+void\s+(?:__launch_bounds__\([^)]*\)\s*)?'
-                     r'(\w+)\s*\(')
-_ASM = re.compile(r'asm\s+volatile\s*\((?P<body>.*?)\)\s*;', re.S)
-_SHARED = re.compile(r'(__shared__\s+[\w\s]+?\s(\w+)\s*(?:\[[^;]*\])?\s*;)')
+PTX = {
+    "mma.sync.aligned.m16n8k256.row.col.s32.b1.b1.s32.and.popc": "::emu_ptx::mma_m16n8k256_and_popc"
+}
+_KERNEL = re.compile(
+    r'extern\s+"C"\s+__global__\s+void\s+(?:__launch_bounds__\([^)]*\)\s*)?'
+    r"(\w+)\s*\("
+)
+_ASM = re.compile(r"asm\s+volatile\s*\((?P<body>.*?)\)\s*;", re.S)
+_SHARED = re.compile(r"(__shared__\s+[\w\s]+?\s(\w+)\s*(?:\[[^;]*\])?\s*;)")
 
 
 class EmulationError(RuntimeError):
@@ -56,7 +69,7 @@ def compiler() -> str:
     return os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++") or ""
 
 
-def _operands(text: str) -> List[str]:
+def _operands(text: str) -> list[str]:
     """'"+r"(acc[0]), "r"(a0)' -> ['+:acc[0]', ':a0'] (the constraint's '+' kept)."""
     found = re.findall(r'"([=+]?)\w+"\s*\(([^()]*(?:\([^()]*\))?[^()]*)\)', text)
     return [f"{mode}:{expr.strip()}" for mode, expr in found]
@@ -84,11 +97,13 @@ def _translate_asm(match: re.Match) -> str:
 def preprocess(source: str, path: str) -> str:
     """The host C++ for one `.cu` file (line-preserving)."""
     text = _ASM.sub(_translate_asm, source)
-    text = _SHARED.sub(lambda m: f"{m.group(1)} ::emu::shared_object(&{m.group(2)}, "
-                                 f"sizeof {m.group(2)});", text)
+    text = _SHARED.sub(
+        lambda m: f"{m.group(1)} ::emu::shared_object(&{m.group(2)}, sizeof {m.group(2)});", text
+    )
     names = _KERNEL.findall(source)
-    return (f'#include "{SHIM}"\n#line 1 "{path}"\n{text}\n' +
-            "".join(f"EMU_REGISTER({name})\n" for name in names))
+    return f'#include "{SHIM}"\n#line 1 "{path}"\n{text}\n' + "".join(
+        f"EMU_REGISTER({name})\n" for name in names
+    )
 
 
 def build(source: str, path: str, build_dir: str = None) -> str:
@@ -108,11 +123,11 @@ def build(source: str, path: str, build_dir: str = None) -> str:
         with open(cpp, "w") as handle:
             handle.write(code)
         temporary = f"{library}.{os.getpid()}.tmp"
-        result = subprocess.run([cxx, *FLAGS, cpp, "-o", temporary], capture_output=True,
-                                text=True)
+        result = subprocess.run([cxx, *FLAGS, cpp, "-o", temporary], capture_output=True, text=True)
         if result.returncode != 0:
-            raise EmulationError(f"{path} does not build under the CUDA shim:\n"
-                                 f"{result.stderr[-4000:]}")
+            raise EmulationError(
+                f"{path} does not build under the CUDA shim:\n{result.stderr[-4000:]}"
+            )
         os.replace(temporary, library)
     return library
 
@@ -124,7 +139,7 @@ class DeviceArray(np.ndarray):
         return np.array(self, copy=True).view(np.ndarray)
 
 
-_GRID_LIMITS = (2 ** 31 - 1, 65535, 65535)
+_GRID_LIMITS = (2**31 - 1, 65535, 65535)
 _BLOCK_LIMITS = (1024, 1024, 64)
 
 
@@ -153,12 +168,14 @@ class Kernel:
         if block[0] * block[1] * block[2] > 1024:
             raise EmulationError(f"{where}: block {block} has more than 1024 threads")
         if len(args) != len(self.signature):
-            raise EmulationError(f"{where} takes {len(self.signature)} arguments, got "
-                                 f"{len(args)}")
-        holders = [self._argument(code, value, index, where)
-                   for index, (code, value) in enumerate(zip(self.signature, args))]
+            raise EmulationError(f"{where} takes {len(self.signature)} arguments, got {len(args)}")
+        holders = [
+            self._argument(code, value, index, where)
+            for index, (code, value) in enumerate(zip(self.signature, args))
+        ]
         pointers = (ctypes.c_void_p * len(holders))(
-            *[ctypes.cast(ctypes.pointer(h), ctypes.c_void_p) for h in holders])
+            *[ctypes.cast(ctypes.pointer(h), ctypes.c_void_p) for h in holders]
+        )
         error = ctypes.create_string_buffer(1024)
         if self._launch(*grid, *block, pointers, error, ctypes.sizeof(error)):
             raise EmulationError(f"{where}: {error.value.decode()}")
@@ -168,27 +185,35 @@ class Kernel:
         kind, size = code[0], int(code[1:])
         if kind == "p":
             if not isinstance(value, DeviceArray):
-                raise EmulationError(f"{where}: argument {index} must be a device array, got "
-                                     f"{type(value).__name__}")
+                raise EmulationError(
+                    f"{where}: argument {index} must be a device array, got {type(value).__name__}"
+                )
             if not value.flags.c_contiguous:
-                raise EmulationError(f"{where}: argument {index} is not C-contiguous; the "
-                                     "kernel would read a strided view as dense memory")
+                raise EmulationError(
+                    f"{where}: argument {index} is not C-contiguous; the "
+                    "kernel would read a strided view as dense memory"
+                )
             if value.dtype.itemsize != size:
-                raise EmulationError(f"{where}: argument {index} has dtype {value.dtype}, but "
-                                     f"the kernel reads {size}-byte elements")
+                raise EmulationError(
+                    f"{where}: argument {index} has dtype {value.dtype}, but "
+                    f"the kernel reads {size}-byte elements"
+                )
             return ctypes.c_void_p(value.ctypes.data)
         if not isinstance(value, np.generic):
-            raise EmulationError(f"{where}: scalar argument {index} must be a NumPy scalar "
-                                 f"of a fixed width, got {type(value).__name__}")
+            raise EmulationError(
+                f"{where}: scalar argument {index} must be a NumPy scalar "
+                f"of a fixed width, got {type(value).__name__}"
+            )
         if value.dtype.itemsize != size or (kind == "f") != (value.dtype.kind == "f"):
-            raise EmulationError(f"{where}: argument {index} is {value.dtype}, but the "
-                                 f"kernel's parameter is a {size}-byte "
-                                 f"{'float' if kind == 'f' else 'integer'}")
+            raise EmulationError(
+                f"{where}: argument {index} is {value.dtype}, but the "
+                f"kernel's parameter is a {size}-byte "
+                f"{'float' if kind == 'f' else 'integer'}"
+            )
         return (ctypes.c_char * size).from_buffer_copy(value.tobytes())
 
 
-def load(source: str, path: str) -> Dict[str, Kernel]:
+def load(source: str, path: str) -> dict[str, Kernel]:
     """{name: Kernel} of one kernel file."""
     library = ctypes.CDLL(build(source, path))
-    return {name: Kernel(library, name, os.path.basename(path))
-            for name in _KERNEL.findall(source)}
+    return {name: Kernel(library, name, os.path.basename(path)) for name in _KERNEL.findall(source)}

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import types
-from typing import List
 
 import numpy as np
 
@@ -28,7 +27,7 @@ def make(compute_capability: int = 90) -> types.ModuleType:
     cupy.ndarray = DeviceArray
     for name in ("uint8", "uint32", "int32", "int64", "float32", "bool_"):
         setattr(cupy, name, getattr(np, name))
-    cupy.compiled: List[str] = []  # the sources RawModule compiled, in order
+    cupy.compiled: list[str] = []  # the sources RawModule compiled, in order
 
     def asarray(a, dtype=None):
         if isinstance(a, DeviceArray) and (dtype is None or a.dtype == dtype):
@@ -36,8 +35,11 @@ def make(compute_capability: int = 90) -> types.ModuleType:
         return np.array(a, dtype=dtype, copy=True).view(DeviceArray)
 
     def ascontiguousarray(a, dtype=None):
-        if isinstance(a, DeviceArray) and a.flags.c_contiguous and \
-                (dtype is None or a.dtype == np.dtype(dtype)):
+        if (
+            isinstance(a, DeviceArray)
+            and a.flags.c_contiguous
+            and (dtype is None or a.dtype == np.dtype(dtype))
+        ):
             return a
         return np.ascontiguousarray(a, dtype=dtype).view(DeviceArray)
 
@@ -66,6 +68,7 @@ def make(compute_capability: int = 90) -> types.ModuleType:
     class RawModule:
         def __init__(self, code=None, *, options=(), name_expressions=None, **unused):
             from advlib.qnn.engine import nvrtc
+
             name = next((n for n, s in nvrtc.sources().items() if s == code), "kernel.cu")
             cupy.compiled.append(name)
             self._kernels = emulator.load(code, os.path.join(nvrtc.KERNEL_DIR, name))

@@ -14,22 +14,20 @@ verifier's counterexample search does; `NumpyBackend` stays the reference.
 
 from __future__ import annotations
 
-from typing import Dict
-
 import numpy as np
 
 from advlib.qnn.engine import spec as spec_io
 from advlib.qnn.engine.numpy_backend import threshold_bits
 
 # float32 holds every integer up to 2**24 exactly
-_EXACT = 2 ** 24
+_EXACT = 2**24
 
 
 class BlasBackend:
     """The primitives of `engine.walk` on dense float32 arrays: pixel levels
     before the first layer, +-1 after it."""
 
-    def __init__(self, spec: Dict, arrays: Dict[str, np.ndarray]):
+    def __init__(self, spec: dict, arrays: dict[str, np.ndarray]):
         self.spec, self.arrays = spec, arrays
         self._weights = {}
         for index, layer in enumerate(spec["layers"]):
@@ -37,9 +35,11 @@ class BlasBackend:
                 continue
             largest = spec_io.fan_in(layer) * (255 if layer["input"] == "uint8" else 1)
             if largest >= _EXACT:
-                raise ValueError(f"layer {index} ({layer['name']!r}) sums up to {largest} "
-                                 f"per unit, beyond float32's exact integers (2**24); "
-                                 f"use backend='numpy'.")
+                raise ValueError(
+                    f"layer {index} ({layer['name']!r}) sums up to {largest} "
+                    f"per unit, beyond float32's exact integers (2**24); "
+                    f"use backend='numpy'."
+                )
             bits = spec_io.weight_bits(layer, arrays[f"layer{index}/weights"])
             self._weights[index] = np.where(bits, np.float32(1), np.float32(-1)).T.copy()
 
@@ -61,18 +61,19 @@ class BlasBackend:
         return state.reshape(len(state), -1)
 
     @staticmethod
-    def max_pool(state: np.ndarray, layer: Dict) -> np.ndarray:
+    def max_pool(state: np.ndarray, layer: dict) -> np.ndarray:
         # -1 padding is the identity of max over +-1 values
         padded = _pad(state, layer["pads"], -1.0)
-        windows = np.lib.stride_tricks.sliding_window_view(padded, tuple(layer["pool"]),
-                                                           axis=(1, 2))
-        return windows[:, ::layer["strides"][0], ::layer["strides"][1]].max(axis=(-2, -1))
+        windows = np.lib.stride_tricks.sliding_window_view(
+            padded, tuple(layer["pool"]), axis=(1, 2)
+        )
+        return windows[:, :: layer["strides"][0], :: layer["strides"][1]].max(axis=(-2, -1))
 
     @staticmethod
     def hidden(state: np.ndarray, channels: int) -> np.ndarray:
         return state > 0
 
-    def compute(self, index: int, layer: Dict, state: np.ndarray) -> np.ndarray:
+    def compute(self, index: int, layer: dict, state: np.ndarray) -> np.ndarray:
         """A dense or conv layer: float32 logits if it is the last, else +-1 values."""
         acc = self.accumulate(index, layer, state)
         name = f"layer{index}"
@@ -81,7 +82,7 @@ class BlasBackend:
         bits = threshold_bits(acc, self.arrays[f"{name}/threshold"], self.arrays[f"{name}/flip"])
         return np.where(bits, np.float32(1), np.float32(-1))
 
-    def accumulate(self, index: int, layer: Dict, state: np.ndarray) -> np.ndarray:
+    def accumulate(self, index: int, layer: dict, state: np.ndarray) -> np.ndarray:
         """The layer's accumulators: integers, held exactly in float32."""
         weights = self._weights[index]
         if layer["type"] == "dense":
@@ -91,7 +92,7 @@ class BlasBackend:
         padded = _pad(state, layer["pads"], fill)
         kh, kw = layer["kernel"]
         windows = np.lib.stride_tricks.sliding_window_view(padded, (kh, kw), axis=(1, 2))
-        windows = windows[:, ::layer["strides"][0], ::layer["strides"][1]]
+        windows = windows[:, :: layer["strides"][0], :: layer["strides"][1]]
         n, out_h, out_w = windows.shape[:3]
         # (N, H', W', C, kh, kw) to rows in a Keras kernel's (row, column, channel) order
         columns = windows.transpose(0, 1, 2, 4, 5, 3).reshape(n * out_h * out_w, -1)

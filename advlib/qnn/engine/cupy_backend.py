@@ -18,7 +18,7 @@ and `get`. Packing, unpacking and flattening are kernels of our own (CuPy's
 
 from __future__ import annotations
 
-from typing import Dict, Tuple
+from typing import Any
 
 import numpy as np
 
@@ -30,7 +30,7 @@ GEMM_KERNELS = ("auto", "cuda", "tensor")
 _TILE = 64
 
 
-def available() -> Tuple[bool, str]:
+def available() -> tuple[bool, str]:
     """(True, "") if CuPy and a CUDA device are usable, else (False, why)."""
     try:
         import cupy
@@ -53,13 +53,17 @@ class Kernels:
 
     def __init__(self):
         import cupy
+
         self.cupy = cupy
         self.compute_capability = int(cupy.cuda.Device().compute_capability)  # "90" -> 90
         self.sources = nvrtc.sources()
-        self.files = {name: file for file, source in self.sources.items()
-                      for name in nvrtc.kernel_names(source)}
-        self._modules: Dict[str, object] = {}
-        self._cache: Dict[str, object] = {}
+        self.files = {
+            name: file
+            for file, source in self.sources.items()
+            for name in nvrtc.kernel_names(source)
+        }
+        self._modules: dict[str, Any] = {}  # cupy.RawModule, by file
+        self._cache: dict[str, Any] = {}  # cupy.RawKernel, by name
 
     def supports(self, file: str) -> bool:
         return self.compute_capability >= nvrtc.MIN_COMPUTE.get(file, 0)
@@ -70,12 +74,15 @@ class Kernels:
                 raise KeyError(f"no kernel named {name!r} in {sorted(self.sources)}")
             file = self.files[name]
             if not self.supports(file):
-                raise RuntimeError(f"kernel {name!r} ({file}) needs compute capability "
-                                   f"{nvrtc.MIN_COMPUTE[file] / 10:.1f}; this GPU has "
-                                   f"{self.compute_capability / 10:.1f}.")
+                raise RuntimeError(
+                    f"kernel {name!r} ({file}) needs compute capability "
+                    f"{nvrtc.MIN_COMPUTE[file] / 10:.1f}; this GPU has "
+                    f"{self.compute_capability / 10:.1f}."
+                )
             if file not in self._modules:
-                self._modules[file] = self.cupy.RawModule(code=self.sources[file],
-                                                          options=nvrtc.OPTIONS)
+                self._modules[file] = self.cupy.RawModule(
+                    code=self.sources[file], options=nvrtc.OPTIONS
+                )
             self._cache[name] = self._modules[file].get_function(name)
         return self._cache[name]
 
@@ -87,8 +94,12 @@ class CupyBackend:
     `pack_signs`, ...), as the benchmarks and tests use them.
     """
 
-    def __init__(self, spec: Dict = None, arrays: Dict[str, np.ndarray] = None,
-                 gemm: str = "auto"):
+    def __init__(
+        self,
+        spec: dict | None = None,
+        arrays: dict[str, np.ndarray] | None = None,
+        gemm: str = "auto",
+    ):
         _checks.check_choice("gemm", gemm, GEMM_KERNELS)
         ok, why = available()
         if not ok:
@@ -97,9 +108,11 @@ class CupyBackend:
         self.cp = self.kernels.cupy
         tensor_ok = self.kernels.supports(nvrtc.TENSOR_CORE_FILE)
         if gemm == "tensor" and not tensor_ok:
-            raise ValueError(f"gemm='tensor' needs binary tensor cores (compute capability "
-                             f"8.0 or newer); this GPU has "
-                             f"{self.kernels.compute_capability / 10:.1f}. Use 'cuda' or 'auto'.")
+            raise ValueError(
+                f"gemm='tensor' needs binary tensor cores (compute capability "
+                f"8.0 or newer); this GPU has "
+                f"{self.kernels.compute_capability / 10:.1f}. Use 'cuda' or 'auto'."
+            )
         self.use_tensor_cores = gemm == "tensor" or (gemm == "auto" and tensor_ok)
         self.spec = spec
         self.device = {name: self.cp.asarray(value) for name, value in (arrays or {}).items()}
@@ -116,8 +129,9 @@ class CupyBackend:
         rows = cp.ascontiguousarray(rows)
         out = cp.empty(rows.shape[0], cp.int32)
         count, words = rows.shape
-        self.kernels["row_popcounts"](((count + 255) // 256,), (256,),
-                                      (rows, out, np.int32(count), np.int32(words)))
+        self.kernels["row_popcounts"](
+            ((count + 255) // 256,), (256,), (rows, out, np.int32(count), np.int32(words))
+        )
         return out
 
     def pack_signs(self, x):
@@ -134,12 +148,14 @@ class CupyBackend:
         rows, length = int(np.prod(x.shape[:-1])), x.shape[-1]
         words = words_for(length)
         out = cp.empty(leading + x.shape[:-1] + (words,), cp.uint32)
-        self.kernels[kernel](((rows * words + 255) // 256,), (256,),
-                             (x, out, np.int64(rows), np.int32(length), np.int32(words)))
+        self.kernels[kernel](
+            ((rows * words + 255) // 256,),
+            (256,),
+            (x, out, np.int64(rows), np.int32(length), np.int32(words)),
+        )
         return out
 
-    def gemm(self, a, b, length, planes=1, epilogue=("int",), b_ones=None,
-             tensor_cores=None):
+    def gemm(self, a, b, length, planes=1, epilogue=("int",), b_ones=None, tensor_cores=None):
         """Dense layer: a (planes, M, words) or (M, words) against b (N, words)."""
         cp = self.cp
         a, b = cp.ascontiguousarray(a), cp.ascontiguousarray(b)
@@ -152,13 +168,38 @@ class CupyBackend:
             b_ones = self.row_popcounts(b) if b_ones is None else b_ones
             grid = ((m + 15) // 16, (n + 31) // 32)
             self.kernels[f"mma_{epilogue[0]}"](
-                grid, (128,), (a, b, a_ones, b_ones, out, np.int32(m), np.int32(n),
-                               np.int32(words), np.int32(length), *extra))
+                grid,
+                (128,),
+                (
+                    a,
+                    b,
+                    a_ones,
+                    b_ones,
+                    out,
+                    np.int32(m),
+                    np.int32(n),
+                    np.int32(words),
+                    np.int32(length),
+                    *extra,
+                ),
+            )
         else:
             grid = ((m + _TILE - 1) // _TILE, (n + _TILE - 1) // _TILE)
             self.kernels[f"gemm_{epilogue[0]}"](
-                grid, (256,), (a, b, out, np.int32(m), np.int32(n),
-                               np.int32(words), np.int32(length), np.int32(planes), *extra))
+                grid,
+                (256,),
+                (
+                    a,
+                    b,
+                    out,
+                    np.int32(m),
+                    np.int32(n),
+                    np.int32(words),
+                    np.int32(length),
+                    np.int32(planes),
+                    *extra,
+                ),
+            )
         return out
 
     def conv(self, x, b, layer, planes=1, epilogue=("int",)):
@@ -170,14 +211,32 @@ class CupyBackend:
         out, extra = self._epilogue_output(m, filters, epilogue)
         (top, _), (left, _) = layer["pads"]
         grid = ((m + _TILE - 1) // _TILE, (filters + _TILE - 1) // _TILE)
-        self.kernels[f"conv_{epilogue[0]}"](grid, (256,), (
-            self.cp.ascontiguousarray(x), self.cp.ascontiguousarray(b), np.int32(images),
-            np.int32(height),
-            np.int32(width), np.int32(x.shape[-1]), np.int32(channels), np.int32(out_h),
-            np.int32(out_w), np.int32(layer["kernel"][0]), np.int32(layer["kernel"][1]),
-            np.int32(layer["strides"][0]), np.int32(layer["strides"][1]), np.int32(top),
-            np.int32(left), np.int32(1 if layer.get("pad_value", 0) > 0 else 0),
-            np.int32(filters), np.int32(planes), out, *extra))
+        self.kernels[f"conv_{epilogue[0]}"](
+            grid,
+            (256,),
+            (
+                self.cp.ascontiguousarray(x),
+                self.cp.ascontiguousarray(b),
+                np.int32(images),
+                np.int32(height),
+                np.int32(width),
+                np.int32(x.shape[-1]),
+                np.int32(channels),
+                np.int32(out_h),
+                np.int32(out_w),
+                np.int32(layer["kernel"][0]),
+                np.int32(layer["kernel"][1]),
+                np.int32(layer["strides"][0]),
+                np.int32(layer["strides"][1]),
+                np.int32(top),
+                np.int32(left),
+                np.int32(1 if layer.get("pad_value", 0) > 0 else 0),
+                np.int32(filters),
+                np.int32(planes),
+                out,
+                *extra,
+            ),
+        )
         return out
 
     def max_pool(self, x, layer):
@@ -187,11 +246,26 @@ class CupyBackend:
         out = cp.empty((n, out_h, out_w, words), cp.uint32)
         total = out.size
         (top, _), (left, _) = layer["pads"]
-        self.kernels["max_pool_words"](((total + 255) // 256,), (256,), (
-            cp.ascontiguousarray(x), out, np.int32(n), np.int32(height), np.int32(width),
-            np.int32(words), np.int32(out_h), np.int32(out_w), np.int32(layer["pool"][0]),
-            np.int32(layer["pool"][1]), np.int32(layer["strides"][0]),
-            np.int32(layer["strides"][1]), np.int32(top), np.int32(left)))
+        self.kernels["max_pool_words"](
+            ((total + 255) // 256,),
+            (256,),
+            (
+                cp.ascontiguousarray(x),
+                out,
+                np.int32(n),
+                np.int32(height),
+                np.int32(width),
+                np.int32(words),
+                np.int32(out_h),
+                np.int32(out_w),
+                np.int32(layer["pool"][0]),
+                np.int32(layer["pool"][1]),
+                np.int32(layer["strides"][0]),
+                np.int32(layer["strides"][1]),
+                np.int32(top),
+                np.int32(left),
+            ),
+        )
         return out
 
     def _epilogue_output(self, m, n, epilogue):
@@ -202,8 +276,10 @@ class CupyBackend:
         if kind == "logits":
             return cp.empty((m, n), cp.float32), (epilogue[1], epilogue[2])
         out_words = words_for(n)
-        return (cp.zeros((m, out_words), cp.uint32),
-                (epilogue[1], epilogue[2], np.int32(out_words)))
+        return (
+            cp.zeros((m, out_words), cp.uint32),
+            (epilogue[1], epilogue[2], np.int32(out_words)),
+        )
 
     def unpack(self, words, length):
         """Packed rows (..., words) to booleans (..., length), on the device as uint8."""
@@ -211,8 +287,11 @@ class CupyBackend:
         words = cp.ascontiguousarray(words)
         rows = int(np.prod(words.shape[:-1]))
         out = cp.empty(words.shape[:-1] + (length,), cp.uint8)
-        self.kernels["unpack_words"](((rows * length + 255) // 256,), (256,), (
-            words, out, np.int64(rows), np.int32(length), np.int32(words.shape[-1])))
+        self.kernels["unpack_words"](
+            ((rows * length + 255) // 256,),
+            (256,),
+            (words, out, np.int64(rows), np.int32(length), np.int32(words.shape[-1])),
+        )
         return out
 
     def flatten(self, state, in_shape):
@@ -222,9 +301,19 @@ class CupyBackend:
         n, pixels, channels = state.shape[0], in_shape[0] * in_shape[1], in_shape[2]
         out_words = words_for(pixels * channels)
         out = cp.empty((n, out_words), cp.uint32)
-        self.kernels["flatten_words"](((n * out_words + 255) // 256,), (256,), (
-            state, out, np.int32(n), np.int32(pixels), np.int32(channels),
-            np.int32(state.shape[-1]), np.int32(out_words)))
+        self.kernels["flatten_words"](
+            ((n * out_words + 255) // 256,),
+            (256,),
+            (
+                state,
+                out,
+                np.int32(n),
+                np.int32(pixels),
+                np.int32(channels),
+                np.int32(state.shape[-1]),
+                np.int32(out_words),
+            ),
+        )
         return out
 
     # -- the primitives of the engine's layer walk ---------------------------------
@@ -238,7 +327,7 @@ class CupyBackend:
     def hidden(self, state, channels: int) -> np.ndarray:
         return self.unpack(state, channels).get().astype(bool)
 
-    def compute(self, index: int, layer: Dict, state):
+    def compute(self, index: int, layer: dict, state):
         """A dense or conv layer with its epilogue fused: the last layer's float32
         logits, else its packed bits in the layout the next layer reads."""
         name = f"layer{index}"
@@ -250,11 +339,22 @@ class CupyBackend:
         first = layer["input"] == "uint8"
         if layer["type"] == "dense":
             rows = self.bit_planes(state) if first else state.reshape(len(state), -1)
-            out = self.gemm(rows, weights, layer["in_shape"][0], planes=8 if first else 1,
-                            epilogue=epilogue, b_ones=self.weight_ones[f"{name}/weights"])
+            out = self.gemm(
+                rows,
+                weights,
+                layer["in_shape"][0],
+                planes=8 if first else 1,
+                epilogue=epilogue,
+                b_ones=self.weight_ones[f"{name}/weights"],
+            )
         else:
-            out = self.conv(self.bit_planes(state) if first else state, weights, layer,
-                            planes=8 if first else 1, epilogue=epilogue)
+            out = self.conv(
+                self.bit_planes(state) if first else state,
+                weights,
+                layer,
+                planes=8 if first else 1,
+                epilogue=epilogue,
+            )
         *positions, units = layer["out_shape"]
         last = units if layer["output"] == "logits" else words_for(units)
         return out.reshape((len(state), *positions, last))

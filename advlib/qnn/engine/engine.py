@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import warnings
-from typing import Dict, List, Tuple
+from typing import Any
 
 import numpy as np
 
@@ -30,24 +30,30 @@ class BinaryEngine:
     layer's affine transform is in floating point.
     """
 
-    def __init__(self, spec: Dict, arrays: Dict[str, np.ndarray], backend: str = "numpy",
-                 gemm: str = "auto"):
+    def __init__(
+        self, spec: dict, arrays: dict[str, np.ndarray], backend: str = "numpy", gemm: str = "auto"
+    ):
         _checks.check_choice("backend", backend, BACKENDS)
         spec_io.validate(spec, arrays)
         self.spec = spec
         self.arrays = arrays
         self.input_shape = tuple(spec["input_shape"])
-        self._gpu = None
+        self._gpu: Any = None
+        self._backend: Any
         if backend in ("cupy", "auto"):
             from advlib.qnn.engine import cupy_backend
+
             usable, why = cupy_backend.available()
             if usable:
                 self._gpu = cupy_backend.CupyBackend(spec, arrays, gemm=gemm)
             elif backend == "cupy":
                 raise RuntimeError(f"backend='cupy' needs CuPy and a GPU: {why}.")
             else:
-                warnings.warn(f"BinaryEngine: {why}; falling back to the NumPy backend.",
-                              RuntimeWarning, stacklevel=2)
+                warnings.warn(
+                    f"BinaryEngine: {why}; falling back to the NumPy backend.",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
         if self._gpu is not None:
             self._backend, self.backend = self._gpu, "cupy"
         elif backend == "blas":
@@ -56,7 +62,7 @@ class BinaryEngine:
             self._backend, self.backend = NumpyBackend(spec, arrays), "numpy"
 
     @classmethod
-    def load(cls, path: str, backend: str = "numpy", gemm: str = "auto") -> "BinaryEngine":
+    def load(cls, path: str, backend: str = "numpy", gemm: str = "auto") -> BinaryEngine:
         """Reads an exported `.npz`; raises ValueError if it is corrupt or inconsistent.
 
         Args:
@@ -70,7 +76,7 @@ class BinaryEngine:
         spec, arrays = spec_io.load(path)
         return cls(spec, arrays, backend=backend, gemm=gemm)
 
-    def on_blas(self) -> "BinaryEngine":
+    def on_blas(self) -> BinaryEngine:
         """The same network on the BLAS backend, for many predictions on a CPU:
         bit-exact with the packed reference and several times faster (the
         reference digits CNN: 0.09 s against 0.50 s for 360 digits). This engine
@@ -90,19 +96,21 @@ class BinaryEngine:
     def predict(self, x, batch_size: int = 1000) -> np.ndarray:
         """Logits (float32) for images `x` in [0, 1] of shape (n,) + input_shape."""
         x = self._check_input(x)
-        chunks = [self._forward(x[i:i + batch_size], keep_hidden=False)[0]
-                  for i in range(0, len(x), batch_size)]
+        chunks = [
+            self._forward(x[i : i + batch_size], keep_hidden=False)[0]
+            for i in range(0, len(x), batch_size)
+        ]
         return np.concatenate(chunks) if chunks else np.zeros((0, self.nb_classes), np.float32)
 
     def predict_classes(self, x, batch_size: int = 1000) -> np.ndarray:
         return self.predict(x, batch_size).argmax(axis=1)
 
-    def hidden_bits(self, x) -> List[np.ndarray]:
+    def hidden_bits(self, x) -> list[np.ndarray]:
         """Each thresholded layer's +-1 outputs as booleans (True = +1), after
         any pooling that follows it: the values the next layer sees."""
         return self.forward(x)[1]
 
-    def forward(self, x) -> Tuple[np.ndarray, List[np.ndarray]]:
+    def forward(self, x) -> tuple[np.ndarray, list[np.ndarray]]:
         """(logits, hidden bits) for one batch, in a single pass."""
         return self._forward(self._check_input(x))
 
@@ -117,15 +125,17 @@ class BinaryEngine:
             raise ValueError("x must contain only finite values; found NaN or Inf.")
         return x
 
-    def _forward(self, x: np.ndarray, keep_hidden: bool = True
-                 ) -> Tuple[np.ndarray, List[np.ndarray]]:
+    def _forward(
+        self, x: np.ndarray, keep_hidden: bool = True
+    ) -> tuple[np.ndarray, list[np.ndarray]]:
         # Uint8Input: round(clip(x, 0, 1) * 255) in float32, rounding half to even
         x8 = np.round(np.clip(x.astype(np.float32), 0, 1) * np.float32(255)).astype(np.uint8)
         return walk(self.spec, self._backend, x8, keep_hidden)
 
 
-def walk(spec: Dict, backend, x8: np.ndarray, keep_hidden: bool
-         ) -> Tuple[np.ndarray, List[np.ndarray]]:
+def walk(
+    spec: dict, backend, x8: np.ndarray, keep_hidden: bool
+) -> tuple[np.ndarray, list[np.ndarray]]:
     """The one pass over an exported network's layers.
 
     `backend` (`NumpyBackend`, `BlasBackend` or `CupyBackend`) supplies the primitives:
@@ -138,13 +148,15 @@ def walk(spec: Dict, backend, x8: np.ndarray, keep_hidden: bool
         (logits, hidden): NumPy float32 logits and, if `keep_hidden`, each
         thresholded layer's bits after any pooling that follows it.
     """
-    state, hidden, raw = backend.to_device(x8), [], True
+    hidden: list = []
+    state, raw = backend.to_device(x8), True
     for index, layer in enumerate(spec["layers"]):
         kind = layer["type"]
         if kind == "flatten":
             # before the first compute layer the state is raw pixels, after it packed bits
-            state = (state.reshape(len(state), -1) if raw
-                     else backend.flatten(state, layer["in_shape"]))
+            state = (
+                state.reshape(len(state), -1) if raw else backend.flatten(state, layer["in_shape"])
+            )
         elif kind == "maxpool":
             state = backend.max_pool(state, layer)
             if keep_hidden:

@@ -8,13 +8,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from typing import Dict
-
-from advlib.qnn.engine.packing import (WORD_DTYPE, pack_bits, popcount, unpack_bits,
-                                       valid_bits_mask)
+from advlib.qnn.engine.packing import WORD_DTYPE, pack_bits, popcount, unpack_bits, valid_bits_mask
 
 # Words of one (rows, units, words) XOR block: bounds temporary memory.
-_BLOCK_WORDS = 2 ** 24
+_BLOCK_WORDS = 2**24
 
 
 def _row_blocks(rows: int, units: int, words: int):
@@ -36,9 +33,10 @@ def binary_dot(a: np.ndarray, w: np.ndarray, length: int) -> np.ndarray:
     out = np.empty((a.shape[0], w.shape[0]), np.int32)
     starts, step = _row_blocks(a.shape[0], w.shape[0], w.shape[1])
     for start in starts:
-        mismatches = popcount(a[start:start + step, None, :] ^ w[None, :, :]).sum(
-            axis=-1, dtype=np.int32)
-        out[start:start + step] = length - 2 * mismatches
+        mismatches = popcount(a[start : start + step, None, :] ^ w[None, :, :]).sum(
+            axis=-1, dtype=np.int32
+        )
+        out[start : start + step] = length - 2 * mismatches
     return out
 
 
@@ -68,9 +66,9 @@ def plane_dot(planes: np.ndarray, w: np.ndarray) -> np.ndarray:
         plane = planes[bit]
         ones = popcount(plane).sum(axis=-1, dtype=np.int64)
         for start in starts:
-            block = plane[start:start + step]
+            block = plane[start : start + step]
             agree = popcount(block[:, None, :] & w[None, :, :]).sum(axis=-1, dtype=np.int64)
-            out[start:start + step] += (2 * agree - ones[start:start + step, None]) << bit
+            out[start : start + step] += (2 * agree - ones[start : start + step, None]) << bit
     return out
 
 
@@ -82,7 +80,7 @@ def pad_spatial(words: np.ndarray, pads, fill: np.ndarray) -> np.ndarray:
     n, h, w, c = words.shape
     out = np.empty((n, h + top + bottom, w + left + right, c), words.dtype)
     out[...] = fill
-    out[:, top:top + h, left:left + w] = words
+    out[:, top : top + h, left : left + w] = words
     return out
 
 
@@ -110,7 +108,7 @@ def max_pool_words(words: np.ndarray, pool, strides, pads) -> np.ndarray:
     """
     padded = pad_spatial(words, pads, np.zeros(words.shape[-1], WORD_DTYPE))
     windows = np.lib.stride_tricks.sliding_window_view(padded, tuple(pool), axis=(1, 2))
-    windows = windows[:, ::strides[0], ::strides[1]]
+    windows = windows[:, :: strides[0], :: strides[1]]
     return np.bitwise_or.reduce(windows.reshape(windows.shape[:4] + (-1,)), axis=-1)
 
 
@@ -125,7 +123,7 @@ class NumpyBackend:
     """The reference backend: the primitives `BinaryEngine`'s layer walk drives,
     computed on the CPU with the exact operations above."""
 
-    def __init__(self, spec: Dict, arrays: Dict[str, np.ndarray]):
+    def __init__(self, spec: dict, arrays: dict[str, np.ndarray]):
         self.spec, self.arrays = spec, arrays
 
     @staticmethod
@@ -141,24 +139,26 @@ class NumpyBackend:
         return flatten_words(state, in_shape)
 
     @staticmethod
-    def max_pool(state: np.ndarray, layer: Dict) -> np.ndarray:
+    def max_pool(state: np.ndarray, layer: dict) -> np.ndarray:
         return max_pool_words(state, layer["pool"], layer["strides"], layer["pads"])
 
     @staticmethod
     def hidden(state: np.ndarray, channels: int) -> np.ndarray:
         return unpack_bits(state, channels)
 
-    def compute(self, index: int, layer: Dict, state: np.ndarray) -> np.ndarray:
+    def compute(self, index: int, layer: dict, state: np.ndarray) -> np.ndarray:
         """A dense or conv layer: float32 logits if it is the last, else its packed bits."""
         acc = self.accumulate(index, layer, state)
         name = f"layer{index}"
         if layer["output"] == "logits":
-            return acc.astype(np.float32) * self.arrays[f"{name}/scale"] + \
-                self.arrays[f"{name}/shift"]
-        return pack_bits(threshold_bits(acc, self.arrays[f"{name}/threshold"],
-                                        self.arrays[f"{name}/flip"]))
+            return (
+                acc.astype(np.float32) * self.arrays[f"{name}/scale"] + self.arrays[f"{name}/shift"]
+            )
+        return pack_bits(
+            threshold_bits(acc, self.arrays[f"{name}/threshold"], self.arrays[f"{name}/flip"])
+        )
 
-    def accumulate(self, index: int, layer: Dict, state: np.ndarray) -> np.ndarray:
+    def accumulate(self, index: int, layer: dict, state: np.ndarray) -> np.ndarray:
         """The layer's integer accumulators, before the threshold or the affine map."""
         weights = self.arrays[f"layer{index}/weights"]
         first = layer["input"] == "uint8"
@@ -174,14 +174,19 @@ class NumpyBackend:
         if first:
             planes = bit_planes(state.reshape(n, height, width, channels))
             zero = np.zeros(planes.shape[-1], planes.dtype)
-            columns = np.stack([im2col(pad_spatial(p, layer["pads"], zero), (kh, kw),
-                                       layer["strides"]) for p in planes])
+            columns = np.stack(
+                [
+                    im2col(pad_spatial(p, layer["pads"], zero), (kh, kw), layer["strides"])
+                    for p in planes
+                ]
+            )
             acc = plane_dot(columns.reshape(8, n * out_h * out_w, -1), weights)
         else:
-            fill = (valid_bits_mask(channels) if layer["pad_value"] > 0
-                    else np.zeros(state.shape[-1], state.dtype))
-            columns = im2col(pad_spatial(state, layer["pads"], fill), (kh, kw),
-                             layer["strides"])
-            acc = binary_dot(columns.reshape(n * out_h * out_w, -1), weights,
-                             kh * kw * channels)
+            fill = (
+                valid_bits_mask(channels)
+                if layer["pad_value"] > 0
+                else np.zeros(state.shape[-1], state.dtype)
+            )
+            columns = im2col(pad_spatial(state, layer["pads"], fill), (kh, kw), layer["strides"])
+            acc = binary_dot(columns.reshape(n * out_h * out_w, -1), weights, kh * kw * channels)
         return acc.reshape(n, out_h, out_w, filters)

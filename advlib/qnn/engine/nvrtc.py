@@ -11,7 +11,6 @@ import ctypes
 import glob
 import os
 import re
-from typing import Dict, List, Optional
 
 KERNEL_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "kernels")
 ARCHITECTURES = ("sm_75", "sm_80", "sm_86", "sm_90")
@@ -19,15 +18,17 @@ OPTIONS = ("--std=c++14", "-default-device")
 TENSOR_CORE_FILE = "binary_mma.cu"
 # files that need a minimum compute capability (m16n8k256 .b1 with .and.popc: sm_80)
 MIN_COMPUTE = {TENSOR_CORE_FILE: 80}
-_KERNEL = re.compile(r'extern\s+"C"\s+__global__\s+void\s+(?:__launch_bounds__\([^)]*\)\s*)?'
-                     r'(\w+)\s*\(')
+_KERNEL = re.compile(
+    r'extern\s+"C"\s+__global__\s+void\s+(?:__launch_bounds__\([^)]*\)\s*)?'
+    r"(\w+)\s*\("
+)
 
 
 class CompileError(RuntimeError):
     """NVRTC rejected a source; the message holds its log."""
 
 
-def sources() -> Dict[str, str]:
+def sources() -> dict[str, str]:
     """{file name: CUDA source} of every kernel file."""
     out = {}
     for path in sorted(glob.glob(os.path.join(KERNEL_DIR, "*.cu"))):
@@ -36,21 +37,22 @@ def sources() -> Dict[str, str]:
     return out
 
 
-def kernel_names(source: str) -> List[str]:
+def kernel_names(source: str) -> list[str]:
     """The `extern "C" __global__` functions a source defines."""
     return _KERNEL.findall(source)
 
 
-def architectures_for(file: str, architectures=ARCHITECTURES) -> List[str]:
+def architectures_for(file: str, architectures=ARCHITECTURES) -> list[str]:
     """The architectures of `architectures` that a kernel file targets."""
     low = MIN_COMPUTE.get(file, 0)
     return [arch for arch in architectures if int(arch.split("_")[1]) >= low]
 
 
-def _library_candidates() -> List[str]:
+def _library_candidates() -> list[str]:
     candidates = []
     try:
         import nvidia.cuda_nvrtc
+
         for root in nvidia.cuda_nvrtc.__path__:
             candidates += sorted(glob.glob(os.path.join(root, "lib", "libnvrtc.so*")))
     except ImportError:
@@ -71,18 +73,25 @@ def load_library() -> ctypes.CDLL:
             return ctypes.CDLL(candidate)
         except OSError:
             tried.append(candidate)
-    raise OSError("NVRTC not found (pip install nvidia-cuda-nvrtc-cu12); tried "
-                  f"{', '.join(tried) or 'nothing'}.")
+    raise OSError(
+        "NVRTC not found (pip install nvidia-cuda-nvrtc-cu12); tried "
+        f"{', '.join(tried) or 'nothing'}."
+    )
 
 
-def compile_source(source: str, name: str = "kernel.cu", arch: str = "sm_90",
-                   library: Optional[ctypes.CDLL] = None) -> bytes:
+def compile_source(
+    source: str, name: str = "kernel.cu", arch: str = "sm_90", library: ctypes.CDLL | None = None
+) -> bytes:
     """Compiles CUDA C++ to a cubin for `arch`; raises CompileError with NVRTC's log."""
     nvrtc = library or load_library()
     program = ctypes.c_void_p()
     check = lambda status, what: _check(nvrtc, status, what, program, name, arch)
-    check(nvrtc.nvrtcCreateProgram(ctypes.byref(program), source.encode(), name.encode(), 0,
-                                   None, None), "nvrtcCreateProgram")
+    check(
+        nvrtc.nvrtcCreateProgram(
+            ctypes.byref(program), source.encode(), name.encode(), 0, None, None
+        ),
+        "nvrtcCreateProgram",
+    )
     try:
         options = [f"--gpu-architecture={arch}".encode()] + [o.encode() for o in OPTIONS]
         array = (ctypes.c_char_p * len(options))(*options)
@@ -113,12 +122,16 @@ def _check(nvrtc, status, what, program, name, arch):
         raise CompileError(f"{what} failed for {name} ({arch}): {message}")
 
 
-def compile_all(architectures=ARCHITECTURES) -> Dict[str, Dict[str, int]]:
+def compile_all(architectures=ARCHITECTURES) -> dict[str, dict[str, int]]:
     """Compiles every kernel file for every architecture; returns cubin sizes."""
     library = load_library()
-    return {name: {arch: len(compile_source(source, name, arch, library))
-                   for arch in architectures_for(name, architectures)}
-            for name, source in sources().items()}
+    return {
+        name: {
+            arch: len(compile_source(source, name, arch, library))
+            for arch in architectures_for(name, architectures)
+        }
+        for name, source in sources().items()
+    }
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import math
 import zipfile
-from typing import Any, Dict, List
+from typing import Any
 
 import numpy as np
 
@@ -32,7 +32,7 @@ VERSION = 1
 _COMPUTE = ("dense", "conv")
 
 
-def layer_arrays(index: int, layer: Dict[str, Any]) -> Dict[str, tuple]:
+def layer_arrays(index: int, layer: dict[str, Any]) -> dict[str, tuple]:
     """The arrays a layer needs, with their dtypes and shapes."""
     if layer["type"] not in _COMPUTE:
         return {}
@@ -42,7 +42,7 @@ def layer_arrays(index: int, layer: Dict[str, Any]) -> Dict[str, tuple]:
     else:
         kh, kw = layer["kernel"]
         wshape = (units, kh * kw * words_for(layer["in_shape"][-1]))
-    arrays = {f"layer{index}/weights": (np.uint32, wshape)}
+    arrays: dict[str, tuple[type, tuple[int, ...]]] = {f"layer{index}/weights": (np.uint32, wshape)}
     if layer["output"] == "bits":
         arrays[f"layer{index}/threshold"] = (np.int64, (units,))
         arrays[f"layer{index}/flip"] = (np.bool_, (units,))
@@ -52,7 +52,7 @@ def layer_arrays(index: int, layer: Dict[str, Any]) -> Dict[str, tuple]:
     return arrays
 
 
-def fan_in(layer: Dict[str, Any]) -> int:
+def fan_in(layer: dict[str, Any]) -> int:
     """Inputs per unit of a dense or conv layer."""
     if layer["type"] == "dense":
         return int(layer["in_shape"][0])
@@ -60,7 +60,7 @@ def fan_in(layer: Dict[str, Any]) -> int:
     return int(kh * kw * layer["in_shape"][-1])
 
 
-def weight_bits(layer: Dict[str, Any], words: np.ndarray) -> np.ndarray:
+def weight_bits(layer: dict[str, Any], words: np.ndarray) -> np.ndarray:
     """A dense or conv layer's packed weights as (units, fan-in) booleans (True =
     +1), in a Keras kernel's (row, column, channel) order. A conv kernel packs the
     channels of each of its kh * kw positions into words of their own."""
@@ -68,11 +68,10 @@ def weight_bits(layer: Dict[str, Any], words: np.ndarray) -> np.ndarray:
         return unpack_bits(words, fan_in(layer))
     kh, kw = layer["kernel"]
     units = words.shape[0]
-    return unpack_bits(words.reshape(units, kh * kw, -1),
-                       layer["in_shape"][-1]).reshape(units, -1)
+    return unpack_bits(words.reshape(units, kh * kw, -1), layer["in_shape"][-1]).reshape(units, -1)
 
 
-def output_shape(layer) -> List[int]:
+def output_shape(layer) -> list[int]:
     """A layer's output shape from its input shape and parameters (a dense or conv
     layer's width is its `out_shape`'s last entry)."""
     kind, shape = layer["type"], layer["in_shape"]
@@ -89,35 +88,48 @@ def output_shape(layer) -> List[int]:
 
 
 def _positive_ints(value, length=None) -> bool:
-    return (isinstance(value, list) and (length is None or len(value) == length) and
-            len(value) > 0 and all(type(v) is int and v > 0 for v in value))
+    return (
+        isinstance(value, list)
+        and (length is None or len(value) == length)
+        and len(value) > 0
+        and all(type(v) is int and v > 0 for v in value)
+    )
 
 
 def _check_fields(layer, where: str) -> None:
     """The layer's own fields have the right types, before any arithmetic on them."""
     for key in ("in_shape", "out_shape"):
         if not _positive_ints(layer.get(key)):
-            raise ValueError(f"{where}: {key} must be a list of positive integers, got "
-                             f"{layer.get(key)!r}.")
+            raise ValueError(
+                f"{where}: {key} must be a list of positive integers, got {layer.get(key)!r}."
+            )
     kind = layer["type"]
     sizes = {"conv": ("kernel", "strides"), "maxpool": ("pool", "strides")}.get(kind, ())
     for key in sizes:
         if not _positive_ints(layer.get(key), 2):
-            raise ValueError(f"{where}: {key} must be two positive integers, got "
-                             f"{layer.get(key)!r}.")
+            raise ValueError(
+                f"{where}: {key} must be two positive integers, got {layer.get(key)!r}."
+            )
     if sizes:
         pads = layer.get("pads")
-        if not (isinstance(pads, list) and len(pads) == 2 and
-                all(isinstance(p, list) and len(p) == 2 and
-                    all(type(v) is int and v >= 0 for v in p) for p in pads)):
-            raise ValueError(f"{where}: pads must be [[top, bottom], [left, right]] of "
-                             f"non-negative integers, got {pads!r}.")
+        if not (
+            isinstance(pads, list)
+            and len(pads) == 2
+            and all(
+                isinstance(p, list) and len(p) == 2 and all(type(v) is int and v >= 0 for v in p)
+                for p in pads
+            )
+        ):
+            raise ValueError(
+                f"{where}: pads must be [[top, bottom], [left, right]] of "
+                f"non-negative integers, got {pads!r}."
+            )
         if len(layer["in_shape"]) != 3:
-            raise ValueError(f"{where}: in_shape must be [height, width, channels], got "
-                             f"{layer['in_shape']!r}.")
+            raise ValueError(
+                f"{where}: in_shape must be [height, width, channels], got {layer['in_shape']!r}."
+            )
     if kind == "conv" and layer.get("pad_value") not in (-1, 0, 1):
-        raise ValueError(f"{where}: pad_value must be -1, 0 or +1, got "
-                         f"{layer.get('pad_value')!r}.")
+        raise ValueError(f"{where}: pad_value must be -1, 0 or +1, got {layer.get('pad_value')!r}.")
 
 
 def validate_structure(spec) -> None:
@@ -126,29 +138,31 @@ def validate_structure(spec) -> None:
     Raises:
         ValueError: naming the first bad field.
     """
-    if not isinstance(spec, dict) or spec.get("format") != FORMAT or \
-            spec.get("version") != VERSION:
-        got = spec if not isinstance(spec, dict) else {k: spec.get(k)
-                                                        for k in ("format", "version")}
-        raise ValueError(f"spec is not an advlib binary-engine network of version {VERSION} "
-                         f"({got!r}).")
+    if not isinstance(spec, dict) or spec.get("format") != FORMAT or spec.get("version") != VERSION:
+        got = (
+            spec if not isinstance(spec, dict) else {k: spec.get(k) for k in ("format", "version")}
+        )
+        raise ValueError(
+            f"spec is not an advlib binary-engine network of version {VERSION} ({got!r})."
+        )
     if not _positive_ints(spec.get("input_shape")):
-        raise ValueError(f"spec input_shape must be a list of positive integers, got "
-                         f"{spec.get('input_shape')!r}.")
+        raise ValueError(
+            f"spec input_shape must be a list of positive integers, got "
+            f"{spec.get('input_shape')!r}."
+        )
     layers = spec.get("layers")
     if not isinstance(layers, list) or not layers:
         raise ValueError("spec lists no layers.")
     for index, layer in enumerate(layers):
         if not isinstance(layer, dict):
-            raise ValueError(f"spec layer {index} must be a mapping, got "
-                             f"{type(layer).__name__}.")
+            raise ValueError(f"spec layer {index} must be a mapping, got {type(layer).__name__}.")
         where = f"layer {index} ({layer.get('type')!r})"
         if layer.get("type") not in _COMPUTE + ("maxpool", "flatten"):
             raise ValueError(f"{where} has an unknown type.")
         _check_fields(layer, where)
 
 
-def validate(spec: Dict[str, Any], arrays: Dict[str, np.ndarray], source: str = "spec"):
+def validate(spec: dict[str, Any], arrays: dict[str, np.ndarray], source: str = "spec"):
     """Checks that the layers chain and that every array is present and well-shaped.
 
     Raises:
@@ -163,15 +177,20 @@ def validate(spec: Dict[str, Any], arrays: Dict[str, np.ndarray], source: str = 
     for index, layer in enumerate(layers):
         where = f"{source}: layer {index} ({layer.get('type')!r})"
         if list(layer["in_shape"]) != shape:
-            raise ValueError(f"{where} expects input shape {layer['in_shape']}, but the "
-                             f"previous layer produces {shape}: the shapes do not chain.")
+            raise ValueError(
+                f"{where} expects input shape {layer['in_shape']}, but the "
+                f"previous layer produces {shape}: the shapes do not chain."
+            )
         if output_shape(layer) != list(layer["out_shape"]):
-            raise ValueError(f"{where} declares output shape {layer['out_shape']}, but its "
-                             f"input and parameters give {output_shape(layer)}.")
+            raise ValueError(
+                f"{where} declares output shape {layer['out_shape']}, but its "
+                f"input and parameters give {output_shape(layer)}."
+            )
         if layer["type"] in _COMPUTE:
             if layer.get("input") not in ("uint8", "binary"):
-                raise ValueError(f"{where} has input {layer.get('input')!r}; "
-                                 "expected 'uint8' or 'binary'.")
+                raise ValueError(
+                    f"{where} has input {layer.get('input')!r}; expected 'uint8' or 'binary'."
+                )
             if layer.get("output") not in ("bits", "logits"):
                 raise ValueError(f"{where} has output {layer.get('output')!r}.")
             if (layer["output"] == "logits") != (index == len(layers) - 1):
@@ -180,20 +199,22 @@ def validate(spec: Dict[str, Any], arrays: Dict[str, np.ndarray], source: str = 
             if name not in arrays:
                 raise ValueError(f"{source} lacks the array {name!r}.")
             if arrays[name].dtype != dtype or tuple(arrays[name].shape) != array_shape:
-                raise ValueError(f"{source}: array {name!r} has dtype {arrays[name].dtype} "
-                                 f"and shape {arrays[name].shape}; expected "
-                                 f"{np.dtype(dtype)} and {array_shape}.")
+                raise ValueError(
+                    f"{source}: array {name!r} has dtype {arrays[name].dtype} "
+                    f"and shape {arrays[name].shape}; expected "
+                    f"{np.dtype(dtype)} and {array_shape}."
+                )
         shape = list(layer["out_shape"])
     if layers[-1]["type"] not in _COMPUTE or layers[-1]["output"] != "logits":
         raise ValueError(f"{source}: the last layer must be dense or conv with logits output.")
 
 
-def save(path: str, spec: Dict[str, Any], arrays: Dict[str, np.ndarray]) -> None:
+def save(path: str, spec: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
     validate(spec, arrays)
-    np.savez(path, spec=np.array(json.dumps(spec)), **arrays)
+    np.savez(path, spec=np.array(json.dumps(spec)), **arrays)  # type: ignore[arg-type]
 
 
-def load(path: str, max_bytes: int = 2 ** 31):
+def load(path: str, max_bytes: int = 2**31):
     """Reads and validates an exported network; returns (spec, arrays).
 
     Only the members that the spec names are read. Each one's header is checked
@@ -218,21 +239,28 @@ def load(path: str, max_bytes: int = 2 ** 31):
                 wanted.update(layer_arrays(index, layer))
             total = sum(np.dtype(d).itemsize * math.prod(s) for d, s in wanted.values())
             if total > max_bytes:
-                raise ValueError(f"{path!r} declares {total} bytes of arrays, more than "
-                                 f"max_bytes={max_bytes}.")
-            arrays = {name: _read_member(archive, name, dtype, shape, path)
-                      for name, (dtype, shape) in wanted.items()}
+                raise ValueError(
+                    f"{path!r} declares {total} bytes of arrays, more than max_bytes={max_bytes}."
+                )
+            arrays = {
+                name: _read_member(archive, name, dtype, shape, path)
+                for name, (dtype, shape) in wanted.items()
+            }
     except (OSError, EOFError, zipfile.BadZipFile, MemoryError) as error:
-        raise ValueError(f"cannot read the engine file {path!r}: it is missing, corrupted "
-                         f"or truncated ({type(error).__name__}: {error}).") from error
+        raise ValueError(
+            f"cannot read the engine file {path!r}: it is missing, corrupted "
+            f"or truncated ({type(error).__name__}: {error})."
+        ) from error
     validate(spec, arrays, source=repr(path))
     return spec, arrays
 
 
-_MAX_SPEC_BYTES = 2 ** 20
+_MAX_SPEC_BYTES = 2**20
 _HEADER_ROOM = 4096  # an .npy header is far smaller
-_HEADER_READERS = {(1, 0): np.lib.format.read_array_header_1_0,
-                   (2, 0): np.lib.format.read_array_header_2_0}
+_HEADER_READERS = {
+    (1, 0): np.lib.format.read_array_header_1_0,
+    (2, 0): np.lib.format.read_array_header_2_0,
+}
 
 
 def _member(archive: zipfile.ZipFile, name: str, path: str) -> zipfile.ZipInfo:
@@ -246,11 +274,14 @@ def _read_spec(archive: zipfile.ZipFile, path: str):
     try:
         info = archive.getinfo("spec.npy")
     except KeyError:
-        raise ValueError(f"{path!r} holds no 'spec': not an advlib binary-engine "
-                         "network.") from None
+        raise ValueError(
+            f"{path!r} holds no 'spec': not an advlib binary-engine network."
+        ) from None
     if info.file_size > _MAX_SPEC_BYTES:
-        raise ValueError(f"{path!r}: its spec is {info.file_size} bytes, more than a spec "
-                         f"can need ({_MAX_SPEC_BYTES}).")
+        raise ValueError(
+            f"{path!r}: its spec is {info.file_size} bytes, more than a spec "
+            f"can need ({_MAX_SPEC_BYTES})."
+        )
     with archive.open(info) as handle:
         try:
             text = np.lib.format.read_array(handle, allow_pickle=False)
@@ -267,8 +298,10 @@ def _read_member(archive: zipfile.ZipFile, name: str, dtype, shape, path: str) -
     info = _member(archive, name, path)
     nbytes = np.dtype(dtype).itemsize * math.prod(shape)
     if info.file_size > nbytes + _HEADER_ROOM:
-        raise ValueError(f"{path!r}: array {name!r} is {info.file_size} bytes uncompressed, "
-                         f"but the spec implies {nbytes} bytes of data.")
+        raise ValueError(
+            f"{path!r}: array {name!r} is {info.file_size} bytes uncompressed, "
+            f"but the spec implies {nbytes} bytes of data."
+        )
     with archive.open(info) as handle:
         try:
             version = np.lib.format.read_magic(handle)
@@ -278,10 +311,13 @@ def _read_member(archive: zipfile.ZipFile, name: str, dtype, shape, path: str) -
         except ValueError as error:
             raise ValueError(f"{path!r}: array {name!r} has a bad header ({error}).") from None
         if found_dtype != np.dtype(dtype) or tuple(found_shape) != tuple(shape) or fortran:
-            raise ValueError(f"{path!r}: array {name!r} has dtype {found_dtype} and shape "
-                             f"{found_shape}; expected {np.dtype(dtype)} and {tuple(shape)}.")
+            raise ValueError(
+                f"{path!r}: array {name!r} has dtype {found_dtype} and shape "
+                f"{found_shape}; expected {np.dtype(dtype)} and {tuple(shape)}."
+            )
         data = handle.read(nbytes + 1)
     if len(data) != nbytes:
-        raise ValueError(f"{path!r}: array {name!r} holds {len(data)} bytes of data; its "
-                         f"shape needs {nbytes}.")
+        raise ValueError(
+            f"{path!r}: array {name!r} holds {len(data)} bytes of data; its shape needs {nbytes}."
+        )
     return np.frombuffer(data, dtype=dtype).reshape(shape).copy()

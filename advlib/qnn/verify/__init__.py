@@ -38,10 +38,8 @@ Example:
 
 from __future__ import annotations
 
-from __future__ import annotations
-
 import time
-from typing import Callable, Dict, Optional, Sequence, Union
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -49,14 +47,22 @@ from advlib import _checks
 from advlib.qnn.engine import BinaryEngine
 from advlib.qnn.verify import milp, sat, search
 from advlib.qnn.verify.encoding import NetworkEncoding
-from advlib.qnn.verify.result import STATUSES, VerificationResult, Verdict
+from advlib.qnn.verify.result import STATUSES, Verdict, VerificationResult
 
-__all__ = ["BACKENDS", "NetworkEncoding", "STATUSES", "VerificationResult", "Verdict",
-           "check_counterexamples", "require_backend", "verify"]
+__all__ = [
+    "BACKENDS",
+    "NetworkEncoding",
+    "STATUSES",
+    "VerificationResult",
+    "Verdict",
+    "check_counterexamples",
+    "require_backend",
+    "verify",
+]
 
 Decider = Callable[..., Verdict]
 # the complete deciders, by name: decide(encoding, x, label, eps, time_limit, clean_logits)
-BACKENDS: Dict[str, Decider] = {"milp": milp.decide, "sat": sat.decide}
+BACKENDS: dict[str, Decider] = {"milp": milp.decide, "sat": sat.decide}
 # restarts of the search before the complete program starts: on the digits CNN at
 # eps 0.1, 30 break 53 of 58 correct digits (at most 1.4 s each), 0 break 21
 _FIRST_RESTARTS = 30
@@ -74,11 +80,18 @@ def require_backend(name: str, parameter: str = "backend") -> None:
         sat.require()
 
 
-def verify(engine: Union[BinaryEngine, str, NetworkEncoding], x, y, eps: float,
-           time_limit: float = 30.0, progress: bool = False,
-           backend: str = "milp", search_share: float = 0.5,
-           seed: int = 0, example_ids: Optional[Sequence[int]] = None
-           ) -> VerificationResult:
+def verify(
+    engine: BinaryEngine | str | NetworkEncoding,
+    x,
+    y,
+    eps: float,
+    time_limit: float = 30.0,
+    progress: bool = False,
+    backend: str = "milp",
+    search_share: float = 0.5,
+    seed: int = 0,
+    example_ids: Sequence[int] | np.ndarray | None = None,
+) -> VerificationResult:
     """Decides, per example, whether the L-inf ball of radius `eps` holds a point
     that the exact binary engine misclassifies.
 
@@ -125,10 +138,11 @@ def verify(engine: Union[BinaryEngine, str, NetworkEncoding], x, y, eps: float,
     require_backend(backend)
     _checks.check_number("search_share", search_share, low=0, high=1, high_open=True)
     _checks.check_number("seed", seed, low=0, integer=True)
-    if x.ndim != len(encoding.engine.input_shape) + 1 or \
-            tuple(x.shape[1:]) != encoding.engine.input_shape:
-        raise ValueError(f"x must have shape (n,) + {encoding.engine.input_shape}, got "
-                         f"{x.shape}.")
+    if (
+        x.ndim != len(encoding.engine.input_shape) + 1
+        or tuple(x.shape[1:]) != encoding.engine.input_shape
+    ):
+        raise ValueError(f"x must have shape (n,) + {encoding.engine.input_shape}, got {x.shape}.")
     _checks.check_finite_array("x", x)
     _checks.check_in_range("x", x, 0.0, 1.0)
     labels = _checks.check_labels("y", y, len(x), encoding.engine.nb_classes)
@@ -138,14 +152,33 @@ def verify(engine: Union[BinaryEngine, str, NetworkEncoding], x, y, eps: float,
     iterator = range(len(x))
     if progress:
         from tqdm.auto import tqdm
+
         iterator = tqdm(iterator, desc=f"verify eps={eps:g}", unit="ex")
     for i in iterator:
         if logits[i].argmax() != labels[i]:
-            verdicts.append(Verdict("broken", int(labels[i]), counterexample=x[i].copy(),
-                                    target=int(logits[i].argmax()), reason="misclassified"))
+            verdicts.append(
+                Verdict(
+                    "broken",
+                    int(labels[i]),
+                    counterexample=x[i].copy(),
+                    target=int(logits[i].argmax()),
+                    reason="misclassified",
+                )
+            )
             continue
-        verdicts.append(_decide(encoding, x[i], int(labels[i]), eps, time_limit, logits[i],
-                                backend, search_share, seed + int(ids[i])))
+        verdicts.append(
+            _decide(
+                encoding,
+                x[i],
+                int(labels[i]),
+                eps,
+                time_limit,
+                logits[i],
+                backend,
+                search_share,
+                seed + int(ids[i]),
+            )
+        )
     return VerificationResult(verdicts, float(eps))
 
 
@@ -154,8 +187,10 @@ def _example_ids(example_ids, n: int) -> np.ndarray:
         return np.arange(n)
     ids = np.asarray(example_ids)
     if ids.shape != (n,) or not np.issubdtype(ids.dtype, np.integer) or (ids < 0).any():
-        raise ValueError(f"example_ids must be {n} non-negative integers, one per example "
-                         f"of x; got an array of shape {ids.shape} and dtype {ids.dtype}.")
+        raise ValueError(
+            f"example_ids must be {n} non-negative integers, one per example "
+            f"of x; got an array of shape {ids.shape} and dtype {ids.dtype}."
+        )
     return ids
 
 
@@ -165,30 +200,42 @@ def _decide(encoding, x, label, eps, time_limit, clean_logits, backend, search_s
     start = time.perf_counter()
     verdict = None
     if search_share:  # first a short search, which takes the easy counterexamples
-        verdict = search.decide(encoding, x, label, eps, search_share * time_limit,
-                                seed=seed, restarts=_FIRST_RESTARTS)
+        verdict = search.decide(
+            encoding, x, label, eps, search_share * time_limit, seed=seed, restarts=_FIRST_RESTARTS
+        )
     if verdict is None or verdict.status != "broken":
-        verdict = BACKENDS[backend](encoding, x, label, eps, time_limit * (1 - search_share),
-                                    clean_logits)
+        verdict = BACKENDS[backend](
+            encoding, x, label, eps, time_limit * (1 - search_share), clean_logits
+        )
         if verdict.status == "unknown" and search_share:
-            verdict = search.decide(encoding, x, label, eps,
-                                    time_limit - (time.perf_counter() - start),
-                                    seed=seed + 1, verdict=verdict)
+            verdict = search.decide(
+                encoding,
+                x,
+                label,
+                eps,
+                time_limit - (time.perf_counter() - start),
+                seed=seed + 1,
+                verdict=verdict,
+            )
     verdict.seconds = time.perf_counter() - start
     return verdict
 
 
-def check_counterexamples(engine: BinaryEngine, x: np.ndarray, result: VerificationResult,
-                          eps: float) -> Sequence[int]:
+def check_counterexamples(
+    engine: BinaryEngine, x: np.ndarray, result: VerificationResult, eps: float
+) -> Sequence[int]:
     """Indices of "broken" verdicts whose counterexample is misclassified by the
     engine and lies within eps of its input (all of them, for a sound verifier)."""
     good = []
     for i, verdict in enumerate(result.verdicts):
-        if verdict.status != "broken":
-            continue
         image = verdict.counterexample
-        inside = np.abs(image.astype(np.float64) - x[i]).max() <= eps + 1e-7 and \
-            image.min() >= 0 and image.max() <= 1
+        if verdict.status != "broken" or image is None:
+            continue
+        inside = (
+            np.abs(image.astype(np.float64) - x[i]).max() <= eps + 1e-7
+            and image.min() >= 0
+            and image.max() <= 1
+        )
         if inside and engine.predict_classes(image[None])[0] != verdict.label:
             good.append(i)
     return good

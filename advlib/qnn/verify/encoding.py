@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-from typing import Dict, Union
-
 import numpy as np
 import scipy.sparse as sparse
 
@@ -19,16 +17,19 @@ class NetworkEncoding:
         engine: a `BinaryEngine` or the path of an exported `.npz`.
     """
 
-    def __init__(self, engine: Union[BinaryEngine, str]):
+    def __init__(self, engine: BinaryEngine | str):
         self.engine = BinaryEngine.load(engine) if isinstance(engine, str) else engine
         if not isinstance(self.engine, BinaryEngine):
-            raise TypeError(f"engine must be a BinaryEngine or the path of an exported .npz, "
-                            f"got {type(engine).__name__}.")
+            raise TypeError(
+                f"engine must be a BinaryEngine or the path of an exported .npz, "
+                f"got {type(engine).__name__}."
+            )
         self.spec, self.arrays = self.engine.spec, self.engine.arrays
         # the same integers on float32 BLAS: fast for the search's large batches
         self.fast_engine = self.engine.on_blas()
-        self.layers = [self._prepare(index, layer)
-                       for index, layer in enumerate(self.spec["layers"])]
+        self.layers = [
+            self._prepare(index, layer) for index, layer in enumerate(self.spec["layers"])
+        ]
         last = self.spec["layers"][-1]
         index = len(self.spec["layers"]) - 1
         self.scale = self.arrays[f"layer{index}/scale"].astype(np.float64)
@@ -36,15 +37,13 @@ class NetworkEncoding:
         length = spec_io.fan_in(last)
         bound = length * (255 if last["input"] == "uint8" else 1)
         # float32 rounding of acc * scale + shift, with room to spare
-        self.tolerance = 1e-5 * (np.abs(self.scale).max() * bound + np.abs(self.shift).max()) \
-            + 1e-9
+        self.tolerance = 1e-5 * (np.abs(self.scale).max() * bound + np.abs(self.shift).max()) + 1e-9
 
     def _signs(self, index, layer) -> np.ndarray:
         """(units, fan-in) +-1 weights in the engine's (row, column, channel) order."""
-        return np.where(spec_io.weight_bits(layer, self.arrays[f"layer{index}/weights"]),
-                        1.0, -1.0)
+        return np.where(spec_io.weight_bits(layer, self.arrays[f"layer{index}/weights"]), 1.0, -1.0)
 
-    def _prepare(self, index, layer) -> Dict:
+    def _prepare(self, index, layer) -> dict:
         kind = layer["type"]
         prepared = {"layer": layer, "index": index}
         if kind in ("dense", "conv"):
@@ -60,9 +59,9 @@ class NetworkEncoding:
                 # per output unit: (pixel, filter) order for convolutions
                 repeats = 1 if kind == "dense" else layer["out_shape"][0] * layer["out_shape"][1]
                 prepared["threshold"] = np.tile(
-                    self.arrays[f"layer{index}/threshold"].astype(np.float64), repeats)
-                prepared["flip"] = np.tile(self.arrays[f"layer{index}/flip"].astype(bool),
-                                           repeats)
+                    self.arrays[f"layer{index}/threshold"].astype(np.float64), repeats
+                )
+                prepared["flip"] = np.tile(self.arrays[f"layer{index}/flip"].astype(bool), repeats)
         elif kind == "maxpool":
             prepared["windows"] = self._windows(layer, layer["pool"])
         return prepared
@@ -85,21 +84,25 @@ class NetworkEncoding:
         """The convolution as a sparse matrix from inputs (plus one padding input,
         last) to outputs (pixel, filter)."""
         channels = layer["in_shape"][-1]
-        windows = self._windows(layer, layer["kernel"])      # (P, taps)
+        windows = self._windows(layer, layer["kernel"])  # (P, taps)
         pixels, taps = windows.shape
         filters = signs.shape[0]
         pad_column = layer["in_shape"][0] * layer["in_shape"][1] * channels
         tap_channel = np.arange(taps * channels)
-        source = np.where(windows[:, tap_channel // channels] >= 0,
-                          windows[:, tap_channel // channels] * channels +
-                          tap_channel % channels, pad_column)  # (P, taps * C)
-        rows = (np.arange(pixels)[:, None, None] * filters +
-                np.arange(filters)[None, :, None])              # (P, F, 1)
+        source = np.where(
+            windows[:, tap_channel // channels] >= 0,
+            windows[:, tap_channel // channels] * channels + tap_channel % channels,
+            pad_column,
+        )  # (P, taps * C)
+        rows = (
+            np.arange(pixels)[:, None, None] * filters + np.arange(filters)[None, :, None]
+        )  # (P, F, 1)
         rows = np.broadcast_to(rows, (pixels, filters, taps * channels))
         cols = np.broadcast_to(source[:, None, :], rows.shape)
         vals = np.broadcast_to(signs[None], rows.shape)
-        matrix = sparse.csr_matrix((vals.ravel(), (rows.ravel(), cols.ravel())),
-                                   shape=(pixels * filters, pad_column + 1))
+        matrix = sparse.csr_matrix(
+            (vals.ravel(), (rows.ravel(), cols.ravel())), shape=(pixels * filters, pad_column + 1)
+        )
         pad = 0.0 if layer["input"] == "uint8" else (1.0 if layer["pad_value"] > 0 else -1.0)
         return matrix, pad
 
@@ -108,11 +111,14 @@ class NetworkEncoding:
     def input_box(x: np.ndarray, eps: float):
         """Per pixel: the lowest and highest level the engine's quantization gives
         inside [x - eps, x + eps] and [0, 1]."""
-        quantize = lambda v: np.round(np.clip(v.astype(np.float32), 0, 1) *
-                                      np.float32(255)).astype(np.int64)
+        quantize = lambda v: np.round(np.clip(v.astype(np.float32), 0, 1) * np.float32(255)).astype(
+            np.int64
+        )
         x = x.astype(np.float32)
-        return (quantize(np.maximum(x - np.float32(eps), 0)),
-                quantize(np.minimum(x + np.float32(eps), 1)))
+        return (
+            quantize(np.maximum(x - np.float32(eps), 0)),
+            quantize(np.minimum(x + np.float32(eps), 1)),
+        )
 
     @classmethod
     def image_at_levels(cls, x: np.ndarray, levels: np.ndarray, eps: float) -> np.ndarray:
@@ -120,7 +126,13 @@ class NetworkEncoding:
         inside the box of `input_box`); for levels of shape (n, pixels), n images."""
         flat = x.reshape(-1).astype(np.float32)
         low, high = cls.input_box(flat, eps)
-        image = np.where(levels == low, np.maximum(flat - np.float32(eps), 0),
-                         np.where(levels == high, np.minimum(flat + np.float32(eps), 1),
-                                  levels.astype(np.float32) / np.float32(255)))
+        image = np.where(
+            levels == low,
+            np.maximum(flat - np.float32(eps), 0),
+            np.where(
+                levels == high,
+                np.minimum(flat + np.float32(eps), 1),
+                levels.astype(np.float32) / np.float32(255),
+            ),
+        )
         return image.astype(np.float32).reshape(levels.shape[:-1] + x.shape)

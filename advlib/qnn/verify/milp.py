@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Dict, List, Optional
 
 import numpy as np
 import scipy.sparse as sparse
@@ -44,34 +43,38 @@ class _Values:
     """A layer's outputs as affine functions of the program's variables:
     value = const + coef * x[var] (var -1: a constant), with interval bounds."""
 
-    const: np.ndarray   # float64
-    var: np.ndarray     # int64, -1 for constants
-    coef: np.ndarray    # float64
+    const: np.ndarray  # float64
+    var: np.ndarray  # int64, -1 for constants
+    coef: np.ndarray  # float64
     low: np.ndarray
     high: np.ndarray
 
     @classmethod
     def constant(cls, values):
         values = np.asarray(values, np.float64)
-        return cls(values.copy(), np.full(values.shape, -1, np.int64), np.zeros(values.shape),
-                   values.copy(), values.copy())
+        return cls(
+            values.copy(),
+            np.full(values.shape, -1, np.int64),
+            np.zeros(values.shape),
+            values.copy(),
+            values.copy(),
+        )
 
     def reshape(self, shape):
-        return _Values(*(getattr(self, f.name).reshape(shape)
-                         for f in dataclasses.fields(self)))
+        return _Values(*(getattr(self, f.name).reshape(shape) for f in dataclasses.fields(self)))
 
 
 class _Program:
     """Variables (integer, with bounds) and linear constraints, built row by row."""
 
     def __init__(self):
-        self.low: List[float] = []
-        self.high: List[float] = []
-        self.rows: List[np.ndarray] = []
-        self.cols: List[np.ndarray] = []
-        self.vals: List[np.ndarray] = []
-        self.row_low: List[np.ndarray] = []
-        self.row_high: List[np.ndarray] = []
+        self.low: list[float] = []
+        self.high: list[float] = []
+        self.rows: list[np.ndarray] = []
+        self.cols: list[np.ndarray] = []
+        self.vals: list[np.ndarray] = []
+        self.row_low: list[np.ndarray] = []
+        self.row_high: list[np.ndarray] = []
         self.count = 0
         self.binaries = 0
 
@@ -96,13 +99,14 @@ class _Program:
         size = len(self.low)
         if not self.rows:
             return sparse.csr_matrix((0, size)), np.zeros(0), np.zeros(0)
-        matrix = sparse.csr_matrix((np.concatenate(self.vals), (np.concatenate(self.rows),
-                                                                np.concatenate(self.cols))),
-                                   shape=(self.count, size))
+        matrix = sparse.csr_matrix(
+            (np.concatenate(self.vals), (np.concatenate(self.rows), np.concatenate(self.cols))),
+            shape=(self.count, size),
+        )
         return matrix, np.concatenate(self.row_low), np.concatenate(self.row_high)
 
 
-def _affine(prepared: Dict, values: _Values):
+def _affine(prepared: dict, values: _Values):
     """acc = W @ value, as (const, sparse coefficient matrix over variables, low, high)."""
     weights, positive, negative = prepared["matrix"], prepared["positive"], prepared["negative"]
     const = weights @ values.const
@@ -121,16 +125,19 @@ def solution_levels(solution: np.ndarray, box) -> np.ndarray:
     low, high = box
     levels = low.copy()
     free = low != high
-    levels[free] = np.round(solution[:free.sum()]).astype(np.int64)
+    levels[free] = np.round(solution[: free.sum()]).astype(np.int64)
     return levels
 
 
-def margin_objective(encoding: NetworkEncoding, const, matrix, columns, label: int, j: int, size: int):
+def margin_objective(
+    encoding: NetworkEncoding, const, matrix, columns, label: int, j: int, size: int
+):
     """logit_label - logit_j as (row, offset), affine in the `size` variables of a
     program from `encode`: row . z + offset."""
     scale, shift = encoding.scale, encoding.shift
-    row = (scale[label] * _row(matrix, columns, label, size) -
-           scale[j] * _row(matrix, columns, j, size))
+    row = scale[label] * _row(matrix, columns, label, size) - scale[j] * _row(
+        matrix, columns, j, size
+    )
     return row, scale[label] * const[label] + shift[label] - scale[j] * const[j] - shift[j]
 
 
@@ -143,9 +150,13 @@ def encode(encoding: NetworkEncoding, x: np.ndarray, eps: float):
     free = low != high
     var = np.full(low.shape, -1, np.int64)
     var[free] = program.variables(low[free], high[free])
-    values = _Values(np.where(free, 0.0, low).astype(np.float64), var,
-                     free.astype(np.float64), low.astype(np.float64),
-                     high.astype(np.float64))
+    values = _Values(
+        np.where(free, 0.0, low).astype(np.float64),
+        var,
+        free.astype(np.float64),
+        low.astype(np.float64),
+        high.astype(np.float64),
+    )
     units = fixed = 0
     for prepared in encoding.layers:
         layer = prepared["layer"]
@@ -160,15 +171,19 @@ def encode(encoding: NetworkEncoding, x: np.ndarray, eps: float):
             inputs = _append_constant(values, prepared["pad"])
         const, matrix, columns, acc_low, acc_high = _affine(prepared, inputs)
         if layer["output"] == "logits":
-            return program, const, matrix, columns, acc_low, acc_high, \
-                {"units": units, "fixed": fixed}
-        values, decided = _threshold(program, prepared, const, matrix, columns,
-                                          acc_low, acc_high)
+            return (
+                program,
+                const,
+                matrix,
+                columns,
+                acc_low,
+                acc_high,
+                {"units": units, "fixed": fixed},
+            )
+        values, decided = _threshold(program, prepared, const, matrix, columns, acc_low, acc_high)
         units += len(const)
         fixed += decided
     raise AssertionError("validated specs end in a logits layer")
-
-@staticmethod
 
 
 def _threshold(program, prepared, const, matrix, columns, low, high):
@@ -195,16 +210,24 @@ def _threshold(program, prepared, const, matrix, columns, low, high):
         coef_b = np.where(f, t + 1 - lo, -(hi - t + 1))
         n = rows.size
         for coef, lower, upper in (
-                (coef_a, np.where(f, -np.inf, lo), np.where(f, hi, np.inf)),
-                (coef_b, np.where(f, t + 1, -np.inf), np.where(f, np.inf, t - 1))):
-            program.add(np.concatenate([sub.row, np.arange(n)]),
-                        np.concatenate([columns[sub.col], z]),
-                        np.concatenate([sub.data, coef]), lower - c, upper - c)
-    values = _Values(np.where(open_, 0.0, bits), var, open_.astype(np.float64),
-                     on.astype(np.float64), (~off).astype(np.float64))
+            (coef_a, np.where(f, -np.inf, lo), np.where(f, hi, np.inf)),
+            (coef_b, np.where(f, t + 1, -np.inf), np.where(f, np.inf, t - 1)),
+        ):
+            program.add(
+                np.concatenate([sub.row, np.arange(n)]),
+                np.concatenate([columns[sub.col], z]),
+                np.concatenate([sub.data, coef]),
+                lower - c,
+                upper - c,
+            )
+    values = _Values(
+        np.where(open_, 0.0, bits),
+        var,
+        open_.astype(np.float64),
+        on.astype(np.float64),
+        (~off).astype(np.float64),
+    )
     return _signed(values), int((~open_).sum())
-
-@staticmethod
 
 
 def _max_pool(program, prepared, values):
@@ -216,53 +239,77 @@ def _max_pool(program, prepared, values):
     out_const, out_var = [], []
     for pixel_taps in windows:
         taps = pixel_taps[pixel_taps >= 0]
-        const = bits.const[taps]           # (taps, C) 0/1 for constants
+        const = bits.const[taps]  # (taps, C) 0/1 for constants
         var = bits.var[taps]
         for channel in range(channels):
             v, c = var[:, channel], const[:, channel]
             if np.any((v < 0) & (c > 0.5)):
-                out_const.append(1.0), out_var.append(-1)
+                out_const.append(1.0)
+                out_var.append(-1)
                 continue
             live = np.unique(v[v >= 0])
             if live.size == 0:
-                out_const.append(0.0), out_var.append(-1)
+                out_const.append(0.0)
+                out_var.append(-1)
             elif live.size == 1:
-                out_const.append(0.0), out_var.append(int(live[0]))
+                out_const.append(0.0)
+                out_var.append(int(live[0]))
             else:
                 y = int(program.variables(0.0, 1.0, binary=True)[0])
                 k = live.size
                 # y >= b_i for each i;  y <= sum b_i
-                program.add(np.concatenate([np.arange(k), np.arange(k)]),
-                            np.concatenate([np.full(k, y), live]),
-                            np.concatenate([np.ones(k), -np.ones(k)]),
-                            np.zeros(k), np.full(k, np.inf))
-                program.add(np.zeros(k + 1, int), np.concatenate([[y], live]),
-                            np.concatenate([[-1.0], np.ones(k)]), [0.0], [np.inf])
-                out_const.append(0.0), out_var.append(y)
+                program.add(
+                    np.concatenate([np.arange(k), np.arange(k)]),
+                    np.concatenate([np.full(k, y), live]),
+                    np.concatenate([np.ones(k), -np.ones(k)]),
+                    np.zeros(k),
+                    np.full(k, np.inf),
+                )
+                program.add(
+                    np.zeros(k + 1, int),
+                    np.concatenate([[y], live]),
+                    np.concatenate([[-1.0], np.ones(k)]),
+                    [0.0],
+                    [np.inf],
+                )
+                out_const.append(0.0)
+                out_var.append(y)
     const, var = np.array(out_const), np.array(out_var, np.int64)
     is_var = var >= 0
-    out = _Values(const, var, is_var.astype(np.float64), np.where(is_var, 0.0, const),
-                  np.where(is_var, 1.0, const))
+    out = _Values(
+        const,
+        var,
+        is_var.astype(np.float64),
+        np.where(is_var, 0.0, const),
+        np.where(is_var, 1.0, const),
+    )
     return _signed(out)
 
 
 def _bits(values: _Values) -> _Values:
     """+-1 values (2b - 1) back to bits b."""
-    return _Values((values.const + 1) / 2, values.var, values.coef / 2, (values.low + 1) / 2,
-                   (values.high + 1) / 2)
+    return _Values(
+        (values.const + 1) / 2,
+        values.var,
+        values.coef / 2,
+        (values.low + 1) / 2,
+        (values.high + 1) / 2,
+    )
 
 
 def _signed(bits: _Values) -> _Values:
     """Bits b to the +-1 values 2b - 1 that the next layer multiplies."""
-    return _Values(2 * bits.const - 1, bits.var, 2 * bits.coef, 2 * bits.low - 1,
-                   2 * bits.high - 1)
+    return _Values(2 * bits.const - 1, bits.var, 2 * bits.coef, 2 * bits.low - 1, 2 * bits.high - 1)
 
 
 def _append_constant(values: _Values, value: float) -> _Values:
     extra = _Values.constant([value])
-    return _Values(*(np.concatenate([getattr(values, f.name).ravel(),
-                                     getattr(extra, f.name)])
-                     for f in dataclasses.fields(values)))
+    return _Values(
+        *(
+            np.concatenate([getattr(values, f.name).ravel(), getattr(extra, f.name)])
+            for f in dataclasses.fields(values)
+        )
+    )
 
 
 # -- the decider ----------------------------------------------------------------------------
@@ -272,23 +319,36 @@ def _decode(x: np.ndarray, solution: np.ndarray, encoding: NetworkEncoding, eps:
     return encoding.image_at_levels(x, solution_levels(solution, box), eps)
 
 
-def decide(encoding: NetworkEncoding, x: np.ndarray, label: int, eps: float,
-                   time_limit: float = 30.0, clean_logits: Optional[np.ndarray] = None
-                   ) -> Verdict:
+def decide(
+    encoding: NetworkEncoding,
+    x: np.ndarray,
+    label: int,
+    eps: float,
+    time_limit: float = 30.0,
+    clean_logits: np.ndarray | None = None,
+) -> Verdict:
     """Decides one example by a MILP per class that the bounds leave open; see
     `advlib.qnn.verify.verify`."""
     start = time.perf_counter()
     program, const, matrix, columns, low, high, stats = encode(encoding, x, eps)
     scale, shift, tolerance = encoding.scale, encoding.shift, encoding.tolerance
-    verdict = Verdict("robust", int(label), fixed=stats["fixed"] / max(stats["units"], 1),
-                      binaries=program.binaries)
+    verdict = Verdict(
+        "robust",
+        int(label),
+        fixed=stats["fixed"] / max(stats["units"], 1),
+        binaries=program.binaries,
+    )
     base, base_low, base_high = program.matrix()
     size = len(program.low)
     for j in classes_to_try(label, clean_logits, len(scale)):
         # a counterexample needs margin = row . z + offset <= tolerance
         row, offset = margin_objective(encoding, const, matrix, columns, label, j, size)
-        margin_low = min(scale[label] * low[label], scale[label] * high[label]) + \
-            shift[label] - max(scale[j] * low[j], scale[j] * high[j]) - shift[j]
+        margin_low = (
+            min(scale[label] * low[label], scale[label] * high[label])
+            + shift[label]
+            - max(scale[j] * low[j], scale[j] * high[j])
+            - shift[j]
+        )
         if margin_low > tolerance:
             continue  # the bounds alone rule out class j
         remaining = time_limit - (time.perf_counter() - start)
@@ -299,13 +359,16 @@ def decide(encoding: NetworkEncoding, x: np.ndarray, label: int, eps: float,
                 continue
             solution = np.zeros(0)
         else:
-            solution = _solve(base, base_low, base_high, row, offset, tolerance, program,
-                              remaining, verdict)
+            solution = _solve(
+                base, base_low, base_high, row, offset, tolerance, program, remaining, verdict
+            )
             if solution is None:
                 continue
             if isinstance(solution, str):
                 return finish(verdict, "unknown", start, reason=solution)
-        return judge_candidate(verdict, encoding.engine, _decode(x, solution, encoding, eps), j, start)
+        return judge_candidate(
+            verdict, encoding.engine, _decode(x, solution, encoding, eps), j, start
+        )
     return finish(verdict, "robust", start, reason="every class ruled out")
 
 
@@ -319,15 +382,22 @@ def _row(matrix, columns, index, size):
 def _solve(base, base_low, base_high, row, offset, tolerance, program, time_limit, verdict):
     """A point of the program with margin <= tolerance: its solution, None if
     infeasible, or a string saying why it is unknown."""
-    constraints = [LinearConstraint(sparse.vstack([base, sparse.csr_matrix(row)]).tocsr(),
-                                    np.concatenate([base_low, [-np.inf]]),
-                                    np.concatenate([base_high, [tolerance - offset]]))]
+    constraints = [
+        LinearConstraint(
+            sparse.vstack([base, sparse.csr_matrix(row)]).tocsr(),
+            np.concatenate([base_low, [-np.inf]]),
+            np.concatenate([base_high, [tolerance - offset]]),
+        )
+    ]
     size = len(program.low)
-    result = milp(row, integrality=np.ones(size), bounds=Bounds(program.low, program.high),
-                  constraints=constraints,
-                  # any feasible point answers the question: stop at the first
-                  options={"time_limit": max(float(time_limit), 1e-3), "mip_rel_gap": 1e9,
-                           "presolve": True})
+    result = milp(
+        row,
+        integrality=np.ones(size),
+        bounds=Bounds(program.low, program.high),
+        constraints=constraints,
+        # any feasible point answers the question: stop at the first
+        options={"time_limit": max(float(time_limit), 1e-3), "mip_rel_gap": 1e9, "presolve": True},
+    )
     verdict.programs += 1
     verdict.nodes += int(getattr(result, "mip_node_count", 0) or 0)
     if result.status == 2:

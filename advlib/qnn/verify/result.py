@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Dict, List, Optional
 
 import numpy as np
 
@@ -33,8 +32,8 @@ class Verdict:
 
     status: str
     label: int
-    counterexample: Optional[np.ndarray] = None
-    target: Optional[int] = None
+    counterexample: np.ndarray | None = None
+    target: int | None = None
     seconds: float = 0.0
     binaries: int = 0
     fixed: float = 1.0
@@ -47,41 +46,52 @@ class Verdict:
 class VerificationResult:
     """Verdicts for a batch, with the statistics a report needs."""
 
-    verdicts: List[Verdict]
+    verdicts: list[Verdict]
     eps: float
 
     @property
     def statuses(self) -> np.ndarray:
         return np.array([v.status for v in self.verdicts])
 
-    def counts(self) -> Dict[str, int]:
+    def counts(self) -> dict[str, int]:
         statuses = self.statuses
         return {status: int((statuses == status).sum()) for status in STATUSES}
 
-    def robust_interval(self, correct: Optional[np.ndarray] = None) -> List[float]:
+    def robust_interval(self, correct: np.ndarray | None = None) -> list[float]:
         """[proved robust, not broken] as shares of all examples; examples that
         are misclassified to begin with (`correct` False) count as not robust."""
         statuses = self.statuses
         keep = np.ones(len(statuses), bool) if correct is None else np.asarray(correct, bool)
         n = max(len(statuses), 1)
-        return [float(((statuses == "robust") & keep).sum() / n),
-                float(((statuses != "broken") & keep).sum() / n)]
+        return [
+            float(((statuses == "robust") & keep).sum() / n),
+            float(((statuses != "broken") & keep).sum() / n),
+        ]
 
-    def times(self) -> Dict[str, float]:
+    def times(self) -> dict[str, float]:
         seconds = np.array([v.seconds for v in self.verdicts]) if self.verdicts else np.zeros(1)
-        return {"median": float(np.median(seconds)), "p95": float(np.percentile(seconds, 95)),
-                "max": float(seconds.max()), "total": float(seconds.sum())}
+        return {
+            "median": float(np.median(seconds)),
+            "p95": float(np.percentile(seconds, 95)),
+            "max": float(seconds.max()),
+            "total": float(seconds.sum()),
+        }
 
-    def summary(self) -> Dict:
-        return {"eps": self.eps, "n": len(self.verdicts), **self.counts(),
-                "seconds": self.times(),
-                "programs": int(sum(v.programs for v in self.verdicts)),
-                "nodes": int(sum(v.nodes for v in self.verdicts)),
-                "median_binaries": float(np.median([v.binaries for v in self.verdicts]))
-                if self.verdicts else 0.0}
+    def summary(self) -> dict:
+        return {
+            "eps": self.eps,
+            "n": len(self.verdicts),
+            **self.counts(),
+            "seconds": self.times(),
+            "programs": int(sum(v.programs for v in self.verdicts)),
+            "nodes": int(sum(v.nodes for v in self.verdicts)),
+            "median_binaries": float(np.median([v.binaries for v in self.verdicts]))
+            if self.verdicts
+            else 0.0,
+        }
 
 
-def classes_to_try(label: int, clean_logits: Optional[np.ndarray], count: int) -> List[int]:
+def classes_to_try(label: int, clean_logits: np.ndarray | None, count: int) -> list[int]:
     """The classes other than the label, most likely first: the first that yields
     a counterexample ends the search."""
     order = np.argsort(-clean_logits) if clean_logits is not None else range(count)
@@ -95,8 +105,9 @@ def finish(verdict: Verdict, status: str, start: float, reason: str) -> Verdict:
     return verdict
 
 
-def judge_candidate(verdict: Verdict, engine, image: np.ndarray, target: int,
-                    start: float) -> Verdict:
+def judge_candidate(
+    verdict: Verdict, engine, image: np.ndarray, target: int, start: float
+) -> Verdict:
     """A decider's point for class `target`, checked through the exact `engine`:
     `broken` if the engine misclassifies it, else `unknown` (it lies within float
     rounding of a tie)."""
@@ -104,5 +115,9 @@ def judge_candidate(verdict: Verdict, engine, image: np.ndarray, target: int,
     if predicted != verdict.label:
         verdict.counterexample, verdict.target = image, predicted
         return finish(verdict, "broken", start, reason=f"class {predicted}")
-    return finish(verdict, "unknown", start,
-                  reason=f"a solution for class {target} lies within float rounding of a tie")
+    return finish(
+        verdict,
+        "unknown",
+        start,
+        reason=f"a solution for class {target} lies within float rounding of a tie",
+    )

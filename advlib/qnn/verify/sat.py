@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import math
 import time
-from typing import List, Optional
 
 import numpy as np
 
@@ -51,8 +50,10 @@ def available() -> bool:
 
 def require() -> None:
     if not available():
-        raise ImportError("the SAT backend needs PySAT: pip install 'python-sat>=1.8.dev16' "
-                          "(or advlib's 'verify' extra); backend='milp' needs only SciPy.")
+        raise ImportError(
+            "the SAT backend needs PySAT: pip install 'python-sat>=1.8.dev16' "
+            "(or advlib's 'verify' extra); backend='milp' needs only SciPy."
+        )
 
 
 class _Builder:
@@ -83,7 +84,7 @@ class _Builder:
         self.solver.add_atmost(lits.tolist() + [-z] * (n - k + 1), n)
         return z
 
-    def any_of(self, lits: List[int]):
+    def any_of(self, lits: list[int]):
         """A literal for the OR of `lits`."""
         if len(lits) == 1:
             return lits[0]
@@ -105,7 +106,7 @@ class _Bits:
     """A layer's output bits: a literal where open, else a constant 0 / 1."""
 
     def __init__(self, lit: np.ndarray, value: np.ndarray):
-        self.lit, self.value = lit, value   # lit 0 means the constant `value`
+        self.lit, self.value = lit, value  # lit 0 means the constant `value`
 
     @classmethod
     def from_list(cls, items):
@@ -150,22 +151,25 @@ class SatEncoding:
         return literals
 
     def _hidden_layers(self) -> _Bits:
-        bits = None
+        bits: _Bits | None = None  # the first layer sees the pixels, not bits
         for prepared in self.encoding.layers:
             layer = prepared["layer"]
             kind = layer["type"]
             if kind == "flatten":
                 continue
             if kind == "maxpool":
+                assert bits is not None, "validated specs pool only after a binary layer"
                 bits = self._max_pool(prepared, bits)
                 continue
             if layer["output"] == "logits":
                 # the last layer's +-1 weights, read once for every class asked about
                 self.output_weights = prepared["matrix"].toarray()
+                assert bits is not None, "validated specs have a hidden binary layer"
                 return bits
             if layer["input"] == "uint8":
                 bits = self._first_layer(prepared, self._pixels())
             else:
+                assert bits is not None, "validated specs start with a uint8 layer"
                 bits = self._binary_layer(prepared, bits)
         raise AssertionError("validated specs end in a logits layer")
 
@@ -173,10 +177,10 @@ class SatEncoding:
         """The unit's bit, for acc = const + step * (number of true `lits`)."""
         threshold = prepared["threshold"][row]
         self.units += 1
-        if prepared["flip"][row]:   # bit <=> acc <= t <=> not (count >= floor(.) + 1)
+        if prepared["flip"][row]:  # bit <=> acc <= t <=> not (count >= floor(.) + 1)
             result = self.builder.at_least(lits, math.floor((threshold - const) / step) + 1)
             result = (not result) if isinstance(result, bool) else -result
-        else:                        # bit <=> acc >= t
+        else:  # bit <=> acc >= t
             result = self.builder.at_least(lits, math.ceil((threshold - const) / step))
         self.fixed += isinstance(result, bool)
         return result
@@ -185,7 +189,7 @@ class SatEncoding:
         pixel_count = len(self.low)
         out = []
         for row, cols, signs in _rows(prepared["matrix"]):
-            keep = cols < pixel_count        # the padding input of a uint8 layer is 0
+            keep = cols < pixel_count  # the padding input of a uint8 layer is 0
             cols, signs = cols[keep], signs[keep]
             const = float(np.dot(signs, self.low[cols]))
             parts = []
@@ -193,7 +197,7 @@ class SatEncoding:
                 lits = pixels[col]
                 if sign > 0:
                     parts.append(lits)
-                else:                        # -level = -(low + count) = -low - m + count(not u)
+                else:  # -level = -(low + count) = -low - m + count(not u)
                     parts.append(-lits)
                     const -= len(lits)
             lits = np.concatenate(parts) if parts else np.zeros(0, np.int64)
@@ -206,7 +210,7 @@ class SatEncoding:
         for row, cols, signs in _rows(prepared["matrix"]):
             const = 0.0
             pad = cols >= size
-            if pad.any():                    # the padding input: the constant +-1 value
+            if pad.any():  # the padding input: the constant +-1 value
                 const += float(signs[pad].sum()) * prepared["pad"]
                 cols, signs = cols[~pad], signs[~pad]
             lit = bits.lit[cols]
@@ -231,12 +235,11 @@ class SatEncoding:
                     out.append(True)
                     continue
                 live = np.unique(lit[taps, channel][lit[taps, channel] != 0])
-                out.append(False if live.size == 0 else
-                           self.builder.any_of([int(v) for v in live]))
+                out.append(False if live.size == 0 else self.builder.any_of([int(v) for v in live]))
         return _Bits.from_list(out)
 
     # -- the question for one class -------------------------------------------------------
-    def class_wins(self, label: int, target: int, tolerance: float) -> Optional[int]:
+    def class_wins(self, label: int, target: int, tolerance: float) -> int | None:
         """An assumption literal under which the instance asks for logit_target >=
         logit_label - tolerance; None if no count of the last layer allows it."""
         encoding, builder, solver = self.encoding, self.builder, self.solver
@@ -245,7 +248,7 @@ class SatEncoding:
         scale, shift = encoding.scale, encoding.shift
         open_ = bits.lit != 0
         values = np.where(bits.value, 1.0, -1.0)
-        w_y, w_j = matrix[label, :len(bits.lit)], matrix[target, :len(bits.lit)]
+        w_y, w_j = matrix[label, : len(bits.lit)], matrix[target, : len(bits.lit)]
         # acc_c = const_c + 2 * (agreements of the open inputs with class c's weights)
         const_y = float(np.dot(w_y[~open_], values[~open_])) - open_.sum()
         const_j = float(np.dot(w_j[~open_], values[~open_])) - open_.sum()
@@ -258,22 +261,24 @@ class SatEncoding:
         acc_y = const_y + 2 * (a_s + a_d)
         acc_j = const_j + 2 * (a_s + lits_d.size - a_d)
         margin = (scale[label] * acc_y + shift[label]) - (scale[target] * acc_j + shift[target])
-        wins = margin <= tolerance                       # (|S| + 1, |D| + 1)
+        wins = margin <= tolerance  # (|S| + 1, |D| + 1)
         if not wins.any():
             return None
         act = int(builder.new()[0])
         at_least_s = [True] + [builder.at_least(lits_s, v) for v in s_count[1:]] + [False]
         at_least_d = [True] + [builder.at_least(lits_d, v) for v in d_count[1:]] + [False]
+
         def lit(value, negate=False):
             if isinstance(value, bool):
                 return value != negate
             return -value if negate else value
+
         for d in d_count:
             # not (a_d == d): not (a_d >= d) or (a_d >= d + 1)
             not_equal = [lit(at_least_d[d], True), lit(at_least_d[d + 1])]
             column = np.flatnonzero(wins[:, d])
             if column.size == 0:
-                extra = [[]]
+                extra: list[list[int]] = [[]]
             else:
                 low, high = int(column[0]), int(column[-1])
                 if column.size != high - low + 1:
@@ -286,7 +291,7 @@ class SatEncoding:
                 solver.add_clause([int(v) for v in clause if v is not False])
         return act
 
-    def solve(self, assumption: int, time_limit: float) -> Optional[bool]:
+    def solve(self, assumption: int, time_limit: float) -> bool | None:
         """True (a model), False (none), None (out of time). The solver runs in
         slices of conflicts, so the time limit holds without a second thread."""
         deadline = time.perf_counter() + time_limit
@@ -304,19 +309,27 @@ class SatEncoding:
         truth = np.zeros(self.builder.count + 1, bool)
         positive = np.array([v for v in model if v > 0], np.int64)
         truth[positive] = True
-        return self.low + np.array([truth[lits].sum() for lits in self.pixel_literals],
-                                   np.int64)
+        return self.low + np.array([truth[lits].sum() for lits in self.pixel_literals], np.int64)
 
 
-def decide(encoding: NetworkEncoding, x: np.ndarray, label: int, eps: float,
-                       time_limit: float = 30.0, clean_logits: Optional[np.ndarray] = None
-                       ) -> Verdict:
+def decide(
+    encoding: NetworkEncoding,
+    x: np.ndarray,
+    label: int,
+    eps: float,
+    time_limit: float = 30.0,
+    clean_logits: np.ndarray | None = None,
+) -> Verdict:
     """Decides one example by one incremental SAT call per class that the counts
     leave open; see `advlib.qnn.verify.verify`."""
     start = time.perf_counter()
     instance = SatEncoding(encoding, x, eps)
-    verdict = Verdict("robust", int(label), fixed=instance.fixed / max(instance.units, 1),
-                      binaries=instance.builder.count)
+    verdict = Verdict(
+        "robust",
+        int(label),
+        fixed=instance.fixed / max(instance.units, 1),
+        binaries=instance.builder.count,
+    )
     try:
         for j in classes_to_try(label, clean_logits, len(encoding.scale)):
             act = instance.class_wins(label, j, encoding.tolerance)

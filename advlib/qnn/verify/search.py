@@ -17,8 +17,8 @@ logit:
   random equally good move, most of the time, since the way down is often
   across a flat stretch;
 - at a local minimum it sends a random eighth of the pixels to random levels
-  of their ranges, mostly their ends, and goes on (iterated local search; Lourenco, Martin & Stuetzle
-  2003).
+  of their ranges, mostly their ends, and goes on (iterated local search;
+  Lourenco, Martin & Stuetzle 2003).
 
 Measured on the reference digits CNN at eps 0.1 (`benchmarks/RESULTS.md`), it
 breaks 87 of the 98 digits that PGD through the STE (5 x 2 runs of 100 steps)
@@ -34,7 +34,6 @@ complete verifier's.
 from __future__ import annotations
 
 import time
-from typing import Optional
 
 import numpy as np
 
@@ -49,9 +48,16 @@ _KICK = 0.125
 _INSIDE = 0.25
 
 
-def search_counterexample(encoding: NetworkEncoding, x: np.ndarray, label: int, eps: float, time_limit: float,
-                          seed: int = 0, start: Optional[np.ndarray] = None,
-                          restarts: Optional[int] = None) -> Optional[np.ndarray]:
+def search_counterexample(
+    encoding: NetworkEncoding,
+    x: np.ndarray,
+    label: int,
+    eps: float,
+    time_limit: float,
+    seed: int = 0,
+    start: np.ndarray | None = None,
+    restarts: int | None = None,
+) -> np.ndarray | None:
     """Searches the L-inf ball of radius `eps` around `x` for a point that the engine
     misclassifies.
 
@@ -75,8 +81,9 @@ def search_counterexample(encoding: NetworkEncoding, x: np.ndarray, label: int, 
     low, high = encoding.input_box(x.reshape(-1), eps)
     free = np.flatnonzero(low != high)
     origin = x if start is None else start
-    levels = np.clip(np.round(np.clip(origin.reshape(-1).astype(np.float32), 0, 1) * 255),
-                     low, high).astype(np.int64)
+    levels = np.clip(
+        np.round(np.clip(origin.reshape(-1).astype(np.float32), 0, 1) * 255), low, high
+    ).astype(np.int64)
     scorer = _Scorer(encoding, x, eps, label)
     margin, wrong = scorer.one(levels)
     kicks = 0
@@ -93,9 +100,16 @@ def search_counterexample(encoding: NetworkEncoding, x: np.ndarray, label: int, 
     return encoding.image_at_levels(x, levels, eps)
 
 
-def decide(encoding: NetworkEncoding, x: np.ndarray, label: int, eps: float,
-           time_limit: float, seed: int = 0, restarts: Optional[int] = None,
-           verdict: Optional[Verdict] = None) -> Verdict:
+def decide(
+    encoding: NetworkEncoding,
+    x: np.ndarray,
+    label: int,
+    eps: float,
+    time_limit: float,
+    seed: int = 0,
+    restarts: int | None = None,
+    verdict: Verdict | None = None,
+) -> Verdict:
     """Searches for a counterexample (`search_counterexample`) and checks it through
     the engine.
 
@@ -115,8 +129,7 @@ def decide(encoding: NetworkEncoding, x: np.ndarray, label: int, eps: float,
     """
     start = time.perf_counter()
     verdict = Verdict("unknown", int(label)) if verdict is None else verdict
-    image = search_counterexample(encoding, x, label, eps, time_limit, seed=seed,
-                                  restarts=restarts)
+    image = search_counterexample(encoding, x, label, eps, time_limit, seed=seed, restarts=restarts)
     if image is None:
         return finish(verdict, "unknown", start, reason=verdict.reason or "no counterexample")
     verdict = judge_candidate(verdict, encoding.engine, image, -1, start)
@@ -133,8 +146,9 @@ class _Scorer:
         self.encoding, self.x, self.eps, self.label = encoding, x, eps, label
 
     def many(self, candidates: np.ndarray):
-        logits = self.engine.predict(self.encoding.image_at_levels(self.x, candidates, self.eps),
-                                     batch_size=4096)
+        logits = self.engine.predict(
+            self.encoding.image_at_levels(self.x, candidates, self.eps), batch_size=4096
+        )
         others = np.delete(logits, self.label, axis=1).max(axis=1)
         # argmax, not the margin's sign, decides: it breaks ties as the engine does
         return logits[:, self.label] - others, logits.argmax(axis=1) != self.label
@@ -144,7 +158,7 @@ class _Scorer:
         return margins[0], bool(wrong[0])
 
 
-def _coordinate_move(scorer, levels, margin, free, low, high, rng) -> Optional[np.ndarray]:
+def _coordinate_move(scorer, levels, margin, free, low, high, rng) -> np.ndarray | None:
     """The best single-pixel move to an end of a pixel's range: a point with a
     lower margin if there is one, else, four times in five, a random point with
     the same margin; else None (a local minimum)."""
