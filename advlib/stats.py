@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 
 def wilson_interval(successes: int, n: int, z: float = 1.959964) -> list[float]:
@@ -43,7 +44,7 @@ def proportion(mask: np.ndarray) -> dict:
     return {"value": k / n if n else 0.0, "count": k, "n": n, "ci95": wilson_interval(k, n)}
 
 
-def clopper_pearson_lower(successes, trials, alpha: float) -> np.ndarray:
+def clopper_pearson_lower(successes: ArrayLike, trials: ArrayLike, alpha: float) -> np.ndarray:
     """The one-sided (1 - alpha) Clopper-Pearson lower bound of a binomial proportion.
 
     Args:

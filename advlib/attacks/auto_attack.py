@@ -151,19 +151,19 @@ class AutoAttack(Attack):
     # -- the reference's entry point --------------------------------------------------------
     def run_standard_evaluation(
         self,
-        x_orig,
-        y_orig,
+        x_orig: np.ndarray,
+        y_orig: np.ndarray,
         bs: int = 250,
-        return_labels=False,
+        return_labels: bool = False,
         batch_size: int | None = None,
-        **params,
-    ):
+        **params: Any,
+    ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
         """AutoAttack's method: runs the ensemble on all of `x_orig`, attack by attack,
         in batches of `bs` (or `batch_size`); NumPy in, NumPy out.
 
         Returns:
-            The adversarial examples (`x_orig` where an example stayed robust),
-            and with `return_labels` also the model's classes on them.
+            The adversarial examples (`x_orig` where an example stayed robust);
+            with `return_labels`, the pair (examples, the model's classes on them).
         """
         batch_size = bs if batch_size is None else batch_size
         _checks.check_number("bs", batch_size, low=1, integer=True)

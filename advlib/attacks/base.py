@@ -8,6 +8,7 @@ import inspect
 import time
 from typing import Any, ClassVar
 
+import keras
 import numpy as np
 import tensorflow as tf
 
@@ -95,7 +96,7 @@ class Attack(abc.ABC):
         if register and not inspect.isabstract(cls):
             _REGISTRY[cls.__name__] = cls
 
-    def __init__(self, model):
+    def __init__(self, model: keras.Model | Model):
         self.model: Model = as_model(model)
         self.forward_passes = 0
         self.backward_passes = 0
@@ -109,7 +110,7 @@ class Attack(abc.ABC):
         self.backward_passes += batch * backward
 
     # -- public API --------------------------------------------------------
-    def generate(self, x, **params) -> tf.Tensor:
+    def generate(self, x: np.ndarray | tf.Tensor, **params: Any) -> tf.Tensor:
         """Crafts adversarial examples for the batch `x`.
 
         Args:
@@ -140,7 +141,7 @@ class Attack(abc.ABC):
         self.nonfinite_fallbacks += bad
         return tf.where(utils.per_example(finite, x), x_adv, tf.cast(x, x_adv.dtype))
 
-    def generate_np(self, x, batch_size: int | None = 128, **params) -> np.ndarray:
+    def generate_np(self, x: np.ndarray, batch_size: int | None = 128, **params: Any) -> np.ndarray:
         """Like `generate`, but NumPy in, NumPy out, in batches of `batch_size`
         (None: all of `x` in one batch)."""
         _checks.check_number("batch_size", batch_size, low=1, integer=True, allow_none=True)
@@ -167,7 +168,13 @@ class Attack(abc.ABC):
             chunks.append(self.generate(x[start:stop], **batch_params).numpy())
         return np.concatenate(chunks)
 
-    def run(self, x, y=None, batch_size: int | None = 128, **params) -> AttackResult:
+    def run(
+        self,
+        x: np.ndarray,
+        y: np.ndarray | None = None,
+        batch_size: int | None = 128,
+        **params: Any,
+    ) -> AttackResult:
         """Runs the attack and reports per-example success, norms and costs.
 
         Args:

@@ -22,7 +22,9 @@ def _first_reaching(levels, need):
     return tf.reduce_sum(tf.cast(levels < need[:, None], tf.int32), axis=1)
 
 
-def project_onto_hyperplane(points, w, b, low, high, norm):
+def project_onto_hyperplane(
+    points: tf.Tensor, w: tf.Tensor, b: tf.Tensor, low: tf.Tensor, high: tf.Tensor, norm: float
+) -> tf.Tensor:
     """The smallest step d (in `norm`) with w . (p + d) = b and low <= p + d <= high.
 
     Each coordinate moves towards the hyperplane by m_i in [0, room_i], its
@@ -33,9 +35,15 @@ def project_onto_hyperplane(points, w, b, low, high, norm):
     every coordinate moves to its bound.
 
     Args:
-        points, w: (batch, features); b: (batch,).
-        low, high: the box, broadcastable to `points`.
+        points: (batch, features).
+        w: the hyperplanes' normals, (batch, features).
+        b: their offsets, (batch,).
+        low: the box's lower bound, broadcastable to `points`.
+        high: its upper bound.
         norm: np.inf, 2 or 1.
+
+    Returns:
+        The step d, shaped like `points`.
     """
     dtype = points.dtype
     need = b - tf.reduce_sum(w * points, axis=1)  # signed distance in w-units

@@ -6,6 +6,8 @@ so they work for inputs of any rank.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import tensorflow as tf
 
@@ -64,14 +66,18 @@ ADAM_BETAS = (0.9, 0.999)
 ADAM_EPSILON = 1e-8
 
 
-def adam_update(grad, first, second, t, learning_rate):
+def adam_update(
+    grad: tf.Tensor, first: tf.Tensor, second: tf.Tensor, t: tf.Tensor, learning_rate: float
+) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
     """One Adam update (Kingma & Ba 2015), elementwise, so each example's search
     is independent of the batch.
 
     Args:
         grad: the gradient of the objective to minimise.
-        first, second: the moment estimates before this step.
+        first: the first-moment estimate before this step.
+        second: the second-moment estimate before this step.
         t: the step's number, from 1 (a float tensor).
+        learning_rate: the step size.
 
     Returns:
         (step, first, second): the step to subtract, and the new moments.
@@ -220,7 +226,13 @@ def clip_eta(eta, norm, eps):
     return eta * tf.minimum(1.0 + tf.zeros_like(length), eps / length)
 
 
-def random_lp_vector(shape, norm, eps, seed, dtype=tf.float32):
+def random_lp_vector(
+    shape: Sequence[int] | tf.Tensor,
+    norm: float,
+    eps: float | tf.Tensor,
+    seed: tf.Tensor,
+    dtype: tf.DType = tf.float32,
+) -> tf.Tensor:
     """Samples uniformly from the `norm` ball of radius `eps`, reproducibly.
 
     L-inf: uniform in the box. L1 and L2: the construction of Barthe et al.
@@ -228,7 +240,13 @@ def random_lp_vector(shape, norm, eps, seed, dtype=tf.float32):
 
     Args:
         shape: the full shape, batch first.
+        norm: np.inf, 2 or 1.
+        eps: the radius.
         seed: a pair of ints for TensorFlow's stateless random ops.
+        dtype: the samples' float type.
+
+    Returns:
+        A tensor of `shape`.
     """
     if norm == np.inf:
         return tf.random.stateless_uniform(shape, seed, -eps, eps, dtype=dtype)

@@ -14,6 +14,7 @@ import numpy as np
 
 from advlib.attacks.utils import within_threat
 from advlib.bench import diagnostics, ensemble
+from advlib.models.base import Model
 from advlib.models.inspect import gradient_health, logit_spread, ste_window
 
 # Uesato et al.'s SPSA (cleverhans's defaults), stopping at each example's first success;
@@ -48,13 +49,13 @@ def _broken(model, entry: dict, x, y, eps, norm, clip, seed, judge) -> np.ndarra
 
 
 def probe(
-    model,
-    judge,
-    protocol,
-    x,
-    y,
+    model: Model,
+    judge: Model,
+    protocol: dict,
+    x: np.ndarray,
+    y: np.ndarray,
     seed: int,
-    surrogate=None,
+    surrogate: Model | None = None,
     on_step: Callable[[str], None] | None = None,
 ) -> dict:
     """Runs the diagnostic attacks and measurements on the examples `x`.
@@ -63,7 +64,8 @@ def probe(
         model: the `Model` whose gradients the attacks use.
         judge: the `Model` whose predictions count (the model as evaluated).
         protocol: a validated protocol.
-        x, y: the diagnostic subset.
+        x: the diagnostic subset's inputs.
+        y: its labels.
         seed: for the random starts.
         surrogate: optional `Model` to transfer attacks from.
         on_step: called with the name of each probe as it starts.

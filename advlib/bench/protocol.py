@@ -115,7 +115,7 @@ def _shipped_path(name: str) -> str:
     return os.path.join(ARCHIVE_DIR, f"{stem}.v{version}.json")
 
 
-def load(name_or_path: str) -> dict[str, Any]:
+def load(name_or_path: str | dict[str, Any]) -> dict[str, Any]:
     """A shipped protocol by name (e.g. "digits-linf-0.2", or "digits-linf-0.2@2" for
     an earlier version), or a JSON file by path."""
     if isinstance(name_or_path, dict):

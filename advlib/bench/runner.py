@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 
+import keras
 import numpy as np
 
 from advlib.bench import diagnostics, ensemble, min_norm
@@ -18,6 +19,7 @@ from advlib.bench.arrays import ATTACK_COSTS, NOT_VERIFIED, VERDICT_CODES, alloc
 from advlib.bench.identity import IDENTITY_PROBE, model_identity, run_identity
 from advlib.bench.shards import parse_shard
 from advlib.bench.storage import OutputFolder, restore_state, save_state, write_outputs
+from advlib.models.base import Model
 
 
 def load_examples(protocol) -> tuple[np.ndarray, np.ndarray]:
@@ -289,8 +291,8 @@ class Evaluation:
 
 
 def evaluate(
-    model,
-    protocol="digits-linf-0.2",
+    model: keras.Model | Model,
+    protocol: str | dict = "digits-linf-0.2",
     out_dir: str | None = None,
     resume: bool = False,
     shard: str | None = None,
@@ -298,7 +300,7 @@ def evaluate(
     progress: bool = True,
     model_name: str | None = None,
     adaptive: bool = False,
-    transfer_from=None,
+    transfer_from: keras.Model | Model | None = None,
     overwrite: bool = False,
     verify: bool = False,
     verify_time_limit: float = 30.0,

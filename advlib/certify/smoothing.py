@@ -15,10 +15,12 @@ import dataclasses
 import time
 from collections.abc import Sequence
 
+import keras
 import numpy as np
 import tensorflow as tf
 
 from advlib import _checks, _seeding
+from advlib.models.base import Model
 from advlib.models.keras import as_model
 from advlib.stats import clopper_pearson_lower, wilson_interval
 
@@ -121,7 +123,7 @@ class SmoothedClassifier:
         >>> result.certified_accuracy(y_test[:500], radii=[0.0, 0.5, 1.0])
     """
 
-    def __init__(self, model, sigma: float, batch_size: int = 1000):
+    def __init__(self, model: keras.Model | Model, sigma: float, batch_size: int = 1000):
         _checks.check_number("sigma", sigma, low=0, low_open=True)
         _checks.check_number("batch_size", batch_size, low=1, integer=True)
         self.model = as_model(model)
@@ -168,7 +170,7 @@ class SmoothedClassifier:
     # -- Cohen et al.'s procedures ----------------------------------------------------
     def predict(
         self,
-        x,
+        x: np.ndarray,
         n: int = 1000,
         alpha: float = 0.001,
         seed: int | None = None,
@@ -203,7 +205,7 @@ class SmoothedClassifier:
 
     def certify(
         self,
-        x,
+        x: np.ndarray,
         n0: int = 100,
         n: int = 100_000,
         alpha: float = 0.001,

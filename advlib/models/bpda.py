@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from advlib import _checks
@@ -48,7 +49,12 @@ class BPDAModelWrapper(KerasModelWrapper):
         >>> x_adv = ProjectedGradientDescent(wrapped).generate_np(x, eps=0.1)
     """
 
-    def __init__(self, model, layers: Sequence[str] | None = None, sample=None):
+    def __init__(
+        self,
+        model: keras.Model,
+        layers: Sequence[str] | None = None,
+        sample: np.ndarray | None = None,
+    ):
         if layers is None:
             if sample is None:
                 raise ValueError(
@@ -91,7 +97,7 @@ class EOTModelWrapper(Model):
         >>> x_adv = ProjectedGradientDescent(EOTModelWrapper(noisy, samples=16)).generate_np(x)
     """
 
-    def __init__(self, model, samples: int = 8):
+    def __init__(self, model: keras.Model | Model, samples: int = 8):
         _checks.check_number("samples", samples, low=1, integer=True)
         self.inner, self.samples = as_model(model), int(samples)
         super().__init__()

@@ -28,7 +28,7 @@ def layer_inputs(model, layers, x) -> list[np.ndarray]:
     return list(values) if isinstance(values, (list, tuple)) else [values]
 
 
-def find_masking_layers(model, x) -> list[str]:
+def find_masking_layers(model: keras.Model, x: np.ndarray) -> list[str]:
     """Names of the layers whose input gradient is zero everywhere on `x`.
 
     Only weightless layers that keep their input's shape are candidates

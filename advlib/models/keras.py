@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable
+from typing import Any
 
 import keras
 import numpy as np
@@ -113,7 +114,9 @@ class KerasModelWrapper(Model):
         >>> logits = wrapped.get_logits(x)
     """
 
-    def __init__(self, model, from_logits: bool | None = None, nb_classes: int | None = None):
+    def __init__(
+        self, model: keras.Model, from_logits: bool | None = None, nb_classes: int | None = None
+    ):
         if not isinstance(model, keras.Model):
             raise TypeError(f"model must be a keras.Model, got {type(model).__name__}.")
         if not (from_logits is None or isinstance(from_logits, bool)):
@@ -177,7 +180,7 @@ def _static_classes(model) -> int | None:
     return None
 
 
-def as_model(model, **kwargs) -> Model:
+def as_model(model: keras.Model | Model, **kwargs: Any) -> Model:
     """Wraps a bare Keras model; returns `Model`s unchanged.
 
     Args:

@@ -18,6 +18,10 @@ import os
 import posixpath
 import zipfile
 from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import keras
 
 # the first Keras with no known safe-mode bypass (the archive path traversal was fixed last)
 MIN_SAFE_KERAS = (3, 14, 0)
@@ -141,7 +145,9 @@ def _check_archive(path: str, allowed_modules) -> None:
     check_config(config, path, allowed_modules)
 
 
-def load_model(path: str, custom_objects: dict[str, object] | None = None):
+def load_model(
+    path: str | os.PathLike, custom_objects: dict[str, object] | None = None
+) -> keras.Model:
     """Loads a `.keras` model in safe mode, after advlib's own checks.
 
     Args:

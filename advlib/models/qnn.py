@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import keras
 import numpy as np
 import tensorflow as tf
 
@@ -34,7 +35,7 @@ class QNNModelWrapper(KerasModelWrapper):
 
     def __init__(
         self,
-        model,
+        model: keras.Model,
         surrogate: str = "ste",
         temperature: float = 1.0,
         engine: str | object | None = None,

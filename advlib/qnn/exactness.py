@@ -5,6 +5,8 @@ from __future__ import annotations
 import keras
 import numpy as np
 
+from advlib.qnn.engine import BinaryEngine
+
 
 def _keras_hidden_names(spec) -> list[str]:
     names: list[str] = []
@@ -16,14 +18,22 @@ def _keras_hidden_names(spec) -> list[str]:
     return names
 
 
-def check_exactness(model: keras.Model, engine, x: np.ndarray, batch_size: int = 500) -> dict:
+def check_exactness(
+    model: keras.Model, engine: BinaryEngine, x: np.ndarray, batch_size: int = 500
+) -> dict:
     """Compares the engine with the Keras model in inference mode on `x`.
+
+    Args:
+        model: the Keras model that `engine` was exported from.
+        engine: the exported network.
+        x: inputs in [0, 1].
+        batch_size: examples per Keras call.
 
     Returns:
         {"hidden_mismatches": [bits differing per hidden layer],
-         "hidden_bits": [bits compared per layer], "max_logit_rel_error",
-         "prediction_agreement", "exact": all hidden bits equal and the
-         same predicted classes}.
+        "hidden_bits": [bits compared per layer], "max_logit_rel_error",
+        "prediction_agreement", "exact": all hidden bits equal and the same
+        predicted classes}.
     """
     names = _keras_hidden_names(engine.spec)
     probe = keras.Model(

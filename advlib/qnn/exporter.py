@@ -59,7 +59,9 @@ def _decision_function(layer, batchnorm, rank: int):
     return lambda values: decide(tf.constant(values.astype(np.float32))).numpy()
 
 
-def fold_thresholds(layer, batchnorm, max_abs: int, rank: int):
+def fold_thresholds(
+    layer: keras.layers.Layer, batchnorm: keras.layers.BatchNormalization, max_abs: int, rank: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Integer thresholds equivalent to BatchNorm (+ bias) followed by sign.
 
     The model's float32 decision is monotone in the integer accumulator, so a

@@ -11,6 +11,8 @@ from keras import ops
 from advlib.qnn import quantizers
 
 _PACKAGE = "advlib"
+# a quantizer, its registered name (Larq's spellings too), or None for none
+QuantizerSpec = str | quantizers.Quantizer | None
 
 
 class _QuantizedMixin:
@@ -62,8 +64,8 @@ class QuantDense(_QuantizedMixin, keras.layers.Dense):
         units: output width.
         input_quantizer: applied to the inputs (None: real-valued inputs).
         kernel_quantizer: applied to the latent kernel in every call.
-        kernel_constraint: e.g. `WeightClip(1.0)` (Larq's "weight_clip"), which keeps the latent
-            weights in [-1, 1] as BinaryNet does.
+        kernel_constraint: e.g. `WeightClip(1.0)` (Larq's "weight_clip"), which keeps
+            the latent weights in [-1, 1] as BinaryNet does.
         **kwargs: the arguments of `keras.layers.Dense`.
 
     Example:
@@ -72,7 +74,12 @@ class QuantDense(_QuantizedMixin, keras.layers.Dense):
     """
 
     def __init__(
-        self, units, input_quantizer=None, kernel_quantizer=None, kernel_constraint=None, **kwargs
+        self,
+        units: int,
+        input_quantizer: QuantizerSpec = None,
+        kernel_quantizer: QuantizerSpec = None,
+        kernel_constraint: str | keras.constraints.Constraint | None = None,
+        **kwargs: Any,
     ):
         super().__init__(
             units, kernel_constraint=quantizers.get_constraint(kernel_constraint), **kwargs
@@ -103,8 +110,11 @@ class QuantConv2D(_QuantizedMixin, keras.layers.Conv2D):
     """A Conv2D layer whose inputs and kernel pass through quantizers.
 
     Args:
-        filters, kernel_size: as in `keras.layers.Conv2D` (channels_last).
-        input_quantizer, kernel_quantizer, kernel_constraint: as in `QuantDense`.
+        filters: output channels.
+        kernel_size: as in `keras.layers.Conv2D` (channels_last).
+        input_quantizer: as in `QuantDense`.
+        kernel_quantizer: as in `QuantDense`.
+        kernel_constraint: as in `QuantDense`.
         pad_values: the value "same" padding adds around the quantized inputs.
             Binary activations are +-1 and the packed engine has no zero, so
             binary layers pad with 1.0 (or -1.0); 0.0 keeps Keras's zeros, which
@@ -117,13 +127,13 @@ class QuantConv2D(_QuantizedMixin, keras.layers.Conv2D):
 
     def __init__(
         self,
-        filters,
-        kernel_size,
-        input_quantizer=None,
-        kernel_quantizer=None,
-        kernel_constraint=None,
+        filters: int,
+        kernel_size: int | tuple[int, int],
+        input_quantizer: QuantizerSpec = None,
+        kernel_quantizer: QuantizerSpec = None,
+        kernel_constraint: str | keras.constraints.Constraint | None = None,
         pad_values: float = 0.0,
-        **kwargs,
+        **kwargs: Any,
     ):
         super().__init__(
             filters,

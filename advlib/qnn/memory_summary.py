@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
+import keras
 import numpy as np
 
 from advlib.qnn.layers import QuantConv2D, QuantDense
@@ -14,16 +16,20 @@ def _weight_bits(layer) -> int:
     return 32 if quantizer is None else int(quantizer.precision)
 
 
-def summary(model, print_fn=print) -> dict[str, object]:
+def summary(model: keras.Model, print_fn: Callable[[str], Any] | None = print) -> dict[str, Any]:
     """Reports each layer's parameters and memory at its deployed precision.
 
     Kernels of quantized layers count at their quantizer's bits (binary
     kernels pack 32 weights in a 4-byte word); every other parameter (biases,
     BatchNorm statistics) at 32 bits.
 
+    Args:
+        model: a model built from `advlib.qnn` layers.
+        print_fn: prints the table (None: nothing is printed).
+
     Returns:
         {"layers": [...], "by_precision": {bits: {"parameters", "bytes"}},
-         "total_bytes", "float32_bytes", "ratio"} where ratio is the float32
+        "total_bytes", "float32_bytes", "ratio"} where ratio is the float32
         size over the deployed size.
     """
     rows: list[dict[str, Any]] = []

@@ -96,7 +96,8 @@ def binary_cnn(
     Args:
         filters: the four convolutions' widths.
         dense: the hidden dense width.
-        activation_bits, binary: as in `binary_mlp`.
+        activation_bits: as in `binary_mlp`.
+        binary: as in `binary_mlp`.
     """
     _check_bits(activation_bits)
     if not binary:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+from typing import Any
 
 import keras
 import numpy as np
@@ -171,10 +172,11 @@ class KBitQuantizer(Quantizer):
 
     Args:
         k: bits, 1 to 8. With k = 1 the two levels are clip_min and clip_max.
-        clip_min, clip_max: the quantization range.
+        clip_min: the quantization range's low end.
+        clip_max: its high end.
     """
 
-    def __init__(self, k: int = 2, clip_min: float = -1.0, clip_max: float = 1.0, **kwargs):
+    def __init__(self, k: int = 2, clip_min: float = -1.0, clip_max: float = 1.0, **kwargs: Any):
         super().__init__(**kwargs)
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= 8:
             raise ValueError(f"k must be an integer from 1 to 8, got {k!r}.")

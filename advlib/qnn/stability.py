@@ -109,7 +109,7 @@ def _batchnorm_affine(layer, inputs, training: bool):
 
 
 def interval_bounds(
-    model: keras.Model, x, eps: float, training: bool = False
+    model: keras.Model, x: np.ndarray | tf.Tensor, eps: float, training: bool = False
 ) -> list[tuple[tf.Tensor, tf.Tensor]]:
     """(center, radius) of each thresholded BatchNorm output of a binary network
     over the L-inf ball of radius `eps` around each image of `x`.

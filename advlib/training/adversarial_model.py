@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import keras
@@ -91,12 +92,12 @@ class AdversarialModel(keras.Model):
     def __init__(
         self,
         model: keras.Model,
-        attack=ProjectedGradientDescent,
+        attack: type | str = ProjectedGradientDescent,
         attack_params: dict[str, Any] | None = None,
         adv_ratio: float = 1.0,
         trades_beta: float | None = None,
         seed: int | None = None,
-        **kwargs,
+        **kwargs: Any,
     ):
         super().__init__(**kwargs)
         if not isinstance(model, keras.Model):
@@ -210,7 +211,13 @@ class AdversarialModel(keras.Model):
     def call(self, inputs, training=False):
         return self.model(inputs, training=training)
 
-    def compile(self, optimizer="adam", loss=None, metrics=None, **kwargs):
+    def compile(
+        self,
+        optimizer: str | keras.optimizers.Optimizer = "adam",
+        loss: str | keras.losses.Loss | Callable | None = None,
+        metrics: Sequence[str | keras.metrics.Metric] | None = None,
+        **kwargs: Any,
+    ) -> None:
         """Compiles as `keras.Model.compile` does.
 
         Args:

@@ -31,17 +31,22 @@ class RobustnessCallback(keras.callbacks.Callback):
     value at that best epoch.
 
     Args:
-        x, y: held-out examples and labels; the first `n` are used, always
-            the same ones.
-        eps: L-inf radius; eps_iter and nb_iter configure the PGD evaluation
-            (default eps / 4 and 20 steps, with a random start from `seed`).
-        clip_min, clip_max: the input domain.
+        x: held-out examples; the first `n` are used, always the same ones.
+        y: their labels.
+        eps: L-inf radius.
+        eps_iter: PGD's step (default eps / 4).
+        nb_iter: PGD's steps, from a random start drawn from `seed`.
+        clip_min: the input domain's low end.
+        clip_max: its high end.
+        n: how many of `x` to evaluate.
+        seed: seeds PGD's random start.
         patience: stop when robust accuracy has not improved for this many
             epochs (None: never).
         restore_best: at the end of training, load the best robust weights.
         on_overfit: "warn", "stop" (stop training) or "rollback" (restore the
             best robust weights, then stop).
         overfit_drop: the fall in PGD accuracy that counts as a collapse.
+        verbose: 1 prints the robust accuracy after every epoch.
 
     Example:
         >>> callback = RobustnessCallback(x_val, y_val, eps=0.1, clip_min=0., clip_max=1.)
@@ -51,8 +56,8 @@ class RobustnessCallback(keras.callbacks.Callback):
 
     def __init__(
         self,
-        x,
-        y,
+        x: np.ndarray,
+        y: np.ndarray,
         eps: float,
         eps_iter: float | None = None,
         nb_iter: int = 20,

@@ -82,8 +82,8 @@ def require_backend(name: str, parameter: str = "backend") -> None:
 
 def verify(
     engine: BinaryEngine | str | NetworkEncoding,
-    x,
-    y,
+    x: np.ndarray,
+    y: np.ndarray,
     eps: float,
     time_limit: float = 30.0,
     progress: bool = False,

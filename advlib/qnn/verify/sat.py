@@ -124,7 +124,7 @@ class SatEncoding:
         eps: the L-inf radius.
     """
 
-    def __init__(self, encoding, x: np.ndarray, eps: float):
+    def __init__(self, encoding: NetworkEncoding, x: np.ndarray, eps: float):
         from pysat.solvers import Solver
 
         self.encoding = encoding
