@@ -56,12 +56,21 @@ setup(
         # the verifier's SAT backend (PySAT publishes only .dev versions)
         "verify": ["python-sat>=1.8.dev16"],
         # NVRTC compiles the CUDA kernels in CI, where there is no GPU
+        # the tests, lint, types and the documentation site; the linters are pinned so
+        # that a new release cannot fail CI on code nobody changed
         "dev": [
             "pytest>=7",
             "pytest-xdist>=3",
             "hypothesis>=6",
             "python-sat>=1.8.dev16",
             "nvidia-cuda-nvrtc-cu12; platform_system == 'Linux' and platform_machine == 'x86_64'",
+            "ruff==0.17.6",
+            "mypy==2.4.1",
+            "mkdocs>=1.6.1,<2",
+            "mkdocs-material>=9.5,<10",
+            "mkdocstrings[python]>=1.0,<2",
+            "mkdocstrings-python>=2.0.11,<3",
+            "playwright>=1.45",
         ],
     },
     entry_points={"console_scripts": ["advlib=advlib.cli:main"]},

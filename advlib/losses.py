@@ -8,16 +8,23 @@ functions can be passed to attacks as `loss_fn` too.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import tensorflow as tf
 
+__all__ = ["LOSSES", "cross_entropy", "dlr_loss", "get", "margin_loss", "targeted_dlr_loss"]
 
-def cross_entropy(labels, logits):
+# a per-example loss: loss(labels=(batch,), logits=(batch, classes)) -> (batch,)
+LossFunction = Callable[..., tf.Tensor]
+
+
+def cross_entropy(labels: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
     """Softmax cross-entropy, computed stably from logits."""
     logits = tf.cast(logits, tf.float32) if logits.dtype == tf.float16 else logits
     return tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
 
 
-def margin_loss(labels, logits):
+def margin_loss(labels: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
     """Carlini-Wagner margin: best other logit minus the logit of `labels`.
 
     Positive exactly when the model does not predict `labels`.
@@ -35,7 +42,7 @@ def _sorted_logits(logits):
     return logits, tf.sort(logits, axis=-1, direction="DESCENDING")
 
 
-def dlr_loss(labels, logits):
+def dlr_loss(labels: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
     """Difference of Logits Ratio (Croce & Hein 2020): the margin loss divided by
     z_pi1 - z_pi3, the gap between the largest and the third largest logit, so
     that rescaling the logits changes nothing. Needs 3 classes or more."""
@@ -43,7 +50,7 @@ def dlr_loss(labels, logits):
     return margin_loss(labels=labels, logits=logits) / (ranked[:, 0] - ranked[:, 2] + 1e-12)
 
 
-def targeted_dlr_loss(labels, logits):
+def targeted_dlr_loss(labels: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
     """The targeted DLR of Croce & Hein 2020, to ascend: -(z_y - z_t) /
     (z_pi1 - (z_pi3 + z_pi4) / 2). `labels` stacks (true class, target) per
     example, shape (batch, 2). Needs 4 classes or more."""
@@ -62,7 +69,7 @@ LOSSES = {
 }
 
 
-def get(loss_fn):
+def get(loss_fn: str | LossFunction | None) -> LossFunction:
     """Resolves a loss name ("ce", "cw") or returns a callable unchanged."""
     if loss_fn is None:
         return cross_entropy

@@ -13,6 +13,8 @@ import math
 import numpy as np
 from numpy.typing import ArrayLike
 
+__all__ = ["clopper_pearson_lower", "proportion", "wilson_interval"]
+
 
 def wilson_interval(successes: int, n: int, z: float = 1.959964) -> list[float]:
     """The Wilson score interval of a proportion.

@@ -9,10 +9,6 @@ import numpy as np
 import pytest
 
 
-def pytest_configure(config):
-    config.addinivalue_line("markers", "gpu: needs an NVIDIA GPU and CuPy")
-
-
 @pytest.fixture
 def emulated_cupy(monkeypatch):
     """Installs a stand-in CuPy running the kernels under CPU emulation (tests/cudaemu);

@@ -138,6 +138,7 @@ def test_apgd_checkpoints_follow_the_paper():
 
 
 # -- strength -----------------------------------------------------------------------------
+@pytest.mark.slow
 def test_apgd_beats_or_ties_pgd_with_the_same_budget(robust_cnn, test_set):
     x, y = test_set
     eps = 0.15
@@ -170,6 +171,7 @@ def test_apgd_l2_and_l1_stay_in_the_ball_and_break_most(digits_cnn, test_set, no
     assert robust_accuracy(digits_cnn, x_adv, y) < 0.5
 
 
+@pytest.mark.slow
 def test_fab_finds_smaller_perturbations_than_pgd(digits_cnn, test_set):
     x, y = test_set
     eps = 0.2
@@ -187,6 +189,7 @@ def test_fab_finds_smaller_perturbations_than_pgd(digits_cnn, test_set):
     assert fab.min() >= 0 and fab.max() <= 1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("norm,eps", [(np.inf, 0.2), (2, 1.5)])
 def test_square_breaks_a_cnn_that_every_gradient_attack_fails_on(digits_cnn, test_set, norm, eps):
     masked = defended(digits_cnn, InputQuantization(levels=5, name="quantize"))
@@ -237,6 +240,7 @@ def test_square_queries_of_an_example_do_not_depend_on_the_others(digits_cnn, te
 
 
 # -- the ensemble ---------------------------------------------------------------------------
+@pytest.mark.slow
 def test_autoattack_standard_is_the_per_example_worst_case(digits_cnn, test_set):
     x, y = test_set[0][:40], test_set[1][:40]
     eps = 0.1

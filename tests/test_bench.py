@@ -39,6 +39,7 @@ def full_run(digits_cnn, tmp_path_factory):
     return report, out
 
 
+@pytest.mark.slow
 def test_full_digits_run(full_run, digits, digits_cnn):
     report, out = full_run
     _, (x_test, y_test) = digits
@@ -66,6 +67,7 @@ def test_full_digits_run(full_run, digits, digits_cnn):
     assert "robust (worst case), eps=0.2" in open(os.path.join(out, "report.md")).read()
 
 
+@pytest.mark.slow
 def test_sweep_is_monotone(full_run):
     report, _ = full_run
     by_eps = sorted(report["results"]["per_eps"], key=lambda e: e["eps"])
@@ -73,6 +75,7 @@ def test_sweep_is_monotone(full_run):
     assert values[0] >= values[-1] and len(values) == 2
 
 
+@pytest.mark.slow
 def test_shards_merge_into_the_single_run(full_run, digits_cnn, tmp_path):
     report, out = full_run
     shards = []
@@ -134,6 +137,7 @@ def cli_env(tmp_path_factory):
     return env
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_gives_identical_numbers(cli_env, tmp_path):
     protocol_file = str(tmp_path / "quick.json")
     # a short SPSA probe: the probes are compared, not judged, here
@@ -240,6 +244,7 @@ def test_resume_refuses_another_run(full_run, digits_cnn, digits_mlp):
         )
 
 
+@pytest.mark.slow
 def test_compare_ranks_and_refuses_mismatched_protocols(full_run, digits_mlp, tmp_path):
     report, _ = full_run
     other = bench.evaluate(digits_mlp, protocol=quick_protocol(), batch_size=90, progress=False)
@@ -319,6 +324,7 @@ def small_v3(n=60, queries=300):
     return document
 
 
+@pytest.mark.slow
 def test_version_3_reports_the_autoattack_figure_beside_the_worst_case(digits_cnn, tmp_path):
     assert protocols.load("digits-linf-0.2")["version"] == 3
     assert protocols.load("digits-linf-0.2@2")["version"] == 2  # the earlier version loads
@@ -356,6 +362,7 @@ def test_version_3_reports_the_autoattack_figure_beside_the_worst_case(digits_cn
         bench.compare([report, older])
 
 
+@pytest.mark.slow
 def test_sweep_attacks_run_only_at_the_sweep_eps(digits_cnn):
     document = small_v3(n=60, queries=100)
     document.update(

@@ -84,6 +84,7 @@ def test_seeds_reproduce_and_matter(digits_mlp, digits):
     assert np.all(many.sum(axis=1) == 1000)
 
 
+@pytest.mark.slow
 def test_gaussian_recipe_trains_a_base_classifier_that_certifies(digits):
     (x_train, y_train), (x_test, y_test) = digits
     x, y, radii = x_test[:120], y_test[:120], [0.0, 0.25]
@@ -156,6 +157,7 @@ def certify_protocol(**certify):
     return document
 
 
+@pytest.mark.slow
 def test_harness_reports_certified_accuracy_beside_the_attacks(digits_mlp, digits, tmp_path):
     document = certify_protocol()
     out = str(tmp_path / "run")

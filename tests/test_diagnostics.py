@@ -85,6 +85,7 @@ def adversarially_trained(digits):
     return model
 
 
+@pytest.mark.slow
 def test_natural_cnn_passes_every_check(natural_report):
     found = statuses(natural_report)
     assert all(found[check] == "pass" for check in CHECKED), found
@@ -93,6 +94,7 @@ def test_natural_cnn_passes_every_check(natural_report):
     assert "| determinism | pass |" in bench.markdown(natural_report)
 
 
+@pytest.mark.slow
 def test_adversarially_trained_cnn_passes_every_check(adversarially_trained, digits_cnn):
     report = bench.evaluate(
         adversarially_trained,
@@ -105,6 +107,7 @@ def test_adversarially_trained_cnn_passes_every_check(adversarially_trained, dig
     assert report["results"]["robust_accuracy"]["value"] > 0.5  # a robust model, not a broken one
 
 
+@pytest.mark.slow
 def test_masking_defence_is_flagged(masked_reports):
     naive, _, _ = masked_reports
     found = statuses(naive)
@@ -121,6 +124,7 @@ def test_masking_defence_is_flagged(masked_reports):
     assert spsa["broken"] > 0 and set(spsa["missed_by_ensemble"]) <= set(spsa["broken_at"])
 
 
+@pytest.mark.slow
 def test_checks_are_judged_again_from_the_saved_run(masked_reports):
     naive, _, folder = masked_reports
     again = bench.reassess(folder)
@@ -135,6 +139,7 @@ def test_checks_are_judged_again_from_the_saved_run(masked_reports):
         bench.reassess(folder, {"black_box_margin": 2.0})
 
 
+@pytest.mark.slow
 def test_the_command_line_reassesses_a_run(masked_reports, capsys):
     _, _, folder = masked_reports
     assert main(["bench", "reassess", folder, "--black-box-margin", "1.0"]) == 0
@@ -144,6 +149,7 @@ def test_the_command_line_reassesses_a_run(masked_reports, capsys):
     assert len(error) == 1 and "black_box_margin must be in [0, 1], got 2.0" in error[0]
 
 
+@pytest.mark.slow
 def test_adaptive_mode_exposes_the_masking(masked_reports):
     naive, adaptive, _ = masked_reports
     assert adaptive["adaptive"]["variants"] == ["bpda"]
@@ -200,6 +206,7 @@ def test_weak_pgd_is_caught_by_single_step_and_convergence_checks(digits_cnn):
     assert report["probes"]["fgsm"] > report["probes"]["pgd"]
 
 
+@pytest.mark.slow
 def test_randomized_model_gets_a_determinism_warning_pointing_to_eot(digits_cnn, cnn_eval):
     noisy = defended(digits_cnn, AlwaysOnNoise(0.05))
     report = bench.evaluate(noisy, small_protocol(sweep=()), progress=False)
@@ -278,6 +285,7 @@ def test_diagnostics_settings_are_validated():
         protocols.validate(document)
 
 
+@pytest.mark.slow
 def test_cli_adaptive_on_a_saved_defended_model(masked, tmp_path, capsys):
     path = str(tmp_path / "defended.keras")
     masked.save(path)

@@ -12,6 +12,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "examples"))
 
 
+@pytest.mark.slow
 def test_quickstart_reports_accuracy_drops(capsys):
     import quickstart
 
@@ -61,6 +62,7 @@ def test_cli_version_and_info():
     assert bad.returncode == 2 and "invalid choice" in bad.stderr
 
 
+@pytest.mark.slow
 def test_attack_gallery_with_tiny_settings(tmp_path):
     import attack_gallery
 
@@ -100,6 +102,7 @@ def test_examples_refuse_to_write_over_earlier_outputs(tmp_path, capsys):
     assert (tmp_path / "summary.json").read_text() == "{}"
 
 
+@pytest.mark.slow
 def test_qnn_example_on_digits(tmp_path):
     import qnn_fashion_mnist
 
@@ -134,6 +137,7 @@ def test_qnn_example_on_digits(tmp_path):
     assert os.path.exists(tmp_path / "binary_cnn_report.json")
 
 
+@pytest.mark.slow
 def test_adversarial_training_example_on_digits(tmp_path):
     import adversarial_training
 
@@ -162,6 +166,7 @@ def test_adversarial_training_example_on_digits(tmp_path):
     assert len(report["robust_epoch_seconds"]) == 3
 
 
+@pytest.mark.slow
 def test_trustworthy_evaluation_example(tmp_path):
     import trustworthy_evaluation
 
@@ -204,6 +209,7 @@ def test_trustworthy_evaluation_example(tmp_path):
     assert json.load(open(tmp_path / "summary.json")).keys() == summary.keys()
 
 
+@pytest.mark.slow
 def test_autoattack_report_example(tmp_path):
     import autoattack_report
 
@@ -217,6 +223,7 @@ def test_autoattack_report_example(tmp_path):
     assert os.path.exists(tmp_path / "bench" / "report.json")
 
 
+@pytest.mark.slow
 def test_verify_binary_example(tmp_path):
     import verify_binary
 
@@ -258,6 +265,7 @@ def test_verify_binary_example(tmp_path):
         verify_binary.main(["--resume", "--out-dir", str(tmp_path / "elsewhere")])
 
 
+@pytest.mark.slow
 def test_certified_robustness_example(tmp_path):
     import certified_robustness
 

@@ -79,6 +79,7 @@ def linear_fn(extra=None):
 
 
 # -- the identity of a run --------------------------------------------------------------
+@pytest.mark.slow
 def test_identity_covers_engine_surrogate_and_weightless_models(digits_qnns, digits):
     import tempfile
 
@@ -123,6 +124,7 @@ def test_a_randomized_model_keeps_its_identity_across_runs(digits_cnn, digits, t
     assert not (tmp_path / "never").exists()
 
 
+@pytest.mark.slow
 def test_resume_refuses_a_state_made_by_another_engine_or_surrogate(digits_qnns, tmp_path):
     qnn = digits_qnns["mlp"]
     out = tmp_path / "run"
@@ -233,6 +235,7 @@ def test_a_locked_folder_is_refused(digits_mlp, tmp_path):
     assert run(digits_mlp, tmp_path)["complete"]
 
 
+@pytest.mark.slow
 def test_two_runs_into_one_folder(digits_mlp, tmp_path):
     model_file = str(tmp_path / "mlp.keras")
     digits_mlp.save(model_file)

@@ -99,6 +99,7 @@ def cw_result(digits_cnn, cnn_eval):
     return CarliniWagnerL2(digits_cnn).run(x[:50], y=y[:50])  # cleverhans's defaults
 
 
+@pytest.mark.slow
 def test_cw_defaults_break_every_example(cw_result, digits_cnn, cnn_eval):
     x, y = cnn_eval
     assert cw_result.success_rate == 1.0
@@ -131,6 +132,7 @@ def test_cw_failures_return_the_original(digits_cnn, cnn_eval):
     assert np.all(result.l2[~result.success] == 0)
 
 
+@pytest.mark.slow
 def test_cw_targeted(digits_cnn, cnn_eval):
     x, y = cnn_eval
     target = (y[:20] + 3) % 10

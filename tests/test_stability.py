@@ -69,6 +69,7 @@ def test_open_units_are_the_verifiers_binary_variables(digits_qnns, digits, tmp_
             assert stats["units"] - stats["fixed"] == round(float(open_share) * stats["units"])
 
 
+@pytest.mark.slow
 def test_training_with_the_loss_leaves_fewer_open_units(digits, tmp_path):
     (x_train, y_train), (x_test, y_test) = digits
     eps = 0.05

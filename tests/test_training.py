@@ -56,6 +56,7 @@ def clean_pgd(digits):
 
 
 # the gaussian recipe trains for randomized smoothing (L2 certificates); tests/test_certify
+@pytest.mark.slow
 @pytest.mark.parametrize("recipe", sorted(r for r in RECIPES if RECIPES[r].attack != "gaussian"))
 def test_every_recipe_improves_pgd_accuracy(recipe, digits, clean_pgd):
     _, (x_test, y_test) = digits
@@ -142,6 +143,7 @@ def test_mixed_precision(digits):
     assert history.history["adv_accuracy"][-1] > 0.3
 
 
+@pytest.mark.slow
 def test_inner_model_saves_and_loads_without_advlib(digits, tmp_path):
     (x_train, y_train), (x_test, _) = digits
     model, robust, _ = fit_recipe("fast", digits, epochs=1)
@@ -166,6 +168,7 @@ def test_inner_model_saves_and_loads_without_advlib(digits, tmp_path):
     )
 
 
+@pytest.mark.slow
 def test_binary_networks_train_with_ste_gradients(digits):
     from advlib import qnn
 
@@ -313,6 +316,7 @@ def test_callback_measures_real_pgd_accuracy(digits):
         RobustnessCallback(x_test, y_test, eps=0.1, on_overfit="panic")
 
 
+@pytest.mark.slow
 def test_mirrored_strategy_matches_one_device():
     script = textwrap.dedent("""
         import os, json, numpy as np, tensorflow as tf

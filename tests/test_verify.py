@@ -267,6 +267,7 @@ def test_a_subset_draws_the_seeds_of_the_whole_set(monkeypatch):
     assert first == {1: 8, 4: 11}
 
 
+@pytest.mark.slow
 def test_the_harness_reports_the_certified_interval_and_the_missed_counterexamples(
     tiny_binary_mlp, digits, monkeypatch
 ):

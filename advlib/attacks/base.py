@@ -254,6 +254,7 @@ class Attack(abc.ABC):
 
     @classmethod
     def takes_seed(cls) -> bool:
+        """Whether the attack draws random numbers, and so takes a `seed` parameter."""
         return "seed" in cls.parameters()
 
     @classmethod

@@ -61,6 +61,7 @@ class AttackResult:
         wall_time,
         nonfinite_fallbacks=0,
     ) -> AttackResult:
+        """The result of a batch, with its norms computed from `x` and `x_adv`."""
         success = predictions == labels if targeted else predictions != labels
         # a NaN example is no adversarial example, whatever argmax makes of it
         finite = np.isfinite(np.asarray(x_adv).reshape(len(x_adv), -1)).all(axis=1)
@@ -79,6 +80,7 @@ class AttackResult:
 
     @property
     def success_rate(self) -> float:
+        """The share of examples on which the attack succeeded."""
         return float(self.success.mean()) if self.success.size else 0.0
 
     # -- minimum-norm views ------------------------------------------------------------

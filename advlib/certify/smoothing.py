@@ -54,6 +54,7 @@ class CertificationResult:
 
     @property
     def abstained(self) -> np.ndarray:
+        """A mask of the examples where the smoothed classifier abstained."""
         return self.prediction == ABSTAIN
 
     def certified(self, y, radius: float) -> np.ndarray:

@@ -23,10 +23,12 @@ class GaussianAugmentation:
 
     @staticmethod
     def parse(sigma: float = 0.25) -> dict[str, Any]:
+        """Checks `sigma` and returns the parameters with their default filled in."""
         _checks.check_number("sigma", sigma, low=0, low_open=True)
         return {"sigma": float(sigma)}
 
     @staticmethod
     def perturb(x, labels, seed_pair, sigma: float) -> tf.Tensor:
+        """`x` plus Gaussian noise of standard deviation `sigma`, from `seed_pair`."""
         del labels  # noise is blind to the class
         return x + sigma * tf.random.stateless_normal(tf.shape(x), seed_pair, dtype=x.dtype)

@@ -41,6 +41,7 @@ class Recipe:
     reference: str = ""
 
     def attack_params(self, eps: float, norm=np.inf) -> dict[str, Any]:
+        """The attack's parameters for radius `eps` in `norm`, with the recipe's step."""
         return dict(
             eps=eps,
             eps_iter=self.eps_iter_fraction * eps,

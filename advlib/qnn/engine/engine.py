@@ -91,6 +91,7 @@ class BinaryEngine:
 
     @property
     def nb_classes(self) -> int:
+        """The number of classes: the last layer's width."""
         return int(self.spec["layers"][-1]["out_shape"][-1])
 
     def predict(self, x, batch_size: int = 1000) -> np.ndarray:
@@ -103,6 +104,7 @@ class BinaryEngine:
         return np.concatenate(chunks) if chunks else np.zeros((0, self.nb_classes), np.float32)
 
     def predict_classes(self, x, batch_size: int = 1000) -> np.ndarray:
+        """The predicted classes of images `x` in [0, 1], computed in batches."""
         return self.predict(x, batch_size).argmax(axis=1)
 
     def hidden_bits(self, x) -> list[np.ndarray]:

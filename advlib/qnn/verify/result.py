@@ -51,9 +51,11 @@ class VerificationResult:
 
     @property
     def statuses(self) -> np.ndarray:
+        """The verdicts' statuses, one string per example."""
         return np.array([v.status for v in self.verdicts])
 
     def counts(self) -> dict[str, int]:
+        """How many examples are robust, broken and unknown."""
         statuses = self.statuses
         return {status: int((statuses == status).sum()) for status in STATUSES}
 
@@ -69,6 +71,7 @@ class VerificationResult:
         ]
 
     def times(self) -> dict[str, float]:
+        """The median, 95th percentile, maximum and total of the per-example seconds."""
         seconds = np.array([v.seconds for v in self.verdicts]) if self.verdicts else np.zeros(1)
         return {
             "median": float(np.median(seconds)),
@@ -78,6 +81,7 @@ class VerificationResult:
         }
 
     def summary(self) -> dict:
+        """The counts, times and solver statistics, as a JSON-ready dict."""
         return {
             "eps": self.eps,
             "n": len(self.verdicts),
