@@ -181,8 +181,12 @@ def test_the_layer_rule_catches_a_planted_upward_import(tmp_path, module, plante
     "package, forbidden",
     [
         ("advlib.models", ("advlib.attacks", "advlib.bench", "advlib.training", "advlib.certify")),
-        ("advlib.attacks", ("advlib.bench", "advlib.training", "advlib.certify")),
-        ("advlib.certify", ("advlib.attacks", "advlib.bench")),
+        pytest.param(
+            "advlib.attacks",
+            ("advlib.bench", "advlib.training", "advlib.certify"),
+            marks=pytest.mark.slow,
+        ),
+        pytest.param("advlib.certify", ("advlib.attacks", "advlib.bench"), marks=pytest.mark.slow),
         ("advlib.qnn.engine", ("tensorflow", "keras", "advlib.models")),
     ],
 )

@@ -219,7 +219,7 @@ def test_square_breaks_a_cnn_that_every_gradient_attack_fails_on(digits_cnn, tes
         # the restarts after the first start at random; their result counts only where it
         # beats the first run's, which after 10 steps it rarely does (1 or 2 of 40 examples
         # differ between seeds, and none on some machines); after 2 steps, 5 of 40 differ
-        (FAB, dict(eps=0.03, nb_iter=2, nb_restarts=5)),
+        pytest.param(FAB, dict(eps=0.03, nb_iter=2, nb_restarts=5), marks=pytest.mark.slow),
     ],
 )
 def test_seeds_reproduce_and_matter(digits_cnn, test_set, attack, params):

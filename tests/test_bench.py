@@ -180,6 +180,7 @@ def test_resume_after_sigkill_gives_identical_numbers(cli_env, tmp_path):
             np.testing.assert_array_equal(one[key], two[key])
 
 
+@pytest.mark.slow
 def test_cli_bad_inputs_write_nothing(cli_env, tmp_path, capsys, monkeypatch):
     from advlib import cli
 
@@ -218,6 +219,7 @@ def test_models_that_do_not_fit_the_protocol(tmp_path):
     assert not os.path.exists(tmp_path / "a") and not os.path.exists(tmp_path / "b")
 
 
+@pytest.mark.slow
 def test_resume_refuses_another_run(full_run, digits_cnn, digits_mlp):
     _, out = full_run
     with pytest.raises(ValueError, match="belongs to another run: its model_fingerprint"):

@@ -165,6 +165,7 @@ def test_adaptive_mode_exposes_the_masking(masked_reports):
     assert "Adaptive attacks through bpda" in bench.markdown(adaptive)
 
 
+@pytest.mark.slow
 def test_closed_ste_windows_are_reported(digits_qnns, digits):
     """The same function with pre-activations scaled 20x: every window closes."""
     model = digits_qnns["cnn"]
@@ -186,6 +187,7 @@ def test_closed_ste_windows_are_reported(digits_qnns, digits):
     assert diagnostics._window_check(healthy)["status"] == "pass"
 
 
+@pytest.mark.slow
 def test_weak_pgd_is_caught_by_single_step_and_convergence_checks(digits_cnn):
     """Both checks pass on the shipped protocol (test_natural_cnn_passes_every_check)."""
     weak = dict(nb_iter=2, eps_iter_fraction=0.1, rand_init=False)

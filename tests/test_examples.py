@@ -46,6 +46,7 @@ def test_readme_opens_with_two_setup_commands_and_ci_runs_the_second():
     assert out.stdout.strip() == commands[1]
 
 
+@pytest.mark.slow
 def test_cli_version_and_info():
     out = subprocess.run(
         [sys.executable, "-m", "advlib.cli", "--version"], capture_output=True, text=True, cwd=ROOT

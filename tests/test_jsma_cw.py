@@ -143,6 +143,7 @@ def test_cw_targeted(digits_cnn, cnn_eval):
         CarliniWagnerL2(digits_cnn).generate_np(x[:5], y_target=y[:5])
 
 
+@pytest.mark.slow
 def test_cw_batched_equals_one_at_a_time(digits_cnn, cnn_eval):
     x, y = cnn_eval
     params = dict(y=y[:6], max_iterations=100, binary_search_steps=3, initial_const=1.0)

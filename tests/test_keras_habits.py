@@ -209,7 +209,14 @@ def larq_tutorial_model(quantizer="ste_sign"):
     )
 
 
-@pytest.mark.parametrize("quantizer", ["ste_sign", qnn.ste_sign, SteSign])
+@pytest.mark.parametrize(
+    "quantizer",
+    [
+        "ste_sign",
+        pytest.param(qnn.ste_sign, marks=pytest.mark.slow),
+        pytest.param(SteSign, marks=pytest.mark.slow),
+    ],
+)
 def test_larq_tutorial_model_ports_by_changing_the_import(digits, quantizer, tmp_path):
     (x_train, y_train), _ = digits
     images = np.pad(x_train[:256], ((0, 0), (10, 10), (10, 10), (0, 0))) * 2 - 1

@@ -209,7 +209,10 @@ def whole_engine_cases(device):
     ]
 
 
-@pytest.mark.parametrize("case", range(12))
+# the two largest networks are in the slow tier
+@pytest.mark.parametrize(
+    "case", [pytest.param(c, marks=pytest.mark.slow) if c in (1, 3) else c for c in range(12)]
+)
 def test_whole_engine_is_bit_exact(device, case):
     cases = whole_engine_cases(device)
     if case >= len(cases):

@@ -181,6 +181,7 @@ def min_norm_protocol():
     return document
 
 
+@pytest.mark.slow
 def test_harness_min_norm_section(digits_mlp, tmp_path):
     out = str(tmp_path / "run")
     report = bench.evaluate(digits_mlp, protocol=min_norm_protocol(), out_dir=out, progress=False)

@@ -285,6 +285,7 @@ def test_attacks_on_qnns_use_the_surrogate_and_the_engine(digits_qnns, digits, t
         QNNModelWrapper(model, engine={"spec": None})
 
 
+@pytest.mark.slow
 def test_keras_loads_qnn_files_after_importing_advlib_models(tmp_path):
     import subprocess
     import sys

@@ -62,7 +62,7 @@ def grid_broken(engine, x, label, eps) -> bool:
     return bool((engine.predict_classes(grid) != label).any())
 
 
-@pytest.mark.parametrize("flat", [False, True])
+@pytest.mark.parametrize("flat", [pytest.param(False, marks=pytest.mark.slow), True])
 def test_both_backends_agree_with_brute_force_at_a_large_eps(flat):
     """Three pixels at eps 0.1 (51 levels each): boxes where many examples break,
     so that a wrong 'robust' or a missed counterexample would show."""
@@ -140,7 +140,7 @@ def test_the_time_limit_gives_unknown(monkeypatch):
     assert low < high
 
 
-@pytest.mark.parametrize("flat", [False, True])
+@pytest.mark.parametrize("flat", [pytest.param(False, marks=pytest.mark.slow), True])
 def test_the_local_search_breaks_what_enumeration_breaks(monkeypatch, flat):
     """The complete programs made to time out, so that every counterexample comes
     from the search: on these three-pixel boxes it must break each example that
