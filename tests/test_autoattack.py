@@ -162,7 +162,7 @@ def test_apgd_beats_or_ties_pgd_with_the_same_budget(robust_cnn, test_set):
     assert robust_accuracy(robust_cnn, targeted, y) <= results["dlr"] + 0.02
 
 
-@pytest.mark.parametrize("norm,eps", [(2, 1.0), (1, 4.0)])
+@pytest.mark.parametrize("norm,eps", [(2, 1.0), pytest.param(1, 4.0, marks=pytest.mark.slow)])
 def test_apgd_l2_and_l1_stay_in_the_ball_and_break_most(digits_cnn, test_set, norm, eps):
     x, y = test_set
     x_adv = APGD(digits_cnn).generate_np(x, y=y, eps=eps, norm=norm, seed=0, **BOX)

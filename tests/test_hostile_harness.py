@@ -317,6 +317,7 @@ def test_a_failed_plot_leaves_the_old_figure(finished, tmp_path, monkeypatch):
     assert not [name for name in os.listdir(tmp_path) if name.endswith(".tmp")]
 
 
+@pytest.mark.slow
 def test_merge_never_writes_into_its_inputs(finished, digits_mlp, tmp_path):
     parts = []
     for i in (1, 2):

@@ -110,6 +110,7 @@ def test_cw_defaults_break_every_example(cw_result, digits_cnn, cnn_eval):
     assert np.median(cw_result.l2) < 1.0
 
 
+@pytest.mark.slow
 def test_cw_confidence_margin(digits_cnn, cnn_eval):
     x, y = cnn_eval
     result = CarliniWagnerL2(digits_cnn).run(

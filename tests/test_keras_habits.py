@@ -30,6 +30,7 @@ def robust(model, recipe="fast", **overrides):
 
 
 # -- compile(loss=..., metrics=...) ---------------------------------------------------
+@pytest.mark.slow
 def test_the_everyday_compile_line_trains_and_reports_clean_and_adversarial_metrics(digits):
     (x_train, y_train), (x_test, y_test) = digits
     keras.utils.set_random_seed(0)
@@ -97,6 +98,7 @@ def test_trades_keeps_its_kl_term_and_uses_the_given_loss_for_the_natural_part(d
     assert logs[1]["clean_loss"] == pytest.approx(3 * logs[0]["clean_loss"], rel=1e-5)
 
 
+@pytest.mark.slow
 def test_one_hot_labels_train_with_categorical_crossentropy(digits):
     (x_train, y_train), (x_test, y_test) = digits
     keras.utils.set_random_seed(0)

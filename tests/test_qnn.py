@@ -98,6 +98,7 @@ def test_quant_conv_pads_with_pad_values():
     assert plain(x).numpy()[0, 0, 0, 0] == -4  # Keras's zeros
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["cnn", "mlp"])
 def test_binary_networks_learn_digits(digits_qnns, digits, kind):
     _, (x_test, y_test) = digits

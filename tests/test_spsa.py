@@ -157,6 +157,7 @@ def test_bad_parameters_are_named(digits_cnn, cnn_eval, params, match):
         SPSA(digits_cnn).generate_np(x[:2], eps=0.1, **params)
 
 
+@pytest.mark.slow
 def test_pgd_and_spsa_agree_on_a_smooth_model(digits_cnn, cnn_eval):
     """On a model with honest gradients SPSA finds nothing that PGD misses."""
     x, y = cnn_eval

@@ -78,6 +78,7 @@ def test_recipe_fields_follow_the_papers():
     assert params["eps_iter"] == pytest.approx(2.5 * 0.3 / 7)
 
 
+@pytest.mark.slow
 def test_training_attack_uses_current_weights_in_graph(digits):
     """The step's adversarial loss equals the loss at PGD examples crafted afresh."""
     (x_train, y_train), _ = digits
@@ -299,6 +300,7 @@ def test_callback_patience_and_restore_best(digits):
         np.testing.assert_array_equal(restored, best)
 
 
+@pytest.mark.slow
 def test_callback_measures_real_pgd_accuracy(digits):
     (x_train, y_train), (x_test, y_test) = digits
     keras.utils.set_random_seed(0)
