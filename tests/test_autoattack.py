@@ -215,7 +215,7 @@ def test_square_breaks_a_cnn_that_every_gradient_attack_fails_on(digits_cnn, tes
     [
         (APGD, dict(eps=0.1, nb_iter=10, nb_restarts=2)),
         (SquareAttack, dict(eps=0.1, n_queries=100)),
-        (SquareAttack, dict(eps=1.0, norm=2, n_queries=100)),
+        pytest.param(SquareAttack, dict(eps=1.0, norm=2, n_queries=100), marks=pytest.mark.slow),
         # the restarts after the first start at random; their result counts only where it
         # beats the first run's, which after 10 steps it rarely does (1 or 2 of 40 examples
         # differ between seeds, and none on some machines); after 2 steps, 5 of 40 differ

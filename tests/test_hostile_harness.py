@@ -140,6 +140,7 @@ def test_resume_refuses_a_state_made_by_another_engine_or_surrogate(digits_qnns,
     assert report["model"]["identity"]["surrogate"] == "'ste'"
 
 
+@pytest.mark.slow
 def test_merge_refuses_shards_of_different_settings(finished, digits_mlp, tmp_path):
     parts = []
     for i in (1, 2):

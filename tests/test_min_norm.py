@@ -85,6 +85,7 @@ def test_fmn_keeps_to_the_box_where_clipping_stalls_the_paper_update(digits_mlp,
     assert fmn.x_adv.min() >= 0 and fmn.x_adv.max() <= 1
 
 
+@pytest.mark.slow
 def test_ead_gives_sparse_l1_small_perturbations(linear):
     model, x, y, exact = linear
     options = dict(

@@ -96,6 +96,7 @@ def test_training_attack_uses_current_weights_in_graph(digits):
     assert logs["adv_loss"] == pytest.approx(expected, rel=1e-4)
 
 
+@pytest.mark.slow
 def test_tf_data_class_weights_validation_and_softmax_models(digits):
     (x_train, y_train), (x_test, y_test) = digits
     keras.utils.set_random_seed(0)
