@@ -1,33 +1,21 @@
-"""Exact robustness of binary networks: a complete verifier on SciPy's HiGHS MILP.
+"""Exact robustness of binary networks: a complete verifier of the exported engine.
 
-The exported engine reduces a binary network to integer arithmetic: the first
-layer sees 8-bit pixel levels, every hidden layer compares an integer dot
-product of +-1 vectors with an integer threshold, max-pooling is an OR, and
-only the last layer is affine in floating point. So whether an L-inf ball
-around an image holds a misclassified point is a mixed-integer linear program
-(Khalil, Gupta & Dilkina 2019), decided here exactly with respect to the
-engine, not the float model:
+The exported engine reduces a binary network to integer arithmetic: 8-bit
+pixel levels in, integer thresholds on +-1 dot products inside, max-pooling as
+OR, and an affine last layer. So whether an L-inf ball around an image holds a
+point that the engine misclassifies is a finite question, decided here exactly
+with respect to the engine, not the float model. An example is `robust` when
+no class can win inside the ball, `broken` when a counterexample, re-checked
+through the engine itself, is found, and `unknown` when the time limit runs
+out (or, rarely, a solution lies within float rounding of a tie).
 
-- the ball becomes a box of integer pixel levels, those the engine's own
-  quantization `round(clip(x, 0, 1) * 255)` can produce inside it;
-- each undecided hidden unit is a binary variable tied to its accumulator by
-  big-M constraints whose bounds come from interval propagation; units that
-  the bounds already decide are constants and leave the program;
-- max-pooling is OR, padding is the engine's constant, Flatten re-indexes;
-- for each class j other than the label, the program asks for a point where
-  logit_j >= logit_y (up to a tolerance above float32 rounding), most likely
-  classes first, stopping at the first that has one.
-
-An example is `robust` when every class's program is infeasible, `broken` when
-a solution, decoded to an image inside the ball, is misclassified by the engine
-itself, and `unknown` when the time limit runs out (or, rarely, a solution
-lies within float rounding of a tie and the engine classifies it correctly).
 Three deciders answer for one example, each a module with one `decide`:
-`milp` (SciPy's HiGHS) and `sat` (PySAT's Minicard) are complete; `search`, a
-gradient-free local search on the engine, only breaks. The search takes the
-easy counterexamples first; the complete decider then gets its share of the
-time limit, and an example it leaves undecided gets the rest in the search
-again. `encoding` holds what the deciders share, `result` their answers.
+`milp` (a mixed-integer program on SciPy's HiGHS) and `sat` (cardinality
+constraints on PySAT's Minicard) are complete; `search`, a gradient-free local
+search on the engine, only breaks. The search takes the easy counterexamples
+first; the complete decider then gets its share of the time limit, and an
+example it leaves undecided gets the rest in the search again. `encoding`
+holds what the deciders share, `result` their answers.
 
 Example:
     >>> from advlib.qnn.verify import verify

@@ -1,12 +1,7 @@
 """The verifier's MILP decider, on SciPy's HiGHS.
 
-The exported engine reduces a binary network to integer arithmetic: the first
-layer sees 8-bit pixel levels, every hidden layer compares an integer dot
-product of +-1 vectors with an integer threshold, max-pooling is an OR, and
-only the last layer is affine in floating point. So whether an L-inf ball
-around an image holds a misclassified point is a mixed-integer linear program
-(Khalil, Gupta & Dilkina 2019), decided here exactly with respect to the
-engine, not the float model:
+Whether the ball holds a misclassified point is a mixed-integer linear program
+(Khalil, Gupta & Dilkina 2019) over the engine's integers:
 
 - the ball becomes a box of integer pixel levels, those the engine's own
   quantization `round(clip(x, 0, 1) * 255)` can produce inside it;
@@ -18,10 +13,8 @@ engine, not the float model:
   logit_j >= logit_y (up to a tolerance above float32 rounding), most likely
   classes first, stopping at the first that has one.
 
-An example is `robust` when every class's program is infeasible, `broken` when
-a solution, decoded to an image inside the ball, is misclassified by the engine
-itself, and `unknown` when the time limit runs out (or, rarely, a solution
-lies within float rounding of a tie and the engine classifies it correctly).
+Every class's program infeasible: `robust`; a solution, decoded to an image
+inside the ball, that the engine misclassifies: `broken`.
 """
 
 from __future__ import annotations

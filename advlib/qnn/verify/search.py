@@ -110,17 +110,10 @@ def decide(
     restarts: int | None = None,
     verdict: Verdict | None = None,
 ) -> Verdict:
-    """Searches for a counterexample (`search_counterexample`) and checks it through
-    the engine.
+    """Searches for a counterexample with `search_counterexample`, which takes the
+    first seven arguments, and checks it through the engine.
 
     Args:
-        encoding: the network's `NetworkEncoding`.
-        x: one image in [0, 1].
-        label: the class to move away from.
-        eps: the L-inf radius.
-        time_limit: seconds.
-        seed: seeds the search.
-        restarts: as in `search_counterexample`.
         verdict: a complete decider's undecided verdict, which keeps its
             statistics and reason; default: a new one.
 
