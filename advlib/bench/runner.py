@@ -17,62 +17,10 @@ from advlib.bench import protocol as protocols
 from advlib.bench import report as reports
 from advlib.bench.arrays import ATTACK_COSTS, NOT_VERIFIED, VERDICT_CODES, allocate, batch_rows
 from advlib.bench.identity import IDENTITY_PROBE, model_identity, run_identity
+from advlib.bench.inputs import check_finite_logits, check_model_fits, load_examples
 from advlib.bench.shards import parse_shard
 from advlib.bench.storage import OutputFolder, restore_state, save_state, write_outputs
 from advlib.models.base import Model
-
-
-def load_examples(protocol) -> tuple[np.ndarray, np.ndarray]:
-    from advlib.datasets import load
-
-    spec = protocol["dataset"]
-    train, test = load(spec["name"])
-    x, y = test if spec["split"] == "test" else train
-    if spec["n"] > len(x):
-        raise ValueError(
-            f"protocol {protocol['name']!r} asks for {spec['n']} examples of "
-            f"{spec['name']} ({spec['split']}), which has {len(x)}."
-        )
-    return x[: spec["n"]], y[: spec["n"]]
-
-
-def check_model_fits(wrapped, x, y, protocol) -> None:
-    expected = tuple(x.shape[1:])
-    keras_model = getattr(wrapped, "model", None)
-    declared = getattr(keras_model, "input_shape", None)
-    if (
-        isinstance(declared, tuple)
-        and len(declared) == len(expected) + 1
-        and any(d is not None and d != e for d, e in zip(declared[1:], expected))
-    ):
-        raise ValueError(
-            f"the model expects inputs of shape {declared}, but protocol "
-            f"{protocol['name']!r} evaluates {protocol['dataset']['name']} images "
-            f"of shape (n,) + {expected}."
-        )
-    import tensorflow as tf
-
-    classes = wrapped.check_output(tf.convert_to_tensor(x[:1]))
-    if classes <= int(y.max()):
-        raise ValueError(
-            f"the model has {classes} classes, but {protocol['dataset']['name']} "
-            f"has labels up to {int(y.max())}."
-        )
-
-
-def check_finite_logits(wrapped, x: np.ndarray, offset: int = 0) -> np.ndarray:
-    """The model's logits on clean inputs; refuses a model that gives NaN or Inf,
-    whose argmax (class 0) would count as a prediction."""
-    logits = wrapped.predict_logits(x).numpy()
-    bad = ~np.isfinite(logits).all(axis=1)
-    if bad.any():
-        first = offset + int(np.flatnonzero(bad)[0])
-        raise ValueError(
-            f"the model returns non-finite logits (NaN or Inf) on {int(bad.sum())} "
-            f"of {len(x)} clean examples (the first is example {first}); its "
-            "predictions are meaningless there, so it cannot be evaluated."
-        )
-    return logits
 
 
 class Evaluation:
