@@ -198,7 +198,8 @@ class Evaluation:
         clip = self.protocol["clip"]
         for row, verdict in zip(rows, result.verdicts):
             status = verdict.status
-            if status == "broken" and verdict.counterexample is not None:
+            if status == "broken":
+                assert verdict.counterexample is not None  # every "broken" verdict has one
                 adversarial = verdict.counterexample[None].astype(x.dtype)
                 inside, norm = within_threat(
                     adversarial,

@@ -174,7 +174,6 @@ def restore_state(
     Raises:
         ValueError: naming the state file and what does not fit.
     """
-    """Loads the saved state, refusing one that is not this run's or not intact."""
     path = os.path.join(out_dir, STATE_JSON)
     if not os.path.exists(path):
         raise ValueError(f"--resume: no saved state in {out_dir!r}.")
