@@ -4,14 +4,14 @@ attacks of AutoAttack; L1 after Croce & Hein 2021."""
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
 import tensorflow as tf
 
 from advlib import _checks, losses
 from advlib.attacks import utils
-from advlib.attacks.base import Attack, on_survivors, refuse_true_class_targets
+from advlib.attacks.base import DOMAIN, TARGETABLE, Attack, on_survivors, refuse_true_class_targets
 
 _MOMENTUM = 0.75
 _TARGET_SEED_STRIDE = 1000
@@ -41,6 +41,50 @@ def checkpoint_lengths(nb_iter: int, norm) -> list:
         lengths.append(k)
         k = max(k - decrease, shortest)
     return lengths
+
+
+class _Problem(NamedTuple):
+    """One batch's question: the inputs, the labels success is judged by, and
+    those the loss takes (for targeted DLR, the true and the target class)."""
+
+    x: tf.Tensor
+    labels: tf.Tensor
+    loss_labels: tf.Tensor
+
+    def rows(self, rows) -> _Problem:
+        return _Problem(*(tf.gather(t, rows) for t in self))
+
+
+class _Rule(NamedTuple):
+    """The run's Python choices: each combination is one trace of the loop."""
+
+    norm: float
+    loss_fn: Any
+    targeted: bool
+    eot_iter: int
+
+
+class _Plan(NamedTuple):
+    """A run's settings: its rule, radius, domain and budget."""
+
+    rule: _Rule
+    eps: float
+    bounds: tuple[tf.Tensor, tf.Tensor]
+    nb_iter: int
+    nb_restarts: int
+    rho: float
+    large_reps: bool
+
+
+class _Numbers(NamedTuple):
+    """The compiled loop's numbers, as tensors of the input's dtype."""
+
+    eps: tf.Tensor
+    low: tf.Tensor
+    high: tf.Tensor
+    schedule: tf.Tensor  # per step: the length of the window that ends there, or 0
+    rho: tf.Tensor
+    initial_step: tf.Tensor
 
 
 class APGD(Attack):
@@ -81,53 +125,22 @@ class APGD(Attack):
         super().__init__(model)
         self._iterate = tf.function(self._iterate_fn, reduce_retracing=True)
 
+    shared_params: ClassVar[tuple[str, ...]] = ("eps", "norm", *TARGETABLE, *DOMAIN, "seed")
+
     def parse_params(
-        self,
-        eps=0.3,
-        nb_iter=100,
-        norm=None,
-        ord=None,
-        loss="ce",
-        nb_restarts=1,
-        rho=0.75,
-        eot_iter=1,
-        large_reps=False,
-        y=None,
-        y_target=None,
-        targeted=False,
-        clip_min=None,
-        clip_max=None,
-        seed=None,
+        self, nb_iter=100, loss="ce", nb_restarts=1, rho=0.75, eot_iter=1, large_reps=False
     ) -> dict[str, Any]:
-        norm = utils.resolve_norm(norm, ord)
-        _checks.check_number("eps", eps, low=0)
-        _checks.check_number("nb_iter", nb_iter, low=1, integer=True)
-        _checks.check_choice("loss", loss, ("ce", "dlr"))
-        _checks.check_number("nb_restarts", nb_restarts, low=1, integer=True)
-        _checks.check_number("rho", rho, low=0, high=1)
-        _checks.check_number("eot_iter", eot_iter, low=1, integer=True)
-        _checks.check_seed(seed)
         return dict(
-            eps=float(eps),
-            nb_iter=int(nb_iter),
-            norm=norm,
-            loss=loss,
-            nb_restarts=int(nb_restarts),
-            rho=float(rho),
-            eot_iter=int(eot_iter),
+            nb_iter=int(_checks.check_number("nb_iter", nb_iter, low=1, integer=True)),
+            loss=_checks.check_choice("loss", loss, ("ce", "dlr")),
+            nb_restarts=int(_checks.check_number("nb_restarts", nb_restarts, low=1, integer=True)),
+            rho=float(_checks.check_number("rho", rho, low=0, high=1)),
+            eot_iter=int(_checks.check_number("eot_iter", eot_iter, low=1, integer=True)),
             large_reps=bool(large_reps),
-            y=y,
-            y_target=y_target,
-            targeted=bool(targeted),
-            clip_min=clip_min,
-            clip_max=clip_max,
-            seed=seed,
         )
 
     # -- the attack ---------------------------------------------------------------
-    def _generate(
-        self, x, labels, targeted, *, eps, norm, loss, seed, clip_min, clip_max, **options
-    ):
+    def _generate(self, x, labels, targeted, *, eps, loss, seed, **options):
         if eps == 0:
             return tf.identity(x)
         true = labels
@@ -135,25 +148,18 @@ class APGD(Attack):
             true = self.model.predict_classes(x)
             self._count(len(x))
             refuse_true_class_targets(labels.numpy(), true.numpy())
-        loss_fn = self._loss(loss, targeted)
         loss_labels = (
             tf.stack([tf.cast(true, tf.int64), tf.cast(labels, tf.int64)], axis=1)
             if targeted and loss == "dlr"
             else labels
         )
-        bounds = utils.bounds_as_tensors(x.dtype, clip_min, clip_max)
-        return self._restarts(
-            x,
-            labels,
-            loss_labels,
-            loss_fn,
-            targeted,
-            eps,
-            norm,
-            bounds,
-            self._seed_pair(seed),
-            **options,
-        )[0]
+        plan = self._plan(x, eps, self._loss(loss, targeted), targeted, **options)
+        return self._restarts(_Problem(x, labels, loss_labels), plan, self._seed_pair(seed))[0]
+
+    @staticmethod
+    def _plan(x, eps, loss_fn, targeted, *, norm, clip_min, clip_max, eot_iter, **budget) -> _Plan:
+        rule = _Rule(norm, loss_fn, targeted, eot_iter)
+        return _Plan(rule, eps, utils.bounds_as_tensors(x.dtype, clip_min, clip_max), **budget)
 
     def _loss(self, name: str, targeted: bool):
         if name == "dlr":
@@ -167,98 +173,37 @@ class APGD(Attack):
             return losses.targeted_dlr_loss if targeted else losses.dlr_loss
         return _negative_cross_entropy if targeted else losses.cross_entropy
 
-    def _restarts(
-        self,
-        x,
-        labels,
-        loss_labels,
-        loss_fn,
-        targeted,
-        eps,
-        norm,
-        bounds,
-        seed_pair,
-        *,
-        nb_iter,
-        nb_restarts,
-        rho,
-        eot_iter,
-        large_reps,
-    ):
+    def _restarts(self, problem: _Problem, plan: _Plan, seed_pair):
         """Runs restarts on the examples still robust.
 
         Returns:
             (x_adv, robust): the adversarial examples, or the points of highest
             loss where none was found; and which examples stayed robust.
         """
-        robust = np.ones(len(x), bool)
+        robust = np.ones(len(problem.x), bool)
 
         def restart(index, rows):
-            pick = lambda t: tf.gather(t, rows)
-            return self._run(
-                pick(x),
-                pick(labels),
-                pick(loss_labels),
-                loss_fn,
-                targeted,
-                eps,
-                norm,
-                bounds,
-                seed_pair + [1, index],
-                nb_iter,
-                rho,
-                eot_iter,
-                large_reps,
-            )
+            return self._run(problem.rows(rows), plan, seed_pair + [1, index])
 
-        return on_survivors(x, robust, range(nb_restarts), restart), robust
+        return on_survivors(problem.x, robust, range(plan.nb_restarts), restart), robust
 
-    def _run(
-        self,
-        x,
-        labels,
-        loss_labels,
-        loss_fn,
-        targeted,
-        eps,
-        norm,
-        bounds,
-        seed_pair,
-        nb_iter,
-        rho,
-        eot_iter,
-        large_reps,
-    ):
+    def _run(self, problem: _Problem, plan: _Plan, seed_pair):
         """One restart: (best adversarial or highest-loss points, still robust)."""
-        low, high = bounds
-        run = lambda eps, steps, start: self._single_run(
-            x,
-            labels,
-            loss_labels,
-            loss_fn,
-            targeted,
-            eps,
-            norm,
-            bounds,
-            seed_pair,
-            steps,
-            rho,
-            eot_iter,
-            start,
-        )
-        if norm == 1 and large_reps:
+        x, (low, high), eps = problem.x, plan.bounds, plan.eps
+        if plan.rule.norm == 1 and plan.large_reps:
             schedule = [
-                (eps * f, max(math.ceil(share * nb_iter), 1)) for f, share in _L1_SCHEDULE[:-1]
+                (eps * f, max(math.ceil(share * plan.nb_iter), 1)) for f, share in _L1_SCHEDULE[:-1]
             ]
-            schedule.append((eps, nb_iter - sum(n for _, n in schedule)))
+            schedule.append((eps, plan.nb_iter - sum(n for _, n in schedule)))
             start = x + utils.project_l1_box(
                 self._noise(x, 1, seed_pair), eps * 3, low - x, high - x
             )
             for current, steps in schedule:
                 start = x + utils.project_l1_box(start - x, current, low - x, high - x)
-                start, x_adv, robust = run(current, max(steps, 1), start)
+                stage = plan._replace(eps=current, nb_iter=max(steps, 1))
+                start, x_adv, robust = self._single_run(problem, stage, seed_pair, start)
             return tf.where(utils.per_example(robust, x), start, x_adv), robust
-        best, x_adv, robust = run(eps, nb_iter, None)
+        best, x_adv, robust = self._single_run(problem, plan, seed_pair, None)
         return tf.where(utils.per_example(robust, x), best, x_adv), robust
 
     def _noise(self, x, norm, seed_pair):
@@ -272,30 +217,16 @@ class APGD(Attack):
             scale = tf.norm(tf.reshape(t, [tf.shape(x)[0], -1]), axis=1)
         return t / utils.per_example(scale + 1e-12, x)
 
-    def _single_run(
-        self,
-        x,
-        labels,
-        loss_labels,
-        loss_fn,
-        targeted,
-        eps,
-        norm,
-        bounds,
-        seed_pair,
-        nb_iter,
-        rho,
-        eot_iter,
-        start,
-    ):
+    def _single_run(self, problem: _Problem, plan: _Plan, seed_pair, start):
         """Algorithm 1 of the paper on one batch, from `start` (None: a random start).
 
         Returns:
             (x_best, x_adv, robust): the highest-loss points, the adversarial
             points found, and which examples no step made adversarial.
         """
-        low, high = bounds
-        eps_t = tf.cast(eps, x.dtype)
+        x, (low, high), rule, nb_iter = problem.x, plan.bounds, plan.rule, plan.nb_iter
+        norm, eot_iter = rule.norm, rule.eot_iter
+        eps_t = tf.cast(plan.eps, x.dtype)
         if start is None:
             noise = self._noise(x, norm, seed_pair)
             start = (
@@ -303,49 +234,35 @@ class APGD(Attack):
                 if norm == 1
                 else tf.clip_by_value(x + eps_t * noise, low, high)
             )
-        loss, grad, logits = self._evaluate(start, loss_labels, loss_fn, eot_iter)
-        robust = ~self._succeeded(logits, labels, targeted)
+        loss, grad, logits = self._evaluate(start, problem.loss_labels, rule.loss_fn, eot_iter)
+        robust = ~self._succeeded(logits, problem.labels, rule.targeted)
         factor = _STEP_FACTOR[norm]
         features = int(np.prod(x.shape[1:]))
-        sparsity = tf.fill([len(x)], tf.cast(0.2, x.dtype))
-        state = dict(
-            x_adv=start,
-            x_old=start,
-            grad=grad,
-            x_best=start,
-            grad_best=grad,
-            loss_best=loss,
-            x_found=start,
-            robust=robust,
-            previous=loss,
-            increases=tf.zeros_like(loss),
-            step=tf.fill([len(x)], factor * eps_t),
-            last_best=loss,
-            reduced=tf.ones([len(x)], tf.bool),
+        batch = len(x)
+        state = {
+            **dict.fromkeys(("x_adv", "x_old", "x_best", "x_found"), start),
+            **dict.fromkeys(("grad", "grad_best"), grad),
+            **dict.fromkeys(("loss_best", "previous", "last_best"), loss),
+            "robust": robust,
+            "increases": tf.zeros_like(loss),
+            "step": tf.fill([batch], factor * eps_t),
+            "reduced": tf.ones([batch], tf.bool),
             # L1: the sparsity of the step, and that of the best point at the last check
-            sparsity=sparsity,
-            last_sparsity=tf.fill([len(x)], tf.cast(features, x.dtype)),
-        )
-        # per step: the length of the window that ends there, or 0
+            "sparsity": tf.fill([batch], tf.cast(0.2, x.dtype)),
+            "last_sparsity": tf.fill([batch], tf.cast(features, x.dtype)),
+        }
         schedule = np.zeros(nb_iter)
         ends = np.cumsum(checkpoint_lengths(nb_iter, norm))
         schedule[ends[ends <= nb_iter] - 1] = np.diff(np.r_[0, ends])[ends <= nb_iter]
-        state = self._iterate(
-            state,
-            x,
-            labels,
-            loss_labels,
+        numbers = _Numbers(
             eps_t,
             low,
             high,
             tf.constant(schedule, x.dtype),
-            tf.constant(rho, x.dtype),
+            tf.constant(plan.rho, x.dtype),
             factor * eps_t,
-            norm,
-            loss_fn,
-            targeted,
-            eot_iter,
         )
+        state = self._iterate(state, problem, numbers, rule)
         self._count(len(x), forward=(nb_iter + 1) * eot_iter, backward=(nb_iter + 1) * eot_iter)
         return state["x_best"], state["x_found"], state["robust"]
 
@@ -363,12 +280,14 @@ class APGD(Attack):
         return tf.equal(predicted, labels) if targeted else tf.not_equal(predicted, labels)
 
     # -- compiled pieces ----------------------------------------------------------------
-    def _project(self, x, point, eps, low, high, norm):
+    @staticmethod
+    def _project(x, point, numbers: _Numbers, norm):
+        eps, low, high = numbers.eps, numbers.low, numbers.high
         if norm == 1:
             return x + utils.project_l1_box(point - x, eps, low - x, high - x)
         return tf.clip_by_value(x + utils.clip_eta(point - x, norm, eps), low, high)
 
-    def _ascend(self, x, state, eps, low, high, norm):
+    def _ascend(self, x, state, numbers: _Numbers, norm):
         """The plain step z of the paper, projected."""
         x_adv, grad, step = state["x_adv"], state["grad"], utils.per_example(state["step"], x)
         if norm == 1:
@@ -383,91 +302,37 @@ class APGD(Attack):
             threshold = utils.per_example(tf.gather(ranked, place, batch_dims=1), x)
             direction = tf.sign(grad) * tf.cast(tf.abs(grad) >= threshold, x.dtype)
             count = tf.reduce_sum(tf.abs(tf.reshape(direction, [tf.shape(x)[0], -1])), axis=1)
-            return self._project(
-                x,
-                x_adv + step * direction / utils.per_example(count + 1e-10, x),
-                eps,
-                low,
-                high,
-                norm,
-            )
+            moved = x_adv + step * direction / utils.per_example(count + 1e-10, x)
+            return self._project(x, moved, numbers, norm)
         direction = tf.sign(grad) if norm == np.inf else utils.optimize_linear(grad, 1.0, 2)
-        return self._project(x, x_adv + step * direction, eps, low, high, norm)
+        return self._project(x, x_adv + step * direction, numbers, norm)
 
-    def _iterate_fn(
-        self,
-        state,
-        x,
-        labels,
-        loss_labels,
-        eps,
-        low,
-        high,
-        schedule,
-        rho,
-        initial_step,
-        norm,
-        loss_fn,
-        targeted,
-        eot_iter,
-    ):
+    def _iterate_fn(self, state, problem: _Problem, numbers: _Numbers, rule: _Rule):
         """Every step of one run, in one compiled loop, with the checkpoints."""
-        for i in tf.range(tf.shape(schedule)[0]):
+        x = problem.x
+        for i in tf.range(tf.shape(numbers.schedule)[0]):
             momentum = tf.where(i > 0, tf.constant(_MOMENTUM, x.dtype), tf.constant(1.0, x.dtype))
-            state = self._step_fn(
-                state,
-                x,
-                labels,
-                loss_labels,
-                eps,
-                low,
-                high,
-                momentum,
-                norm,
-                loss_fn,
-                targeted,
-                eot_iter,
-            )
-            if schedule[i] > 0:
-                state = self._check_fn(state, x, schedule[i], rho, initial_step, norm)
+            state = self._step_fn(state, problem, numbers, momentum, rule)
+            if numbers.schedule[i] > 0:
+                state = self._check_fn(state, x, numbers.schedule[i], numbers, rule.norm)
         return state
 
-    def _step_fn(
-        self,
-        state,
-        x,
-        labels,
-        loss_labels,
-        eps,
-        low,
-        high,
-        momentum,
-        norm,
-        loss_fn,
-        targeted,
-        eot_iter,
-    ):
+    def _step_fn(self, state, problem: _Problem, numbers: _Numbers, momentum, rule: _Rule):
+        x, norm = problem.x, rule.norm
         state = dict(state)
-        z = self._ascend(x, state, eps, low, high, norm)
+        z = self._ascend(x, state, numbers, norm)
         if norm == 1:  # the L1 version takes the plain step
             moved = z
         else:
-            moved = self._project(
-                x,
-                state["x_adv"]
-                + momentum * (z - state["x_adv"])
-                + (1 - momentum) * (state["x_adv"] - state["x_old"]),
-                eps,
-                low,
-                high,
-                norm,
-            )
-        loss, grad, logits = self._evaluate(moved, loss_labels, loss_fn, eot_iter)
+            x_adv = state["x_adv"]
+            heavy = x_adv + momentum * (z - x_adv) + (1 - momentum) * (x_adv - state["x_old"])
+            moved = self._project(x, heavy, numbers, norm)
+        loss, grad, logits = self._evaluate(moved, problem.loss_labels, rule.loss_fn, rule.eot_iter)
         finite = tf.math.is_finite(loss) & utils.finite_rows(grad) & utils.finite_rows(moved)
         keep = utils.per_example(finite, x)
         moved, grad = tf.where(keep, moved, state["x_adv"]), tf.where(keep, grad, state["grad"])
         loss = tf.where(finite, loss, state["previous"])
-        success = self._succeeded(logits, labels, targeted) & finite
+        success = self._succeeded(logits, problem.labels, rule.targeted) & finite
         state["x_found"] = tf.where(
             utils.per_example(success & state["robust"], x), moved, state["x_found"]
         )
@@ -481,10 +346,10 @@ class APGD(Attack):
         state["x_old"], state["x_adv"], state["grad"] = state["x_adv"], moved, grad
         return state
 
-    def _check_fn(self, state, x, length, rho, initial_step, norm):
+    def _check_fn(self, state, x, length, numbers: _Numbers, norm):
         """A checkpoint: where progress stalled, halve the step (L1: adapt the step and
         the sparsity) and go back to the best point."""
-        state = dict(state)
+        state, rho, initial_step = dict(state), numbers.rho, numbers.initial_step
         if norm == 1:
             changed = tf.reshape(
                 tf.cast(tf.not_equal(state["x_best"], x), x.dtype), [tf.shape(x)[0], -1]
@@ -529,81 +394,31 @@ class APGDT(APGD):
         >>> x_adv = APGDT(keras_model).generate_np(x, y=y, eps=0.1, clip_min=0., clip_max=1.)
     """
 
-    def parse_params(
-        self,
-        eps=0.3,
-        nb_iter=100,
-        norm=None,
-        ord=None,
-        n_target_classes=9,
-        nb_restarts=1,
-        rho=0.75,
-        eot_iter=1,
-        large_reps=False,
-        y=None,
-        clip_min=None,
-        clip_max=None,
-        seed=None,
-    ) -> dict[str, Any]:
-        _checks.check_number("n_target_classes", n_target_classes, low=1, integer=True)
-        parsed = super().parse_params(
-            eps=eps,
-            nb_iter=nb_iter,
-            norm=norm,
-            ord=ord,
-            loss="dlr",
-            nb_restarts=nb_restarts,
-            rho=rho,
-            eot_iter=eot_iter,
-            large_reps=large_reps,
-            y=y,
-            clip_min=clip_min,
-            clip_max=clip_max,
-            seed=seed,
+    shared_params = ("eps", "norm", "y", *DOMAIN, "seed")
+    fixed = dict(loss="dlr")
+
+    def parse_params(self, n_target_classes=9, **params) -> dict[str, Any]:
+        parsed = super().parse_params(**params)
+        parsed["n_target_classes"] = int(
+            _checks.check_number("n_target_classes", n_target_classes, low=1, integer=True)
         )
-        parsed["n_target_classes"] = int(n_target_classes)
         return parsed
 
-    def _generate(
-        self,
-        x,
-        labels,
-        targeted,
-        *,
-        eps,
-        norm,
-        loss,
-        seed,
-        clip_min,
-        clip_max,
-        n_target_classes,
-        **options,
-    ):
+    def _generate(self, x, labels, targeted, *, eps, loss, seed, n_target_classes, **options):
         if eps == 0:
             return tf.identity(x)
-        loss_fn = self._loss(loss, targeted=True)
+        plan = self._plan(x, eps, self._loss(loss, targeted=True), False, **options)
         logits = self.model.predict_logits(x)
         self._count(len(x))
         ranked = tf.argsort(logits, axis=-1, direction="DESCENDING").numpy()
         robust = ranked[:, 0] == labels.numpy()
-        bounds = utils.bounds_as_tensors(x.dtype, clip_min, clip_max)
         seed_pair = self._seed_pair(seed)
 
         def towards(k, rows):
             true = tf.gather(labels, rows)
             pair = tf.stack([tf.cast(true, tf.int64), tf.constant(ranked[rows, k], tf.int64)], 1)
-            return self._restarts(
-                tf.gather(x, rows),
-                true,
-                pair,
-                loss_fn,
-                False,
-                eps,
-                norm,
-                bounds,
-                seed_pair + [0, _TARGET_SEED_STRIDE * k],
-                **options,
-            )
+            problem = _Problem(tf.gather(x, rows), true, pair)
+            return self._restarts(problem, plan, seed_pair + [0, _TARGET_SEED_STRIDE * k])
 
         targets = range(1, min(n_target_classes, self.model.nb_classes - 1) + 1)
         return on_survivors(x, robust, targets, towards)

@@ -20,6 +20,24 @@ from advlib.models.keras import as_model
 
 _REGISTRY: dict[str, type[Attack]] = {}
 
+# The parameters many attacks share, with their defaults. An attack names those it
+# takes in `shared_params`, and `Attack.parse` checks them, so that `parse_params`
+# declares only the attack's own.
+# the shared parameters that hold labels, and those that bound the input domain
+TARGETABLE = ("y", "y_target", "targeted")
+DOMAIN = ("clip_min", "clip_max")
+SHARED_DEFAULTS: dict[str, Any] = {
+    "eps": 0.3,
+    "norm": None,
+    "ord": None,
+    "y": None,
+    "y_target": None,
+    "targeted": False,
+    "clip_min": None,
+    "clip_max": None,
+    "seed": None,
+}
+
 
 def by_name(name: str) -> type[Attack]:
     """The attack class registered under `name` (its class name, e.g. "SPSA")."""
@@ -70,9 +88,13 @@ class Attack(abc.ABC):
     """Base class of all attacks.
 
     Subclasses define `parse_params`, whose keyword arguments and defaults
-    are the attack's parameters (cleverhans's names), and `_generate`, which
-    crafts adversarial examples for one checked batch. A subclass that only
-    changes defaults sets the `defaults` class attribute. Every concrete
+    are the attack's own parameters (cleverhans's names), and `_generate`, which
+    crafts adversarial examples for one checked batch. The parameters that many
+    attacks share (labels, bounds, norm, seed: `SHARED_DEFAULTS`) are named in
+    `shared_params` and checked here. A subclass that only changes defaults
+    sets `defaults`; one that pins a parameter sets `fixed`; one that adds
+    parameters declares them with `**params` and passes the rest on to
+    `super().parse_params`. Every concrete
     subclass is registered under its class name (`by_name`), so that the
     harness, its protocols and training find it without a list to edit;
     `register=False` in the class statement opts out.
@@ -84,8 +106,17 @@ class Attack(abc.ABC):
 
     # Parameters holding one entry per example; generate_np slices them.
     per_example_params: ClassVar[tuple[str, ...]] = ("y", "y_target")
-    # Defaults that override those of parse_params's signature.
+    # Defaults that override those of parse_params's signature and SHARED_DEFAULTS.
     defaults: ClassVar[dict[str, Any]] = {}
+    # Parameters pinned to a value: the attack does not take them.
+    fixed: ClassVar[dict[str, Any]] = {}
+    # The entries of SHARED_DEFAULTS the attack takes ("norm" brings its alias "ord");
+    # an attack that declares one in parse_params checks it there.
+    shared_params: ClassVar[tuple[str, ...]] = ()
+    # The norms the attack supports, its default first.
+    norms: ClassVar[tuple[float, ...]] = utils.NORMS
+    # The attack's name and why it needs finite clip_min and clip_max, if it does.
+    needs_bounds: ClassVar[str | None] = None
     # Sees only the model's outputs: the cross-check against gradient masking.
     black_box: ClassVar[bool] = False
     # The parameters an evaluation sets from its threat model.
@@ -250,7 +281,29 @@ class Attack(abc.ABC):
     @classmethod
     def parameters(cls) -> tuple[str, ...]:
         """The names of the attack's parameters."""
-        return tuple(inspect.signature(cls.parse_params).parameters)
+        shared = cls._shared_names()
+        return tuple(n for n in cls._own_names() + shared if n not in cls.fixed)
+
+    @classmethod
+    def _own_names(cls) -> tuple[str, ...]:
+        """The parameters of `parse_params`, following `**params` up the classes."""
+        names: list[str] = []
+        for klass in cls.__mro__:
+            if "parse_params" not in vars(klass):
+                continue
+            signature = inspect.signature(vars(klass)["parse_params"]).parameters.values()
+            names += [p.name for p in signature if p.kind is p.POSITIONAL_OR_KEYWORD]
+            if not any(p.kind is p.VAR_KEYWORD for p in signature):
+                break
+        return tuple(n for n in dict.fromkeys(names) if n != "self")
+
+    @classmethod
+    def _shared_names(cls) -> tuple[str, ...]:
+        own = cls._own_names()
+        names = [n for n in cls.shared_params if n not in own]
+        if "norm" in names:
+            names.insert(names.index("norm") + 1, "ord")
+        return tuple(names)
 
     @classmethod
     def takes_seed(cls) -> bool:
@@ -286,8 +339,10 @@ class Attack(abc.ABC):
                 f"{type(self).__name__} got unknown parameter(s) {unknown}; "
                 f"allowed: {sorted(allowed)}."
             )
-        defaults = {k: v for k, v in self.defaults.items() if k in allowed}
-        parsed = self.parse_params(**{**defaults, **params})
+        given = {**self.defaults, **params, **self.fixed}
+        own = {k: v for k, v in given.items() if k in self._own_names()}
+        shared = {k: given.get(k, SHARED_DEFAULTS[k]) for k in self._shared_names()}
+        parsed = {**self.parse_params(**own), **self._parse_shared(shared)}
         if parsed.get("y") is not None and parsed.get("y_target") is not None:
             raise ValueError(
                 "y and y_target must not be given together: y gives the true "
@@ -304,6 +359,21 @@ class Attack(abc.ABC):
         if "clip_min" in parsed:
             _checks.check_clip_bounds(parsed["clip_min"], parsed["clip_max"])
         return parsed
+
+    def _parse_shared(self, shared: dict[str, Any]) -> dict[str, Any]:
+        if "eps" in shared:
+            shared["eps"] = float(_checks.check_number("eps", shared["eps"], low=0))
+        if "norm" in shared:
+            norm, alias = shared.pop("norm"), shared.pop("ord")
+            shared["norm"] = utils.resolve_norm(norm, alias, self.norms[0], self.norms)
+        if "targeted" in shared:
+            shared["targeted"] = bool(shared["targeted"])
+        if "seed" in shared:
+            _checks.check_seed(shared["seed"])
+        for name in ("clip_min", "clip_max"):
+            if self.needs_bounds and name in shared and shared[name] is None:
+                raise ValueError(f"{name} must be a number for {self.needs_bounds}; got None.")
+        return shared
 
     def _check_input(self, x, parsed) -> tf.Tensor:
         array = _checks.check_batch("x", x)

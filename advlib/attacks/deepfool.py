@@ -10,7 +10,7 @@ import tensorflow as tf
 
 from advlib import _checks
 from advlib.attacks import utils
-from advlib.attacks.base import Attack
+from advlib.attacks.base import DOMAIN, Attack
 
 _OWN_CLASS = 1e10  # f_y - f_y is no boundary
 _PAST_BOUNDARY = 1e-4  # each step lands this far beyond the linearised boundary
@@ -49,29 +49,17 @@ class DeepFool(Attack):
         super().__init__(model)
         self._step = tf.function(self._step_fn, reduce_retracing=True)
 
-    def parse_params(
-        self,
-        nb_candidate=10,
-        overshoot=0.02,
-        max_iter=50,
-        norm=None,
-        ord=None,
-        y=None,
-        clip_min=0.0,
-        clip_max=1.0,
-    ) -> dict[str, Any]:
-        norm = utils.resolve_norm(norm, ord, default=2, allowed=(2, np.inf))
-        _checks.check_number("nb_candidate", nb_candidate, low=2, integer=True)
-        _checks.check_number("overshoot", overshoot, low=0)
-        _checks.check_number("max_iter", max_iter, low=1, integer=True)
+    shared_params = ("norm", "y", *DOMAIN)
+    norms = (2, np.inf)
+    defaults = dict(clip_min=0.0, clip_max=1.0)
+
+    def parse_params(self, nb_candidate=10, overshoot=0.02, max_iter=50) -> dict[str, Any]:
         return dict(
-            nb_candidate=int(nb_candidate),
-            overshoot=float(overshoot),
-            max_iter=int(max_iter),
-            norm=norm,
-            y=y,
-            clip_min=clip_min,
-            clip_max=clip_max,
+            nb_candidate=int(
+                _checks.check_number("nb_candidate", nb_candidate, low=2, integer=True)
+            ),
+            overshoot=float(_checks.check_number("overshoot", overshoot, low=0)),
+            max_iter=int(_checks.check_number("max_iter", max_iter, low=1, integer=True)),
         )
 
     def _generate(

@@ -3,14 +3,14 @@ adversarial examples by projections onto linearised decision boundaries."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import tensorflow as tf
 
 from advlib import _checks
 from advlib.attacks import utils
-from advlib.attacks.base import Attack
+from advlib.attacks.base import DOMAIN, Attack
 
 _NO_ADVERSARIAL = 1e10
 _TARGET_SEED_STRIDE = 1000
@@ -90,6 +90,16 @@ def project_onto_hyperplane(
     return tf.cast(direction * move, dtype)
 
 
+class _Numbers(NamedTuple):
+    """A run's numbers, as tensors of the input's dtype."""
+
+    low: tf.Tensor
+    high: tf.Tensor
+    alpha_max: tf.Tensor
+    eta: tf.Tensor
+    beta: tf.Tensor
+
+
 class FAB(Attack):
     """The Fast Adaptive Boundary attack: the smallest perturbation it can find.
 
@@ -127,70 +137,27 @@ class FAB(Attack):
         super().__init__(model)
         self._iterate = tf.function(self._iterate_fn, reduce_retracing=True)
 
+    shared_params = ("eps", "norm", "y", *DOMAIN, "seed")
+    defaults = dict(clip_min=0.0, clip_max=1.0)
+    needs_bounds = "FAB, whose projections need a bounded input domain"
+
     def parse_params(
-        self,
-        eps=0.3,
-        norm=None,
-        ord=None,
-        nb_iter=100,
-        nb_restarts=1,
-        alpha_max=0.1,
-        eta=1.05,
-        beta=0.9,
-        y=None,
-        clip_min=0.0,
-        clip_max=1.0,
-        seed=None,
+        self, nb_iter=100, nb_restarts=1, alpha_max=0.1, eta=1.05, beta=0.9
     ) -> dict[str, Any]:
-        norm = utils.resolve_norm(norm, ord)
-        _checks.check_number("eps", eps, low=0)
-        _checks.check_number("nb_iter", nb_iter, low=1, integer=True)
-        _checks.check_number("nb_restarts", nb_restarts, low=1, integer=True)
-        _checks.check_number("alpha_max", alpha_max, low=0, high=1)
-        _checks.check_number("eta", eta, low=1)
-        _checks.check_number("beta", beta, low=0, high=1)
-        for name, value in (("clip_min", clip_min), ("clip_max", clip_max)):
-            if value is None:
-                raise ValueError(
-                    f"{name} must be a number for FAB, whose projections need a "
-                    "bounded input domain; got None."
-                )
-        _checks.check_seed(seed)
+        number = _checks.check_number
         return dict(
-            eps=float(eps),
-            norm=norm,
-            nb_iter=int(nb_iter),
-            nb_restarts=int(nb_restarts),
-            alpha_max=float(alpha_max),
-            eta=float(eta),
-            beta=float(beta),
-            y=y,
-            clip_min=clip_min,
-            clip_max=clip_max,
-            seed=seed,
+            nb_iter=int(number("nb_iter", nb_iter, low=1, integer=True)),
+            nb_restarts=int(number("nb_restarts", nb_restarts, low=1, integer=True)),
+            alpha_max=float(number("alpha_max", alpha_max, low=0, high=1)),
+            eta=float(number("eta", eta, low=1)),
+            beta=float(number("beta", beta, low=0, high=1)),
         )
 
     # -- the attack -------------------------------------------------------------------
     def _generate(self, x, labels, targeted, *, seed, **options):
         return self._attack(x, labels, None, self._seed_pair(seed), **options)[0]
 
-    def _attack(
-        self,
-        x,
-        labels,
-        targets,
-        seed_pair,
-        *,
-        eps,
-        norm,
-        nb_iter,
-        nb_restarts,
-        alpha_max,
-        eta,
-        beta,
-        clip_min,
-        clip_max,
-    ):
+    def _attack(self, x, labels, targets, seed_pair, *, eps, nb_restarts, **run):
         """Restarts on the examples not broken within eps.
 
         Returns:
@@ -205,20 +172,9 @@ class FAB(Attack):
             if rows.size == 0:
                 break
             pick = lambda t: None if t is None else tf.gather(t, rows)
+            start = (restart > 0, seed_pair + [restart, 0])
             x_adv, norms = self._single_run(
-                pick(x),
-                pick(labels),
-                pick(targets),
-                restart > 0,
-                seed_pair + [restart, 0],
-                eps,
-                norm,
-                nb_iter,
-                alpha_max,
-                eta,
-                beta,
-                clip_min,
-                clip_max,
+                pick(x), pick(labels), pick(targets), *start, eps, **run
             )
             norms = norms.numpy()
             better = norms < best[rows]
@@ -228,21 +184,9 @@ class FAB(Attack):
         return out, correct & (best <= eps)
 
     def _single_run(
-        self,
-        x,
-        labels,
-        targets,
-        random_start,
-        seed_pair,
-        eps,
-        norm,
-        nb_iter,
-        alpha_max,
-        eta,
-        beta,
-        clip_min,
-        clip_max,
+        self, x, labels, targets, random_start, seed_pair, eps, *, norm, nb_iter, **step
     ):
+        clip_min, clip_max = step.pop("clip_min"), step.pop("clip_max")
         low, high = utils.bounds_as_tensors(x.dtype, clip_min, clip_max)
         current = x
         if random_start:
@@ -255,20 +199,12 @@ class FAB(Attack):
             noise = noise / utils.per_example(utils.lp_norm(noise, norm) + 1e-12, x)
             current = tf.clip_by_value(x + 0.5 * eps * noise, low, high)
         best = tf.fill([len(x)], tf.constant(_NO_ADVERSARIAL, x.dtype))
-        x_adv = x
-        constants = [tf.constant(v, x.dtype) for v in (alpha_max, eta, beta)]
+        numbers = _Numbers(
+            low, high, *(tf.constant(step[k], x.dtype) for k in _Numbers._fields[2:])
+        )
+        problem = (x, labels, targets)
         x_adv, best = self._iterate(
-            current,
-            x,
-            labels,
-            targets,
-            x_adv,
-            best,
-            low,
-            high,
-            *constants,
-            norm,
-            tf.constant(nb_iter),
+            (current, x, best), problem, numbers, norm, tf.constant(nb_iter)
         )
         self._count(
             len(x),
@@ -298,32 +234,16 @@ class FAB(Attack):
         is_own = tf.one_hot(labels, tf.shape(logits)[1], on_value=True, off_value=False)
         return tf.where(is_own, tf.constant(_NO_ADVERSARIAL, point.dtype), difference), gradient
 
-    def _iterate_fn(
-        self,
-        current,
-        x,
-        labels,
-        targets,
-        x_adv,
-        best,
-        low,
-        high,
-        alpha_max,
-        eta,
-        beta,
-        norm,
-        nb_iter,
-    ):
-        """All the steps of one run in one compiled loop."""
+    def _iterate_fn(self, state, problem, numbers: _Numbers, norm, nb_iter):
+        """All the steps of one run in one compiled loop; `state` is (the current
+        point, the best adversarial point, its norm), `problem` (x, labels, targets)."""
         for _ in tf.range(nb_iter):
-            current, x_adv, best = self._step_fn(
-                current, x, labels, targets, x_adv, best, low, high, alpha_max, eta, beta, norm
-            )
-        return x_adv, best
+            state = self._step_fn(state, problem, numbers, norm)
+        return state[1:]
 
-    def _step_fn(
-        self, current, x, labels, targets, x_adv, best, low, high, alpha_max, eta, beta, norm
-    ):
+    def _step_fn(self, state, problem, numbers: _Numbers, norm):
+        (current, x_adv, best), (x, labels, targets) = state, problem
+        low, high, alpha_max, eta, beta = numbers
         batch = tf.shape(x)[0]
         difference, gradient = self._boundary(current, labels, targets)
         flat_gradient = tf.reshape(gradient, [batch, tf.shape(difference)[1], -1])
@@ -371,38 +291,11 @@ class FABT(FAB):
         >>> x_adv = FABT(keras_model).generate_np(x, y=y, eps=0.1)
     """
 
-    def parse_params(
-        self,
-        eps=0.3,
-        norm=None,
-        ord=None,
-        nb_iter=100,
-        nb_restarts=1,
-        n_target_classes=9,
-        alpha_max=0.1,
-        eta=1.05,
-        beta=0.9,
-        y=None,
-        clip_min=0.0,
-        clip_max=1.0,
-        seed=None,
-    ) -> dict[str, Any]:
-        _checks.check_number("n_target_classes", n_target_classes, low=1, integer=True)
-        parsed = super().parse_params(
-            eps=eps,
-            norm=norm,
-            ord=ord,
-            nb_iter=nb_iter,
-            nb_restarts=nb_restarts,
-            alpha_max=alpha_max,
-            eta=eta,
-            beta=beta,
-            y=y,
-            clip_min=clip_min,
-            clip_max=clip_max,
-            seed=seed,
+    def parse_params(self, n_target_classes=9, **params) -> dict[str, Any]:
+        parsed = super().parse_params(**params)
+        parsed["n_target_classes"] = int(
+            _checks.check_number("n_target_classes", n_target_classes, low=1, integer=True)
         )
-        parsed["n_target_classes"] = int(n_target_classes)
         return parsed
 
     def _generate(self, x, labels, targeted, *, seed, n_target_classes, eps, **options):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from advlib.attacks.base import DOMAIN, TARGETABLE
 from advlib.attacks.gradient import GradientAttack
 
 
@@ -25,29 +26,12 @@ class FastGradientMethod(GradientAttack):
         >>> x_adv = fgsm.generate_np(x, eps=0.1, clip_min=0.0, clip_max=1.0)
     """
 
-    def parse_params(
-        self,
-        eps=0.3,
-        norm=None,
-        ord=None,
-        y=None,
-        y_target=None,
-        targeted=False,
-        clip_min=None,
-        clip_max=None,
-        loss_fn=None,
-    ):
-        return super().parse_params(
-            eps=eps,
-            eps_iter=eps,
-            nb_iter=1,
-            norm=norm,
-            ord=ord,
-            y=y,
-            y_target=y_target,
-            targeted=targeted,
-            clip_min=clip_min,
-            clip_max=clip_max,
-            loss_fn=loss_fn,
-            rand_init=False,
-        )
+    shared_params = ("norm", *TARGETABLE, *DOMAIN)
+    fixed = dict(
+        eps_iter=None,
+        nb_iter=1,
+        rand_init=False,
+        rand_minmax=None,
+        nb_restarts=1,
+        decay_factor=None,
+    )

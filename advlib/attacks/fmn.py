@@ -10,7 +10,7 @@ import tensorflow as tf
 
 from advlib import _checks
 from advlib.attacks import utils
-from advlib.attacks.base import Attack, refuse_true_class_targets
+from advlib.attacks.base import DOMAIN, Attack, refuse_true_class_targets
 from advlib.losses import margin_loss
 
 FMN_NORMS = (0, 1, 2, np.inf)
@@ -80,38 +80,23 @@ class FMN(Attack):
         super().__init__(model)
         self._step = tf.function(self._step_fn, reduce_retracing=True)
 
+    shared_params = ("norm", "y", "y_target", *DOMAIN)
+    norms = FMN_NORMS[::-1]
+    defaults = dict(clip_min=0.0, clip_max=1.0)
+
     def parse_params(
-        self,
-        norm=None,
-        ord=None,
-        steps=100,
-        alpha_init=1.0,
-        alpha_final=None,
-        gamma_init=0.05,
-        gamma_final=0.001,
-        y=None,
-        y_target=None,
-        clip_min=0.0,
-        clip_max=1.0,
+        self, steps=100, alpha_init=1.0, alpha_final=None, gamma_init=0.05, gamma_final=0.001
     ) -> dict[str, Any]:
-        norm = utils.resolve_norm(norm, ord, allowed=FMN_NORMS)
-        _checks.check_number("steps", steps, low=1, integer=True)
-        _checks.check_number("alpha_init", alpha_init, low=0, low_open=True)
+        number = _checks.check_number
+        alpha_init = number("alpha_init", alpha_init, low=0, low_open=True)
         alpha_final = alpha_init / 100 if alpha_final is None else alpha_final
-        _checks.check_number("alpha_final", alpha_final, low=0, high=alpha_init)
-        _checks.check_number("gamma_init", gamma_init, low=0, high=1, high_open=True)
-        _checks.check_number("gamma_final", gamma_final, low=0, high=gamma_init)
+        gamma_init = number("gamma_init", gamma_init, low=0, high=1, high_open=True)
         return dict(
-            norm=norm,
-            steps=int(steps),
+            steps=int(number("steps", steps, low=1, integer=True)),
             alpha_init=float(alpha_init),
-            alpha_final=float(alpha_final),
+            alpha_final=float(number("alpha_final", alpha_final, low=0, high=alpha_init)),
             gamma_init=float(gamma_init),
-            gamma_final=float(gamma_final),
-            y=y,
-            y_target=y_target,
-            clip_min=clip_min,
-            clip_max=clip_max,
+            gamma_final=float(number("gamma_final", gamma_final, low=0, high=gamma_init)),
         )
 
     def _generate(

@@ -9,25 +9,52 @@ so none of them retraces the step.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
 import tensorflow as tf
 
 from advlib import _checks, losses
 from advlib.attacks import utils
-from advlib.attacks.base import Attack
+from advlib.attacks.base import DOMAIN, TARGETABLE, Attack
 
 
-def _as_tensors(dtype, eps, eps_iter, clip_min, clip_max, decay_factor):
-    """The step's numbers as tensors of the input's dtype; open bounds are +-inf."""
-    cast = lambda value: tf.cast(value, dtype)
-    return (
-        cast(eps),
-        cast(eps_iter),
-        *utils.bounds_as_tensors(dtype, clip_min, clip_max),
-        cast(0.0 if decay_factor is None else decay_factor),
-    )
+class _Numbers(NamedTuple):
+    """The step's numbers, as tensors of the input's dtype; open bounds are +-inf."""
+
+    eps: tf.Tensor
+    eps_iter: tf.Tensor
+    low: tf.Tensor
+    high: tf.Tensor
+    decay: tf.Tensor
+
+    @classmethod
+    def of(cls, dtype, eps, eps_iter, clip_min, clip_max, decay_factor) -> _Numbers:
+        cast = lambda value: tf.cast(value, dtype)
+        low, high = utils.bounds_as_tensors(dtype, clip_min, clip_max)
+        decay = cast(0.0 if decay_factor is None else decay_factor)
+        return cls(cast(eps), cast(eps_iter), low, high, decay)
+
+
+class _Rule(NamedTuple):
+    """The step's Python choices: each combination is one trace of the step."""
+
+    norm: float
+    targeted: bool
+    loss_fn: Any
+    use_momentum: bool
+
+
+_PERTURB_DEFAULTS: dict[str, Any] = {
+    "norm": np.inf,
+    "targeted": False,
+    "clip_min": None,
+    "clip_max": None,
+    "loss_fn": None,
+    "rand_init": False,
+    "rand_minmax": None,
+    "decay_factor": None,
+}
 
 
 class GradientAttack(Attack, register=False):
@@ -57,83 +84,49 @@ class GradientAttack(Attack, register=False):
         self._step = tf.function(self._step_fn, reduce_retracing=True)
         self._score = tf.function(self._score_fn, reduce_retracing=True)
 
+    shared_params: ClassVar[tuple[str, ...]] = ("norm", *TARGETABLE, *DOMAIN, "seed")
+
     def parse_params(
         self,
         eps=0.3,
         eps_iter=None,
         nb_iter=10,
-        norm=None,
-        ord=None,
-        y=None,
-        y_target=None,
-        targeted=False,
-        clip_min=None,
-        clip_max=None,
         loss_fn=None,
         rand_init=False,
         rand_minmax=None,
         nb_restarts=1,
         decay_factor=None,
-        seed=None,
     ) -> dict[str, Any]:
-        norm = utils.resolve_norm(norm, ord)
-        _checks.check_number("eps", eps, low=0)
-        _checks.check_number("nb_iter", nb_iter, low=1, integer=True)
+        eps = _checks.check_number("eps", eps, low=0)
         eps_iter = eps if eps_iter is None else eps_iter
-        _checks.check_number("eps_iter", eps_iter, low=0)
         rand_minmax = eps if rand_minmax is None else rand_minmax
-        _checks.check_number("rand_minmax", rand_minmax, low=0)
-        _checks.check_number("nb_restarts", nb_restarts, low=1, integer=True)
-        _checks.check_number("decay_factor", decay_factor, low=0, allow_none=True)
-        _checks.check_seed(seed)
         return dict(
             eps=eps,
-            eps_iter=eps_iter,
-            nb_iter=int(nb_iter),
-            norm=norm,
-            y=y,
-            y_target=y_target,
-            targeted=bool(targeted),
-            clip_min=clip_min,
-            clip_max=clip_max,
+            eps_iter=_checks.check_number("eps_iter", eps_iter, low=0),
+            nb_iter=int(_checks.check_number("nb_iter", nb_iter, low=1, integer=True)),
             loss_fn=losses.get(loss_fn),
             rand_init=bool(rand_init),
-            rand_minmax=rand_minmax,
-            nb_restarts=int(nb_restarts),
-            decay_factor=decay_factor,
-            seed=seed,
+            rand_minmax=_checks.check_number("rand_minmax", rand_minmax, low=0),
+            nb_restarts=int(_checks.check_number("nb_restarts", nb_restarts, low=1, integer=True)),
+            decay_factor=_checks.check_number("decay_factor", decay_factor, low=0, allow_none=True),
         )
 
     # -- compiled pieces ---------------------------------------------------
-    def _step_fn(
-        self,
-        x_adv,
-        x,
-        labels,
-        momentum,
-        eps,
-        eps_iter,
-        decay,
-        clip_min,
-        clip_max,
-        norm,
-        targeted,
-        loss_fn,
-        use_momentum,
-    ):
-        _, grad, _ = self.model.loss_gradient(x_adv, labels, loss_fn, targeted)
+    def _step_fn(self, x_adv, x, labels, momentum, numbers: _Numbers, rule: _Rule):
+        _, grad, _ = self.model.loss_gradient(x_adv, labels, rule.loss_fn, rule.targeted)
         previous_momentum = momentum
-        if use_momentum:
+        if rule.use_momentum:
             axes = tf.range(1, tf.rank(grad))
             scale = tf.maximum(tf.reduce_mean(tf.abs(grad), axes, keepdims=True), 1e-12)
-            momentum = decay * momentum + grad / scale
+            momentum = numbers.decay * momentum + grad / scale
             grad = momentum
-        moved = x_adv + utils.optimize_linear(grad, eps_iter, norm)
-        moved = tf.clip_by_value(x + utils.clip_eta(moved - x, norm, eps), clip_min, clip_max)
+        moved = x_adv + utils.optimize_linear(grad, numbers.eps_iter, rule.norm)
+        moved = x + utils.clip_eta(moved - x, rule.norm, numbers.eps)
+        moved = tf.clip_by_value(moved, numbers.low, numbers.high)
         # a NaN or Inf gradient must not poison the example: it keeps its last finite iterate
         finite = utils.finite_rows(moved)
         keep = utils.per_example(finite, x)
-        if use_momentum:
+        if rule.use_momentum:
             momentum = tf.where(keep, momentum, previous_momentum)
         return (tf.where(keep, moved, x_adv), momentum, tf.reduce_sum(tf.cast(~finite, tf.int32)))
 
@@ -146,61 +139,20 @@ class GradientAttack(Attack, register=False):
         return success, -loss if targeted else loss
 
     # -- the attack --------------------------------------------------------
-    def _generate(
-        self,
-        x,
-        labels,
-        targeted,
-        *,
-        eps,
-        eps_iter,
-        nb_iter,
-        norm,
-        clip_min,
-        clip_max,
-        loss_fn,
-        rand_init,
-        rand_minmax,
-        nb_restarts,
-        decay_factor,
-        seed,
-    ):
+    def _generate(self, x, labels, targeted, *, eps, norm, loss_fn, seed=None, **options):
         if eps == 0:
             return tf.identity(x)
-        eps_t, eps_iter_t, low, high, decay = _as_tensors(
-            x.dtype, eps, eps_iter, clip_min, clip_max, decay_factor
-        )
-        use_momentum = decay_factor is not None
+        numbers, rule = self._settings(x.dtype, eps, norm, targeted, loss_fn, **options)
         seed_pair = self._seed_pair(seed)
         best, fallbacks = None, tf.zeros((), tf.int32)
+        nb_iter, nb_restarts = options["nb_iter"], options["nb_restarts"]
+        radius = tf.cast(options["rand_minmax"], x.dtype)
         for restart in range(nb_restarts):
-            x_adv = self._start(
-                x,
-                rand_init,
-                norm,
-                eps_t,
-                tf.cast(rand_minmax, x.dtype),
-                seed_pair + [0, restart],
-                low,
-                high,
-            )
-            momentum = tf.zeros_like(x) if use_momentum else tf.zeros((), x.dtype)
+            pair = seed_pair + [0, restart]
+            x_adv = self._start(x, options["rand_init"], norm, numbers, pair, radius)
+            momentum = tf.zeros_like(x) if rule.use_momentum else tf.zeros((), x.dtype)
             for _ in range(nb_iter):
-                x_adv, momentum, bad = self._step(
-                    x_adv,
-                    x,
-                    labels,
-                    momentum,
-                    eps_t,
-                    eps_iter_t,
-                    decay,
-                    low,
-                    high,
-                    norm,
-                    targeted,
-                    loss_fn,
-                    use_momentum,
-                )
+                x_adv, momentum, bad = self._step(x_adv, x, labels, momentum, numbers, rule)
                 fallbacks += bad
             self._count(len(x), forward=nb_iter, backward=nb_iter)
             if nb_restarts > 1:
@@ -209,30 +161,23 @@ class GradientAttack(Attack, register=False):
         return x_adv if best is None else best[0]
 
     @staticmethod
-    def _start(x, rand_init, norm, eps, rand_minmax, seed_pair, low, high):
+    def _settings(
+        dtype, eps, norm, targeted, loss_fn, *, eps_iter, clip_min, clip_max, decay_factor, **_
+    ) -> tuple[_Numbers, _Rule]:
+        numbers = _Numbers.of(dtype, eps, eps_iter, clip_min, clip_max, decay_factor)
+        return numbers, _Rule(norm, targeted, loss_fn, decay_factor is not None)
+
+    @staticmethod
+    def _start(x, rand_init, norm, numbers: _Numbers, seed_pair, rand_minmax=None):
         if not rand_init:
             return x
-        noise = utils.random_lp_vector(tf.shape(x), norm, rand_minmax, seed_pair, dtype=x.dtype)
-        return tf.clip_by_value(x + utils.clip_eta(noise, norm, eps), low, high)
+        radius = numbers.eps if rand_minmax is None else rand_minmax
+        noise = utils.random_lp_vector(tf.shape(x), norm, radius, seed_pair, dtype=x.dtype)
+        return tf.clip_by_value(
+            x + utils.clip_eta(noise, norm, numbers.eps), numbers.low, numbers.high
+        )
 
-    def perturb(
-        self,
-        x,
-        labels,
-        *,
-        eps,
-        eps_iter,
-        nb_iter,
-        norm=np.inf,
-        targeted=False,
-        clip_min=None,
-        clip_max=None,
-        loss_fn=None,
-        rand_init=False,
-        rand_minmax=None,
-        decay_factor=None,
-        seed_pair=None,
-    ):
+    def perturb(self, x, labels, *, nb_iter, seed_pair=None, **settings):
         """Crafts adversarial examples with TensorFlow ops only.
 
         For use inside compiled code, such as a training step: no NumPy, no
@@ -240,32 +185,33 @@ class GradientAttack(Attack, register=False):
         tensors; `labels` may be anything `loss_fn` accepts (a distribution,
         for TRADES's KL). `seed_pair` is an int tensor of shape (2,) for the
         random start.
+
+        Args:
+            x: the clean batch.
+            labels: what `loss_fn` compares the logits with.
+            nb_iter: the number of steps.
+            seed_pair: the random start's stateless seed.
+            **settings: `eps`, `eps_iter`, and optionally `norm` (np.inf),
+                `targeted`, `clip_min`, `clip_max`, `loss_fn`, `rand_init`,
+                `rand_minmax`, `decay_factor`, as for `generate`.
         """
-        eps, eps_iter, low, high, decay = _as_tensors(
-            x.dtype, eps, eps_iter, clip_min, clip_max, decay_factor
+        settings = {**_PERTURB_DEFAULTS, **settings}
+        norm = utils.normalize_norm(settings.pop("norm"))
+        numbers, rule = self._settings(
+            x.dtype,
+            settings.pop("eps"),
+            norm,
+            settings.pop("targeted"),
+            losses.get(settings.pop("loss_fn")),
+            **settings,
         )
-        use_momentum = decay_factor is not None
-        rand_minmax = eps if rand_minmax is None else tf.cast(rand_minmax, x.dtype)
-        x_adv = self._start(x, rand_init, norm, eps, rand_minmax, seed_pair, low, high)
-        momentum = tf.zeros_like(x) if use_momentum else tf.zeros((), x.dtype)
-        norm, loss_fn = utils.normalize_norm(norm), losses.get(loss_fn)
+        rand_minmax = settings["rand_minmax"]
+        rand_minmax = None if rand_minmax is None else tf.cast(rand_minmax, x.dtype)
+        x_adv = self._start(x, settings["rand_init"], norm, numbers, seed_pair, rand_minmax)
+        momentum = tf.zeros_like(x) if rule.use_momentum else tf.zeros((), x.dtype)
 
         def step(i, x_adv, momentum):
-            x_adv, momentum, _ = self._step_fn(
-                x_adv,
-                x,
-                labels,
-                momentum,
-                eps,
-                eps_iter,
-                decay,
-                low,
-                high,
-                norm,
-                targeted,
-                loss_fn,
-                use_momentum,
-            )
+            x_adv, momentum, _ = self._step_fn(x_adv, x, labels, momentum, numbers, rule)
             return i + 1, x_adv, momentum
 
         _, x_adv, _ = tf.while_loop(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from advlib.attacks.base import DOMAIN, TARGETABLE
 from advlib.attacks.gradient import GradientAttack
 
 
@@ -22,32 +23,6 @@ class MomentumIterativeMethod(GradientAttack):
         >>> x_adv = mim.generate_np(x, eps=0.1, eps_iter=0.01, decay_factor=1.0)
     """
 
-    def parse_params(
-        self,
-        eps=0.3,
-        eps_iter=0.06,
-        nb_iter=10,
-        norm=None,
-        ord=None,
-        y=None,
-        y_target=None,
-        targeted=False,
-        clip_min=None,
-        clip_max=None,
-        loss_fn=None,
-        decay_factor=1.0,
-    ):
-        return super().parse_params(
-            eps=eps,
-            eps_iter=eps_iter,
-            nb_iter=nb_iter,
-            norm=norm,
-            ord=ord,
-            y=y,
-            y_target=y_target,
-            targeted=targeted,
-            clip_min=clip_min,
-            clip_max=clip_max,
-            loss_fn=loss_fn,
-            decay_factor=decay_factor,
-        )
+    shared_params = ("norm", *TARGETABLE, *DOMAIN)
+    defaults = dict(eps_iter=0.06, decay_factor=1.0)
+    fixed = dict(rand_init=False, rand_minmax=None, nb_restarts=1)

@@ -6,6 +6,7 @@ import numpy as np
 import tensorflow as tf
 
 from advlib import _checks
+from advlib.attacks.base import DOMAIN
 from advlib.attacks.gradient import GradientAttack
 
 
@@ -59,38 +60,15 @@ class TargetedPGD(ProjectedGradientDescent):
         top_classes (3): how many target classes to try.
     """
 
-    def parse_params(
-        self,
-        eps=0.3,
-        eps_iter=0.05,
-        nb_iter=10,
-        norm=None,
-        ord=None,
-        y=None,
-        clip_min=None,
-        clip_max=None,
-        loss_fn="cw",
-        rand_init=True,
-        rand_minmax=None,
-        seed=None,
-        top_classes=3,
-    ):
-        _checks.check_number("top_classes", top_classes, low=1, integer=True)
-        parsed = super().parse_params(
-            eps=eps,
-            eps_iter=eps_iter,
-            nb_iter=nb_iter,
-            norm=norm,
-            ord=ord,
-            y=y,
-            clip_min=clip_min,
-            clip_max=clip_max,
-            loss_fn=loss_fn,
-            rand_init=rand_init,
-            rand_minmax=rand_minmax,
-            seed=seed,
+    shared_params = ("norm", "y", *DOMAIN, "seed")
+    defaults = dict(ProjectedGradientDescent.defaults, loss_fn="cw")
+    fixed = dict(nb_restarts=1, decay_factor=None)
+
+    def parse_params(self, top_classes=3, **params):
+        parsed = super().parse_params(**params)
+        parsed["top_classes"] = int(
+            _checks.check_number("top_classes", top_classes, low=1, integer=True)
         )
-        parsed["top_classes"] = int(top_classes)
         return parsed
 
     def _generate(self, x, labels, targeted, *, top_classes, **options):

@@ -9,7 +9,7 @@ import numpy as np
 import tensorflow as tf
 
 from advlib import _checks
-from advlib.attacks.base import Attack, random_targets, refuse_true_class_targets
+from advlib.attacks.base import DOMAIN, Attack, random_targets, refuse_true_class_targets
 
 # Elements of one (batch, chunk, features) block of pair scores: bounds the
 # memory of the pair search at a few hundred MB whatever the input size.
@@ -56,41 +56,19 @@ class SaliencyMapMethod(Attack):
         super().__init__(model)
         self._step = tf.function(self._step_fn)
 
-    def parse_params(
-        self,
-        theta=1.0,
-        gamma=1.0,
-        clip_min=0.0,
-        clip_max=1.0,
-        y=None,
-        y_target=None,
-        seed=None,
-        use_logits=False,
-    ) -> dict[str, Any]:
+    shared_params = (*DOMAIN, "y", "y_target", "seed")
+    defaults = dict(clip_min=0.0, clip_max=1.0)
+    needs_bounds = "JSMA, which moves features to the bounds of the input domain"
+
+    def parse_params(self, theta=1.0, gamma=1.0, use_logits=False) -> dict[str, Any]:
         _checks.check_number("theta", theta, low=-1, high=1)
         if theta == 0:
             raise ValueError(
                 "theta must be nonzero (positive increases features, negative "
                 "decreases them), got 0."
             )
-        _checks.check_number("gamma", gamma, low=0, high=1, low_open=True)
-        for name, value in (("clip_min", clip_min), ("clip_max", clip_max)):
-            if value is None:
-                raise ValueError(
-                    f"{name} must be a number for JSMA, which moves features "
-                    "to the bounds of the input domain; got None."
-                )
-        _checks.check_seed(seed)
-        return dict(
-            theta=theta,
-            gamma=gamma,
-            clip_min=clip_min,
-            clip_max=clip_max,
-            y=y,
-            y_target=y_target,
-            seed=seed,
-            use_logits=bool(use_logits),
-        )
+        gamma = _checks.check_number("gamma", gamma, low=0, high=1, low_open=True)
+        return dict(theta=theta, gamma=gamma, use_logits=bool(use_logits))
 
     def _whole_batch_params(self, x, params):
         """Draws the random targets for all of `x` at once, so batching cannot change them."""

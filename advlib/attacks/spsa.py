@@ -9,7 +9,7 @@ import tensorflow as tf
 
 from advlib import _checks
 from advlib.attacks import utils
-from advlib.attacks.base import Attack
+from advlib.attacks.base import DOMAIN, TARGETABLE, Attack
 from advlib.losses import margin_loss
 
 # Model evaluations per call: bounds the memory of the perturbed copies.
@@ -53,57 +53,33 @@ class SPSA(Attack):
 
     black_box = True
 
+    shared_params = ("eps", "norm", *TARGETABLE, *DOMAIN, "seed")
+    norms = (np.inf, 2)
+
     def parse_params(
         self,
-        eps=0.3,
         nb_iter=100,
         learning_rate=0.01,
         delta=0.01,
         spsa_samples=128,
         spsa_iters=1,
         early_stop_loss_threshold=None,
-        norm=None,
-        ord=None,
-        y=None,
-        y_target=None,
-        targeted=False,
-        clip_min=None,
-        clip_max=None,
-        seed=None,
     ) -> dict[str, Any]:
-        _checks.check_number("eps", eps, low=0)
-        _checks.check_number("nb_iter", nb_iter, low=0, integer=True)
-        _checks.check_number("learning_rate", learning_rate, low=0, low_open=True)
-        _checks.check_number("delta", delta, low=0, low_open=True)
+        number = _checks.check_number
         _checks.check_number("spsa_samples", spsa_samples, low=2, integer=True)
         if spsa_samples % 2:
             raise ValueError(
                 f"spsa_samples must be even (the directions come in antithetic "
                 f"pairs), got {spsa_samples}."
             )
-        _checks.check_number("spsa_iters", spsa_iters, low=1, integer=True)
-        _checks.check_number(
-            "early_stop_loss_threshold", early_stop_loss_threshold, allow_none=True
-        )
-        _checks.check_seed(seed)
-        norm = utils.resolve_norm(norm, ord, allowed=(np.inf, 2))
+        threshold = number("early_stop_loss_threshold", early_stop_loss_threshold, allow_none=True)
         return dict(
-            eps=float(eps),
-            nb_iter=int(nb_iter),
-            learning_rate=float(learning_rate),
-            delta=float(delta),
+            nb_iter=int(number("nb_iter", nb_iter, low=0, integer=True)),
+            learning_rate=float(number("learning_rate", learning_rate, low=0, low_open=True)),
+            delta=float(number("delta", delta, low=0, low_open=True)),
             spsa_samples=int(spsa_samples),
-            spsa_iters=int(spsa_iters),
-            early_stop_loss_threshold=(
-                None if early_stop_loss_threshold is None else float(early_stop_loss_threshold)
-            ),
-            norm=norm,
-            y=y,
-            y_target=y_target,
-            targeted=bool(targeted),
-            clip_min=clip_min,
-            clip_max=clip_max,
-            seed=seed,
+            spsa_iters=int(number("spsa_iters", spsa_iters, low=1, integer=True)),
+            early_stop_loss_threshold=None if threshold is None else float(threshold),
         )
 
     def _generate(self, x, labels, targeted, **options):

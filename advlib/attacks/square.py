@@ -11,7 +11,7 @@ import tensorflow as tf
 
 from advlib import _checks, losses
 from advlib.attacks import utils
-from advlib.attacks.base import Attack, on_survivors
+from advlib.attacks.base import DOMAIN, TARGETABLE, Attack, on_survivors
 
 # the p schedule of the paper, for 10,000 queries: p_init is halved after each bound
 _SCHEDULE_BOUNDS = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)
@@ -98,44 +98,19 @@ class SquareAttack(Attack):
         self._accept = tf.function(self._accept_fn, reduce_retracing=True)
         self._chunk = tf.function(self._chunk_fn, reduce_retracing=True)
 
+    shared_params = ("eps", "norm", *TARGETABLE, *DOMAIN, "seed")
+    norms = (np.inf, 2)
+
     def parse_params(
-        self,
-        eps=0.3,
-        norm=None,
-        ord=None,
-        n_queries=5000,
-        p_init=0.8,
-        loss="margin",
-        nb_restarts=1,
-        rescale_schedule=False,
-        y=None,
-        y_target=None,
-        targeted=False,
-        clip_min=None,
-        clip_max=None,
-        seed=None,
+        self, n_queries=5000, p_init=0.8, loss="margin", nb_restarts=1, rescale_schedule=False
     ) -> dict[str, Any]:
-        norm = utils.resolve_norm(norm, ord, allowed=(np.inf, 2))
-        _checks.check_number("eps", eps, low=0)
-        _checks.check_number("n_queries", n_queries, low=0, integer=True)
-        _checks.check_number("p_init", p_init, low=0, high=1, low_open=True)
-        _checks.check_choice("loss", loss, ("margin", "ce"))
-        _checks.check_number("nb_restarts", nb_restarts, low=1, integer=True)
-        _checks.check_seed(seed)
+        number = _checks.check_number
         return dict(
-            eps=float(eps),
-            norm=norm,
-            n_queries=int(n_queries),
-            p_init=float(p_init),
-            loss=loss,
-            nb_restarts=int(nb_restarts),
+            n_queries=int(number("n_queries", n_queries, low=0, integer=True)),
+            p_init=float(number("p_init", p_init, low=0, high=1, low_open=True)),
+            loss=_checks.check_choice("loss", loss, ("margin", "ce")),
+            nb_restarts=int(number("nb_restarts", nb_restarts, low=1, integer=True)),
             rescale_schedule=bool(rescale_schedule),
-            y=y,
-            y_target=y_target,
-            targeted=bool(targeted),
-            clip_min=clip_min,
-            clip_max=clip_max,
-            seed=seed,
         )
 
     def _check_input(self, x, parsed) -> tf.Tensor:
@@ -148,43 +123,16 @@ class SquareAttack(Attack):
         return x
 
     # -- the attack -------------------------------------------------------------------
-    def _generate(
-        self,
-        x,
-        labels,
-        targeted,
-        *,
-        eps,
-        norm,
-        n_queries,
-        p_init,
-        loss,
-        nb_restarts,
-        rescale_schedule,
-        clip_min,
-        clip_max,
-        seed,
-    ):
-        if eps == 0 or n_queries == 0:
+    def _generate(self, x, labels, targeted, *, nb_restarts, clip_min, clip_max, seed, **search):
+        if search["eps"] == 0 or search["n_queries"] == 0:
             return tf.identity(x)
         images = x if x.shape.rank == 4 else x[..., None]
         bounds = utils.bounds_as_tensors(images.dtype, clip_min, clip_max)
         seed_pair = self._seed_pair(seed)
 
         def restart(index, rows):
-            return self._search(
-                tf.gather(images, rows),
-                tf.gather(labels, rows),
-                targeted,
-                eps,
-                norm,
-                n_queries,
-                p_init,
-                loss,
-                rescale_schedule,
-                bounds,
-                seed_pair + [index, 0],
-            )
+            batch = (tf.gather(images, rows), tf.gather(labels, rows), targeted)
+            return self._search(*batch, bounds, seed_pair + [index, 0], **search)
 
         out = on_survivors(images, np.ones(len(x), bool), range(nb_restarts), restart)
         return out if x.shape.rank == 4 else out[..., 0]
@@ -219,7 +167,7 @@ class SquareAttack(Attack):
         return sides
 
     def _search(
-        self, x, labels, targeted, eps, norm, n_queries, p_init, loss, rescale, bounds, seed_pair
+        self, x, labels, targeted, bounds, seed_pair, *, eps, norm, n_queries, p_init, loss, **rest
     ):
         """One restart on a batch: (best points, which stayed robust)."""
         low, high = bounds
@@ -227,7 +175,7 @@ class SquareAttack(Attack):
         batch, height, width, channels = (int(d) for d in x.shape)
         x_best = self._start(x, eps_t, norm, low, high, seed_pair)
         margin, objective = self._objectives(x_best, labels, targeted, loss)
-        sides = self._sides(p_init, n_queries, rescale, norm, height, width)
+        sides = self._sides(p_init, n_queries, rest["rescale_schedule"], norm, height, width)
         # each side's pattern, padded to the image, so that a compiled loop can index them
         distinct = sorted(set(sides))
         bank = np.zeros((len(distinct), height, width))

@@ -87,6 +87,16 @@ def settings(protocol) -> dict:
 
 
 # -- assessment ---------------------------------------------------------------------
+def _graded(value: float, warn: float, fail: float) -> str:
+    """A check's status: "fail" above `fail`, "warn" above `warn`, else "pass"."""
+    return "fail" if value > fail else "warn" if value > warn else "pass"
+
+
+def _advice(text: str, needed) -> str:
+    """The advice that ends a check's message where the check found trouble."""
+    return f": {text}" if needed else ""
+
+
 def _check(check_id, status, message, **evidence) -> dict:
     title, source = CHECKS[check_id]
     return {
@@ -154,11 +164,10 @@ def assess(
             "iterative-vs-single-step",
             "warn" if pgd < fgsm else "pass",
             f"PGD broke {pgd} of {attacked}, FGSM {fgsm}"
-            + (
-                ": the iterative attack is weaker than one step; its step size, iterations or "
-                "loss are wrong for this model"
-                if pgd < fgsm
-                else ""
+            + _advice(
+                "the iterative attack is weaker than one step; its step size, iterations or "
+                "loss are wrong for this model",
+                pgd < fgsm,
             ),
             fgsm=fgsm,
             pgd=pgd,
@@ -170,6 +179,8 @@ def assess(
     missed = still_standing(probes["strong_only"])
     gain = len(missed) / attacked
     unconverged = _beyond_noise(len(missed), threshold, attacked)
+    evidence = {"pgd": pgd, "pgd_strong": strong, "missed_by_ensemble": missed, "gain": gain}
+    evidence.update(threshold=threshold, attacked=attacked)
     checks.append(
         _check(
             "convergence",
@@ -178,17 +189,11 @@ def assess(
             f"{len(missed)} of those it added survived the whole ensemble "
             f"({100 * gain:.1f} points; threshold {100 * threshold:.1f}, and more than one "
             f"example)"
-            + (
-                ": the attacks have not converged, raise nb_iter or nb_restarts"
-                if unconverged
-                else ""
+            + _advice(
+                "the attacks have not converged, raise nb_iter or nb_restarts",
+                unconverged,
             ),
-            pgd=pgd,
-            pgd_strong=strong,
-            missed_by_ensemble=missed,
-            gain=gain,
-            threshold=threshold,
-            attacked=attacked,
+            **evidence,
         )
     )
     unbounded = probes["unbounded"]
@@ -199,8 +204,7 @@ def assess(
             "unbounded",
             "fail" if left > chance else "pass",
             f"at eps={unbounded['eps']:.4g} (the whole domain) {100 * left:.1f}% stay correct; "
-            f"chance is {100 * chance:.1f}%"
-            + (": the gradients are broken" if left > chance else ""),
+            f"chance is {100 * chance:.1f}%" + _advice("the gradients are broken", left > chance),
             eps=unbounded["eps"],
             robust_accuracy=left,
             chance=chance,
@@ -327,10 +331,9 @@ def _completeness(results, config) -> dict:
         "attack-completeness",
         status,
         f"counterexamples the attacks missed: {counts}"
-        + (
-            ": the attacks are incomplete here, the verifier's counterexamples join the worst case"
-            if status != "pass"
-            else ""
+        + _advice(
+            "the attacks are incomplete here, the verifier's counterexamples join the worst case",
+            status != "pass",
         ),
         per_eps=[
             {"eps": eps, "broken": v["broken"], "verified": v["verified"], "unknown": v["unknown"]}
@@ -358,17 +361,16 @@ def _determinism_check(evidence) -> dict:
 
 def _gradient_check(evidence) -> dict:
     share = (evidence["zero"] + evidence["nonfinite"]) / max(evidence["n"], 1)
-    status = "fail" if share > GRADIENT_FAIL else "warn" if share > GRADIENT_WARN else "pass"
+    status = _graded(share, GRADIENT_WARN, GRADIENT_FAIL)
+    found = (
+        f"{evidence['zero']} zero and {evidence['nonfinite']} non-finite input "
+        f"gradients of {evidence['n']} ({100 * share:.1f}%)"
+    )
+    advice = "the attacks are blind here; use --adaptive (BPDA) or a surrogate gradient"
     return _check(
         "gradient-health",
         status,
-        f"{evidence['zero']} zero and {evidence['nonfinite']} non-finite input "
-        f"gradients of {evidence['n']} ({100 * share:.1f}%)"
-        + (
-            ": the attacks are blind here; use --adaptive (BPDA) or a surrogate gradient"
-            if status == "fail"
-            else ""
-        ),
+        found + _advice(advice, status == "fail"),
         share=share,
         **evidence,
     )
@@ -397,13 +399,13 @@ def _window_check(evidence) -> dict:
             f"outside [-1, 1], but the {surrogate!r} surrogate has no window",
             **evidence,
         )
-    status = "fail" if closed > WINDOW_FAIL else "warn" if closed > WINDOW_WARN else "pass"
+    status = _graded(closed, WINDOW_WARN, WINDOW_FAIL)
     return _check(
         "ste-window",
         status,
         f"{100 * closed:.1f}% of quantized units have a closed straight-through "
         f"window (gradient cut)"
-        + ("" if status == "pass" else ": use --adaptive (identity or smooth sign)"),
+        + _advice("use --adaptive (identity or smooth sign)", status != "pass"),
         **evidence,
     )
 
@@ -424,10 +426,9 @@ def _transfer_check(evidence, attacked, config, still_standing) -> dict:
         f"transfer broke {evidence['transfer']} of {attacked}, white-box PGD "
         f"{evidence['white_box']}; {len(missed)} broken only by transfer survived "
         f"the whole ensemble"
-        + (
-            ": the white-box gradients are worse than a surrogate's, a sign of masking"
-            if status == "fail"
-            else ""
+        + _advice(
+            "the white-box gradients are worse than a surrogate's, a sign of masking",
+            status == "fail",
         ),
         share=share,
         missed_by_ensemble=missed,

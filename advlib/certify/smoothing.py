@@ -169,41 +169,6 @@ class SmoothedClassifier:
         return counts
 
     # -- Cohen et al.'s procedures ----------------------------------------------------
-    def predict(
-        self,
-        x: np.ndarray,
-        n: int = 1000,
-        alpha: float = 0.001,
-        seed: int | None = None,
-        progress: bool = False,
-    ) -> np.ndarray:
-        """The smoothed classifier's classes, or `ABSTAIN` where a two-sided
-        binomial test cannot tell the top two classes apart at level `alpha`
-        (Cohen et al.'s PREDICT: a wrong class is returned with probability at
-        most alpha).
-
-        Args:
-            x: a NumPy batch.
-            n: noise samples per example.
-            alpha: the test's level.
-            seed: None draws one (see `advlib._seeding`).
-            progress: show a progress bar.
-
-        Returns:
-            int64 classes (len(x),), -1 where it abstains.
-        """
-        from scipy.stats import binomtest
-
-        _checks.check_number("alpha", alpha, low=0, high=1, low_open=True, high_open=True)
-        counts = self.sample_counts(x, n, seed, _PREDICT, progress)
-        order = np.argsort(-counts, axis=1, kind="stable")
-        prediction = order[:, 0].astype(np.int64)
-        for i, (top, second) in enumerate(order[:, :2]):
-            n_a, n_b = int(counts[i, top]), int(counts[i, second])
-            if binomtest(n_a, n_a + n_b, 0.5).pvalue > alpha:
-                prediction[i] = ABSTAIN
-        return prediction
-
     def certify(
         self,
         x: np.ndarray,
@@ -253,6 +218,41 @@ class SmoothedClassifier:
             float(alpha),
             time.perf_counter() - start,
         )
+
+    def predict(
+        self,
+        x: np.ndarray,
+        n: int = 1000,
+        alpha: float = 0.001,
+        seed: int | None = None,
+        progress: bool = False,
+    ) -> np.ndarray:
+        """The smoothed classifier's classes, or `ABSTAIN` where a two-sided
+        binomial test cannot tell the top two classes apart at level `alpha`
+        (Cohen et al.'s PREDICT: a wrong class is returned with probability at
+        most alpha).
+
+        Args:
+            x: a NumPy batch.
+            n: noise samples per example.
+            alpha: the test's level.
+            seed: None draws one (see `advlib._seeding`).
+            progress: show a progress bar.
+
+        Returns:
+            int64 classes (len(x),), -1 where it abstains.
+        """
+        from scipy.stats import binomtest
+
+        _checks.check_number("alpha", alpha, low=0, high=1, low_open=True, high_open=True)
+        counts = self.sample_counts(x, n, seed, _PREDICT, progress)
+        order = np.argsort(-counts, axis=1, kind="stable")
+        prediction = order[:, 0].astype(np.int64)
+        for i, (top, second) in enumerate(order[:, :2]):
+            n_a, n_b = int(counts[i, top]), int(counts[i, second])
+            if binomtest(n_a, n_a + n_b, 0.5).pvalue > alpha:
+                prediction[i] = ABSTAIN
+        return prediction
 
     def _check_x(self, x) -> np.ndarray:
         array = _checks.check_batch("x", x)

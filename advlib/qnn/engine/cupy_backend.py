@@ -44,6 +44,11 @@ def available() -> tuple[bool, str]:
     return True, ""
 
 
+def _ints(*values) -> tuple:
+    """Kernel arguments as the 32-bit integers the CUDA signatures declare."""
+    return tuple(np.int32(v) for v in values)
+
+
 class Kernels:
     """The kernels of the `.cu` files, by function name, each file compiled on first use.
 
@@ -176,10 +181,7 @@ class CupyBackend:
                     a_ones,
                     b_ones,
                     out,
-                    np.int32(m),
-                    np.int32(n),
-                    np.int32(words),
-                    np.int32(length),
+                    *_ints(m, n, words, length),
                     *extra,
                 ),
             )
@@ -192,11 +194,7 @@ class CupyBackend:
                     a,
                     b,
                     out,
-                    np.int32(m),
-                    np.int32(n),
-                    np.int32(words),
-                    np.int32(length),
-                    np.int32(planes),
+                    *_ints(m, n, words, length, planes),
                     *extra,
                 ),
             )
@@ -217,22 +215,9 @@ class CupyBackend:
             (
                 self.cp.ascontiguousarray(x),
                 self.cp.ascontiguousarray(b),
-                np.int32(images),
-                np.int32(height),
-                np.int32(width),
-                np.int32(x.shape[-1]),
-                np.int32(channels),
-                np.int32(out_h),
-                np.int32(out_w),
-                np.int32(layer["kernel"][0]),
-                np.int32(layer["kernel"][1]),
-                np.int32(layer["strides"][0]),
-                np.int32(layer["strides"][1]),
-                np.int32(top),
-                np.int32(left),
-                np.int32(1 if layer.get("pad_value", 0) > 0 else 0),
-                np.int32(filters),
-                np.int32(planes),
+                *_ints(images, height, width, x.shape[-1], channels, out_h, out_w),
+                *_ints(*layer["kernel"], *layer["strides"], top, left),
+                *_ints(1 if layer.get("pad_value", 0) > 0 else 0, filters, planes),
                 out,
                 *extra,
             ),
@@ -252,18 +237,8 @@ class CupyBackend:
             (
                 cp.ascontiguousarray(x),
                 out,
-                np.int32(n),
-                np.int32(height),
-                np.int32(width),
-                np.int32(words),
-                np.int32(out_h),
-                np.int32(out_w),
-                np.int32(layer["pool"][0]),
-                np.int32(layer["pool"][1]),
-                np.int32(layer["strides"][0]),
-                np.int32(layer["strides"][1]),
-                np.int32(top),
-                np.int32(left),
+                *_ints(n, height, width, words, out_h, out_w),
+                *_ints(*layer["pool"], *layer["strides"], top, left),
             ),
         )
         return out
@@ -307,11 +282,7 @@ class CupyBackend:
             (
                 state,
                 out,
-                np.int32(n),
-                np.int32(pixels),
-                np.int32(channels),
-                np.int32(state.shape[-1]),
-                np.int32(out_words),
+                *_ints(n, pixels, channels, state.shape[-1], out_words),
             ),
         )
         return out

@@ -9,13 +9,13 @@ no class can win inside the ball, `broken` when a counterexample, re-checked
 through the engine itself, is found, and `unknown` when the time limit runs
 out (or, rarely, a solution lies within float rounding of a tie).
 
-Three deciders answer for one example, each a module with one `decide`:
+Three deciders answer one example's `Question`, each a module with one `decide`:
 `milp` (a mixed-integer program on SciPy's HiGHS) and `sat` (cardinality
 constraints on PySAT's Minicard) are complete; `search`, a gradient-free local
 search on the engine, only breaks. The search takes the easy counterexamples
 first; the complete decider then gets its share of the time limit, and an
 example it leaves undecided gets the rest in the search again. `encoding`
-holds what the deciders share, `result` their answers.
+holds what the deciders share, `result` the questions and answers.
 
 Example:
     >>> from advlib.qnn.verify import verify
@@ -35,11 +35,12 @@ from advlib import _checks
 from advlib.qnn.engine import BinaryEngine
 from advlib.qnn.verify import milp, sat, search
 from advlib.qnn.verify.encoding import NetworkEncoding
-from advlib.qnn.verify.result import STATUSES, Verdict, VerificationResult
+from advlib.qnn.verify.result import STATUSES, Question, Verdict, VerificationResult
 
 __all__ = [
     "BACKENDS",
     "NetworkEncoding",
+    "Question",
     "STATUSES",
     "VerificationResult",
     "Verdict",
@@ -49,7 +50,7 @@ __all__ = [
 ]
 
 Decider = Callable[..., Verdict]
-# the complete deciders, by name: decide(encoding, x, label, eps, time_limit, clean_logits)
+# the complete deciders, by name: decide(question, time_limit)
 BACKENDS: dict[str, Decider] = {"milp": milp.decide, "sat": sat.decide}
 # restarts of the search before the complete program starts: on the digits CNN at
 # eps 0.1, 30 break 53 of 58 correct digits (at most 1.4 s each), 0 break 21
@@ -156,12 +157,8 @@ def verify(
             continue
         verdicts.append(
             _decide(
-                encoding,
-                x[i],
-                int(labels[i]),
-                eps,
+                Question(encoding, x[i], int(labels[i]), eps, logits[i]),
                 time_limit,
-                logits[i],
                 backend,
                 search_share,
                 seed + int(ids[i]),
@@ -182,29 +179,20 @@ def _example_ids(example_ids, n: int) -> np.ndarray:
     return ids
 
 
-def _decide(encoding, x, label, eps, time_limit, clean_logits, backend, search_share, seed):
+def _decide(question: Question, time_limit, backend, search_share, seed):
     """A short search for a counterexample, the complete decider on its share of the
     time, then, if it is undecided, the search again on the rest."""
     start = time.perf_counter()
     verdict = None
     if search_share:  # first a short search, which takes the easy counterexamples
         verdict = search.decide(
-            encoding, x, label, eps, search_share * time_limit, seed=seed, restarts=_FIRST_RESTARTS
+            question, search_share * time_limit, seed=seed, restarts=_FIRST_RESTARTS
         )
     if verdict is None or verdict.status != "broken":
-        verdict = BACKENDS[backend](
-            encoding, x, label, eps, time_limit * (1 - search_share), clean_logits
-        )
+        verdict = BACKENDS[backend](question, time_limit * (1 - search_share))
         if verdict.status == "unknown" and search_share:
-            verdict = search.decide(
-                encoding,
-                x,
-                label,
-                eps,
-                time_limit - (time.perf_counter() - start),
-                seed=seed + 1,
-                verdict=verdict,
-            )
+            rest = time_limit - (time.perf_counter() - start)
+            verdict = search.decide(question, rest, seed=seed + 1, verdict=verdict)
     verdict.seconds = time.perf_counter() - start
     return verdict
 

@@ -27,7 +27,7 @@ import scipy.sparse as sparse
 from scipy.optimize import Bounds, LinearConstraint, milp
 
 from advlib.qnn.verify.encoding import NetworkEncoding
-from advlib.qnn.verify.result import Verdict, classes_to_try, finish, judge_candidate
+from advlib.qnn.verify.result import Question, Verdict, classes_to_try, finish, judge_candidate
 
 
 # -- symbolic activations -----------------------------------------------------------------
@@ -312,16 +312,10 @@ def _decode(x: np.ndarray, solution: np.ndarray, encoding: NetworkEncoding, eps:
     return encoding.image_at_levels(x, solution_levels(solution, box), eps)
 
 
-def decide(
-    encoding: NetworkEncoding,
-    x: np.ndarray,
-    label: int,
-    eps: float,
-    time_limit: float = 30.0,
-    clean_logits: np.ndarray | None = None,
-) -> Verdict:
+def decide(question: Question, time_limit: float = 30.0) -> Verdict:
     """Decides one example by a MILP per class that the bounds leave open; see
     `advlib.qnn.verify.verify`."""
+    encoding, x, label, eps, clean_logits = question
     start = time.perf_counter()
     program, const, matrix, columns, low, high, stats = encode(encoding, x, eps)
     scale, shift, tolerance = encoding.scale, encoding.shift, encoding.tolerance

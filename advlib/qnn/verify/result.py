@@ -1,14 +1,38 @@
-"""The verifier's answers: a `Verdict` per example and their `VerificationResult`,
-with the helpers that every decider uses to close a verdict."""
+"""The verifier's questions and answers: a `Question` and a `Verdict` per
+example, their `VerificationResult`, and the helpers that every decider uses to close a verdict."""
 
 from __future__ import annotations
 
 import dataclasses
 import time
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
+if TYPE_CHECKING:
+    from advlib.qnn.verify.encoding import NetworkEncoding
+
 STATUSES = ("robust", "broken", "unknown")
+
+
+class Question(NamedTuple):
+    """One example's question: does the engine of `encoding` give `label` to every
+    image within L-inf distance `eps` of `x`?
+
+    Attributes:
+        encoding: the network's `NetworkEncoding`.
+        x: one image in [0, 1], of the engine's input shape.
+        label: the class to hold.
+        eps: the L-inf radius.
+        clean_logits: the engine's logits at `x`, which order the classes to
+            try (None: in index order).
+    """
+
+    encoding: NetworkEncoding
+    x: np.ndarray
+    label: int
+    eps: float
+    clean_logits: np.ndarray | None = None
 
 
 @dataclasses.dataclass

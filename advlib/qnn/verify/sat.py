@@ -33,7 +33,7 @@ import time
 import numpy as np
 
 from advlib.qnn.verify.encoding import NetworkEncoding
-from advlib.qnn.verify.result import Verdict, classes_to_try, finish, judge_candidate
+from advlib.qnn.verify.result import Question, Verdict, classes_to_try, finish, judge_candidate
 
 _SOLVER = "minicard"
 _CONFLICTS_PER_SLICE = 500
@@ -312,16 +312,10 @@ class SatEncoding:
         return self.low + np.array([truth[lits].sum() for lits in self.pixel_literals], np.int64)
 
 
-def decide(
-    encoding: NetworkEncoding,
-    x: np.ndarray,
-    label: int,
-    eps: float,
-    time_limit: float = 30.0,
-    clean_logits: np.ndarray | None = None,
-) -> Verdict:
+def decide(question: Question, time_limit: float = 30.0) -> Verdict:
     """Decides one example by one incremental SAT call per class that the counts
     leave open; see `advlib.qnn.verify.verify`."""
+    encoding, x, label, eps, clean_logits = question
     start = time.perf_counter()
     instance = SatEncoding(encoding, x, eps)
     verdict = Verdict(

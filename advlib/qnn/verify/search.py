@@ -38,7 +38,7 @@ import time
 import numpy as np
 
 from advlib.qnn.verify.encoding import NetworkEncoding
-from advlib.qnn.verify.result import Verdict, finish, judge_candidate
+from advlib.qnn.verify.result import Question, Verdict, finish, judge_candidate
 
 # a move that leaves the margin as it is gets taken this often (the plateau walk)
 _PLATEAU = 0.8
@@ -101,19 +101,18 @@ def search_counterexample(
 
 
 def decide(
-    encoding: NetworkEncoding,
-    x: np.ndarray,
-    label: int,
-    eps: float,
+    question: Question,
     time_limit: float,
     seed: int = 0,
     restarts: int | None = None,
     verdict: Verdict | None = None,
 ) -> Verdict:
-    """Searches for a counterexample with `search_counterexample`, which takes the
-    first seven arguments, and checks it through the engine.
+    """Searches for a counterexample with `search_counterexample` and checks it
+    through the engine.
 
     Args:
+        question: the example's `Question`.
+        time_limit, seed, restarts: as for `search_counterexample`.
         verdict: a complete decider's undecided verdict, which keeps its
             statistics and reason; default: a new one.
 
@@ -121,6 +120,7 @@ def decide(
         `broken` with the counterexample, or `unknown`: the search can only break.
     """
     start = time.perf_counter()
+    encoding, x, label, eps, _ = question
     verdict = Verdict("unknown", int(label)) if verdict is None else verdict
     image = search_counterexample(encoding, x, label, eps, time_limit, seed=seed, restarts=restarts)
     if image is None:
