@@ -217,13 +217,15 @@ def test_square_breaks_a_cnn_that_every_gradient_attack_fails_on(digits_cnn, tes
         (SquareAttack, dict(eps=0.1, n_queries=100)),
         pytest.param(SquareAttack, dict(eps=1.0, norm=2, n_queries=100), marks=pytest.mark.slow),
         # the restarts after the first start at random; their result counts only where it
-        # beats the first run's, which after 10 steps it rarely does (1 or 2 of 40 examples
-        # differ between seeds, and none on some machines); after 2 steps, 5 of 40 differ
-        pytest.param(FAB, dict(eps=0.03, nb_iter=2, nb_restarts=5), marks=pytest.mark.slow),
+        # beats the first run's, which it rarely does: at eps 0.03 after 2 steps, between 0
+        # and 6 of 40 examples differ between seeds, depending on the machine's training of
+        # the model; at eps 0.01 (more examples restart), 12 to 33 of 200 do
+        pytest.param(FAB, dict(eps=0.01, nb_iter=2, nb_restarts=5), marks=pytest.mark.slow),
     ],
 )
 def test_seeds_reproduce_and_matter(digits_cnn, test_set, attack, params):
-    x, y = test_set[0][:40], test_set[1][:40]
+    count = 200 if attack is FAB else 40
+    x, y = test_set[0][:count], test_set[1][:count]
     runs = [attack(digits_cnn).generate_np(x, y=y, seed=s, **BOX, **params) for s in (3, 3, 4)]
     np.testing.assert_array_equal(runs[0], runs[1])
     assert not np.array_equal(runs[0], runs[2])
