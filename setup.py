@@ -53,6 +53,10 @@ setup(
     ],
     extras_require={
         "gpu": ["cupy-cuda12x>=13", "nvidia-cuda-nvrtc-cu12"],
+        # Keras's other backends (KERAS_BACKEND=jax or torch); torch from 2.6, whose
+        # torch.load defaults to weights_only (CVE-2025-32434)
+        "jax": ["jax>=0.5"],
+        "torch": ["torch>=2.6"],
         # the verifier's SAT backend (PySAT publishes only .dev versions)
         "verify": ["python-sat>=1.8.dev16"],
         # NVRTC compiles the CUDA kernels in CI, where there is no GPU

@@ -1,4 +1,4 @@
-"""advlib: adversarial robustness for TensorFlow/Keras models.
+"""advlib: adversarial robustness for Keras 3 models.
 
 Submodules are imported on first use so that parts which do not need
 TensorFlow (the binary inference engine) stay importable without it.
@@ -6,7 +6,15 @@ TensorFlow (the binary inference engine) stay importable without it.
 
 import importlib
 
+from advlib import backend
+
 __version__ = "0.1.0"
+
+# a chosen JAX or PyTorch that is not installed gets its pip extra named here, before
+# `import keras` fails with a bare "No module named ..."; a missing TensorFlow stays
+# allowed, for the binary engine, which runs without it
+if backend.chosen() != "tensorflow":
+    backend.require_installed()
 
 _SUBMODULES = ("attacks", "bench", "certify", "datasets", "models", "qnn", "training")
 

@@ -18,7 +18,7 @@ def _info(args) -> int:
 
     from advlib.datasets import loaders
 
-    print(f"advlib {advlib.__version__}")
+    print(f"advlib {advlib.__version__}, Keras backend {keras.backend.backend()}")
     print(f"tensorflow {tf.__version__}, keras {keras.__version__}, numpy {numpy.__version__}")
     devices = [d.name for d in tf.config.list_physical_devices()]
     print(f"devices: {', '.join(devices)}")

@@ -23,6 +23,7 @@ ROOT = os.path.dirname(os.path.abspath(advlib.__file__))
 # The layers, lowest first: a module may import from its own component, from a
 # lower layer, or along an edge of SAME_LAYER; never upwards.
 LAYERS = (
+    ("advlib.backend",),  # read by the package's own __init__
     ("advlib", "advlib._checks", "advlib._seeding", "advlib.stats"),
     ("advlib.losses", "advlib.datasets", "advlib.qnn"),
     ("advlib.models",),

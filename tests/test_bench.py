@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -244,6 +245,33 @@ def test_resume_refuses_another_run(full_run, digits_cnn, digits_mlp):
         bench.evaluate(
             digits_cnn, protocol=quick_protocol(), out_dir=out, batch_size=90, progress=False
         )
+
+
+def test_resume_refuses_a_state_of_another_backend(full_run, digits_cnn, tmp_path):
+    _, out = full_run
+    state = json.load(open(os.path.join(out, "state.json")))
+    assert state["identity"]["backend"] == "tensorflow"
+    resume = lambda folder: bench.evaluate(
+        digits_cnn,
+        protocol=quick_protocol(),
+        out_dir=str(folder),
+        batch_size=90,
+        resume=True,
+        progress=False,
+    )
+    for backend, error in (("jax", "its backend is 'jax', this run's is 'tensorflow'"), (None, "")):
+        folder = tmp_path / str(backend)
+        shutil.copytree(out, folder)
+        if backend is None:  # a state saved before advlib recorded the backend: TensorFlow's
+            del state["identity"]["backend"]
+        else:
+            state["identity"]["backend"] = backend
+        (folder / "state.json").write_text(json.dumps(state))
+        if error:
+            with pytest.raises(ValueError, match=error):
+                resume(folder)
+        else:
+            assert resume(folder)["complete"]
 
 
 @pytest.mark.slow

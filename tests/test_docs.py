@@ -132,6 +132,7 @@ API_PAGES = {
     "certify": "SmoothedClassifier",
     "bench": "evaluate",
     "datasets": "load",
+    "backend": "require_installed",
 }
 
 

@@ -57,6 +57,7 @@ def test_cli_version_and_info():
     )
     assert out.returncode == 0, out.stderr
     assert "tensorflow" in out.stdout and "fashion-mnist:" in out.stdout
+    assert "Keras backend tensorflow" in out.stdout
     bad = subprocess.run(
         [sys.executable, "-m", "advlib.cli", "nonsense"], capture_output=True, text=True, cwd=ROOT
     )

@@ -146,11 +146,14 @@ def test_merge_refuses_shards_of_different_settings(finished, digits_mlp, tmp_pa
     for i in (1, 2):
         parts.append(tmp_path / f"s{i}")
         run(digits_mlp, parts[-1], shard=f"{i}/2")
-    report = json.load(open(parts[1] / "report.json"))
-    report["identity"]["adaptive"] = ["ste"]
-    (parts[1] / "report.json").write_text(json.dumps(report))
-    with pytest.raises(ValueError, match="different runs"):
-        bench.merge([str(p) for p in parts], str(tmp_path / "merged"))
+    original = json.load(open(parts[1] / "report.json"))
+    assert original["identity"]["backend"] == "tensorflow"
+    for key, value in (("adaptive", ["ste"]), ("backend", "jax")):
+        report = json.loads(json.dumps(original))
+        report["identity"][key] = value
+        (parts[1] / "report.json").write_text(json.dumps(report))
+        with pytest.raises(ValueError, match=f"different runs \\(their {key} differ"):
+            bench.merge([str(p) for p in parts], str(tmp_path / "merged"))
 
 
 # -- NaN and Inf ----------------------------------------------------------------------

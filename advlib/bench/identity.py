@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 import advlib
+from advlib import backend
 
 IDENTITY_PROBE = 100  # examples whose predicted classes join a model's identity
 
@@ -94,6 +95,7 @@ def run_identity(
 ) -> dict[str, Any]:
     """Everything that decides a run's numbers; a resumed run must match it key by key."""
     return {
+        "backend": backend.name(),
         "protocol_hash": protocol_hash,
         "model_fingerprint": model_fingerprint,
         "data_fingerprint": fingerprint_arrays([x, y]),
@@ -114,6 +116,7 @@ def environment() -> dict[str, str]:
     gpus = tf.config.list_physical_devices("GPU")
     return {
         "advlib": advlib.__version__,
+        "backend": backend.name(),
         "tensorflow": tf.__version__,
         "keras": keras.__version__,
         "numpy": np.__version__,

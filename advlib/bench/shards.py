@@ -52,6 +52,19 @@ def reassess(path: str, diagnostics_settings: dict | None = None) -> dict:
     return assess(report, arrays, selection)
 
 
+def _run_key(report: dict) -> dict:
+    """What the shards of one run share: everything of the identity but the shard."""
+    identity = {k: v for k, v in (report.get("identity") or {}).items() if k != "shard"}
+    return {
+        "backend": "tensorflow",  # reports from before advlib recorded the backend
+        **identity,
+        "protocol_hash": report["protocol_hash"],
+        "model fingerprint": report["model"]["fingerprint"],
+        "data fingerprint": report["data"]["fingerprint"],
+        "batch_size": report["batch_size"],
+    }
+
+
 def merge(report_paths: list[str], out_dir: str, overwrite: bool = False) -> dict:
     """Combines shard reports into the report of one unsharded run.
 
@@ -76,19 +89,12 @@ def merge(report_paths: list[str], out_dir: str, overwrite: bool = False) -> dic
             )
     loaded = [load_run(folder) for folder in folders]
     first = loaded[0][0]
-    run_key = lambda r: (
-        r["protocol_hash"],
-        r["model"]["fingerprint"],
-        r["data"]["fingerprint"],
-        r["batch_size"],
-        {k: v for k, v in (r.get("identity") or {}).items() if k != "shard"},
-    )
     for folder, (report, _) in zip(folders[1:], loaded[1:]):
-        if run_key(report) != run_key(first):
+        differ = [k for k, v in _run_key(report).items() if _run_key(first).get(k) != v]
+        if differ:
             raise ValueError(
-                f"the reports come from different runs (protocol, model, data, "
-                f"batch size or settings differ: {folders[0]!r} and {folder!r}); "
-                "only shards of one run can be merged."
+                f"the reports come from different runs (their {', '.join(differ)} differ: "
+                f"{folders[0]!r} and {folder!r}); only shards of one run can be merged."
             )
     seen: dict[int, str] = {}
     for report, _ in loaded:

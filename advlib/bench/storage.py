@@ -18,6 +18,10 @@ STATE_JSON, STATE_NPZ = "state.json", "state.npz"
 LOCK = ".advlib.lock"
 
 
+# what the identity of a run saved before advlib recorded the backend leaves out
+_BEFORE_BACKENDS = {"backend": "tensorflow"}
+
+
 def finite_json(value):
     """`value` with every NaN or infinity replaced by None, for strict JSON."""
     if isinstance(value, float):
@@ -186,11 +190,12 @@ def restore_state(
         ) from error
     if not isinstance(saved, dict) or not isinstance(saved.get("identity"), dict):
         raise ValueError(f"--resume: the state file {path!r} has no run identity.")
+    saved_identity = {**_BEFORE_BACKENDS, **saved["identity"]}
     for key, value in identity.items():
-        if saved["identity"].get(key) != value:
+        if saved_identity.get(key) != value:
             raise ValueError(
                 f"--resume: the state in {out_dir!r} belongs to another "
-                f"run: its {key} is {saved['identity'].get(key)!r}, this run's "
+                f"run: its {key} is {saved_identity.get(key)!r}, this run's "
                 f"is {value!r}. Use another --out directory."
             )
     done = saved.get("done")

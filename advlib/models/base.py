@@ -7,6 +7,8 @@ from collections.abc import Callable
 
 import tensorflow as tf
 
+from advlib import backend
+
 
 class Model(abc.ABC):
     """A classifier seen through its logits.
@@ -17,6 +19,7 @@ class Model(abc.ABC):
     """
 
     def __init__(self, nb_classes: int | None = None):
+        backend.require_supported("advlib's models and attacks")
         self._nb_classes = nb_classes
         self._checked_shapes: set[tuple] = set()
         self._predict = tf.function(self._predict_logits, reduce_retracing=True)
