@@ -2,6 +2,8 @@
 engine's tests collect on machines with NumPy and CuPy but no TensorFlow."""
 
 import os
+import subprocess
+import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -59,6 +61,18 @@ def digits_linear(digits):
     kernel, bias = model.layers[-1].get_weights()
     normal = (kernel[:, 1] - kernel[:, 0]).astype(np.float64)
     return model, normal, float(bias[1] - bias[0])
+
+
+def run_python(code: str, **env) -> subprocess.CompletedProcess:
+    """Runs `code` in a fresh interpreter from the repository's root, with
+    TensorFlow's logging quiet and `env` added to the environment."""
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", **env),
+    )
 
 
 def trained_once(request, name, train):

@@ -4,12 +4,11 @@ found by name without a list to edit."""
 import ast
 import os
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import run_python
 
 import advlib
 from advlib import attacks
@@ -196,13 +195,9 @@ def test_importing_a_layer_loads_nothing_above_it(package, forbidden):
         f"import sys, {package}; print(sorted({{m.split('.')[0] if not "
         "m.startswith('advlib') else '.'.join(m.split('.')[:2]) for m in sys.modules}))"
     )
-    loaded = subprocess.run(
-        [sys.executable, "-c", code],
-        capture_output=True,
-        text=True,
-        check=True,
-        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"),
-    ).stdout
+    out = run_python(code)
+    assert out.returncode == 0, out.stderr[-3000:]
+    loaded = out.stdout
     assert package.rsplit(".", 1)[0] in loaded  # the probe sees what it imported
     for name in forbidden:
         assert repr(name) not in loaded, f"import {package} loads {name}"

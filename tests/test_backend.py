@@ -1,20 +1,16 @@
 """The backend layer: which Keras backend runs, and the errors for one advlib cannot use."""
 
 import json
-import os
 import re
-import subprocess
-import sys
 
 import keras
 import numpy as np
 import pytest
+from conftest import run_python
 
 from advlib import backend
 from advlib.attacks import FastGradientMethod
 from advlib.models import KerasModelWrapper
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_the_chosen_backend_is_read_as_keras_reads_it(monkeypatch, tmp_path):
@@ -46,13 +42,7 @@ def test_a_missing_backend_names_its_extra(monkeypatch, name, extra):
 def test_importing_advlib_with_an_uninstalled_backend_names_the_extra():
     # the backend is hidden from this process, whether or not it is installed
     code = "import sys; sys.modules['torch'] = None; import advlib"
-    out = subprocess.run(
-        [sys.executable, "-c", code],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        env=dict(os.environ, KERAS_BACKEND="torch"),
-    )
+    out = run_python(code, KERAS_BACKEND="torch")
     assert out.returncode == 1
     assert "ImportError: Keras's backend is 'torch'" in out.stderr
     assert "pip install 'advlib[torch]'" in out.stderr

@@ -10,6 +10,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import run_python
 
 from advlib.attacks import FastGradientMethod, ProjectedGradientDescent
 from advlib.models import KerasModelWrapper, mlp, small_cnn
@@ -350,13 +351,7 @@ def test_mirrored_strategy_matches_one_device():
         diff = max(float(np.abs(a - b).max()) for a, b in zip(w1, w2))
         print(json.dumps({"max_weight_diff": diff, "losses": [l1, l2]}))
     """)
-    out = subprocess.run(
-        [sys.executable, "-c", script],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"),
-    )
+    out = run_python(script)
     assert out.returncode == 0, out.stderr[-3000:]
     import json
 
