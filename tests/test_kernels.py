@@ -128,28 +128,20 @@ def test_gemm_equals_numpy(backend, device, m, n, length, tensor_cores):
     rng = np.random.default_rng(m + n + length)
     a, w = pack_signs(signs(rng, m, length)), pack_signs(signs(rng, n, length))
     expected = ops.binary_dot(a, w, length)
-    out = backend.gemm(cp.asarray(a), cp.asarray(w), length, tensor_cores=tensor_cores)
+    a_device, w_device = cp.asarray(a), cp.asarray(w)
+    gemm = lambda **epilogue: backend.gemm(
+        a_device, w_device, length, tensor_cores=tensor_cores, **epilogue
+    )
+    out = gemm()
     np.testing.assert_array_equal(out.get(), expected)
     threshold = rng.integers(-length, length + 1, n).astype(np.int64)
     flip = rng.random(n) < 0.5
-    bits = backend.gemm(
-        cp.asarray(a),
-        cp.asarray(w),
-        length,
-        tensor_cores=tensor_cores,
-        epilogue=("bits", cp.asarray(threshold), cp.asarray(flip)),
-    )
+    bits = gemm(epilogue=("bits", cp.asarray(threshold), cp.asarray(flip)))
     np.testing.assert_array_equal(
         bits.get(), ops.pack_bits(ops.threshold_bits(expected, threshold, flip))
     )
     scale, shift = rng.normal(size=n).astype(np.float32), rng.normal(size=n).astype(np.float32)
-    logits = backend.gemm(
-        cp.asarray(a),
-        cp.asarray(w),
-        length,
-        tensor_cores=tensor_cores,
-        epilogue=("logits", cp.asarray(scale), cp.asarray(shift)),
-    )
+    logits = gemm(epilogue=("logits", cp.asarray(scale), cp.asarray(shift)))
     np.testing.assert_array_equal(logits.get(), expected.astype(np.float32) * scale + shift)
 
 

@@ -4,6 +4,7 @@ attack registry, and the target helpers shared by targeted attacks."""
 from __future__ import annotations
 
 import abc
+import functools
 import inspect
 import time
 from typing import Any, ClassVar
@@ -285,6 +286,7 @@ class Attack(abc.ABC):
         return tuple(n for n in cls._own_names() + shared if n not in cls.fixed)
 
     @classmethod
+    @functools.cache
     def _own_names(cls) -> tuple[str, ...]:
         """The parameters of `parse_params`, following `**params` up the classes."""
         names: list[str] = []
@@ -298,6 +300,7 @@ class Attack(abc.ABC):
         return tuple(n for n in dict.fromkeys(names) if n != "self")
 
     @classmethod
+    @functools.cache
     def _shared_names(cls) -> tuple[str, ...]:
         own = cls._own_names()
         names = [n for n in cls.shared_params if n not in own]

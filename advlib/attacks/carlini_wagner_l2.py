@@ -98,7 +98,7 @@ class CarliniWagnerL2(ConstantSearch):
         numbers = (low, high, *(tf.constant(options[k], x.dtype) for k in _SCALARS))
         w0 = self._to_search_space(x, low, high, use_tanh)
         search = (w0, tf.zeros_like(w0), tf.zeros_like(w0), tf.constant(0.0, x.dtype))
-        succeeded = np.zeros(len(x), bool)
+        succeeded = tf.zeros([len(x)], tf.bool)
         active, previous = np.ones(len(x), bool), np.full(len(x), np.inf)
         check_every = max(1, max_iterations // 10)
         for iteration in range(max_iterations):
@@ -106,13 +106,13 @@ class CarliniWagnerL2(ConstantSearch):
                 search, x, labels, const, best, tf.constant(active), numbers, use_tanh, targeted
             )
             best.update(new_best)
-            succeeded |= success.numpy()
+            succeeded = succeeded | success
             self._count(int(active.sum()), forward=1, backward=1)
             if options["abort_early"] and iteration % check_every == 0:
                 active, previous = still_improving(loss.numpy(), previous, active)
                 if not active.any():
                     break
-        return succeeded
+        return succeeded.numpy()
 
 
 _SCALARS = ("confidence", "learning_rate")

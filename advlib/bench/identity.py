@@ -14,6 +14,8 @@ import numpy as np
 import advlib
 from advlib import backend
 
+# what the identity of a run saved before advlib recorded the backend leaves out
+LEGACY_IDENTITY = {"backend": "tensorflow"}
 IDENTITY_PROBE = 100  # examples whose predicted classes join a model's identity
 
 

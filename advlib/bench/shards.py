@@ -9,6 +9,7 @@ import numpy as np
 
 from advlib.bench import protocol as protocols
 from advlib.bench.arrays import batch_rows, copy_batch
+from advlib.bench.identity import LEGACY_IDENTITY
 from advlib.bench.report import assess, summarize_arrays
 from advlib.bench.storage import OutputFolder, load_run, report_folder, write_outputs
 
@@ -56,7 +57,7 @@ def _run_key(report: dict) -> dict:
     """What the shards of one run share: everything of the identity but the shard."""
     identity = {k: v for k, v in (report.get("identity") or {}).items() if k != "shard"}
     return {
-        "backend": "tensorflow",  # reports from before advlib recorded the backend
+        **LEGACY_IDENTITY,
         **identity,
         "protocol_hash": report["protocol_hash"],
         "model fingerprint": report["model"]["fingerprint"],

@@ -12,14 +12,11 @@ from typing import IO
 import numpy as np
 
 from advlib.bench import render
+from advlib.bench.identity import LEGACY_IDENTITY
 from advlib.bench.report import load_report
 
 STATE_JSON, STATE_NPZ = "state.json", "state.npz"
 LOCK = ".advlib.lock"
-
-
-# what the identity of a run saved before advlib recorded the backend leaves out
-_BEFORE_BACKENDS = {"backend": "tensorflow"}
 
 
 def finite_json(value):
@@ -190,7 +187,7 @@ def restore_state(
         ) from error
     if not isinstance(saved, dict) or not isinstance(saved.get("identity"), dict):
         raise ValueError(f"--resume: the state file {path!r} has no run identity.")
-    saved_identity = {**_BEFORE_BACKENDS, **saved["identity"]}
+    saved_identity = {**LEGACY_IDENTITY, **saved["identity"]}
     for key, value in identity.items():
         if saved_identity.get(key) != value:
             raise ValueError(
