@@ -89,10 +89,16 @@ def check_finite_array(name: str, array: np.ndarray):
         )
 
 
+def _as_numpy(x) -> np.ndarray:
+    if hasattr(x, "detach"):  # a PyTorch tensor, perhaps one that records gradients
+        x = x.detach().cpu()
+    return x.numpy() if hasattr(x, "numpy") else np.asarray(x)
+
+
 def check_batch(name: str, x) -> np.ndarray:
     """`x` (NumPy or a tensor) as a NumPy batch: floating point, batch axis first,
     all finite."""
-    array = x.numpy() if hasattr(x, "numpy") else np.asarray(x)
+    array = x if isinstance(x, np.ndarray) else _as_numpy(x)
     if not np.issubdtype(array.dtype, np.floating):
         raise TypeError(f"{name} must be a floating-point array, got dtype {array.dtype}.")
     if array.ndim < 2:

@@ -12,16 +12,14 @@ import advlib
 def _info(args) -> int:
     """Prints versions and where each data set would be read from."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import keras
-    import numpy
-    import tensorflow as tf
-
+    from advlib.bench.identity import environment
     from advlib.datasets import loaders
 
-    print(f"advlib {advlib.__version__}, Keras backend {keras.backend.backend()}")
-    print(f"tensorflow {tf.__version__}, keras {keras.__version__}, numpy {numpy.__version__}")
-    devices = [d.name for d in tf.config.list_physical_devices()]
-    print(f"devices: {', '.join(devices)}")
+    env = environment()
+    name = env["backend"]
+    print(f"advlib {advlib.__version__}, Keras backend {name}")
+    print(f"{name} {env[name]}, keras {env['keras']}, numpy {env['numpy']}")
+    print(f"devices: {env['device']}")
     for name in ("mnist", "fashion-mnist"):
         found = [
             f

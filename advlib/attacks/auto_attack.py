@@ -7,9 +7,9 @@ import time
 from typing import Any
 
 import numpy as np
-import tensorflow as tf
+from keras import ops
 
-from advlib import _checks
+from advlib import _checks, backend
 from advlib.attacks import utils
 from advlib.attacks.auto_pgd import APGD, APGDT
 from advlib.attacks.base import Attack
@@ -169,15 +169,17 @@ class AutoAttack(Attack):
         _checks.check_number("bs", batch_size, low=1, integer=True)
         parsed = self.parse(**params)
         x = np.asarray(x_orig)
-        x_checked = self._check_input(x, parsed).numpy()
-        self.model.check_output(tf.convert_to_tensor(x_checked[:1]))
+        x_checked = backend.to_numpy(self._check_input(x, parsed))
+        self.model.check_output(ops.convert_to_tensor(x_checked[:1]))
         y = _checks.check_labels("y_orig", y_orig, len(x), self.model.nb_classes)
         x_adv, predicted = self._ensemble(x_checked, y, batch_size, parsed)
         return (x_adv, predicted) if return_labels else x_adv
 
     def _generate(self, x, labels, targeted, **params):
-        x_adv, _ = self._ensemble(x.numpy(), labels.numpy(), len(x), dict(params))
-        return tf.constant(x_adv)
+        x_adv, _ = self._ensemble(
+            backend.to_numpy(x), backend.to_numpy(labels), len(x), dict(params)
+        )
+        return ops.convert_to_tensor(x_adv)
 
     # -- the ensemble -----------------------------------------------------------------------
     def _ensemble(self, x, y, batch_size, params):
@@ -230,7 +232,7 @@ class AutoAttack(Attack):
                 "AutoAttack's FAB needs a bounded input domain: give clip_min and "
                 "clip_max, or use version='custom' without fab."
             )
-        out = attack.generate(x, **shared, **settings).numpy()
+        out = backend.to_numpy(attack.generate(x, **shared, **settings))
         self.forward_passes += attack.forward_passes
         self.backward_passes += attack.backward_passes
         self.nonfinite_fallbacks += attack.nonfinite_fallbacks

@@ -7,9 +7,9 @@ import math
 from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
-import tensorflow as tf
+from keras import ops
 
-from advlib import _checks, losses
+from advlib import _checks, backend, losses
 from advlib.attacks import utils
 from advlib.attacks.base import DOMAIN, TARGETABLE, Attack, on_survivors, refuse_true_class_targets
 
@@ -47,12 +47,12 @@ class _Problem(NamedTuple):
     """One batch's question: the inputs, the labels success is judged by, and
     those the loss takes (for targeted DLR, the true and the target class)."""
 
-    x: tf.Tensor
-    labels: tf.Tensor
-    loss_labels: tf.Tensor
+    x: Any
+    labels: Any
+    loss_labels: Any
 
     def rows(self, rows) -> _Problem:
-        return _Problem(*(tf.gather(t, rows) for t in self))
+        return _Problem(*(ops.take(t, rows, axis=0) for t in self))
 
 
 class _Rule(NamedTuple):
@@ -69,7 +69,7 @@ class _Plan(NamedTuple):
 
     rule: _Rule
     eps: float
-    bounds: tuple[tf.Tensor, tf.Tensor]
+    bounds: tuple[Any, Any]
     nb_iter: int
     nb_restarts: int
     rho: float
@@ -79,12 +79,12 @@ class _Plan(NamedTuple):
 class _Numbers(NamedTuple):
     """The compiled loop's numbers, as tensors of the input's dtype."""
 
-    eps: tf.Tensor
-    low: tf.Tensor
-    high: tf.Tensor
-    schedule: tf.Tensor  # per step: the length of the window that ends there, or 0
-    rho: tf.Tensor
-    initial_step: tf.Tensor
+    eps: Any
+    low: Any
+    high: Any
+    schedule: Any  # per step: the length of the window that ends there, or 0
+    rho: Any
+    initial_step: Any
 
 
 class APGD(Attack):
@@ -123,7 +123,7 @@ class APGD(Attack):
 
     def __init__(self, model):
         super().__init__(model)
-        self._iterate = tf.function(self._iterate_fn, reduce_retracing=True)
+        self._iterate = backend.compiled(self._iterate_fn, self.model.variables)
 
     shared_params: ClassVar[tuple[str, ...]] = ("eps", "norm", *TARGETABLE, *DOMAIN, "seed")
 
@@ -142,14 +142,14 @@ class APGD(Attack):
     # -- the attack ---------------------------------------------------------------
     def _generate(self, x, labels, targeted, *, eps, loss, seed, **options):
         if eps == 0:
-            return tf.identity(x)
+            return x
         true = labels
         if targeted:
             true = self.model.predict_classes(x)
             self._count(len(x))
-            refuse_true_class_targets(labels.numpy(), true.numpy())
+            refuse_true_class_targets(backend.to_numpy(labels), backend.to_numpy(true))
         loss_labels = (
-            tf.stack([tf.cast(true, tf.int64), tf.cast(labels, tf.int64)], axis=1)
+            ops.stack([ops.cast(true, "int64"), ops.cast(labels, "int64")], axis=1)
             if targeted and loss == "dlr"
             else labels
         )
@@ -202,19 +202,20 @@ class APGD(Attack):
                 start = x + utils.project_l1_box(start - x, current, low - x, high - x)
                 stage = plan._replace(eps=current, nb_iter=max(steps, 1))
                 start, x_adv, robust = self._single_run(problem, stage, seed_pair, start)
-            return tf.where(utils.per_example(robust, x), start, x_adv), robust
+            return ops.where(utils.per_example(robust, x), start, x_adv), robust
         best, x_adv, robust = self._single_run(problem, plan, seed_pair, None)
-        return tf.where(utils.per_example(robust, x), best, x_adv), robust
+        return ops.where(utils.per_example(robust, x), best, x_adv), robust
 
     def _noise(self, x, norm, seed_pair):
+        seed_pair = backend.seed(seed_pair)
         if norm == np.inf:
-            t = tf.random.stateless_uniform(tf.shape(x), seed_pair, -1.0, 1.0, dtype=x.dtype)
-            scale = tf.reduce_max(tf.abs(tf.reshape(t, [tf.shape(x)[0], -1])), axis=1)
+            t = backend.uniform(ops.shape(x), seed_pair, -1.0, 1.0, x.dtype)
+            scale = ops.max(ops.abs(utils.flatten(t)), axis=1)
         else:
-            t = tf.random.stateless_normal(tf.shape(x), seed_pair, dtype=x.dtype)
+            t = backend.normal(ops.shape(x), seed_pair, x.dtype)
             if norm == 1:
                 return t
-            scale = tf.norm(tf.reshape(t, [tf.shape(x)[0], -1]), axis=1)
+            scale = utils.lp_norm(t, 2)
         return t / utils.per_example(scale + 1e-12, x)
 
     def _single_run(self, problem: _Problem, plan: _Plan, seed_pair, start):
@@ -226,13 +227,13 @@ class APGD(Attack):
         """
         x, (low, high), rule, nb_iter = problem.x, plan.bounds, plan.rule, plan.nb_iter
         norm, eot_iter = rule.norm, rule.eot_iter
-        eps_t = tf.cast(plan.eps, x.dtype)
+        eps_t = ops.cast(plan.eps, x.dtype)
         if start is None:
             noise = self._noise(x, norm, seed_pair)
             start = (
                 x + utils.project_l1_box(noise, eps_t, low - x, high - x)
                 if norm == 1
-                else tf.clip_by_value(x + eps_t * noise, low, high)
+                else utils.clip(x + eps_t * noise, low, high)
             )
         loss, grad, logits = self._evaluate(start, problem.loss_labels, rule.loss_fn, eot_iter)
         robust = ~self._succeeded(logits, problem.labels, rule.targeted)
@@ -244,12 +245,12 @@ class APGD(Attack):
             **dict.fromkeys(("grad", "grad_best"), grad),
             **dict.fromkeys(("loss_best", "previous", "last_best"), loss),
             "robust": robust,
-            "increases": tf.zeros_like(loss),
-            "step": tf.fill([batch], factor * eps_t),
-            "reduced": tf.ones([batch], tf.bool),
+            "increases": ops.zeros_like(loss),
+            "step": factor * eps_t * ops.ones((batch,), x.dtype),
+            "reduced": ops.ones((batch,), "bool"),
             # L1: the sparsity of the step, and that of the best point at the last check
-            "sparsity": tf.fill([batch], tf.cast(0.2, x.dtype)),
-            "last_sparsity": tf.fill([batch], tf.cast(features, x.dtype)),
+            "sparsity": ops.full((batch,), 0.2, x.dtype),
+            "last_sparsity": ops.full((batch,), float(features), x.dtype),
         }
         schedule = np.zeros(nb_iter)
         ends = np.cumsum(checkpoint_lengths(nb_iter, norm))
@@ -258,8 +259,8 @@ class APGD(Attack):
             eps_t,
             low,
             high,
-            tf.constant(schedule, x.dtype),
-            tf.constant(plan.rho, x.dtype),
+            ops.convert_to_tensor(schedule, x.dtype),
+            ops.convert_to_tensor(plan.rho, x.dtype),
             factor * eps_t,
         )
         state = self._iterate(state, problem, numbers, rule)
@@ -272,12 +273,12 @@ class APGD(Attack):
         for _ in range(eot_iter):
             loss, grad, logits = self.model.loss_gradient(x_adv, loss_labels, loss_fn)
             total_loss, total_grad = total_loss + loss, total_grad + grad
-        return (tf.cast(total_loss, x_adv.dtype) / eot_iter, total_grad / eot_iter, logits)
+        return (ops.cast(total_loss, x_adv.dtype) / eot_iter, total_grad / eot_iter, logits)
 
     @staticmethod
     def _succeeded(logits, labels, targeted):
-        predicted = tf.argmax(logits, axis=-1, output_type=labels.dtype)
-        return tf.equal(predicted, labels) if targeted else tf.not_equal(predicted, labels)
+        predicted = ops.cast(ops.argmax(logits, axis=-1), labels.dtype)
+        return ops.equal(predicted, labels) if targeted else ops.not_equal(predicted, labels)
 
     # -- compiled pieces ----------------------------------------------------------------
     @staticmethod
@@ -285,37 +286,38 @@ class APGD(Attack):
         eps, low, high = numbers.eps, numbers.low, numbers.high
         if norm == 1:
             return x + utils.project_l1_box(point - x, eps, low - x, high - x)
-        return tf.clip_by_value(x + utils.clip_eta(point - x, norm, eps), low, high)
+        return utils.clip(x + utils.clip_eta(point - x, norm, eps), low, high)
 
     def _ascend(self, x, state, numbers: _Numbers, norm):
         """The plain step z of the paper, projected."""
         x_adv, grad, step = state["x_adv"], state["grad"], utils.per_example(state["step"], x)
         if norm == 1:
-            flat = tf.reshape(tf.abs(grad), [tf.shape(x)[0], -1])
-            features = tf.shape(flat)[1]
-            ranked = tf.sort(flat, axis=1)
-            place = tf.clip_by_value(
-                tf.cast((1 - state["sparsity"]) * tf.cast(features, x.dtype), tf.int32),
-                0,
-                features - 1,
-            )
-            threshold = utils.per_example(tf.gather(ranked, place, batch_dims=1), x)
-            direction = tf.sign(grad) * tf.cast(tf.abs(grad) >= threshold, x.dtype)
-            count = tf.reduce_sum(tf.abs(tf.reshape(direction, [tf.shape(x)[0], -1])), axis=1)
+            flat = utils.flatten(ops.abs(grad))
+            features = flat.shape[1]
+            ranked = ops.sort(flat, axis=1)
+            place = ops.clip(ops.cast((1 - state["sparsity"]) * features, "int32"), 0, features - 1)
+            threshold = utils.per_example(utils.take_rows(ranked, place), x)
+            direction = ops.sign(grad) * ops.cast(ops.abs(grad) >= threshold, x.dtype)
+            count = ops.sum(ops.abs(utils.flatten(direction)), axis=1)
             moved = x_adv + step * direction / utils.per_example(count + 1e-10, x)
             return self._project(x, moved, numbers, norm)
-        direction = tf.sign(grad) if norm == np.inf else utils.optimize_linear(grad, 1.0, 2)
+        direction = ops.sign(grad) if norm == np.inf else utils.optimize_linear(grad, 1.0, 2)
         return self._project(x, x_adv + step * direction, numbers, norm)
 
     def _iterate_fn(self, state, problem: _Problem, numbers: _Numbers, rule: _Rule):
         """Every step of one run, in one compiled loop, with the checkpoints."""
         x = problem.x
-        for i in tf.range(tf.shape(numbers.schedule)[0]):
-            momentum = tf.where(i > 0, tf.constant(_MOMENTUM, x.dtype), tf.constant(1.0, x.dtype))
-            state = self._step_fn(state, problem, numbers, momentum, rule)
-            if numbers.schedule[i] > 0:
-                state = self._check_fn(state, x, numbers.schedule[i], numbers, rule.norm)
-        return state
+
+        def step(i, state):
+            momentum = ops.where(i > 0, _MOMENTUM, 1.0)
+            state = self._step_fn(state, problem, numbers, ops.cast(momentum, x.dtype), rule)
+            length = numbers.schedule[i]
+            # the checkpoint is cheap next to a gradient: computed at every step, kept
+            # at the checkpoints, so that one loop body serves every backend
+            checked = self._check_fn(state, x, length, numbers, rule.norm)
+            return {k: ops.where(length > 0, checked[k], state[k]) for k in state}
+
+        return ops.fori_loop(0, ops.shape(numbers.schedule)[0], step, state)
 
     def _step_fn(self, state, problem: _Problem, numbers: _Numbers, momentum, rule: _Rule):
         x, norm = problem.x, rule.norm
@@ -328,20 +330,20 @@ class APGD(Attack):
             heavy = x_adv + momentum * (z - x_adv) + (1 - momentum) * (x_adv - state["x_old"])
             moved = self._project(x, heavy, numbers, norm)
         loss, grad, logits = self._evaluate(moved, problem.loss_labels, rule.loss_fn, rule.eot_iter)
-        finite = tf.math.is_finite(loss) & utils.finite_rows(grad) & utils.finite_rows(moved)
+        finite = ops.isfinite(loss) & utils.finite_rows(grad) & utils.finite_rows(moved)
         keep = utils.per_example(finite, x)
-        moved, grad = tf.where(keep, moved, state["x_adv"]), tf.where(keep, grad, state["grad"])
-        loss = tf.where(finite, loss, state["previous"])
+        moved, grad = ops.where(keep, moved, state["x_adv"]), ops.where(keep, grad, state["grad"])
+        loss = ops.where(finite, loss, state["previous"])
         success = self._succeeded(logits, problem.labels, rule.targeted) & finite
-        state["x_found"] = tf.where(
+        state["x_found"] = ops.where(
             utils.per_example(success & state["robust"], x), moved, state["x_found"]
         )
         state["robust"] = state["robust"] & ~success
         better = loss > state["loss_best"]
-        state["x_best"] = tf.where(utils.per_example(better, x), moved, state["x_best"])
-        state["grad_best"] = tf.where(utils.per_example(better, x), grad, state["grad_best"])
-        state["loss_best"] = tf.maximum(loss, state["loss_best"])
-        state["increases"] += tf.cast(loss > state["previous"], loss.dtype)
+        state["x_best"] = ops.where(utils.per_example(better, x), moved, state["x_best"])
+        state["grad_best"] = ops.where(utils.per_example(better, x), grad, state["grad_best"])
+        state["loss_best"] = ops.maximum(loss, state["loss_best"])
+        state["increases"] += ops.cast(loss > state["previous"], loss.dtype)
         state["previous"] = loss
         state["x_old"], state["x_adv"], state["grad"] = state["x_adv"], moved, grad
         return state
@@ -351,15 +353,13 @@ class APGD(Attack):
         the sparsity) and go back to the best point."""
         state, rho, initial_step = dict(state), numbers.rho, numbers.initial_step
         if norm == 1:
-            changed = tf.reshape(
-                tf.cast(tf.not_equal(state["x_best"], x), x.dtype), [tf.shape(x)[0], -1]
-            )
-            sparsity_now = tf.reduce_sum(changed, axis=1)
-            features = tf.cast(tf.shape(changed)[1], x.dtype)
+            changed = ops.cast(ops.not_equal(utils.flatten(state["x_best"] - x), 0), x.dtype)
+            sparsity_now = ops.sum(changed, axis=1)
+            features = float(changed.shape[1])
             restart = sparsity_now / state["last_sparsity"] < 0.95
             state["sparsity"] = sparsity_now / features / _L1_SPARSITY_SHRINK
-            step = tf.where(restart, initial_step, state["step"] / _L1_STEP_DECAY)
-            state["step"] = tf.clip_by_value(step, initial_step * _L1_MIN_STEP, initial_step)
+            step = ops.where(restart, initial_step, state["step"] / _L1_STEP_DECAY)
+            state["step"] = utils.clip(step, initial_step * _L1_MIN_STEP, initial_step)
             state["last_sparsity"] = sparsity_now
         else:
             oscillating = state["increases"] <= length * rho
@@ -367,11 +367,11 @@ class APGD(Attack):
             restart = oscillating | stuck
             state["reduced"] = restart
             state["last_best"] = state["loss_best"]
-            state["step"] = tf.where(restart, state["step"] / 2, state["step"])
+            state["step"] = ops.where(restart, state["step"] / 2, state["step"])
         back = utils.per_example(restart, x)
-        state["x_adv"] = tf.where(back, state["x_best"], state["x_adv"])
-        state["grad"] = tf.where(back, state["grad_best"], state["grad"])
-        state["increases"] = tf.zeros_like(state["increases"])
+        state["x_adv"] = ops.where(back, state["x_best"], state["x_adv"])
+        state["grad"] = ops.where(back, state["grad_best"], state["grad"])
+        state["increases"] = ops.zeros_like(state["increases"])
         return state
 
 
@@ -406,18 +406,20 @@ class APGDT(APGD):
 
     def _generate(self, x, labels, targeted, *, eps, loss, seed, n_target_classes, **options):
         if eps == 0:
-            return tf.identity(x)
+            return x
         plan = self._plan(x, eps, self._loss(loss, targeted=True), False, **options)
         logits = self.model.predict_logits(x)
         self._count(len(x))
-        ranked = tf.argsort(logits, axis=-1, direction="DESCENDING").numpy()
-        robust = ranked[:, 0] == labels.numpy()
+        ranked = np.argsort(-backend.to_numpy(logits), axis=-1, kind="stable")
+        robust = ranked[:, 0] == backend.to_numpy(labels)
         seed_pair = self._seed_pair(seed)
 
         def towards(k, rows):
-            true = tf.gather(labels, rows)
-            pair = tf.stack([tf.cast(true, tf.int64), tf.constant(ranked[rows, k], tf.int64)], 1)
-            problem = _Problem(tf.gather(x, rows), true, pair)
+            true = ops.take(labels, rows, axis=0)
+            pair = ops.stack(
+                [ops.cast(true, "int64"), ops.convert_to_tensor(ranked[rows, k], "int64")], 1
+            )
+            problem = _Problem(ops.take(x, rows, axis=0), true, pair)
             return self._restarts(problem, plan, seed_pair + [0, _TARGET_SEED_STRIDE * k])
 
         targets = range(1, min(n_target_classes, self.model.nb_classes - 1) + 1)

@@ -11,9 +11,9 @@ from typing import Any, ClassVar
 
 import keras
 import numpy as np
-import tensorflow as tf
+from keras import ops
 
-from advlib import _checks, _seeding
+from advlib import _checks, _seeding, backend
 from advlib.attacks import utils
 from advlib.attacks.result import AttackResult
 from advlib.models.base import Model
@@ -57,7 +57,7 @@ def random_targets(labels: np.ndarray, nb_classes: int, seed: int | None) -> np.
     return (labels + generator.integers(1, nb_classes, size=len(labels))) % nb_classes
 
 
-def on_survivors(x, survivors: np.ndarray, rounds, attempt) -> tf.Tensor:
+def on_survivors(x, survivors: np.ndarray, rounds, attempt):
     """Runs `attempt(round, rows)` for each of `rounds` on the rows of `x` still in
     `survivors` (a boolean array, updated in place), as restarts and target sweeps
     do; `attempt` returns the new rows and which of them survive. Returns `x` with
@@ -68,7 +68,7 @@ def on_survivors(x, survivors: np.ndarray, rounds, attempt) -> tf.Tensor:
         if rows.size == 0:
             break
         x_new, still = attempt(step, rows)
-        out = tf.tensor_scatter_nd_update(out, rows[:, None], x_new)
+        out = ops.scatter_update(out, rows[:, None], ops.cast(x_new, utils.dtype_of(out)))
         survivors[rows] = np.asarray(still)
     return out
 
@@ -116,6 +116,8 @@ class Attack(abc.ABC):
     shared_params: ClassVar[tuple[str, ...]] = ()
     # The norms the attack supports, its default first.
     norms: ClassVar[tuple[float, ...]] = utils.NORMS
+    # The Keras backends the attack runs on.
+    backends: ClassVar[tuple[str, ...]] = backend.SUPPORTED
     # The attack's name and why it needs finite clip_min and clip_max, if it does.
     needs_bounds: ClassVar[str | None] = None
     # Sees only the model's outputs: the cross-check against gradient masking.
@@ -129,6 +131,7 @@ class Attack(abc.ABC):
             _REGISTRY[cls.__name__] = cls
 
     def __init__(self, model: keras.Model | Model):
+        backend.require_supported(type(self).__name__, self.backends)
         self.model: Model = as_model(model)
         self.forward_passes = 0
         self.backward_passes = 0
@@ -142,7 +145,7 @@ class Attack(abc.ABC):
         self.backward_passes += batch * backward
 
     # -- public API --------------------------------------------------------
-    def generate(self, x: np.ndarray | tf.Tensor, **params: Any) -> tf.Tensor:
+    def generate(self, x: Any, **params: Any) -> Any:
         """Crafts adversarial examples for the batch `x`.
 
         Args:
@@ -150,12 +153,12 @@ class Attack(abc.ABC):
             **params: the attack's parameters; see `parse_params`.
 
         Returns:
-            A `tf.Tensor` of the same shape and dtype as `x`.
+            A tensor of Keras's backend, of the same shape and dtype as `x`.
         """
         parsed = self.parse(**params)
         x = self._check_input(x, parsed)
         if x.shape[0] == 0:
-            return tf.identity(x)
+            return x
         self.model.check_output(x)
         labels, targeted = self._resolve_labels(x, parsed)
         options = {
@@ -163,15 +166,15 @@ class Attack(abc.ABC):
         }
         return self._finite_or_clean(x, self._generate(x, labels, targeted, **options))
 
-    def _finite_or_clean(self, x: tf.Tensor, x_adv: tf.Tensor) -> tf.Tensor:
+    def _finite_or_clean(self, x, x_adv):
         """Never returns a non-finite adversarial example: such an example falls
         back to the clean input, and the event is counted."""
         finite = utils.finite_rows(x_adv)
-        bad = int(tf.reduce_sum(tf.cast(~finite, tf.int32)))
+        bad = int(ops.sum(ops.cast(ops.logical_not(finite), "int32")))
         if not bad:
             return x_adv
         self.nonfinite_fallbacks += bad
-        return tf.where(utils.per_example(finite, x), x_adv, tf.cast(x, x_adv.dtype))
+        return ops.where(utils.per_example(finite, x), x_adv, ops.cast(x, utils.dtype_of(x_adv)))
 
     def generate_np(self, x: np.ndarray, batch_size: int | None = 128, **params: Any) -> np.ndarray:
         """Like `generate`, but NumPy in, NumPy out, in batches of `batch_size`
@@ -192,12 +195,12 @@ class Attack(abc.ABC):
                 )
         self.parse(**params)  # fail before the first batch, not after many
         if len(x) == 0:
-            return self.generate(x, **params).numpy()
+            return backend.to_numpy(self.generate(x, **params))
         chunks = []
         for start in range(0, len(x), batch_size):
             stop = start + batch_size
             batch_params = dict(params, **{k: v[start:stop] for k, v in per_example.items()})
-            chunks.append(self.generate(x[start:stop], **batch_params).numpy())
+            chunks.append(backend.to_numpy(self.generate(x[start:stop], **batch_params)))
         return np.concatenate(chunks)
 
     def run(
@@ -264,7 +267,7 @@ class Attack(abc.ABC):
         self._count(len(x))
         return np.concatenate(
             [
-                self.model.predict_classes(x[i : i + batch_size]).numpy()
+                backend.to_numpy(self.model.predict_classes(x[i : i + batch_size]))
                 for i in range(0, len(x), batch_size)
             ]
         )
@@ -327,7 +330,7 @@ class Attack(abc.ABC):
         """Checks the parameters and returns them with defaults filled in."""
 
     @abc.abstractmethod
-    def _generate(self, *args: Any, **params: Any) -> tf.Tensor:
+    def _generate(self, *args: Any, **params: Any) -> Any:
         """Crafts adversarial examples for a checked, non-empty batch: called with
         (x, labels, targeted) and the parsed parameters as keywords."""
 
@@ -378,12 +381,12 @@ class Attack(abc.ABC):
                 raise ValueError(f"{name} must be a number for {self.needs_bounds}; got None.")
         return shared
 
-    def _check_input(self, x, parsed) -> tf.Tensor:
+    def _check_input(self, x, parsed):
         array = _checks.check_batch("x", x)
         _checks.check_in_range("x", array, parsed.get("clip_min"), parsed.get("clip_max"))
-        return tf.convert_to_tensor(x)
+        return ops.convert_to_tensor(array)
 
-    def _resolve_labels(self, x: tf.Tensor, parsed) -> tuple[tf.Tensor, bool]:
+    def _resolve_labels(self, x, parsed) -> tuple[Any, bool]:
         """Returns (labels, targeted): the targets, or the labels to move away from.
 
         Without `y` or `y_target`, the model's own predictions are used, which
@@ -392,13 +395,13 @@ class Attack(abc.ABC):
         nb_classes = self.model.nb_classes
         batch = int(x.shape[0])
         if parsed.get("y_target") is not None:
-            return tf.constant(
-                _checks.check_labels("y_target", parsed["y_target"], batch, nb_classes)
-            ), True
+            targets = _checks.check_labels("y_target", parsed["y_target"], batch, nb_classes)
+            return ops.convert_to_tensor(targets), True
         if parsed.get("y") is not None:
-            return tf.constant(_checks.check_labels("y", parsed["y"], batch, nb_classes)), False
+            labels = _checks.check_labels("y", parsed["y"], batch, nb_classes)
+            return ops.convert_to_tensor(labels), False
         self._count(batch)
-        return self.model.predict_classes(x), False
+        return ops.cast(self.model.predict_classes(x), "int64"), False
 
     @staticmethod
     def _seed_pair(seed: int | None) -> np.ndarray:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
-import tensorflow as tf
+from keras import ops
 
+from advlib import backend
 from advlib.attacks import utils
 from advlib.attacks.constant_search import ConstantSearch, penalty, still_improving
 
@@ -45,19 +46,19 @@ class CarliniWagnerL2(ConstantSearch):
 
     def __init__(self, model):
         super().__init__(model)
-        self._step = tf.function(self._step_fn, reduce_retracing=True)
+        self._step = backend.compiled(self._step_fn, self.model.variables)
 
     # -- space changes -------------------------------------------------------
     @staticmethod
     def _to_input(w, low, high, use_tanh):
         if use_tanh:
-            return tf.clip_by_value((tf.tanh(w) + 1) / 2 * (high - low) + low, low, high)
-        return tf.clip_by_value(w, low, high)
+            return utils.clip((ops.tanh(w) + 1) / 2 * (high - low) + low, low, high)
+        return utils.clip(w, low, high)
 
     @staticmethod
     def _to_search_space(x, low, high, use_tanh):
         if use_tanh:
-            return tf.atanh(((x - low) / (high - low) * 2 - 1) * _TANH_SHRINK)
+            return ops.arctanh(((x - low) / (high - low) * 2 - 1) * _TANH_SHRINK)
         return x
 
     # -- one Adam step on the whole batch -----------------------------------
@@ -65,13 +66,14 @@ class CarliniWagnerL2(ConstantSearch):
         """One Adam step on the whole batch; `search` is (w, m, v, t)."""
         w, m, v, t = search
         low, high, confidence, learning_rate = numbers
-        with tf.GradientTape() as tape:
-            tape.watch(w)
+
+        def objective(w):
             x_adv = self._to_input(w, low, high, use_tanh)
-            l2 = tf.reduce_sum(tf.square(x_adv - x), tf.range(1, tf.rank(x)))
+            l2 = ops.sum(ops.square(x_adv - x), tuple(range(1, len(x.shape))))
             hinge, margin = penalty(self.model, x_adv, labels, targeted, confidence, x.dtype)
-            loss = l2 + const * hinge
-        grad = tape.gradient(loss, w)
+            return l2 + const * hinge, (x_adv, l2, margin)
+
+        loss, grad, (x_adv, l2, margin) = backend.value_and_gradient(objective, w)
         t = t + 1
         step, new_m, new_v = utils.adam_update(grad, m, v, t, learning_rate)
         moving = utils.per_example(active, x)
@@ -79,14 +81,14 @@ class CarliniWagnerL2(ConstantSearch):
         success = (margin > confidence) & active
         improved = success & (l2 < best["distance"])
         search = (
-            tf.where(moving, w - step, w),
-            tf.where(moving, new_m, m),
-            tf.where(moving, new_v, v),
+            ops.where(moving, w - step, w),
+            ops.where(moving, new_m, m),
+            ops.where(moving, new_v, v),
             t,
         )
         best = {
-            "distance": tf.where(improved, l2, best["distance"]),
-            "x": tf.where(utils.per_example(improved, x), x_adv, best["x"]),
+            "distance": ops.where(improved, l2, best["distance"]),
+            "x": ops.where(utils.per_example(improved, x), x_adv, best["x"]),
         }
         return search, best, success, loss
 
@@ -95,24 +97,32 @@ class CarliniWagnerL2(ConstantSearch):
     ):
         use_tanh = clip_min is not None and clip_max is not None
         low, high = utils.bounds_as_tensors(x.dtype, clip_min, clip_max)
-        numbers = (low, high, *(tf.constant(options[k], x.dtype) for k in _SCALARS))
+        numbers = (low, high, *(ops.convert_to_tensor(options[k], x.dtype) for k in _SCALARS))
         w0 = self._to_search_space(x, low, high, use_tanh)
-        search = (w0, tf.zeros_like(w0), tf.zeros_like(w0), tf.constant(0.0, x.dtype))
-        succeeded = tf.zeros([len(x)], tf.bool)
+        search = (w0, ops.zeros_like(w0), ops.zeros_like(w0), ops.convert_to_tensor(0.0, x.dtype))
+        succeeded = ops.zeros([len(x)], "bool")
         active, previous = np.ones(len(x), bool), np.full(len(x), np.inf)
         check_every = max(1, max_iterations // 10)
         for iteration in range(max_iterations):
             search, new_best, success, loss = self._step(
-                search, x, labels, const, best, tf.constant(active), numbers, use_tanh, targeted
+                search,
+                x,
+                labels,
+                const,
+                best,
+                ops.convert_to_tensor(active),
+                numbers,
+                use_tanh,
+                targeted,
             )
             best.update(new_best)
             succeeded = succeeded | success
             self._count(int(active.sum()), forward=1, backward=1)
             if options["abort_early"] and iteration % check_every == 0:
-                active, previous = still_improving(loss.numpy(), previous, active)
+                active, previous = still_improving(backend.to_numpy(loss), previous, active)
                 if not active.any():
                     break
-        return succeeded.numpy()
+        return backend.to_numpy(succeeded)
 
 
 _SCALARS = ("confidence", "learning_rate")

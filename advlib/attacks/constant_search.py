@@ -12,9 +12,9 @@ import abc
 from typing import Any, ClassVar
 
 import numpy as np
-import tensorflow as tf
+from keras import ops
 
-from advlib import _checks
+from advlib import _checks, backend
 from advlib.attacks.base import DOMAIN, Attack, refuse_true_class_targets
 from advlib.losses import margin_loss
 
@@ -47,9 +47,9 @@ def search_constants(succeeded, const, lower, upper):
 def penalty(model, x_adv, labels, targeted, confidence, dtype):
     """The hinge `max(confidence - margin, 0)` and the margin itself, which is
     positive once the model leaves `labels` (reaches them, when targeted)."""
-    margin = margin_loss(labels=labels, logits=tf.cast(model.get_logits(x_adv), dtype))
+    margin = margin_loss(labels=labels, logits=ops.cast(model.get_logits(x_adv), dtype))
     margin = -margin if targeted else margin
-    return tf.maximum(confidence - margin, 0), margin
+    return ops.maximum(confidence - margin, 0), margin
 
 
 class ConstantSearch(Attack, register=False):
@@ -103,10 +103,12 @@ class ConstantSearch(Attack, register=False):
         class are refused first: the search would report them as successes at
         zero distance."""
         if targeted:
-            refuse_true_class_targets(labels.numpy(), self.model.predict_classes(x).numpy())
+            refuse_true_class_targets(
+                backend.to_numpy(labels), backend.to_numpy(self.model.predict_classes(x))
+            )
             self._count(len(x))
         size = batch_size or len(x)
-        return tf.concat(
+        return ops.concatenate(
             [
                 self._search(x[i : i + size], labels[i : i + size], targeted, **options)
                 for i in range(0, len(x), size)
@@ -116,9 +118,9 @@ class ConstantSearch(Attack, register=False):
 
     def _search(self, x, labels, targeted, *, binary_search_steps, initial_const, **options):
         const, lower, upper = initial_bracket(len(x), initial_const)
-        best = {"distance": tf.fill([len(x)], tf.constant(np.inf, x.dtype)), "x": x}
+        best = {"distance": ops.full((len(x),), np.inf, x.dtype), "x": x}
         for _ in range(binary_search_steps):
-            const_t = tf.constant(const, x.dtype)
+            const_t = ops.convert_to_tensor(const, x.dtype)
             succeeded = self._minimise(x, labels, targeted, const_t, best, **options)
             const, lower, upper = search_constants(succeeded, const, lower, upper)
         return best["x"]

@@ -6,9 +6,9 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-import tensorflow as tf
+from keras import ops
 
-from advlib import _checks
+from advlib import _checks, backend
 from advlib.attacks import utils
 from advlib.attacks.base import DOMAIN, Attack
 
@@ -47,7 +47,7 @@ class DeepFool(Attack):
 
     def __init__(self, model):
         super().__init__(model)
-        self._step = tf.function(self._step_fn, reduce_retracing=True)
+        self._step = backend.compiled(self._step_fn, self.model.variables)
 
     shared_params = ("norm", "y", *DOMAIN)
     norms = (2, np.inf)
@@ -69,65 +69,61 @@ class DeepFool(Attack):
         nb_candidate = min(nb_candidate, self.model.nb_classes)
         low, high = utils.bounds_as_tensors(x.dtype, clip_min, clip_max)
         candidates = self._candidates(x, labels, nb_candidate)
-        overshoot = tf.constant(overshoot, x.dtype)
-        total = tf.zeros_like(x)
+        overshoot = ops.convert_to_tensor(overshoot, x.dtype)
+        total = ops.zeros_like(x)
         active = np.arange(len(x))
         for _ in range(max_iter):
             # only the examples still classified as their label take a step
-            rows = tf.constant(active[:, None])
-            pick = lambda t: tf.gather_nd(t, rows)
+            pick = lambda t: ops.take(t, active, axis=0)
             updated, still = self._step(
                 pick(x), pick(total), pick(labels), pick(candidates), low, high, overshoot, norm
             )
             self._count(len(active), forward=nb_candidate, backward=nb_candidate)
-            still = still.numpy()
-            total = tf.tensor_scatter_nd_update(total, rows, updated)
+            still = backend.to_numpy(still)
+            total = ops.scatter_update(total, active[:, None], updated)
             active = active[still]
             if not active.size:
                 break
-        return tf.clip_by_value(x + (1 + overshoot) * total, low, high)
+        return utils.clip(x + (1 + overshoot) * total, low, high)
 
     def _candidates(self, x, labels, count):
         """Per example, the label first, then the `count` - 1 most likely other classes."""
         self._count(len(x))
-        logits = tf.cast(self.model.predict_logits(x), tf.float32)
-        own = tf.one_hot(labels, tf.shape(logits)[1], on_value=True, off_value=False)
-        others = tf.math.top_k(tf.where(own, -np.inf, logits), k=count - 1).indices
-        return tf.concat([tf.cast(labels[:, None], tf.int32), others], axis=1)
+        logits = ops.cast(self.model.predict_logits(x), "float32")
+        own = ops.cast(ops.one_hot(ops.cast(labels, "int32"), logits.shape[1]), "bool")
+        _, others = ops.top_k(ops.where(own, -np.inf, logits), k=count - 1)
+        return ops.concatenate([ops.cast(labels[:, None], "int32"), ops.cast(others, "int32")], 1)
 
     def _step_fn(self, x, total, labels, candidates, low, high, overshoot, norm):
         """One DeepFool step for a batch of examples: those still classified as their
         label at x + (1 + overshoot) total move to their nearest linearised boundary.
         Returns the new accumulated steps and which examples moved."""
-        x_adv = tf.clip_by_value(x + (1 + overshoot) * total, low, high)
-        batch, count = tf.shape(x)[0], tf.shape(candidates)[1]
+        x_adv = utils.clip(x + (1 + overshoot) * total, low, high)
+        count = candidates.shape[1]
         # one copy of each example per candidate: one backward pass of the
         # batch x candidates copies gives every candidate's gradient
-        copies = tf.repeat(x_adv, count, axis=0)
-        with tf.GradientTape() as tape:
-            tape.watch(copies)
-            all_logits = tf.cast(self.model.get_logits(copies), x.dtype)
-            picked = tf.reshape(
-                tf.gather(all_logits, tf.reshape(candidates, [-1, 1]), batch_dims=1), [batch, count]
-            )
-            own = tf.gather(all_logits, tf.repeat(labels, count), batch_dims=1)
-            difference_copies = tf.reshape(picked, [-1]) - own
-        gradient = tape.gradient(
-            difference_copies, copies, unconnected_gradients=tf.UnconnectedGradients.ZERO
-        )
+        copies = ops.repeat(x_adv, count, axis=0)
+
+        def difference_of_copies(copies):
+            all_logits = ops.cast(self.model.get_logits(copies), x.dtype)
+            picked = utils.take_rows(all_logits, ops.reshape(candidates, (-1,)))
+            own = utils.take_rows(all_logits, ops.repeat(labels, count, axis=0))
+            return picked - own, all_logits
+
+        difference, gradient, all_logits = backend.value_and_gradient(difference_of_copies, copies)
         logits = all_logits[::count]
-        difference = picked - tf.reshape(own, [batch, count])
-        flat_gradient = tf.reshape(gradient, [batch, count, -1])
-        is_own = tf.range(tf.shape(candidates)[1])[None, :] == 0
-        difference = tf.where(is_own, tf.constant(_OWN_CLASS, x.dtype), difference)
+        difference = ops.reshape(difference, (-1, count))
+        flat_gradient = ops.reshape(gradient, (-1, count, int(np.prod(x.shape[1:]))))
+        is_own = ops.arange(count)[None, :] == 0
+        difference = ops.where(is_own, ops.convert_to_tensor(_OWN_CLASS, x.dtype), difference)
         _, _, f, w = utils.nearest_linear_boundary(difference, flat_gradient, norm)
-        size = tf.abs(f) + _PAST_BOUNDARY
+        size = ops.abs(f) + _PAST_BOUNDARY
         if norm == np.inf:
-            step = utils.per_example(
-                size / (tf.reduce_sum(tf.abs(w), axis=1) + 1e-12), w
-            ) * tf.sign(w)
+            step = utils.per_example(size / (ops.sum(ops.abs(w), axis=1) + 1e-12), w) * ops.sign(w)
         else:
-            step = utils.per_example(size / (tf.reduce_sum(tf.square(w), axis=1) + 1e-12), w) * w
-        moving = tf.equal(tf.argmax(logits, axis=-1, output_type=labels.dtype), labels)
-        total = tf.where(utils.per_example(moving, x), total + tf.reshape(step, tf.shape(x)), total)
+            step = utils.per_example(size / (ops.sum(ops.square(w), axis=1) + 1e-12), w) * w
+        moving = ops.equal(ops.cast(ops.argmax(logits, axis=-1), labels.dtype), labels)
+        total = ops.where(
+            utils.per_example(moving, x), total + ops.reshape(step, ops.shape(x)), total
+        )
         return total, moving

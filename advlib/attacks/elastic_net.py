@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-import tensorflow as tf
+from keras import ops
 
-from advlib import _checks
+from advlib import _checks, backend
 from advlib.attacks import utils
 from advlib.attacks.constant_search import ConstantSearch, penalty
 
@@ -18,8 +18,8 @@ def shrink(z, x, beta, low, high):
     """ISTA's projected shrinkage-thresholding: z moves towards x by beta
     elementwise (entries within beta of x become x), then into [low, high]."""
     difference = z - x
-    shrunk = tf.where(difference > beta, z - beta, tf.where(difference < -beta, z + beta, x))
-    return tf.clip_by_value(shrunk, low, high)
+    shrunk = ops.where(difference > beta, z - beta, ops.where(difference < -beta, z + beta, x))
+    return utils.clip(shrunk, low, high)
 
 
 class ElasticNetMethod(ConstantSearch):
@@ -58,7 +58,7 @@ class ElasticNetMethod(ConstantSearch):
 
     def __init__(self, model):
         super().__init__(model)
-        self._step = tf.function(self._step_fn, reduce_retracing=True)
+        self._step = backend.compiled(self._step_fn, self.model.variables)
 
     defaults = dict(
         ConstantSearch.defaults,
@@ -80,26 +80,27 @@ class ElasticNetMethod(ConstantSearch):
         new point's success and distance recorded. Returns the new state and the
         batch's summed loss."""
         low, high, beta, confidence, learning_rate = numbers
-        axes = tf.range(1, tf.rank(x))
+        axes = tuple(range(1, len(x.shape)))
         adversarial, slack = state["adversarial"], state["slack"]
-        with tf.GradientTape() as tape:
-            tape.watch(slack)
+
+        def smooth(slack):
             hinge, _ = penalty(self.model, slack, labels, targeted, confidence, x.dtype)
-            smooth = const * hinge + tf.reduce_sum(tf.square(slack - x), axes)
-        gradient = tape.gradient(smooth, slack)
+            return const * hinge + ops.sum(ops.square(slack - x), axes), None
+
+        _, gradient, _ = backend.value_and_gradient(smooth, slack)
         new_adversarial = shrink(slack - learning_rate * gradient, x, beta, low, high)
         hinge, margin = penalty(self.model, new_adversarial, labels, targeted, confidence, x.dtype)
-        l1 = tf.reduce_sum(tf.abs(new_adversarial - x), axes)
-        l2 = tf.reduce_sum(tf.square(new_adversarial - x), axes)
+        l1 = ops.sum(ops.abs(new_adversarial - x), axes)
+        l2 = ops.sum(ops.square(new_adversarial - x), axes)
         distance = l2 + beta * l1 if en_rule else l1
         success = margin > confidence
         improved = success & (distance < state["distance"])
-        loss = tf.reduce_sum(const * hinge + l2 + beta * l1)
+        loss = ops.sum(const * hinge + l2 + beta * l1)
         return {
             "adversarial": new_adversarial,
             "slack": new_adversarial + k / (k + 3) * (new_adversarial - adversarial),
-            "distance": tf.where(improved, distance, state["distance"]),
-            "x": tf.where(utils.per_example(improved, x), new_adversarial, state["x"]),
+            "distance": ops.where(improved, distance, state["distance"]),
+            "x": ops.where(utils.per_example(improved, x), new_adversarial, state["x"]),
             "succeeded": state["succeeded"] | success,
         }, loss
 
@@ -107,16 +108,16 @@ class ElasticNetMethod(ConstantSearch):
         self, x, labels, targeted, const, best, *, clip_min, clip_max, max_iterations, **options
     ):
         low, high = utils.bounds_as_tensors(x.dtype, clip_min, clip_max)
-        scalars = [tf.constant(options[k], x.dtype) for k in ("beta", "confidence")]
-        state = dict(best, adversarial=x, slack=x, succeeded=tf.zeros([len(x)], tf.bool))
+        scalars = [ops.convert_to_tensor(options[k], x.dtype) for k in ("beta", "confidence")]
+        state = dict(best, adversarial=x, slack=x, succeeded=ops.zeros([len(x)], "bool"))
         check_every = max(1, max_iterations // 10)
         previous = np.inf
         for k in range(max_iterations):
             rate = options["learning_rate"] * (1 - k / max_iterations) ** 0.5
-            numbers = (low, high, *scalars, tf.constant(rate, x.dtype))
+            numbers = (low, high, *scalars, ops.convert_to_tensor(rate, x.dtype))
             state, loss = self._step(
                 state,
-                tf.constant(float(k), x.dtype),
+                ops.convert_to_tensor(float(k), x.dtype),
                 x,
                 labels,
                 const,
@@ -132,4 +133,4 @@ class ElasticNetMethod(ConstantSearch):
                     break
                 previous = loss
         best.update(distance=state["distance"], x=state["x"])
-        return state["succeeded"].numpy()
+        return backend.to_numpy(state["succeeded"])

@@ -6,9 +6,9 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 import numpy as np
-import tensorflow as tf
+from keras import ops
 
-from advlib import _checks
+from advlib import _checks, backend
 from advlib.attacks import utils
 from advlib.attacks.base import DOMAIN, Attack
 
@@ -19,12 +19,10 @@ _TARGET_SEED_STRIDE = 1000
 def _first_reaching(levels, need):
     """Per row, the first column where the nondecreasing `levels` reach `need`
     (the number of columns if none does)."""
-    return tf.reduce_sum(tf.cast(levels < need[:, None], tf.int32), axis=1)
+    return ops.sum(ops.cast(levels < need[:, None], "int32"), axis=1)
 
 
-def project_onto_hyperplane(
-    points: tf.Tensor, w: tf.Tensor, b: tf.Tensor, low: tf.Tensor, high: tf.Tensor, norm: float
-) -> tf.Tensor:
+def project_onto_hyperplane(points: Any, w: Any, b: Any, low: Any, high: Any, norm: float) -> Any:
     """The smallest step d (in `norm`) with w . (p + d) = b and low <= p + d <= high.
 
     Each coordinate moves towards the hyperplane by m_i in [0, room_i], its
@@ -46,58 +44,58 @@ def project_onto_hyperplane(
         The step d, shaped like `points`.
     """
     dtype = points.dtype
-    need = b - tf.reduce_sum(w * points, axis=1)  # signed distance in w-units
-    direction = tf.sign(w) * tf.sign(need)[:, None]
-    room = tf.where(direction > 0, high - points, points - low)
-    room = tf.where(tf.abs(w) > 0, tf.maximum(room, 0.0), tf.zeros_like(room))
-    size = tf.abs(w)
-    target = tf.abs(need)
+    need = b - ops.sum(w * points, axis=1)  # signed distance in w-units
+    direction = ops.sign(w) * ops.sign(need)[:, None]
+    room = ops.where(direction > 0, high - points, points - low)
+    room = ops.where(ops.abs(w) > 0, ops.maximum(room, 0.0), ops.zeros_like(room))
+    size = ops.abs(w)
+    target = ops.abs(need)
     if norm == 1:
-        order = tf.argsort(size, axis=1, direction="DESCENDING")
-        ranked_size, ranked_room = (tf.gather(t, order, batch_dims=1) for t in (size, room))
-        filled = tf.cumsum(ranked_size * ranked_room, axis=1)
+        order = backend.descending_order(size)
+        ranked_size, ranked_room = (ops.take_along_axis(t, order, axis=1) for t in (size, room))
+        filled = ops.cumsum(ranked_size * ranked_room, axis=1)
         before = filled - ranked_size * ranked_room
         last = _first_reaching(filled, target)
-        partial = tf.math.divide_no_nan(target[:, None] - before, ranked_size)
-        columns = tf.range(tf.shape(points)[1])[None, :]
-        moves = tf.where(
+        partial = ops.divide_no_nan(target[:, None] - before, ranked_size)
+        columns = ops.arange(ops.shape(points)[1])[None, :]
+        moves = ops.where(
             columns < last[:, None],
             ranked_room,
-            tf.where(columns == last[:, None], tf.clip_by_value(partial, 0.0, ranked_room), 0.0),
+            ops.where(columns == last[:, None], utils.clip(partial, 0.0, ranked_room), 0.0),
         )
-        inverse = tf.argsort(order, axis=1)
-        move = tf.gather(moves, inverse, batch_dims=1)
+        inverse = ops.argsort(order, axis=1)
+        move = ops.take_along_axis(moves, inverse, axis=1)
         return direction * move
     # L-inf: m_i = min(r, room_i), breakpoints room_i; L2: m_i = min(t |w_i|, room_i),
     # breakpoints room_i / |w_i|, slope w_i^2 per unit of t
-    scale = tf.ones_like(size) if norm == np.inf else size
-    breakpoints = tf.math.divide_no_nan(room, scale)
-    breakpoints = tf.where(size > 0, breakpoints, tf.zeros_like(breakpoints))
-    order = tf.argsort(breakpoints, axis=1)
-    ranked = tf.gather(breakpoints, order, batch_dims=1)
-    slope = tf.gather(size * scale, order, batch_dims=1)  # d(contribution)/d(level)
-    saturated = tf.cumsum(slope * ranked, axis=1)  # those already at their room
-    remaining = tf.cumsum(slope, axis=1, reverse=True)  # those still moving
+    scale = ops.ones_like(size) if norm == np.inf else size
+    breakpoints = ops.divide_no_nan(room, scale)
+    breakpoints = ops.where(size > 0, breakpoints, ops.zeros_like(breakpoints))
+    order = ops.argsort(breakpoints, axis=1)
+    ranked = ops.take_along_axis(breakpoints, order, axis=1)
+    slope = ops.take_along_axis(size * scale, order, axis=1)  # d(contribution)/d(level)
+    saturated = ops.cumsum(slope * ranked, axis=1)  # those already at their room
+    remaining = ops.flip(ops.cumsum(ops.flip(slope, 1), axis=1), 1)  # those still moving
     reached = saturated + ranked * (remaining - slope)  # g at each breakpoint
     k = _first_reaching(reached, target)
-    features = tf.shape(points)[1]
-    index = tf.minimum(k, features - 1)[:, None]
-    done = tf.gather(saturated - slope * ranked, index, batch_dims=1)[:, 0]
-    moving = tf.gather(remaining, index, batch_dims=1)[:, 0]
-    level = tf.math.divide_no_nan(target - done, moving)
-    level = tf.where(k >= features, tf.reduce_max(breakpoints, axis=1), level)
-    move = tf.minimum(level[:, None] * scale, room)
-    return tf.cast(direction * move, dtype)
+    features = ops.shape(points)[1]
+    index = ops.minimum(k, features - 1)[:, None]
+    done = ops.take_along_axis(saturated - slope * ranked, index, axis=1)[:, 0]
+    moving = ops.take_along_axis(remaining, index, axis=1)[:, 0]
+    level = ops.divide_no_nan(target - done, moving)
+    level = ops.where(k >= features, ops.max(breakpoints, axis=1), level)
+    move = ops.minimum(level[:, None] * scale, room)
+    return ops.cast(direction * move, dtype)
 
 
 class _Numbers(NamedTuple):
     """A run's numbers, as tensors of the input's dtype."""
 
-    low: tf.Tensor
-    high: tf.Tensor
-    alpha_max: tf.Tensor
-    eta: tf.Tensor
-    beta: tf.Tensor
+    low: Any
+    high: Any
+    alpha_max: Any
+    eta: Any
+    beta: Any
 
 
 class FAB(Attack):
@@ -135,7 +133,7 @@ class FAB(Attack):
 
     def __init__(self, model):
         super().__init__(model)
-        self._iterate = tf.function(self._iterate_fn, reduce_retracing=True)
+        self._iterate = backend.compiled(self._iterate_fn, self.model.variables)
 
     shared_params = ("eps", "norm", "y", *DOMAIN, "seed")
     defaults = dict(clip_min=0.0, clip_max=1.0)
@@ -164,22 +162,24 @@ class FAB(Attack):
             (x_adv, broken): the smallest adversarial examples (x where none),
             and which examples were broken within eps.
         """
-        correct = self.model.predict_classes(x).numpy() == labels.numpy()
+        correct = backend.to_numpy(self.model.predict_classes(x)) == backend.to_numpy(labels)
         self._count(len(x))
         out, best = x, np.full(len(x), np.inf)
         for restart in range(nb_restarts):
             rows = np.flatnonzero(correct & ~(best <= eps))
             if rows.size == 0:
                 break
-            pick = lambda t: None if t is None else tf.gather(t, rows)
-            start = (restart > 0, seed_pair + [restart, 0])
+            pick = lambda t: None if t is None else ops.take(t, rows, axis=0)
+            start = (restart > 0, backend.seed(seed_pair + [restart, 0]))
             x_adv, norms = self._single_run(
                 pick(x), pick(labels), pick(targets), *start, eps, **run
             )
-            norms = norms.numpy()
+            norms = backend.to_numpy(norms)
             better = norms < best[rows]
             update = rows[better]
-            out = tf.tensor_scatter_nd_update(out, update[:, None], tf.boolean_mask(x_adv, better))
+            out = ops.scatter_update(
+                out, update[:, None], ops.take(x_adv, np.flatnonzero(better), 0)
+            )
             best[update] = norms[better]
         return out, correct & (best <= eps)
 
@@ -191,20 +191,18 @@ class FAB(Attack):
         current = x
         if random_start:
             if norm == np.inf:
-                noise = tf.random.stateless_uniform(
-                    tf.shape(x), seed_pair, -1.0, 1.0, dtype=x.dtype
-                )
+                noise = backend.uniform(ops.shape(x), seed_pair, -1.0, 1.0, x.dtype)
             else:
-                noise = tf.random.stateless_normal(tf.shape(x), seed_pair, dtype=x.dtype)
+                noise = backend.normal(ops.shape(x), seed_pair, x.dtype)
             noise = noise / utils.per_example(utils.lp_norm(noise, norm) + 1e-12, x)
-            current = tf.clip_by_value(x + 0.5 * eps * noise, low, high)
-        best = tf.fill([len(x)], tf.constant(_NO_ADVERSARIAL, x.dtype))
+            current = utils.clip(x + 0.5 * eps * noise, low, high)
+        best = ops.full((len(x),), _NO_ADVERSARIAL, x.dtype)
         numbers = _Numbers(
-            low, high, *(tf.constant(step[k], x.dtype) for k in _Numbers._fields[2:])
+            low, high, *(ops.convert_to_tensor(step[k], x.dtype) for k in _Numbers._fields[2:])
         )
         problem = (x, labels, targets)
         x_adv, best = self._iterate(
-            (current, x, best), problem, numbers, norm, tf.constant(nb_iter)
+            (current, x, best), problem, numbers, norm, ops.convert_to_tensor(nb_iter)
         )
         self._count(
             len(x),
@@ -217,61 +215,63 @@ class FAB(Attack):
     def _boundary(self, point, labels, targets):
         """f_j - f_y and its gradient, for the nearest boundary's candidates:
         every class j (untargeted; j = y gets an infinite difference) or the target."""
-        with tf.GradientTape() as tape:
-            tape.watch(point)
-            logits = tf.cast(self.model.get_logits(point), point.dtype)
-            own = tf.gather(logits, labels, batch_dims=1)[:, None]
-            difference = (
-                logits - own
-                if targets is None
-                else tf.gather(logits, targets, batch_dims=1)[:, None] - own
-            )
-        # a model that cuts its input off has a zero gradient, not a missing one
-        zero = tf.UnconnectedGradients.ZERO
-        if targets is not None:
-            return difference, tape.gradient(difference, point, unconnected_gradients=zero)[:, None]
-        gradient = tape.batch_jacobian(difference, point, unconnected_gradients=zero)
-        is_own = tf.one_hot(labels, tf.shape(logits)[1], on_value=True, off_value=False)
-        return tf.where(is_own, tf.constant(_NO_ADVERSARIAL, point.dtype), difference), gradient
+        count = 1
+        if targets is None:
+            # one copy of each example per class: one backward pass over the copies
+            # gives every class's gradient (the Jacobian)
+            classes = count = self.model.nb_classes
+            labels = ops.repeat(labels, classes, axis=0)
+            targets = ops.tile(ops.arange(classes), [ops.shape(point)[0]])
+            point = ops.repeat(point, classes, axis=0)
+
+        def difference(point):
+            logits = ops.cast(self.model.get_logits(point), point.dtype)
+            return utils.take_rows(logits, targets) - utils.take_rows(logits, labels), None
+
+        difference, gradient, _ = backend.value_and_gradient(difference, point)
+        difference = ops.reshape(difference, (-1, count))
+        gradient = ops.reshape(gradient, (-1, count) + tuple(point.shape[1:]))
+        # an example's own class is no boundary
+        own = ops.reshape(ops.equal(ops.cast(targets, labels.dtype), labels), (-1, count))
+        return ops.where(own, _NO_ADVERSARIAL, difference), gradient
 
     def _iterate_fn(self, state, problem, numbers: _Numbers, norm, nb_iter):
         """All the steps of one run in one compiled loop; `state` is (the current
         point, the best adversarial point, its norm), `problem` (x, labels, targets)."""
-        for _ in tf.range(nb_iter):
-            state = self._step_fn(state, problem, numbers, norm)
-        return state[1:]
+        step = lambda _, state: self._step_fn(state, problem, numbers, norm)
+        return ops.fori_loop(0, nb_iter, step, state)[1:]
 
     def _step_fn(self, state, problem, numbers: _Numbers, norm):
         (current, x_adv, best), (x, labels, targets) = state, problem
         low, high, alpha_max, eta, beta = numbers
-        batch = tf.shape(x)[0]
         difference, gradient = self._boundary(current, labels, targets)
-        flat_gradient = tf.reshape(gradient, [batch, tf.shape(difference)[1], -1])
+        features = int(np.prod(x.shape[1:]))
+        flat_gradient = ops.reshape(gradient, (-1, difference.shape[1], features))
         _, _, nearest_difference, w = utils.nearest_linear_boundary(difference, flat_gradient, norm)
-        flat_current = tf.reshape(current, [batch, -1])
-        flat_x = tf.reshape(x, [batch, -1])
-        b = -nearest_difference + tf.reduce_sum(w * flat_current, 1)
-        flat_low = tf.broadcast_to(low, tf.shape(flat_x))
-        flat_high = tf.broadcast_to(high, tf.shape(flat_x))
+        flat_current, flat_x = utils.flatten(current), utils.flatten(x)
+        b = -nearest_difference + ops.sum(w * flat_current, 1)
+        flat_low = ops.broadcast_to(low, ops.shape(flat_x))
+        flat_high = ops.broadcast_to(high, ops.shape(flat_x))
         step_current = project_onto_hyperplane(flat_current, w, b, flat_low, flat_high, norm)
         step_x = project_onto_hyperplane(flat_x, w, b, flat_low, flat_high, norm)
-        size_current = tf.maximum(utils.lp_norm(step_current, norm), 1e-8)
-        size_x = tf.maximum(utils.lp_norm(step_x, norm), 1e-8)
-        alpha = tf.clip_by_value(size_current / (size_current + size_x), 0.0, alpha_max)
+        size_current = ops.maximum(utils.lp_norm(step_current, norm), 1e-8)
+        size_x = ops.maximum(utils.lp_norm(step_x, norm), 1e-8)
+        alpha = utils.clip(size_current / (size_current + size_x), 0.0, alpha_max)
         alpha = utils.per_example(alpha, x)
-        moved = (current + eta * tf.reshape(step_current, tf.shape(x))) * (1 - alpha) + (
-            x + eta * tf.reshape(step_x, tf.shape(x))
+        moved = (current + eta * ops.reshape(step_current, ops.shape(x))) * (1 - alpha) + (
+            x + eta * ops.reshape(step_x, ops.shape(x))
         ) * alpha
-        moved = tf.clip_by_value(moved, low, high)
-        predicted = tf.argmax(self.model.get_logits(moved), axis=-1, output_type=labels.dtype)
-        adversarial = tf.not_equal(predicted, labels) & utils.finite_rows(moved)
+        moved = utils.clip(moved, low, high)
+        logits = self.model.get_logits(moved)
+        predicted = ops.cast(ops.argmax(logits, axis=-1), labels.dtype)
+        adversarial = ops.not_equal(predicted, labels) & utils.finite_rows(moved)
         size = utils.lp_norm(moved - x, norm)
         better = adversarial & (size < best)
-        x_adv = tf.where(utils.per_example(better, x), moved, x_adv)
-        best = tf.where(better, size, best)
+        x_adv = ops.where(utils.per_example(better, x), moved, x_adv)
+        best = ops.where(better, size, best)
         # after a success, step back towards the input
-        moved = tf.where(utils.per_example(adversarial, x), x + (moved - x) * beta, moved)
-        moved = tf.where(utils.per_example(utils.finite_rows(moved), x), moved, current)
+        moved = ops.where(utils.per_example(adversarial, x), x + (moved - x) * beta, moved)
+        moved = ops.where(utils.per_example(utils.finite_rows(moved), x), moved, current)
         return moved, x_adv, best
 
 
@@ -299,7 +299,7 @@ class FABT(FAB):
         return parsed
 
     def _generate(self, x, labels, targeted, *, seed, n_target_classes, eps, **options):
-        ranked = tf.argsort(self.model.predict_logits(x), axis=-1, direction="DESCENDING")
+        ranked = backend.descending_order(self.model.predict_logits(x))
         self._count(len(x))
         seed_pair = self._seed_pair(seed)
         out, open_ = x, np.ones(len(x), bool)
@@ -308,21 +308,20 @@ class FABT(FAB):
             rows = np.flatnonzero(open_)
             if rows.size == 0:
                 break
-            pick = lambda t: tf.gather(t, rows)
+            pick = lambda t: ops.take(t, rows, axis=0)
             x_adv, broken = self._attack(
                 pick(x),
                 pick(labels),
-                tf.cast(pick(ranked)[:, k], labels.dtype),
+                ops.cast(pick(ranked)[:, k], labels.dtype),
                 seed_pair + [0, _TARGET_SEED_STRIDE * k],
                 eps=eps,
                 **options,
             )
-            norms = utils.lp_norm(x_adv - pick(x), options["norm"]).numpy()
-            changed = np.any((x_adv != pick(x)).numpy().reshape(len(rows), -1), axis=1)
+            norms = backend.to_numpy(utils.lp_norm(x_adv - pick(x), options["norm"]))
+            changed = np.any(backend.to_numpy(utils.flatten(x_adv - pick(x))) != 0, axis=1)
             better = changed & (norms < best[rows])
-            out = tf.tensor_scatter_nd_update(
-                out, rows[better][:, None], tf.boolean_mask(x_adv, better)
-            )
+            chosen = ops.take(x_adv, np.flatnonzero(better), axis=0)
+            out = ops.scatter_update(out, rows[better][:, None], chosen)
             best[rows[better]] = norms[better]
             open_[rows[broken]] = False
         return out

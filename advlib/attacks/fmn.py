@@ -6,9 +6,9 @@ import math
 from typing import Any
 
 import numpy as np
-import tensorflow as tf
+from keras import ops
 
-from advlib import _checks
+from advlib import _checks, backend
 from advlib.attacks import utils
 from advlib.attacks.base import DOMAIN, Attack, refuse_true_class_targets
 from advlib.losses import margin_loss
@@ -19,18 +19,11 @@ FMN_NORMS = (0, 1, 2, np.inf)
 def project_l0_ball(delta, eps):
     """Keeps, per example, the `eps` (a count) entries of largest magnitude; of
     equal ones, those of lower index."""
-    shape = tf.shape(delta)
-    flat = tf.reshape(delta, [shape[0], -1])
-    size = tf.shape(flat)[1]
-    count = tf.clip_by_value(tf.cast(tf.reduce_max(eps), tf.int32), 0, size)
-    # top_k puts equal values in index order, as a stable sort would
-    _, largest = tf.math.top_k(tf.abs(flat), k=count)
-    rows = tf.repeat(tf.range(shape[0])[:, None], count, axis=1)
-    wanted = tf.cast(tf.range(count)[None, :], flat.dtype) < eps[:, None]
-    keep = tf.tensor_scatter_nd_update(
-        tf.zeros(tf.shape(flat), tf.bool), tf.stack([rows, largest], axis=-1), wanted
-    )
-    return tf.reshape(tf.where(keep, flat, tf.zeros_like(flat)), shape)
+    flat = utils.flatten(delta)
+    # each entry's place in its example's order by magnitude: the permutation's inverse
+    rank = ops.argsort(backend.descending_order(ops.abs(flat)), axis=1)
+    keep = ops.cast(rank, flat.dtype) < eps[:, None]
+    return ops.reshape(ops.where(keep, flat, ops.zeros_like(flat)), ops.shape(delta))
 
 
 def project_onto_ball(delta, eps, norm):
@@ -38,14 +31,14 @@ def project_onto_ball(delta, eps, norm):
     `eps` (a per-example vector; inf leaves the example as it is)."""
     if norm == 0:
         return project_l0_ball(delta, eps)
-    finite = tf.math.is_finite(eps)
-    radius = utils.per_example(tf.where(finite, eps, tf.zeros_like(eps)), delta)
+    finite = ops.isfinite(eps)
+    radius = utils.per_example(ops.where(finite, eps, ops.zeros_like(eps)), delta)
     projected = (
         utils.clip_eta(delta, norm, radius)
         if norm != 1
-        else utils.project_l1_ball(delta, tf.where(finite, eps, tf.zeros_like(eps))[:, None])
+        else utils.project_l1_ball(delta, ops.where(finite, eps, ops.zeros_like(eps))[:, None])
     )
-    return tf.where(utils.per_example(finite, delta), projected, delta)
+    return ops.where(utils.per_example(finite, delta), projected, delta)
 
 
 class FMN(Attack):
@@ -78,7 +71,7 @@ class FMN(Attack):
 
     def __init__(self, model):
         super().__init__(model)
-        self._step = tf.function(self._step_fn, reduce_retracing=True)
+        self._step = backend.compiled(self._step_fn, self.model.variables)
 
     shared_params = ("norm", "y", "y_target", *DOMAIN)
     norms = FMN_NORMS[::-1]
@@ -115,22 +108,23 @@ class FMN(Attack):
         clip_max,
     ):
         if targeted:
-            refuse_true_class_targets(labels.numpy(), self.model.predict_classes(x).numpy())
+            refuse_true_class_targets(
+                backend.to_numpy(labels), backend.to_numpy(self.model.predict_classes(x))
+            )
             self._count(len(x))
         dtype = x.dtype
         low, high = utils.bounds_as_tensors(dtype, clip_min, clip_max)
         batch = len(x)
         # the largest perturbation the domain allows bounds eps
-        worst = utils.lp_norm(tf.maximum(x - low, high - x), norm)
-        worst = tf.where(tf.math.is_finite(worst), worst, tf.constant(np.inf, dtype))
-        epsilon = tf.ones([batch], dtype) if norm == 0 else tf.fill([batch], np.inf)
-        epsilon = tf.cast(epsilon, dtype)
+        worst = utils.lp_norm(ops.maximum(x - low, high - x), norm)
+        worst = ops.where(ops.isfinite(worst), worst, ops.convert_to_tensor(np.inf, dtype))
+        epsilon = ops.full((batch,), 1.0 if norm == 0 else np.inf, dtype)
         state = (
-            tf.zeros_like(x),
+            ops.zeros_like(x),
             epsilon,
-            tf.fill([batch], tf.constant(np.inf, dtype)),
+            ops.full((batch,), np.inf, dtype),
             x,
-            tf.zeros([batch], tf.bool),
+            ops.zeros([batch], "bool"),
         )
         for i in range(steps):
             cosine = (1 + math.cos(math.pi * i / steps)) / 2
@@ -143,8 +137,8 @@ class FMN(Attack):
                 worst,
                 low,
                 high,
-                tf.constant(alpha, dtype),
-                tf.constant(gamma, dtype),
+                ops.convert_to_tensor(alpha, dtype),
+                ops.convert_to_tensor(gamma, dtype),
                 norm,
                 targeted,
             )
@@ -169,47 +163,50 @@ class FMN(Attack):
         targeted,
     ):
         point = x + delta
-        with tf.GradientTape() as tape:
-            tape.watch(delta)
-            logits = tf.cast(self.model.get_logits(x + delta), x.dtype)
+
+        def objective(delta):
+            logits = ops.cast(self.model.get_logits(x + delta), x.dtype)
             # ascending `loss` moves towards the goal; it is positive once reached
             loss = margin_loss(labels=labels, logits=logits)
-            loss = -loss if targeted else loss
-        gradient = tape.gradient(loss, delta, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+            return (-loss if targeted else loss), logits
+
+        loss, gradient, logits = backend.value_and_gradient(objective, delta)
         # entries at a bound of the domain cannot move out of it (the clip undoes
         # it): dropping them keeps the step and the boundary estimate usable
         blocked = ((point <= low) & (gradient < 0)) | ((point >= high) & (gradient > 0))
-        gradient = tf.where(blocked, tf.zeros_like(gradient), gradient)
-        predicted = tf.argmax(logits, axis=-1, output_type=labels.dtype)
-        adversarial = tf.equal(predicted, labels) if targeted else tf.not_equal(predicted, labels)
+        gradient = ops.where(blocked, ops.zeros_like(gradient), gradient)
+        predicted = ops.cast(ops.argmax(logits, axis=-1), labels.dtype)
+        adversarial = ops.equal(predicted, labels) if targeted else ops.not_equal(predicted, labels)
         size = utils.lp_norm(delta, norm)
         better = adversarial & (size < best_norm)
-        best_norm = tf.where(better, size, best_norm)
-        best_adv = tf.where(utils.per_example(better, x), point, best_adv)
+        best_norm = ops.where(better, size, best_norm)
+        best_adv = ops.where(utils.per_example(better, x), point, best_adv)
         found = found | adversarial
         epsilon = self._adapt_epsilon(
             epsilon, adversarial, found, best_norm, size, loss, gradient, gamma, norm
         )
-        epsilon = tf.minimum(epsilon, worst)
-        length = utils.per_example(tf.maximum(utils.lp_norm(gradient, 2), 1e-12), x)
+        epsilon = ops.minimum(epsilon, worst)
+        length = utils.per_example(ops.maximum(utils.lp_norm(gradient, 2), 1e-12), x)
         delta = project_onto_ball(delta + alpha * gradient / length, epsilon, norm)
-        delta = tf.clip_by_value(x + delta, low, high) - x
+        delta = utils.clip(x + delta, low, high) - x
         return delta, epsilon, best_norm, best_adv, found
 
     @staticmethod
     def _adapt_epsilon(epsilon, adversarial, found, best_norm, size, loss, gradient, gamma, norm):
         if norm == 0:  # a count: move by at least one entry
-            shrunk = tf.minimum(tf.minimum(epsilon - 1, tf.floor(epsilon * (1 - gamma))), best_norm)
-            grown = tf.maximum(epsilon + 1, tf.floor(epsilon * (1 + gamma)))
-            return tf.maximum(tf.where(adversarial, shrunk, grown), 0.0)
+            shrunk = ops.minimum(
+                ops.minimum(epsilon - 1, ops.floor(epsilon * (1 - gamma))), best_norm
+            )
+            grown = ops.maximum(epsilon + 1, ops.floor(epsilon * (1 + gamma)))
+            return ops.maximum(ops.where(adversarial, shrunk, grown), 0.0)
         # before the first success, jump to the linearised distance to the boundary,
         # and grow by at least 1 + gamma: where the linearisation is exact the jump
         # lands on the boundary itself, where the model may still predict the label
         dual = utils.DUAL_NORMS[norm]
-        gradient_norm = tf.maximum(utils.lp_norm(gradient, dual), 1e-12)
-        to_boundary = tf.maximum(size + tf.abs(loss) / gradient_norm, size * (1 + gamma))
-        return tf.where(
+        gradient_norm = ops.maximum(utils.lp_norm(gradient, dual), 1e-12)
+        to_boundary = ops.maximum(size + ops.abs(loss) / gradient_norm, size * (1 + gamma))
+        return ops.where(
             adversarial,
-            tf.minimum(epsilon * (1 - gamma), best_norm),
-            tf.where(found, epsilon * (1 + gamma), to_boundary),
+            ops.minimum(epsilon * (1 - gamma), best_norm),
+            ops.where(found, epsilon * (1 + gamma), to_boundary),
         )

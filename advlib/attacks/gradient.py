@@ -1,10 +1,11 @@
 """One mechanism behind FGM, BIM, PGD and MIM: compiled signed-gradient steps.
 
-Each step is a compiled `tf.function` called from a Python loop. That is the
-fastest design measured on CPU (a loop inside one `tf.function` and XLA were
-both slower; see benchmarks/attack_speed.py). Every number that varies
+Each step is a compiled function (`advlib.backend.compiled`: a `tf.function`,
+a `jax.jit`, or eager PyTorch) called from a Python loop. On TensorFlow that is
+the fastest design measured on CPU (a loop inside one `tf.function` and XLA
+were both slower; see benchmarks/attack_speed.py). Every number that varies
 between calls (eps, step size, bounds, labels, the batch) enters as a tensor,
-so none of them retraces the step.
+so none of them recompiles the step.
 """
 
 from __future__ import annotations
@@ -12,9 +13,9 @@ from __future__ import annotations
 from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
-import tensorflow as tf
+from keras import ops
 
-from advlib import _checks, losses
+from advlib import _checks, backend, losses
 from advlib.attacks import utils
 from advlib.attacks.base import DOMAIN, TARGETABLE, Attack
 
@@ -22,15 +23,15 @@ from advlib.attacks.base import DOMAIN, TARGETABLE, Attack
 class _Numbers(NamedTuple):
     """The step's numbers, as tensors of the input's dtype; open bounds are +-inf."""
 
-    eps: tf.Tensor
-    eps_iter: tf.Tensor
-    low: tf.Tensor
-    high: tf.Tensor
-    decay: tf.Tensor
+    eps: Any
+    eps_iter: Any
+    low: Any
+    high: Any
+    decay: Any
 
     @classmethod
     def of(cls, dtype, eps, eps_iter, clip_min, clip_max, decay_factor) -> _Numbers:
-        cast = lambda value: tf.cast(value, dtype)
+        cast = lambda value: ops.cast(value, dtype)
         low, high = utils.bounds_as_tensors(dtype, clip_min, clip_max)
         decay = cast(0.0 if decay_factor is None else decay_factor)
         return cls(cast(eps), cast(eps_iter), low, high, decay)
@@ -81,8 +82,8 @@ class GradientAttack(Attack, register=False):
 
     def __init__(self, model):
         super().__init__(model)
-        self._step = tf.function(self._step_fn, reduce_retracing=True)
-        self._score = tf.function(self._score_fn, reduce_retracing=True)
+        self._step = backend.compiled(self._step_fn, self.model.variables)
+        self._score = backend.compiled(self._score_fn, self.model.variables)
 
     shared_params: ClassVar[tuple[str, ...]] = ("norm", *TARGETABLE, *DOMAIN, "seed")
 
@@ -116,44 +117,46 @@ class GradientAttack(Attack, register=False):
         _, grad, _ = self.model.loss_gradient(x_adv, labels, rule.loss_fn, rule.targeted)
         previous_momentum = momentum
         if rule.use_momentum:
-            axes = tf.range(1, tf.rank(grad))
-            scale = tf.maximum(tf.reduce_mean(tf.abs(grad), axes, keepdims=True), 1e-12)
+            axes = tuple(range(1, len(grad.shape)))
+            scale = ops.maximum(ops.mean(ops.abs(grad), axes, keepdims=True), 1e-12)
             momentum = numbers.decay * momentum + grad / scale
             grad = momentum
         moved = x_adv + utils.optimize_linear(grad, numbers.eps_iter, rule.norm)
         moved = x + utils.clip_eta(moved - x, rule.norm, numbers.eps)
-        moved = tf.clip_by_value(moved, numbers.low, numbers.high)
+        moved = utils.clip(moved, numbers.low, numbers.high)
         # a NaN or Inf gradient must not poison the example: it keeps its last finite iterate
         finite = utils.finite_rows(moved)
         keep = utils.per_example(finite, x)
         if rule.use_momentum:
-            momentum = tf.where(keep, momentum, previous_momentum)
-        return (tf.where(keep, moved, x_adv), momentum, tf.reduce_sum(tf.cast(~finite, tf.int32)))
+            momentum = ops.where(keep, momentum, previous_momentum)
+        bad = ops.sum(ops.cast(ops.logical_not(finite), "int32"))
+        return ops.where(keep, moved, x_adv), momentum, bad
 
     def _score_fn(self, x_adv, labels, loss_fn, targeted):
         """Per example: whether the attack succeeded, and its objective."""
         logits = self.model.get_logits(x_adv)
         loss = loss_fn(labels=labels, logits=logits)
-        predicted = tf.argmax(logits, axis=-1, output_type=labels.dtype)
-        success = tf.equal(predicted, labels) if targeted else tf.not_equal(predicted, labels)
+        predicted = ops.cast(ops.argmax(logits, axis=-1), labels.dtype)
+        success = ops.equal(predicted, labels) if targeted else ops.not_equal(predicted, labels)
         return success, -loss if targeted else loss
 
     # -- the attack --------------------------------------------------------
     def _generate(self, x, labels, targeted, *, eps, norm, loss_fn, seed=None, **options):
         if eps == 0:
-            return tf.identity(x)
-        numbers, rule = self._settings(x.dtype, eps, norm, targeted, loss_fn, **options)
+            return x
+        dtype = utils.dtype_of(x)
+        numbers, rule = self._settings(dtype, eps, norm, targeted, loss_fn, **options)
         seed_pair = self._seed_pair(seed)
-        best, fallbacks = None, tf.zeros((), tf.int32)
+        best, fallbacks = None, ops.zeros((), "int32")
         nb_iter, nb_restarts = options["nb_iter"], options["nb_restarts"]
-        radius = tf.cast(options["rand_minmax"], x.dtype)
+        radius = ops.cast(options["rand_minmax"], dtype)
         for restart in range(nb_restarts):
-            pair = seed_pair + [0, restart]
+            pair = backend.seed(seed_pair + [0, restart])
             x_adv = self._start(x, options["rand_init"], norm, numbers, pair, radius)
-            momentum = tf.zeros_like(x) if rule.use_momentum else tf.zeros((), x.dtype)
+            momentum = ops.zeros_like(x) if rule.use_momentum else ops.zeros((), dtype)
             for _ in range(nb_iter):
                 x_adv, momentum, bad = self._step(x_adv, x, labels, momentum, numbers, rule)
-                fallbacks += bad
+                fallbacks = fallbacks + bad
             self._count(len(x), forward=nb_iter, backward=nb_iter)
             if nb_restarts > 1:
                 best = self._keep_most_damaging(best, x_adv, labels, loss_fn, targeted)
@@ -172,19 +175,17 @@ class GradientAttack(Attack, register=False):
         if not rand_init:
             return x
         radius = numbers.eps if rand_minmax is None else rand_minmax
-        noise = utils.random_lp_vector(tf.shape(x), norm, radius, seed_pair, dtype=x.dtype)
-        return tf.clip_by_value(
-            x + utils.clip_eta(noise, norm, numbers.eps), numbers.low, numbers.high
-        )
+        noise = utils.random_lp_vector(ops.shape(x), norm, radius, seed_pair, utils.dtype_of(x))
+        return utils.clip(x + utils.clip_eta(noise, norm, numbers.eps), numbers.low, numbers.high)
 
     def perturb(self, x, labels, *, nb_iter, seed_pair=None, **settings):
-        """Crafts adversarial examples with TensorFlow ops only.
+        """Crafts adversarial examples with `keras.ops` only.
 
         For use inside compiled code, such as a training step: no NumPy, no
-        checks, a graph loop over the same step as `generate`. Numbers may be
+        checks, a compiled loop over the same step as `generate`. Numbers may be
         tensors; `labels` may be anything `loss_fn` accepts (a distribution,
-        for TRADES's KL). `seed_pair` is an int tensor of shape (2,) for the
-        random start.
+        for TRADES's KL). `seed_pair` is a stateless seed (an int tensor of
+        shape (2,)) for the random start.
 
         Args:
             x: the clean batch.
@@ -197,8 +198,9 @@ class GradientAttack(Attack, register=False):
         """
         settings = {**_PERTURB_DEFAULTS, **settings}
         norm = utils.normalize_norm(settings.pop("norm"))
+        dtype = utils.dtype_of(x)
         numbers, rule = self._settings(
-            x.dtype,
+            dtype,
             settings.pop("eps"),
             norm,
             settings.pop("targeted"),
@@ -206,18 +208,17 @@ class GradientAttack(Attack, register=False):
             **settings,
         )
         rand_minmax = settings["rand_minmax"]
-        rand_minmax = None if rand_minmax is None else tf.cast(rand_minmax, x.dtype)
+        rand_minmax = None if rand_minmax is None else ops.cast(rand_minmax, dtype)
         x_adv = self._start(x, settings["rand_init"], norm, numbers, seed_pair, rand_minmax)
-        momentum = tf.zeros_like(x) if rule.use_momentum else tf.zeros((), x.dtype)
+        momentum = ops.zeros_like(x) if rule.use_momentum else ops.zeros((), dtype)
 
-        def step(i, x_adv, momentum):
+        def step(_, state):
+            x_adv, momentum = state
             x_adv, momentum, _ = self._step_fn(x_adv, x, labels, momentum, numbers, rule)
-            return i + 1, x_adv, momentum
+            return x_adv, momentum
 
-        _, x_adv, _ = tf.while_loop(
-            lambda i, *_: i < nb_iter, step, [tf.constant(0), x_adv, momentum]
-        )
-        return tf.stop_gradient(x_adv)
+        x_adv, _ = ops.fori_loop(0, nb_iter, step, (x_adv, momentum))
+        return ops.stop_gradient(x_adv)
 
     def _keep_most_damaging(self, best, x_adv, labels, loss_fn, targeted):
         success, loss = self._score(x_adv, labels, loss_fn, targeted)
@@ -225,10 +226,12 @@ class GradientAttack(Attack, register=False):
         if best is None:
             return x_adv, success, loss
         best_x, best_success, best_loss = best
-        better = (success & ~best_success) | ((success == best_success) & (loss > best_loss))
-        mask = tf.reshape(better, [-1] + [1] * (x_adv.shape.rank - 1))
+        better = ops.logical_or(
+            ops.logical_and(success, ops.logical_not(best_success)),
+            ops.logical_and(ops.equal(success, best_success), loss > best_loss),
+        )
         return (
-            tf.where(mask, x_adv, best_x),
-            tf.where(better, success, best_success),
-            tf.where(better, loss, best_loss),
+            ops.where(utils.per_example(better, x_adv), x_adv, best_x),
+            ops.where(better, success, best_success),
+            ops.where(better, loss, best_loss),
         )

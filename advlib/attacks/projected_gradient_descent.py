@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
-import tensorflow as tf
+from keras import ops
 
-from advlib import _checks
+from advlib import _checks, backend
 from advlib.attacks.base import DOMAIN
 from advlib.attacks.gradient import GradientAttack
 
@@ -72,26 +72,24 @@ class TargetedPGD(ProjectedGradientDescent):
         return parsed
 
     def _generate(self, x, labels, targeted, *, top_classes, **options):
-        logits = self.model.predict_logits(x).numpy()
+        logits = backend.to_numpy(self.model.predict_logits(x))
         self._count(len(x))
-        true = labels.numpy()
+        true = backend.to_numpy(labels)
         logits[np.arange(len(x)), true] = -np.inf
         ranked = np.argsort(-logits, axis=1)[:, : min(top_classes, logits.shape[1] - 1)]
-        x_adv = x.numpy().copy()
+        x_adv = backend.to_numpy(x).copy()
         open_ = np.ones(len(x), bool)
         for k in range(ranked.shape[1]):
             index = np.flatnonzero(open_)
             if index.size == 0:
                 break
-            candidate = (
-                super()
-                ._generate(tf.gather(x, index), tf.constant(ranked[index, k]), True, **options)
-                .numpy()
-            )
-            fooled = self.model.predict_classes(candidate).numpy() != true[index]
+            targets = ops.convert_to_tensor(ranked[index, k])
+            candidate = super()._generate(ops.take(x, index, axis=0), targets, True, **options)
+            candidate = backend.to_numpy(candidate)
+            fooled = backend.to_numpy(self.model.predict_classes(candidate)) != true[index]
             self._count(len(index))
             x_adv[index[fooled]] = candidate[fooled]
             if k == ranked.shape[1] - 1:  # keep the last try where none fooled the model
                 x_adv[index[~fooled]] = candidate[~fooled]
             open_[index[fooled]] = False
-        return tf.constant(x_adv)
+        return ops.convert_to_tensor(x_adv)

@@ -6,9 +6,10 @@ import math
 from typing import Any
 
 import numpy as np
-import tensorflow as tf
+from keras import ops
 
-from advlib import _checks
+from advlib import _checks, backend
+from advlib.attacks import utils
 from advlib.attacks.base import DOMAIN, Attack, random_targets, refuse_true_class_targets
 
 # Elements of one (batch, chunk, features) block of pair scores: bounds the
@@ -54,7 +55,7 @@ class SaliencyMapMethod(Attack):
 
     def __init__(self, model):
         super().__init__(model)
-        self._step = tf.function(self._step_fn)
+        self._step = backend.compiled(self._step_fn, self.model.variables)
 
     shared_params = (*DOMAIN, "y", "y_target", "seed")
     defaults = dict(clip_min=0.0, clip_max=1.0)
@@ -77,9 +78,12 @@ class SaliencyMapMethod(Attack):
         self.parse(**params)
         true_classes = params.get("y")
         if true_classes is None:
-            self.model.check_output(tf.convert_to_tensor(x[:1]))
+            self.model.check_output(ops.convert_to_tensor(x[:1]))
             true_classes = np.concatenate(
-                [self.model.predict_classes(x[i : i + 512]).numpy() for i in range(0, len(x), 512)]
+                [
+                    backend.to_numpy(self.model.predict_classes(x[i : i + 512]))
+                    for i in range(0, len(x), 512)
+                ]
             )
             self._count(len(x))
         true_classes = _checks.check_labels("y", true_classes, len(x), self.model.nb_classes)
@@ -88,23 +92,25 @@ class SaliencyMapMethod(Attack):
 
     def _generate(self, x, labels, targeted, *, theta, gamma, clip_min, clip_max, seed, use_logits):
         nb_classes = self.model.nb_classes
-        predicted = self.model.predict_classes(x).numpy()
+        predicted = backend.to_numpy(self.model.predict_classes(x))
         self._count(len(x))
         if targeted:
-            refuse_true_class_targets(labels.numpy(), predicted)
+            refuse_true_class_targets(backend.to_numpy(labels), predicted)
             targets = labels
         else:
-            targets = tf.constant(random_targets(labels.numpy(), nb_classes, seed))
+            targets = ops.convert_to_tensor(
+                random_targets(backend.to_numpy(labels), nb_classes, seed)
+            )
         shape = x.shape
-        flat = tf.reshape(x, [shape[0], -1])
+        flat = utils.flatten(x)
         features = int(flat.shape[1])
         budget = int(math.floor(gamma * features))
         increase = theta > 0
         dtype = x.dtype
-        low, high = tf.constant(clip_min, dtype), tf.constant(clip_max, dtype)
+        low, high = ops.convert_to_tensor(clip_min, dtype), ops.convert_to_tensor(clip_max, dtype)
         domain = flat < high if increase else flat > low
-        changed = tf.zeros_like(domain)
-        step = tf.constant(theta * (clip_max - clip_min), dtype)
+        changed = ops.zeros_like(domain)
+        step = ops.convert_to_tensor(theta * (clip_max - clip_min), dtype)
         # every step changes a feature by |theta| of the range, or saturates it
         max_steps = budget * math.ceil(1 / abs(theta)) + 1
         for _ in range(max_steps):
@@ -116,62 +122,60 @@ class SaliencyMapMethod(Attack):
                 step,
                 low,
                 high,
-                tf.constant(budget),
+                ops.convert_to_tensor(budget),
                 tuple(int(d) for d in shape[1:]),
                 increase,
                 use_logits,
             )
-            self._count(len(x), forward=1, backward=2 if use_logits else 1)
+            self._count(len(x), forward=2 if use_logits else 1, backward=2 if use_logits else 1)
             if not bool(any_active):
                 break
-        return tf.reshape(flat, shape)
+        return ops.reshape(flat, shape)
 
     def _step_fn(
         self, flat, domain, changed, targets, step, low, high, budget, shape, increase, use_logits
     ):
         features = flat.shape[1]
-        target_mask = tf.one_hot(targets, self.model.nb_classes, dtype=tf.float32)
-        with tf.GradientTape(persistent=use_logits) as tape:
-            tape.watch(flat)
-            logits = tf.cast(self.model.get_logits(tf.reshape(flat, [-1, *shape])), tf.float32)
-            scores = logits if use_logits else tf.nn.softmax(logits)
-            target_score = tf.reduce_sum(scores * target_mask, axis=-1)
-            other_scores = tf.reduce_sum(scores, axis=-1) - target_score
-        alpha = tf.cast(tape.gradient(target_score, flat), tf.float32)
+        target_mask = ops.one_hot(targets, self.model.nb_classes, dtype="float32")
+
+        def score(flat, of_target):
+            logits = ops.cast(self.model.get_logits(ops.reshape(flat, (-1, *shape))), "float32")
+            scores = logits if use_logits else ops.softmax(logits)
+            target_score = ops.sum(scores * target_mask, axis=-1)
+            return (target_score if of_target else ops.sum(scores, -1) - target_score), logits
+
+        _, alpha, logits = backend.value_and_gradient(lambda flat: score(flat, True), flat)
+        alpha = ops.cast(alpha, "float32")
         if use_logits:
-            beta = tf.cast(tape.gradient(other_scores, flat), tf.float32)
-            del tape
-            p, q, found = best_pair(alpha, beta, domain, increase)
+            _, beta, _ = backend.value_and_gradient(lambda flat: score(flat, False), flat)
+            p, q, found = best_pair(alpha, ops.cast(beta, "float32"), domain, increase)
         else:
             # probabilities sum to one, so beta = -alpha exactly: the sign conditions
             # reduce to alpha_p + alpha_q > 0 (< 0 when decreasing) and the score
             # (alpha_p + alpha_q)^2 peaks at the two largest (smallest) alphas
             p, q, found = best_pair_from_target_gradient(alpha, domain, increase)
-        predicted = tf.argmax(logits, axis=-1, output_type=targets.dtype)
-        pair = tf.logical_or(
-            tf.one_hot(p, features, on_value=True, off_value=False),
-            tf.one_hot(q, features, on_value=True, off_value=False),
-        )
-        within_budget = tf.reduce_sum(tf.cast(changed | pair, tf.int32), axis=1) <= budget
+        predicted = ops.cast(ops.argmax(logits, axis=-1), targets.dtype)
+        pair = (ops.one_hot(p, features) + ops.one_hot(q, features)) > 0
+        within_budget = ops.sum(ops.cast(changed | pair, "int32"), axis=1) <= budget
         active = (predicted != targets) & found & within_budget
         pair = pair & active[:, None]
-        flat = tf.where(pair, tf.clip_by_value(flat + step, low, high), flat)
+        flat = ops.where(pair, utils.clip(flat + step, low, high), flat)
         changed = changed | pair
         domain = domain & ((flat < high) if increase else (flat > low))
-        return flat, domain, changed, tf.reduce_any(active)
+        return flat, domain, changed, ops.any(active)
 
 
 def _oriented(values, domain, increase):
     """Flips signs when decreasing, and sends features outside the domain to -inf."""
     values = values if increase else -values
-    return tf.where(domain, values, tf.constant(-np.inf, values.dtype))
+    return ops.where(domain, values, ops.convert_to_tensor(-np.inf, values.dtype))
 
 
 def best_pair_from_target_gradient(alpha, domain, increase):
     """The two admissible features with the largest (oriented) target gradient."""
     oriented = _oriented(alpha, domain, increase)
-    top, index = tf.math.top_k(oriented, k=2)
-    found = (top[:, 0] + top[:, 1] > 0) & tf.math.is_finite(top[:, 1])
+    top, index = ops.top_k(oriented, k=2)
+    found = (top[:, 0] + top[:, 1] > 0) & ops.isfinite(top[:, 1])
     return index[:, 0], index[:, 1], found
 
 
@@ -190,22 +194,29 @@ def best_pair(alpha, beta, domain, increase):
     block = max(1, min(features, _PAIR_BLOCK // max(1, batch * features)))
     blocks = -(-features // block)
     padding = blocks * block - features
-    alpha_rows = tf.pad(alpha, [[0, 0], [0, padding]], constant_values=-np.inf)
-    beta_rows = tf.pad(beta, [[0, 0], [0, padding]])
-    columns = tf.range(features)
-    best_score = tf.zeros([batch])
-    best_p = tf.zeros([batch], tf.int32)
-    best_q = tf.zeros([batch], tf.int32)
-    for start in tf.range(0, blocks * block, block):
-        rows = start + tf.range(block)
-        off_diagonal = tf.cast(rows[:, None] != columns[None, :], tf.float32)
-        a = tf.nn.relu(alpha_rows[:, start : start + block, None] + alpha[:, None, :])
-        b = tf.nn.relu(-(beta_rows[:, start : start + block, None] + beta[:, None, :]))
-        score = tf.reshape(a * b * off_diagonal, [batch, block * features])
-        index = tf.argmax(score, axis=1, output_type=tf.int32)
-        value = tf.reduce_max(score, axis=1)
+    alpha_rows = ops.pad(alpha, [[0, 0], [0, padding]], constant_values=-np.inf)
+    beta_rows = ops.pad(beta, [[0, 0], [0, padding]])
+    columns = ops.arange(features)
+
+    def scan(i, best):
+        best_score, best_p, best_q = best
+        start = i * block
+        rows = start + ops.arange(block)
+        off_diagonal = ops.cast(rows[:, None] != columns[None, :], "float32")
+        alpha_block = ops.slice(alpha_rows, (0, start), (batch, block))
+        beta_block = ops.slice(beta_rows, (0, start), (batch, block))
+        a = ops.relu(alpha_block[:, :, None] + alpha[:, None, :])
+        b = ops.relu(-(beta_block[:, :, None] + beta[:, None, :]))
+        score = ops.reshape(a * b * off_diagonal, (batch, block * features))
+        index = ops.cast(ops.argmax(score, axis=1), "int32")
+        value = ops.max(score, axis=1)
         better = value > best_score
-        best_score = tf.where(better, value, best_score)
-        best_p = tf.where(better, start + index // features, best_p)
-        best_q = tf.where(better, index % features, best_q)
+        return (
+            ops.where(better, value, best_score),
+            ops.where(better, start + index // features, best_p),
+            ops.where(better, index % features, best_q),
+        )
+
+    start = (ops.zeros((batch,)), ops.zeros((batch,), "int32"), ops.zeros((batch,), "int32"))
+    best_score, best_p, best_q = ops.fori_loop(0, blocks, scan, start)
     return best_p, best_q, best_score > 0

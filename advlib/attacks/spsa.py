@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-import tensorflow as tf
+from keras import ops
 
-from advlib import _checks
+from advlib import _checks, backend
 from advlib.attacks import utils
 from advlib.attacks.base import DOMAIN, TARGETABLE, Attack
 from advlib.losses import margin_loss
@@ -83,10 +83,10 @@ class SPSA(Attack):
         )
 
     def _generate(self, x, labels, targeted, **options):
-        if x.dtype.size < 4:
+        if np.dtype(utils.dtype_of(x)).itemsize < 4:
             # half precision cannot hold Adam's moments; search in float32, return x's dtype
-            return tf.cast(
-                self._search(tf.cast(x, tf.float32), labels, targeted, **options), x.dtype
+            return ops.cast(
+                self._search(ops.cast(x, "float32"), labels, targeted, **options), x.dtype
             )
         return self._search(x, labels, targeted, **options)
 
@@ -109,24 +109,26 @@ class SPSA(Attack):
         seed,
     ):
         if eps == 0 or nb_iter == 0:  # no step: the clean input, not the random start
-            return tf.identity(x)
+            return x
         low, high = utils.bounds_as_tensors(x.dtype, clip_min, clip_max)
         threshold = -np.inf if early_stop_loss_threshold is None else early_stop_loss_threshold
         seed_pair = self._seed_pair(seed)
-        eps_t = tf.cast(eps, x.dtype)
-        x_adv = tf.clip_by_value(
-            x + utils.random_lp_vector(tf.shape(x), norm, eps_t, seed_pair, x.dtype), low, high
+        eps_t = ops.cast(eps, x.dtype)
+        x_adv = utils.clip(
+            x + utils.random_lp_vector(ops.shape(x), norm, eps_t, backend.seed(seed_pair), x.dtype),
+            low,
+            high,
         )
-        first, second = tf.zeros_like(x), tf.zeros_like(x)
+        first, second = ops.zeros_like(x), ops.zeros_like(x)
         best, best_loss = x_adv, self._loss(x_adv, labels, targeted)
         for step in range(nb_iter):
-            active = best_loss.numpy() >= threshold
+            active = backend.to_numpy(best_loss) >= threshold
             if not active.any():
                 break
             # only the examples still running cost model evaluations
-            rows = tf.constant(np.flatnonzero(active)[:, None])
-            x_active, labels_active = tf.gather_nd(x_adv, rows), tf.gather_nd(labels, rows)
-            grad = tf.zeros_like(x_active)
+            rows = np.flatnonzero(active)
+            x_active, labels_active = ops.take(x_adv, rows, axis=0), ops.take(labels, rows, axis=0)
+            grad = ops.zeros_like(x_active)
             for repeat in range(spsa_iters):
                 grad += self._estimate_gradient(
                     x_active,
@@ -138,32 +140,31 @@ class SPSA(Attack):
                     rows,
                     len(active),
                 )
-            grad = tf.scatter_nd(rows, grad / spsa_iters, tf.shape(x, out_type=tf.int64))
+            grad = ops.scatter(rows[:, None], grad / spsa_iters, ops.shape(x))
             x_adv, first, second = _adam_step(
                 x_adv,
                 x,
                 grad,
                 first,
                 second,
-                tf.constant(active),
-                tf.cast(step + 1, x.dtype),
-                tf.cast(learning_rate, x.dtype),
+                ops.convert_to_tensor(active),
+                ops.cast(step + 1, x.dtype),
+                ops.cast(learning_rate, x.dtype),
                 eps_t,
                 low,
                 high,
                 norm,
             )
-            loss = tf.tensor_scatter_nd_update(
-                best_loss, rows, self._loss(tf.gather_nd(x_adv, rows), labels_active, targeted)
-            )
-            better = tf.cast(loss < best_loss, x.dtype)
-            best = tf.where(utils.per_example(better, x) > 0, x_adv, best)
-            best_loss = tf.minimum(loss, best_loss)
+            new_loss = self._loss(ops.take(x_adv, rows, axis=0), labels_active, targeted)
+            loss = ops.scatter_update(best_loss, rows[:, None], new_loss)
+            better = ops.cast(loss < best_loss, x.dtype)
+            best = ops.where(utils.per_example(better, x) > 0, x_adv, best)
+            best_loss = ops.minimum(loss, best_loss)
         return best
 
-    def _loss(self, points, labels, targeted) -> tf.Tensor:
+    def _loss(self, points, labels, targeted) -> Any:
         """The margin loss to minimise: negative once the attack has succeeded."""
-        logits = tf.concat(
+        logits = ops.concatenate(
             [
                 self.model.predict_logits(points[i : i + _MAX_POINTS])
                 for i in range(0, int(points.shape[0]), _MAX_POINTS)
@@ -175,51 +176,49 @@ class SPSA(Attack):
         return margin if targeted else -margin
 
     def _estimate_gradient(self, x_adv, labels, targeted, delta, samples, seed_pair, rows, batch):
-        """The gradient estimate at each row of `x_adv`; `rows` (shape (n, 1)) are
+        """The gradient estimate at each row of `x_adv`; `rows` (shape (n,)) are
         their places in a batch of `batch`, so that an example's directions do not
         depend on which other examples are still running."""
         pairs = samples // 2
+        delta = ops.convert_to_tensor(delta, x_adv.dtype)
+        seed = backend.seed(seed_pair)
         directions, points = _probe_points(
-            x_adv, tf.constant(delta, x_adv.dtype), pairs, tf.constant(seed_pair), rows, batch
+            x_adv, delta, pairs, seed, ops.convert_to_tensor(rows), batch
         )
-        repeated = tf.repeat(labels, 2 * pairs)
-        loss = tf.reshape(self._loss(points, repeated, targeted), (-1, 2, pairs))
-        return _combine(directions, loss, tf.constant(delta, x_adv.dtype))
+        repeated = ops.repeat(labels, 2 * pairs, axis=0)
+        loss = ops.reshape(self._loss(points, repeated, targeted), (-1, 2, pairs))
+        flat = ops.reshape(directions, (len(rows), pairs, -1))
+        return ops.reshape(_combine(flat, loss, delta), ops.shape(x_adv))
 
 
-@tf.function(reduce_retracing=True)
+@backend.compiled
 def _probe_points(x_adv, delta, pairs, seed_pair, rows, batch):
     """Random sign directions (rows, pairs, ...) and the points x +- delta * v."""
-    shape = tf.concat([[batch, pairs], tf.shape(x_adv)[1:]], 0)
-    directions = tf.sign(
-        tf.gather_nd(
-            tf.random.stateless_uniform(shape, seed_pair, -1.0, 1.0, dtype=x_adv.dtype), rows
-        )
-    )
-    directions = tf.where(directions == 0, tf.ones_like(directions), directions)
-    centre = tf.expand_dims(x_adv, 1)
-    points = tf.stack([centre + delta * directions, centre - delta * directions], axis=1)
-    return directions, tf.reshape(points, tf.concat([[-1], tf.shape(x_adv)[1:]], 0))
+    shape = (batch, pairs) + tuple(x_adv.shape[1:])
+    every = backend.uniform(shape, seed_pair, -1.0, 1.0, x_adv.dtype)
+    directions = ops.sign(ops.take(every, rows, axis=0))
+    directions = ops.where(directions == 0, ops.ones_like(directions), directions)
+    centre = ops.expand_dims(x_adv, 1)
+    points = ops.stack([centre + delta * directions, centre - delta * directions], axis=1)
+    return directions, ops.reshape(points, (-1,) + tuple(x_adv.shape[1:]))
 
 
-@tf.function(reduce_retracing=True)
+@backend.compiled
 def _combine(directions, loss, delta):
-    """The central-difference estimate, averaged over the antithetic pairs."""
+    """The central-difference estimate, averaged over the antithetic pairs;
+    `directions` is (batch, pairs, features)."""
     slope = (loss[:, 0] - loss[:, 1]) / (2 * delta)  # (batch, pairs)
-    slope = tf.reshape(
-        slope, tf.concat([tf.shape(slope), tf.ones([tf.rank(directions) - 2], tf.int32)], 0)
-    )
-    return tf.reduce_mean(slope * directions, axis=1)
+    return ops.mean(slope[:, :, None] * directions, axis=1)
 
 
-@tf.function(reduce_retracing=True)
+@backend.compiled
 def _adam_step(x_adv, x, grad, first, second, active, t, learning_rate, eps, low, high, norm):
     """One Adam descent step on x_adv, projected; inactive examples are left as they are."""
     step, new_first, new_second = utils.adam_update(grad, first, second, t, learning_rate)
-    moved = tf.clip_by_value(x + utils.clip_eta(x_adv - step - x, norm, eps), low, high)
-    keep = utils.per_example(tf.cast(active, x.dtype), x) > 0
+    moved = utils.clip(x + utils.clip_eta(x_adv - step - x, norm, eps), low, high)
+    keep = utils.per_example(ops.cast(active, x.dtype), x) > 0
     return (
-        tf.where(keep, moved, x_adv),
-        tf.where(keep, new_first, first),
-        tf.where(keep, new_second, second),
+        ops.where(keep, moved, x_adv),
+        ops.where(keep, new_first, first),
+        ops.where(keep, new_second, second),
     )

@@ -7,9 +7,9 @@ from functools import lru_cache
 from typing import Any
 
 import numpy as np
-import tensorflow as tf
+from keras import ops
 
-from advlib import _checks, losses
+from advlib import _checks, backend, losses
 from advlib.attacks import utils
 from advlib.attacks.base import DOMAIN, TARGETABLE, Attack, on_survivors
 
@@ -94,9 +94,9 @@ class SquareAttack(Attack):
 
     def __init__(self, model):
         super().__init__(model)
-        self._propose = tf.function(self._propose_fn, reduce_retracing=True)
-        self._accept = tf.function(self._accept_fn, reduce_retracing=True)
-        self._chunk = tf.function(self._chunk_fn, reduce_retracing=True)
+        self._propose = backend.compiled(self._propose_fn, self.model.variables)
+        self._accept = backend.compiled(self._accept_fn, self.model.variables)
+        self._chunk = backend.compiled(self._chunk_fn, self.model.variables)
 
     shared_params = ("eps", "norm", *TARGETABLE, *DOMAIN, "seed")
     norms = (np.inf, 2)
@@ -113,9 +113,9 @@ class SquareAttack(Attack):
             rescale_schedule=bool(rescale_schedule),
         )
 
-    def _check_input(self, x, parsed) -> tf.Tensor:
+    def _check_input(self, x, parsed) -> Any:
         x = super()._check_input(x, parsed)
-        if x.shape.rank not in (3, 4):
+        if len(x.shape) not in (3, 4):
             raise ValueError(
                 f"x must be a batch of images, (batch, height, width[, "
                 f"channels]), for SquareAttack; got shape {tuple(x.shape)}."
@@ -125,17 +125,17 @@ class SquareAttack(Attack):
     # -- the attack -------------------------------------------------------------------
     def _generate(self, x, labels, targeted, *, nb_restarts, clip_min, clip_max, seed, **search):
         if search["eps"] == 0 or search["n_queries"] == 0:
-            return tf.identity(x)
-        images = x if x.shape.rank == 4 else x[..., None]
+            return x
+        images = x if len(x.shape) == 4 else x[..., None]
         bounds = utils.bounds_as_tensors(images.dtype, clip_min, clip_max)
         seed_pair = self._seed_pair(seed)
 
         def restart(index, rows):
-            batch = (tf.gather(images, rows), tf.gather(labels, rows), targeted)
+            batch = (ops.take(images, rows, axis=0), ops.take(labels, rows, axis=0), targeted)
             return self._search(*batch, bounds, seed_pair + [index, 0], **search)
 
         out = on_survivors(images, np.ones(len(x), bool), range(nb_restarts), restart)
-        return out if x.shape.rank == 4 else out[..., 0]
+        return out if len(x.shape) == 4 else out[..., 0]
 
     @staticmethod
     def _scores(logits, labels, targeted, loss):
@@ -171,7 +171,7 @@ class SquareAttack(Attack):
     ):
         """One restart on a batch: (best points, which stayed robust)."""
         low, high = bounds
-        eps_t = tf.cast(eps, x.dtype)
+        eps_t = ops.cast(eps, x.dtype)
         batch, height, width, channels = (int(d) for d in x.shape)
         x_best = self._start(x, eps_t, norm, low, high, seed_pair)
         margin, objective = self._objectives(x_best, labels, targeted, loss)
@@ -181,28 +181,28 @@ class SquareAttack(Attack):
         bank = np.zeros((len(distinct), height, width))
         for k, side in enumerate(distinct):
             bank[k, :side, :side] = eta(side)
-        bank = tf.constant(bank, x.dtype)
+        bank = ops.convert_to_tensor(bank, x.dtype)
         which = [distinct.index(side) for side in sides]
         step = _CHUNK if getattr(self.model, "engine", None) is None else 1
         common = dict(batch=batch, eps=eps_t, low=low, high=high, norm=norm)
         for first in range(0, n_queries, step):
-            active = np.flatnonzero(margin.numpy() > 0)
+            active = np.flatnonzero(backend.to_numpy(margin) > 0)
             if active.size == 0:
                 break
-            rows = tf.constant(active[:, None])
+            rows = ops.convert_to_tensor(active)
             count = min(step, n_queries - first)
             if step == 1:
                 candidate = self._propose(
                     x,
                     x_best,
                     rows,
-                    tf.constant(seed_pair + [0, first + 1]),
-                    tf.constant(sides[first]),
+                    backend.seed(seed_pair + [0, first + 1]),
+                    ops.convert_to_tensor(sides[first]),
                     bank[which[first]],
                     **common,
                 )
                 new_margin, new_objective = self._objectives(
-                    candidate, tf.gather_nd(labels, rows), targeted, loss
+                    candidate, ops.take(labels, rows, axis=0), targeted, loss
                 )
                 x_best, margin, objective = self._accept(
                     x_best,
@@ -212,7 +212,7 @@ class SquareAttack(Attack):
                     candidate,
                     new_margin,
                     new_objective,
-                    tf.ones([len(active)], tf.bool),
+                    ops.ones([len(active)], "bool"),
                 )
                 continue
             x_best, margin, objective, queries = self._chunk(
@@ -222,41 +222,35 @@ class SquareAttack(Attack):
                 objective,
                 labels,
                 rows,
-                tf.constant(seed_pair),
-                tf.constant(first),
-                tf.constant(sides[first : first + count]),
-                tf.constant(which[first : first + count]),
+                backend.seed(seed_pair),
+                ops.convert_to_tensor(first),
+                ops.convert_to_tensor(sides[first : first + count]),
+                ops.convert_to_tensor(which[first : first + count]),
                 bank,
                 targeted,
                 loss,
                 **common,
             )
             self._count(int(queries))
-        return x_best, margin.numpy() > 0
+        return x_best, backend.to_numpy(margin) > 0
 
     def _start(self, x, eps, norm, low, high, seed_pair):
         """L-inf: vertical stripes of +-eps per channel; L2: a grid of eta patterns of
         random signs, scaled to norm eps."""
         batch, height, width, channels = (int(d) for d in x.shape)
+        seed = backend.seed(seed_pair)
         if norm == np.inf:
-            signs = tf.sign(
-                tf.random.stateless_uniform(
-                    [batch, 1, width, channels], seed_pair, -1.0, 1.0, dtype=x.dtype
-                )
-            )
-            return tf.clip_by_value(x + eps * tf.where(signs == 0, 1.0, signs), low, high)
+            signs = ops.sign(backend.uniform((batch, 1, width, channels), seed, -1.0, 1.0, x.dtype))
+            return utils.clip(x + eps * ops.where(signs == 0, 1.0, signs), low, high)
         side = max(height // 5, 1)
         margin_r = max((height - side * 5) // 2, 0)
         margin_c = max((width - side * 5) // 2, 0)
         tiles_r, tiles_c = height // side, width // side
-        signs = tf.sign(
-            tf.random.stateless_uniform(
-                [batch, tiles_r, tiles_c, channels], seed_pair, -1.0, 1.0, dtype=x.dtype
-            )
-        )
-        signs = tf.where(signs == 0, tf.ones_like(signs), signs)
+        shape = (batch, tiles_r, tiles_c, channels)
+        signs = ops.sign(backend.uniform(shape, seed, -1.0, 1.0, x.dtype))
+        signs = ops.where(signs == 0, ops.ones_like(signs), signs)
         flips = np.random.default_rng(int(seed_pair[0])).random((tiles_r, tiles_c)) > 0.5
-        delta = tf.zeros_like(x)
+        delta = ops.zeros_like(x)
         for i in range(tiles_r):
             for j in range(tiles_c):
                 top, left = margin_r + i * side, margin_c + j * side
@@ -267,10 +261,11 @@ class SquareAttack(Attack):
                     continue
                 block[top:bottom, left:right] = pattern[: bottom - top, : right - left]
                 delta += (
-                    tf.constant(block[None, :, :, None], x.dtype) * signs[:, i, j][:, None, None, :]
+                    ops.convert_to_tensor(block[None, :, :, None], x.dtype)
+                    * signs[:, i, j][:, None, None, :]
                 )
         delta = utils.optimize_linear(delta, eps, 2)  # delta scaled to norm eps
-        return tf.clip_by_value(x + delta, low, high)
+        return utils.clip(x + delta, low, high)
 
     # -- compiled pieces ------------------------------------------------------------------
     def _chunk_fn(
@@ -296,33 +291,34 @@ class SquareAttack(Attack):
     ):
         """`len(sides)` queries for the rows running at the chunk's start; a row that
         succeeds stops changing (and stops counting queries) within the chunk."""
-        row_labels = tf.gather_nd(labels, rows)
-        queries = tf.constant(0, tf.int64)
-        for i in tf.range(tf.shape(sides)[0]):
-            active = tf.gather_nd(margin, rows) > 0
-            seed = seed_pair + tf.stack(
-                [tf.constant(0, seed_pair.dtype), tf.cast(first + i + 1, seed_pair.dtype)]
-            )
+        row_labels = ops.take(labels, rows, axis=0)
+
+        def query(i, state):
+            x_best, margin, objective, queries = state
+            active = ops.take(margin, rows, axis=0) > 0
+            seed = backend.fold_seed(seed_pair, first + i + 1)
             candidate = self._propose_fn(
                 x, x_best, rows, seed, sides[i], bank[which[i]], batch, eps, low, high, norm
             )
-            logits = tf.cast(self.model.get_logits(candidate), x.dtype)
+            logits = ops.cast(self.model.get_logits(candidate), x.dtype)
             new_margin, new_objective = self._scores(logits, row_labels, targeted, loss)
             x_best, margin, objective = self._accept_fn(
                 x_best, margin, objective, rows, candidate, new_margin, new_objective, active
             )
-            queries += tf.reduce_sum(tf.cast(active, tf.int64))
-        return x_best, margin, objective, queries
+            return x_best, margin, objective, queries + ops.sum(ops.cast(active, "int32"))
+
+        state = (x_best, margin, objective, ops.convert_to_tensor(0, "int32"))
+        return ops.fori_loop(0, ops.shape(sides)[0], query, state)
 
     @staticmethod
     def _windows(seed, count, batch, height, width, side, rows):
         """Per row: a random square's mask (rows, height, width, 1) and its corner."""
-        corners = tf.random.stateless_uniform([batch, count, 2], seed, 0.0, 1.0)
-        corners = tf.gather_nd(corners, rows)
-        span = tf.cast(tf.stack([height - side, width - side]), tf.float32)
-        corners = tf.cast(tf.floor(corners * span), tf.int32)  # in [0, size - side)
-        r = tf.range(height)[None, :, None]
-        c = tf.range(width)[None, None, :]
+        corners = backend.uniform((batch, count, 2), seed, 0.0, 1.0, "float32")
+        corners = ops.take(corners, rows, axis=0)
+        span = ops.cast(ops.stack([height - side, width - side]), "float32")
+        corners = ops.cast(ops.floor(corners * span), "int32")  # in [0, size - side)
+        r = ops.arange(height)[None, :, None]
+        c = ops.arange(width)[None, None, :]
         masks = []
         for k in range(count):
             top = corners[:, k, 0][:, None, None]
@@ -333,23 +329,17 @@ class SquareAttack(Attack):
 
     def _propose_fn(self, x, x_best, rows, seed, side, pattern, batch, eps, low, high, norm):
         """Candidates for the rows still running, one square change each."""
-        x, x_best = tf.gather_nd(x, rows), tf.gather_nd(x_best, rows)
+        x, x_best = ops.take(x, rows, axis=0), ops.take(x_best, rows, axis=0)
         height, width, channels = x.shape[1], x.shape[2], x.shape[3]
-        seeds = tf.random.experimental.stateless_split(seed, 3)
-        signs = tf.sign(
-            tf.gather_nd(
-                tf.random.stateless_uniform(
-                    [batch, 1, 1, channels], seeds[0], -1.0, 1.0, dtype=x.dtype
-                ),
-                rows,
-            )
-        )
-        signs = tf.where(signs == 0, tf.ones_like(signs), signs)
+        seeds = backend.split_seed(seed, 3)
+        every_sign = backend.uniform((batch, 1, 1, channels), seeds[0], -1.0, 1.0, x.dtype)
+        signs = ops.sign(ops.take(every_sign, rows, axis=0))
+        signs = ops.where(signs == 0, ops.ones_like(signs), signs)
         if norm == np.inf:
             ((inside, _, _),) = self._windows(seeds[1], 1, batch, height, width, side, rows)
-            inside = tf.cast(inside[..., None], x.dtype)
+            inside = ops.cast(inside[..., None], x.dtype)
             moved = x_best + inside * 2 * eps * signs
-            return tf.clip_by_value(tf.clip_by_value(moved, x - eps, x + eps), low, high)
+            return utils.clip(utils.clip(moved, x - eps, x + eps), low, high)
         return self._propose_l2(x, x_best, rows, seeds, side, pattern, batch, eps, low, high, signs)
 
     def _propose_l2(self, x, x_best, rows, seeds, side, pattern, batch, eps, low, high, signs):
@@ -357,44 +347,44 @@ class SquareAttack(Attack):
         (first, top, left), (second, _, _) = self._windows(
             seeds[1], 2, batch, height, width, side, rows
         )
-        first_mask = tf.cast(first[..., None], x.dtype)
-        union = tf.cast((first | second)[..., None], x.dtype)
+        first_mask = ops.cast(first[..., None], x.dtype)
+        union = ops.cast((first | second)[..., None], x.dtype)
         delta = x_best - x
-        sum_sq = lambda t, axes: tf.reduce_sum(tf.square(t), axes, keepdims=True)
-        window_norm = tf.sqrt(sum_sq(delta * first_mask, [1, 2]))  # per channel
+        sum_sq = lambda t, axes: ops.sum(ops.square(t), axes, keepdims=True)
+        window_norm = ops.sqrt(sum_sq(delta * first_mask, [1, 2]))  # per channel
         image_sq = sum_sq(delta, [1, 2, 3])
         windows_sq = sum_sq(delta * union, [1, 2, 3])
         # the pattern (transposed for half the rows) placed at each row's first square
-        transpose = tf.gather_nd(tf.random.stateless_uniform([batch], seeds[2]), rows) > 0.5
-        shape = tf.shape(first)
-        r = tf.broadcast_to(
-            tf.clip_by_value(tf.range(height)[None, :, None] - top, 0, side - 1), shape
+        flips = backend.uniform((batch,), seeds[2], 0.0, 1.0, "float32")
+        transpose = ops.take(flips, rows, axis=0) > 0.5
+        shape = ops.shape(first)
+        r = ops.broadcast_to(
+            utils.clip(ops.arange(height)[None, :, None] - top, 0, side - 1), shape
         )
-        c = tf.broadcast_to(
-            tf.clip_by_value(tf.range(width)[None, None, :] - left, 0, side - 1), shape
+        c = ops.broadcast_to(
+            utils.clip(ops.arange(width)[None, None, :] - left, 0, side - 1), shape
         )
-        index = tf.where(transpose[:, None, None, None], tf.stack([c, r], -1), tf.stack([r, c], -1))
-        placed = tf.gather_nd(pattern, index)[..., None] * first_mask
+        transpose = transpose[:, None, None]
+        index = ops.where(transpose, c, r) * width + ops.where(transpose, r, c)
+        placed = ops.take(ops.reshape(pattern, (-1,)), index)[..., None] * first_mask
         window = placed * signs + delta * first_mask / (window_norm + 1e-12)
-        scale = tf.sqrt(tf.maximum(tf.square(eps) - image_sq, 0.0) / channels + windows_sq)
-        window = window / (tf.sqrt(sum_sq(window, [1, 2])) + 1e-12) * scale
+        scale = ops.sqrt(ops.maximum(ops.square(eps) - image_sq, 0.0) / channels + windows_sq)
+        window = window / (ops.sqrt(sum_sq(window, [1, 2])) + 1e-12) * scale
         delta = delta * (1 - union) + window
-        return tf.clip_by_value(x + utils.optimize_linear(delta, eps, 2), low, high)
+        return utils.clip(x + utils.optimize_linear(delta, eps, 2), low, high)
 
     @staticmethod
     def _accept_fn(x_best, margin, objective, rows, candidate, new_margin, new_objective, active):
         """Keeps each candidate (of an `active` row) that lowered the objective or made
         the example adversarial."""
-        old_objective = tf.gather_nd(objective, rows)
+        old_objective = ops.take(objective, rows, axis=0)
         improved = (new_objective < old_objective) & active
-        objective = tf.tensor_scatter_nd_update(
-            objective, rows, tf.where(improved, new_objective, old_objective)
-        )
         keep = improved | ((new_margin <= 0) & active)
-        margin = tf.tensor_scatter_nd_update(
-            margin, rows, tf.where(keep, new_margin, tf.gather_nd(margin, rows))
+        index = rows[:, None]
+        objective = ops.scatter_update(
+            objective, index, ops.where(improved, new_objective, old_objective)
         )
-        x_best = tf.tensor_scatter_nd_update(
-            x_best, rows, tf.where(keep[:, None, None, None], candidate, tf.gather_nd(x_best, rows))
-        )
-        return x_best, margin, objective
+        old_margin, old_best = ops.take(margin, rows, axis=0), ops.take(x_best, rows, axis=0)
+        margin = ops.scatter_update(margin, index, ops.where(keep, new_margin, old_margin))
+        chosen = ops.where(keep[:, None, None, None], candidate, old_best)
+        return ops.scatter_update(x_best, index, chosen), margin, objective

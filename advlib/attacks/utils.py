@@ -1,15 +1,19 @@
 """Tensor helpers shared by the attacks: norms, projections, Adam, bounds.
 
 All functions treat axis 0 as the batch and reduce over every other axis,
-so they work for inputs of any rank.
+so they work for inputs of any rank. They are written in `keras.ops`, so they
+run on every Keras backend, inside compiled steps too.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
+import keras
 import numpy as np
-import tensorflow as tf
+from keras import ops
+
+from advlib import backend
 
 NORMS = (np.inf, 1, 2)
 _TINY = 1e-12
@@ -54,21 +58,29 @@ def resolve_norm(norm, ord=None, default=np.inf, allowed=NORMS):
     return chosen
 
 
+def dtype_of(x) -> str:
+    """The Keras name ("float32") of a tensor's or array's dtype, on any backend."""
+    return keras.backend.standardize_dtype(x.dtype)
+
+
 def bounds_as_tensors(dtype, clip_min, clip_max):
     """The input domain as two tensors of `dtype`; an open bound is -inf / +inf."""
     return (
-        tf.cast(-np.inf if clip_min is None else clip_min, dtype),
-        tf.cast(np.inf if clip_max is None else clip_max, dtype),
+        ops.convert_to_tensor(-np.inf if clip_min is None else clip_min, dtype),
+        ops.convert_to_tensor(np.inf if clip_max is None else clip_max, dtype),
     )
+
+
+def clip(x, low, high):
+    """`x` clipped to [low, high], where the bounds may be tensors that broadcast."""
+    return ops.minimum(ops.maximum(x, low), high)
 
 
 ADAM_BETAS = (0.9, 0.999)
 ADAM_EPSILON = 1e-8
 
 
-def adam_update(
-    grad: tf.Tensor, first: tf.Tensor, second: tf.Tensor, t: tf.Tensor, learning_rate: float
-) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+def adam_update(grad, first, second, t, learning_rate: float):
     """One Adam update (Kingma & Ba 2015), elementwise, so each example's search
     is independent of the batch.
 
@@ -84,25 +96,29 @@ def adam_update(
     """
     beta1, beta2 = ADAM_BETAS
     first = beta1 * first + (1 - beta1) * grad
-    second = beta2 * second + (1 - beta2) * tf.square(grad)
-    step = (
-        learning_rate * (first / (1 - beta1**t)) / (tf.sqrt(second / (1 - beta2**t)) + ADAM_EPSILON)
-    )
-    return step, first, second
+    second = beta2 * second + (1 - beta2) * ops.square(grad)
+    first_hat = first / (1 - ops.power(beta1, t))
+    second_hat = second / (1 - ops.power(beta2, t))
+    return learning_rate * first_hat / (ops.sqrt(second_hat) + ADAM_EPSILON), first, second
 
 
 def _axes(x):
-    return tf.range(1, tf.rank(x))
+    return tuple(range(1, len(x.shape)))
+
+
+def flatten(x):
+    """The batch as (batch, features)."""
+    return ops.reshape(x, (-1, int(np.prod(x.shape[1:]))))
 
 
 def per_example(value, x):
     """Reshapes a (batch,) tensor so that it broadcasts against `x`."""
-    return tf.reshape(value, tf.concat([[-1], tf.ones([tf.rank(x) - 1], tf.int32)], 0))
+    return ops.reshape(value, (-1,) + (1,) * (len(x.shape) - 1))
 
 
 def finite_rows(x):
     """Per example (axis 0): whether every entry is finite."""
-    return tf.reduce_all(tf.math.is_finite(tf.reshape(x, [tf.shape(x)[0], -1])), axis=1)
+    return ops.all(ops.isfinite(flatten(x)), axis=1)
 
 
 def optimize_linear(grad, eps, norm=np.inf):
@@ -113,28 +129,35 @@ def optimize_linear(grad, eps, norm=np.inf):
     zero perturbation.
     """
     if norm == np.inf:
-        return eps * tf.sign(grad)
+        return eps * ops.sign(grad)
     axes = _axes(grad)
     if norm == 2:
-        square = tf.reduce_sum(tf.square(grad), axes, keepdims=True)
-        return eps * grad / tf.sqrt(tf.maximum(square, _TINY))
-    abs_grad = tf.abs(grad)
-    max_abs = tf.reduce_max(abs_grad, axes, keepdims=True)
-    ties = tf.cast(tf.equal(abs_grad, max_abs), grad.dtype) * tf.cast(max_abs > 0, grad.dtype)
-    count = tf.reduce_sum(ties, axes, keepdims=True)
-    return eps * tf.sign(grad) * ties / tf.maximum(count, 1)
+        square = ops.sum(ops.square(grad), axes, keepdims=True)
+        return eps * grad / ops.sqrt(ops.maximum(square, _TINY))
+    abs_grad = ops.abs(grad)
+    max_abs = ops.max(abs_grad, axes, keepdims=True)
+    dtype = dtype_of(grad)
+    ties = ops.cast(ops.equal(abs_grad, max_abs), dtype) * ops.cast(max_abs > 0, dtype)
+    count = ops.sum(ties, axes, keepdims=True)
+    return eps * ops.sign(grad) * ties / ops.maximum(count, 1)
 
 
 def lp_norm(delta, norm):
     """Per-example L0 (nonzero count), L1, L2 or L-inf norm of a batch tensor."""
-    flat = tf.reshape(delta, [tf.shape(delta)[0], -1])
+    flat = flatten(delta)
     if norm == 0:
-        return tf.reduce_sum(tf.cast(tf.not_equal(flat, 0), flat.dtype), axis=1)
+        return ops.sum(ops.cast(ops.not_equal(flat, 0), dtype_of(flat)), axis=1)
     if norm == np.inf:
-        return tf.reduce_max(tf.abs(flat), axis=1)
+        return ops.max(ops.abs(flat), axis=1)
     if norm == 1:
-        return tf.reduce_sum(tf.abs(flat), axis=1)
-    return tf.norm(flat, axis=1)
+        return ops.sum(ops.abs(flat), axis=1)
+    return ops.sqrt(ops.sum(ops.square(flat), axis=1))
+
+
+def take_rows(values, index):
+    """values[i, index[i]] for each row i, over the leading two axes of `values`."""
+    index = ops.reshape(ops.cast(index, "int32"), (-1, 1) + (1,) * (len(values.shape) - 2))
+    return ops.squeeze(ops.take_along_axis(values, index, axis=1), axis=1)
 
 
 DUAL_NORMS = {np.inf: 1, 2: 2, 1: np.inf}
@@ -147,19 +170,24 @@ def nearest_linear_boundary(difference, flat_gradient, norm):
     |f_j - f_y| / ||grad||_dual. Returns (j, that distance, f_j - f_y, its gradient)."""
     dual = DUAL_NORMS[norm]
     if dual == np.inf:
-        gradient_norm = tf.reduce_max(tf.abs(flat_gradient), axis=2)
+        gradient_norm = ops.max(ops.abs(flat_gradient), axis=2)
     elif dual == 1:
-        gradient_norm = tf.reduce_sum(tf.abs(flat_gradient), axis=2)
+        gradient_norm = ops.sum(ops.abs(flat_gradient), axis=2)
     else:
-        gradient_norm = tf.norm(flat_gradient, axis=2)
-    distance = tf.abs(difference) / (gradient_norm + 1e-12)
-    nearest = tf.argmin(distance, axis=1, output_type=tf.int32)
+        gradient_norm = ops.sqrt(ops.sum(ops.square(flat_gradient), axis=2))
+    distance = ops.abs(difference) / (gradient_norm + 1e-12)
+    nearest = ops.cast(ops.argmin(distance, axis=1), "int32")
     return (
         nearest,
-        tf.gather(distance, nearest, batch_dims=1),
-        tf.gather(difference, nearest, batch_dims=1),
-        tf.gather(flat_gradient, nearest, batch_dims=1),
+        take_rows(distance, nearest),
+        take_rows(difference, nearest),
+        take_rows(flat_gradient, nearest),
     )
+
+
+def sort_descending(x, axis=-1):
+    """`x` sorted from largest to smallest along `axis`."""
+    return ops.flip(ops.sort(x, axis=axis), axis=axis)
 
 
 def project_l1_ball(eta, eps):
@@ -167,22 +195,21 @@ def project_l1_ball(eta, eps):
 
     The sort-based algorithm of Duchi et al. (2008), batched.
     """
-    shape = tf.shape(eta)
-    flat = tf.reshape(eta, [shape[0], -1])
-    abs_flat = tf.abs(flat)
-    eps = tf.cast(eps, flat.dtype)
-    inside = tf.reduce_sum(abs_flat, axis=1, keepdims=True) <= eps
-    sorted_abs = tf.sort(abs_flat, axis=1, direction="DESCENDING")
-    cumulative = tf.cumsum(sorted_abs, axis=1)
-    ranks = tf.cast(tf.range(1, tf.shape(flat)[1] + 1), flat.dtype)
+    flat = flatten(eta)
+    dtype = dtype_of(flat)
+    abs_flat = ops.abs(flat)
+    eps = ops.cast(eps, dtype)
+    inside = ops.sum(abs_flat, axis=1, keepdims=True) <= eps
+    sorted_abs = sort_descending(abs_flat, axis=1)
+    cumulative = ops.cumsum(sorted_abs, axis=1)
+    ranks = ops.cast(ops.arange(1, flat.shape[1] + 1), dtype)
     # rho: the last index where sorted_abs exceeds its own threshold.
     active = sorted_abs * ranks > cumulative - eps
-    rho = tf.reduce_sum(tf.cast(active, tf.int32), axis=1, keepdims=True)
-    rho = tf.maximum(rho, 1)
-    cumulative_at_rho = tf.gather(cumulative, rho - 1, batch_dims=1)
-    theta = (cumulative_at_rho - eps) / tf.cast(rho, flat.dtype)
-    projected = tf.sign(flat) * tf.maximum(abs_flat - theta, 0)
-    return tf.reshape(tf.where(inside, flat, projected), shape)
+    rho = ops.maximum(ops.sum(ops.cast(active, "int32"), axis=1, keepdims=True), 1)
+    cumulative_at_rho = ops.take_along_axis(cumulative, rho - 1, axis=1)
+    theta = (cumulative_at_rho - eps) / ops.cast(rho, dtype)
+    projected = ops.sign(flat) * ops.maximum(abs_flat - theta, 0)
+    return ops.reshape(ops.where(inside, flat, projected), ops.shape(eta))
 
 
 def project_l1_box(delta, eps, low, high, steps: int = 40):
@@ -193,46 +220,40 @@ def project_l1_box(delta, eps, low, high, steps: int = 40):
     L1 norm of that point falls with theta, so theta is found by bisection.
     The returned point is always inside both sets.
     """
-    shape = tf.shape(delta)
-    flat = tf.reshape(delta, [shape[0], -1])
+    flat = flatten(delta)
+    dtype = dtype_of(flat)
     low, high = (
-        tf.reshape(tf.broadcast_to(tf.cast(b, delta.dtype), shape), [shape[0], -1])
-        for b in (low, high)
+        flatten(ops.broadcast_to(ops.cast(b, dtype), ops.shape(delta))) for b in (low, high)
     )
-    eps = tf.cast(eps, flat.dtype) * tf.ones_like(flat[:, :1])
+    eps = ops.cast(eps, dtype) * ops.ones_like(flat[:, :1])
 
     def shrink(theta):
-        return tf.clip_by_value(tf.sign(flat) * tf.nn.relu(tf.abs(flat) - theta), low, high)
+        return clip(ops.sign(flat) * ops.relu(ops.abs(flat) - theta), low, high)
 
-    size = lambda theta: tf.reduce_sum(tf.abs(shrink(theta)), axis=1, keepdims=True)
-    lower = tf.zeros_like(eps)
-    upper = tf.reduce_max(tf.abs(flat), axis=1, keepdims=True)
+    size = lambda theta: ops.sum(ops.abs(shrink(theta)), axis=1, keepdims=True)
+    lower = ops.zeros_like(eps)
+    upper = ops.max(ops.abs(flat), axis=1, keepdims=True)
     for _ in range(steps):
         middle = (lower + upper) / 2
         over = size(middle) > eps
-        lower, upper = tf.where(over, middle, lower), tf.where(over, upper, middle)
-    return tf.reshape(tf.where(size(0.0) <= eps, shrink(0.0), shrink(upper)), shape)
+        lower, upper = ops.where(over, middle, lower), ops.where(over, upper, middle)
+    zero = ops.zeros_like(eps)
+    return ops.reshape(ops.where(size(zero) <= eps, shrink(zero), shrink(upper)), ops.shape(delta))
 
 
 def clip_eta(eta, norm, eps):
     """Projects the perturbation `eta` onto the `norm` ball of radius `eps`."""
-    eps = tf.cast(eps, eta.dtype)
+    eps = ops.cast(eps, dtype_of(eta))
     if norm == np.inf:
-        return tf.clip_by_value(eta, -eps, eps)
+        return clip(eta, -eps, eps)
     if norm == 1:
         return project_l1_ball(eta, eps)
     axes = _axes(eta)
-    length = tf.sqrt(tf.maximum(tf.reduce_sum(tf.square(eta), axes, keepdims=True), _TINY))
-    return eta * tf.minimum(1.0 + tf.zeros_like(length), eps / length)
+    length = ops.sqrt(ops.maximum(ops.sum(ops.square(eta), axes, keepdims=True), _TINY))
+    return eta * ops.minimum(1.0, eps / length)
 
 
-def random_lp_vector(
-    shape: Sequence[int] | tf.Tensor,
-    norm: float,
-    eps: float | tf.Tensor,
-    seed: tf.Tensor,
-    dtype: tf.DType = tf.float32,
-) -> tf.Tensor:
+def random_lp_vector(shape: Sequence[int], norm: float, eps, seed, dtype="float32"):
     """Samples uniformly from the `norm` ball of radius `eps`, reproducibly.
 
     L-inf: uniform in the box. L1 and L2: the construction of Barthe et al.
@@ -242,26 +263,23 @@ def random_lp_vector(
         shape: the full shape, batch first.
         norm: np.inf, 2 or 1.
         eps: the radius.
-        seed: a pair of ints for TensorFlow's stateless random ops.
+        seed: a stateless seed (`advlib.backend.seed`).
         dtype: the samples' float type.
 
     Returns:
         A tensor of `shape`.
     """
     if norm == np.inf:
-        return tf.random.stateless_uniform(shape, seed, -eps, eps, dtype=dtype)
-    seed_y, seed_w = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+        return backend.uniform(shape, seed, -eps, eps, dtype)
+    seed_y, seed_w = backend.split_seed(seed, 2)
     if norm == 2:
-        y = tf.random.stateless_normal(shape, seed_y, stddev=np.sqrt(0.5), dtype=dtype)
+        y = backend.normal(shape, seed_y, dtype) * np.sqrt(0.5)
     else:
-        uniform = tf.random.stateless_uniform(shape, seed_y, -0.5, 0.5, dtype=dtype)
-        y = -tf.sign(uniform) * tf.math.log1p(-2 * tf.abs(uniform))  # Laplace(0, 1)
-    w = -tf.math.log(
-        tf.random.stateless_uniform(shape[:1], seed_w, np.finfo(np.float32).tiny, 1.0, dtype=dtype)
-    )
-    axes = tf.range(1, tf.size(shape))
-    power = tf.reduce_sum(tf.abs(y) ** norm, axes) + w
-    return eps * y / per_example(power ** (1.0 / norm), y)
+        uniform = backend.uniform(shape, seed_y, -0.5, 0.5, dtype)
+        y = -ops.sign(uniform) * ops.log1p(-2 * ops.abs(uniform))  # Laplace(0, 1)
+    w = -ops.log(backend.uniform(shape[:1], seed_w, np.finfo(np.float32).tiny, 1.0, dtype))
+    power = ops.sum(ops.power(ops.abs(y), norm), _axes(y)) + w
+    return eps * y / per_example(ops.power(power, 1.0 / norm), y)
 
 
 # a perturbation is within eps up to float32 rounding

@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from advlib import backend
 from advlib.attacks import Attack, by_name
 from advlib.attacks.utils import within_threat
 
@@ -110,7 +111,7 @@ def run_ensemble(
         AttackEntry.from_protocol(a) for a in (protocol["attacks"] if attacks is None else attacks)
     ]
     count = len(entries)
-    robust = model.predict_classes(x).numpy() == y
+    robust = backend.to_numpy(model.predict_classes(x)) == y
     out = {
         "broken_by": np.full(len(x), -1, np.int16),
         "norm": np.full(len(x), np.nan),
@@ -143,7 +144,7 @@ def run_ensemble(
         success = (
             result.success
             if variant is None
-            else model.predict_classes(result.x_adv).numpy() != y[todo]
+            else backend.to_numpy(model.predict_classes(result.x_adv)) != y[todo]
         )
         within, norms = within_threat(result.x_adv, x[todo], eps, norm, clip["min"], clip["max"])
         broken = success & within

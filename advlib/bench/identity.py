@@ -4,6 +4,7 @@ shard or a merge can prove it belongs to the same run."""
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import platform
 from collections.abc import Iterable
@@ -54,7 +55,9 @@ def _model_settings(wrapped) -> dict[str, Any]:
         except (NotImplementedError, TypeError):
             config = type(keras_model).__qualname__
         parts["architecture"] = _sha(config)
-        parts["weights"] = fingerprint_arrays([w.numpy() for w in keras_model.weights])
+        parts["weights"] = fingerprint_arrays(
+            [backend.to_numpy(w.value) for w in keras_model.weights]
+        )
     for name in ("output_kind", "surrogate", "temperature", "output_layer", "samples", "bypassed"):
         if hasattr(wrapped, name):
             parts[name] = repr(getattr(wrapped, name))
@@ -76,8 +79,8 @@ def model_identity(wrapped, x_probe: np.ndarray) -> dict[str, Any]:
     weights, engine, and its predicted classes on the first examples (which tell
     apart even models without weights). `fingerprint` hashes all of it."""
     parts = _model_settings(wrapped)
-    logits = wrapped.predict_logits(x_probe).numpy()
-    if np.array_equal(logits, wrapped.predict_logits(x_probe).numpy(), equal_nan=True):
+    logits = backend.to_numpy(wrapped.predict_logits(x_probe))
+    if np.array_equal(logits, backend.to_numpy(wrapped.predict_logits(x_probe)), equal_nan=True):
         parts["predictions"] = fingerprint_arrays([logits.argmax(axis=1).astype(np.int64)])
     else:  # a randomized model (noise, EOT): its predictions cannot identify it
         parts["predictions"] = "randomized"
@@ -113,16 +116,16 @@ def run_identity(
 def environment() -> dict[str, str]:
     """The versions and device a run used, for its report."""
     import keras
-    import tensorflow as tf
 
-    gpus = tf.config.list_physical_devices("GPU")
+    name = backend.name()
+    framework = importlib.import_module(backend.BACKENDS.get(name, (name,))[0])
     return {
         "advlib": advlib.__version__,
-        "backend": backend.name(),
-        "tensorflow": tf.__version__,
+        "backend": name,
+        name: getattr(framework, "__version__", "unknown"),
         "keras": keras.__version__,
         "numpy": np.__version__,
         "python": platform.python_version(),
         "machine": platform.machine(),
-        "device": f"{len(gpus)} GPU(s)" if gpus else "CPU",
+        "device": backend.device(),
     }

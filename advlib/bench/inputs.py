@@ -37,9 +37,7 @@ def check_model_fits(wrapped, x: np.ndarray, y: np.ndarray, protocol: dict) -> N
             f"{protocol['name']!r} evaluates {protocol['dataset']['name']} images "
             f"of shape (n,) + {expected}."
         )
-    import tensorflow as tf
-
-    classes = wrapped.check_output(tf.convert_to_tensor(x[:1]))
+    classes = wrapped.check_output(x[:1])
     if classes <= int(y.max()):
         raise ValueError(
             f"the model has {classes} classes, but {protocol['dataset']['name']} "
@@ -50,7 +48,9 @@ def check_model_fits(wrapped, x: np.ndarray, y: np.ndarray, protocol: dict) -> N
 def check_finite_logits(wrapped, x: np.ndarray, offset: int = 0) -> np.ndarray:
     """The model's logits on clean inputs; refuses a model that gives NaN or Inf,
     whose argmax (class 0) would count as a prediction."""
-    logits = wrapped.predict_logits(x).numpy()
+    from advlib import backend
+
+    logits = backend.to_numpy(wrapped.predict_logits(x))
     bad = ~np.isfinite(logits).all(axis=1)
     if bad.any():
         first = offset + int(np.flatnonzero(bad)[0])

@@ -21,6 +21,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from advlib import backend
 from advlib.attacks.utils import within_threat
 from advlib.stats import proportion
 
@@ -37,7 +38,7 @@ def run(
     section = protocol["min_norm"]
     norm, clip = protocol["threat"]["norm"], protocol["clip"]
     entries = [AttackEntry.from_protocol(entry) for entry in section["attacks"]]
-    correct = model.predict_classes(x).numpy() == y
+    correct = backend.to_numpy(model.predict_classes(x)) == y
     out = {
         "norms": np.full((len(entries), len(x)), np.inf),
         "seconds": np.zeros(len(entries)),

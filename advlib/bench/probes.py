@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from advlib import backend
 from advlib.attacks.utils import within_threat
 from advlib.bench import diagnostics, ensemble
 from advlib.models.base import Model
@@ -45,7 +46,7 @@ def _broken(model, entry: dict, x, y, eps, norm, clip, seed, judge) -> np.ndarra
     params = typed.params_at(eps, norm, clip, seed)
     result = typed.attack(model).run(x, y, batch_size=len(x), **params)
     within, _ = within_threat(result.x_adv, x, eps, norm, clip["min"], clip["max"])
-    return (judge.predict_classes(result.x_adv).numpy() != y) & within
+    return (backend.to_numpy(judge.predict_classes(result.x_adv)) != y) & within
 
 
 def probe(
@@ -76,7 +77,7 @@ def probe(
     step = on_step or (lambda name: None)
     norm, clip = protocol["threat"]["norm"], protocol["clip"]
     eps = float(protocol["threat"]["eps"])
-    correct = judge.predict_classes(x).numpy() == y
+    correct = backend.to_numpy(judge.predict_classes(x)) == y
     places = np.flatnonzero(correct)  # positions in the protocol's examples
     x, y = x[correct], y[correct]
     out: dict = {"n": int(correct.size), "attacked": int(correct.sum())}

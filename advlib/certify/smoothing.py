@@ -17,9 +17,9 @@ from collections.abc import Sequence
 
 import keras
 import numpy as np
-import tensorflow as tf
+from keras import ops
 
-from advlib import _checks, _seeding
+from advlib import _checks, _seeding, backend
 from advlib.models.base import Model
 from advlib.models.keras import as_model
 from advlib.stats import clopper_pearson_lower, wilson_interval
@@ -130,16 +130,16 @@ class SmoothedClassifier:
         self.model = as_model(model)
         self.sigma = float(sigma)
         self.batch_size = int(batch_size)
-        self._step = tf.function(self._count_classes, reduce_retracing=True)
+        self._step = backend.compiled(self._count_classes, self.model.variables)
 
     # -- sampling ------------------------------------------------------------------
     def _count_classes(self, x, repeats, seed):
         """Class counts (len(x), nb_classes) of f on `repeats` noisy copies of each row."""
-        noisy = tf.repeat(x, repeats, axis=0)
-        noise = tf.random.stateless_normal(tf.shape(noisy), seed, dtype=noisy.dtype)
-        classes = tf.argmax(self.model.get_logits(noisy + self.sigma * noise), axis=-1)
-        votes = tf.one_hot(classes, self.model.nb_classes, dtype=tf.int32)
-        return tf.reduce_sum(tf.reshape(votes, [tf.shape(x)[0], repeats, -1]), axis=1)
+        noisy = ops.repeat(x, repeats, axis=0)
+        noise = backend.normal(ops.shape(noisy), seed, noisy.dtype)
+        classes = ops.argmax(self.model.get_logits(noisy + self.sigma * noise), axis=-1)
+        votes = ops.one_hot(classes, self.model.nb_classes, dtype="int32")
+        return ops.sum(ops.reshape(votes, (-1, repeats, self.model.nb_classes)), axis=1)
 
     def sample_counts(
         self, x, num: int, seed: int | None = None, phase: int = _PREDICT, progress: bool = False
@@ -159,9 +159,9 @@ class SmoothedClassifier:
                 repeats = min(chunk, num - done)
                 # noise depends on (seed, phase, first example, chunk) only
                 stream = (phase * 1_000_003 + start) * 1_000_003 + index
-                counts[start : start + len(rows)] += self._step(
-                    rows, tf.constant(repeats), tf.constant([seed, stream], tf.int64)
-                ).numpy()
+                # `repeats` shapes the batch, so it is a Python number (fixed per compilation)
+                batch_counts = self._step(rows, repeats, backend.seed([seed, stream]))
+                counts[start : start + len(rows)] += backend.to_numpy(batch_counts)
             if bar is not None:
                 bar.update(len(rows))
         if bar is not None:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import abc
 from collections.abc import Callable
 
-import tensorflow as tf
+import keras
+from keras import ops
 
 from advlib import backend
 
@@ -18,27 +19,37 @@ class Model(abc.ABC):
     never the saturating probabilities.
     """
 
+    # the Keras backends the wrapper runs on
+    backends: tuple[str, ...] = backend.SUPPORTED
+
     def __init__(self, nb_classes: int | None = None):
-        backend.require_supported("advlib's models and attacks")
+        backend.require_supported(f"{type(self).__name__} models", self.backends)
         self._nb_classes = nb_classes
         self._checked_shapes: set[tuple] = set()
-        self._predict = tf.function(self._predict_logits, reduce_retracing=True)
+        self._predict = backend.compiled(self._predict_logits, self.variables)
 
     @abc.abstractmethod
-    def get_logits(self, x: tf.Tensor) -> tf.Tensor:
+    def get_logits(self, x):
         """Returns the logits of shape (batch, nb_classes) for the batch `x`."""
 
-    def get_probs(self, x) -> tf.Tensor:
+    def variables(self) -> list:
+        """The Keras variables that `get_logits` reads, so that compiled steps
+        see their current values (JAX). Wrappers of Keras models return the
+        model's; a plain function has none."""
+        return []
+
+    def get_probs(self, x):
         """Returns class probabilities, the softmax of the logits."""
-        return tf.nn.softmax(self.get_logits(x), axis=-1)
+        return ops.softmax(self.get_logits(x), axis=-1)
 
-    def predict_logits(self, x) -> tf.Tensor:
+    def predict_logits(self, x):
         """Logits through a compiled function, for eager callers."""
-        return self._predict(tf.convert_to_tensor(x))
+        with backend.no_gradient():
+            return self._predict(ops.convert_to_tensor(x))
 
-    def predict_classes(self, x) -> tf.Tensor:
-        """Returns the predicted class indices (int64) for the batch `x`."""
-        return tf.argmax(self.predict_logits(x), axis=-1)
+    def predict_classes(self, x):
+        """Returns the predicted class indices for the batch `x`."""
+        return ops.argmax(self.predict_logits(x), axis=-1)
 
     def _predict_logits(self, x):
         return self.get_logits(x)
@@ -68,14 +79,15 @@ class Model(abc.ABC):
         shape = tuple(x.shape[1:])
         if shape in self._checked_shapes:
             return self.nb_classes
-        sample = tf.zeros((1,) + shape, dtype=x.dtype)
+        sample = ops.zeros((1,) + shape, dtype=keras.backend.standardize_dtype(x.dtype))
         try:
             logits = self.predict_logits(sample)
         except Exception as error:
             raise ValueError(
                 f"the model cannot be called on inputs of shape (batch,) + {shape}: {error}"
             ) from error
-        if logits.shape.rank != 2 or logits.shape[0] != 1 or logits.shape[1] < 2:
+        _check_backend_tensor(logits)
+        if len(logits.shape) != 2 or logits.shape[0] != 1 or logits.shape[1] < 2:
             raise ValueError(
                 f"the model must return a 2-D batch of class scores "
                 f"(batch, nb_classes >= 2); for an input of shape "
@@ -91,12 +103,10 @@ class Model(abc.ABC):
         self._checked_shapes.add(shape)
         return self._nb_classes
 
-    def _on_first_output(self, logits: tf.Tensor) -> None:  # noqa: B027  (an optional hook)
+    def _on_first_output(self, logits) -> None:  # noqa: B027  (an optional hook)
         """Hook for wrappers that want to inspect the first output."""
 
-    def loss_gradient(
-        self, x: tf.Tensor, labels: tf.Tensor, loss_fn: Callable, targeted: bool = False
-    ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+    def loss_gradient(self, x, labels, loss_fn: Callable, targeted: bool = False):
         """The gradient that attacks ascend.
 
         Args:
@@ -109,19 +119,27 @@ class Model(abc.ABC):
 
         Returns:
             `(loss, gradient, logits)`: the per-example attacker objective,
-            its gradient with respect to `x` (same dtype as `x`), and the
-            logits at `x`.
+            its gradient with respect to `x` (same dtype as `x`; zero where the
+            model cuts the input off), and the logits at `x`.
         """
-        with tf.GradientTape() as tape:
-            tape.watch(x)
+
+        def objective(x):
             logits = self.get_logits(x)
             loss = loss_fn(labels=labels, logits=logits)
-            if targeted:
-                loss = -loss
-        # a model that cuts the input off (stop_gradient, tf.round) has a zero gradient,
-        # not a missing one: attacks see it, and the diagnostics report it
-        return (
-            loss,
-            tape.gradient(loss, x, unconnected_gradients=tf.UnconnectedGradients.ZERO),
-            logits,
+            return (-loss if targeted else loss), logits
+
+        loss, gradient, logits = backend.value_and_gradient(objective, x)
+        return loss, gradient, logits
+
+
+def _check_backend_tensor(value) -> None:
+    """Refuses outputs of another framework: a model of one backend used under another."""
+    module = type(value).__module__.split(".")[0]
+    runs = backend.name()
+    expected = {"tensorflow": ("tensorflow",), "jax": ("jax", "jaxlib"), "torch": ("torch",)}
+    if runs in expected and module not in expected[runs] + ("numpy",):
+        raise backend.BackendError(
+            f"the model returned a {type(value).__module__}.{type(value).__name__}, but Keras "
+            f"runs on {runs!r}: a model of one backend cannot run under another. Build the "
+            f"model under KERAS_BACKEND={runs}, or set KERAS_BACKEND to its framework."
         )

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import keras
 import numpy as np
-import tensorflow as tf
+from keras import ops
 
 from advlib import _checks
 from advlib.models.base import Model
@@ -23,7 +23,7 @@ class _IdentityBackward(keras.layers.Layer):
 
     def call(self, inputs):
         # f(x) + (x - x) is f(x) bit for bit, with the gradient of x
-        return tf.stop_gradient(self.inner(inputs)) + (inputs - tf.stop_gradient(inputs))
+        return ops.stop_gradient(self.inner(inputs)) + (inputs - ops.stop_gradient(inputs))
 
     def compute_output_shape(self, input_shape):
         return input_shape
@@ -102,5 +102,8 @@ class EOTModelWrapper(Model):
         self.inner, self.samples = as_model(model), int(samples)
         super().__init__()
 
+    def variables(self) -> list:
+        return self.inner.variables()
+
     def get_logits(self, x):
-        return tf.add_n([self.inner.get_logits(x) for _ in range(self.samples)]) / self.samples
+        return sum(self.inner.get_logits(x) for _ in range(self.samples)) / self.samples

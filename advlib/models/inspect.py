@@ -9,23 +9,25 @@ from __future__ import annotations
 
 import keras
 import numpy as np
-import tensorflow as tf
+from keras import ops
 
+from advlib import backend
 from advlib.losses import margin_loss
 
 
 def layer_inputs(model, layers, x) -> list[np.ndarray]:
     """The values that each of `layers` receives when `model` runs on `x`."""
     if isinstance(model, keras.Sequential):
-        seen, state = {}, tf.convert_to_tensor(x)
+        seen, state = {}, ops.convert_to_tensor(x)
         for layer in model.layers:
             seen[layer.name] = state
             state = layer(state, training=False)
-        return [seen[layer.name] for layer in layers]
+        return [backend.to_numpy(seen[layer.name]) for layer in layers]
     inputs = model.inputs[0] if len(model.inputs) == 1 else model.inputs
     probe = keras.Model(inputs, [layer.input for layer in layers])
     values = probe(x, training=False)
-    return list(values) if isinstance(values, (list, tuple)) else [values]
+    values = list(values) if isinstance(values, (list, tuple)) else [values]
+    return [backend.to_numpy(value) for value in values]
 
 
 def find_masking_layers(model: keras.Model, x: np.ndarray) -> list[str]:
@@ -58,31 +60,36 @@ def find_masking_layers(model: keras.Model, x: np.ndarray) -> list[str]:
         return []
     found = []
     for layer, value in zip(candidates, inputs):
-        value = tf.cast(value, tf.float32)
-        with tf.GradientTape() as tape:
-            tape.watch(value)
-            output = layer(value, training=False)
-            if output.shape != value.shape:
-                continue
-            weights = tf.random.stateless_normal(tf.shape(output), [0, 1])
-            objective = tf.reduce_sum(tf.cast(output, tf.float32) * weights)
-        grad = tape.gradient(objective, value)
-        if grad is None or not np.any(grad.numpy()):
+        value = ops.convert_to_tensor(value, "float32")
+        if tuple(layer(value, training=False).shape) != tuple(value.shape):
+            continue
+        weights = ops.convert_to_tensor(
+            np.random.default_rng(0).normal(size=value.shape), "float32"
+        )
+
+        def objective(value, layer=layer, weights=weights):
+            output = ops.cast(layer(value, training=False), "float32")
+            return ops.sum(ops.reshape(output * weights, (value.shape[0], -1)), axis=1), None
+
+        _, grad, _ = backend.value_and_gradient(objective, value)
+        if not np.any(backend.to_numpy(grad)):
             found.append(layer.name)
     return found
 
 
 def logit_spread(model, x, calls: int = 3) -> dict:
     """The largest difference between the logits of repeated calls: 0 if deterministic."""
-    outputs = [model.predict_logits(x).numpy() for _ in range(calls)]
+    outputs = [backend.to_numpy(model.predict_logits(x)) for _ in range(calls)]
     difference = max(float(np.max(np.abs(c - outputs[0]), initial=0.0)) for c in outputs[1:])
     return {"calls": len(outputs), "max_abs_difference": difference}
 
 
 def gradient_health(model, x, y) -> dict:
     """How many examples have a zero or a non-finite input gradient of the margin loss."""
-    _, grad, _ = model.loss_gradient(tf.convert_to_tensor(x), tf.constant(y), margin_loss)
-    flat = grad.numpy().reshape(len(x), -1)
+    _, grad, _ = model.loss_gradient(
+        ops.convert_to_tensor(x), ops.convert_to_tensor(y), margin_loss
+    )
+    flat = backend.to_numpy(grad).reshape(len(x), -1)
     nonfinite = ~np.isfinite(flat).all(axis=1)
     zero = ~nonfinite & ~np.any(flat, axis=1)
     return {

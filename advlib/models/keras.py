@@ -8,9 +8,9 @@ from typing import Any
 
 import keras
 import numpy as np
-import tensorflow as tf
+from keras import ops
 
-from advlib import _checks
+from advlib import _checks, backend
 from advlib.models.base import Model
 
 _PROBS_FLOOR = 1e-30
@@ -128,9 +128,7 @@ class KerasModelWrapper(Model):
             self._logits = split
             self.output_kind = "softmax-split"
         elif from_logits is False:
-            self._logits = lambda x, training: tf.math.log(
-                tf.maximum(tf.cast(model(x, training=training), tf.float32), _PROBS_FLOOR)
-            )
+            self._logits = lambda x, training: _log_probs(model(x, training=training))
             self.output_kind = "log-probs"
             warnings.warn(
                 "the model's softmax could not be taken apart; attacks use "
@@ -147,10 +145,13 @@ class KerasModelWrapper(Model):
         """Pre-softmax logits; `training=True` runs BatchNorm and Dropout in training mode."""
         return self._logits(x, training)
 
+    def variables(self) -> list:
+        return list(self.model.variables)
+
     def _on_first_output(self, logits):
         if not (self._detected and self.output_kind == "logits"):
             return
-        values = logits.numpy().astype(np.float64)
+        values = backend.to_numpy(logits).astype(np.float64)
         if np.all(values >= 0) and np.allclose(values.sum(axis=-1), 1.0, atol=1e-5):
             warnings.warn(
                 "the model's outputs look like probabilities (non-negative, "
@@ -222,5 +223,9 @@ class CallableModelWrapper(Model):
     def get_logits(self, x):
         out = self.fn(x)
         if self.output_layer == "probs":
-            return tf.math.log(tf.maximum(tf.cast(out, tf.float32), _PROBS_FLOOR))
+            return _log_probs(out)
         return out
+
+
+def _log_probs(probs):
+    return ops.log(ops.maximum(ops.cast(probs, "float32"), _PROBS_FLOOR))

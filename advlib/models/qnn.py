@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import keras
 import numpy as np
-import tensorflow as tf
+from keras import ops
 
-import advlib.qnn.layers  # noqa: F401  registers the QNN layers for keras.models.load_model
+from advlib import backend
 from advlib.models.keras import KerasModelWrapper
 
 
@@ -33,6 +33,9 @@ class QNNModelWrapper(KerasModelWrapper):
         >>> x_adv = ProjectedGradientDescent(wrapped).generate_np(x, eps=0.1)
     """
 
+    # the QNN layers are TensorFlow's until they move to keras.ops (the training issue)
+    backends = ("tensorflow",)
+
     def __init__(
         self,
         model: keras.Model,
@@ -41,6 +44,7 @@ class QNNModelWrapper(KerasModelWrapper):
         engine: str | object | None = None,
         from_logits: bool | None = None,
     ):
+        backend.require_supported(type(self).__name__, self.backends)
         from advlib.qnn.quantizers import sign_surrogate
 
         with sign_surrogate(surrogate, temperature):  # validates both
@@ -66,11 +70,10 @@ class QNNModelWrapper(KerasModelWrapper):
         with sign_surrogate(self.surrogate, self.temperature):
             return super().get_logits(x, training)
 
-    def predict_logits(self, x) -> tf.Tensor:
+    def predict_logits(self, x):
         """Logits of the exact binary engine when there is one (gradient-free callers
         such as `SPSA` then query the bit-packed network itself)."""
         if self.engine is None:
             return super().predict_logits(x)
-        x = x.numpy() if isinstance(x, tf.Tensor) else np.asarray(x)
         assert self._predictor is not None  # set with the engine
-        return tf.constant(self._predictor.predict(x))
+        return ops.convert_to_tensor(self._predictor.predict(np.asarray(backend.to_numpy(x))))

@@ -15,7 +15,7 @@ Example:
 from __future__ import annotations
 
 import keras
-import tensorflow as tf
+from keras import ops
 
 from advlib import _checks
 
@@ -39,7 +39,7 @@ class InputQuantization(keras.layers.Layer):
 
     def call(self, inputs):
         steps = self.levels - 1
-        return tf.stop_gradient(tf.round(inputs * steps) / steps)
+        return ops.stop_gradient(ops.round(inputs * steps) / steps)
 
     def get_config(self):
         return {**super().get_config(), "levels": self.levels}
@@ -57,9 +57,13 @@ class AlwaysOnNoise(keras.layers.Layer):
         super().__init__(**kwargs)
         _checks.check_number("stddev", stddev, low=0)
         self.stddev = float(stddev)
+        self.seed_generator = keras.random.SeedGenerator()
 
     def call(self, inputs):
-        return inputs + tf.random.normal(tf.shape(inputs), stddev=self.stddev, dtype=inputs.dtype)
+        noise = keras.random.normal(
+            ops.shape(inputs), stddev=self.stddev, dtype=inputs.dtype, seed=self.seed_generator
+        )
+        return inputs + noise
 
     def get_config(self):
         return {**super().get_config(), "stddev": self.stddev}

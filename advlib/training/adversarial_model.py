@@ -10,7 +10,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from advlib import _checks, _seeding
+from advlib import _checks, _seeding, backend
 from advlib.attacks import by_name
 from advlib.attacks.gradient import GradientAttack
 from advlib.attacks.projected_gradient_descent import ProjectedGradientDescent
@@ -99,6 +99,8 @@ class AdversarialModel(keras.Model):
         seed: int | None = None,
         **kwargs: Any,
     ):
+        # its train_step is TensorFlow's until training moves to keras.ops (the training issue)
+        backend.require_supported("AdversarialModel", ("tensorflow",))
         super().__init__(**kwargs)
         if not isinstance(model, keras.Model):
             raise TypeError(f"model must be a keras.Model, got {type(model).__name__}.")
