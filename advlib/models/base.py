@@ -81,7 +81,10 @@ class Model(abc.ABC):
             return self.nb_classes
         sample = ops.zeros((1,) + shape, dtype=keras.backend.standardize_dtype(x.dtype))
         try:
-            logits = self.predict_logits(sample)
+            # called as it is, not compiled: compiling would convert (or choke on) the
+            # tensors of another framework before they could be named
+            with backend.no_gradient():
+                logits = self.get_logits(sample)
         except Exception as error:
             raise ValueError(
                 f"the model cannot be called on inputs of shape (batch,) + {shape}: {error}"

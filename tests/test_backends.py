@@ -1,0 +1,195 @@
+"""The attacks, the wrappers, certification and the harness on whichever Keras
+backend runs: TensorFlow in the main run, and JAX and PyTorch in the backend
+matrix (`KERAS_BACKEND=jax pytest -m backends tests/test_backends.py`, as the
+README's test command does). Nothing here imports a framework directly."""
+
+import os
+
+import keras
+import numpy as np
+import pytest
+
+from advlib import attacks, backend, bench
+from advlib.attacks.utils import within_threat
+from advlib.certify import SmoothedClassifier
+from advlib.models import CallableModelWrapper, EOTModelWrapper, KerasModelWrapper
+
+pytestmark = pytest.mark.backends
+
+BOUNDS = dict(clip_min=0.0, clip_max=1.0)
+EPS = 0.1
+# every attack with settings small enough for a test, and the least share of the
+# 60 digits it must break: measured on the three backends, with room below
+CASES = {
+    "FastGradientMethod": (dict(eps=EPS), 0.2),
+    "BasicIterativeMethod": (dict(eps=EPS, eps_iter=0.02, nb_iter=10), 0.25),
+    "ProjectedGradientDescent": (dict(eps=EPS, eps_iter=0.02, nb_iter=10, seed=0), 0.25),
+    "MomentumIterativeMethod": (dict(eps=EPS, eps_iter=0.02, nb_iter=10), 0.25),
+    "SPSA": (dict(eps=EPS, nb_iter=10, spsa_samples=64, seed=0), 0.05),
+    "APGD": (dict(eps=EPS, nb_iter=20, seed=0), 0.25),
+    "APGDT": (dict(eps=EPS, nb_iter=10, n_target_classes=3, seed=0), 0.25),
+    "SquareAttack": (dict(eps=EPS, n_queries=300, seed=0), 0.05),
+    "AutoAttack": (dict(eps=EPS, version="rand", seed=0), 0.25),
+    "FAB": (dict(eps=EPS, nb_iter=20, seed=0), 0.9),
+    "FABT": (dict(eps=EPS, nb_iter=20, n_target_classes=3, seed=0), 0.9),
+    "SaliencyMapMethod": (dict(theta=1.0, gamma=0.2, seed=0), 0.4),
+    "CarliniWagnerL2": (
+        dict(max_iterations=50, binary_search_steps=4, initial_const=1.0, learning_rate=0.1),
+        0.9,
+    ),
+    "ElasticNetMethod": (
+        dict(max_iterations=50, binary_search_steps=4, initial_const=1.0, learning_rate=0.1),
+        0.9,
+    ),
+    "DeepFool": (dict(max_iter=30), 0.9),
+    "FMN": (dict(norm=2, steps=30), 0.9),
+    "MadryEtAl": (dict(eps=EPS, eps_iter=0.02, nb_iter=10, seed=0), 0.25),
+    "TargetedPGD": (dict(eps=EPS, eps_iter=0.02, nb_iter=10, top_classes=2, seed=0), 0.25),
+}
+# attacks that keep every example within eps of its input
+BOUNDED = {
+    "FastGradientMethod",
+    "BasicIterativeMethod",
+    "ProjectedGradientDescent",
+    "MadryEtAl",
+    "TargetedPGD",
+    "MomentumIterativeMethod",
+    "SPSA",
+    "APGD",
+    "APGDT",
+    "SquareAttack",
+    "AutoAttack",
+}
+
+
+@pytest.fixture(scope="module")
+def data(digits, digits_cnn):
+    """60 test digits, all classified correctly by the CNN."""
+    _, (x_test, y_test) = digits
+    right = digits_cnn.predict(x_test, verbose=0).argmax(1) == y_test
+    return x_test[right][:60], y_test[right][:60]
+
+
+def test_every_registered_attack_is_covered():
+    assert set(CASES) == set(attacks.names())
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_attack_breaks_the_model_within_its_threat(name, digits_cnn, data):
+    x, y = data
+    params, least = CASES[name]
+    result = attacks.by_name(name)(digits_cnn).run(x, y, batch_size=None, **params, **BOUNDS)
+    assert result.x_adv.dtype == x.dtype and result.x_adv.shape == x.shape
+    assert np.all(np.isfinite(result.x_adv))
+    assert result.x_adv.min() >= 0 and result.x_adv.max() <= 1
+    if name in BOUNDED:
+        within, _ = within_threat(result.x_adv, x, EPS, params.get("norm", np.inf), 0.0, 1.0)
+        assert within.all()
+    assert result.success_rate >= least, (name, backend.name(), result.success_rate)
+    # a success is one by the model's own predictions on the returned examples
+    predicted = backend.to_numpy(KerasModelWrapper(digits_cnn).predict_classes(result.x_adv))
+    assert np.all(predicted[result.success] != y[result.success])
+
+
+@pytest.mark.parametrize(
+    "name", sorted(n for n in CASES if attacks.by_name(n).takes_seed() and n != "AutoAttack")
+)
+def test_seeds_reproduce(name, digits_cnn, data):
+    x, y = data
+    params, _ = CASES[name]
+    attack = attacks.by_name(name)(digits_cnn)
+    first = attack.generate_np(x[:20], y=y[:20], **params, **BOUNDS)
+    np.testing.assert_array_equal(first, attack.generate_np(x[:20], y=y[:20], **params, **BOUNDS))
+
+
+def test_generate_takes_and_returns_the_backends_tensors(digits_cnn, data):
+    x, y = data
+    attack = attacks.ProjectedGradientDescent(digits_cnn)
+    x_adv = attack.generate(keras.ops.convert_to_tensor(x[:8]), eps=EPS, nb_iter=3, **BOUNDS)
+    assert keras.ops.is_tensor(x_adv)
+    assert np.abs(backend.to_numpy(x_adv) - x[:8]).max() <= EPS + 1e-6
+
+
+def test_gradients_follow_weights_changed_after_the_first_call(digits, data):
+    """A compiled step sees the current weights (JAX would otherwise compile them in)."""
+    from advlib.models import small_cnn
+
+    x, y = data
+    model = small_cnn((8, 8, 1))
+    model(x[:1])
+    wrapped = KerasModelWrapper(model)
+    attack = attacks.FastGradientMethod(wrapped)
+    before = attack.generate_np(x[:16], y=y[:16], eps=EPS)
+    model.set_weights([w * -1.0 for w in model.get_weights()])
+    after = attack.generate_np(x[:16], y=y[:16], eps=EPS)
+    assert not np.array_equal(before, after)
+    fresh = attacks.FastGradientMethod(KerasModelWrapper(model)).generate_np(
+        x[:16], y=y[:16], eps=EPS
+    )
+    np.testing.assert_array_equal(after, fresh)
+
+
+def test_callable_and_eot_wrappers(digits_cnn, data):
+    x, y = data
+    calls = CallableModelWrapper(lambda batch: digits_cnn(batch, training=False))
+    ours = attacks.FastGradientMethod(calls).generate_np(x, y=y, eps=EPS, **BOUNDS)
+    keras_one = attacks.FastGradientMethod(digits_cnn).generate_np(x, y=y, eps=EPS, **BOUNDS)
+    np.testing.assert_allclose(ours, keras_one, atol=1e-6)
+    # the mean of identical deterministic calls is the model itself
+    eot = EOTModelWrapper(digits_cnn, samples=3)
+    np.testing.assert_allclose(
+        attacks.FastGradientMethod(eot).generate_np(x, y=y, eps=EPS, **BOUNDS), keras_one, atol=1e-6
+    )
+
+
+def test_a_model_of_another_framework_is_refused(data):
+    x, _ = data
+    wrong = "jax" if backend.name() != "jax" else "torch"
+    pytest.importorskip(backend.BACKENDS[wrong][0])  # the extras bring all three
+    import importlib
+
+    framework = importlib.import_module(backend.BACKENDS[wrong][0])
+    foreign = (
+        (lambda batch: framework.numpy.zeros((2, 10)))
+        if wrong == "jax"
+        else (lambda batch: framework.zeros((2, 10)))
+    )
+    with pytest.raises(backend.BackendError, match="a model of one backend cannot run"):
+        attacks.FastGradientMethod(CallableModelWrapper(foreign)).generate_np(x[:2], eps=EPS)
+
+
+def test_certification_is_reproducible_and_certifies_correct_predictions(digits_cnn, data):
+    x, y = data
+    smoothed = SmoothedClassifier(digits_cnn, sigma=0.25, batch_size=500)
+    result = smoothed.certify(x[:20], n0=50, n=500, alpha=0.01, seed=0)
+    again = smoothed.certify(x[:20], n0=50, n=500, alpha=0.01, seed=0)
+    np.testing.assert_array_equal(result.prediction, again.prediction)
+    np.testing.assert_array_equal(result.radius, again.radius)
+    assert result.certified(y[:20], 0.0).mean() >= 0.7
+    assert np.all(result.radius[result.abstained] == 0)
+    assert np.all(result.radius[~result.abstained] > 0)
+
+
+def quick_protocol():
+    from advlib.bench import protocol as protocols
+
+    document = protocols.load("digits-linf-0.2@2")
+    for entry in document["attacks"]:
+        if "nb_iter" in entry["params"]:
+            entry["params"]["nb_iter"] = 5
+    document["sweep"] = [0.1]
+    return document
+
+
+def test_harness_resumes_shards_and_merges(digits_cnn, tmp_path):
+    run = dict(protocol=quick_protocol(), batch_size=180, progress=False)
+    whole = bench.evaluate(digits_cnn, out_dir=str(tmp_path / "whole"), **run)
+    assert whole["complete"] and whole["environment"]["backend"] == backend.name()
+    resumed = bench.evaluate(digits_cnn, out_dir=str(tmp_path / "whole"), resume=True, **run)
+    assert resumed["results"] == whole["results"]
+    shards = [str(tmp_path / f"shard{i}") for i in (1, 2)]
+    for i, folder in enumerate(shards, 1):
+        bench.evaluate(digits_cnn, out_dir=folder, shard=f"{i}/2", **run)
+    merged = bench.merge(shards, str(tmp_path / "merged"))
+    assert merged["results"]["robust_accuracy"] == whole["results"]["robust_accuracy"]
+    assert os.path.exists(tmp_path / "merged" / "report.json")
