@@ -64,6 +64,11 @@ setup(
         # that a new release cannot fail CI on code nobody changed
         "dev": [
             "pytest>=7",
+            # the backend matrix: JAX, and PyTorch's CPU build where there is one (the
+            # default wheel brings gigabytes of CUDA libraries that tests never use)
+            "jax>=0.5",
+            f"torch==2.13.0+cpu; {CPU_WHEELS}",
+            f"torch>=2.6; {OTHERS}",
             "pytest-xdist>=3",
             "hypothesis>=6",
             "python-sat>=1.8.dev16",

@@ -98,7 +98,8 @@ def no_gradient():
 
 
 def to_numpy(tensor):
-    return np.asarray(tensor)
+    # a copy: NumPy views of JAX arrays are read-only, and callers write into results
+    return np.array(tensor)
 
 
 def descending_order(values):
