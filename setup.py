@@ -17,17 +17,17 @@ with open(os.path.join(HERE, "README.md"), encoding="utf-8") as handle:
 # which brings the CUDA build of TensorFlow and its CUDA libraries. Platforms
 # with no tensorflow-cpu wheel (macOS, ARM Linux) get the plain `tensorflow`.
 TENSORFLOW = os.environ.get("ADVLIB_TENSORFLOW")
+CPU_WHEELS = (
+    "(platform_system == 'Linux' and platform_machine == 'x86_64') or "
+    "(platform_system == 'Windows' and platform_machine == 'AMD64')"
+)
+OTHERS = (
+    "(platform_system != 'Linux' or platform_machine != 'x86_64') and "
+    "(platform_system != 'Windows' or platform_machine != 'AMD64')"
+)
 if TENSORFLOW:
     TENSORFLOW_REQUIREMENTS = [f"{TENSORFLOW}>=2.16"]
 else:
-    CPU_WHEELS = (
-        "(platform_system == 'Linux' and platform_machine == 'x86_64') or "
-        "(platform_system == 'Windows' and platform_machine == 'AMD64')"
-    )
-    OTHERS = (
-        "(platform_system != 'Linux' or platform_machine != 'x86_64') and "
-        "(platform_system != 'Windows' or platform_machine != 'AMD64')"
-    )
     TENSORFLOW_REQUIREMENTS = [f"tensorflow-cpu>=2.16; {CPU_WHEELS}", f"tensorflow>=2.16; {OTHERS}"]
 
 setup(

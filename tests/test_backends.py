@@ -151,8 +151,7 @@ def test_callable_and_eot_wrappers_give_the_keras_wrappers_gradients(digits_cnn,
 def test_a_model_of_another_framework_is_refused(data):
     x, _ = data
     wrong = "jax" if backend.name() != "jax" else "torch"
-    pytest.importorskip(backend.BACKENDS[wrong][0])  # the extras bring all three
-    import importlib
+    import importlib  # the test extra brings all three frameworks
 
     framework = importlib.import_module(backend.BACKENDS[wrong][0])
     foreign = (
@@ -203,3 +202,36 @@ def test_harness_resumes_shards_and_merges(digits_cnn, tmp_path):
     merged = bench.merge(shards, str(tmp_path / "merged"))
     assert merged["results"]["robust_accuracy"] == whole["results"]["robust_accuracy"]
     assert os.path.exists(tmp_path / "merged" / "report.json")
+
+
+def test_torch_modules_are_evaluated_as_they_are(tmp_path):
+    import torch  # the test extra brings it whatever the backend
+
+    from advlib.models import from_torch, load_torch_weights
+
+    torch.manual_seed(0)
+
+    def architecture():
+        return torch.nn.Sequential(
+            torch.nn.Conv2d(1, 4, 3), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(144, 10)
+        )
+
+    net = architecture()
+    if backend.name() != "torch":
+        with pytest.raises(backend.BackendError, match="from_torch run on Keras's torch"):
+            from_torch(net, (1, 8, 8))
+        return
+    x = np.random.default_rng(0).random((6, 1, 8, 8)).astype("float32")
+    y = np.arange(6)
+    x_adv = attacks.FastGradientMethod(from_torch(net, (1, 8, 8))).generate_np(x, y=y, eps=EPS)
+    # the reference: the module's own gradient, by autograd
+    inputs = torch.tensor(x, requires_grad=True)
+    torch.nn.functional.cross_entropy(net(inputs), torch.tensor(y), reduction="sum").backward()
+    np.testing.assert_array_equal(x_adv, x + np.float32(EPS) * np.sign(inputs.grad.numpy()))
+    # weights come only as a state dict; a pickled module is refused before it runs
+    torch.save(net.state_dict(), tmp_path / "weights.pt")
+    loaded = load_torch_weights(str(tmp_path / "weights.pt"), architecture())
+    np.testing.assert_array_equal(loaded(torch.tensor(x)).detach(), net(torch.tensor(x)).detach())
+    torch.save(net, tmp_path / "module.pt")
+    with pytest.raises(ValueError, match="holds more than weights"):
+        load_torch_weights(str(tmp_path / "module.pt"), architecture())

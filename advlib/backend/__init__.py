@@ -178,7 +178,8 @@ class _Compiled:
 
     def __init__(self, fn: Callable, variables: Callable[[], list] | None):
         functools.update_wrapper(self, fn)
-        self._fn, self._variables, self._compiled = fn, variables, None
+        self._fn, self._variables = fn, variables
+        self._compiled: Callable | None = None
 
     def _get(self) -> Callable:
         if self._compiled is None:
@@ -192,7 +193,7 @@ class _Compiled:
         return getattr(self._get(), name)
 
 
-def seed(seed_pair: Sequence[int]) -> Any:
+def seed(seed_pair: Any) -> Any:
     """A stateless random seed (a pair of ints) as the backend's tensor."""
     return _primitives().seed_tensor(seed_pair)
 

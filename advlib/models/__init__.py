@@ -6,6 +6,7 @@ from advlib.models.inspect import find_masking_layers
 from advlib.models.keras import CallableModelWrapper, KerasModelWrapper, as_model
 from advlib.models.loading import UnsafeModelError, load_model
 from advlib.models.qnn import QNNModelWrapper
+from advlib.models.torch import from_torch, load_torch_weights
 from advlib.models.zoo import mlp, small_cnn, train_classifier
 
 __all__ = [
@@ -18,7 +19,9 @@ __all__ = [
     "UnsafeModelError",
     "as_model",
     "find_masking_layers",
+    "from_torch",
     "load_model",
+    "load_torch_weights",
     "mlp",
     "small_cnn",
     "train_classifier",
