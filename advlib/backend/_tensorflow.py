@@ -8,6 +8,7 @@ import tensorflow as tf
 
 
 def value_and_gradient(fn, x):
+    x = tf.convert_to_tensor(x)
     with tf.GradientTape() as tape:
         tape.watch(x)
         value, aux = fn(x)

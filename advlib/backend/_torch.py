@@ -12,7 +12,9 @@ import torch
 
 
 def value_and_gradient(fn, x):
-    x = x.detach().requires_grad_(True)
+    from keras import ops
+
+    x = ops.convert_to_tensor(x).detach().requires_grad_(True)
     with torch.enable_grad():
         value, aux = fn(x)
         if value.requires_grad:

@@ -9,6 +9,10 @@ from keras import ops
 from advlib import backend
 from advlib.models.keras import KerasModelWrapper
 
+if backend.chosen() == "tensorflow":
+    # registers the QNN layers for keras.models.load_model; they are TensorFlow's
+    import advlib.qnn.layers  # noqa: F401
+
 
 class QNNModelWrapper(KerasModelWrapper):
     """A `KerasModelWrapper` for networks with `SteSign` activations.
