@@ -56,8 +56,9 @@ def test_the_same_weights_give_the_same_examples(shared, digits_cnn, other):
     ours = attacks.FastGradientMethod(digits_cnn).generate_np(
         x, y=y, eps=0.1, clip_min=0.0, clip_max=1.0
     )
-    # where a gradient entry is tiny its sign is a matter of rounding: at 1e-7, 2 of
-    # 6,371 entries flipped between TensorFlow (oneDNN) and the other two; at 1e-6, none
+    # where a gradient entry is tiny its sign is a matter of rounding: at 1e-7, 2 to 10
+    # of about 6,350 entries flipped between TensorFlow (oneDNN) and the other two,
+    # depending on the training; at 1e-6, none
     from advlib.losses import cross_entropy
     from advlib.models import KerasModelWrapper
 
@@ -67,7 +68,7 @@ def test_the_same_weights_give_the_same_examples(shared, digits_cnn, other):
     clear = np.abs(gradient) >= 1e-6
     assert clear.mean() > 0.5
     np.testing.assert_allclose(fgsm[clear], ours[clear], atol=1e-6)
-    assert np.mean(np.abs(fgsm - ours)[np.abs(gradient) >= 1e-7] > 1e-6) < 1e-3
+    assert np.mean(np.abs(fgsm - ours)[np.abs(gradient) >= 1e-7] > 1e-6) < 5e-3
     ours_pgd = attacks.BasicIterativeMethod(digits_cnn).generate_np(
         x, y=y, eps=0.1, eps_iter=0.02, nb_iter=5, clip_min=0.0, clip_max=1.0
     )

@@ -178,19 +178,13 @@ def test_certification_is_reproducible_and_certifies_correct_predictions(digits_
 
 
 def quick_protocol():
-    from advlib.bench import protocol as protocols
+    from test_bench import quick_protocol as harness_tests_protocol
 
-    document = protocols.load("digits-linf-0.2@2")
-    # the harness's mechanics with two attacks: the compilations dominate on JAX
+    document = harness_tests_protocol()
+    # the harness's mechanics with two attacks on 90 digits: the compilations dominate on JAX
     document["attacks"] = [a for a in document["attacks"] if a["name"] in ("fgsm", "pgd-cw")]
-    for entry in document["attacks"]:
-        if "nb_iter" in entry["params"]:
-            entry["params"]["nb_iter"] = 5
-        if "spsa_samples" in entry["params"]:
-            entry["params"]["spsa_samples"] = 32
     document["dataset"]["n"] = 90
     document["diagnostics"]["n"] = 30
-    document["sweep"] = [0.1]
     return document
 
 

@@ -60,10 +60,10 @@ class _Compiled:
             variables = list(self._variables())
             with StatelessScope(state_mapping=list(zip(variables, values))) as scope:
                 outputs = self._fn(*args, **kwargs)
-            updated = [
-                None if variable.trainable else scope.get_current_value(variable)
-                for variable in variables
-            ]
+            # only the variables the call assigned come back, so that a call writes
+            # nothing back unless it advanced some state
+            current = [scope.get_current_value(variable) for variable in variables]
+            updated = [new if new is not old else None for new, old in zip(current, values)]
             return outputs, updated
 
         return run

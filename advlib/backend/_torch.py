@@ -7,14 +7,14 @@ attacks of tens of steps (benchmarks/attack_speed.py --backend torch).
 
 from __future__ import annotations
 
+import keras
 import numpy as np
 import torch
+from keras.src.backend.torch.core import get_device, to_torch_dtype
 
 
 def value_and_gradient(fn, x):
-    from keras import ops
-
-    x = ops.convert_to_tensor(x).detach().requires_grad_(True)
+    x = keras.ops.convert_to_tensor(x).detach().requires_grad_(True)
     with torch.enable_grad():
         value, aux = fn(x)
         if value.requires_grad:
@@ -24,21 +24,8 @@ def value_and_gradient(fn, x):
             gradient = None
     # a model that cuts the input off has a zero gradient, not a missing one
     gradient = torch.zeros_like(x) if gradient is None else gradient
-    return value.detach(), gradient, _detached(aux)
-
-
-def _detached(tree):
-    if isinstance(tree, torch.Tensor):
-        return tree.detach()
-    if isinstance(tree, tuple):
-        return (
-            type(tree)(*map(_detached, tree))
-            if hasattr(tree, "_fields")
-            else tuple(map(_detached, tree))
-        )
-    if isinstance(tree, list):
-        return [_detached(item) for item in tree]
-    return tree
+    aux = keras.tree.map_structure(lambda t: t.detach() if isinstance(t, torch.Tensor) else t, aux)
+    return value.detach(), gradient, aux
 
 
 def compiled(fn, variables=None):
@@ -46,50 +33,40 @@ def compiled(fn, variables=None):
     return fn
 
 
-def _device():
-    from keras.src.backend.torch.core import get_device
-
-    return get_device()
-
-
 def seed_tensor(seed_pair):
     return torch.as_tensor(np.asarray(seed_pair, np.int64))
 
 
-def _generator(seed):
+def _sequence(seed):
+    """A NumPy SeedSequence mixing both 64-bit halves of the seed pair."""
     pair = np.asarray(seed.cpu() if isinstance(seed, torch.Tensor) else seed, np.int64)
-    # one 63-bit seed from the pair; SeedSequence mixes both halves
-    state = np.random.SeedSequence([int(v) & 0xFFFFFFFFFFFFFFFF for v in pair])
-    generator = torch.Generator(device=_device())
-    generator.manual_seed(int(state.generate_state(1, np.uint64)[0]) >> 1)
+    return np.random.SeedSequence([int(v) & 0xFFFFFFFFFFFFFFFF for v in pair])
+
+
+def _generator(seed):
+    generator = torch.Generator(device=get_device())
+    generator.manual_seed(int(_sequence(seed).generate_state(1, np.uint64)[0]) >> 1)
     return generator
 
 
 def split_seed(seed, count):
-    pair = np.asarray(seed.cpu() if isinstance(seed, torch.Tensor) else seed, np.int64)
-    children = np.random.SeedSequence([int(v) & 0xFFFFFFFFFFFFFFFF for v in pair]).spawn(count)
+    children = _sequence(seed).spawn(count)
     return [
         torch.as_tensor(child.generate_state(2, np.uint32).astype(np.int64)) for child in children
     ]
 
 
-def _dtype(dtype):
-    from keras.src.backend.torch.core import to_torch_dtype
-
-    return to_torch_dtype(dtype)
-
-
 def uniform(shape, seed, minval, maxval, dtype):
-    dtype = _dtype(dtype)
-    sample = torch.rand(tuple(shape), generator=_generator(seed), device=_device(), dtype=dtype)
-    minval = torch.as_tensor(minval, dtype=dtype, device=_device())
-    maxval = torch.as_tensor(maxval, dtype=dtype, device=_device())
+    dtype, device = to_torch_dtype(dtype), get_device()
+    sample = torch.rand(tuple(shape), generator=_generator(seed), device=device, dtype=dtype)
+    minval = torch.as_tensor(minval, dtype=dtype, device=device)
+    maxval = torch.as_tensor(maxval, dtype=dtype, device=device)
     return minval + (maxval - minval) * sample
 
 
 def normal(shape, seed, dtype):
-    generator = _generator(seed)
-    return torch.randn(tuple(shape), generator=generator, device=_device(), dtype=_dtype(dtype))
+    dtype, device = to_torch_dtype(dtype), get_device()
+    return torch.randn(tuple(shape), generator=_generator(seed), device=device, dtype=dtype)
 
 
 def no_gradient():

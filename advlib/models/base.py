@@ -139,8 +139,11 @@ def _check_backend_tensor(value) -> None:
     """Refuses outputs of another framework: a model of one backend used under another."""
     module = type(value).__module__.split(".")[0]
     runs = backend.name()
-    expected = {"tensorflow": ("tensorflow",), "jax": ("jax", "jaxlib"), "torch": ("torch",)}
-    if runs in expected and module not in expected[runs] + ("numpy",):
+    if runs not in backend.BACKENDS:
+        return
+    # JAX's arrays are jaxlib's type
+    allowed = {backend.BACKENDS[runs][0], "numpy"} | ({"jaxlib"} if runs == "jax" else set())
+    if module not in allowed:
         raise backend.BackendError(
             f"the model returned a {type(value).__module__}.{type(value).__name__}, but Keras "
             f"runs on {runs!r}: a model of one backend cannot run under another. Build the "
