@@ -30,34 +30,38 @@ def _info(args) -> int:
     return 0
 
 
-def _custom_objects(spec: str | None) -> dict:
-    """The CUSTOM_OBJECTS dict of a .py file or an importable module, found the same
-    way however advlib was launched (the working directory first)."""
+def _import_module(spec: str, flag: str):
+    """A .py file or an importable module, found the same way however advlib was
+    launched (the working directory first)."""
     import importlib
     import importlib.util
 
-    if not spec:
-        return {}
     if spec.endswith(".py") or os.path.sep in spec:
         if not os.path.isfile(spec):
-            raise ValueError(f"--custom-objects file {spec!r} does not exist.")
-        found = importlib.util.spec_from_file_location("advlib_custom_objects", spec)
+            raise ValueError(f"{flag} file {spec!r} does not exist.")
+        found = importlib.util.spec_from_file_location("advlib_user_module", spec)
         if found is None or found.loader is None:
-            raise ValueError(f"--custom-objects file {spec!r} cannot be imported as Python.")
+            raise ValueError(f"{flag} file {spec!r} cannot be imported as Python.")
         module = importlib.util.module_from_spec(found)
         found.loader.exec_module(module)
-    else:
-        sys.path.insert(0, os.getcwd())
-        try:
-            module = importlib.import_module(spec)
-        except ImportError as error:
-            raise ValueError(
-                f"--custom-objects: cannot import module {spec!r} ({error}); "
-                "give an importable module name or a .py file."
-            ) from error
-        finally:
-            sys.path.remove(os.getcwd())
-    custom = getattr(module, "CUSTOM_OBJECTS", None)
+        return module
+    sys.path.insert(0, os.getcwd())
+    try:
+        return importlib.import_module(spec)
+    except ImportError as error:
+        raise ValueError(
+            f"{flag}: cannot import module {spec!r} ({error}); "
+            "give an importable module name or a .py file."
+        ) from error
+    finally:
+        sys.path.remove(os.getcwd())
+
+
+def _custom_objects(spec: str | None) -> dict:
+    """The CUSTOM_OBJECTS dict of a .py file or an importable module."""
+    if not spec:
+        return {}
+    custom = getattr(_import_module(spec, "--custom-objects"), "CUSTOM_OBJECTS", None)
     if not isinstance(custom, dict) or not all(isinstance(k, str) for k in custom):
         raise ValueError(
             f"--custom-objects {spec!r} must define CUSTOM_OBJECTS, a dict from "
@@ -66,17 +70,50 @@ def _custom_objects(spec: str | None) -> dict:
     return custom
 
 
+TORCH_SUFFIXES = (".pt", ".pth")
+
+
+def _torch_model(path: str, architecture: str | None, protocol: dict):
+    """A PyTorch state dict in the architecture that `FILE.py:NAME` builds, wrapped
+    to take the protocol's (height, width, channels) images."""
+    from advlib.bench.inputs import load_examples
+    from advlib.models import from_torch, load_torch_weights
+
+    _require_file(path)
+    if not architecture or ":" not in architecture:
+        raise ValueError(
+            f"--model {path!r} holds PyTorch weights only; name the architecture with "
+            f"--torch-module FILE.py:NAME (or module:NAME), a torch.nn.Module class or "
+            f"a function that builds one without arguments; got {architecture!r}."
+        )
+    spec, _, name = architecture.rpartition(":")
+    build = getattr(_import_module(spec, "--torch-module"), name, None)
+    if not callable(build):
+        raise ValueError(f"--torch-module: {spec!r} defines no class or function {name!r}.")
+    module = load_torch_weights(path, build())
+    example = load_examples(protocol)[0][0]
+    if example.ndim == 3:  # images: the module takes them channels first
+        shape, layout = (example.shape[2], *example.shape[:2]), "channels_last"
+    else:
+        shape, layout = example.shape, "channels_first"
+    return from_torch(module, tuple(int(d) for d in shape), data_format=layout)
+
+
 def _load_model(path: str, custom_objects_spec: str | None):
     """Loads a .keras file with advlib's safe loader; the custom objects module is
     imported only once the file is known to exist."""
     from advlib.models.loading import load_model
 
+    _require_file(path)
+    return load_model(path, _custom_objects(custom_objects_spec))
+
+
+def _require_file(path: str) -> None:
     if not os.path.isfile(path):
         raise ValueError(
             f"model file {path!r} does not exist"
             f"{' (it is a directory)' if os.path.isdir(path) else ''}."
         )
-    return load_model(path, _custom_objects(custom_objects_spec))
 
 
 def _bench_run(args) -> int:
@@ -90,7 +127,16 @@ def _bench_run(args) -> int:
         model, source = bench.reference_model()
         name = "reference digits CNN"
     else:
-        model, source, name = _load_model(args.model, args.custom_objects), args.model, None
+        source, name = args.model, None
+        if args.model.endswith(TORCH_SUFFIXES):
+            model = _torch_model(args.model, args.torch_module, protocol)
+        elif args.torch_module:
+            raise ValueError(
+                f"--torch-module names the architecture of a PyTorch state dict "
+                f"({'/'.join(TORCH_SUFFIXES)}); --model {args.model!r} is not one."
+            )
+        else:
+            model = _load_model(args.model, args.custom_objects)
     if args.engine or args.surrogate:
         model = QNNModelWrapper(
             model,
@@ -186,7 +232,16 @@ def bench_parser() -> argparse.ArgumentParser:
         "'advlib bench list'.",
     )
     parser.add_argument(
-        "--model", help="a .keras file (default: the reference digits CNN, trained once and cached)"
+        "--model",
+        help="a .keras file, or a PyTorch state dict (.pt, .pth) with --torch-module "
+        "(default: the reference digits CNN, trained once and cached)",
+    )
+    parser.add_argument(
+        "--torch-module",
+        metavar="FILE.py:NAME",
+        help="the architecture of a .pt model: a torch.nn.Module class or a function "
+        "building one without arguments; it takes images channels first (needs "
+        "KERAS_BACKEND=torch)",
     )
     parser.add_argument(
         "--protocol", default="digits-linf-0.2", help="a shipped protocol's name or a JSON file"

@@ -28,13 +28,17 @@ from advlib.models.testbeds import InputQuantization, defended
 PROTOCOL = "digits-linf-0.2@2"
 
 
-def protocol_for(n, sweep=True, spsa_iter=None):
-    """The protocol on its first `n` test digits; without the sweep, or with a
-    shorter SPSA, for quick runs."""
+def protocol_for(n, sweep=True, spsa_iter=None, nb_iter=None):
+    """The protocol on its first `n` test digits; without the sweep, or with
+    fewer gradient steps or a shorter SPSA, for quick runs."""
     protocol = bench.load_protocol(PROTOCOL)
     protocol["dataset"]["n"] = protocol["batch_size"] = n
     if not sweep:
         protocol["sweep"] = []
+    if nb_iter is not None:
+        for entry in protocol["attacks"]:
+            if entry["attack"] != "SPSA" and "nb_iter" in entry["params"]:
+                entry["params"]["nb_iter"] = nb_iter
     if spsa_iter is not None:
         for entry in protocol["attacks"]:
             if entry["attack"] == "SPSA":
@@ -74,6 +78,7 @@ def main(argv=None):
     parser.add_argument("--n", type=int, default=360, help="test digits to evaluate")
     parser.add_argument("--no-sweep", action="store_true", help="the main eps only")
     parser.add_argument("--spsa-iter", type=int, help="SPSA iterations (protocol: 100)")
+    parser.add_argument("--nb-iter", type=int, help="gradient attacks' steps (protocol: 100)")
     parser.add_argument("--epochs", type=int, default=15)
     parser.add_argument("--out-dir", default="trustworthy_evaluation")
     add_overwrite_option(parser)
@@ -86,7 +91,9 @@ def main(argv=None):
     )
     os.makedirs(args.out_dir, exist_ok=True)
     (x_train, y_train), _ = load("digits")
-    protocol = protocol_for(args.n, sweep=not args.no_sweep, spsa_iter=args.spsa_iter)
+    protocol = protocol_for(
+        args.n, sweep=not args.no_sweep, spsa_iter=args.spsa_iter, nb_iter=args.nb_iter
+    )
     cnn = train_classifier(small_cnn((8, 8, 1)), x_train, y_train, epochs=args.epochs, seed=0)
     masked = defended(cnn, InputQuantization(levels=5, name="quantize"))
     qnn_model = binary_cnn(x_train, y_train, args.epochs)

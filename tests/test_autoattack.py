@@ -260,9 +260,7 @@ def test_autoattack_standard_is_the_per_example_worst_case(digits_cnn, test_set)
     single = APGD(digits_cnn).generate_np(x, y=y, eps=eps, seed=0, **BOX)
     assert robust_accuracy(digits_cnn, single, y) >= accuracy["square"]
     # the class API gives the same examples (the same batching: random draws follow it)
-    np.testing.assert_array_equal(
-        AutoAttack(digits_cnn).generate_np(x, y=y, eps=eps, seed=0, batch_size=None), x_adv
-    )
+    np.testing.assert_array_equal(adversary.generate_np(x, y=y, batch_size=None), x_adv)
 
 
 def test_autoattack_versions_and_bad_settings(digits_cnn, test_set):
@@ -270,6 +268,21 @@ def test_autoattack_versions_and_bad_settings(digits_cnn, test_set):
     custom = AutoAttack(digits_cnn, eps=0.1, version="custom", attacks_to_run=["apgd-dlr"])
     custom.run_standard_evaluation(x, y)
     assert list(custom.robust_accuracy) == ["clean", "apgd-dlr"]
+    # a member's own settings: one target class and 5 steps take a sixth of 3 x 10
+    targeted = AutoAttack(digits_cnn, eps=0.1, version="custom", attacks_to_run=["apgd-t"])
+    passes = []
+    for settings in (dict(nb_iter=5, n_target_classes=1), dict(nb_iter=10, n_target_classes=3)):
+        targeted.generate_np(x, y=y, member_params={"apgd-t": settings})
+        passes.append(targeted.backward_passes)
+    assert passes[0] * 6 == pytest.approx(passes[1], rel=0.25)
+    with pytest.raises(ValueError, match="only for version='custom'"):
+        AutoAttack(digits_cnn).generate_np(x, member_params={"apgd-t": {"nb_iter": 5}})
+    with pytest.raises(ValueError, match="not among attacks_to_run"):
+        targeted.generate_np(x, member_params={"square": {"n_queries": 5}})
+    with pytest.raises(ValueError, match=r"sets \['eps'\]"):
+        targeted.generate_np(x, member_params={"apgd-t": {"eps": 0.3}})
+    with pytest.raises(ValueError, match="nb_iter"):
+        targeted.generate_np(x, member_params={"apgd-t": {"nb_iter": -1}})
     with pytest.raises(ValueError, match="version must be one of"):
         AutoAttack(digits_cnn, version="fast")
     with pytest.raises(ValueError, match="needs attacks_to_run"):

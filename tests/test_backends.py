@@ -32,7 +32,18 @@ CASES = {
     "SquareAttack": (dict(eps=EPS, n_queries=300, seed=0), 0.05),
     # the ensemble's mechanism at a test's budget; the full standard version on three
     # backends is benchmarks/backend_agreement.py's
-    "AutoAttack": (dict(eps=EPS, version="custom", attacks_to_run=["apgd-ce", "apgd-t"]), 0.25),
+    "AutoAttack": (
+        dict(
+            eps=EPS,
+            version="custom",
+            attacks_to_run=["apgd-ce", "apgd-t"],
+            member_params={
+                "apgd-ce": {"nb_iter": 20},
+                "apgd-t": {"nb_iter": 10, "n_target_classes": 3},
+            },
+        ),
+        0.25,
+    ),
     "FAB": (dict(eps=EPS, nb_iter=20, seed=0), 0.9),
     "FABT": (dict(eps=EPS, nb_iter=20, n_target_classes=3, seed=0), 0.9),
     "SaliencyMapMethod": (dict(theta=1.0, gamma=0.2, seed=0), 0.4),
@@ -82,7 +93,11 @@ def test_every_registered_attack_is_covered():
 def test_attack_breaks_the_model_within_its_threat(name, digits_cnn, data):
     x, y = data
     params, least = CASES[name]
-    result = attacks.by_name(name)(digits_cnn).run(x, y, batch_size=None, **params, **BOUNDS)
+    attack = attacks.by_name(name)(digits_cnn)
+    result = attack.run(x, y, batch_size=None, **params, **BOUNDS)
+    if attack.takes_seed():  # the same attack object, so that JAX compiles once
+        again = attack.run(x, y, batch_size=None, **params, **BOUNDS)
+        np.testing.assert_array_equal(again.x_adv, result.x_adv)
     assert result.x_adv.dtype == x.dtype and result.x_adv.shape == x.shape
     assert np.all(np.isfinite(result.x_adv))
     assert result.x_adv.min() >= 0 and result.x_adv.max() <= 1
@@ -93,17 +108,6 @@ def test_attack_breaks_the_model_within_its_threat(name, digits_cnn, data):
     # a success is one by the model's own predictions on the returned examples
     predicted = backend.to_numpy(KerasModelWrapper(digits_cnn).predict_classes(result.x_adv))
     assert np.all(predicted[result.success] != y[result.success])
-
-
-@pytest.mark.parametrize(
-    "name", sorted(n for n in CASES if attacks.by_name(n).takes_seed() and n != "AutoAttack")
-)
-def test_seeds_reproduce(name, digits_cnn, data):
-    x, y = data
-    params, _ = CASES[name]
-    attack = attacks.by_name(name)(digits_cnn)
-    first = attack.generate_np(x[:20], y=y[:20], **params, **BOUNDS)
-    np.testing.assert_array_equal(first, attack.generate_np(x[:20], y=y[:20], **params, **BOUNDS))
 
 
 def test_generate_takes_and_returns_the_backends_tensors(digits_cnn, data):
@@ -236,6 +240,74 @@ def test_torch_modules_are_evaluated_as_they_are(tmp_path):
     torch.save(net, tmp_path / "module.pt")
     with pytest.raises(ValueError, match="holds more than weights"):
         load_torch_weights(str(tmp_path / "module.pt"), architecture())
+
+
+def _torch_digits_net():
+    import torch
+
+    torch.manual_seed(0)
+    return torch.nn.Sequential(
+        torch.nn.Conv2d(1, 8, 3), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(288, 10)
+    )
+
+
+@pytest.mark.skipif(backend.name() != "torch", reason="PyTorch modules run on KERAS_BACKEND=torch")
+def test_square_draws_over_height_and_width_in_either_layout(digits):
+    from advlib.models import from_torch
+
+    net = _torch_digits_net()
+    _, (x, y) = digits
+    x, y = x[:20], y[:20]
+    first = from_torch(net, (1, 8, 8))
+    last = from_torch(net, (1, 8, 8), data_format="channels_last")
+    params = dict(eps=0.3, n_queries=40, seed=0, y=y, **BOUNDS)
+    channels_first = np.transpose(x, (0, 3, 1, 2))
+    from_first = attacks.SquareAttack(first).generate_np(channels_first, **params)
+    from_last = attacks.SquareAttack(last).generate_np(x, **params)
+    # the same squares, wherever the channels are: a square drawn over (channels,
+    # height) instead would differ
+    np.testing.assert_array_equal(np.transpose(from_first, (0, 2, 3, 1)), from_last)
+    assert np.any(from_last != x)
+    with pytest.raises(ValueError, match="data_format"):
+        from_torch(net, (1, 8, 8), data_format="nchw")
+
+
+def test_advlib_bench_evaluates_a_torch_state_dict(tmp_path, digits, capsys):
+    import json
+
+    import torch
+
+    from advlib import cli
+
+    torch.save(_torch_digits_net().state_dict(), tmp_path / "net.pt")
+    (tmp_path / "arch.py").write_text(
+        "import torch\n\n\ndef Net():\n    return torch.nn.Sequential(torch.nn.Conv2d(1, 8, 3), "
+        "torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(288, 10))\n"
+    )
+    document = quick_protocol()
+    document["attacks"] = document["attacks"][:1]
+    document["dataset"]["n"], document["diagnostics"]["n"] = 45, 10
+    protocol = tmp_path / "protocol.json"
+    protocol.write_text(json.dumps(document))
+    command = ["bench", "--model", str(tmp_path / "net.pt"), "--protocol", str(protocol)]
+    command += ["--out", str(tmp_path / "run"), "--no-progress"]
+    if backend.name() != "torch":
+        assert cli.main([*command, "--torch-module", str(tmp_path / "arch.py:Net")]) == 2
+        assert "KERAS_BACKEND=torch" in capsys.readouterr().err
+        return
+    assert cli.main(command) == 2
+    assert "--torch-module FILE.py:NAME" in capsys.readouterr().err
+    assert cli.main([*command, "--torch-module", str(tmp_path / "arch.py:Net")]) == 0
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    # the module's own accuracy on the protocol's digits, channels first
+    _, (x, y) = digits
+    n = document["dataset"]["n"]
+    net = _torch_digits_net().eval()
+    with torch.no_grad():
+        logits = net(torch.tensor(np.transpose(x[:n], (0, 3, 1, 2))))
+    clean = float(np.mean(logits.numpy().argmax(1) == y[:n]))
+    assert report["results"]["clean_accuracy"]["value"] == pytest.approx(clean)
+    assert report["environment"]["backend"] == "torch"
 
 
 def test_the_backends_tutorials_script(capsys):

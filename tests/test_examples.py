@@ -181,6 +181,8 @@ def test_trustworthy_evaluation_example(tmp_path):
             "--no-sweep",
             "--spsa-iter",
             "10",
+            "--nb-iter",
+            "20",
             "--out-dir",
             str(tmp_path),
         ]

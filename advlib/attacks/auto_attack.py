@@ -53,6 +53,45 @@ def member_settings(name: str, version: str, norm) -> tuple[type, dict[str, Any]
     return SquareAttack, dict(n_queries=5000, p_init=0.8, nb_restarts=1)
 
 
+# what every member gets from the ensemble itself
+_ENSEMBLE_PARAMS = ("eps", "norm", "ord", "y", "y_target", "clip_min", "clip_max", "seed")
+
+
+def _check_member_params(member_params, version, attacks_to_run) -> dict[str, dict]:
+    """The members' own parameters changed from the reference's, for version
+    "custom" only, so that "standard" always means the reference's settings."""
+    if not member_params:
+        return {}
+    if version != "custom":
+        raise ValueError(
+            f"member_params changes the reference's settings, so it is only for "
+            f"version='custom'; version={version!r} runs them unchanged."
+        )
+    if not isinstance(member_params, dict):
+        raise TypeError(
+            f"member_params must be a dict from member names to dicts of their "
+            f"parameters, e.g. {{'apgd-t': {{'nb_iter': 20}}}}; got "
+            f"{type(member_params).__name__}."
+        )
+    for name, params in member_params.items():
+        if name not in attacks_to_run:
+            raise ValueError(
+                f"member_params names {name!r}, which is not among attacks_to_run {attacks_to_run}."
+            )
+        if not isinstance(params, dict):
+            raise TypeError(
+                f"member_params[{name!r}] must be a dict of parameters, got "
+                f"{type(params).__name__}."
+            )
+        shared = sorted(set(params) & set(_ENSEMBLE_PARAMS))
+        if shared:
+            raise ValueError(
+                f"member_params[{name!r}] sets {shared}, which the ensemble gives "
+                f"every member; pass them to AutoAttack itself."
+            )
+    return {name: dict(params) for name, params in member_params.items()}
+
+
 class AutoAttack(Attack):
     """The AutoAttack ensemble: each attack runs on the examples still robust.
 
@@ -75,6 +114,11 @@ class AutoAttack(Attack):
         version: "standard" (default), "plus", "rand" or "custom".
         attacks_to_run: for version="custom", names among "apgd-ce",
             "apgd-dlr", "apgd-t", "fab", "fab-t", "square".
+        member_params (to `generate`): for version="custom", parameters
+            that replace the reference's for some members, e.g.
+            `{"apgd-t": {"nb_iter": 20, "n_target_classes": 3}}` (as setting
+            `adversary.apgd_targeted.n_iter` in the reference); each member
+            checks its own.
         seed: makes every member reproducible (default 0, as in the reference's
             examples).
         verbose: print the log as it is written.
@@ -115,6 +159,7 @@ class AutoAttack(Attack):
         clip_min=0.0,
         clip_max=1.0,
         seed=0,
+        member_params=None,
     ) -> dict[str, Any]:
         norm = utils.resolve_norm(norm, ord)
         _checks.check_number("eps", eps, low=0)
@@ -134,15 +179,17 @@ class AutoAttack(Attack):
         if norm == 1 and "square" in (attacks_to_run or []):
             raise ValueError("square has no L1 version; remove it from attacks_to_run.")
         _checks.check_seed(seed)
+        attacks_to_run = list(attacks_to_run or attack_list(version, norm))
         return dict(
             eps=float(eps),
             norm=norm,
             version=version,
-            attacks_to_run=list(attacks_to_run or attack_list(version, norm)),
+            attacks_to_run=attacks_to_run,
             y=y,
             clip_min=clip_min,
             clip_max=clip_max,
             seed=seed,
+            member_params=_check_member_params(member_params, version, attacks_to_run),
         )
 
     def parse(self, **params) -> dict[str, Any]:
@@ -197,7 +244,8 @@ class AutoAttack(Attack):
                 break
             for begin in range(0, rows.size, batch_size):
                 batch = rows[begin : begin + batch_size]
-                candidate = self._run_member(name, x[batch], y[batch], params)
+                padded = backend.padded_rows(batch)
+                candidate = self._run_member(name, x[padded], y[padded], params)[: batch.size]
                 classes = self._predict_np(candidate, len(candidate))
                 within, _ = utils.within_threat(
                     candidate, x[batch], eps, norm, params["clip_min"], params["clip_max"]
@@ -215,6 +263,7 @@ class AutoAttack(Attack):
 
     def _run_member(self, name, x, y, params):
         cls, settings = member_settings(name, params["version"], params["norm"])
+        settings.update(params["member_params"].get(name, {}))
         attack = self._members.get(name)
         if attack is None:
             attack = self._members[name] = cls(self.model)

@@ -67,9 +67,10 @@ def on_survivors(x, survivors: np.ndarray, rounds, attempt):
         rows = np.flatnonzero(survivors)
         if rows.size == 0:
             break
-        x_new, still = attempt(step, rows)
-        out = ops.scatter_update(out, rows[:, None], ops.cast(x_new, utils.dtype_of(out)))
-        survivors[rows] = np.asarray(still)
+        x_new, still = attempt(step, backend.padded_rows(rows))
+        x_new = ops.cast(x_new[: rows.size], utils.dtype_of(out))
+        out = ops.scatter_update(out, rows[:, None], x_new)
+        survivors[rows] = np.asarray(still)[: rows.size]
     return out
 
 

@@ -74,13 +74,14 @@ class DeepFool(Attack):
         active = np.arange(len(x))
         for _ in range(max_iter):
             # only the examples still classified as their label take a step
-            pick = lambda t: ops.take(t, active, axis=0)
+            rows = backend.padded_rows(active)
+            pick = lambda t: ops.take(t, rows, axis=0)
             updated, still = self._step(
                 pick(x), pick(total), pick(labels), pick(candidates), low, high, overshoot, norm
             )
             self._count(len(active), forward=nb_candidate, backward=nb_candidate)
-            still = backend.to_numpy(still)
-            total = ops.scatter_update(total, active[:, None], updated)
+            still = backend.to_numpy(still)[: active.size]
+            total = ops.scatter_update(total, active[:, None], updated[: active.size])
             active = active[still]
             if not active.size:
                 break

@@ -83,7 +83,8 @@ class SquareAttack(Attack):
         seed: makes the squares reproducible.
 
     Inputs are images, (batch, height, width, channels) or (batch, height,
-    width).
+    width); or (batch, channels, height, width) for a model whose `data_format`
+    is "channels_first", such as a PyTorch module wrapped by `from_torch`.
 
     Example:
         >>> square = SquareAttack(keras_model)
@@ -94,6 +95,7 @@ class SquareAttack(Attack):
 
     def __init__(self, model):
         super().__init__(model)
+        self._channels_first, self._channel_axis = False, True
         self._propose = backend.compiled(self._propose_fn, self.model.variables)
         self._accept = backend.compiled(self._accept_fn, self.model.variables)
         self._chunk = backend.compiled(self._chunk_fn, self.model.variables)
@@ -126,7 +128,13 @@ class SquareAttack(Attack):
     def _generate(self, x, labels, targeted, *, nb_restarts, clip_min, clip_max, seed, **search):
         if search["eps"] == 0 or search["n_queries"] == 0:
             return x
+        # the search works on (batch, height, width, channels); the model is queried
+        # in its own layout
+        self._channels_first = len(x.shape) == 4 and self.model.data_format == "channels_first"
+        self._channel_axis = len(x.shape) == 4
         images = x if len(x.shape) == 4 else x[..., None]
+        if self._channels_first:
+            images = ops.transpose(images, (0, 2, 3, 1))
         bounds = utils.bounds_as_tensors(images.dtype, clip_min, clip_max)
         seed_pair = self._seed_pair(seed)
 
@@ -135,7 +143,12 @@ class SquareAttack(Attack):
             return self._search(*batch, bounds, seed_pair + [index, 0], **search)
 
         out = on_survivors(images, np.ones(len(x), bool), range(nb_restarts), restart)
-        return out if len(x.shape) == 4 else out[..., 0]
+        return self._as_model_takes(out)
+
+    def _as_model_takes(self, images):
+        if self._channels_first:
+            return ops.transpose(images, (0, 3, 1, 2))
+        return images if self._channel_axis else images[..., 0]
 
     @staticmethod
     def _scores(logits, labels, targeted, loss):
@@ -148,7 +161,7 @@ class SquareAttack(Attack):
         return margin, ce if targeted else -ce
 
     def _objectives(self, points, labels, targeted, loss):
-        logits = self.model.predict_logits(points)
+        logits = self.model.predict_logits(self._as_model_takes(points))
         self._count(int(points.shape[0]))
         return self._scores(logits, labels, targeted, loss)
 
@@ -300,7 +313,7 @@ class SquareAttack(Attack):
             candidate = self._propose_fn(
                 x, x_best, rows, seed, sides[i], bank[which[i]], batch, eps, low, high, norm
             )
-            logits = ops.cast(self.model.get_logits(candidate), x.dtype)
+            logits = ops.cast(self.model.get_logits(self._as_model_takes(candidate)), x.dtype)
             new_margin, new_objective = self._scores(logits, row_labels, targeted, loss)
             x_best, margin, objective = self._accept_fn(
                 x_best, margin, objective, rows, candidate, new_margin, new_objective, active

@@ -26,6 +26,8 @@ import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import numpy as np
+
 # the backends advlib knows, with the module each needs and the extra that installs it
 BACKENDS: dict[str, tuple[str, str]] = {
     "tensorflow": ("tensorflow", "advlib"),
@@ -223,6 +225,18 @@ def descending_order(values: Any) -> Any:
     """The indices that sort each row of `values` (along the last axis) from
     largest to smallest, equal values in the order of their index."""
     return _primitives().descending_order(values)
+
+
+def padded_rows(rows: Any) -> Any:
+    """`rows` (a NumPy index array), with its last entry repeated up to the next
+    power of two on JAX, which compiles a step once per batch shape: a set of
+    examples that shrinks as they are broken then meets a few shapes, not one
+    per size. Unchanged on the other backends. The caller keeps the first
+    `len(rows)` results."""
+    if name() != "jax" or len(rows) == 0:
+        return rows
+    size = 1 << (len(rows) - 1).bit_length()
+    return np.concatenate([rows, np.repeat(rows[-1:], size - len(rows))])
 
 
 def device() -> str:

@@ -64,6 +64,18 @@ class AttackEntry:
         return params
 
 
+def attack_for(instances: dict | None, attack: type[Attack], model) -> Attack:
+    """The attack object for `model`, kept in `instances` (when given) so that every
+    later run of that attack on that model reuses its compiled steps."""
+    if instances is None:
+        return attack(model)
+    key = (attack, id(model))
+    if key not in instances:
+        # the model is kept beside its attack, so that its id is never reused
+        instances[key] = (attack(model), model)
+    return instances[key][0]
+
+
 def batch_seed(seed: int, batch: int, eps_index: int) -> int:
     """The seed of one batch at one eps, from the protocol's seed."""
     return (seed * 10007 + batch) * 16 + eps_index
@@ -131,14 +143,8 @@ def run_ensemble(
         if on_attack is not None:
             on_attack(entry.name)
         variant = entry.variant
-        key = (entry.attack, variant)
-        attack = None if instances is None else instances.get(key)
-        if attack is None:
-            attack = entry.attack(
-                model if variant is None or variants is None else variants[variant]
-            )
-            if instances is not None:
-                instances[key] = attack
+        target = model if variant is None or variants is None else variants[variant]
+        attack = attack_for(instances, entry.attack, target)
         params = entry.params_at(eps, norm, clip, attack_seed(seed, index))
         result = attack.run(x[todo], y[todo], batch_size=len(todo), **params)
         success = (

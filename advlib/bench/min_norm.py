@@ -33,7 +33,7 @@ def run(
 ) -> dict[str, np.ndarray]:
     """The section's attacks on one batch. Returns "norms" (attacks, batch), inf
     where an attack found nothing, and per attack "seconds", "forward", "backward"."""
-    from advlib.bench.ensemble import AttackEntry, attack_seed
+    from advlib.bench.ensemble import AttackEntry, attack_for, attack_seed
 
     section = protocol["min_norm"]
     norm, clip = protocol["threat"]["norm"], protocol["clip"]
@@ -50,9 +50,7 @@ def run(
     if rows.size == 0:
         return out
     for index, entry in enumerate(entries):
-        attack = instances.get(("min_norm", entry.attack))
-        if attack is None:
-            attack = instances[("min_norm", entry.attack)] = entry.attack(model)
+        attack = attack_for(instances, entry.attack, model)
         params = entry.params_at(
             float(protocol["threat"]["eps"]), norm, clip, attack_seed(seed, 500 + index)
         )

@@ -39,12 +39,13 @@ def _pgd_entry(protocol) -> dict:
     }
 
 
-def _broken(model, entry: dict, x, y, eps, norm, clip, seed, judge) -> np.ndarray:
+def _broken(model, entry: dict, x, y, eps, norm, clip, seed, judge, instances) -> np.ndarray:
     """Which examples the protocol entry's attack breaks at `eps`, judged by `judge`
     (the model as evaluated)."""
     typed = ensemble.AttackEntry.from_protocol(entry)
     params = typed.params_at(eps, norm, clip, seed)
-    result = typed.attack(model).run(x, y, batch_size=len(x), **params)
+    attack = ensemble.attack_for(instances, typed.attack, model)
+    result = attack.run(x, y, batch_size=len(x), **params)
     within, _ = within_threat(result.x_adv, x, eps, norm, clip["min"], clip["max"])
     return (backend.to_numpy(judge.predict_classes(result.x_adv)) != y) & within
 
@@ -58,6 +59,7 @@ def probe(
     seed: int,
     surrogate: Model | None = None,
     on_step: Callable[[str], None] | None = None,
+    instances: dict | None = None,
 ) -> dict:
     """Runs the diagnostic attacks and measurements on the examples `x`.
 
@@ -70,11 +72,14 @@ def probe(
         seed: for the random starts.
         surrogate: optional `Model` to transfer attacks from.
         on_step: called with the name of each probe as it starts.
+        instances: attack objects kept between calls (the harness's, so that
+            the probes reuse the ensemble's compiled steps).
 
     Returns:
         A JSON-serializable dict of evidence, read by `assess`.
     """
     step = on_step or (lambda name: None)
+    instances = {} if instances is None else instances
     norm, clip = protocol["threat"]["norm"], protocol["clip"]
     eps = float(protocol["threat"]["eps"])
     correct = backend.to_numpy(judge.predict_classes(x)) == y
@@ -105,19 +110,21 @@ def probe(
     broken = {}
     for index, (name, entry) in enumerate(runs.items()):
         step(name)
-        broken[name] = _broken(model, entry, x, y, eps, norm, clip, seed * 100 + index, judge)
+        broken[name] = _broken(
+            model, entry, x, y, eps, norm, clip, seed * 100 + index, judge, instances
+        )
         out[name] = int(broken[name].sum())
     out["fgsm_only"] = int((broken["fgsm"] & ~broken["pgd"]).sum())
     out["strong_only"] = places[broken["pgd_strong"] & ~broken["pgd"]].tolist()
     out["pgd_params"] = dict(pgd["params"])
     step("unbounded")
-    out["unbounded"] = _unbounded(model, judge, pgd, x, y, norm, clip, seed * 100 + 7)
+    out["unbounded"] = _unbounded(model, judge, pgd, x, y, norm, clip, seed * 100 + 7, instances)
     iterations = diagnostics.settings(protocol)["spsa_iterations"]
     if iterations:
         step("spsa")
         entry = dict(SPSA_PROBE, params=dict(SPSA_PROBE["params"], nb_iter=iterations))
         # the judge answers the queries: a black-box attack needs no variant's gradients
-        spsa = _broken(judge, entry, x, y, eps, norm, clip, seed * 100 + 9, judge)
+        spsa = _broken(judge, entry, x, y, eps, norm, clip, seed * 100 + 9, judge, instances)
         out["spsa"] = {
             "broken": int(spsa.sum()),
             "broken_at": places[spsa].tolist(),
@@ -125,7 +132,9 @@ def probe(
         }
     if surrogate is not None:
         step("transfer")
-        transferred = _broken(surrogate, pgd, x, y, eps, norm, clip, seed * 100 + 8, judge)
+        transferred = _broken(
+            surrogate, pgd, x, y, eps, norm, clip, seed * 100 + 8, judge, instances
+        )
         white = broken["fgsm"] | broken["pgd"] | broken["pgd_strong"]
         out["transfer"] = {
             "transfer": int(transferred.sum()),
@@ -135,7 +144,7 @@ def probe(
     return out
 
 
-def _unbounded(model, judge, pgd, x, y, norm, clip, seed) -> dict:
+def _unbounded(model, judge, pgd, x, y, norm, clip, seed, instances) -> dict:
     """PGD on the margin loss with a budget covering the whole input domain."""
     low = 0.0 if clip["min"] is None else clip["min"]
     high = 1.0 if clip["max"] is None else clip["max"]
@@ -145,5 +154,5 @@ def _unbounded(model, judge, pgd, x, y, norm, clip, seed) -> dict:
     entry = dict(
         pgd, params={**pgd["params"], "loss_fn": "cw", "rand_init": False, "nb_restarts": 1}
     )
-    broken = _broken(model, entry, x, y, eps, norm, clip, seed, judge)
+    broken = _broken(model, entry, x, y, eps, norm, clip, seed, judge, instances)
     return {"eps": eps, "robust": int((~broken).sum()), "n": len(x)}

@@ -232,6 +232,7 @@ class Evaluation:
             seed=int(self.protocol["seed"]),
             surrogate=transfer_from,
             on_step=on_step,
+            instances=self.instances,
         )
 
     def selection(self) -> np.ndarray:

@@ -17,10 +17,16 @@ class Model(abc.ABC):
     Subclasses implement `get_logits`; everything an attack needs is derived
     from it. Logits are the pre-softmax scores: attacks differentiate them and
     never the saturating probabilities.
+
+    Attributes:
+        backends: the Keras backends the wrapper runs on.
+        data_format: the layout of image inputs, "channels_last" (Keras's) or
+            "channels_first" (a PyTorch module's, as `from_torch` wraps it);
+            attacks that draw over height and width (Square) read it.
     """
 
-    # the Keras backends the wrapper runs on
     backends: tuple[str, ...] = backend.SUPPORTED
+    data_format: str = "channels_last"
 
     def __init__(self, nb_classes: int | None = None):
         backend.require_supported(f"{type(self).__name__} models", self.backends)

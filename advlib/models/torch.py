@@ -12,7 +12,10 @@ from advlib.models.keras import KerasModelWrapper
 
 
 def from_torch(
-    module: Any, input_shape: Sequence[int], nb_classes: int | None = None
+    module: Any,
+    input_shape: Sequence[int],
+    nb_classes: int | None = None,
+    data_format: str = "channels_first",
 ) -> KerasModelWrapper:
     """Wraps a `torch.nn.Module` that returns logits, for every attack and the harness.
 
@@ -25,6 +28,13 @@ def from_torch(
         module: the network, mapping a float batch to logits (batch, classes).
         input_shape: the shape of one example, without the batch, e.g. (1, 28, 28).
         nb_classes: the number of classes, checked against the output.
+        data_format: for images (an `input_shape` of rank 3, channels first, as
+            the module takes them), the layout of the arrays given to the
+            attacks: "channels_first" (default), as the module takes them; or
+            "channels_last", (height, width, channels) as Keras's data sets
+            and advlib's protocols hold them, transposed for the module inside
+            the wrapper. Attacks that draw over height and width (Square) read
+            it from the wrapper.
 
     Returns:
         A `KerasModelWrapper` around a functional Keras model that calls `module`.
@@ -49,6 +59,12 @@ def from_torch(
             f"e.g. (1, 28, 28); got {input_shape!r}."
         )
     _checks.check_number("nb_classes", nb_classes, low=2, integer=True, allow_none=True)
+    _checks.check_choice("data_format", data_format, ("channels_first", "channels_last"))
+    if data_format == "channels_last" and len(shape) != 3:
+        raise ValueError(
+            f"data_format='channels_last' transposes images, whose input_shape is "
+            f"(channels, height, width); got input_shape {shape}."
+        )
     module.eval()
     device = next((p.device for p in module.parameters()), torch.device("cpu"))
     with torch.no_grad():
@@ -59,10 +75,18 @@ def from_torch(
             f"the module must return logits of shape (batch, classes); on a batch of "
             f"shape {(1, *shape)} it returned {getattr(probe, 'shape', type(probe).__name__)}."
         )
-    inputs = keras.Input(shape)
     wrapper = keras.layers.TorchModuleWrapper(module, output_shape=(None, *probe.shape[1:]))
-    outputs = wrapper(inputs)
-    return KerasModelWrapper(keras.Model(inputs, outputs), from_logits=True, nb_classes=nb_classes)
+    if data_format == "channels_last":
+        inputs = keras.Input((*shape[1:], shape[0]))
+        outputs = wrapper(keras.layers.Permute((3, 1, 2))(inputs))
+    else:
+        inputs = keras.Input(shape)
+        outputs = wrapper(inputs)
+    wrapped = KerasModelWrapper(
+        keras.Model(inputs, outputs), from_logits=True, nb_classes=nb_classes
+    )
+    wrapped.data_format = data_format if len(shape) == 3 else "channels_last"
+    return wrapped
 
 
 def load_torch_weights(path: str, module: Any) -> Any:
