@@ -20,6 +20,10 @@ advlib or its tests.
     python examples/adversarial_training.py --out-dir adv_out      # the two CNNs
     python benchmarks/autoattack_reference.py --natural adv_out/natural_fashion-mnist.keras \\
         --robust adv_out/fast_fashion-mnist.keras --n 1000
+
+With `--same-module` (and KERAS_BACKEND=torch), advlib attacks the PyTorch twin
+itself through `advlib.models.from_torch`, in the same process as torchattacks:
+the two libraries on the very same module, no port between them.
 """
 
 from __future__ import annotations
@@ -187,10 +191,11 @@ def from_nchw(twin):
     return FromNCHW(twin).eval()
 
 
-def evaluate_model(name, keras_model, x, y, eps, skip_single):
+def evaluate_model(name, keras_model, x, y, eps, skip_single, same_module=False):
     import torch
 
-    from advlib.models import KerasModelWrapper
+    from advlib import backend
+    from advlib.models import KerasModelWrapper, from_torch
 
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     twin = torch_twin(keras_model)
@@ -201,9 +206,14 @@ def evaluate_model(name, keras_model, x, y, eps, skip_single):
     if difference > 1e-4:
         raise SystemExit(f"{name}: the PyTorch twin's logits differ by {difference:.3g} > 1e-4")
     module = from_nchw(twin)
-    wrapped = KerasModelWrapper(keras_model)
+    if same_module:
+        # advlib attacks the very module torchattacks attacks (the NHWC images are
+        # transposed to its channels-first layout inside the wrapper)
+        wrapped = from_torch(module, (x.shape[3], *x.shape[1:3]), data_format="channels_last")
+    else:
+        wrapped = KerasModelWrapper(keras_model)
     predict = lambda a: np.concatenate(
-        [wrapped.predict_classes(a[i : i + 500]).numpy() for i in range(0, len(a), 500)]
+        [backend.to_numpy(wrapped.predict_classes(a[i : i + 500])) for i in range(0, len(a), 500)]
     )
     clean = float(np.mean(predict(x) == y))
     ours, our_ensembles = advlib_attacks(wrapped, eps)
@@ -262,8 +272,16 @@ def main(argv=None):
     parser.add_argument(
         "--skip-single", action="store_true", help="only the ensembles, not each attack alone"
     )
+    parser.add_argument(
+        "--same-module",
+        action="store_true",
+        help="advlib attacks the PyTorch twin itself, through from_torch (needs "
+        "KERAS_BACKEND=torch), instead of the Keras model",
+    )
     parser.add_argument("--out", default=os.path.join(RESULTS, "autoattack_reference.json"))
     args = parser.parse_args(argv)
+    if args.same_module and os.environ.get("KERAS_BACKEND") != "torch":
+        parser.error("--same-module runs advlib on PyTorch: set KERAS_BACKEND=torch")
     models = [
         (name, path) for name, path in (("robust", args.robust), ("natural", args.natural)) if path
     ]
@@ -280,7 +298,7 @@ def main(argv=None):
     _, (x_test, y_test) = load("fashion-mnist", download=False)
     x, y = x_test[: args.n], y_test[: args.n]
     results = [
-        evaluate_model(name, load_model(path), x, y, args.eps, args.skip_single)
+        evaluate_model(name, load_model(path), x, y, args.eps, args.skip_single, args.same_module)
         for name, path in models
     ]
     print()
@@ -314,6 +332,7 @@ def main(argv=None):
             {
                 "n": args.n,
                 "eps": args.eps,
+                "advlib_attacks": "the PyTorch module" if args.same_module else "the Keras model",
                 "python": sys.version.split()[0],
                 "machine": platform.machine(),
                 "results": results,
