@@ -29,6 +29,9 @@ def pytest_configure(config):
     else:
         import importlib.util
 
+        # the command-line tests' subprocesses read these
+        os.environ.setdefault("TF_NUM_INTRAOP_THREADS", "1")
+        os.environ.setdefault("TF_NUM_INTEROP_THREADS", "1")
         if importlib.util.find_spec("tensorflow") is not None:
             import tensorflow as tf
 
