@@ -95,7 +95,7 @@ class SquareAttack(Attack):
 
     def __init__(self, model):
         super().__init__(model)
-        self._channels_first, self._channel_axis = False, True
+        self._rank = 4  # of the inputs of the current call: the model is queried in it
         self._propose = backend.compiled(self._propose_fn, self.model.variables)
         self._accept = backend.compiled(self._accept_fn, self.model.variables)
         self._chunk = backend.compiled(self._chunk_fn, self.model.variables)
@@ -130,10 +130,9 @@ class SquareAttack(Attack):
             return x
         # the search works on (batch, height, width, channels); the model is queried
         # in its own layout
-        self._channels_first = len(x.shape) == 4 and self.model.data_format == "channels_first"
-        self._channel_axis = len(x.shape) == 4
-        images = x if len(x.shape) == 4 else x[..., None]
-        if self._channels_first:
+        self._rank = len(x.shape)
+        images = x if self._rank == 4 else x[..., None]
+        if self._channels_first():
             images = ops.transpose(images, (0, 2, 3, 1))
         bounds = utils.bounds_as_tensors(images.dtype, clip_min, clip_max)
         seed_pair = self._seed_pair(seed)
@@ -145,10 +144,13 @@ class SquareAttack(Attack):
         out = on_survivors(images, np.ones(len(x), bool), range(nb_restarts), restart)
         return self._as_model_takes(out)
 
+    def _channels_first(self) -> bool:
+        return self._rank == 4 and self.model.data_format == "channels_first"
+
     def _as_model_takes(self, images):
-        if self._channels_first:
+        if self._channels_first():
             return ops.transpose(images, (0, 3, 1, 2))
-        return images if self._channel_axis else images[..., 0]
+        return images if self._rank == 4 else images[..., 0]
 
     @staticmethod
     def _scores(logits, labels, targeted, loss):
