@@ -263,3 +263,102 @@ def test_a_new_attack_is_found_by_name_and_runs_in_a_protocol(
         )[-1]["attack"]
         == "Nudge"
     )  # black-box attacks run last
+
+
+def _reads_of_self(function) -> set[str]:
+    """The attributes of `self` that `function`'s source reads or calls."""
+    import inspect
+    import textwrap
+
+    tree = ast.parse(textwrap.dedent(inspect.getsource(function)))
+    return {
+        node.attr
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Attribute)
+        and isinstance(node.value, ast.Name)
+        and node.value.id == "self"
+    }
+
+
+def _instance_state(cls) -> set[str]:
+    """What the methods of `cls` (and its bases) assign to `self`."""
+    import inspect
+    import textwrap
+
+    assigned = set()
+    for klass in cls.__mro__[:-1]:  # all but object
+        tree = ast.parse(textwrap.dedent(inspect.getsource(klass)))
+        for node in ast.walk(tree):
+            targets = node.targets if isinstance(node, ast.Assign) else []
+            targets += [node.target] if isinstance(node, (ast.AugAssign, ast.AnnAssign)) else []
+            for target in targets:
+                if isinstance(target, ast.Attribute) and getattr(target.value, "id", "") == "self":
+                    assigned.add(target.attr)
+    return assigned
+
+
+def _compiled_methods(cls) -> set[str]:
+    import inspect
+
+    names = set()
+    for klass in cls.__mro__:
+        if klass.__module__.startswith("advlib.attacks"):
+            tree = ast.parse(inspect.getsource(inspect.getmodule(klass)))
+            for node in ast.walk(tree):
+                if (
+                    isinstance(node, ast.Call)
+                    and getattr(node.func, "attr", "") == "_compiled"
+                    and node.args
+                    and isinstance(node.args[0], ast.Attribute)
+                ):
+                    names.add(node.args[0].attr)
+    return {name for name in names if hasattr(cls, name)}
+
+
+def _state_read_by(cls, method: str) -> set[str]:
+    """The instance attributes other than `model` that `method` reads, following
+    the calls to other methods of `cls`."""
+    state, seen, todo = _instance_state(cls) - {"model"}, set(), [method]
+    found = set()
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        function = getattr(cls, name)
+        for attr in _reads_of_self(getattr(function, "__func__", function)):
+            if attr in state:
+                found.add(attr)
+            elif callable(getattr(cls, attr, None)):
+                todo.append(attr)
+    return found
+
+
+SHIPPED = [name for name in attacks.names() if by_name(name).__module__.startswith("advlib.")]
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_compiled_methods_read_nothing_of_the_attack_but_its_model(name):
+    """Attacks of one class on one model share their compiled methods
+    (`Attack._compiled`), which are bound to the first attack made: a method that
+    read the attack's own state would see the first attack's, not the caller's."""
+    cls = by_name(name)
+    compiled = _compiled_methods(cls)
+    assert compiled or cls.black_box or name == "AutoAttack"
+    for method in compiled:
+        assert _state_read_by(cls, method) == set(), f"{name}.{method} reads instance state"
+
+
+def test_the_state_audit_sees_state_read_through_a_helper():
+    class Leaky(attacks.SquareAttack, register=False):
+        def __init__(self, model):
+            super().__init__(model)
+            self.scale = 2.0
+
+        def _windows(self, *args):
+            return self._scaled(*args)
+
+        def _scaled(self, *args):
+            return self.scale
+
+    assert _state_read_by(Leaky, "_chunk_fn") == {"scale"}

@@ -16,7 +16,7 @@ from advlib.attacks import (
     project_l1_ball,
     random_lp_vector,
 )
-from advlib.models import CallableModelWrapper
+from advlib.models import CallableModelWrapper, KerasModelWrapper, as_model
 
 ITERATIVE = [BasicIterativeMethod, ProjectedGradientDescent, MomentumIterativeMethod]
 ALL_ATTACKS = [FastGradientMethod] + ITERATIVE
@@ -231,7 +231,8 @@ def test_seed_reproduces_random_starts(digits_mlp, digits_eval, attack_class):
 
 def test_changing_numbers_does_not_retrace(digits_mlp, digits_eval):
     x, y = digits_eval
-    attack = BasicIterativeMethod(digits_mlp)
+    # a wrapper of its own: other tests' attacks on digits_mlp share the model's traces
+    attack = BasicIterativeMethod(KerasModelWrapper(digits_mlp))
     attack.generate(x[:50], eps=0.1, eps_iter=0.01, nb_iter=2, y=y[:50], **BOUNDS)
     traces = attack._step.experimental_get_tracing_count()
     attack.generate(
@@ -351,3 +352,21 @@ def test_targeted_pgd_tries_the_top_classes(digits_mlp, digits_eval):
     assert np.all(result.success[one.success])  # more targets only add breaks
     with pytest.raises(TypeError, match="unknown parameter"):
         attack.generate_np(x, y_target=y)
+
+
+def test_attacks_on_one_model_share_their_traces(digits_mlp, digits_eval):
+    x, y = digits_eval
+    params = dict(eps=0.1, eps_iter=0.02, nb_iter=2, y=y[:50], **BOUNDS)
+    wrapped = KerasModelWrapper(digits_mlp)
+    first = BasicIterativeMethod(wrapped)
+    expected = first.generate_np(x[:50], **params)
+    traces = first._step.experimental_get_tracing_count()
+    second = BasicIterativeMethod(wrapped)
+    np.testing.assert_array_equal(second.generate_np(x[:50], **params), expected)
+    assert second._step is first._step and traces == second._step.experimental_get_tracing_count()
+    # each attack keeps its own counts
+    assert first.forward_passes == second.forward_passes == 100
+    # another class compiles its own step; a bare Keras model always gets the same wrapper
+    assert ProjectedGradientDescent(wrapped)._step is not first._step
+    assert as_model(digits_mlp) is as_model(digits_mlp) is not wrapped
+    assert BasicIterativeMethod(digits_mlp)._step is BasicIterativeMethod(digits_mlp)._step

@@ -123,7 +123,7 @@ class APGD(Attack):
 
     def __init__(self, model):
         super().__init__(model)
-        self._iterate = backend.compiled(self._iterate_fn, self.model.variables)
+        self._iterate = self._compiled(self._iterate_fn)
 
     shared_params: ClassVar[tuple[str, ...]] = ("eps", "norm", *TARGETABLE, *DOMAIN, "seed")
 

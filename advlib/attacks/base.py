@@ -7,6 +7,7 @@ import abc
 import functools
 import inspect
 import time
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import keras
@@ -139,6 +140,14 @@ class Attack(abc.ABC):
         # examples (or, in iterative attacks, example-steps) whose update was not
         # finite (a NaN or Inf gradient) and that kept their last finite point
         self.nonfinite_fallbacks = 0
+
+    def _compiled(self, method: Callable) -> Callable:
+        """`method` (a bound method of this attack) compiled once per model and
+        attack class: every attack of the class on the same model reuses its
+        traces, as cleverhans's users create attack objects freely. So a
+        compiled method may read no attribute of the attack but `model`
+        (`tests/test_architecture.py` checks); anything else enters as an argument."""
+        return self.model.compiled_method((type(self), method.__name__), method)
 
     def _count(self, batch: int, forward: int = 1, backward: int = 0) -> None:
         """Records model evaluations: `forward` / `backward` passes over `batch` examples."""

@@ -46,7 +46,7 @@ class CarliniWagnerL2(ConstantSearch):
 
     def __init__(self, model):
         super().__init__(model)
-        self._step = backend.compiled(self._step_fn, self.model.variables)
+        self._step = self._compiled(self._step_fn)
 
     # -- space changes -------------------------------------------------------
     @staticmethod

@@ -47,7 +47,7 @@ class DeepFool(Attack):
 
     def __init__(self, model):
         super().__init__(model)
-        self._step = backend.compiled(self._step_fn, self.model.variables)
+        self._step = self._compiled(self._step_fn)
 
     shared_params = ("norm", "y", *DOMAIN)
     norms = (2, np.inf)

@@ -58,7 +58,7 @@ class ElasticNetMethod(ConstantSearch):
 
     def __init__(self, model):
         super().__init__(model)
-        self._step = backend.compiled(self._step_fn, self.model.variables)
+        self._step = self._compiled(self._step_fn)
 
     defaults = dict(
         ConstantSearch.defaults,

@@ -133,7 +133,7 @@ class FAB(Attack):
 
     def __init__(self, model):
         super().__init__(model)
-        self._iterate = backend.compiled(self._iterate_fn, self.model.variables)
+        self._iterate = self._compiled(self._iterate_fn)
 
     shared_params = ("eps", "norm", "y", *DOMAIN, "seed")
     defaults = dict(clip_min=0.0, clip_max=1.0)

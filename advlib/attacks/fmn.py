@@ -71,7 +71,7 @@ class FMN(Attack):
 
     def __init__(self, model):
         super().__init__(model)
-        self._step = backend.compiled(self._step_fn, self.model.variables)
+        self._step = self._compiled(self._step_fn)
 
     shared_params = ("norm", "y", "y_target", *DOMAIN)
     norms = FMN_NORMS[::-1]

@@ -82,8 +82,8 @@ class GradientAttack(Attack, register=False):
 
     def __init__(self, model):
         super().__init__(model)
-        self._step = backend.compiled(self._step_fn, self.model.variables)
-        self._score = backend.compiled(self._score_fn, self.model.variables)
+        self._step = self._compiled(self._step_fn)
+        self._score = self._compiled(self._score_fn)
 
     shared_params: ClassVar[tuple[str, ...]] = ("norm", *TARGETABLE, *DOMAIN, "seed")
 

@@ -55,7 +55,7 @@ class SaliencyMapMethod(Attack):
 
     def __init__(self, model):
         super().__init__(model)
-        self._step = backend.compiled(self._step_fn, self.model.variables)
+        self._step = self._compiled(self._step_fn)
 
     shared_params = (*DOMAIN, "y", "y_target", "seed")
     defaults = dict(clip_min=0.0, clip_max=1.0)

@@ -96,9 +96,9 @@ class SquareAttack(Attack):
     def __init__(self, model):
         super().__init__(model)
         self._rank = 4  # of the inputs of the current call: the model is queried in it
-        self._propose = backend.compiled(self._propose_fn, self.model.variables)
-        self._accept = backend.compiled(self._accept_fn, self.model.variables)
-        self._chunk = backend.compiled(self._chunk_fn, self.model.variables)
+        self._propose = self._compiled(self._propose_fn)
+        self._accept = self._compiled(self._accept_fn)
+        self._chunk = self._compiled(self._chunk_fn)
 
     shared_params = ("eps", "norm", *TARGETABLE, *DOMAIN, "seed")
     norms = (np.inf, 2)
@@ -132,7 +132,7 @@ class SquareAttack(Attack):
         # in its own layout
         self._rank = len(x.shape)
         images = x if self._rank == 4 else x[..., None]
-        if self._channels_first():
+        if self._channels_first(self._rank):
             images = ops.transpose(images, (0, 2, 3, 1))
         bounds = utils.bounds_as_tensors(images.dtype, clip_min, clip_max)
         seed_pair = self._seed_pair(seed)
@@ -142,15 +142,16 @@ class SquareAttack(Attack):
             return self._search(*batch, bounds, seed_pair + [index, 0], **search)
 
         out = on_survivors(images, np.ones(len(x), bool), range(nb_restarts), restart)
-        return self._as_model_takes(out)
+        return self._as_model_takes(out, self._rank)
 
-    def _channels_first(self) -> bool:
-        return self._rank == 4 and self.model.data_format == "channels_first"
+    def _channels_first(self, rank: int) -> bool:
+        return rank == 4 and self.model.data_format == "channels_first"
 
-    def _as_model_takes(self, images):
-        if self._channels_first():
+    def _as_model_takes(self, images, rank: int):
+        """(batch, height, width, channels) images in the layout and rank the model takes."""
+        if self._channels_first(rank):
             return ops.transpose(images, (0, 3, 1, 2))
-        return images if self._rank == 4 else images[..., 0]
+        return images if rank == 4 else images[..., 0]
 
     @staticmethod
     def _scores(logits, labels, targeted, loss):
@@ -163,7 +164,7 @@ class SquareAttack(Attack):
         return margin, ce if targeted else -ce
 
     def _objectives(self, points, labels, targeted, loss):
-        logits = self.model.predict_logits(self._as_model_takes(points))
+        logits = self.model.predict_logits(self._as_model_takes(points, self._rank))
         self._count(int(points.shape[0]))
         return self._scores(logits, labels, targeted, loss)
 
@@ -244,6 +245,7 @@ class SquareAttack(Attack):
                 bank,
                 targeted,
                 loss,
+                self._rank,
                 **common,
             )
             self._count(int(queries))
@@ -298,6 +300,7 @@ class SquareAttack(Attack):
         bank,
         targeted,
         loss,
+        rank,
         batch,
         eps,
         low,
@@ -315,7 +318,7 @@ class SquareAttack(Attack):
             candidate = self._propose_fn(
                 x, x_best, rows, seed, sides[i], bank[which[i]], batch, eps, low, high, norm
             )
-            logits = ops.cast(self.model.get_logits(self._as_model_takes(candidate)), x.dtype)
+            logits = ops.cast(self.model.get_logits(self._as_model_takes(candidate, rank)), x.dtype)
             new_margin, new_objective = self._scores(logits, row_labels, targeted, loss)
             x_best, margin, objective = self._accept_fn(
                 x_best, margin, objective, rows, candidate, new_margin, new_objective, active

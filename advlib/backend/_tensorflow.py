@@ -20,7 +20,7 @@ def value_and_gradient(fn, x):
 
 def compiled(fn, variables=None):
     del variables  # tf.function reads variables as they are at each call
-    return tf.function(fn, reduce_retracing=True)
+    return tf.function(fn, reduce_retracing=True, autograph=False)
 
 
 def seed_tensor(seed_pair):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 
 import keras
 from keras import ops
@@ -32,6 +32,7 @@ class Model(abc.ABC):
         backend.require_supported(f"{type(self).__name__} models", self.backends)
         self._nb_classes = nb_classes
         self._checked_shapes: set[tuple] = set()
+        self._compiled_methods: dict[Hashable, Callable] = {}
         self._predict = backend.compiled(self._predict_logits, self.variables)
 
     @abc.abstractmethod
@@ -43,6 +44,24 @@ class Model(abc.ABC):
         see their current values (JAX). Wrappers of Keras models return the
         model's; a plain function has none."""
         return []
+
+    def compiled_method(self, key: Hashable, method: Callable) -> Callable:
+        """The compiled form of `method`, made at the first request for `key` and
+        returned for every later one: objects that compute with this model
+        (attacks) share compiled steps through it.
+
+        Args:
+            key: names the computation, such as (attack class, method name).
+            method: compiled at the first request; it must compute the same
+                function as every later request's (it may read this model, and
+                nothing that differs between the objects sharing it).
+
+        Returns:
+            `backend.compiled(method, self.variables)`, made once per key.
+        """
+        if key not in self._compiled_methods:
+            self._compiled_methods[key] = backend.compiled(method, self.variables)
+        return self._compiled_methods[key]
 
     def get_probs(self, x):
         """Returns class probabilities, the softmax of the logits."""

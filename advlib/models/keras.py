@@ -181,8 +181,34 @@ def _static_classes(model) -> int | None:
     return None
 
 
+class _WrapperSlot:
+    """A Keras model's own wrapper, kept on the model so that it lives exactly as
+    long as the model; copies and pickles of the model start without one."""
+
+    __slots__ = ("wrapper",)
+
+    def __init__(self):
+        self.wrapper: KerasModelWrapper | None = None
+
+    def __copy__(self) -> _WrapperSlot:
+        return _WrapperSlot()
+
+    def __deepcopy__(self, memo) -> _WrapperSlot:
+        return _WrapperSlot()
+
+    def __reduce__(self):
+        return (_WrapperSlot, ())
+
+
+_SLOT = "_advlib_wrapper"
+
+
 def as_model(model: keras.Model | Model, **kwargs: Any) -> Model:
     """Wraps a bare Keras model; returns `Model`s unchanged.
+
+    Without `kwargs`, a Keras model always gets the same wrapper, so that every
+    attack on it shares the wrapper's compiled steps (`Model.compiled_method`)
+    instead of tracing them anew.
 
     Args:
         model: an `advlib.models.Model` or a `keras.Model`.
@@ -191,7 +217,16 @@ def as_model(model: keras.Model | Model, **kwargs: Any) -> Model:
     if isinstance(model, Model):
         return model
     if isinstance(model, keras.Model):
-        return KerasModelWrapper(model, **kwargs)
+        if kwargs:
+            return KerasModelWrapper(model, **kwargs)
+        slot = vars(model).get(_SLOT)
+        if slot is None:
+            slot = _WrapperSlot()
+            # past Keras's attribute tracking: the slot is not part of the model
+            object.__setattr__(model, _SLOT, slot)
+        if slot.wrapper is None:
+            slot.wrapper = KerasModelWrapper(model)
+        return slot.wrapper
     raise TypeError(
         f"model must be an advlib.models.Model or a keras.Model, got "
         f"{type(model).__name__}; wrap plain functions with "
