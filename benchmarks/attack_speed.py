@@ -17,7 +17,17 @@ classified test images, each run once (they take minutes):
   mean L2 of the successful examples sit beside the times.
 - JSMA, theta 1, gamma 0.1, the same random targets: advlib and ART.
 
+`--sections backends` times advlib itself on each Keras backend
+(`--backends`), on the same weights and images, in one fresh process per
+backend and round (`--repeats` rounds, interleaved; the best counts): PGD-40
+as above (after a warm-up run), and AutoAttack standard on the first `--aa-n`
+images (one run, tracing included, as a user meets it). `--baseline-rev REV`
+adds advlib as it was at commit REV (`git archive`) on TensorFlow, so that
+"no slower than before the backend rewrite" is a ratio measured in the same run.
+
     python benchmarks/attack_speed.py [--sections fgsm-pgd,cw,jsma] [--skip ART]
+    python benchmarks/attack_speed.py --sections backends --backends tensorflow,jax,torch \
+        --baseline-rev 8de586a --aa-n 200 --repeats 2
 """
 
 from __future__ import annotations
@@ -311,6 +321,110 @@ def optimisation_attacks(model, x, y, sections, cw_iterations, skip):
     return rows
 
 
+BACKEND_WORKER = r"""
+import json, sys, time
+import numpy as np
+import keras
+from advlib import attacks
+settings = json.loads(sys.argv[1])
+data = np.load(settings["data"])
+x, y = data["x"], data["y"]
+model = keras.saving.load_model(settings["model"])
+eps, nb_iter = settings["eps"], settings["nb_iter"]
+bounds = dict(clip_min=0.0, clip_max=1.0)
+pgd = attacks.BasicIterativeMethod(model)
+run = lambda: pgd.generate_np(x, y=y, eps=eps, eps_iter=2.5 * eps / nb_iter, nb_iter=nb_iter,
+                              batch_size=None, **bounds)
+run()  # warm-up: tracing, first calls
+start = time.perf_counter()
+x_adv = run()
+pgd_seconds = time.perf_counter() - start
+few = slice(0, settings["aa_n"])
+start = time.perf_counter()
+result = attacks.AutoAttack(model, eps=eps, version="standard", seed=0).run(
+    x[few], y[few], batch_size=settings["aa_n"], **bounds)
+aa_seconds = time.perf_counter() - start
+print(json.dumps(dict(
+    backend=keras.backend.backend(), pgd_seconds=pgd_seconds, aa_seconds=aa_seconds,
+    pgd_accuracy_left=float(np.mean(model.predict(x_adv, verbose=0).argmax(1) == y)),
+    aa_robust_accuracy=float(1.0 - result.success_rate))))
+"""
+
+
+def advlib_tree(rev: str, folder: str) -> str:
+    """advlib's sources as they were at commit `rev`, unpacked under `folder`."""
+    import subprocess
+
+    root = os.path.dirname(HERE)
+    archive = subprocess.run(
+        ["git", "-C", root, "archive", rev, "advlib"], capture_output=True, check=True
+    ).stdout
+    import io
+    import tarfile
+
+    tarfile.open(fileobj=io.BytesIO(archive)).extractall(folder, filter="data")
+    return folder
+
+
+def backend_section(model, x, y, args):
+    """advlib's PGD-40 and AutoAttack on each backend (and at `--baseline-rev`)."""
+    import subprocess
+    import tempfile
+
+    folder = tempfile.mkdtemp(prefix="advlib-speed-")
+    model_file, data_file = os.path.join(folder, "model.keras"), os.path.join(folder, "data.npz")
+    model.save(model_file)
+    np.savez(data_file, x=x, y=y)
+    settings = dict(
+        model=model_file, data=data_file, eps=args.eps, nb_iter=args.nb_iter, aa_n=args.aa_n
+    )
+    runs = {f"advlib, {name}": (name, os.path.dirname(HERE)) for name in args.backends.split(",")}
+    if args.baseline_rev:
+        tree = advlib_tree(args.baseline_rev, os.path.join(folder, "baseline"))
+        runs = {f"advlib {args.baseline_rev}, tensorflow": ("tensorflow", tree), **runs}
+    measured: dict[str, list[dict]] = {label: [] for label in runs}
+    for _ in range(args.repeats):  # rounds interleaved, so drifts hit every run alike
+        for label, (name, path) in runs.items():
+            env = dict(os.environ, KERAS_BACKEND=name, PYTHONPATH=path, TF_CPP_MIN_LOG_LEVEL="3")
+            done = subprocess.run(
+                [sys.executable, "-c", BACKEND_WORKER, json.dumps(settings)],
+                env=env,
+                capture_output=True,
+                text=True,
+                cwd=folder,  # so that the tree on PYTHONPATH is the advlib imported
+            )
+            if done.returncode:
+                raise SystemExit(f"{label} failed:\n{done.stderr[-3000:]}")
+            measured[label].append(json.loads(done.stdout.strip().splitlines()[-1]))
+    rows = []
+    for label, found in measured.items():
+        rows.append(
+            dict(
+                implementation=label,
+                backend=found[0]["backend"],
+                pgd_seconds=min(r["pgd_seconds"] for r in found),
+                aa_seconds=min(r["aa_seconds"] for r in found),
+                pgd_accuracy_left=found[0]["pgd_accuracy_left"],
+                aa_robust_accuracy=found[0]["aa_robust_accuracy"],
+            )
+        )
+    reference = next(r for r in rows if r["implementation"] == "advlib, tensorflow")
+    print(
+        f"\nPGD-{args.nb_iter} on {len(x)} images, AutoAttack standard on {args.aa_n}; "
+        "times as ratios to advlib on TensorFlow"
+    )
+    print("| implementation | PGD s (ratio) | accuracy left | AutoAttack s (ratio) | robust |")
+    print("|---|---|---|---|---|")
+    for r in rows:
+        print(
+            f"| {r['implementation']} | {r['pgd_seconds']:.2f} "
+            f"({r['pgd_seconds'] / reference['pgd_seconds']:.2f}x) | {r['pgd_accuracy_left']:.3f} "
+            f"| {r['aa_seconds']:.1f} ({r['aa_seconds'] / reference['aa_seconds']:.2f}x) "
+            f"| {r['aa_robust_accuracy']:.3f} |"
+        )
+    return rows
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=1000)
@@ -324,6 +438,11 @@ def main(argv=None):
     parser.add_argument("--opt-n", type=int, default=100)
     parser.add_argument("--cw-iterations", type=int, default=1000)
     parser.add_argument("--skip", default="", help="comma-separated implementations to skip")
+    parser.add_argument(
+        "--backends", default="tensorflow,jax,torch", help="for --sections backends"
+    )
+    parser.add_argument("--baseline-rev", default=None, help="also time advlib at this commit")
+    parser.add_argument("--aa-n", type=int, default=200, help="AutoAttack's images (backends)")
     parser.add_argument("--out", default=os.path.join(RESULTS, "attack_speed.json"))
     args = parser.parse_args(argv)
     sections = args.sections.split(",")
@@ -350,6 +469,10 @@ def main(argv=None):
     )
     if "fgsm-pgd" in sections:
         report["rows"] = fgsm_pgd(model, x, y, args, skip)
+    if "backends" in sections:
+        report["backend_rows"] = backend_section(model, x, y, args)
+        report["aa_n"] = args.aa_n
+        report["baseline_rev"] = args.baseline_rev
     if "cw" in sections or "jsma" in sections:
         correct = np.flatnonzero(model.predict(x, verbose=0).argmax(1) == y)[: args.opt_n]
         rows = optimisation_attacks(

@@ -18,8 +18,12 @@ Prints a table with each backend's time as a ratio to TensorFlow's, measured in
 the same run, and writes JSON to `--out`.
 
     python benchmarks/backend_agreement.py [--n 360] [--backends tensorflow,jax,torch]
-    python benchmarks/backend_agreement.py --dataset fashion-mnist \
+    python benchmarks/backend_agreement.py --dataset fashion-mnist \\
         --model adv_out/fast_fashion-mnist.keras --n 1000 --min-norm-n 200
+
+The shared model, images and settings, and each backend's results, are kept in
+a folder (printed at the start); `--resume FOLDER` runs only the backends whose
+results are missing there, on the same files, and tabulates them all.
 """
 
 from __future__ import annotations
@@ -75,6 +79,9 @@ np.savez(sys.argv[2], **out, **{"seconds_" + k: np.array(v) for k, v in seconds.
 
 def run_backend(name: str, shared: str, folder: str, settings: dict) -> dict:
     out = os.path.join(folder, f"{name}.npz")
+    if os.path.exists(out):  # finished in an earlier, interrupted run
+        with np.load(out) as data:
+            return {key: data[key] for key in data.files}
     env = dict(os.environ, KERAS_BACKEND=name, TF_CPP_MIN_LOG_LEVEL="3")
     done = subprocess.run(
         [sys.executable, "-c", WORKER, shared, out, json.dumps(settings)],
@@ -106,6 +113,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--cw-iterations", type=int, default=100)
     parser.add_argument("--fmn-steps", type=int, default=100)
     parser.add_argument("--out", default="benchmarks/backend_agreement.json")
+    parser.add_argument(
+        "--resume", metavar="FOLDER", help="an interrupted run's folder: run what it lacks"
+    )
     args = parser.parse_args(argv)
     if os.path.exists(args.out):
         raise SystemExit(f"{args.out} exists; pass another --out (results are never overwritten)")
@@ -114,25 +124,43 @@ def main(argv=None) -> dict:
     from advlib.datasets import load
     from advlib.models import load_model, small_cnn, train_classifier
 
-    (x_train, y_train), (x_test, y_test) = load(args.dataset)
-    folder = tempfile.mkdtemp(prefix="advlib-backends-")
-    if args.model:
-        model = load_model(args.model)
+    if args.resume:
+        folder = args.resume
+        with open(os.path.join(folder, "settings.json")) as handle:
+            settings = json.load(handle)
+        args.dataset, args.n, args.eps = settings["dataset"], settings["n"], settings["eps"]
+        args.model = settings["model_source"]
+        model = load_model(settings["model"])
     else:
-        model = train_classifier(small_cnn(x_train.shape[1:]), x_train, y_train, epochs=15, seed=0)
-    # every backend loads this one file: the same weights, bit for bit
-    model_file = os.path.join(folder, "model.keras")
-    model.save(model_file)
+        folder = tempfile.mkdtemp(prefix="advlib-backends-")
+        if args.model:
+            model = load_model(args.model)
+        else:
+            (x_train, y_train), _ = load(args.dataset)
+            model = train_classifier(
+                small_cnn(x_train.shape[1:]), x_train, y_train, epochs=15, seed=0
+            )
+        # every backend loads this one file: the same weights, bit for bit
+        model.save(os.path.join(folder, "model.keras"))
+        _, (x_test, y_test) = load(args.dataset)
+        np.savez(os.path.join(folder, "shared.npz"), x=x_test[: args.n], y=y_test[: args.n])
+        settings = {
+            "model": os.path.join(folder, "model.keras"),
+            "model_source": args.model,
+            "dataset": args.dataset,
+            "n": args.n,
+            "eps": args.eps,
+            "batch_size": args.batch_size,
+            "min_norm_n": args.min_norm_n or args.n,
+            "cw_iterations": args.cw_iterations,
+            "fmn_steps": args.fmn_steps,
+        }
+        with open(os.path.join(folder, "settings.json"), "w") as handle:
+            json.dump(settings, handle)
+    print(f"shared files and each backend's results: {folder}", flush=True)
     shared = os.path.join(folder, "shared.npz")
-    np.savez(shared, x=x_test[: args.n], y=y_test[: args.n])
-    settings = {
-        "model": model_file,
-        "eps": args.eps,
-        "batch_size": args.batch_size,
-        "min_norm_n": args.min_norm_n or args.n,
-        "cw_iterations": args.cw_iterations,
-        "fmn_steps": args.fmn_steps,
-    }
+    with np.load(shared) as data:
+        x_test, y_test = data["x"], data["y"]
     names = args.backends.split(",")
     runs = {name: run_backend(name, shared, folder, settings) for name in names}
     reference = runs[names[0]]
@@ -140,7 +168,7 @@ def main(argv=None) -> dict:
     from advlib.models import KerasModelWrapper
 
     gradient = backend.to_numpy(
-        KerasModelWrapper(model).loss_gradient(x_test[: args.n], y_test[: args.n], cross_entropy)[1]
+        KerasModelWrapper(model).loss_gradient(x_test, y_test, cross_entropy)[1]
     )
     clear = np.abs(gradient) >= 1e-7
     rows = []
