@@ -33,10 +33,14 @@ adds advlib as it was at commit REV (`git archive`) on TensorFlow, so that
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import platform
+import subprocess
 import sys
+import tarfile
+import tempfile
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -353,24 +357,16 @@ print(json.dumps(dict(
 
 def advlib_tree(rev: str, folder: str) -> str:
     """advlib's sources as they were at commit `rev`, unpacked under `folder`."""
-    import subprocess
-
     root = os.path.dirname(HERE)
     archive = subprocess.run(
         ["git", "-C", root, "archive", rev, "advlib"], capture_output=True, check=True
     ).stdout
-    import io
-    import tarfile
-
     tarfile.open(fileobj=io.BytesIO(archive)).extractall(folder, filter="data")
     return folder
 
 
 def backend_section(model, x, y, args):
     """advlib's PGD-40 and AutoAttack on each backend (and at `--baseline-rev`)."""
-    import subprocess
-    import tempfile
-
     folder = tempfile.mkdtemp(prefix="advlib-speed-")
     model_file, data_file = os.path.join(folder, "model.keras"), os.path.join(folder, "data.npz")
     model.save(model_file)

@@ -2,8 +2,10 @@
 found by name without a list to edit."""
 
 import ast
+import inspect
 import os
 import shutil
+import textwrap
 
 import numpy as np
 import pytest
@@ -279,9 +281,6 @@ def test_a_new_attack_is_found_by_name_and_runs_in_a_protocol(
 
 def _reads_of_self(function) -> set[str]:
     """The attributes of `self` that `function`'s source reads or calls."""
-    import inspect
-    import textwrap
-
     tree = ast.parse(textwrap.dedent(inspect.getsource(function)))
     return {
         node.attr
@@ -294,9 +293,6 @@ def _reads_of_self(function) -> set[str]:
 
 def _instance_state(cls) -> set[str]:
     """What the methods of `cls` (and its bases) assign to `self`."""
-    import inspect
-    import textwrap
-
     assigned = set()
     for klass in cls.__mro__[:-1]:  # all but object
         tree = ast.parse(textwrap.dedent(inspect.getsource(klass)))
@@ -310,8 +306,6 @@ def _instance_state(cls) -> set[str]:
 
 
 def _compiled_methods(cls) -> set[str]:
-    import inspect
-
     names = set()
     for klass in cls.__mro__:
         if klass.__module__.startswith("advlib.attacks"):
