@@ -321,9 +321,9 @@ def _compiled_methods(cls) -> set[str]:
     return {name for name in names if hasattr(cls, name)}
 
 
-def _state_read_by(cls, method: str) -> set[str]:
-    """The instance attributes other than `model` that `method` reads, following
-    the calls to other methods of `cls`."""
+def _reached_by(cls, method: str) -> tuple[set[str], set[str]]:
+    """The instance attributes other than `model` that `method` reads, and the
+    methods of `cls` it calls, following those calls."""
     state, seen, todo = _instance_state(cls) - {"model"}, set(), [method]
     found = set()
     while todo:
@@ -337,7 +337,22 @@ def _state_read_by(cls, method: str) -> set[str]:
                 found.add(attr)
             elif callable(getattr(cls, attr, None)):
                 todo.append(attr)
-    return found
+    return found, seen
+
+
+def _state_read_by(cls, method: str) -> set[str]:
+    return _reached_by(cls, method)[0]
+
+
+def _overridden_under(cls, method: str) -> set[str]:
+    """The methods that `method` calls which `cls` overrides below the class
+    defining `method`: attacks share a compiled method with that class's."""
+    owner = next(klass for klass in cls.__mro__ if method in vars(klass))
+    return {
+        name
+        for name in _reached_by(cls, method)[1]
+        if getattr(cls, name) is not getattr(owner, name)
+    }
 
 
 SHIPPED = [name for name in attacks.names() if by_name(name).__module__.startswith("advlib.")]
@@ -353,6 +368,7 @@ def test_compiled_methods_read_nothing_of_the_attack_but_its_model(name):
     assert compiled or cls.black_box or name == "AutoAttack"
     for method in compiled:
         assert _state_read_by(cls, method) == set(), f"{name}.{method} reads instance state"
+        assert _overridden_under(cls, method) == set(), f"{name} overrides what {method} calls"
 
 
 def test_the_state_audit_sees_state_read_through_a_helper():
@@ -368,3 +384,13 @@ def test_the_state_audit_sees_state_read_through_a_helper():
             return self.scale
 
     assert _state_read_by(Leaky, "_chunk_fn") == {"scale"}
+
+
+def test_the_sharing_audit_sees_an_overridden_helper():
+    class Tweaked(attacks.CarliniWagnerL2, register=False):
+        @staticmethod
+        def _to_input(w, low, high, use_tanh):
+            return w
+
+    assert _overridden_under(Tweaked, "_step_fn") == {"_to_input"}
+    assert _overridden_under(attacks.CarliniWagnerL2, "_step_fn") == set()

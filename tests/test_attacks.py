@@ -7,6 +7,7 @@ from conftest import linear_model
 
 from advlib.attacks import (
     BasicIterativeMethod,
+    CarliniWagnerL2,
     FastGradientMethod,
     MadryEtAl,
     MomentumIterativeMethod,
@@ -249,6 +250,10 @@ def test_changing_numbers_does_not_retrace(digits_mlp, digits_eval):
     assert attack._step.experimental_get_tracing_count() == traces + targeted_traces
     attack.generate(x[:50], eps=0.07, eps_iter=0.01, nb_iter=2, y_target=y[50:100])
     assert attack._step.experimental_get_tracing_count() == traces + targeted_traces
+    # nor does a new batch size: the first trace left the batch dimension open
+    attack.generate(x[:7], eps=0.07, eps_iter=0.01, nb_iter=2, y=y[:7])
+    attack.generate(x[:93], eps=0.07, eps_iter=0.01, nb_iter=2, y_target=y[:93])
+    assert attack._step.experimental_get_tracing_count() == traces + targeted_traces == 2
 
 
 def test_inputs_of_any_rank(linear):
@@ -366,7 +371,9 @@ def test_attacks_on_one_model_share_their_traces(digits_mlp, digits_eval):
     assert second._step is first._step and traces == second._step.experimental_get_tracing_count()
     # each attack keeps its own counts
     assert first.forward_passes == second.forward_passes == 100
-    # another class compiles its own step; a bare Keras model always gets the same wrapper
-    assert ProjectedGradientDescent(wrapped)._step is not first._step
+    # the classes that inherit the step share it; one that defines its own compiles it
+    assert ProjectedGradientDescent(wrapped)._step is first._step
+    assert CarliniWagnerL2(wrapped)._step is not first._step
+    # a bare Keras model always gets the same wrapper
     assert as_model(digits_mlp) is as_model(digits_mlp) is not wrapped
     assert BasicIterativeMethod(digits_mlp)._step is BasicIterativeMethod(digits_mlp)._step

@@ -244,10 +244,10 @@ def test_square_queries_of_an_example_do_not_depend_on_the_others(digits_cnn, te
 # -- the ensemble ---------------------------------------------------------------------------
 @pytest.mark.slow
 def test_autoattack_standard_is_the_per_example_worst_case(digits_cnn, test_set):
-    x, y = test_set[0][:40], test_set[1][:40]
+    x, y = test_set[0][:20], test_set[1][:20]
     eps = 0.1
     adversary = AutoAttack(digits_cnn, norm="Linf", eps=eps, version="standard", seed=0)
-    x_adv, labels = adversary.run_standard_evaluation(x, y, bs=40, return_labels=True)
+    x_adv, labels = adversary.run_standard_evaluation(x, y, bs=20, return_labels=True)
     accuracy = adversary.robust_accuracy
     assert list(accuracy) == ["clean", "apgd-ce", "apgd-t", "fab-t", "square"]
     steps = list(accuracy.values())

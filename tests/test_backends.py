@@ -118,6 +118,26 @@ def test_generate_takes_and_returns_the_backends_tensors(digits_cnn, data):
     assert np.abs(backend.to_numpy(x_adv) - x[:8]).max() <= EPS + 1e-6
 
 
+def test_compiled_steps_keep_no_history_but_their_gradients(digits_cnn, data):
+    """A compiled step's outputs feed the next step: on PyTorch, where steps run
+    eagerly, outputs that kept their autograd graph would chain every step's
+    graph and activations (a leak of gigabytes over Square's queries)."""
+    x, y = data
+    model = KerasModelWrapper(digits_cnn)
+
+    def step(x, labels):
+        logits = model.get_logits(x)
+        _, gradient, _ = model.loss_gradient(x, labels, attacks.losses.cross_entropy)
+        return logits, gradient
+
+    logits, gradient = backend.compiled(step)(
+        keras.ops.convert_to_tensor(x[:8]), keras.ops.convert_to_tensor(y[:8])
+    )
+    assert not getattr(logits, "requires_grad", False)
+    assert not getattr(gradient, "requires_grad", False)
+    assert np.abs(backend.to_numpy(gradient)).sum() > 0
+
+
 def test_gradients_follow_weights_changed_after_the_first_call(digits, data):
     """A compiled step sees the current weights (JAX would otherwise compile them in)."""
     from advlib.models import small_cnn

@@ -114,7 +114,7 @@ def test_qnn_example_on_digits(tmp_path):
             "--dataset",
             "digits",
             "--epochs",
-            "10",
+            "6",
             "--width",
             "128",
             "--batch-size",

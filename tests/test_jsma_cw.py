@@ -46,6 +46,11 @@ def test_jsma_random_targets_are_reproducible(digits_cnn, cnn_eval, jsma_result)
     x, y = cnn_eval
     again = SaliencyMapMethod(digits_cnn).run(x[:20], y=y[:20], gamma=0.3, seed=0)
     np.testing.assert_array_equal(again.labels, jsma_result.labels[:20])
+    # batches of two sizes share one compiled step, and each example its result
+    batched = SaliencyMapMethod(digits_cnn).run(
+        x[:20], y_target=again.labels, gamma=0.3, batch_size=12, seed=0
+    )
+    np.testing.assert_array_equal(batched.x_adv, again.x_adv)
     np.testing.assert_array_equal(again.labels, random_targets(y[:20], 10, 0))
     other = random_targets(y, 10, 1)
     assert np.all(other != y) and not np.array_equal(other, jsma_result.labels)
@@ -234,13 +239,15 @@ def brute_force_pair(alpha, beta, domain, increase):
     return pair
 
 
+@pytest.mark.parametrize("block", [1, 5, 23])  # one feature, a ragged last block, all
 @pytest.mark.parametrize("increase", [True, False])
-def test_blocked_pair_search_equals_brute_force(increase, monkeypatch):
+def test_blocked_pair_search_equals_brute_force(increase, block, monkeypatch):
     import tensorflow as tf
 
     import advlib.attacks.saliency_map_method as jsma
 
-    monkeypatch.setattr(jsma, "_PAIR_BLOCK", 7 * 23)  # many blocks, a ragged last one
+    monkeypatch.setattr(jsma, "_PAIR_BLOCK", 7 * 23 * 5)
+    assert jsma.pair_block(7, 23) == 5 and jsma.pair_block(1, 23) == 23
     rng = np.random.default_rng(0)
     alpha = rng.normal(size=(7, 23)).astype(np.float32)
     beta = rng.normal(size=(7, 23)).astype(np.float32)
@@ -248,7 +255,7 @@ def test_blocked_pair_search_equals_brute_force(increase, monkeypatch):
     domain[6] = False
     domain[6, :2] = True  # a single admissible pair
     p, q, found = jsma.best_pair(
-        tf.constant(alpha), tf.constant(beta), tf.constant(domain), increase
+        tf.constant(alpha), tf.constant(beta), tf.constant(domain), increase, block
     )
     for i in range(7):
         expected = brute_force_pair(alpha[i], beta[i], domain[i], increase)

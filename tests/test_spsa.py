@@ -25,9 +25,8 @@ def test_gradient_estimate_converges_to_the_true_gradient():
         False,
         1e-3,
         20000,
-        np.array([0, 1]),
+        [np.array([0, 1])],
         np.arange(4),
-        4,
     ).numpy()
     with tf.GradientTape() as tape:
         xt = tf.constant(x)
@@ -38,6 +37,21 @@ def test_gradient_estimate_converges_to_the_true_gradient():
         (estimate * exact).sum(1) / np.linalg.norm(estimate, axis=1) / np.linalg.norm(exact, axis=1)
     )
     assert cosine.min() > 0.95
+    # spsa_iters estimates per step are averaged; an example's rows follow it
+    one = lambda pair, rows: spsa._estimate_gradient(
+        tf.constant(x), labels, False, 1e-3, 64, [pair], rows
+    ).numpy()
+    both = spsa._estimate_gradient(
+        tf.constant(x), labels, False, 1e-3, 64, [[0, 1], [0, 2]], np.arange(4)
+    ).numpy()
+    mean = (one([0, 1], np.arange(4)) + one([0, 2], np.arange(4))) / 2
+    np.testing.assert_allclose(both, mean, rtol=1e-5, atol=1e-7)
+    subset = one([0, 1], np.array([1, 3]))
+    np.testing.assert_array_equal(subset[[0, 2]], 0)
+    # the same directions; the model's rounding may differ with the batch
+    np.testing.assert_allclose(
+        subset[[1, 3]], one([0, 1], np.arange(4))[[1, 3]], rtol=1e-5, atol=1e-6
+    )
 
 
 @pytest.mark.parametrize("norm,eps", [(np.inf, 0.2), (2, 1.5)])

@@ -143,11 +143,15 @@ class Attack(abc.ABC):
 
     def _compiled(self, method: Callable) -> Callable:
         """`method` (a bound method of this attack) compiled once per model and
-        attack class: every attack of the class on the same model reuses its
-        traces, as cleverhans's users create attack objects freely. So a
-        compiled method may read no attribute of the attack but `model`
-        (`tests/test_architecture.py` checks); anything else enters as an argument."""
-        return self.model.compiled_method((type(self), method.__name__), method)
+        per class that defines it: every attack on the same model that inherits
+        the method reuses its traces (FGSM's, BIM's, PGD's and MIM's step is
+        one), as cleverhans's users create attack objects freely. So a
+        compiled method may read no attribute of the attack but `model`, and a
+        subclass that overrides a method it calls must override it too
+        (`tests/test_architecture.py` checks both); anything else enters as an
+        argument."""
+        owner = next(klass for klass in type(self).__mro__ if method.__name__ in vars(klass))
+        return self.model.compiled_method((owner, method.__name__), method)
 
     def _count(self, batch: int, forward: int = 1, backward: int = 0) -> None:
         """Records model evaluations: `forward` / `backward` passes over `batch` examples."""

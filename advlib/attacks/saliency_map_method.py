@@ -126,6 +126,7 @@ class SaliencyMapMethod(Attack):
                 tuple(int(d) for d in shape[1:]),
                 increase,
                 use_logits,
+                pair_block(len(x), features),
             )
             self._count(len(x), forward=2 if use_logits else 1, backward=2 if use_logits else 1)
             if not bool(any_active):
@@ -133,7 +134,19 @@ class SaliencyMapMethod(Attack):
         return ops.reshape(flat, shape)
 
     def _step_fn(
-        self, flat, domain, changed, targets, step, low, high, budget, shape, increase, use_logits
+        self,
+        flat,
+        domain,
+        changed,
+        targets,
+        step,
+        low,
+        high,
+        budget,
+        shape,
+        increase,
+        use_logits,
+        block,
     ):
         features = flat.shape[1]
         target_mask = ops.one_hot(targets, self.model.nb_classes, dtype="float32")
@@ -148,7 +161,7 @@ class SaliencyMapMethod(Attack):
         alpha = ops.cast(alpha, "float32")
         if use_logits:
             _, beta, _ = backend.value_and_gradient(lambda flat: score(flat, False), flat)
-            p, q, found = best_pair(alpha, ops.cast(beta, "float32"), domain, increase)
+            p, q, found = best_pair(alpha, ops.cast(beta, "float32"), domain, increase, block)
         else:
             # probabilities sum to one, so beta = -alpha exactly: the sign conditions
             # reduce to alpha_p + alpha_q > 0 (< 0 when decreasing) and the score
@@ -179,19 +192,25 @@ def best_pair_from_target_gradient(alpha, domain, increase):
     return index[:, 0], index[:, 1], found
 
 
-def best_pair(alpha, beta, domain, increase):
+def pair_block(batch: int, features: int) -> int:
+    """How many first features of a pair `best_pair` scores at once, for a batch
+    of `batch` examples: the score block holds at most `_PAIR_BLOCK` entries."""
+    return max(1, min(features, _PAIR_BLOCK // max(1, batch * features)))
+
+
+def best_pair(alpha, beta, domain, increase, block: int):
     """Per example, the admissible pair (p != q) maximising
     relu(a) * relu(-b), a = alpha_p + alpha_q, b = beta_p + beta_q (oriented):
     -a * b under the conditions a > 0, b < 0, and zero where they fail.
 
-    Scans the first feature of the pair in blocks of rows of the
-    (features x features) score matrix, so memory grows as
-    batch x block x features.
+    Scans the first feature of the pair in blocks of `block` rows of the
+    (features x features) score matrix (see `pair_block`), so memory grows as
+    batch x block x features. The batch may be of any size: compiled steps
+    trace it as unknown.
     """
-    batch, features = alpha.shape
+    batch, features = ops.shape(alpha)[0], alpha.shape[1]
     alpha = _oriented(alpha, domain, increase)  # -inf outside: relu(a) = 0
     beta = beta if increase else -beta
-    block = max(1, min(features, _PAIR_BLOCK // max(1, batch * features)))
     blocks = -(-features // block)
     padding = blocks * block - features
     alpha_rows = ops.pad(alpha, [[0, 0], [0, padding]], constant_values=-np.inf)
@@ -207,7 +226,7 @@ def best_pair(alpha, beta, domain, increase):
         beta_block = ops.slice(beta_rows, (0, start), (batch, block))
         a = ops.relu(alpha_block[:, :, None] + alpha[:, None, :])
         b = ops.relu(-(beta_block[:, :, None] + beta[:, None, :]))
-        score = ops.reshape(a * b * off_diagonal, (batch, block * features))
+        score = ops.reshape(a * b * off_diagonal, (-1, block * features))
         index = ops.cast(ops.argmax(score, axis=1), "int32")
         value = ops.max(score, axis=1)
         better = value > best_score
@@ -217,6 +236,7 @@ def best_pair(alpha, beta, domain, increase):
             ops.where(better, index % features, best_q),
         )
 
-    start = (ops.zeros((batch,)), ops.zeros((batch,), "int32"), ops.zeros((batch,), "int32"))
+    none = ops.zeros_like(alpha[:, 0], "int32")
+    start = (ops.zeros_like(alpha[:, 0]), none, none)
     best_score, best_p, best_q = ops.fori_loop(0, blocks, scan, start)
     return best_p, best_q, best_score > 0

@@ -121,104 +121,133 @@ class SPSA(Attack):
         )
         first, second = ops.zeros_like(x), ops.zeros_like(x)
         best, best_loss = x_adv, self._loss(x_adv, labels, targeted)
+        learning_rate = ops.cast(learning_rate, x.dtype)
         for step in range(nb_iter):
             active = backend.to_numpy(best_loss) >= threshold
             if not active.any():
                 break
             # only the examples still running cost model evaluations
-            rows = np.flatnonzero(active)
-            x_active, labels_active = ops.take(x_adv, rows, axis=0), ops.take(labels, rows, axis=0)
-            grad = ops.zeros_like(x_active)
-            for repeat in range(spsa_iters):
-                grad += self._estimate_gradient(
-                    x_active,
-                    labels_active,
-                    targeted,
-                    delta,
-                    spsa_samples,
-                    seed_pair + [1, step * spsa_iters + repeat],
-                    rows,
-                    len(active),
-                )
-            grad = ops.scatter(rows[:, None], grad / spsa_iters, ops.shape(x))
-            x_adv, first, second = _adam_step(
+            rows = ops.convert_to_tensor(np.flatnonzero(active))
+            grad = self._estimate_gradient(
+                x_adv,
+                labels,
+                targeted,
+                delta,
+                spsa_samples,
+                [seed_pair + [1, step * spsa_iters + repeat] for repeat in range(spsa_iters)],
+                rows,
+            )
+            x_adv, first, second, moved = _adam_step(
                 x_adv,
                 x,
                 grad,
                 first,
                 second,
                 ops.convert_to_tensor(active),
+                rows,
                 ops.cast(step + 1, x.dtype),
-                ops.cast(learning_rate, x.dtype),
+                learning_rate,
                 eps_t,
                 low,
                 high,
                 norm,
             )
-            new_loss = self._loss(ops.take(x_adv, rows, axis=0), labels_active, targeted)
-            loss = ops.scatter_update(best_loss, rows[:, None], new_loss)
-            better = ops.cast(loss < best_loss, x.dtype)
-            best = ops.where(utils.per_example(better, x) > 0, x_adv, best)
-            best_loss = ops.minimum(loss, best_loss)
+            best, best_loss = _keep_best(
+                best, best_loss, x_adv, self._logits(moved), labels, rows, targeted
+            )
         return best
 
-    def _loss(self, points, labels, targeted) -> Any:
-        """The margin loss to minimise: negative once the attack has succeeded."""
-        logits = ops.concatenate(
+    def _logits(self, points) -> Any:
+        """The model's logits, `_MAX_POINTS` points at a time; counted."""
+        count = int(points.shape[0])
+        self._count(count)
+        if count <= _MAX_POINTS:
+            return self.model.predict_logits(points)
+        return ops.concatenate(
             [
                 self.model.predict_logits(points[i : i + _MAX_POINTS])
-                for i in range(0, int(points.shape[0]), _MAX_POINTS)
+                for i in range(0, count, _MAX_POINTS)
             ],
             axis=0,
         )
-        self._count(int(points.shape[0]))
-        margin = margin_loss(labels=labels, logits=logits)
-        return margin if targeted else -margin
 
-    def _estimate_gradient(self, x_adv, labels, targeted, delta, samples, seed_pair, rows, batch):
-        """The gradient estimate at each row of `x_adv`; `rows` (shape (n,)) are
-        their places in a batch of `batch`, so that an example's directions do not
-        depend on which other examples are still running."""
+    def _loss(self, points, labels, targeted) -> Any:
+        """The margin loss to minimise: negative once the attack has succeeded."""
+        return _objective(self._logits(points), labels, targeted)
+
+    def _estimate_gradient(self, x_adv, labels, targeted, delta, samples, seed_pairs, rows):
+        """The gradient estimate at the `rows` of `x_adv` (zero at the other rows),
+        averaged over one estimate per seed pair in `seed_pairs`. An example's
+        directions depend on its row and the seed only, not on which other
+        examples are still running."""
         pairs = samples // 2
         delta = ops.convert_to_tensor(delta, x_adv.dtype)
-        seed = backend.seed(seed_pair)
-        directions, points = _probe_points(
-            x_adv, delta, pairs, seed, ops.convert_to_tensor(rows), batch
-        )
-        repeated = ops.repeat(labels, 2 * pairs, axis=0)
-        loss = ops.reshape(self._loss(points, repeated, targeted), (-1, 2, pairs))
-        flat = ops.reshape(directions, (len(rows), pairs, -1))
-        return ops.reshape(_combine(flat, loss, delta), ops.shape(x_adv))
+        rows = ops.convert_to_tensor(rows)
+        estimates = []
+        for seed_pair in seed_pairs:
+            directions, points = _probe_points(x_adv, rows, delta, backend.seed(seed_pair), pairs)
+            estimates.append(
+                _estimate(directions, self._logits(points), labels, rows, delta, targeted)
+            )
+        if len(estimates) == 1:
+            return estimates[0]
+        return ops.mean(ops.stack(estimates), axis=0)
 
 
 @backend.compiled
-def _probe_points(x_adv, delta, pairs, seed_pair, rows, batch):
-    """Random sign directions (rows, pairs, ...) and the points x +- delta * v."""
-    shape = (batch, pairs) + tuple(x_adv.shape[1:])
+def _objective(logits, labels, targeted):
+    margin = margin_loss(labels=labels, logits=logits)
+    return margin if targeted else -margin
+
+
+@backend.compiled
+def _probe_points(x_adv, rows, delta, seed_pair, pairs):
+    """Random sign directions (rows, pairs, ...) and the points x +- delta * v, for
+    the `rows` of `x_adv`; the directions are drawn for the whole batch, so that
+    a row's directions do not depend on the other rows."""
+    shape = (ops.shape(x_adv)[0], pairs) + tuple(x_adv.shape[1:])
     every = backend.uniform(shape, seed_pair, -1.0, 1.0, x_adv.dtype)
     directions = ops.sign(ops.take(every, rows, axis=0))
     directions = ops.where(directions == 0, ops.ones_like(directions), directions)
-    centre = ops.expand_dims(x_adv, 1)
+    centre = ops.expand_dims(ops.take(x_adv, rows, axis=0), 1)
     points = ops.stack([centre + delta * directions, centre - delta * directions], axis=1)
     return directions, ops.reshape(points, (-1,) + tuple(x_adv.shape[1:]))
 
 
 @backend.compiled
-def _combine(directions, loss, delta):
-    """The central-difference estimate, averaged over the antithetic pairs;
-    `directions` is (batch, pairs, features)."""
-    slope = (loss[:, 0] - loss[:, 1]) / (2 * delta)  # (batch, pairs)
-    return ops.mean(slope[:, :, None] * directions, axis=1)
+def _estimate(directions, logits, labels, rows, delta, targeted):
+    """The central-difference estimate from the probes' logits, averaged over the
+    antithetic pairs, scattered into a zero gradient shaped like the batch."""
+    count, pairs = ops.shape(directions)[0], ops.shape(directions)[1]
+    repeated = ops.repeat(ops.take(labels, rows, axis=0), 2 * pairs, axis=0)
+    loss = ops.reshape(_objective(logits, repeated, targeted), (-1, 2, pairs))
+    slope = (loss[:, 0] - loss[:, 1]) / (2 * delta)  # (rows, pairs)
+    flat = ops.reshape(directions, (count, pairs, -1))
+    estimate = ops.reshape(ops.mean(slope[:, :, None] * flat, axis=1), ops.shape(directions[:, 0]))
+    batch = (ops.shape(labels)[0],) + tuple(directions.shape[2:])
+    return ops.scatter(ops.expand_dims(rows, 1), estimate, batch)
 
 
 @backend.compiled
-def _adam_step(x_adv, x, grad, first, second, active, t, learning_rate, eps, low, high, norm):
-    """One Adam descent step on x_adv, projected; inactive examples are left as they are."""
+def _keep_best(best, best_loss, x_adv, logits, labels, rows, targeted):
+    """The best iterate and loss per example, after the `rows` moved to `x_adv`."""
+    new_loss = _objective(logits, ops.take(labels, rows, axis=0), targeted)
+    loss = ops.scatter_update(best_loss, ops.expand_dims(rows, 1), new_loss)
+    better = utils.per_example(loss < best_loss, x_adv)
+    return ops.where(better, x_adv, best), ops.minimum(loss, best_loss)
+
+
+@backend.compiled
+def _adam_step(x_adv, x, grad, first, second, active, rows, t, learning_rate, eps, low, high, norm):
+    """One Adam descent step on the `active` rows of x_adv (whose indices are
+    `rows`), projected; the other rows are left as they are. Also returns the
+    moved rows, for their loss."""
     step, new_first, new_second = utils.adam_update(grad, first, second, t, learning_rate)
     moved = utils.clip(x + utils.clip_eta(x_adv - step - x, norm, eps), low, high)
-    keep = utils.per_example(ops.cast(active, x.dtype), x) > 0
+    keep = utils.per_example(active, x)
     return (
         ops.where(keep, moved, x_adv),
         ops.where(keep, new_first, first),
         ops.where(keep, new_second, second),
+        ops.take(moved, rows, axis=0),
     )

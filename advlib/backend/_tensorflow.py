@@ -20,7 +20,56 @@ def value_and_gradient(fn, x):
 
 def compiled(fn, variables=None):
     del variables  # tf.function reads variables as they are at each call
-    return tf.function(fn, reduce_retracing=True, autograph=False)
+    return _OpenBatch(tf.function(fn, reduce_retracing=True, autograph=False))
+
+
+class _OpenBatch:
+    """A `tf.function` whose first trace for each combination of Python
+    arguments leaves the leading (batch) dimension of every array argument
+    open. `reduce_retracing` alone traces once for the first batch size and
+    again, generalized, for the second, and attacks always meet a second one
+    (the last batch, the examples still unbroken): a trace through a model's
+    gradient costs a second or more."""
+
+    def __init__(self, function):
+        self._function = function
+        self._opened: set = set()
+
+    def __call__(self, *args, **kwargs):
+        try:
+            key = _python_values((args, kwargs))
+            first = key not in self._opened
+        except TypeError:  # an unhashable argument: leave the tracing to TensorFlow
+            key, first = None, False
+        if first:
+            self._opened.add(key)
+            self._function.get_concrete_function(*_open(args), **_open(kwargs))
+        return self._function(*args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self._function, name)
+
+
+def _is_array(value) -> bool:
+    return isinstance(value, (tf.Tensor, np.ndarray)) and len(value.shape) >= 1
+
+
+def _python_values(structure) -> tuple:
+    """What fixes a trace besides the arrays' batch sizes: the Python values, and
+    each array's dtype and rank."""
+    return tuple(
+        (value.dtype, len(value.shape)) if isinstance(value, (tf.Tensor, np.ndarray)) else value
+        for value in tf.nest.flatten(structure)
+    )
+
+
+def _open(structure):
+    def spec(value):
+        if _is_array(value):
+            return tf.TensorSpec((None, *value.shape[1:]), tf.as_dtype(value.dtype))
+        return value
+
+    return tf.nest.map_structure(spec, structure)
 
 
 def seed_tensor(seed_pair):
