@@ -1,6 +1,7 @@
 """Shared fixtures. TensorFlow is imported inside fixtures only, so that the
 engine's tests collect on machines with NumPy and CuPy but no TensorFlow."""
 
+import functools
 import os
 import subprocess
 import sys
@@ -103,21 +104,41 @@ def run_python(code: str, **env) -> subprocess.CompletedProcess:
     )
 
 
+@functools.cache
+def _sources_digest() -> str:
+    """What a trained fixture depends on: advlib's and these tests' sources and
+    Keras's version."""
+    import hashlib
+
+    import keras
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    digest = hashlib.sha256(keras.__version__.encode())
+    for folder in ("advlib", "tests"):
+        for parent, _, files in sorted(os.walk(os.path.join(root, folder))):
+            for name in sorted(files):
+                if name.endswith(".py"):
+                    with open(os.path.join(parent, name), "rb") as handle:
+                        digest.update(handle.read())
+    return digest.hexdigest()[:16]
+
+
 def trained_once(request, name, train):
-    """The Keras model `train()` returns, trained by one test worker and loaded by
-    the others: pytest-xdist gives each worker its own session, and these fixtures
-    would otherwise train the same seeded model on every worker."""
+    """The Keras model `train()` returns, trained once and loaded everywhere else:
+    pytest-xdist gives each worker its own session, and the backend matrix runs
+    the suite again on JAX and PyTorch, which would each train the same seeded
+    model again. The file is kept in pytest's cache, under a digest of the
+    sources, so that changed code trains anew; weights load on every backend."""
     import fcntl
 
     import keras
 
     import advlib.models  # noqa: F401  (registers advlib's layers for loading)
 
-    if not hasattr(request.config, "workerinput"):
-        return train()
-    shared = request.getfixturevalue("tmp_path_factory").getbasetemp().parent
-    path = shared / f"{name}.keras"
-    with open(shared / f"{name}.lock", "w") as lock:
+    folder = request.config.cache.mkdir("advlib-trained")
+    stem = f"{name}-{_sources_digest()}"
+    path = folder / f"{stem}.keras"
+    with open(folder / f"{stem}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if path.exists():
             return keras.models.load_model(path)
