@@ -61,7 +61,7 @@ def protocol_for(dataset, sigma, n, samples, quick):
         document["batch_size"] = min(document["batch_size"], n)
     if samples is not None:
         document["certify"]["n"] = samples
-    if quick:  # the harness mechanics only: APGD-CE with 10 steps
+    if quick:  # the harness mechanics only: APGD-CE, FMN and FAB with 10 steps
         document["attacks"] = [
             {
                 "name": "apgd-ce",
@@ -72,6 +72,10 @@ def protocol_for(dataset, sigma, n, samples, quick):
         document["headline"]["attacks"] = ["apgd-ce"]
         document.pop("sweep_attacks", None)
         document["diagnostics"] = {"n": 20, "spsa_iterations": 0}
+        for entry in document.get("min_norm", {}).get("attacks", []):
+            for steps in ("steps", "nb_iter"):
+                if steps in entry["params"]:
+                    entry["params"][steps] = 10
     if document != protocols.load(PROTOCOLS[dataset]):
         document["name"] += f"-sigma{sigma:g}" + ("-custom" if n or samples or quick else "")
     return protocols.validate(document)
@@ -136,7 +140,7 @@ def main(argv=None):
     parser.add_argument(
         "--quick",
         action="store_true",
-        help="attack with APGD-CE, 10 steps, only (for a smoke test)",
+        help="attack with APGD-CE only, and every attack with 10 steps (for a smoke test)",
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out-dir", default="certified_runs")
