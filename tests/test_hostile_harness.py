@@ -246,7 +246,7 @@ def test_two_runs_into_one_folder(digits_mlp, tmp_path):
     protocol_file = tmp_path / "protocol.json"
     protocol_file.write_text(
         json.dumps(
-            tiny_protocol(dataset={"name": "digits", "split": "test", "n": 360}, batch_size=36)
+            tiny_protocol(dataset={"name": "digits", "split": "test", "n": 120}, batch_size=24)
         )
     )
     out = str(tmp_path / "shared")
@@ -279,7 +279,7 @@ def test_two_runs_into_one_folder(digits_mlp, tmp_path):
     )
     assert "Traceback" not in refused
     report = strict_json(os.path.join(out, "report.json"))
-    assert report["complete"] and report["n"] == 360
+    assert report["complete"] and report["n"] == 120
 
 
 def test_atomic_writes_use_unique_temporary_files(tmp_path):
