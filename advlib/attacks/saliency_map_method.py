@@ -113,41 +113,25 @@ class SaliencyMapMethod(Attack):
         step = ops.convert_to_tensor(theta * (clip_max - clip_min), dtype)
         # every step changes a feature by |theta| of the range, or saturates it
         max_steps = budget * math.ceil(1 / abs(theta)) + 1
+        budget_t = ops.convert_to_tensor(budget)
+        # what fixes a trace: the example shape, the direction, the scores, the pair block
+        rule = (
+            tuple(int(d) for d in shape[1:]),
+            increase,
+            use_logits,
+            pair_block(len(x), features),
+        )
         for _ in range(max_steps):
             flat, domain, changed, any_active = self._step(
-                flat,
-                domain,
-                changed,
-                targets,
-                step,
-                low,
-                high,
-                ops.convert_to_tensor(budget),
-                tuple(int(d) for d in shape[1:]),
-                increase,
-                use_logits,
-                pair_block(len(x), features),
+                flat, domain, changed, targets, step, low, high, budget_t, rule
             )
             self._count(len(x), forward=2 if use_logits else 1, backward=2 if use_logits else 1)
             if not bool(any_active):
                 break
         return ops.reshape(flat, shape)
 
-    def _step_fn(
-        self,
-        flat,
-        domain,
-        changed,
-        targets,
-        step,
-        low,
-        high,
-        budget,
-        shape,
-        increase,
-        use_logits,
-        block,
-    ):
+    def _step_fn(self, flat, domain, changed, targets, step, low, high, budget, rule):
+        shape, increase, use_logits, block = rule
         features = flat.shape[1]
         target_mask = ops.one_hot(targets, self.model.nb_classes, dtype="float32")
 
