@@ -191,3 +191,17 @@ def test_pgd_and_spsa_agree_on_a_smooth_model(digits_cnn, cnn_eval):
         **BOUNDS,
     )
     assert np.sum(spsa.success & ~pgd.success) <= 2
+
+
+def test_one_process_attacks_inputs_of_different_ranks(digits_cnn, cnn_eval):
+    """SPSA's compiled pieces are module-level, shared by every model: vectors,
+    then images, must not leave them traced for inputs of unknown rank."""
+    rng = np.random.default_rng(0)
+    vectors = rng.uniform(0.3, 0.7, size=(4, 20)).astype(np.float32)
+    linear = SPSA(linear_model(rng.normal(size=(20, 3)).astype(np.float32)))
+    small = dict(nb_iter=3, spsa_samples=8, seed=0, **BOUNDS)
+    linear.generate_np(vectors, y=np.array([0, 1, 2, 0]), eps=0.1, **small)
+    x, y = cnn_eval
+    # two batch sizes of images, after the vectors
+    result = SPSA(digits_cnn).run(x[:30], y[:30], eps=0.2, batch_size=20, **small)
+    assert np.abs(result.x_adv - x[:30]).max() <= 0.2 + 1e-6

@@ -20,45 +20,63 @@ def value_and_gradient(fn, x):
 
 def compiled(fn, variables=None):
     del variables  # tf.function reads variables as they are at each call
-    return _OpenBatch(tf.function(fn, reduce_retracing=True, autograph=False))
+    return _OpenBatch(fn)
 
 
 class _OpenBatch:
-    """A `tf.function` whose first trace for each combination of Python
-    arguments leaves the leading (batch) dimension of every array argument
-    open. `reduce_retracing` alone traces once for the first batch size and
-    again, generalized, for the second, and attacks always meet a second one
-    (the last batch, the examples still unbroken): a trace through a model's
-    gradient costs a second or more."""
+    """`fn` as one `tf.function` per combination of Python arguments and array
+    dtypes and shapes past the batch dimension, each traced once with the batch
+    dimension open.
 
-    def __init__(self, function):
-        self._function = function
-        self._opened: set = set()
+    `reduce_retracing` alone traces once for the first batch size and again,
+    generalized, for the second, and attacks always meet a second one (the
+    last batch, the examples still unbroken): a trace through a model's
+    gradient costs a second or more. It also generalizes across models: a
+    module-level step called on images and then on vectors would be traced for
+    inputs of unknown rank, which no step can reshape. Here no trace ever sees
+    two shapes."""
+
+    def __init__(self, fn):
+        self._fn = fn
+        self._functions: dict = {}
+        self._fallback = None
 
     def __call__(self, *args, **kwargs):
         try:
-            key = _python_values((args, kwargs))
-            first = key not in self._opened
+            key = _trace_key((args, kwargs))
+            function = self._functions.get(key)
         except TypeError:  # an unhashable argument: leave the tracing to TensorFlow
-            key, first = None, False
-        if first:
-            self._opened.add(key)
-            self._function.get_concrete_function(*_open(args), **_open(kwargs))
-        return self._function(*args, **kwargs)
+            if self._fallback is None:
+                self._fallback = tf.function(self._fn, reduce_retracing=True, autograph=False)
+            return self._fallback(*args, **kwargs)
+        if function is None:
+            function = tf.function(self._fn, autograph=False)
+            function.get_concrete_function(*_open(args), **_open(kwargs))
+            self._functions[key] = function
+        return function(*args, **kwargs)
 
-    def __getattr__(self, name):
-        return getattr(self._function, name)
+    def experimental_get_tracing_count(self) -> int:
+        """How many traces were made, as `tf.function`'s method counts them."""
+        functions = list(self._functions.values()) + [self._fallback]
+        return sum(f.experimental_get_tracing_count() for f in functions if f is not None)
+
+
+def _rank(value) -> int | None:
+    """The rank of an array argument (None if a traced tensor's is unknown)."""
+    return value.ndim if isinstance(value, np.ndarray) else value.shape.rank
 
 
 def _is_array(value) -> bool:
-    return isinstance(value, (tf.Tensor, np.ndarray)) and len(value.shape) >= 1
+    return isinstance(value, (tf.Tensor, np.ndarray)) and bool(_rank(value))
 
 
-def _python_values(structure) -> tuple:
+def _trace_key(structure) -> tuple:
     """What fixes a trace besides the arrays' batch sizes: the Python values, and
-    each array's dtype and rank."""
+    each array's dtype and shape past the first dimension."""
     return tuple(
-        (value.dtype, len(value.shape)) if isinstance(value, (tf.Tensor, np.ndarray)) else value
+        (tf.as_dtype(value.dtype), _rank(value), tuple(value.shape[1:]) if _is_array(value) else ())
+        if isinstance(value, (tf.Tensor, np.ndarray))
+        else value
         for value in tf.nest.flatten(structure)
     )
 
