@@ -206,7 +206,7 @@ def digits_qnns(request, digits):
             keras.losses.SparseCategoricalCrossentropy(from_logits=True),
             metrics=["accuracy"],
         )
-        model.fit(x_train, y_train, epochs=15 if kind == "cnn" else 20, batch_size=64, verbose=0)
+        model.fit(x_train, y_train, epochs=10 if kind == "cnn" else 12, batch_size=64, verbose=0)
         return model
 
     return {

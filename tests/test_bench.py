@@ -43,6 +43,7 @@ def full_run(digits_cnn, tmp_path_factory):
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("full-run")
 def test_full_digits_run(full_run, digits, digits_cnn):
     report, out = full_run
     _, (x_test, y_test) = digits
@@ -71,6 +72,7 @@ def test_full_digits_run(full_run, digits, digits_cnn):
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("full-run")
 def test_sweep_is_monotone(full_run):
     report, _ = full_run
     by_eps = sorted(report["results"]["per_eps"], key=lambda e: e["eps"])
@@ -79,6 +81,7 @@ def test_sweep_is_monotone(full_run):
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("full-run")
 def test_shards_merge_into_the_single_run(full_run, digits_cnn, tmp_path):
     report, out = full_run
     shards = []
@@ -229,6 +232,7 @@ def test_models_that_do_not_fit_the_protocol(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("full-run")
 def test_resume_refuses_another_run(full_run, digits_cnn, digits_mlp):
     _, out = full_run
     with pytest.raises(ValueError, match="belongs to another run: its model_fingerprint"):
@@ -255,6 +259,7 @@ def test_resume_refuses_another_run(full_run, digits_cnn, digits_mlp):
         )
 
 
+@pytest.mark.xdist_group("full-run")
 def test_resume_refuses_a_state_of_another_backend(full_run, digits_cnn, tmp_path):
     _, out = full_run
     state = json.load(open(os.path.join(out, "state.json")))
@@ -283,6 +288,7 @@ def test_resume_refuses_a_state_of_another_backend(full_run, digits_cnn, tmp_pat
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("full-run")
 def test_compare_ranks_and_refuses_mismatched_protocols(full_run, digits_mlp, tmp_path):
     report, _ = full_run
     other = bench.evaluate(digits_mlp, protocol=quick_protocol(), batch_size=90, progress=False)

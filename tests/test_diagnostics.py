@@ -108,6 +108,7 @@ def test_adversarially_trained_cnn_passes_every_check(adversarially_trained, dig
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("masked-reports")
 def test_masking_defence_is_flagged(masked_reports):
     naive, _, _ = masked_reports
     found = statuses(naive)
@@ -125,6 +126,7 @@ def test_masking_defence_is_flagged(masked_reports):
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("masked-reports")
 def test_checks_are_judged_again_from_the_saved_run(masked_reports):
     naive, _, folder = masked_reports
     again = bench.reassess(folder)
@@ -140,6 +142,7 @@ def test_checks_are_judged_again_from_the_saved_run(masked_reports):
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("masked-reports")
 def test_the_command_line_reassesses_a_run(masked_reports, capsys):
     _, _, folder = masked_reports
     assert main(["bench", "reassess", folder, "--black-box-margin", "1.0"]) == 0
@@ -150,6 +153,7 @@ def test_the_command_line_reassesses_a_run(masked_reports, capsys):
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("masked-reports")
 def test_adaptive_mode_exposes_the_masking(masked_reports):
     naive, adaptive, _ = masked_reports
     assert adaptive["adaptive"]["variants"] == ["bpda"]
