@@ -69,7 +69,7 @@ setup(
             "jax>=0.5",
             f"torch==2.13.0+cpu; {CPU_WHEELS}",
             f"torch>=2.6; {OTHERS}",
-            "pytest-xdist>=3.2",  # --dist loadgroup
+            "pytest-xdist>=3.2",  # --dist worksteal
             "hypothesis>=6",
             "python-sat>=1.8.dev16",
             "nvidia-cuda-nvrtc-cu12; platform_system == 'Linux' and platform_machine == 'x86_64'",

@@ -33,7 +33,9 @@ def quick_protocol(**changes):
     return document
 
 
-@pytest.fixture(scope="module")
+# session-scoped, though used by this module only: a pytest-xdist worker interleaves
+# modules, and a module fixture would be computed again each time it came back to it
+@pytest.fixture(scope="session")
 def full_run(digits_cnn, tmp_path_factory):
     out = str(tmp_path_factory.mktemp("full"))
     report = bench.evaluate(
@@ -43,7 +45,6 @@ def full_run(digits_cnn, tmp_path_factory):
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("full-run")
 def test_full_digits_run(full_run, digits, digits_cnn):
     report, out = full_run
     _, (x_test, y_test) = digits
@@ -72,7 +73,6 @@ def test_full_digits_run(full_run, digits, digits_cnn):
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("full-run")
 def test_sweep_is_monotone(full_run):
     report, _ = full_run
     by_eps = sorted(report["results"]["per_eps"], key=lambda e: e["eps"])
@@ -81,7 +81,6 @@ def test_sweep_is_monotone(full_run):
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("full-run")
 def test_shards_merge_into_the_single_run(full_run, digits_cnn, tmp_path):
     report, out = full_run
     shards = []
@@ -127,7 +126,7 @@ def run_cli(args, env):
     )
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def cli_env(tmp_path_factory):
     cache = str(tmp_path_factory.mktemp("cache"))
     env = dict(os.environ, ADVLIB_CACHE=cache, TF_CPP_MIN_LOG_LEVEL="3")
@@ -232,7 +231,6 @@ def test_models_that_do_not_fit_the_protocol(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("full-run")
 def test_resume_refuses_another_run(full_run, digits_cnn, digits_mlp):
     _, out = full_run
     with pytest.raises(ValueError, match="belongs to another run: its model_fingerprint"):
@@ -259,7 +257,6 @@ def test_resume_refuses_another_run(full_run, digits_cnn, digits_mlp):
         )
 
 
-@pytest.mark.xdist_group("full-run")
 def test_resume_refuses_a_state_of_another_backend(full_run, digits_cnn, tmp_path):
     _, out = full_run
     state = json.load(open(os.path.join(out, "state.json")))
@@ -288,7 +285,6 @@ def test_resume_refuses_a_state_of_another_backend(full_run, digits_cnn, tmp_pat
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("full-run")
 def test_compare_ranks_and_refuses_mismatched_protocols(full_run, digits_mlp, tmp_path):
     report, _ = full_run
     other = bench.evaluate(digits_mlp, protocol=quick_protocol(), batch_size=90, progress=False)

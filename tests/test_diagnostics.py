@@ -52,17 +52,19 @@ def statuses(report):
     return {check["id"]: check["status"] for check in report["diagnostics"]}
 
 
-@pytest.fixture(scope="module")
+# session-scoped, though used by this module only: a pytest-xdist worker interleaves
+# modules, and a module fixture would be computed again each time it came back to it
+@pytest.fixture(scope="session")
 def masked(digits_cnn):
     return defended(digits_cnn, InputQuantization(levels=5, name="quantize"))
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def natural_report(digits_cnn):
     return bench.evaluate(digits_cnn, small_protocol(), progress=False, transfer_from=digits_cnn)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def masked_reports(masked, digits_cnn, tmp_path_factory):
     folder = str(tmp_path_factory.mktemp("masked"))
     naive = bench.evaluate(
@@ -72,7 +74,7 @@ def masked_reports(masked, digits_cnn, tmp_path_factory):
     return naive, adaptive, folder
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def adversarially_trained(digits):
     from advlib.training import AdversarialModel
 
@@ -108,7 +110,6 @@ def test_adversarially_trained_cnn_passes_every_check(adversarially_trained, dig
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("masked-reports")
 def test_masking_defence_is_flagged(masked_reports):
     naive, _, _ = masked_reports
     found = statuses(naive)
@@ -126,7 +127,6 @@ def test_masking_defence_is_flagged(masked_reports):
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("masked-reports")
 def test_checks_are_judged_again_from_the_saved_run(masked_reports):
     naive, _, folder = masked_reports
     again = bench.reassess(folder)
@@ -142,7 +142,6 @@ def test_checks_are_judged_again_from_the_saved_run(masked_reports):
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("masked-reports")
 def test_the_command_line_reassesses_a_run(masked_reports, capsys):
     _, _, folder = masked_reports
     assert main(["bench", "reassess", folder, "--black-box-margin", "1.0"]) == 0
@@ -153,7 +152,6 @@ def test_the_command_line_reassesses_a_run(masked_reports, capsys):
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("masked-reports")
 def test_adaptive_mode_exposes_the_masking(masked_reports):
     naive, adaptive, _ = masked_reports
     assert adaptive["adaptive"]["variants"] == ["bpda"]

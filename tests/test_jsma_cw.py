@@ -26,13 +26,14 @@ def logit_margin(model, x, labels):
 
 
 # -- JSMA --------------------------------------------------------------------------
-@pytest.fixture(scope="module")
+# session-scoped, though used by this module only: a pytest-xdist worker interleaves
+# modules, and a module fixture would be computed again each time it came back to it
+@pytest.fixture(scope="session")
 def jsma_result(digits_cnn, cnn_eval):
     x, y = cnn_eval
     return SaliencyMapMethod(digits_cnn).run(x, y=y, theta=1.0, gamma=0.3, seed=0)
 
 
-@pytest.mark.xdist_group("jsma-result")
 def test_jsma_targeted_success(jsma_result, cnn_eval):
     _, y = cnn_eval
     assert jsma_result.targeted
@@ -43,7 +44,6 @@ def test_jsma_targeted_success(jsma_result, cnn_eval):
     )
 
 
-@pytest.mark.xdist_group("jsma-result")
 def test_jsma_random_targets_are_reproducible(digits_cnn, cnn_eval, jsma_result):
     x, y = cnn_eval
     again = SaliencyMapMethod(digits_cnn).run(x[:20], y=y[:20], gamma=0.3, seed=0)
@@ -78,7 +78,6 @@ def test_jsma_respects_the_l0_budget_and_direction(digits_cnn, cnn_eval, theta, 
     assert np.all(on_bound | np.isclose(steps, np.round(steps), atol=1e-5))
 
 
-@pytest.mark.xdist_group("jsma-result")
 def test_jsma_successful_examples_stop_changing(digits_cnn, cnn_eval, jsma_result):
     x, y = cnn_eval
     bigger = SaliencyMapMethod(digits_cnn).generate_np(x, y=y, theta=1.0, gamma=0.5, seed=0)
@@ -102,7 +101,7 @@ def test_jsma_refuses_bad_input(digits_cnn, cnn_eval):
 
 
 # -- Carlini-Wagner L2 ---------------------------------------------------------------
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def cw_result(digits_cnn, cnn_eval):
     x, y = cnn_eval
     return CarliniWagnerL2(digits_cnn).run(x[:50], y=y[:50])  # cleverhans's defaults
