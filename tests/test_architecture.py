@@ -15,6 +15,7 @@ from conftest import run_python
 import advlib
 from advlib import attacks
 from advlib.attacks import Attack, by_name
+from advlib.attacks.base import defining_class
 from advlib.bench import ensemble
 from advlib.bench import protocol as protocols
 
@@ -347,7 +348,7 @@ def _state_read_by(cls, method: str) -> set[str]:
 def _overridden_under(cls, method: str) -> set[str]:
     """The methods that `method` calls which `cls` overrides below the class
     defining `method`: attacks share a compiled method with that class's."""
-    owner = next(klass for klass in cls.__mro__ if method in vars(klass))
+    owner = defining_class(cls, method)
     return {
         name
         for name in _reached_by(cls, method)[1]

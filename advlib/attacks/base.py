@@ -87,6 +87,12 @@ def refuse_true_class_targets(targets: np.ndarray, true_classes: np.ndarray) -> 
         )
 
 
+def defining_class(cls: type, name: str) -> type:
+    """The class in `cls`'s method resolution order that defines `name`: the
+    owner of a compiled method that attacks share (`Attack._compiled`)."""
+    return next(klass for klass in cls.__mro__ if name in vars(klass))
+
+
 class Attack(abc.ABC):
     """Base class of all attacks.
 
@@ -150,7 +156,7 @@ class Attack(abc.ABC):
         subclass that overrides a method it calls must override it too
         (`tests/test_architecture.py` checks both); anything else enters as an
         argument."""
-        owner = next(klass for klass in type(self).__mro__ if method.__name__ in vars(klass))
+        owner = defining_class(type(self), method.__name__)
         return self.model.compiled_method((owner, method.__name__), method)
 
     def _count(self, batch: int, forward: int = 1, backward: int = 0) -> None:
