@@ -6,7 +6,11 @@ fast-AT Fashion-MNIST CNN of `examples/adversarial_training.py`), writes it
 out, and runs in one fresh process per backend, on the same weights and test
 images:
 - FGSM at eps 0.1, whose examples must agree with TensorFlow's to 1e-6 (wherever
-  the gradient entry is at least 1e-7);
+  the gradient entry is at least 1e-7), on the test images and again on the
+  same images with their ties broken: each pixel moved by less than 1e-3, so
+  that no two convolution outputs in a max-pooling window are equal (flat
+  regions of equal pixels tie them, and a backend that sums in another order
+  may route a tied window's gradient to another pixel);
 - PGD-40 (step 2.5 eps / 40, no random start), timed;
 - CW-L2 and FMN-L2 (`--cw-iterations`, `--fmn-steps`): median L2 of the
   successful examples, which must agree within 1%;
@@ -20,6 +24,7 @@ the same run, and writes JSON to `--out`.
     python benchmarks/backend_agreement.py [--n 360] [--backends tensorflow,jax,torch]
     python benchmarks/backend_agreement.py --dataset fashion-mnist \\
         --model adv_out/fast_fashion-mnist.keras --n 1000 --min-norm-n 200
+    python benchmarks/backend_agreement.py ... --sections fgsm  # FGSM alone
 
 The shared model, images and settings, and each backend's results, are kept in
 a folder (printed at the start); `--resume FOLDER` runs only the backends whose
@@ -57,24 +62,34 @@ def timed(name, fn):
     seconds[name] = time.perf_counter() - start
     return value
 
-out["fgsm"] = attacks.FastGradientMethod(model).generate_np(x, y=y, eps=eps, **bounds)
-timed("pgd40", lambda: attacks.BasicIterativeMethod(model).generate_np(
-    x, y=y, eps=eps, eps_iter=2.5 * eps / 40, nb_iter=40, batch_size=None, **bounds))
+sections = settings.get("sections", ["fgsm", "pgd40", "min-norm", "autoattack"])
+if "fgsm" in sections:
+    fgsm = attacks.FastGradientMethod(model)
+    out["fgsm"] = fgsm.generate_np(x, y=y, eps=eps, **bounds)
+    out["fgsm_ties_broken"] = fgsm.generate_np(data["x_ties_broken"], y=y, eps=eps, **bounds)
+if "pgd40" in sections:
+    timed("pgd40", lambda: attacks.BasicIterativeMethod(model).generate_np(
+        x, y=y, eps=eps, eps_iter=2.5 * eps / 40, nb_iter=40, batch_size=None, **bounds))
 few = slice(0, settings["min_norm_n"])
 for name, attack, params in (
     ("cw", attacks.CarliniWagnerL2, dict(max_iterations=settings["cw_iterations"])),
     ("fmn", attacks.FMN, dict(norm=2, steps=settings["fmn_steps"])),
 ):
-    result = attack(model).run(x[few], y[few], batch_size=None, **params, **bounds)
-    out[name + "_median_l2"] = np.array(np.median(result.l2[result.success]))
-start = time.perf_counter()
-result = attacks.AutoAttack(model, eps=eps, version="standard", seed=0).run(
-    x, y, batch_size=settings["batch_size"], **bounds)
-seconds["autoattack"] = time.perf_counter() - start
-out["autoattack_robust"] = np.array(1.0 - result.success_rate)
+    if "min-norm" in sections:
+        result = attack(model).run(x[few], y[few], batch_size=None, **params, **bounds)
+        out[name + "_median_l2"] = np.array(np.median(result.l2[result.success]))
+if "autoattack" in sections:
+    start = time.perf_counter()
+    result = attacks.AutoAttack(model, eps=eps, version="standard", seed=0).run(
+        x, y, batch_size=settings["batch_size"], **bounds)
+    seconds["autoattack"] = time.perf_counter() - start
+    out["autoattack_robust"] = np.array(1.0 - result.success_rate)
 np.savez(sys.argv[2], **out, **{"seconds_" + k: np.array(v) for k, v in seconds.items()},
          device=np.array(backend.device()))
 """
+
+
+SECTIONS = ("fgsm", "pgd40", "min-norm", "autoattack")
 
 
 def run_backend(name: str, shared: str, folder: str, settings: dict) -> dict:
@@ -112,11 +127,20 @@ def main(argv=None) -> dict:
     parser.add_argument("--backends", default="tensorflow,jax,torch")
     parser.add_argument("--cw-iterations", type=int, default=100)
     parser.add_argument("--fmn-steps", type=int, default=100)
+    parser.add_argument(
+        "--sections",
+        default=",".join(SECTIONS),
+        help=f"which measurements, comma-separated, of {', '.join(SECTIONS)} (default all)",
+    )
     parser.add_argument("--out", default="benchmarks/backend_agreement.json")
     parser.add_argument(
         "--resume", metavar="FOLDER", help="an interrupted run's folder: run what it lacks"
     )
     args = parser.parse_args(argv)
+    sections = args.sections.split(",")
+    unknown = sorted(set(sections) - set(SECTIONS))
+    if unknown:
+        parser.error(f"--sections: unknown {unknown}; choose from {', '.join(SECTIONS)}")
     if os.path.exists(args.out):
         raise SystemExit(f"{args.out} exists; pass another --out (results are never overwritten)")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -143,7 +167,13 @@ def main(argv=None) -> dict:
         # every backend loads this one file: the same weights, bit for bit
         model.save(os.path.join(folder, "model.keras"))
         _, (x_test, y_test) = load(args.dataset)
-        np.savez(os.path.join(folder, "shared.npz"), x=x_test[: args.n], y=y_test[: args.n])
+        x_test, y_test = x_test[: args.n], y_test[: args.n]
+        # a dither below 1e-3 that keeps [0, 1] without clipping, which would tie pixels again
+        dither = np.random.default_rng(0).uniform(0.0, 1e-3, x_test.shape)
+        x_ties_broken = (x_test * (1.0 - 1e-3) + dither).astype(x_test.dtype)
+        np.savez(
+            os.path.join(folder, "shared.npz"), x=x_test, y=y_test, x_ties_broken=x_ties_broken
+        )
         settings = {
             "model": os.path.join(folder, "model.keras"),
             "model_source": args.model,
@@ -154,53 +184,72 @@ def main(argv=None) -> dict:
             "min_norm_n": args.min_norm_n or args.n,
             "cw_iterations": args.cw_iterations,
             "fmn_steps": args.fmn_steps,
+            "sections": sections,
         }
         with open(os.path.join(folder, "settings.json"), "w") as handle:
             json.dump(settings, handle)
     print(f"shared files and each backend's results: {folder}", flush=True)
     shared = os.path.join(folder, "shared.npz")
     with np.load(shared) as data:
-        x_test, y_test = data["x"], data["y"]
+        images = {key: data[key] for key in data.files}
     names = args.backends.split(",")
     runs = {name: run_backend(name, shared, folder, settings) for name in names}
     reference = runs[names[0]]
     from advlib.losses import cross_entropy
     from advlib.models import KerasModelWrapper
 
-    gradient = backend.to_numpy(
-        KerasModelWrapper(model).loss_gradient(x_test, y_test, cross_entropy)[1]
-    )
-    clear = np.abs(gradient) >= 1e-7
+    wrapper = KerasModelWrapper(model)
+    clear = {}  # the entries whose gradient is at least 1e-7, where FGSM must agree
+    for key, images_key in (("fgsm", "x"), ("fgsm_ties_broken", "x_ties_broken")):
+        if key in reference and images_key in images:
+            gradient = wrapper.loss_gradient(images[images_key], images["y"], cross_entropy)[1]
+            clear[key] = np.abs(backend.to_numpy(gradient)) >= 1e-7
+    columns = [
+        ("FGSM entries off by > 1e-6", "fgsm_entries_differing", "fgsm" in clear),
+        ("ties broken", "fgsm_ties_broken_entries_differing", "fgsm_ties_broken" in clear),
+        ("CW median L2", "cw_median_l2", "cw_median_l2" in reference),
+        ("FMN median L2", "fmn_median_l2", "fmn_median_l2" in reference),
+        ("AutoAttack robust", "autoattack_robust_accuracy", "autoattack_robust" in reference),
+        ("PGD-40 s (ratio)", "pgd40_seconds", "seconds_pgd40" in reference),
+        ("AutoAttack s (ratio)", "autoattack_seconds", "seconds_autoattack" in reference),
+    ]
+    columns = [(title, key) for title, key, present in columns if present]
     rows = []
+    min_norm = f" (CW and FMN on {settings['min_norm_n']})" if "cw_median_l2" in reference else ""
     print(
-        f"{args.dataset}, {args.n} test images (CW and FMN on {settings['min_norm_n']}), "
-        f"eps {args.eps}, the same weights; times as ratios to {names[0]}"
+        f"{args.dataset}, {args.n} test images{min_norm}, eps {args.eps}, the same weights; "
+        f"FGSM's entries counted where the gradient is at least 1e-7; times as ratios to "
+        f"{names[0]}"
     )
-    print(
-        "| backend | FGSM max diff | CW median L2 | FMN median L2 | AutoAttack robust "
-        "| PGD-40 s (ratio) | AutoAttack s (ratio) |"
-    )
-    print("|---|---|---|---|---|---|---|")
+    print("| backend | " + " | ".join(title for title, _ in columns) + " |")
+    print("|---" * (len(columns) + 1) + "|")
     for name, run in runs.items():
-        row = {
-            "backend": name,
-            "device": str(run["device"]),
-            "fgsm_max_abs_difference": float(np.abs(run["fgsm"] - reference["fgsm"])[clear].max()),
-            "cw_median_l2": float(run["cw_median_l2"]),
-            "fmn_median_l2": float(run["fmn_median_l2"]),
-            "autoattack_robust_accuracy": float(run["autoattack_robust"]),
-            "pgd40_seconds": float(run["seconds_pgd40"]),
-            "autoattack_seconds": float(run["seconds_autoattack"]),
-        }
+        row: dict = {"backend": name, "device": str(run["device"])}
+        for key, mask in clear.items():
+            off = np.abs(run[key] - reference[key]) > 1e-6
+            row[key + "_entries_differing"] = int(off[mask].sum())
+            row[key + "_entries_compared"] = int(mask.sum())
+            row[key + "_max_abs_difference"] = float(np.abs(run[key] - reference[key])[mask].max())
+        for key in ("cw_median_l2", "fmn_median_l2"):
+            if key in run:
+                row[key] = float(run[key])
+        if "autoattack_robust" in run:
+            row["autoattack_robust_accuracy"] = float(run["autoattack_robust"])
+        for key in ("pgd40", "autoattack"):
+            if "seconds_" + key in run:
+                row[key + "_seconds"] = float(run["seconds_" + key])
         rows.append(row)
-        pgd_ratio = row["pgd40_seconds"] / float(reference["seconds_pgd40"])
-        aa_ratio = row["autoattack_seconds"] / float(reference["seconds_autoattack"])
-        print(
-            f"| {name} | {row['fgsm_max_abs_difference']:.1e} | {row['cw_median_l2']:.4f} "
-            f"| {row['fmn_median_l2']:.4f} | {row['autoattack_robust_accuracy']:.4f} "
-            f"| {row['pgd40_seconds']:.2f} ({pgd_ratio:.2f}x) "
-            f"| {row['autoattack_seconds']:.1f} ({aa_ratio:.2f}x) |"
-        )
+        cells = []
+        for _, key in columns:
+            value = row[key]
+            if key.endswith("_entries_differing"):
+                cells.append(f"{value} of {row[key.replace('differing', 'compared')]:,}")
+            elif key.endswith("_seconds"):
+                ratio = value / float(reference["seconds_" + key[: -len("_seconds")]])
+                cells.append(f"{value:.2f} ({ratio:.2f}x)")
+            else:
+                cells.append(f"{value:.7f}" if "median" in key else f"{value:.4f}")
+        print(f"| {name} | " + " | ".join(cells) + " |")
     report = {
         "dataset": args.dataset,
         "model": args.model or "small_cnn trained on digits",
