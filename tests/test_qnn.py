@@ -3,36 +3,40 @@
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
+from conftest import run_python
+from keras import ops
 
-from advlib import qnn
+from advlib import backend, qnn
 from advlib.attacks import ProjectedGradientDescent
 from advlib.models import QNNModelWrapper
 from advlib.qnn.engine import BinaryEngine
 
-X = tf.constant([-2.0, -1.0, -0.5, 0.0, 0.5, 1.0, 2.0])
+X = np.array([-2.0, -1.0, -0.5, 0.0, 0.5, 1.0, 2.0], np.float32)
 
 
 def forward_and_gradient(fn, x=X):
-    with tf.GradientTape() as tape:
-        tape.watch(x)
-        y = fn(x)
-    return y.numpy(), tape.gradient(y, x).numpy()
+    """fn(x) and its elementwise derivative, through the backend's own autodiff."""
+    value, gradient, _ = backend.value_and_gradient(
+        lambda t: (fn(t), None), ops.convert_to_tensor(x)
+    )
+    return backend.to_numpy(value), backend.to_numpy(gradient)
 
 
+@pytest.mark.backends
 def test_ste_sign_values_and_gradient():
     y, grad = forward_and_gradient(qnn.ste_sign)
     np.testing.assert_array_equal(y, [-1, -1, -1, 1, 1, 1, 1])  # never 0, unlike tf.sign
     np.testing.assert_array_equal(grad, [0, 1, 1, 1, 1, 1, 0])
 
 
+@pytest.mark.backends
 @pytest.mark.parametrize(
     "name,expected",
     [
         ("ste", [0, 1, 1, 1, 1, 1, 0]),
         ("identity", [1, 1, 1, 1, 1, 1, 1]),
         ("zero", [0, 0, 0, 0, 0, 0, 0]),
-        ("smooth", list((1 - np.tanh(X.numpy() / 0.5) ** 2) / 0.5)),
+        ("smooth", list((1 - np.tanh(X.astype(np.float64) / 0.5) ** 2) / 0.5)),
     ],
 )
 def test_sign_surrogates_change_only_the_gradient(name, expected):
@@ -40,42 +44,89 @@ def test_sign_surrogates_change_only_the_gradient(name, expected):
     with qnn.sign_surrogate(name, temperature=0.5):
         y, grad = forward_and_gradient(layer)
     np.testing.assert_array_equal(y, [-1, -1, -1, 1, 1, 1, 1])
-    np.testing.assert_allclose(grad, expected, rtol=1e-4)
+    # the backends differentiate tanh by different formulas: 1e-6, as across backends
+    np.testing.assert_allclose(grad, expected, rtol=0, atol=1e-6)
     with pytest.raises(ValueError, match="surrogate must be one of"), qnn.sign_surrogate("magic"):
         pass
 
 
+@pytest.mark.backends
 def test_stochastic_binarization():
-    weights = tf.fill([20000], 0.5)
-    draws = [qnn.StochasticBinarization(seed=3)(weights, training=True).numpy() for _ in range(2)]
+    weights = np.full([20000], 0.5, np.float32)
+    draws = [
+        ops.convert_to_numpy(qnn.StochasticBinarization(seed=3)(weights, training=True))
+        for _ in range(2)
+    ]
     np.testing.assert_array_equal(draws[0], draws[1])  # seeded
     assert set(np.unique(draws[0])) == {-1.0, 1.0}
     assert abs(np.mean(draws[0] == 1) - 0.75) < 0.02  # P(+1) = hard_sigmoid(0.5)
-    other = qnn.StochasticBinarization(seed=4)(weights, training=True).numpy()
+    other = ops.convert_to_numpy(qnn.StochasticBinarization(seed=4)(weights, training=True))
     assert not np.array_equal(draws[0], other)
-    np.testing.assert_array_equal(qnn.StochasticBinarization()(X, training=False), qnn.ste_sign(X))
+    np.testing.assert_array_equal(
+        ops.convert_to_numpy(qnn.StochasticBinarization()(X, training=False)),
+        ops.convert_to_numpy(qnn.ste_sign(X)),
+    )
     _, grad = forward_and_gradient(lambda x: qnn.StochasticBinarization()(x, training=True))
     np.testing.assert_array_equal(grad, [0, 1, 1, 1, 1, 1, 0])
 
 
+@pytest.mark.backends
 def test_k_bit_quantizer():
     y, grad = forward_and_gradient(qnn.KBitQuantizer(2))
     np.testing.assert_allclose(y, [-1, -1, -1 / 3, 1 / 3, 1 / 3, 1, 1], atol=1e-6)
+    # the clipping range's ends pass the whole gradient, on every backend
     np.testing.assert_array_equal(grad, [0, 1, 1, 1, 1, 1, 0])
-    levels = np.unique(qnn.KBitQuantizer(3)(tf.linspace(-1.0, 1.0, 1000)).numpy())
+    grid = np.linspace(-1.0, 1.0, 1000, dtype=np.float32)
+    levels = np.unique(ops.convert_to_numpy(qnn.KBitQuantizer(3)(grid)))
     assert len(levels) == 8
     for bad in (0, 9, 2.5):
         with pytest.raises(ValueError, match="k must be an integer from 1 to 8"):
             qnn.KBitQuantizer(bad)
 
 
+@pytest.mark.backends
 def test_uint8_input():
-    x = tf.constant([0.0, 0.5, 1 / 255, 1.0, 1.2])
+    x = np.array([0.0, 0.5, 1 / 255, 1.0, 1.2], np.float32)
     y, grad = forward_and_gradient(qnn.Uint8Input(), x)
     np.testing.assert_array_equal(y, [0, 128, 1, 255, 255])
     np.testing.assert_array_equal(grad, [255, 255, 255, 255, 0])
 
 
+@pytest.mark.backends
+def test_straight_through_gradients_match_their_formulas():
+    """Each quantizer's backward pass, on this backend, equals the estimator it
+    defines, computed in NumPy: so the three backends agree with each other.
+    The values include the ends of every clipping range, where the backends'
+    own clip functions disagree."""
+    rng = np.random.default_rng(0)
+    x = np.concatenate(
+        [rng.uniform(-2, 2, 2000), [-1.0, 1.0, 0.0, -0.0, 0.5, 255.0, 1 / 255]]
+    ).astype(np.float32)
+    inside = (np.abs(x) <= 1).astype(np.float32)
+    expected = {
+        "ste_sign": (qnn.ste_sign, inside),
+        "stochastic": (lambda t: qnn.StochasticBinarization(seed=0)(t, training=True), inside),
+        "2bit": (qnn.KBitQuantizer(2), inside),
+        "8bit on [0, 2]": (
+            qnn.KBitQuantizer(8, 0.0, 2.0),
+            ((x >= 0) & (x <= 2)).astype(np.float32),
+        ),
+        "uint8": (qnn.Uint8Input(), 255 * ((x >= 0) & (x <= 1)).astype(np.float32)),
+    }
+    for name, (quantizer, derivative) in expected.items():
+        _, gradient = forward_and_gradient(quantizer, x)
+        np.testing.assert_allclose(gradient, derivative, atol=1e-6, err_msg=name)
+    for surrogate, derivative in (
+        ("identity", np.ones_like(x)),
+        ("zero", np.zeros_like(x)),
+        ("smooth", (1 - np.tanh(x.astype(np.float64) / 0.5) ** 2) / 0.5),
+    ):
+        with qnn.sign_surrogate(surrogate, temperature=0.5):
+            _, gradient = forward_and_gradient(qnn.SteSign(), x)
+        np.testing.assert_allclose(gradient, derivative, atol=1e-6, err_msg=surrogate)
+
+
+@pytest.mark.backends
 def test_quant_conv_pads_with_pad_values():
     layer = qnn.QuantConv2D(
         1,
@@ -89,13 +140,13 @@ def test_quant_conv_pads_with_pad_values():
     x = -np.ones((1, 4, 4, 1), np.float32)
     layer.build(x.shape)
     layer.kernel.assign(np.ones((3, 3, 1, 1), np.float32))
-    out = layer(x).numpy()[0, ..., 0]
+    out = ops.convert_to_numpy(layer(x))[0, ..., 0]
     # a corner sees 4 inputs of -1 and 5 padded +1: 1; the centre sees 9 x -1
     assert out[0, 0] == 1 and out[1, 1] == -9 and out[0, 1] == -3
     plain = qnn.QuantConv2D(1, 3, padding="same", use_bias=False)
     plain.build(x.shape)
     plain.kernel.assign(np.ones((3, 3, 1, 1), np.float32))
-    assert plain(x).numpy()[0, 0, 0, 0] == -4  # Keras's zeros
+    assert ops.convert_to_numpy(plain(x))[0, 0, 0, 0] == -4  # Keras's zeros
 
 
 @pytest.mark.slow
@@ -106,10 +157,11 @@ def test_binary_networks_learn_digits(digits_qnns, digits, kind):
     assert model.evaluate(x_test, y_test, verbose=0)[1] >= 0.85
     for layer in model.layers:
         if isinstance(layer, (qnn.QuantDense, qnn.QuantConv2D)):
-            kernel = layer.kernel.numpy()
+            kernel = ops.convert_to_numpy(layer.kernel)
             assert np.abs(kernel).max() <= 1.0  # latent weights clipped after updates
 
 
+@pytest.mark.backends
 @pytest.mark.parametrize("kind", ["cnn", "mlp"])
 def test_engine_is_bit_exact_on_all_digits(digits_qnns, digits, tmp_path, kind):
     (x_train, _), (x_test, _) = digits
@@ -122,6 +174,34 @@ def test_engine_is_bit_exact_on_all_digits(digits_qnns, digits, tmp_path, kind):
     assert sum(report["hidden_mismatches"]) == 0 and sum(report["hidden_bits"]) > 0
     assert report["max_logit_rel_error"] <= 1e-4
     assert report["prediction_agreement"] == 1.0
+
+
+@pytest.mark.backends
+def test_export_is_the_same_on_another_backend(digits_qnns, digits, tmp_path):
+    """The trained binary CNN saved here, loaded and exported on another backend
+    (TensorFlow, or JAX when this is TensorFlow), gives the same engine file,
+    array for array, bit for bit: so the same engine predictions."""
+    _, (x_test, _) = digits
+    other = "jax" if backend.name() == "tensorflow" else "tensorflow"
+    model = digits_qnns["cnn"]
+    model.save(tmp_path / "cnn.keras")
+    qnn.export(model, str(tmp_path / "here.npz"))
+    script = (
+        "from advlib import qnn\n"
+        "from advlib.models import load_model\n"
+        f"qnn.export(load_model({str(tmp_path / 'cnn.keras')!r}), "
+        f"{str(tmp_path / 'there.npz')!r})\n"
+    )
+    done = run_python(script, KERAS_BACKEND=other)
+    assert done.returncode == 0, done.stderr[-3000:]
+    with np.load(tmp_path / "here.npz") as here, np.load(tmp_path / "there.npz") as there:
+        assert sorted(here.files) == sorted(there.files)
+        for key in here.files:
+            np.testing.assert_array_equal(here[key], there[key], err_msg=key)
+    predictions = [
+        BinaryEngine.load(str(tmp_path / f)).predict(x_test) for f in ("here.npz", "there.npz")
+    ]
+    np.testing.assert_array_equal(*predictions)
 
 
 def random_binary_model(seed, channels=(3, 5, 33), dense=17, input_shape=(9, 7, 2)):
@@ -168,6 +248,7 @@ def random_binary_model(seed, channels=(3, 5, 33), dense=17, input_shape=(9, 7, 
     return model
 
 
+@pytest.mark.backends
 @pytest.mark.parametrize("seed", [0, 1])
 def test_engine_is_exact_on_random_odd_shapes(seed, tmp_path):
     model = random_binary_model(seed)
@@ -180,6 +261,7 @@ def test_engine_is_exact_on_random_odd_shapes(seed, tmp_path):
     assert report["max_logit_rel_error"] <= 1e-4
 
 
+@pytest.mark.backends
 def test_export_refuses_what_it_cannot_represent():
     float_model = keras.Sequential([keras.Input((4,)), qnn.QuantDense(3)])
     with pytest.raises(ValueError, match="kernel quantizer is not binary"):
@@ -211,6 +293,7 @@ def test_export_refuses_what_it_cannot_represent():
         qnn.export(softmax_end)
 
 
+@pytest.mark.backends
 def test_save_and_load_keras_file_in_safe_mode(digits_qnns, digits, tmp_path):
     _, (x_test, _) = digits
     model = digits_qnns["cnn"]
@@ -242,6 +325,7 @@ def test_save_and_load_keras_file_in_safe_mode(digits_qnns, digits, tmp_path):
     assert again.layers[0].input_quantizer.k == 3 and again.layers[0].input_quantizer.clip_min == -2
 
 
+@pytest.mark.backends
 def test_memory_summary_counts_bits():
     model = qnn.binary_mlp((8, 8, 1), width=64, depth=2)
     report = qnn.summary(model, print_fn=None)
@@ -255,6 +339,7 @@ def test_memory_summary_counts_bits():
     assert report["ratio"] > 10
 
 
+@pytest.mark.backends
 def test_attacks_on_qnns_use_the_surrogate_and_the_engine(digits_qnns, digits, tmp_path):
     _, (x_test, y_test) = digits
     model = digits_qnns["cnn"]
@@ -267,15 +352,16 @@ def test_attacks_on_qnns_use_the_surrogate_and_the_engine(digits_qnns, digits, t
     # the attacks' queries run on the BLAS twin: the reference engine's logits, bit for bit
     reference = BinaryEngine.load(path)
     assert ste.engine.backend == "numpy" and ste._predictor.backend == "blas"
-    np.testing.assert_array_equal(ste.predict_logits(x).numpy(), reference.predict(x))
+    numpy = backend.to_numpy
+    np.testing.assert_array_equal(numpy(ste.predict_logits(x)), reference.predict(x))
     keras_predictions = model.predict(x, verbose=0).argmax(1)
-    np.testing.assert_array_equal(ste.predict_classes(x).numpy(), keras_predictions)
-    clean = np.mean(ste.predict_classes(x).numpy() == y)
+    np.testing.assert_array_equal(numpy(ste.predict_classes(x)), keras_predictions)
+    clean = np.mean(numpy(ste.predict_classes(x)) == y)
     broken = np.mean(
-        ste.predict_classes(ProjectedGradientDescent(ste).generate_np(x, **params)).numpy() == y
+        numpy(ste.predict_classes(ProjectedGradientDescent(ste).generate_np(x, **params))) == y
     )
     masked = np.mean(
-        naive.predict_classes(ProjectedGradientDescent(naive).generate_np(x, **params)).numpy() == y
+        numpy(naive.predict_classes(ProjectedGradientDescent(naive).generate_np(x, **params))) == y
     )
     assert broken < clean - 0.3  # STE gradients break the binary network
     assert masked > broken + 0.2  # naive gradients make it look robust

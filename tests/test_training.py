@@ -9,9 +9,10 @@ import warnings
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
 from conftest import run_python
+from keras import ops
 
+from advlib import backend
 from advlib.attacks import FastGradientMethod, ProjectedGradientDescent
 from advlib.models import KerasModelWrapper, mlp, small_cnn
 from advlib.training import (
@@ -31,7 +32,7 @@ def pgd_accuracy(model, x, y, eps=EPS):
     x_adv = ProjectedGradientDescent(wrapped).generate_np(
         x, y=y, eps=eps, eps_iter=eps / 8, nb_iter=20, seed=0, clip_min=0.0, clip_max=1.0
     )
-    return float(np.mean(wrapped.predict_classes(x_adv).numpy() == y))
+    return float(np.mean(backend.to_numpy(wrapped.predict_classes(x_adv)) == y))
 
 
 def fit_recipe(recipe, digits, epochs=EPOCHS, **kwargs):
@@ -79,26 +80,53 @@ def test_recipe_fields_follow_the_papers():
     assert params["eps_iter"] == pytest.approx(2.5 * 0.3 / 7)
 
 
-@pytest.mark.slow
-def test_training_attack_uses_current_weights_in_graph(digits):
-    """The step's adversarial loss equals the loss at PGD examples crafted afresh."""
+def fit_mlp(recipe, digits, seed=0, n=256, **overrides):
+    """One epoch of a recipe on `n` digits with a small MLP: a training run at a
+    test's cost, on any backend."""
     (x_train, y_train), _ = digits
-    model, robust, _ = fit_recipe("goodfellow", digits, epochs=1)
+    keras.utils.set_random_seed(seed)
+    model = mlp((8, 8, 1), hidden=(32,))
+    robust = AdversarialModel.from_recipe(recipe, model, eps=EPS, seed=seed, **overrides)
+    robust.compile(keras.optimizers.Adam(2e-3))
+    history = robust.fit(x_train[:n], y_train[:n], epochs=1, batch_size=64, verbose=0)
+    return model, robust, history
+
+
+@pytest.mark.backends
+def test_training_attack_uses_current_weights_in_graph(digits):
+    """The step's adversarial loss equals the loss at FGSM examples crafted afresh
+    from the trained weights: the compiled step (a JAX program with the weights as
+    its state, a TensorFlow graph, PyTorch's eager step) attacks the current model."""
+    (x_train, y_train), _ = digits
+    model, robust, _ = fit_mlp("goodfellow", digits)
     x, y = x_train[:64], y_train[:64]
     logs = robust.evaluate(x, y, batch_size=64, verbose=0, return_dict=True)
     x_adv = FastGradientMethod(model).generate_np(x, y=y, eps=EPS, clip_min=0.0, clip_max=1.0)
-    expected = (
+    expected = ops.convert_to_numpy(
         keras.losses.sparse_categorical_crossentropy(
             y, model.predict(x_adv, verbose=0), from_logits=True
         )
-        .numpy()
-        .mean()
-    )
+    ).mean()
     assert logs["adv_loss"] == pytest.approx(expected, rel=1e-4)
+    assert logs["adv_loss"] > logs["clean_loss"]
+
+
+@pytest.mark.backends
+def test_training_is_reproducible_from_its_seed(digits):
+    """The same seed gives the same weights, step for step; another seed other
+    random starts. The steps taken seed each step's random start."""
+    runs = [fit_mlp("madry", digits, seed=seed, nb_iter=2) for seed in (0, 0, 1)]
+    weights = [run[0].get_weights() for run in runs]
+    for a, b in zip(weights[0], weights[1]):
+        np.testing.assert_array_equal(a, b)
+    assert any(not np.array_equal(a, b) for a, b in zip(weights[0], weights[2]))
+    assert int(ops.convert_to_numpy(runs[0][1].crafting_step)) == 256 // 64
 
 
 @pytest.mark.slow
 def test_tf_data_class_weights_validation_and_softmax_models(digits):
+    import tensorflow as tf
+
     (x_train, y_train), (x_test, y_test) = digits
     keras.utils.set_random_seed(0)
     model = keras.Sequential(
@@ -119,12 +147,47 @@ def test_tf_data_class_weights_validation_and_softmax_models(digits):
     assert "val_adv_accuracy" in history.history and "val_clean_loss" in history.history
     # the loss is computed on the logits before the softmax
     logs = robust.evaluate(x_test, y_test, verbose=0, return_dict=True, batch_size=len(x_test))
-    logits = KerasModelWrapper(model).get_logits(x_test).numpy()
-    expected = (
+    logits = KerasModelWrapper(model).get_logits(x_test)
+    expected = ops.convert_to_numpy(
         keras.losses.sparse_categorical_crossentropy(y_test, logits, from_logits=True)
-        .numpy()
-        .mean()
+    ).mean()
+    assert logs["clean_loss"] == pytest.approx(expected, rel=1e-4)
+
+
+@pytest.mark.backends
+def test_class_weights_validation_and_softmax_models_on_this_backend(digits):
+    (x_train, y_train), (x_test, y_test) = digits
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential(
+        [
+            keras.Input((8, 8, 1)),
+            keras.layers.Flatten(),
+            keras.layers.Dense(32, activation="relu"),
+            keras.layers.Dense(10, activation="softmax"),
+        ]
     )
+    robust = AdversarialModel.from_recipe("trades", model, eps=EPS, nb_iter=2)
+    robust.compile(
+        keras.optimizers.Adam(2e-3),
+        loss=keras.losses.SparseCategoricalCrossentropy(),
+        metrics=["accuracy"],
+    )
+    weights = {c: (3.0 if c == 0 else 1.0) for c in range(10)}
+    history = robust.fit(
+        x_train[:256],
+        y_train[:256],
+        batch_size=64,
+        class_weight=weights,
+        verbose=0,
+        validation_data=(x_test[:64], y_test[:64]),
+    )
+    for key in ("loss", "accuracy", "adv_accuracy", "val_adv_accuracy", "val_clean_loss"):
+        assert np.isfinite(history.history[key]).all(), key
+    # the loss is the compiled one, on the probabilities the model returns
+    logs = robust.evaluate(x_test, y_test, verbose=0, return_dict=True, batch_size=len(x_test))
+    expected = ops.convert_to_numpy(
+        keras.losses.sparse_categorical_crossentropy(y_test, model.predict(x_test, verbose=0))
+    ).mean()
     assert logs["clean_loss"] == pytest.approx(expected, rel=1e-4)
 
 
@@ -189,6 +252,7 @@ def test_binary_networks_train_with_ste_gradients(digits):
 
 
 # -- bad input -------------------------------------------------------------------
+@pytest.mark.backends
 def test_bad_arguments(digits):
     (x_train, y_train), _ = digits
     model = small_cnn((8, 8, 1))
@@ -272,6 +336,7 @@ def test_callback_stops_on_catastrophic_overfitting(digits):
     assert history.history["val_pgd_accuracy"] == [0.5, 0.7, 0.2]
 
 
+@pytest.mark.backends
 def test_callback_rolls_back_to_the_best_robust_weights(digits):
     callback = ScriptedCallback(
         [(0.5, 0.6), (0.7, 0.72), (0.2, 0.95)], on_overfit="rollback", restore_best=False
@@ -290,6 +355,7 @@ def test_callback_warns_only_when_fgsm_rises(digits):
     assert len(history.history["loss"]) == 3
 
 
+@pytest.mark.backends
 def test_callback_patience_and_restore_best(digits):
     callback = ScriptedCallback(
         [(0.5, 0.6), (0.6, 0.6), (0.55, 0.5), (0.58, 0.5), (0.5, 0.5)],

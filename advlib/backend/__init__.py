@@ -49,6 +49,7 @@ __all__ = [
     "name",
     "no_gradient",
     "normal",
+    "replica",
     "require_installed",
     "require_supported",
     "seed",
@@ -237,6 +238,14 @@ def padded_rows(rows: Any) -> Any:
         return rows
     size = 1 << (len(rows) - 1).bit_length()
     return np.concatenate([rows, np.repeat(rows[-1:], size - len(rows))])
+
+
+def replica() -> tuple[Any, int]:
+    """This replica's index and the number of replicas that run a training step
+    in sync: TensorFlow's `tf.distribute` runs the step once per replica, each
+    on its share of the batch. JAX (`keras.distribution`) and PyTorch run one
+    program over the whole batch: (0, 1)."""
+    return _primitives().replica()
 
 
 def device() -> str:

@@ -111,6 +111,10 @@ def fold_seed(seed, index):
     return jax.random.fold_in(seed.astype(jnp.uint32), index)
 
 
+def replica():
+    return 0, 1
+
+
 def device():
     gpus = [d for d in jax.devices() if d.platform == "gpu"]
     return f"{len(gpus)} GPU(s)" if gpus else "CPU"

@@ -132,6 +132,12 @@ def fold_seed(seed, index):
     return seed + tf.stack([tf.constant(0, tf.int64), tf.cast(index, tf.int64)])
 
 
+def replica():
+    context = tf.distribute.get_replica_context()
+    replica_id = 0 if context is None else context.replica_id_in_sync_group
+    return replica_id, tf.distribute.get_strategy().num_replicas_in_sync
+
+
 def device():
     gpus = tf.config.list_physical_devices("GPU")
     return f"{len(gpus)} GPU(s)" if gpus else "CPU"

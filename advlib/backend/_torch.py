@@ -101,6 +101,10 @@ def fold_seed(seed, index):
     )
 
 
+def replica():
+    return 0, 1
+
+
 def device():
     count = torch.cuda.device_count() if torch.cuda.is_available() else 0
     return f"{count} GPU(s)" if count else "CPU"

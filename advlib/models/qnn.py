@@ -6,12 +6,10 @@ import keras
 import numpy as np
 from keras import ops
 
+# registers the QNN layers for keras.models.load_model
+import advlib.qnn.layers  # noqa: F401
 from advlib import backend
 from advlib.models.keras import KerasModelWrapper
-
-if backend.chosen() == "tensorflow":
-    # registers the QNN layers for keras.models.load_model; they are TensorFlow's
-    import advlib.qnn.layers  # noqa: F401
 
 
 class QNNModelWrapper(KerasModelWrapper):
@@ -37,9 +35,6 @@ class QNNModelWrapper(KerasModelWrapper):
         >>> x_adv = ProjectedGradientDescent(wrapped).generate_np(x, eps=0.1)
     """
 
-    # the QNN layers are TensorFlow's until they move to keras.ops (the training issue)
-    backends = ("tensorflow",)
-
     def __init__(
         self,
         model: keras.Model,
@@ -48,7 +43,6 @@ class QNNModelWrapper(KerasModelWrapper):
         engine: str | object | None = None,
         from_logits: bool | None = None,
     ):
-        backend.require_supported(type(self).__name__, self.backends)
         from advlib.qnn.quantizers import sign_surrogate
 
         with sign_surrogate(surrogate, temperature):  # validates both

@@ -6,8 +6,9 @@ from typing import NoReturn
 
 import keras
 import numpy as np
-import tensorflow as tf
+from keras import ops
 
+from advlib import backend
 from advlib.qnn.engine import spec as spec_io
 from advlib.qnn.engine.packing import pack_signs
 from advlib.qnn.layers import QuantConv2D, QuantDense, same_padding
@@ -47,16 +48,16 @@ def _decision_function(layer, batchnorm, rank: int):
     units = int(layer.kernel.shape[-1])
     shape = [1] * (rank - 1) + [units]
 
-    @tf.function
     def decide(values):
-        outputs = tf.reshape(values, shape)
+        outputs = ops.reshape(values, shape)
         if layer.use_bias:
-            outputs = keras.ops.add(outputs, layer.bias)
+            outputs = ops.add(outputs, layer.bias)
         if batchnorm is not None:
             outputs = batchnorm(outputs, training=False)
-        return tf.reshape(outputs >= 0, [units])
+        return ops.reshape(outputs >= 0, [units])
 
-    return lambda values: decide(tf.constant(values.astype(np.float32))).numpy()
+    step = backend.compiled(decide)
+    return lambda values: backend.to_numpy(step(ops.convert_to_tensor(values.astype(np.float32))))
 
 
 def fold_thresholds(
@@ -93,18 +94,26 @@ def fold_thresholds(
 def _affine(layer, batchnorm):
     """The last layer's logits = acc * scale + shift, in float32."""
     units = int(layer.kernel.shape[-1])
-    bias = layer.bias.numpy().astype(np.float32) if layer.use_bias else np.zeros(units, np.float32)
+    bias = _numpy(layer.bias).astype(np.float32) if layer.use_bias else np.zeros(units, np.float32)
     if batchnorm is None:
         return np.ones(units, np.float32), bias
-    gamma = batchnorm.gamma.numpy() if batchnorm.scale else np.ones(units, np.float32)
-    beta = batchnorm.beta.numpy() if batchnorm.center else np.zeros(units, np.float32)
-    inv = (tf.math.rsqrt(batchnorm.moving_variance + batchnorm.epsilon) * gamma).numpy()
-    shift = beta - batchnorm.moving_mean.numpy() * inv
+    gamma = _numpy(batchnorm.gamma) if batchnorm.scale else np.ones(units, np.float32)
+    beta = _numpy(batchnorm.beta) if batchnorm.center else np.zeros(units, np.float32)
+    # in float64, rounded once: each backend's own rsqrt may differ in the last bit,
+    # and the engine file must not depend on the backend that wrote it
+    variance = _numpy(batchnorm.moving_variance).astype(np.float64)
+    inv = (gamma / np.sqrt(variance + batchnorm.epsilon)).astype(np.float32)
+    shift = beta - _numpy(batchnorm.moving_mean) * inv
     return inv.astype(np.float32), (shift + bias * inv).astype(np.float32)
 
 
+def _numpy(value) -> np.ndarray:
+    """A Keras variable or tensor of any backend as a NumPy array."""
+    return ops.convert_to_numpy(value)
+
+
 def _pack_kernel(layer) -> np.ndarray:
-    kernel = layer.kernel.numpy()
+    kernel = _numpy(layer.kernel)
     if isinstance(layer, QuantDense):
         return pack_signs(kernel.T)
     filters = kernel.shape[-1]

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 import keras
-import tensorflow as tf
 from keras import ops
 
 from advlib.qnn import quantizers
@@ -164,7 +163,7 @@ class QuantConv2D(_QuantizedMixin, keras.layers.Conv2D):
                 )
                 for axis in (1, 2)
             ]
-            inputs = tf.pad(
+            inputs = ops.pad(
                 inputs, [[0, 0], list(pads[0]), list(pads[1]), [0, 0]], constant_values=pad_value
             )
             padding = "valid"

@@ -13,7 +13,7 @@ from typing import Any
 
 import keras
 import numpy as np
-import tensorflow as tf
+from keras import ops
 
 from advlib import _checks, _seeding
 
@@ -26,18 +26,26 @@ def ste_sign(x):
     Gradient: the straight-through estimator with cancellation of BinaryNet,
     upstream * 1[|x| <= 1] (the derivative of hard tanh).
     """
-    # read variables (kernels) outside the custom gradient, which must see a tensor
-    return _ste_sign(tf.convert_to_tensor(x))
+    if isinstance(x, keras.Variable):
+        # a kernel is read outside the custom gradient, which must see a tensor
+        # (TensorFlow's would otherwise ask for the variable's gradient too)
+        x = ops.copy(x)
+    return _ste_sign(ops.convert_to_tensor(x))
 
 
-@tf.custom_gradient
+def _sign(x):
+    """+1 where x >= 0, -1 elsewhere, in x's dtype."""
+    return ops.where(x >= 0, ops.ones_like(x), -ops.ones_like(x))
+
+
+@ops.custom_gradient
 def _ste_sign(x):
-    forward = tf.where(x >= 0, tf.ones_like(x), -tf.ones_like(x))
+    def grad(*args, upstream=None):
+        # TensorFlow and JAX pass the upstream gradient alone, PyTorch by keyword
+        upstream = args[-1] if upstream is None else upstream
+        return upstream * ops.cast(ops.abs(x) <= 1, upstream.dtype)
 
-    def grad(upstream):
-        return upstream * tf.cast(tf.abs(x) <= 1, upstream.dtype)
-
-    return forward, grad
+    return _sign(x), grad
 
 
 SURROGATES = ("ste", "identity", "smooth", "zero")
@@ -75,19 +83,29 @@ def sign_with_surrogate(x, name: str, temperature: float = 1.0):
     """sign(x) in {-1, +1} forward, the named surrogate's derivative backward."""
     if name == "ste":
         return ste_sign(x)
-    forward = tf.where(x >= 0, tf.ones_like(x), -tf.ones_like(x))
+    forward = _sign(x)
     if name == "zero":
-        proxy = tf.zeros_like(x) * x  # keeps a (zero) gradient path, never None
+        proxy = ops.zeros_like(x) * x  # keeps a (zero) gradient path, never None
     elif name == "identity":
         proxy = x
     else:
-        proxy = tf.tanh(x / temperature)
-    return proxy + tf.stop_gradient(forward - proxy)
+        proxy = ops.tanh(x / temperature)
+    return proxy + ops.stop_gradient(forward - proxy)
 
 
 def _ste_round(x):
     """round(x) forward, identity backward."""
-    return x + tf.stop_gradient(tf.round(x) - x)
+    return x + ops.stop_gradient(ops.round(x) - x)
+
+
+def _ste_clip(x, low: float, high: float):
+    """clip(x, low, high) forward; backward, 1 on [low, high], ends included, and 0
+    outside. Spelt out because the backends differ at the ends: TensorFlow's
+    `clip_by_value` passes the whole gradient there, JAX's `clip` half of it, and
+    inputs sit exactly on the ends (pixels of 0 and 1, weights clipped to +-1)."""
+    inside = ops.stop_gradient(ops.cast((x >= low) & (x <= high), x.dtype))
+    # exact forward: x + 0 inside, 0 + clip(x) outside
+    return x * inside + ops.stop_gradient(ops.clip(x, low, high) - x * inside)
 
 
 def quantize_k_bits(x, k: int, clip_min: float = -1.0, clip_max: float = 1.0):
@@ -98,7 +116,7 @@ def quantize_k_bits(x, k: int, clip_min: float = -1.0, clip_max: float = 1.0):
     """
     levels = 2**k - 1
     scale = (clip_max - clip_min) / levels
-    clipped = tf.clip_by_value(x, clip_min, clip_max)
+    clipped = _ste_clip(x, clip_min, clip_max)
     return _ste_round((clipped - clip_min) / scale) * scale + clip_min
 
 
@@ -156,11 +174,11 @@ class StochasticBinarization(Quantizer):
         deterministic = ste_sign(inputs)
         if not training:
             return deterministic
-        probability = tf.clip_by_value((inputs + 1) / 2, 0, 1)
-        uniform = keras.random.uniform(tf.shape(inputs), seed=self._generator, dtype=inputs.dtype)
-        sampled = tf.where(uniform < probability, tf.ones_like(inputs), -tf.ones_like(inputs))
+        probability = ops.clip((inputs + 1) / 2, 0, 1)
+        uniform = keras.random.uniform(ops.shape(inputs), seed=self._generator, dtype=inputs.dtype)
+        sampled = ops.where(uniform < probability, ops.ones_like(inputs), -ops.ones_like(inputs))
         # forward: the sample; backward: the STE of the deterministic sign
-        return deterministic + tf.stop_gradient(sampled - deterministic)
+        return deterministic + ops.stop_gradient(sampled - deterministic)
 
     def get_config(self):
         return {**super().get_config(), "seed": self.seed}
@@ -210,7 +228,7 @@ class Uint8Input(Quantizer):
     precision = 8
 
     def call(self, inputs):
-        return _ste_round(tf.clip_by_value(inputs, 0.0, 1.0) * 255.0)
+        return _ste_round(_ste_clip(inputs, 0.0, 1.0) * 255.0)
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)

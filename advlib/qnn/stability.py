@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import keras
 import numpy as np
-import tensorflow as tf
+from keras import ops
 
 from advlib import _checks
 from advlib.qnn.layers import QuantConv2D, QuantDense
@@ -87,7 +87,7 @@ def _linear_bounds(layer, kernel, low, high):
     # quantizers are monotone, so they map bounds to bounds
     low, high = layer.input_quantizer(low), layer.input_quantizer(high)
     center = layer._finish(layer.linear((low + high) / 2, kernel))
-    radius = layer.linear((high - low) / 2, tf.abs(kernel), pad_value=0.0)
+    radius = layer.linear((high - low) / 2, ops.abs(kernel), pad_value=0.0)
     return center, radius
 
 
@@ -96,10 +96,10 @@ def _batchnorm_affine(layer, inputs, training: bool):
     batch) in training, as the forward pass normalizes, else the moving ones."""
     if training:
         axes = list(range(len(inputs.shape) - 1))
-        mean, variance = tf.nn.moments(inputs, axes)
+        mean, variance = ops.moments(inputs, axes)
     else:
         mean, variance = layer.moving_mean, layer.moving_variance
-    scale = tf.math.rsqrt(variance + layer.epsilon)
+    scale = ops.rsqrt(variance + layer.epsilon)
     if layer.scale:
         scale = scale * layer.gamma
     offset = -mean * scale
@@ -108,9 +108,7 @@ def _batchnorm_affine(layer, inputs, training: bool):
     return scale, offset
 
 
-def interval_bounds(
-    model: keras.Model, x: np.ndarray | tf.Tensor, eps: float, training: bool = False
-) -> list[tuple[tf.Tensor, tf.Tensor]]:
+def interval_bounds(model: keras.Model, x, eps: float, training: bool = False) -> list[tuple]:
     """(center, radius) of each thresholded BatchNorm output of a binary network
     over the L-inf ball of radius `eps` around each image of `x`.
 
@@ -128,9 +126,9 @@ def interval_bounds(
         center - radius >= 0 or center + radius < 0).
     """
     _checks.check_number("eps", eps, low=0, high=1)
-    x = tf.convert_to_tensor(x, tf.float32)
+    x = ops.convert_to_tensor(x, "float32")
     clean = x
-    low, high = tf.clip_by_value(x - eps, 0.0, 1.0), tf.clip_by_value(x + eps, 0.0, 1.0)
+    low, high = ops.clip(x - eps, 0.0, 1.0), ops.clip(x + eps, 0.0, 1.0)
     normalized = []
     # in training, the clean batch runs beside the bounds for BatchNorm's statistics
     for layer in _layers(model):
@@ -150,15 +148,13 @@ def interval_bounds(
             scale, offset = _batchnorm_affine(layer, clean, training)
             clean = clean * scale + offset if training else None
             center = (low + high) / 2 * scale + offset
-            radius = (high - low) / 2 * tf.abs(scale)
+            radius = (high - low) / 2 * ops.abs(scale)
             normalized.append((center, radius))
             low, high = center - radius, center + radius
     return normalized[:-1]  # the last BatchNorm gives the logits, which no sign follows
 
 
-def instability(
-    model: keras.Model, x, eps: float, training: bool = False
-) -> tuple[tf.Tensor, tf.Tensor]:
+def instability(model: keras.Model, x, eps: float, training: bool = False) -> tuple:
     """(loss, share of open units) of a binary network over the eps-balls of `x`.
 
     The loss is the mean over images and hidden units of
@@ -168,21 +164,21 @@ def instability(
     """
     losses, open_units, total = [], [], 0
     for center, radius in interval_bounds(model, x, eps, training):
-        flat_center = tf.reshape(center, [tf.shape(center)[0], -1])
-        flat_radius = tf.reshape(radius, [tf.shape(radius)[0], -1])
         units = int(np.prod(center.shape[1:]))
+        flat_center = ops.reshape(center, [-1, units])
+        flat_radius = ops.reshape(radius, [-1, units])
         losses.append(
-            tf.reduce_sum(
-                tf.reduce_mean(
-                    tf.nn.relu(flat_radius - tf.abs(flat_center)) / tf.maximum(flat_radius, 1e-6),
+            ops.sum(
+                ops.mean(
+                    ops.relu(flat_radius - ops.abs(flat_center)) / ops.maximum(flat_radius, 1e-6),
                     axis=0,
                 )
             )
         )
         is_open = (flat_center - flat_radius < 0) & (flat_center + flat_radius >= 0)
-        open_units.append(tf.reduce_sum(tf.reduce_mean(tf.cast(is_open, tf.float32), axis=0)))
+        open_units.append(ops.sum(ops.mean(ops.cast(is_open, "float32"), axis=0)))
         total += units
-    return tf.add_n(losses) / total, tf.add_n(open_units) / total
+    return sum(losses) / total, sum(open_units) / total
 
 
 class VerifiableModel(keras.Model):

@@ -8,7 +8,7 @@ from typing import Any
 
 import keras
 import numpy as np
-import tensorflow as tf
+from keras import ops
 
 from advlib import _checks, _seeding, backend
 from advlib.attacks import by_name
@@ -37,10 +37,10 @@ _ACCURACY_NAMES = ("accuracy", "acc")
 
 def kl_divergence(labels, logits):
     """KL(labels || softmax(logits)) per example; `labels` is a distribution."""
-    logits = tf.cast(logits, tf.float32)
-    labels = tf.cast(labels, tf.float32)
-    log_labels = tf.math.log(tf.maximum(labels, 1e-12))
-    return tf.reduce_sum(labels * (log_labels - tf.nn.log_softmax(logits)), axis=-1)
+    logits = ops.cast(logits, "float32")
+    labels = ops.cast(labels, "float32")
+    log_labels = ops.log(ops.maximum(labels, 1e-12))
+    return ops.sum(labels * (log_labels - ops.log_softmax(logits, axis=-1)), axis=-1)
 
 
 class AdversarialModel(keras.Model):
@@ -99,8 +99,6 @@ class AdversarialModel(keras.Model):
         seed: int | None = None,
         **kwargs: Any,
     ):
-        # its train_step is TensorFlow's until training moves to keras.ops (the training issue)
-        backend.require_supported("AdversarialModel", ("tensorflow",))
         super().__init__(**kwargs)
         if not isinstance(model, keras.Model):
             raise TypeError(f"model must be a keras.Model, got {type(model).__name__}.")
@@ -142,6 +140,15 @@ class AdversarialModel(keras.Model):
         self.adv_ratio = float(adv_ratio)
         self.trades_beta = trades_beta
         self.seed = _seeding.seed_or_draw(seed)
+        # the training steps taken, which seed each step's random starts: a variable of
+        # the model, so that JAX's compiled step reads and advances it as state
+        self.crafting_step = keras.Variable(
+            0,
+            dtype="int32",
+            trainable=False,
+            name="crafting_step",
+            aggregation="only_first_replica",
+        )
         self.output_loss = None
         self.trackers = {
             name: keras.metrics.Mean(name=name) for name in ("loss", "clean_loss", "adv_loss")
@@ -257,63 +264,86 @@ class AdversarialModel(keras.Model):
             _check_label_form(self.output_loss, y)
         return super().fit(x, y, **kwargs)
 
-    # -- the steps ---------------------------------------------------------------
+    # -- the loss, which Keras's train and test steps call on every backend ----
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        """The recipe's objective on one batch, with the attack crafted inside.
+
+        Keras's own `train_step` and `test_step` call this on each backend
+        (a gradient tape on TensorFlow, `stateless_call` under `jax.grad`,
+        `loss.backward()` on PyTorch), so one objective serves all three. It
+        also updates the loss trackers and the clean and adversarial metrics,
+        which need the adversarial logits that only exist here.
+        """
+        labels = self._labels(y)
+        clean_logits = self._clean_logits(x, y_pred, training)
+        targets = labels
+        if self.trades_beta is not None:
+            targets = ops.stop_gradient(
+                ops.softmax(ops.cast(self.wrapper.get_logits(x), "float32"), axis=-1)
+            )
+        x_adv = self.attack.perturb(
+            x, targets, seed_pair=self._seed_pair(1 if training else 2), **self.craft_params
+        )
+        adv_logits = ops.cast(self.wrapper.get_logits(x_adv, training=training), "float32")
+        clean = self._loss(y, labels, clean_logits, sample_weight)
+        adversarial = self._loss(y, labels, adv_logits, sample_weight)
+        if self.trades_beta is not None:
+            robust_term = _reduce(
+                kl_divergence(ops.softmax(clean_logits, axis=-1), adv_logits), sample_weight
+            )
+            objective = clean + self.trades_beta * robust_term
+        else:
+            objective = (1 - self.adv_ratio) * clean + self.adv_ratio * adversarial
+        if training:
+            if self.losses:
+                objective = objective + sum(self.losses)
+            self.crafting_step.assign_add(1)
+        self._update_trackers(
+            y, labels, sample_weight, objective, clean, adversarial, clean_logits, adv_logits
+        )
+        _, replicas = backend.replica()
+        # each replica averages its own share; gradients are summed across replicas
+        return objective / replicas if training and replicas > 1 else objective
+
+    def compute_metrics(self, x, y, y_pred, sample_weight=None):
+        """The metrics that `compute_loss` updated, by name."""
+        del x, y, y_pred, sample_weight
+        return {metric.name: metric.result() for metric in self.metrics}
+
     def _labels(self, y):
         if y is None:
             raise ValueError(
                 "AdversarialModel needs labels: fit and evaluate it on (x, y) "
                 "pairs, since the training attack moves away from the true class."
             )
-        y = tf.convert_to_tensor(y)
-        if y.shape.rank == 2 and y.shape[-1] not in (None, 1):
-            return tf.argmax(y, axis=-1, output_type=tf.int64)  # one-hot
-        return tf.cast(tf.reshape(y, [-1]), tf.int64)
+        y = ops.convert_to_tensor(y)
+        if len(y.shape) == 2 and y.shape[-1] not in (None, 1):
+            return ops.cast(ops.argmax(y, axis=-1), "int32")  # one-hot
+        return ops.cast(ops.reshape(y, [-1]), "int32")
+
+    def _clean_logits(self, x, y_pred, training):
+        """The clean batch's logits: Keras's forward pass when the model returns
+        logits, else the wrapper's pass to the logits under the softmax."""
+        if self.wrapper.output_kind == "logits" and y_pred is not None:
+            return ops.cast(y_pred, "float32")
+        return ops.cast(self.wrapper.get_logits(x, training=training), "float32")
 
     def _seed_pair(self, salt):
-        replica = tf.distribute.get_replica_context()
-        replica_id = 0 if replica is None else replica.replica_id_in_sync_group
-        step = tf.cast(self.optimizer.iterations, tf.int64)
-        return tf.stack(
-            [
-                tf.constant(self.seed, tf.int64) * 1000 + salt,
-                step * 64 + tf.cast(replica_id, tf.int64),
-            ]
-        )
+        replica_id, _ = backend.replica()
+        base = backend.seed([self.seed * 1000 + salt, 0])
+        return backend.fold_seed(base, ops.cast(self.crafting_step, "int32") * 64 + replica_id)
 
     def _outputs(self, logits):
         """The model's outputs as its loss and metrics see them."""
-        return logits if self.wrapper.output_kind == "logits" else tf.nn.softmax(logits)
+        return logits if self.wrapper.output_kind == "logits" else ops.softmax(logits, axis=-1)
 
     def _loss(self, y, labels, logits, sample_weight):
         """The training loss of one batch, reduced over it as Keras reduces."""
         if self.output_loss is not None:
             return self.output_loss(y, self._outputs(logits), sample_weight=sample_weight)
         return _reduce(
-            tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits), sample_weight
+            ops.sparse_categorical_crossentropy(labels, logits, from_logits=True), sample_weight
         )
-
-    def _objectives(self, x, y, labels, sample_weight, training, salt):
-        """The objective, with its clean and adversarial losses and the logits."""
-        targets = labels
-        if self.trades_beta is not None:
-            targets = tf.stop_gradient(
-                tf.nn.softmax(tf.cast(self.wrapper.get_logits(x), tf.float32))
-            )
-        x_adv = self.attack.perturb(
-            x, targets, seed_pair=self._seed_pair(salt), **self.craft_params
-        )
-        adv_logits = tf.cast(self.wrapper.get_logits(x_adv, training=training), tf.float32)
-        clean_logits = tf.cast(self.wrapper.get_logits(x, training=training), tf.float32)
-        clean = self._loss(y, labels, clean_logits, sample_weight)
-        adversarial = self._loss(y, labels, adv_logits, sample_weight)
-        if self.trades_beta is not None:
-            robust_term = _reduce(
-                kl_divergence(tf.nn.softmax(clean_logits), adv_logits), sample_weight
-            )
-            objective = clean + self.trades_beta * robust_term
-        else:
-            objective = (1 - self.adv_ratio) * clean + self.adv_ratio * adversarial
-        return objective, clean, adversarial, clean_logits, adv_logits
 
     def _update_trackers(
         self, y, labels, sample_weight, objective, clean, adversarial, clean_logits, adv_logits
@@ -327,7 +357,6 @@ class AdversarialModel(keras.Model):
             truth = labels if wants_indices else y
             clean_metric.update_state(truth, self._outputs(clean_logits), sample_weight)
             adv_metric.update_state(truth, self._outputs(adv_logits), sample_weight)
-        return {metric.name: metric.result() for metric in self.metrics}
 
     @property
     def _metric_labels(self):
@@ -337,40 +366,12 @@ class AdversarialModel(keras.Model):
             for pair in self.output_metrics
         ]
 
-    def train_step(self, data):
-        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-        labels = self._labels(y)
-        with tf.GradientTape() as tape:
-            loss, clean, adversarial, clean_logits, adv_logits = self._objectives(
-                x, y, labels, sample_weight, training=True, salt=1
-            )
-            if self.model.losses:
-                loss = loss + tf.add_n(self.model.losses)
-            # each replica averages its own share; gradients are summed across replicas
-            replicas = tf.distribute.get_strategy().num_replicas_in_sync
-            scaled = self.optimizer.scale_loss(loss / replicas)
-        variables = self.model.trainable_variables
-        self.optimizer.apply(tape.gradient(scaled, variables), variables)
-        return self._update_trackers(
-            y, labels, sample_weight, loss, clean, adversarial, clean_logits, adv_logits
-        )
-
-    def test_step(self, data):
-        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-        labels = self._labels(y)
-        return self._update_trackers(
-            y,
-            labels,
-            sample_weight,
-            *self._objectives(x, y, labels, sample_weight, training=False, salt=2),
-        )
-
 
 def _reduce(values, sample_weight):
     """Keras's "sum over batch size" reduction of per-example values."""
     if sample_weight is not None:
-        values = values * tf.cast(tf.reshape(sample_weight, [-1]), values.dtype)
-    return tf.reduce_mean(values)
+        values = values * ops.cast(ops.reshape(sample_weight, [-1]), values.dtype)
+    return ops.mean(values)
 
 
 def _from_logits(loss) -> bool | None:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-import tensorflow as tf
+from keras import ops
 
-from advlib import _checks
+from advlib import _checks, backend
 
 
 class GaussianAugmentation:
@@ -28,7 +28,7 @@ class GaussianAugmentation:
         return {"sigma": float(sigma)}
 
     @staticmethod
-    def perturb(x, labels, seed_pair, sigma: float) -> tf.Tensor:
+    def perturb(x, labels, seed_pair, sigma: float):
         """`x` plus Gaussian noise of standard deviation `sigma`, from `seed_pair`."""
         del labels  # noise is blind to the class
-        return x + sigma * tf.random.stateless_normal(tf.shape(x), seed_pair, dtype=x.dtype)
+        return x + sigma * backend.normal(ops.shape(x), seed_pair, x.dtype)
