@@ -245,7 +245,9 @@ class AdversarialModel(keras.Model):
                 probabilities, or the reverse.
         """
         self.output_loss = None if loss is None else _output_loss(loss, self.wrapper)
-        self.output_metrics = _metric_pairs(metrics)
+        # untracked: a model that has trained is built, and Keras refuses new tracked
+        # state then; `metrics` lists them (Keras's own compile skips tracking too)
+        object.__setattr__(self, "output_metrics", _metric_pairs(metrics))
         super().compile(optimizer=optimizer, **kwargs)
 
     def fit(self, x=None, y=None, **kwargs):
