@@ -43,6 +43,7 @@ def test_the_bounds_hold_every_point_of_the_ball(digits_qnns, digits, kind):
             assert np.all(values <= center + radius + slack)
 
 
+@pytest.mark.backends
 def test_at_eps_zero_the_bounds_are_the_model_itself(digits_qnns, digits):
     model = digits_qnns["cnn"]
     _, (x_test, _) = digits
@@ -67,6 +68,25 @@ def test_open_units_are_the_verifiers_binary_variables(digits_qnns, digits, tmp_
             _, open_share = instability(model, x[None], eps)
             *_, stats = milp.encode(encoding, x, eps)
             assert stats["units"] - stats["fixed"] == round(float(open_share) * stats["units"])
+
+
+@pytest.mark.backends
+def test_verifiable_training_runs_on_this_backend(digits):
+    """Two epochs of VerifiableModel on this backend: the bounds' loss trains with
+    the model, and the share of open units it logs is the bounds' own."""
+    (x_train, y_train), (x_test, _) = digits
+    keras.utils.set_random_seed(0)
+    model = qnn.binary_mlp((8, 8, 1), width=16, depth=2)
+    trainer = VerifiableModel(model, eps=0.05, weight=2.0)
+    trainer.compile(
+        keras.optimizers.Adam(3e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    )
+    history = trainer.fit(x_train[:256], y_train[:256], epochs=2, batch_size=64, verbose=0)
+    assert np.isfinite(history.history["loss"]).all()
+    assert 0 < history.history["open_units"][0] <= 1
+    logs = trainer.evaluate(x_test[:64], np.zeros(64, int), verbose=0, return_dict=True)
+    expected = float(keras.ops.convert_to_numpy(instability(model, x_test[:64], 0.05)[1]))
+    assert logs["open_units"] == pytest.approx(expected, abs=1e-6)
 
 
 @pytest.mark.slow

@@ -123,6 +123,27 @@ def test_training_is_reproducible_from_its_seed(digits):
     assert int(ops.convert_to_numpy(runs[0][1].crafting_step)) == 256 // 64
 
 
+@pytest.mark.backends
+@pytest.mark.parametrize("recipe", ["fast", "gaussian"])
+def test_the_other_recipes_train_on_this_backend(recipe, digits):
+    """fast AT's random start and the gaussian recipe's noise, which the tests
+    above do not reach, on this backend."""
+    (x_train, y_train), _ = digits
+    keras.utils.set_random_seed(0)
+    model = mlp((8, 8, 1), hidden=(32,))
+    kwargs = dict(sigma=0.25) if recipe == "gaussian" else dict(eps=EPS)
+    robust = AdversarialModel.from_recipe(recipe, model, seed=0, **kwargs)
+    robust.compile(keras.optimizers.Adam(2e-3))
+    before = [w.copy() for w in model.get_weights()]
+    history = robust.fit(x_train[:128], y_train[:128], epochs=1, batch_size=64, verbose=0)
+    logs = history.history
+    assert np.isfinite(logs["loss"]).all()
+    if recipe == "fast":  # an attack raises the loss; noise only changes it
+        assert logs["adv_loss"][0] > logs["clean_loss"][0]
+    assert logs["adv_loss"][0] != logs["clean_loss"][0]
+    assert all(not np.array_equal(a, b) for a, b in zip(before, model.get_weights()))
+
+
 @pytest.mark.slow
 def test_tf_data_class_weights_validation_and_softmax_models(digits):
     import tensorflow as tf
@@ -384,6 +405,49 @@ def test_callback_measures_real_pgd_accuracy(digits):
     )
     with pytest.raises(ValueError, match="on_overfit must be one of"):
         RobustnessCallback(x_test, y_test, eps=0.1, on_overfit="panic")
+
+
+@pytest.mark.slow
+def test_jax_data_parallel_matches_one_device():
+    """keras.distribution.DataParallel over two (host) devices trains the same
+    weights as one device: the step's objective is the global batch's."""
+    script = textwrap.dedent("""
+        import json, numpy as np, keras
+        from keras import distribution
+        from advlib.datasets import load
+        from advlib.training import AdversarialModel
+        (x, y), _ = load("digits")
+        x, y = x[:512], y[:512]
+
+        def train(data_parallel):
+            if data_parallel:
+                devices = distribution.list_devices("cpu")
+                assert len(devices) == 2, devices
+                distribution.set_distribution(distribution.DataParallel(devices=devices))
+            keras.utils.set_random_seed(0)
+            model = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Flatten(),
+                                      keras.layers.Dense(32, activation="tanh"),
+                                      keras.layers.Dense(10)])
+            robust = AdversarialModel.from_recipe("madry", model, eps=0.2, seed=0, nb_iter=3)
+            robust.compile(keras.optimizers.SGD(0.1))
+            history = robust.fit(x, y, epochs=2, batch_size=64, shuffle=False, verbose=0)
+            distribution.set_distribution(None)
+            return model.get_weights(), history.history["loss"]
+
+        w1, l1 = train(False)
+        w2, l2 = train(True)
+        diff = max(float(np.abs(a - b).max()) for a, b in zip(w1, w2))
+        print(json.dumps({"max_weight_diff": diff, "losses": [l1, l2]}))
+    """)
+    out = run_python(
+        script, KERAS_BACKEND="jax", XLA_FLAGS="--xla_force_host_platform_device_count=2"
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    import json
+
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["max_weight_diff"] < 1e-5, result
+    np.testing.assert_allclose(result["losses"][0], result["losses"][1], rtol=1e-5)
 
 
 @pytest.mark.slow

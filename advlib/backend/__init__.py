@@ -6,9 +6,10 @@ advlib's attacks, model wrappers, certification and harness are written once,
 in `keras.ops` and NumPy, over the few primitives that Keras 3 does not give in
 one form, defined here per backend: the value and gradient of a per-example
 loss with respect to the input, a compiled step, stateless seeded random
-numbers, and the move to NumPy. The parts that still need TensorFlow (the
-training loop, the quantized layers) refuse other backends with one clear
-error instead of failing deep inside TensorFlow.
+numbers, and the move to NumPy. Training (`AdversarialModel`, `VerifiableModel`)
+goes through Keras's own training step on each backend, and the quantized
+layers use `keras.ops.custom_gradient`, so they need nothing more from here
+than the number of replicas of a TensorFlow distribution (`replica`).
 
 Example:
     >>> from advlib import backend

@@ -1,9 +1,9 @@
 """Quantized neural networks (Hubara et al.; BinaryNet): Keras 3 layers with
 straight-through gradients, builders, export, and the bit-packed engine.
 
-`advlib.qnn.engine` imports NumPy only; everything else here needs
-TensorFlow and is imported on first use, so the engine runs where only NumPy
-(and CuPy) is installed.
+`advlib.qnn.engine` imports NumPy only; everything else here needs Keras (on
+any of its backends) and is imported on first use, so the engine runs where
+only NumPy (and CuPy) is installed.
 """
 
 import importlib
