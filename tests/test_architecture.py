@@ -393,5 +393,5 @@ def test_the_sharing_audit_sees_an_overridden_helper():
         def _to_input(w, low, high, use_tanh):
             return w
 
-    assert _overridden_under(Tweaked, "_step_fn") == {"_to_input"}
-    assert _overridden_under(attacks.CarliniWagnerL2, "_step_fn") == set()
+    assert _overridden_under(Tweaked, "_steps_fn") == {"_to_input"}
+    assert _overridden_under(attacks.CarliniWagnerL2, "_steps_fn") == set()

@@ -177,12 +177,16 @@ def test_engine_is_bit_exact_on_all_digits(digits_qnns, digits, tmp_path, kind):
 
 
 @pytest.mark.backends
+@pytest.mark.skipif(
+    backend.name() == "tensorflow",
+    reason="compares this backend's export with TensorFlow's: the JAX and PyTorch legs",
+)
 def test_export_is_the_same_on_another_backend(digits_qnns, digits, tmp_path):
-    """The trained binary CNN saved here, loaded and exported on another backend
-    (TensorFlow, or JAX when this is TensorFlow), gives the same engine file,
-    array for array, bit for bit: so the same engine predictions."""
+    """The trained binary CNN saved here, loaded and exported on TensorFlow, gives
+    the same engine file, array for array, bit for bit: so the same engine
+    predictions."""
     _, (x_test, _) = digits
-    other = "jax" if backend.name() == "tensorflow" else "tensorflow"
+    other = "tensorflow"
     model = digits_qnns["cnn"]
     model.save(tmp_path / "cnn.keras")
     qnn.export(model, str(tmp_path / "here.npz"))
@@ -345,8 +349,8 @@ def test_attacks_on_qnns_use_the_surrogate_and_the_engine(digits_qnns, digits, t
     model = digits_qnns["cnn"]
     path = str(tmp_path / "cnn.npz")
     qnn.export(model, path)
-    x, y = x_test[:150], y_test[:150]
-    params = dict(y=y, eps=0.15, eps_iter=0.02, nb_iter=20, seed=0, clip_min=0.0, clip_max=1.0)
+    x, y = x_test[:100], y_test[:100]
+    params = dict(y=y, eps=0.15, eps_iter=0.04, nb_iter=8, seed=0, clip_min=0.0, clip_max=1.0)
     ste = QNNModelWrapper(model, surrogate="ste", engine=path)
     naive = QNNModelWrapper(model, surrogate="zero", engine=path)
     # the attacks' queries run on the BLAS twin: the reference engine's logits, bit for bit

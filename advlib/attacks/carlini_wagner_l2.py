@@ -46,7 +46,7 @@ class CarliniWagnerL2(ConstantSearch):
 
     def __init__(self, model):
         super().__init__(model)
-        self._step = self._compiled(self._step_fn)
+        self._step = self._compiled(self._steps_fn)
 
     # -- space changes -------------------------------------------------------
     @staticmethod
@@ -61,7 +61,26 @@ class CarliniWagnerL2(ConstantSearch):
             return ops.arctanh(((x - low) / (high - low) * 2 - 1) * _TANH_SHRINK)
         return x
 
-    # -- one Adam step on the whole batch -----------------------------------
+    # -- Adam steps on the whole batch ----------------------------------------
+    def _steps_fn(
+        self, search, x, labels, const, best, active, numbers, count, use_tanh, targeted
+    ):
+        """`count` Adam steps in one compiled call, between two abort-early checks
+        (which need NumPy): a step's own work on a small model is shorter than the
+        dispatch of a call. Returns the search, the best so far, which examples
+        succeeded at any of the steps, and the last step's loss."""
+
+        def step(_, state):
+            search, best, succeeded, _ = state
+            search, best, success, loss = self._step_fn(
+                search, x, labels, const, best, active, numbers, use_tanh, targeted
+            )
+            return search, best, succeeded | success, loss
+
+        none = ops.zeros([ops.shape(x)[0]], "bool")
+        loss = ops.zeros([ops.shape(x)[0]], x.dtype)
+        return ops.fori_loop(0, count, step, (search, best, none, loss))
+
     def _step_fn(self, search, x, labels, const, best, active, numbers, use_tanh, targeted):
         """One Adam step on the whole batch; `search` is (w, m, v, t)."""
         w, m, v, t = search
@@ -103,7 +122,14 @@ class CarliniWagnerL2(ConstantSearch):
         succeeded = ops.zeros([len(x)], "bool")
         active, previous = np.ones(len(x), bool), np.full(len(x), np.inf)
         check_every = max(1, max_iterations // 10)
-        for iteration in range(max_iterations):
+        done = 0
+        while done < max_iterations:
+            # abort early checks after the steps 0, check_every, 2 * check_every, ...
+            if options["abort_early"]:
+                end = min(-(-done // check_every) * check_every, max_iterations - 1)
+            else:
+                end = max_iterations - 1
+            count = end - done + 1
             search, new_best, success, loss = self._step(
                 search,
                 x,
@@ -112,13 +138,15 @@ class CarliniWagnerL2(ConstantSearch):
                 best,
                 ops.convert_to_tensor(active),
                 numbers,
+                ops.convert_to_tensor(count, "int32"),
                 use_tanh,
                 targeted,
             )
             best.update(new_best)
             succeeded = succeeded | success
-            self._count(int(active.sum()), forward=1, backward=1)
-            if options["abort_early"] and iteration % check_every == 0:
+            self._count(int(active.sum()) * count, forward=1, backward=1)
+            done = end + 1
+            if options["abort_early"] and end % check_every == 0:
                 active, previous = still_improving(backend.to_numpy(loss), previous, active)
                 if not active.any():
                     break
