@@ -62,9 +62,7 @@ class CarliniWagnerL2(ConstantSearch):
         return x
 
     # -- Adam steps on the whole batch ----------------------------------------
-    def _steps_fn(
-        self, search, x, labels, const, best, active, numbers, count, use_tanh, targeted
-    ):
+    def _steps_fn(self, search, x, labels, const, best, active, numbers, count, use_tanh, targeted):
         """`count` Adam steps in one compiled call, between two abort-early checks
         (which need NumPy): a step's own work on a small model is shorter than the
         dispatch of a call. Returns the search, the best so far, which examples
