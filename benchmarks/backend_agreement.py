@@ -92,6 +92,19 @@ np.savez(sys.argv[2], **out, **{"seconds_" + k: np.array(v) for k, v in seconds.
 SECTIONS = ("fgsm", "pgd40", "min-norm", "autoattack")
 
 
+def checked_sections(parser: argparse.ArgumentParser, args, known) -> list[str]:
+    """The sections named by `--sections`, after refusing an unknown one and an
+    `--out` that exists (results are never overwritten)."""
+    sections = args.sections.split(",")
+    unknown = sorted(set(sections) - set(known))
+    if unknown:
+        parser.error(f"--sections: unknown {unknown}; choose from {', '.join(known)}")
+    if os.path.exists(args.out):
+        raise SystemExit(f"{args.out} exists; pass another --out (results are never overwritten)")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    return sections
+
+
 def run_backend(name: str, shared: str, folder: str, settings: dict) -> dict:
     out = os.path.join(folder, f"{name}.npz")
     if os.path.exists(out):  # finished in an earlier, interrupted run
@@ -137,13 +150,7 @@ def main(argv=None) -> dict:
         "--resume", metavar="FOLDER", help="an interrupted run's folder: run what it lacks"
     )
     args = parser.parse_args(argv)
-    sections = args.sections.split(",")
-    unknown = sorted(set(sections) - set(SECTIONS))
-    if unknown:
-        parser.error(f"--sections: unknown {unknown}; choose from {', '.join(SECTIONS)}")
-    if os.path.exists(args.out):
-        raise SystemExit(f"{args.out} exists; pass another --out (results are never overwritten)")
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    sections = checked_sections(parser, args, SECTIONS)
     from advlib import backend
     from advlib.datasets import load
     from advlib.models import load_model, small_cnn, train_classifier

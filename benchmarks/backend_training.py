@@ -181,7 +181,6 @@ def speed_section(args, folder: str, backends: list[str]) -> list[dict]:
     initial = initial_weights(x_train.shape[1:], 0, os.path.join(folder, "init_fashion.keras"))
     runs = [(backend, backend, ROOT) for backend in backends]
     if args.baseline_rev:
-        sys.path.insert(0, HERE)
         from attack_speed import advlib_tree
 
         tree = advlib_tree(args.baseline_rev, os.path.join(folder, "baseline"))
@@ -235,13 +234,10 @@ def main(argv=None) -> dict:
     parser.add_argument("--repeats", type=int, default=1, help="rounds of the speed section")
     parser.add_argument("--out", default=os.path.join(HERE, "backend_training.json"))
     args = parser.parse_args(argv)
-    sections = args.sections.split(",")
-    unknown = sorted(set(sections) - set(SECTIONS))
-    if unknown:
-        parser.error(f"--sections: unknown {unknown}; choose from {', '.join(SECTIONS)}")
-    if os.path.exists(args.out):
-        raise SystemExit(f"{args.out} exists; pass another --out (results are never overwritten)")
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    sys.path.insert(0, HERE)
+    from backend_agreement import checked_sections
+
+    sections = checked_sections(parser, args, SECTIONS)
     backends = args.backends.split(",")
     folder = tempfile.mkdtemp(prefix="advlib-training-")
     print(f"initial weights, data and each run's results: {folder}", flush=True)

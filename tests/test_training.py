@@ -144,13 +144,9 @@ def test_the_other_recipes_train_on_this_backend(recipe, digits):
     assert all(not np.array_equal(a, b) for a, b in zip(before, model.get_weights()))
 
 
-@pytest.mark.slow
-def test_tf_data_class_weights_validation_and_softmax_models(digits):
-    import tensorflow as tf
-
-    (x_train, y_train), (x_test, y_test) = digits
-    keras.utils.set_random_seed(0)
-    model = keras.Sequential(
+def softmax_mlp():
+    """A digits MLP that ends in a softmax: its logits are under it."""
+    return keras.Sequential(
         [
             keras.Input((8, 8, 1)),
             keras.layers.Flatten(),
@@ -158,6 +154,15 @@ def test_tf_data_class_weights_validation_and_softmax_models(digits):
             keras.layers.Dense(10, activation="softmax"),
         ]
     )
+
+
+@pytest.mark.slow
+def test_tf_data_class_weights_validation_and_softmax_models(digits):
+    import tensorflow as tf
+
+    (x_train, y_train), (x_test, y_test) = digits
+    keras.utils.set_random_seed(0)
+    model = softmax_mlp()
     robust = AdversarialModel.from_recipe("fast", model, eps=EPS)
     robust.compile(keras.optimizers.Adam(2e-3))
     data = tf.data.Dataset.from_tensor_slices((x_train, y_train)).batch(64)
@@ -179,14 +184,7 @@ def test_tf_data_class_weights_validation_and_softmax_models(digits):
 def test_class_weights_validation_and_softmax_models_on_this_backend(digits):
     (x_train, y_train), (x_test, y_test) = digits
     keras.utils.set_random_seed(0)
-    model = keras.Sequential(
-        [
-            keras.Input((8, 8, 1)),
-            keras.layers.Flatten(),
-            keras.layers.Dense(32, activation="relu"),
-            keras.layers.Dense(10, activation="softmax"),
-        ]
-    )
+    model = softmax_mlp()
     robust = AdversarialModel.from_recipe("trades", model, eps=EPS, nb_iter=2)
     robust.compile(
         keras.optimizers.Adam(2e-3),
