@@ -330,6 +330,7 @@ def test_advlib_bench_evaluates_a_torch_state_dict(tmp_path, digits, capsys):
     assert report["environment"]["backend"] == "torch"
 
 
+@pytest.mark.slow  # JAX trains and compiles the script's attacks anew: TensorFlow and PyTorch
 def test_the_backends_tutorials_script(capsys):
     import sys
 

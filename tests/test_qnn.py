@@ -252,8 +252,10 @@ def random_binary_model(seed, channels=(3, 5, 33), dense=17, input_shape=(9, 7, 
     return model
 
 
-# the backend matrix runs one seed of the two
-@pytest.mark.parametrize("seed", [pytest.param(0, marks=pytest.mark.backends), 1])
+# the PyTorch leg of the backend matrix runs one seed of the two (slow: not the JAX leg)
+@pytest.mark.parametrize(
+    "seed", [pytest.param(0, marks=[pytest.mark.backends, pytest.mark.slow]), 1]
+)
 def test_engine_is_exact_on_random_odd_shapes(seed, tmp_path):
     model = random_binary_model(seed)
     path = str(tmp_path / "random.npz")
