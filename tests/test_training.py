@@ -388,19 +388,21 @@ def test_callback_patience_and_restore_best(digits):
         np.testing.assert_array_equal(restored, best)
 
 
-@pytest.mark.slow
+@pytest.mark.backends
 def test_callback_measures_real_pgd_accuracy(digits):
     (x_train, y_train), (x_test, y_test) = digits
     keras.utils.set_random_seed(0)
-    model = small_cnn((8, 8, 1))
+    model = mlp((8, 8, 1), hidden=(32,))
     robust = AdversarialModel.from_recipe("fast", model, eps=EPS)
     robust.compile(keras.optimizers.Adam(2e-3))
     callback = RobustnessCallback(
-        x_test, y_test, eps=EPS, eps_iter=EPS / 8, n=100, verbose=0, restore_best=False
+        x_test, y_test, eps=EPS, eps_iter=EPS / 8, n=50, verbose=0, restore_best=False
     )
-    robust.fit(x_train, y_train, epochs=2, batch_size=64, verbose=0, callbacks=[callback])
+    robust.fit(
+        x_train[:256], y_train[:256], epochs=2, batch_size=64, verbose=0, callbacks=[callback]
+    )
     assert callback.history[-1]["pgd_accuracy"] == pgd_accuracy(
-        model, x_test[:100], y_test[:100], EPS
+        model, x_test[:50], y_test[:50], EPS
     )
     with pytest.raises(ValueError, match="on_overfit must be one of"):
         RobustnessCallback(x_test, y_test, eps=0.1, on_overfit="panic")

@@ -9,7 +9,7 @@ from typing import Any
 import keras
 import numpy as np
 
-from advlib import _checks
+from advlib import _checks, backend
 from advlib.attacks.fast_gradient_method import FastGradientMethod
 from advlib.attacks.projected_gradient_descent import ProjectedGradientDescent
 from advlib.models.keras import KerasModelWrapper
@@ -101,7 +101,7 @@ class RobustnessCallback(keras.callbacks.Callback):
     def evaluate(self):
         """(PGD accuracy, FGSM accuracy) of the current weights on the subset."""
         wrapper = KerasModelWrapper(self._target())
-        accuracy = lambda x: float(np.mean(wrapper.predict_classes(x).numpy() == self.y))
+        accuracy = lambda x: float(np.mean(backend.to_numpy(wrapper.predict_classes(x)) == self.y))
         pgd = ProjectedGradientDescent(wrapper).generate_np(self.x, y=self.y, **self.params_pgd)
         fgsm = FastGradientMethod(wrapper).generate_np(self.x, y=self.y, **self.params_fgsm)
         return accuracy(pgd), accuracy(fgsm)
