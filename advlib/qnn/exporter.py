@@ -94,26 +94,25 @@ def fold_thresholds(
 def _affine(layer, batchnorm):
     """The last layer's logits = acc * scale + shift, in float32."""
     units = int(layer.kernel.shape[-1])
-    bias = _numpy(layer.bias).astype(np.float32) if layer.use_bias else np.zeros(units, np.float32)
+    bias = (
+        ops.convert_to_numpy(layer.bias).astype(np.float32)
+        if layer.use_bias
+        else np.zeros(units, np.float32)
+    )
     if batchnorm is None:
         return np.ones(units, np.float32), bias
-    gamma = _numpy(batchnorm.gamma) if batchnorm.scale else np.ones(units, np.float32)
-    beta = _numpy(batchnorm.beta) if batchnorm.center else np.zeros(units, np.float32)
+    gamma = ops.convert_to_numpy(batchnorm.gamma) if batchnorm.scale else np.ones(units, np.float32)
+    beta = ops.convert_to_numpy(batchnorm.beta) if batchnorm.center else np.zeros(units, np.float32)
     # in float64, rounded once: each backend's own rsqrt may differ in the last bit,
     # and the engine file must not depend on the backend that wrote it
-    variance = _numpy(batchnorm.moving_variance).astype(np.float64)
+    variance = ops.convert_to_numpy(batchnorm.moving_variance).astype(np.float64)
     inv = (gamma / np.sqrt(variance + batchnorm.epsilon)).astype(np.float32)
-    shift = beta - _numpy(batchnorm.moving_mean) * inv
+    shift = beta - ops.convert_to_numpy(batchnorm.moving_mean) * inv
     return inv.astype(np.float32), (shift + bias * inv).astype(np.float32)
 
 
-def _numpy(value) -> np.ndarray:
-    """A Keras variable or tensor of any backend as a NumPy array."""
-    return ops.convert_to_numpy(value)
-
-
 def _pack_kernel(layer) -> np.ndarray:
-    kernel = _numpy(layer.kernel)
+    kernel = ops.convert_to_numpy(layer.kernel)
     if isinstance(layer, QuantDense):
         return pack_signs(kernel.T)
     filters = kernel.shape[-1]

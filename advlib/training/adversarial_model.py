@@ -274,7 +274,8 @@ class AdversarialModel(keras.Model):
         (a gradient tape on TensorFlow, `stateless_call` under `jax.grad`,
         `loss.backward()` on PyTorch), so one objective serves all three. It
         also updates the loss trackers and the clean and adversarial metrics,
-        which need the adversarial logits that only exist here.
+        which need the adversarial logits that only exist here; Keras's
+        `compute_metrics` then reports them, as `metrics` lists them.
         """
         labels = self._labels(y)
         clean_logits = self._clean_logits(x, y_pred, training)
@@ -306,11 +307,6 @@ class AdversarialModel(keras.Model):
         _, replicas = backend.replica()
         # each replica averages its own share; gradients are summed across replicas
         return objective / replicas if training and replicas > 1 else objective
-
-    def compute_metrics(self, x, y, y_pred, sample_weight=None):
-        """The metrics that `compute_loss` updated, by name."""
-        del x, y, y_pred, sample_weight
-        return {metric.name: metric.result() for metric in self.metrics}
 
     def _labels(self, y):
         if y is None:
