@@ -59,6 +59,8 @@ setup(
         "torch": ["torch>=2.6"],
         # the verifier's SAT backend (PySAT publishes only .dev versions)
         "verify": ["python-sat>=1.8.dev16"],
+        # the harness's --ray engine; 2.43 keeps tokens out of the logs (CVE-2025-1979)
+        "ray": ["ray>=2.43"],
         # NVRTC compiles the CUDA kernels in CI, where there is no GPU
         # the tests, lint, types and the documentation site; the linters are pinned so
         # that a new release cannot fail CI on code nobody changed
@@ -72,6 +74,7 @@ setup(
             "pytest-xdist>=3.2",  # --dist worksteal
             "hypothesis>=6",
             "python-sat>=1.8.dev16",
+            "ray>=2.43",
             "nvidia-cuda-nvrtc-cu12; platform_system == 'Linux' and platform_machine == 'x86_64'",
             "ruff==0.17.6",
             "mypy==2.4.1",

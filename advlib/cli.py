@@ -116,13 +116,12 @@ def _require_file(path: str) -> None:
         )
 
 
-def _bench_run(args) -> int:
-    import time
-
+def _models(args, protocol):
+    """The model the command line names (wrapped for binary engines), its
+    transfer surrogate, its source and its name in the report."""
     from advlib import bench
     from advlib.models import QNNModelWrapper
 
-    protocol = bench.load_protocol(args.protocol)  # fails early on a bad protocol
     if args.model is None:
         model, source = bench.reference_model()
         name = "reference digits CNN"
@@ -147,26 +146,54 @@ def _bench_run(args) -> int:
     transfer = (
         None if args.transfer_from is None else _load_model(args.transfer_from, args.custom_objects)
     )
-    out = args.out or os.path.join(
-        "advlib-bench", protocol["name"].replace("/", "_"), time.strftime("%Y%m%d-%H%M%S")
-    )
-    report = bench.evaluate(
-        model,
-        protocol=protocol,
-        out_dir=out,
-        resume=args.resume,
-        shard=args.shard,
+    return model, transfer, source, name
+
+
+def worker_models(args, protocol: dict, cwd: str):
+    """A Ray worker's (model, transfer): loaded as the driver's command line says,
+    from the driver's working directory."""
+    if os.path.isdir(cwd):
+        os.chdir(cwd)
+    model, transfer, _, _ = _models(args, protocol)
+    return model, transfer
+
+
+def _evaluate_options(args, name) -> dict:
+    return dict(
         batch_size=args.batch_size,
-        progress=not args.no_progress,
         model_name=name,
         adaptive=args.adaptive,
-        transfer_from=transfer,
-        overwrite=args.overwrite,
         verify=args.verify,
         verify_time_limit=args.verify_time_limit,
         verify_backend=args.verify_backend,
         verify_search_share=args.verify_search_share,
     )
+
+
+def _bench_run(args) -> int:
+    import time
+
+    from advlib import bench
+
+    protocol = bench.load_protocol(args.protocol)  # fails early on a bad protocol
+    out = args.out or os.path.join(
+        "advlib-bench", protocol["name"].replace("/", "_"), time.strftime("%Y%m%d-%H%M%S")
+    )
+    if args.ray is not None:
+        report, source = _bench_ray(args, protocol, out)
+    else:
+        model, transfer, source, name = _models(args, protocol)
+        report = bench.evaluate(
+            model,
+            protocol=protocol,
+            out_dir=out,
+            resume=args.resume,
+            shard=args.shard,
+            progress=not args.no_progress,
+            transfer_from=transfer,
+            overwrite=args.overwrite,
+            **_evaluate_options(args, name),
+        )
     print()
     print(bench.markdown(report))
     print(
@@ -174,6 +201,41 @@ def _bench_run(args) -> int:
         f"examples.npz, robustness.png)"
     )
     return 0
+
+
+def _bench_ray(args, protocol: dict, out: str):
+    """The run as Ray tasks, one shard each (`advlib.bench.distributed`)."""
+    import functools
+
+    from advlib import bench
+    from advlib.bench.distributed import evaluate_on_ray, import_ray
+
+    if args.shard:
+        raise ValueError("--shard and --ray exclude each other: --ray makes the shards itself.")
+    import_ray()  # before any model is trained or loaded
+    name = None
+    if args.model is None:  # trained and cached once here, loaded by every worker
+        _, args.model = bench.reference_model()
+        name = "reference digits CNN"
+    for key in ("model", "engine", "transfer_from"):
+        value = getattr(args, key)
+        if value is not None:
+            _require_file(value)
+            setattr(args, key, os.path.abspath(value))
+    report = evaluate_on_ray(
+        functools.partial(worker_models, args, protocol, os.getcwd()),
+        protocol,
+        out,
+        address=None if args.ray == "local" else args.ray,
+        workers=args.workers,
+        cpus_per_worker=args.cpus_per_worker,
+        retries=args.retries,
+        resume=args.resume,
+        overwrite=args.overwrite,
+        progress=not args.no_progress,
+        **_evaluate_options(args, name),
+    )
+    return report, args.model
 
 
 def _bench_merge(args) -> int:
@@ -214,6 +276,27 @@ def _bench_reassess(args) -> int:
     return 0
 
 
+def _bench_export(args) -> int:
+    from advlib.bench import export
+    from advlib.bench.storage import report_folder
+
+    out = args.out or os.path.join(report_folder(args.run), f"{args.format}.json")
+    options = {
+        key: getattr(args, key)
+        for key in export.ROBUSTBENCH_OPTIONS
+        if getattr(args, key, None) is not None
+    }
+    entry = export.export(args.run, out, args.format, overwrite=args.overwrite, **options)
+    report, _ = export.load_run(args.run)
+    model_id = args.model_id or os.path.splitext(os.path.basename(out))[0]
+    print(export.to_json(entry))
+    print(
+        f"\nwrote {out}; in RobustBench's repository it goes to "
+        f"{export.leaderboard_path(entry, report['protocol']['threat']['norm'], model_id)}"
+    )
+    return 0
+
+
 def _bench_list(args) -> int:
     from advlib import bench
 
@@ -229,6 +312,7 @@ def bench_parser() -> argparse.ArgumentParser:
         description="Standardized robustness evaluation. Also: "
         "'advlib bench merge DIR... --out DIR', 'advlib bench compare A B...', "
         "'advlib bench reassess DIR [--black-box-margin M]', "
+        "'advlib bench export DIR --format robustbench', "
         "'advlib bench list'.",
     )
     parser.add_argument(
@@ -308,6 +392,35 @@ def bench_parser() -> argparse.ArgumentParser:
         "for counterexamples (default 0.5; 0.9 where the solver decides "
         "nothing in time, as on binary CNNs)",
     )
+    ray = parser.add_argument_group("many workers (Ray; pip install 'advlib[ray]')")
+    ray.add_argument(
+        "--ray",
+        nargs="?",
+        const="local",
+        metavar="ADDRESS",
+        help="run the shards as Ray tasks and merge them into --out: on the cluster at "
+        "ADDRESS, or on a local Ray started for the run; --resume continues it",
+    )
+    ray.add_argument(
+        "--workers",
+        type=int,
+        help="--ray: the number of shards (default: the cluster's GPUs, else its "
+        "CPUs / --cpus-per-worker)",
+    )
+    ray.add_argument(
+        "--cpus-per-worker",
+        type=float,
+        default=1.0,
+        help="--ray: CPUs per task on a cluster without GPUs (default 1; with GPUs "
+        "each task takes one GPU)",
+    )
+    ray.add_argument(
+        "--retries",
+        type=int,
+        default=2,
+        help="--ray: tries after a task fails or its worker dies, each resuming "
+        "from the shard's state (default 2)",
+    )
     parser.add_argument("--no-progress", action="store_true")
     parser.set_defaults(handler=_bench_run)
     return parser
@@ -346,6 +459,43 @@ def _bench_subcommands():
                 (("report",), dict(help="a finished run's folder or its report.json")),
                 (("--black-box-margin",), dict(type=float, help="replaces the protocol's")),
                 (("--convergence-threshold",), dict(type=float, help="replaces the protocol's")),
+            ],
+        ),
+        "export": (
+            _bench_export,
+            [
+                (("run",), dict(help="a finished, unsharded run's folder or its report.json")),
+                (
+                    ("--format",),
+                    dict(choices=("robustbench",), default="robustbench", help="the format"),
+                ),
+                (("--out",), dict(help="the file to write (default: RUN/robustbench.json)")),
+                (
+                    ("--overwrite",),
+                    dict(action="store_true", help="replace an existing --out file"),
+                ),
+                (
+                    ("--model-id",),
+                    dict(
+                        help="the leaderboard's model ID, e.g. Smith2026Robust (default: "
+                        "--out's file name)"
+                    ),
+                ),
+                (("--name",), dict(help="the paper's title (default: the run's model name)")),
+                (("--link",), dict(help="the paper's URL")),
+                (("--authors",), dict(help="the authors, comma-separated")),
+                (("--venue",), dict(help="e.g. 'NeurIPS 2020'")),
+                (("--architecture",), dict(help="e.g. 'WideResNet-28-10'")),
+                (("--reported",), dict(help="the robust accuracy the paper reports, in %%")),
+                (("--footnote",), dict(help="a footnote for the leaderboard")),
+                (
+                    ("--additional-data",),
+                    dict(action="store_true", default=None, help="trained with extra data"),
+                ),
+                (
+                    ("--number-forward-passes",),
+                    dict(type=int, help="forward passes per prediction (default 1)"),
+                ),
             ],
         ),
         "list": (_bench_list, []),

@@ -97,20 +97,23 @@ def torch_twin(keras_model):
     return nn.Sequential(*layers).eval()
 
 
-def reference_attacks(model, eps, n_classes):
-    """torchattacks' members with fra31/auto-attack's standard parameters."""
+def reference_attacks(model, eps, n_classes, steps=100, queries=5000):
+    """torchattacks' members with fra31/auto-attack's standard parameters (fewer
+    `steps` and `queries` for quick runs)."""
     import torchattacks as ta
 
     members = {
-        "apgd-ce": ta.APGD(model, norm="Linf", eps=eps, steps=100, n_restarts=1, seed=0, loss="ce"),
+        "apgd-ce": ta.APGD(
+            model, norm="Linf", eps=eps, steps=steps, n_restarts=1, seed=0, loss="ce"
+        ),
         "apgd-t": ta.APGDT(
-            model, norm="Linf", eps=eps, steps=100, n_restarts=1, seed=0, n_classes=n_classes
+            model, norm="Linf", eps=eps, steps=steps, n_restarts=1, seed=0, n_classes=n_classes
         ),
         "fab-t": ta.FAB(
             model,
             norm="Linf",
             eps=eps,
-            steps=100,
+            steps=steps,
             n_restarts=1,
             seed=0,
             multi_targeted=True,
@@ -120,7 +123,7 @@ def reference_attacks(model, eps, n_classes):
             model,
             norm="Linf",
             eps=eps,
-            n_queries=5000,
+            n_queries=queries,
             n_restarts=1,
             p_init=0.8,
             resc_schedule=False,
@@ -136,22 +139,22 @@ def reference_attacks(model, eps, n_classes):
     return members, ensembles
 
 
-def advlib_attacks(model, eps):
+def advlib_attacks(model, eps, nb_iter=100, queries=5000):
     from advlib.attacks import APGD, APGDT, FABT, AutoAttack, SquareAttack
 
     box = dict(eps=eps, clip_min=0.0, clip_max=1.0, seed=0)
     members = {
         "apgd-ce": lambda x, y: APGD(model).generate_np(
-            x, y=y, nb_iter=100, loss="ce", batch_size=500, **box
+            x, y=y, nb_iter=nb_iter, loss="ce", batch_size=500, **box
         ),
         "apgd-t": lambda x, y: APGDT(model).generate_np(
-            x, y=y, nb_iter=100, n_target_classes=9, batch_size=500, **box
+            x, y=y, nb_iter=nb_iter, n_target_classes=9, batch_size=500, **box
         ),
         "fab-t": lambda x, y: FABT(model).generate_np(
-            x, y=y, nb_iter=100, n_target_classes=9, batch_size=500, **box
+            x, y=y, nb_iter=nb_iter, n_target_classes=9, batch_size=500, **box
         ),
         "square": lambda x, y: SquareAttack(model).generate_np(
-            x, y=y, n_queries=5000, batch_size=500, **box
+            x, y=y, n_queries=queries, batch_size=500, **box
         ),
     }
     standard = AutoAttack(model, norm="Linf", eps=eps, version="standard", seed=0)

@@ -12,7 +12,7 @@ import keras
 import numpy as np
 import pytest
 
-from advlib import bench
+from advlib import bench, cli
 from advlib.bench import protocol as protocols
 from advlib.bench.shards import parse_shard
 
@@ -191,6 +191,124 @@ def test_resume_after_sigkill_gives_identical_numbers(cli_env, tmp_path, monkeyp
             np.testing.assert_array_equal(one[key], two[key])
 
 
+def without_times(document):
+    """A report section as JSON would hold it, without its (wall-clock) seconds."""
+    if isinstance(document, dict):
+        return {k: without_times(v) for k, v in document.items() if k != "seconds"}
+    if isinstance(document, (list, tuple)):
+        return [without_times(v) for v in document]
+    return document
+
+
+def lock_owner(folder):
+    """The pid in a run folder's lock file (the process that evaluates into it)."""
+    try:
+        with open(os.path.join(folder, ".advlib.lock")) as handle:
+            text = handle.read().strip()
+    except FileNotFoundError:
+        return None
+    return int(text) if text.isdigit() else None
+
+
+def kill_shard_worker(folder, previous, deadline):
+    """SIGKILLs the worker evaluating into `folder` (one other than `previous`) once
+    it has finished a batch; returns its pid."""
+    state = os.path.join(folder, "state.json")
+    while time.time() < deadline:
+        owner = lock_owner(folder)
+        finished = os.path.exists(state) and len(json.load(open(state))["done"]) >= 1
+        if owner not in (None, previous) and finished:
+            os.kill(owner, signal.SIGKILL)
+            return owner
+        time.sleep(0.02)
+    raise AssertionError(f"no worker finished a batch in {folder} in time")
+
+
+def test_ray_shards_that_fail_after_their_retries_are_reported_by_shard(tmp_path, monkeypatch):
+    """What the driver does once Ray gives up on a task (its retries spent): the
+    shard is named with its error, and the finished shards stay for --resume. Ray
+    itself is stood in for: its retries are tested by the run below."""
+    from advlib.bench import distributed
+
+    class FakeRay:
+        def __init__(self):
+            self.calls = 0
+
+        def is_initialized(self):
+            return True
+
+        def cluster_resources(self):
+            return {"CPU": 2.0}
+
+        def remote(self, **options):
+            assert options["max_retries"] == 3 and options["retry_exceptions"]
+            assert options["num_cpus"] == 1.0
+            return lambda function: type("Task", (), {"remote": staticmethod(lambda *a: a[3])})
+
+        def wait(self, waiting, num_returns):
+            return waiting[:1], waiting[1:]
+
+        def get(self, shard):
+            if shard == "2/3":
+                raise RuntimeError("worker died\nMemoryError: out of memory")
+            return {"pid": 1, "host": "h", "tries": 1, "resumed_from": [0]}
+
+    monkeypatch.setattr(distributed, "import_ray", FakeRay)
+    out = str(tmp_path / "run")
+    with pytest.raises(ValueError) as error:
+        distributed.evaluate_on_ray(
+            None, quick_protocol(), out, workers=3, retries=3, progress=False
+        )
+    message = str(error.value)
+    assert "1 of 3 shards failed after 4 tries (shard 2/3: RuntimeError: MemoryError" in message
+    assert "--resume" in message and os.path.isdir(os.path.join(out, "shards"))
+    assert not os.path.exists(os.path.join(out, "report.json"))
+    with pytest.raises(ValueError, match="already holds a Ray run"):
+        distributed.evaluate_on_ray(None, quick_protocol(), out, workers=3, progress=False)
+    with pytest.raises(ValueError, match="workers must be"):
+        distributed.evaluate_on_ray(None, quick_protocol(), str(tmp_path / "b"), workers=0)
+
+
+@pytest.mark.slow
+def test_ray_shards_merge_into_the_single_run_and_a_killed_worker_resumes(
+    cli_env, tmp_path, monkeypatch
+):
+    pytest.importorskip("ray", reason="Ray is an extra: pip install 'advlib[ray]'")
+    protocol_file = str(tmp_path / "quick.json")
+    protocol = quick_protocol(diagnostics={"n": 30, "spsa_iterations": 10})
+    protocol["dataset"]["n"] = 180  # six batches of 30, three per shard
+    protocol["attacks"] = [a for a in protocol["attacks"] if a["name"] in ("fgsm", "pgd-cw")]
+    json.dump(protocol, open(protocol_file, "w"))
+    monkeypatch.setenv("ADVLIB_CACHE", cli_env["ADVLIB_CACHE"])
+    model, _ = bench.reference_model(verbose=False)
+    straight = bench.evaluate(
+        model, protocol_file, out_dir=str(tmp_path / "straight"), batch_size=30, progress=False
+    )
+    out = str(tmp_path / "ray")
+    common = ["--protocol", protocol_file, "--batch-size", "30", "--no-progress", "--out", out]
+    common += ["--ray", "--workers", "2", "--cpus-per-worker", "1", "--retries", "1"]
+    # shard 1's worker is killed after its first batch: Ray retries the task, which
+    # resumes from the shard's saved state
+    process = run_cli(common, cli_env)
+    kill_shard_worker(os.path.join(out, "shards", "1-of-2"), None, time.time() + 240)
+    assert process.wait(timeout=240) == 0, process.stderr.read()
+    report = json.load(open(os.path.join(out, "report.json")))
+    tries = report["ray"]["tries"]
+    assert tries["2/2"] == {"tries": 1, "resumed_from": [0]}
+    assert tries["1/2"]["tries"] == 2 and tries["1/2"]["resumed_from"][0] == 0
+    assert 1 <= tries["1/2"]["resumed_from"][1] < 3, tries
+    assert report["merged_from"] == ["1/2", "2/2"] and report["n"] == 180
+    assert without_times(report["results"]) == without_times(straight["results"])
+    with (
+        np.load(tmp_path / "straight" / "examples.npz") as one,
+        np.load(os.path.join(out, "examples.npz")) as many,
+    ):
+        assert sorted(one.files) == sorted(many.files)
+        for key in one.files:
+            if key not in ("seconds",):
+                np.testing.assert_array_equal(one[key], many[key], err_msg=key)
+
+
 @pytest.mark.slow
 def test_cli_bad_inputs_write_nothing(cli_env, tmp_path, capsys, monkeypatch):
     from advlib import cli
@@ -366,7 +484,9 @@ def small_v3(n=60, queries=300):
 
 
 @pytest.mark.slow
-def test_version_3_reports_the_autoattack_figure_beside_the_worst_case(digits_cnn, tmp_path):
+def test_version_3_reports_the_autoattack_figure_beside_the_worst_case(
+    digits_cnn, tmp_path, capsys
+):
     assert protocols.load("digits-linf-0.2")["version"] == 3
     assert protocols.load("digits-linf-0.2@2")["version"] == 2  # the earlier version loads
     report = bench.evaluate(
@@ -401,6 +521,62 @@ def test_version_3_reports_the_autoattack_figure_beside_the_worst_case(digits_cn
     )
     with pytest.raises(ValueError, match="different protocols"):
         bench.compare([report, older])
+    check_robustbench_export(report, str(tmp_path / "v3"), tmp_path, capsys)
+
+
+def check_robustbench_export(report, run, tmp_path, capsys):
+    """The run as RobustBench's leaderboard entry, through the API and the command
+    line; shards, partial runs and existing files refused."""
+    from advlib.bench import export
+
+    entry = export.robustbench_entry(run, name="Digits CNN", architecture="small CNN")
+    # ModelInfo's fields (robustbench 1.1.1), corruption fields aside, in its order
+    assert list(entry) == [
+        "link", "name", "authors", "additional_data", "number_forward_passes", "dataset",
+        "venue", "architecture", "eps", "clean_acc", "reported", "autoattack_acc", "footnote",
+    ]  # fmt: skip
+    clean = report["results"]["clean_accuracy"]["value"]
+    autoattack = report["results"]["headline"]["robust_accuracy"]["value"]
+    assert entry["clean_acc"] == f"{100 * clean:.2f}" and len(entry["clean_acc"].split(".")[1]) == 2
+    assert entry["autoattack_acc"] == f"{100 * autoattack:.2f}"
+    assert float(entry["autoattack_acc"]) < float(entry["clean_acc"])
+    assert (entry["dataset"], entry["eps"], entry["number_forward_passes"]) == ("digits", "0.2", 1)
+    assert entry["name"] == "Digits CNN" and entry["additional_data"] is False
+    with pytest.raises(ValueError, match="number_forward_passes"):
+        export.robustbench_entry(run, number_forward_passes=0)
+    with pytest.raises(ValueError, match="'clean_acc' is not a RobustBench field"):
+        export.robustbench_entry(run, clean_acc="99.00")
+    out = str(tmp_path / "Digits2026Cnn.json")
+    assert cli.main(["bench", "export", run, "--out", out, "--number-forward-passes", "3"]) == 0
+    with open(out) as handle:
+        assert json.load(handle) == dict(export.robustbench_entry(run), number_forward_passes=3)
+    assert "model_info/digits/Linf/Digits2026Cnn.json" in capsys.readouterr().out
+    assert cli.main(["bench", "export", run, "--out", out]) == 2  # never over a file
+    assert "exists" in capsys.readouterr().err
+    # a shard, and a run stopped before its end, are refused
+    with open(os.path.join(run, "report.json")) as handle:
+        document = json.load(handle)
+    for name, change, message in (
+        ("shard", {"shard": "1/2"}, "merge the shards first"),
+        ("partial", {"complete": False, "n": 30}, "partial run"),
+    ):
+        folder = tmp_path / name
+        folder.mkdir()
+        shutil.copy(os.path.join(run, "examples.npz"), folder)
+        (folder / "report.json").write_text(json.dumps(dict(document, **change)))
+        with pytest.raises(ValueError, match=message):
+            export.robustbench_entry(str(folder))
+
+
+def test_robustbench_eps_spelling():
+    from advlib.bench.export import eps_string
+
+    assert [eps_string(e) for e in (8 / 255, 4 / 255, 0.5, 0.1, 0.3, 0.2)] == [
+        "8/255", "4/255", "0.5", "0.1", "0.3", "0.2",
+    ]  # fmt: skip
+    assert eps_string(1 / 3) == "85/255" and eps_string(0.123456) == "0.123456"
+    with pytest.raises(ValueError, match="eps must be a finite number"):
+        eps_string(float("nan"))
 
 
 @pytest.mark.slow

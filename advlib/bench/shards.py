@@ -66,7 +66,9 @@ def _run_key(report: dict) -> dict:
     }
 
 
-def merge(report_paths: list[str], out_dir: str, overwrite: bool = False) -> dict:
+def merge(
+    report_paths: list[str], out_dir: str, overwrite: bool = False, extra: dict | None = None
+) -> dict:
     """Combines shard reports into the report of one unsharded run.
 
     Args:
@@ -74,6 +76,7 @@ def merge(report_paths: list[str], out_dir: str, overwrite: bool = False) -> dic
         out_dir: a new or empty folder for the merged report; never one of the
             shards' folders.
         overwrite: write into an `out_dir` that holds other files.
+        extra: entries added to the merged report (the Ray engine's record).
 
     Raises:
         ValueError: if the shards come from different runs, overlap, or
@@ -138,6 +141,7 @@ def merge(report_paths: list[str], out_dir: str, overwrite: bool = False) -> dic
     if merged.get("adaptive"):
         merged["adaptive"] = {"variants": merged["adaptive"]["variants"]}
     assess(merged, arrays, selection)
+    merged.update(extra or {})
     with OutputFolder(out_dir, overwrite=overwrite):
         write_outputs(merged, arrays, out_dir)
     return merged
