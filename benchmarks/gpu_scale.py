@@ -7,7 +7,8 @@ Sections (`--sections`, default all):
 - `a`: the `fashion-mnist-linf-0.1` harness run (AutoAttack standard and the rest,
   with the diagnostics) on a `.keras` model (`--model`, the fast-AT CNN), on this
   process's Keras backend; its wall time split by attack. `--quick`: the digits
-  protocol on 30 digits with short attacks, on the reference digits CNN.
+  protocol on 10 digits with two short attacks, on `--model` (a digits model) or
+  the reference digits CNN.
 - `b`: AutoAttack standard on a CIFAR-10-shaped WideResNet-16-4 with fixed random
   weights (seed 0), advlib (PyTorch backend, `advlib.models.from_torch`) against
   torchattacks on the very same module and inputs. Fixed-work mode: the labels are
@@ -45,7 +46,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
 FULL = dict(harness_n=None, wrn=(16, 4), aa_n=1000, aa_iter=100, queries=5000, mlp=4096, sq_n=1000)
-QUICK = dict(harness_n=30, wrn=(10, 1), aa_n=8, aa_iter=3, queries=40, mlp=64, sq_n=16)
+QUICK = dict(harness_n=10, wrn=(10, 1), aa_n=8, aa_iter=3, queries=20, mlp=32, sq_n=8)
 EPS_CIFAR = 8 / 255
 
 
@@ -77,7 +78,7 @@ def harness_section(args, sizes) -> dict:
     from advlib.models.loading import load_model
 
     if args.quick:
-        model, _ = bench.reference_model(verbose=False)
+        model = load_model(args.model) if args.model else bench.reference_model(verbose=False)[0]
         # the mechanics only: two short attacks, no headline, a short probe
         protocol = bench.load_protocol("digits-linf-0.2")
         protocol["dataset"]["n"] = protocol["batch_size"] = sizes["harness_n"]
@@ -323,6 +324,7 @@ def main(argv=None):
     sizes = QUICK if args.quick else FULL
     results: dict = {}
     for section in sections:
+        start = time.perf_counter()
         if section == "b" and os.environ.get("KERAS_BACKEND") != "torch":
             results[section] = run_child(section, args)[section]
         else:
@@ -330,6 +332,7 @@ def main(argv=None):
                 results[section] = SECTIONS[section](args, sizes)
             except ImportError as error:
                 results[section] = skipped(f"{error.name or error} is not installed")
+        results[section]["section_seconds"] = time.perf_counter() - start
     if args.child:
         print(json.dumps(results))
         return results

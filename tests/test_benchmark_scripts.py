@@ -11,14 +11,15 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.mark.slow
-def test_gpu_scale_runs_end_to_end_on_a_cpu_with_quick(tmp_path):
+def test_gpu_scale_runs_end_to_end_on_a_cpu_with_quick(tmp_path, digits_mlp):
     """benchmarks/gpu_scale.py --quick on JAX, without CuPy or torchattacks: every
     section runs, and what needs them is skipped by name."""
-    out = tmp_path / "gpu_scale.json"
-    env = dict(os.environ, KERAS_BACKEND="jax", ADVLIB_CACHE=str(tmp_path / "cache"))
+    out, model = tmp_path / "gpu_scale.json", str(tmp_path / "mlp.keras")
+    digits_mlp.save(model)
+    env = dict(os.environ, KERAS_BACKEND="jax")
     env.pop("PYTHONPATH", None)  # no torchattacks from a developer's path
     done = subprocess.run(
-        [sys.executable, "benchmarks/gpu_scale.py", "--quick", "--out", str(out)],
+        [sys.executable, "benchmarks/gpu_scale.py", "--quick", "--model", model, "--out", str(out)],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -29,7 +30,7 @@ def test_gpu_scale_runs_end_to_end_on_a_cpu_with_quick(tmp_path):
     document = json.loads(out.read_text())
     assert document["backend"] == "jax" and document["quick"] is True
     harness, autoattack, engine = (document["results"][s] for s in "abc")
-    assert harness["n"] == 30 and set(harness["attack_seconds"]) == {
+    assert harness["n"] == 10 and set(harness["attack_seconds"]) == {
         "apgd-ce @ eps 0.2",
         "square @ eps 0.2",
     }
