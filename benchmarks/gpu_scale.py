@@ -350,49 +350,50 @@ def main(argv=None):
     return document
 
 
+def _harness_lines(a):
+    yield f"{a['protocol']}, {a['n']} images: {a['wall_seconds']:.1f} s in all"
+    for name, seconds in a["attack_seconds"].items():
+        yield f"| {name} | {seconds:.1f} s |"
+
+
+def _autoattack_lines(b):
+    yield f"{b['network']}, {b['n']} inputs, {b['mode']}"
+    yield "| attack | advlib s | torchattacks s | speed-up | robust (advlib / ta) |"
+    for row in b["rows"]:
+        if "torchattacks_seconds" in row:
+            theirs = f"{row['torchattacks_seconds']:.2f} | {row['speedup']:.2f}x"
+            robust = f"{row['advlib_robust']:.3f} / {row['torchattacks_robust']:.3f}"
+        else:
+            theirs, robust = f"- | {row['torchattacks']}", f"{row['advlib_robust']:.3f} / -"
+        yield f"| {row['attack']} | {row['advlib_seconds']:.2f} | {theirs} | {robust} |"
+
+
+def _engine_lines(c):
+    for name in ("float Keras model", "CuPy engine"):
+        value = c.get(name)
+        shown = value if isinstance(value, str) else f"{value['seconds']:.2f} s"
+        yield f"| {name} | {shown} |"
+    if "engine_speedup" in c:
+        yield (
+            f"engine {c['engine_speedup']:.2f}x, same examples {c['same_examples']}, "
+            f"same successes {c['same_successes']}"
+        )
+
+
+TITLES = {
+    "a": ("(a) harness run", _harness_lines),
+    "b": ("(b) AutoAttack, advlib against torchattacks on the same module", _autoattack_lines),
+    "c": ("(c) Square inside the binary engine", _engine_lines),
+}
+
+
 def print_tables(document):
-    results = document["results"]
     print(f"\n{document['device']}, Keras backend {document['backend']}, {document['date']}")
-    if "a" in results:
-        a = results["a"]
-        print("\n(a) harness run")
-        if "skipped" in a:
-            print(f"  skipped: {a['skipped']}")
-        else:
-            print(f"  {a['protocol']}, {a['n']} images: {a['wall_seconds']:.1f} s in all")
-            for name, seconds in a["attack_seconds"].items():
-                print(f"  | {name} | {seconds:.1f} s |")
-    if "b" in results:
-        b = results["b"]
-        print("\n(b) AutoAttack members, advlib against torchattacks on the same module")
-        if "skipped" in b:
-            print(f"  skipped: {b['skipped']}")
-        else:
-            print(f"  {b['network']}, {b['n']} inputs, {b['mode']}")
-            print("  | attack | advlib s | torchattacks s | speed-up | robust (advlib / ta) |")
-            for row in b["rows"]:
-                theirs = row.get("torchattacks_seconds")
-                print(
-                    f"  | {row['attack']} | {row['advlib_seconds']:.2f} | "
-                    f"{'-' if theirs is None else f'{theirs:.2f}'} | "
-                    f"{row.get('speedup', row.get('torchattacks', '-'))} | "
-                    f"{row['advlib_robust']:.3f} / {row.get('torchattacks_robust', '-')} |"
-                )
-    if "c" in results:
-        c = results["c"]
-        print("\n(c) Square inside the binary engine")
-        if "skipped" in c:
-            print(f"  skipped: {c['skipped']}")
-        else:
-            for name in ("float Keras model", "CuPy engine"):
-                value = c.get(name)
-                shown = value if isinstance(value, str) else f"{value['seconds']:.2f} s"
-                print(f"  | {name} | {shown} |")
-            if "engine_speedup" in c:
-                print(
-                    f"  engine {c['engine_speedup']:.2f}x, same examples {c['same_examples']}, "
-                    f"same successes {c['same_successes']}"
-                )
+    for section, result in document["results"].items():
+        title, lines = TITLES[section]
+        print(f"\n{title}")
+        for line in [f"skipped: {result['skipped']}"] if "skipped" in result else lines(result):
+            print(f"  {line}")
 
 
 if __name__ == "__main__":

@@ -43,3 +43,4 @@ def test_gpu_scale_runs_end_to_end_on_a_cpu_with_quick(tmp_path, digits_mlp):
     assert engine["CuPy engine"].startswith("skipped: CuPy is not installed")
     assert engine["float Keras model"]["seconds"] > 0
     assert "(c) Square inside the binary engine" in done.stdout
+    assert "skipped: CuPy is not installed" in done.stdout
