@@ -145,6 +145,8 @@ def evaluate_on_ray(
     ray = import_ray()
     started_here = not ray.is_initialized()
     if started_here:
+        # a benchmark run reports nothing to Ray's makers unless the user says so
+        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
         ray.init(
             address=address,
             include_dashboard=False,
