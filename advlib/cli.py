@@ -222,6 +222,8 @@ def _bench_ray(args, protocol: dict, out: str):
         if value is not None:
             _require_file(value)
             setattr(args, key, os.path.abspath(value))
+    # a file every worker would fail to load fails here, once, before Ray starts
+    worker_models(args, protocol, os.getcwd())
     report = evaluate_on_ray(
         functools.partial(worker_models, args, protocol, os.getcwd()),
         protocol,

@@ -1,5 +1,6 @@
 """The benchmark harness: a full digits run, resume, shards, compare, bad input."""
 
+import importlib.util
 import json
 import os
 import shutil
@@ -329,6 +330,12 @@ def test_cli_bad_inputs_write_nothing(cli_env, tmp_path, capsys, monkeypatch):
     corrupt = tmp_path / "corrupt.keras"
     corrupt.write_bytes(b"PK\x03\x04 not really a zip")
     cases.append((["--model", str(corrupt)], "not a .keras archive"))
+    if importlib.util.find_spec("ray") is not None:  # refused before Ray starts
+        cases += [
+            (["--ray", "--model", str(corrupt)], "not a .keras archive"),
+            (["--ray", "--shard", "1/2"], "--shard and --ray exclude each other"),
+            (["--ray", "--workers", "0"], "workers must be in [1, inf], got 0"),
+        ]
     for args, message in cases:
         assert cli.main(["bench"] + args + ["--out", out, "--no-progress"]) == 2
         assert message in capsys.readouterr().err
