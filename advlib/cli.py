@@ -207,23 +207,18 @@ def _bench_ray(args, protocol: dict, out: str):
     """The run as Ray tasks, one shard each (`advlib.bench.distributed`)."""
     import functools
 
-    from advlib import bench
     from advlib.bench.distributed import evaluate_on_ray, import_ray
 
     if args.shard:
         raise ValueError("--shard and --ray exclude each other: --ray makes the shards itself.")
     import_ray()  # before any model is trained or loaded
-    name = None
-    if args.model is None:  # trained and cached once here, loaded by every worker
-        _, args.model = bench.reference_model()
-        name = "reference digits CNN"
-    for key in ("model", "engine", "transfer_from"):
-        value = getattr(args, key)
-        if value is not None:
-            _require_file(value)
-            setattr(args, key, os.path.abspath(value))
-    # a file every worker would fail to load fails here, once, before Ray starts
-    worker_models(args, protocol, os.getcwd())
+    for key in ("model", "engine", "transfer_from"):  # the workers' paths, from anywhere
+        if getattr(args, key) is not None:
+            setattr(args, key, os.path.abspath(getattr(args, key)))
+    # loaded once here, so that a file every worker would fail on fails before Ray
+    # starts; the reference model is trained and cached here, for every worker to load
+    _, _, source, name = _models(args, protocol)
+    args.model = os.path.abspath(source)
     report = evaluate_on_ray(
         functools.partial(worker_models, args, protocol, os.getcwd()),
         protocol,
@@ -288,14 +283,11 @@ def _bench_export(args) -> int:
         for key in export.ROBUSTBENCH_OPTIONS
         if getattr(args, key, None) is not None
     }
-    entry = export.export(args.run, out, args.format, overwrite=args.overwrite, **options)
-    report, _ = export.load_run(args.run)
-    model_id = args.model_id or os.path.splitext(os.path.basename(out))[0]
-    print(export.to_json(entry))
-    print(
-        f"\nwrote {out}; in RobustBench's repository it goes to "
-        f"{export.leaderboard_path(entry, report['protocol']['threat']['norm'], model_id)}"
+    entry, where = export.export(
+        args.run, out, args.format, overwrite=args.overwrite, model_id=args.model_id, **options
     )
+    print(export.to_json(entry))
+    print(f"\nwrote {out}; in RobustBench's repository it goes to {where}")
     return 0
 
 

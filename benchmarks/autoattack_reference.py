@@ -168,14 +168,15 @@ def robust_mask(predict, x_adv, x, y, eps):
     return (predict(x_adv) == y) | ~within
 
 
-def run_torch(attack, x, y, batch=500):
+def run_torch(attack, x, y, batch=500, device="cpu"):
+    """A torchattacks attack on NHWC arrays, fed to it as NCHW tensors on `device`."""
     import torch
 
     out = []
     for i in range(0, len(x), batch):
-        images = torch.tensor(x[i : i + batch]).permute(0, 3, 1, 2).contiguous()
-        adv = attack(images, torch.tensor(y[i : i + batch]).long())
-        out.append(adv.permute(0, 2, 3, 1).detach().numpy())
+        images = torch.tensor(x[i : i + batch]).permute(0, 3, 1, 2).contiguous().to(device)
+        adv = attack(images, torch.tensor(y[i : i + batch]).long().to(device))
+        out.append(adv.permute(0, 2, 3, 1).detach().cpu().numpy())
     return np.concatenate(out)
 
 

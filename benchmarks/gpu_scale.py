@@ -164,7 +164,13 @@ def wide_resnet(depth: int, widen: int, classes: int = 10):
 
 def autoattack_section(args, sizes) -> dict:
     import torch
-    from autoattack_reference import MEMBERS, advlib_attacks, reference_attacks, robust_mask
+    from autoattack_reference import (
+        MEMBERS,
+        advlib_attacks,
+        reference_attacks,
+        robust_mask,
+        run_torch,
+    )
 
     from advlib import backend
     from advlib.models import from_torch
@@ -175,9 +181,8 @@ def autoattack_section(args, sizes) -> dict:
     module = wide_resnet(depth, widen).to(device).eval()
     rng = np.random.default_rng(0)
     x = rng.random((sizes["aa_n"], 32, 32, 3), dtype=np.float32)  # NHWC, as the harness
-    to_torch = lambda a: torch.tensor(a).permute(0, 3, 1, 2).contiguous().to(device)
-    with torch.no_grad():
-        y = module(to_torch(x)).argmax(1).cpu().numpy()  # fixed work: clean accuracy 100%
+    with torch.no_grad():  # fixed work: the labels are the predictions (clean accuracy 100%)
+        y = module(torch.tensor(x).permute(0, 3, 1, 2).to(device)).argmax(1).cpu().numpy()
     wrapped = from_torch(module, (3, 32, 32), data_format="channels_last")
     predict = lambda a: backend.to_numpy(wrapped.predict_classes(a))
     ours, _ = advlib_attacks(wrapped, EPS_CIFAR, nb_iter=sizes["aa_iter"], queries=sizes["queries"])
@@ -192,7 +197,7 @@ def autoattack_section(args, sizes) -> dict:
         row: dict = {"attack": member}
         sides = [("advlib", lambda: ours[member](x, y))]
         if theirs is not None:
-            sides.append(("torchattacks", lambda: run_reference(theirs[member], x, y, to_torch)))
+            sides.append(("torchattacks", lambda: run_torch(theirs[member], x, y, device=device)))
         for side, run in sides:
             _synchronize()
             start = time.perf_counter()
@@ -219,19 +224,6 @@ def autoattack_section(args, sizes) -> dict:
         "total_seconds": total,
         "speedup": total["torchattacks"] / total["advlib"] if len(total) == 2 else None,
     }
-
-
-def run_reference(attack, x, y, to_torch, batch=500):
-    import torch
-
-    out = []
-    for i in range(0, len(x), batch):
-        adv = attack(
-            to_torch(x[i : i + batch]),
-            torch.tensor(y[i : i + batch]).long().to(to_torch(x[:1]).device),
-        )
-        out.append(adv.permute(0, 2, 3, 1).detach().cpu().numpy())
-    return np.concatenate(out)
 
 
 def _synchronize():

@@ -78,7 +78,7 @@ def main(argv=None):
     with tempfile.TemporaryDirectory() as scratch:
         run = args.run or short_run(os.path.join(scratch, "run"))
         path = os.path.join(scratch, "Advlib2026Digits.json")
-        entry = export(
+        entry, _ = export(
             run,
             path,
             name="advlib's reference digits CNN",

@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 from advlib.bench import protocol as protocols
 from advlib.bench.shards import merge
-from advlib.bench.storage import STATE_JSON, write_atomic
+from advlib.bench.storage import STATE_JSON, OutputFolder, write_atomic
 
 SHARDS = "shards"
 
@@ -23,6 +23,11 @@ SHARDS = "shards"
 def shard_folders(out_dir: str, n: int) -> list[str]:
     """The folders of a run's `n` shards: OUT/shards/1-of-n, ..."""
     return [os.path.join(out_dir, SHARDS, f"{i}-of-{n}") for i in range(1, n + 1)]
+
+
+def _tries_path(folder: str) -> str:
+    """Beside the shard's folder, not in it: a new run needs that folder empty."""
+    return folder + ".tries.json"
 
 
 def import_ray():
@@ -53,7 +58,7 @@ def run_shard(build: Callable, protocol: dict, folder: str, shard: str, options:
 
     from advlib.bench.runner import evaluate
 
-    log_path = folder + ".tries.json"
+    log_path = _tries_path(folder)
     log = _read_json(log_path) or {"tries": 0, "resumed_from": []}
     state = _read_json(os.path.join(folder, STATE_JSON))
     finished = len(state["done"]) if state else 0
@@ -154,12 +159,9 @@ def evaluate_on_ray(
             runtime_env={"env_vars": _forwarded_environment()},
         )
     try:
-        gpus = ray.cluster_resources().get("GPU", 0)
-        n = (
-            existing
-            or workers
-            or max(1, int(gpus or ray.cluster_resources()["CPU"] // cpus_per_worker))
-        )
+        cluster = ray.cluster_resources()
+        gpus = cluster.get("GPU", 0)
+        n = existing or workers or max(1, int(gpus or cluster["CPU"] // cpus_per_worker))
         resources = {"num_gpus": 1} if gpus else {"num_cpus": cpus_per_worker}
         task = ray.remote(max_retries=retries, retry_exceptions=True, **resources)(run_shard)
         folders = shard_folders(out_dir, n)
@@ -171,8 +173,6 @@ def evaluate_on_ray(
             if not _finished(folder)
         }
         outcomes, failures = _collect(ray, pending, n, progress)
-    except KeyboardInterrupt:
-        raise
     finally:
         if started_here:
             ray.shutdown()
@@ -184,7 +184,7 @@ def evaluate_on_ray(
             "--resume (resume=True) runs only the others."
         )
     tries = {
-        f"{i}/{n}": _read_json(folder + ".tries.json") or {"tries": 0, "resumed_from": []}
+        f"{i}/{n}": _read_json(_tries_path(folder)) or {"tries": 0, "resumed_from": []}
         for i, folder in enumerate(folders, 1)
     }
     ray_info = {
@@ -257,19 +257,15 @@ def _existing_shards(out_dir: str) -> int | None:
 
 
 def _check_new_folder(out_dir: str, overwrite: bool) -> None:
-    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
-        raise ValueError(f"output folder {out_dir!r} is a file, not a folder.")
-    entries = os.listdir(out_dir) if os.path.isdir(out_dir) else []
-    if SHARDS in entries:
+    """A fresh run's folder: not a finished or interrupted Ray run, and otherwise
+    held to `OutputFolder`'s rules (a folder, empty unless `overwrite`)."""
+    if os.path.isdir(os.path.join(out_dir, SHARDS)):
         raise ValueError(
             f"{out_dir!r} already holds a Ray run's shards: pass --resume (resume=True) "
             "to continue it, or choose another folder."
         )
-    if entries and not overwrite:
-        raise ValueError(
-            f"output folder {out_dir!r} is not empty; choose a new or empty folder, "
-            "or pass --overwrite (overwrite=True)."
-        )
+    with OutputFolder(out_dir, overwrite=overwrite):
+        pass
 
 
 def _forwarded_environment() -> dict[str, str]:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import math
 import os
 
-from advlib.bench.storage import load_run, to_json, write_atomic
+from advlib.bench.report import load_report
+from advlib.bench.storage import report_folder, to_json, write_atomic
 
 # The fields of `robustbench.utils.ModelInfo` (robustbench 1.1.1) that an L-p
 # leaderboard entry carries, in the order of RobustBench's own model_info files;
@@ -94,8 +95,17 @@ def robustbench_entry(path: str, **options) -> dict:
         >>> entry["autoattack_acc"]
         '59.53'
     """
-    report, _ = load_run(path)
+    return _entry(_exportable_report(path), **options)
+
+
+def _exportable_report(path: str) -> dict:
+    """The report of a finished, unsharded run (its arrays are not needed)."""
+    report = load_report(os.path.join(report_folder(path), "report.json"))
     _check_exportable(report, path)
+    return report
+
+
+def _entry(report: dict, **options) -> dict:
     entry: dict = dict.fromkeys(ROBUSTBENCH_FIELDS)
     entry.update(
         link="",
@@ -173,8 +183,13 @@ def leaderboard_path(entry: dict, norm, model_id: str) -> str:
 
 
 def export(
-    path: str, out: str, format: str = "robustbench", overwrite: bool = False, **options
-) -> dict:
+    path: str,
+    out: str,
+    format: str = "robustbench",
+    overwrite: bool = False,
+    model_id: str | None = None,
+    **options,
+) -> tuple[dict, str]:
     """Writes a finished run in another tool's format.
 
     Args:
@@ -182,18 +197,23 @@ def export(
         out: the file to write (never over an existing file unless `overwrite`).
         format: "robustbench", the only format so far.
         overwrite: replace an existing `out`.
+        model_id: the leaderboard's model ID (default: `out`'s file name).
         **options: the format's own fields (see `robustbench_entry`).
 
     Returns:
-        The exported document.
+        The exported document, and where RobustBench's repository keeps it.
 
     Example:
-        >>> export("runs/a", "Smith2026Robust.json", name="Robust by design")
+        >>> entry, where = export("runs/a", "Smith2026Robust.json", name="Robust by design")
+        >>> where
+        'model_info/cifar10/Linf/Smith2026Robust.json'
     """
     if format != "robustbench":
         raise ValueError(f"format must be 'robustbench', got {format!r}.")
     if os.path.exists(out) and not overwrite:
         raise ValueError(f"{out!r} exists; choose another file or pass overwrite (--overwrite).")
-    entry = robustbench_entry(path, **options)
+    report = _exportable_report(path)
+    entry = _entry(report, **options)
     write_atomic(out, to_json(entry) + "\n")
-    return entry
+    model_id = model_id or os.path.splitext(os.path.basename(out))[0]
+    return entry, leaderboard_path(entry, report["protocol"]["threat"]["norm"], model_id)
