@@ -227,13 +227,10 @@ def autoattack_section(args, sizes) -> dict:
 
 
 def _synchronize():
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-    except ImportError:
-        pass
+    # only a backend already in use can have work pending (importing torch costs seconds)
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.synchronize()
 
 
 # ---- (c) the binary engine inside Square -----------------------------------------

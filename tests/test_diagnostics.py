@@ -34,14 +34,17 @@ CHECKED = [
 ]
 
 
-def small_protocol(eps=0.2, sweep=(0.1,), n=120, **attack_changes):
+def small_protocol(eps=0.2, sweep=(0.1,), n=60, **attack_changes):
     document = protocols.load("digits-linf-0.2@2")
     document["dataset"]["n"], document["batch_size"] = n, n
     document["threat"]["eps"], document["sweep"] = eps, list(sweep)
-    document["diagnostics"] = {"n": 60, "spsa_iterations": 40}
+    # a fifth of the protocol's budget: the checks' verdicts are those of the full one
+    document["diagnostics"] = {"n": 40, "spsa_iterations": 20}
     for entry in document["attacks"]:
         if entry["attack"] == "SPSA":
-            entry["params"].update(nb_iter=40, spsa_samples=64)
+            entry["params"].update(nb_iter=20, spsa_samples=64)
+        elif "nb_iter" in entry["params"]:
+            entry["params"]["nb_iter"] = 20
         for name, params in attack_changes.items():
             if entry["name"] == name:
                 entry["params"].update(params)

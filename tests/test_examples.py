@@ -176,14 +176,14 @@ def test_trustworthy_evaluation_example(tmp_path):
     summary = trustworthy_evaluation.main(
         [
             "--n",
-            "40",
+            "24",
             "--epochs",
             "8",
             "--no-sweep",
             "--spsa-iter",
             "10",
             "--nb-iter",
-            "20",
+            "10",
             "--out-dir",
             str(tmp_path),
         ]
@@ -209,7 +209,7 @@ def test_trustworthy_evaluation_example(tmp_path):
     )
     adaptive = binary["binary, naive gradients, adaptive"]
     assert adaptive["adaptive"]["variants"] == ["ste", "identity", "smooth-1"]
-    assert adaptive["robust_accuracy"] <= binary["binary, STE"]["robust_accuracy"] + 2 / 40
+    assert adaptive["robust_accuracy"] <= binary["binary, STE"]["robust_accuracy"] + 2 / 24
     assert os.path.exists(tmp_path / "defended_adaptive.md")
     assert json.load(open(tmp_path / "summary.json")).keys() == summary.keys()
 
@@ -241,7 +241,7 @@ def test_verify_binary_example(tmp_path):
         "--iterations",
         "10",
         "--square-queries",
-        "200",
+        "100",
         "--verifiable",
         "0.02",
         "--out-dir",
