@@ -7,14 +7,28 @@ from advlib.qnn.engine import pack_signs
 from advlib.qnn.engine import spec as spec_io
 
 
+def stepped_levels(step):
+    """SteppedInput's table computed in NumPy: round(level * (1 / (255 step)))."""
+    levels = np.arange(256, dtype=np.float32) * np.float32(1.0 / (255.0 * step))
+    return np.round(levels).astype(np.uint8)
+
+
 def random_network(
-    seed=0, input_shape=(9, 7, 2), channels=(3, 33), dense=(40,), classes=5, flat=False
+    seed=0,
+    input_shape=(9, 7, 2),
+    channels=(3, 33),
+    dense=(40,),
+    classes=5,
+    flat=False,
+    step=None,
 ):
-    """A random binary network: an 8-bit first layer, binary layers with "same"
-    padding (+1 and -1), a max-pool, a flatten and dense layers."""
+    """A random binary network: an 8-bit first layer (on a `SteppedInput` grid of
+    `step`, if given), binary layers with "same" padding (+1 and -1), a max-pool, a
+    flatten and dense layers."""
     rng = np.random.default_rng(seed)
     layers, arrays = [], {}
     shape = list(input_shape)
+    top = 255 if step is None else int(stepped_levels(step)[-1])
 
     def add(entry, length, units, last):
         index = len(layers)
@@ -28,7 +42,10 @@ def random_network(
         else:
             weights = pack_signs(signs)
         arrays[f"layer{index}/weights"] = weights
-        bound = 255 * length if entry["input"] == "uint8" else length
+        bound = top * length if entry["input"] == "uint8" else length
+        if entry["input"] == "uint8" and step is not None:
+            entry["input_levels"] = True
+            arrays[f"layer{index}/levels"] = stepped_levels(step)
         if last:
             arrays[f"layer{index}/scale"] = rng.normal(size=units).astype(np.float32)
             arrays[f"layer{index}/shift"] = rng.normal(size=units).astype(np.float32)

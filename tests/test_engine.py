@@ -237,9 +237,9 @@ def test_bad_inputs_to_predict(saved):
         BinaryEngine(engine.spec, engine.arrays, backend="fpga")
 
 
-@pytest.mark.parametrize("seed, flat", [(0, False), (1, False), (2, True)])
-def test_blas_backend_equals_the_packed_reference_bit_for_bit(seed, flat):
-    spec, arrays = random_network(seed=seed, flat=flat, input_shape=(9, 7, 2))
+@pytest.mark.parametrize("seed, flat, step", [(0, False, None), (1, False, 0.1), (2, True, None)])
+def test_blas_backend_equals_the_packed_reference_bit_for_bit(seed, flat, step):
+    spec, arrays = random_network(seed=seed, flat=flat, input_shape=(9, 7, 2), step=step)
     reference = BinaryEngine(spec, arrays)
     blas = BinaryEngine(spec, arrays, backend="blas")
     assert blas.backend == "blas"
@@ -284,3 +284,34 @@ def test_on_blas_gives_the_blas_twin_where_it_is_exact_and_the_engine_where_not(
     )
     wide = BinaryEngine(spec, arrays)
     assert wide.on_blas() is wide
+
+
+def test_input_levels_are_read_through_their_table_and_checked(tmp_path):
+    """A network on a SteppedInput grid: the engine reads each pixel's 8-bit level
+    through the table (the same network with the table folded into the images
+    agrees), the file keeps it, and a table that could skip a grid value, or a
+    version-1 file that claims one, is refused."""
+    from engine_nets import stepped_levels
+
+    spec, arrays = random_network(seed=3, input_shape=(5, 4, 1), channels=(3, 4), step=0.25)
+    assert spec["version"] == 2 and spec["layers"][0]["input_levels"] is True
+    engine = BinaryEngine(spec, arrays)
+    np.testing.assert_array_equal(engine.input_levels, stepped_levels(0.25))
+    assert set(engine.input_levels.tolist()) == {0, 1, 2, 3, 4}
+    # the same weights reading the grid values as 8-bit levels: equal on pre-mapped images
+    plain_spec = json.loads(json.dumps(spec))
+    del plain_spec["layers"][0]["input_levels"]
+    plain = BinaryEngine(plain_spec, {k: v for k, v in arrays.items() if "levels" not in k})
+    x8 = np.random.default_rng(3).integers(0, 256, (64, 5, 4, 1))
+    mapped = stepped_levels(0.25)[x8].astype(np.float32) / np.float32(255)
+    np.testing.assert_array_equal(
+        engine.predict(x8.astype(np.float32) / np.float32(255)), plain.predict(mapped)
+    )
+    path = str(tmp_path / "stepped.npz")
+    spec_io.save(path, spec, arrays)
+    np.testing.assert_array_equal(BinaryEngine.load(path).input_levels, engine.input_levels)
+    skipping = dict(arrays, **{"layer0/levels": stepped_levels(0.25) * 2})
+    with pytest.raises(ValueError, match="levels array must be nondecreasing in steps of 0 or 1"):
+        BinaryEngine(spec, skipping)
+    with pytest.raises(ValueError, match="input_levels must be true or false"):
+        BinaryEngine(dict(spec, version=1), arrays)

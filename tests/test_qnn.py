@@ -396,3 +396,60 @@ def test_keras_loads_qnn_files_after_importing_advlib_models(tmp_path):
         check=True,
         env={**__import__("os").environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
     )
+
+
+@pytest.mark.backends
+def test_stepped_input_is_eevs_grid_with_a_straight_through_gradient():
+    quantizer = qnn.SteppedInput(0.61)
+    # EEV's round(x / step): 0.31 / 0.61 = 0.508 rounds up, 0.92 / 0.61 = 1.508 too
+    x = np.array([0.0, 0.3, 0.31, 0.9, 0.92, 1.0], np.float32)
+    np.testing.assert_array_equal(backend.to_numpy(quantizer(x)), [0, 0, 1, 1, 2, 2])
+    # every 8-bit level against round(level / 255 / step) in float64, ties aside
+    for step in (0.61, 0.1, 1 / 255, 1.0):
+        exact = np.arange(256) / 255 / step
+        table = qnn.SteppedInput(step).table()
+        clear = np.abs(exact - np.floor(exact) - 0.5) > 1e-4
+        np.testing.assert_array_equal(table[clear], np.round(exact[clear]))
+    assert qnn.SteppedInput(0.61).precision == 2 and qnn.SteppedInput(1 / 255).precision == 8
+    _, gradient = forward_and_gradient(quantizer, np.array([-0.5, 0.2, 0.7, 1.5], np.float32))
+    np.testing.assert_allclose(gradient, [0, 1 / 0.61, 1 / 0.61, 0], rtol=1e-6)
+    config = keras.saving.serialize_keras_object(quantizer)
+    assert keras.saving.deserialize_keras_object(config).step == 0.61
+    for bad in (0.0, 0.5 / 255, 1.5, "0.5"):
+        with pytest.raises((ValueError, TypeError), match="step"):
+            qnn.SteppedInput(bad)
+
+
+@pytest.mark.backends
+@pytest.mark.parametrize("kind, step", [("cnn", 0.1), ("mlp", 0.61)])
+def test_stepped_networks_export_bit_exact(kind, step):
+    """Random weights and BatchNorm statistics, so that thresholds fall anywhere:
+    the engine equals the Keras model on random images and on every 8-bit level,
+    and an engine whose table is off by one level does not."""
+    keras.utils.set_random_seed(0)
+    if kind == "cnn":
+        model = qnn.binary_cnn((8, 8, 1), filters=(8, 8, 16, 16), dense=32, input_step=step)
+    else:
+        model = qnn.binary_mlp((8, 8, 1), width=32, depth=2, input_step=step)
+    rng = np.random.default_rng(0)
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            shape = layer.gamma.shape
+            layer.set_weights(
+                [
+                    rng.normal(size=shape).astype(np.float32),
+                    rng.normal(size=shape).astype(np.float32),
+                    5 * rng.normal(size=shape).astype(np.float32),
+                    rng.uniform(0.1, 20, size=shape).astype(np.float32),
+                ]
+            )
+    exported = qnn.export(model)
+    engine = BinaryEngine(exported["spec"], exported["arrays"])
+    levels = np.repeat(np.arange(256, dtype=np.float32)[:, None] / 255, 64, axis=1)
+    images = np.concatenate([rng.random((200, 64), dtype=np.float32), levels]).reshape(-1, 8, 8, 1)
+    assert qnn.check_exactness(model, engine, images)["exact"]
+    (key,) = [name for name in exported["arrays"] if name.endswith("/levels")]
+    table = exported["arrays"][key]
+    shifted = dict(exported["arrays"], **{key: np.minimum(table + 1, table.max())})
+    wrong = BinaryEngine(exported["spec"], shifted)
+    assert not qnn.check_exactness(model, wrong, images)["exact"]

@@ -116,25 +116,37 @@ def test_the_time_limit_gives_unknown(monkeypatch):
     assert low < high
 
 
-@pytest.mark.parametrize("flat", [pytest.param(False, marks=pytest.mark.slow), True])
-def test_every_method_agrees_with_brute_force_at_a_large_eps(monkeypatch, flat):
+@pytest.mark.parametrize(
+    "flat, step",
+    [
+        pytest.param(False, None, marks=pytest.mark.slow),
+        (True, None),
+        (False, 0.05),
+        (True, 0.25),
+    ],
+)
+def test_every_method_agrees_with_brute_force_at_a_large_eps(monkeypatch, flat, step):
     """Three pixels at eps 0.1 (51 levels each): boxes where many examples break,
     so that a wrong 'robust' or a missed counterexample would show. Both complete
     backends must give enumeration's answers; then, with the complete programs
     made to time out so that every counterexample comes from the local search,
     the search must break each example that enumeration breaks and no other,
     every counterexample re-checked. (One enumeration serves both: it is the
-    test's cost.)"""
+    test's cost.) With a SteppedInput grid (`step`), the deciders see a few grid
+    values per pixel, while enumeration still runs over every 8-bit level."""
     from advlib.qnn.verify import milp as module
 
     shape = (1, 3, 1)
     statuses, found = [], 0
     for seed in range(2):
         spec, arrays = random_network(
-            seed, input_shape=shape, channels=(4, 6), dense=(8,), classes=4, flat=flat
+            seed, input_shape=shape, channels=(4, 6), dense=(8,), classes=4, flat=flat, step=step
         )
         engine = BinaryEngine(spec, arrays)
         encoding = NetworkEncoding(engine)
+        if step is not None:
+            low, high = encoding.level_box(np.full(3, 0.5, np.float32), 0.1)
+            assert (high - low).max() <= int(np.ceil(0.2 / step)) < 51
         x = (np.random.default_rng(seed).integers(0, 256, (8,) + shape) / 255).astype(np.float32)
         y = engine.predict_classes(x)
         expected = [

@@ -208,9 +208,10 @@ class SquareAttack(Attack):
             rows = ops.convert_to_tensor(active)
             count = min(step, n_queries - first)
             if step == 1:
+                row_x, row_best = (ops.take(t, rows, axis=0) for t in (x, x_best))
                 candidate = self._propose(
-                    x,
-                    x_best,
+                    row_x,
+                    row_best,
                     rows,
                     backend.seed(seed_pair + [0, first + 1]),
                     ops.convert_to_tensor(sides[first]),
@@ -220,16 +221,16 @@ class SquareAttack(Attack):
                 new_margin, new_objective = self._objectives(
                     candidate, ops.take(labels, rows, axis=0), targeted, loss
                 )
-                x_best, margin, objective = self._accept(
-                    x_best,
-                    margin,
-                    objective,
-                    rows,
+                accepted = self._accept(
+                    row_best,
+                    ops.take(margin, rows, axis=0),
+                    ops.take(objective, rows, axis=0),
                     candidate,
                     new_margin,
                     new_objective,
                     ops.ones([len(active)], "bool"),
                 )
+                x_best, margin, objective = _put_rows((x_best, margin, objective), rows, accepted)
                 continue
             x_best, margin, objective, queries = self._chunk(
                 x,
@@ -308,25 +309,29 @@ class SquareAttack(Attack):
         norm,
     ):
         """`len(sides)` queries for the rows running at the chunk's start; a row that
-        succeeds stops changing (and stops counting queries) within the chunk."""
-        row_labels = ops.take(labels, rows, axis=0)
+        succeeds stops changing (and stops counting queries) within the chunk. The
+        loop works on those rows alone, gathered once and put back once: on small
+        models the per-query gathers and scatters cost more than the model."""
+        row_x, row_labels = (ops.take(t, rows, axis=0) for t in (x, labels))
 
         def query(i, state):
-            x_best, margin, objective, queries = state
-            active = ops.take(margin, rows, axis=0) > 0
+            row_best, row_margin, row_objective, queries = state
+            active = row_margin > 0
             seed = backend.fold_seed(seed_pair, first + i + 1)
             candidate = self._propose_fn(
-                x, x_best, rows, seed, sides[i], bank[which[i]], batch, eps, low, high, norm
+                row_x, row_best, rows, seed, sides[i], bank[which[i]], batch, eps, low, high, norm
             )
             logits = ops.cast(self.model.get_logits(self._as_model_takes(candidate, rank)), x.dtype)
             new_margin, new_objective = self._scores(logits, row_labels, targeted, loss)
-            x_best, margin, objective = self._accept_fn(
-                x_best, margin, objective, rows, candidate, new_margin, new_objective, active
+            accepted = self._accept_fn(
+                row_best, row_margin, row_objective, candidate, new_margin, new_objective, active
             )
-            return x_best, margin, objective, queries + ops.sum(ops.cast(active, "int32"))
+            return (*accepted, queries + ops.sum(ops.cast(active, "int32")))
 
-        state = (x_best, margin, objective, ops.convert_to_tensor(0, "int32"))
-        return ops.fori_loop(0, ops.shape(sides)[0], query, state)
+        rows_state = tuple(ops.take(t, rows, axis=0) for t in (x_best, margin, objective))
+        state = (*rows_state, ops.convert_to_tensor(0, "int32"))
+        *accepted, queries = ops.fori_loop(0, ops.shape(sides)[0], query, state)
+        return (*_put_rows((x_best, margin, objective), rows, accepted), queries)
 
     @staticmethod
     def _windows(seed, count, batch, height, width, side, rows):
@@ -346,8 +351,9 @@ class SquareAttack(Attack):
         return masks
 
     def _propose_fn(self, x, x_best, rows, seed, side, pattern, batch, eps, low, high, norm):
-        """Candidates for the rows still running, one square change each."""
-        x, x_best = ops.take(x, rows, axis=0), ops.take(x_best, rows, axis=0)
+        """Candidates for the rows still running, one square change each: `x` and
+        `x_best` hold those rows; `rows` are their places in the batch of `batch`,
+        which fix their random draws."""
         height, width, channels = x.shape[1], x.shape[2], x.shape[3]
         seeds = backend.split_seed(seed, 3)
         every_sign = backend.uniform((batch, 1, 1, channels), seeds[0], -1.0, 1.0, x.dtype)
@@ -392,17 +398,19 @@ class SquareAttack(Attack):
         return utils.clip(x + utils.optimize_linear(delta, eps, 2), low, high)
 
     @staticmethod
-    def _accept_fn(x_best, margin, objective, rows, candidate, new_margin, new_objective, active):
+    def _accept_fn(x_best, margin, objective, candidate, new_margin, new_objective, active):
         """Keeps each candidate (of an `active` row) that lowered the objective or made
-        the example adversarial."""
-        old_objective = ops.take(objective, rows, axis=0)
-        improved = (new_objective < old_objective) & active
+        the example adversarial; every argument holds the rows still running."""
+        improved = (new_objective < objective) & active
         keep = improved | ((new_margin <= 0) & active)
-        index = rows[:, None]
-        objective = ops.scatter_update(
-            objective, index, ops.where(improved, new_objective, old_objective)
+        return (
+            ops.where(keep[:, None, None, None], candidate, x_best),
+            ops.where(keep, new_margin, margin),
+            ops.where(improved, new_objective, objective),
         )
-        old_margin, old_best = ops.take(margin, rows, axis=0), ops.take(x_best, rows, axis=0)
-        margin = ops.scatter_update(margin, index, ops.where(keep, new_margin, old_margin))
-        chosen = ops.where(keep[:, None, None, None], candidate, old_best)
-        return ops.scatter_update(x_best, index, chosen), margin, objective
+
+
+def _put_rows(tensors, rows, values):
+    """Each tensor with its `rows` replaced by the matching values."""
+    index = rows[:, None]
+    return tuple(ops.scatter_update(t, index, v) for t, v in zip(tensors, values))

@@ -16,6 +16,7 @@ _EXPORTS = {
     "StochasticBinarization": "quantizers",
     "KBitQuantizer": "quantizers",
     "Uint8Input": "quantizers",
+    "SteppedInput": "quantizers",
     "WeightClip": "quantizers",
     "sign_surrogate": "quantizers",
     "sign_with_surrogate": "quantizers",

@@ -12,7 +12,7 @@ from advlib import backend
 from advlib.qnn.engine import spec as spec_io
 from advlib.qnn.engine.packing import pack_signs
 from advlib.qnn.layers import QuantConv2D, QuantDense, same_padding
-from advlib.qnn.quantizers import SteSign, StochasticBinarization, Uint8Input
+from advlib.qnn.quantizers import SteppedInput, SteSign, StochasticBinarization, Uint8Input
 
 _SKIPPED = (keras.layers.InputLayer, keras.layers.Dropout)
 _INT_MIN, _INT_MAX = np.iinfo(np.int64).min, np.iinfo(np.int64).max
@@ -159,10 +159,12 @@ def _compute_entry(layer, shape, first: bool) -> dict:
     kind = _input_kind(layer, first)
     _check_no_activation(layer)
     units = int(layer.kernel.shape[-1])
+    # the grid of a SteppedInput: the engine maps the 8-bit levels through its table
+    steps = {"input_levels": True} if isinstance(layer.input_quantizer, SteppedInput) else {}
     if isinstance(layer, QuantDense):
         if len(shape) != 1:
             _fail(layer, f"a dense layer needs flat inputs, got shape {shape}.")
-        return dict(type="dense", input=kind, out_shape=[units])
+        return dict(type="dense", input=kind, out_shape=[units], **steps)
     if tuple(layer.dilation_rate) != (1, 1):
         _fail(layer, "dilated convolutions are not supported.")
     if kind == "binary" and layer.padding == "same" and layer.pad_values == 0:
@@ -178,6 +180,7 @@ def _compute_entry(layer, shape, first: bool) -> dict:
         kernel=list(layer.kernel_size),
         pad_value=float(layer.pad_values),
         **_window(shape, layer.kernel_size, layer.strides, layer.padding),
+        **steps,
     )
 
 
@@ -196,6 +199,8 @@ def _layer_arrays(layer, batchnorm, entry: dict, index: int, last: bool) -> dict
         _fail(layer, f"accumulators up to {max_abs} exceed float32's exact integers.")
     name = f"layer{index}"
     arrays = {f"{name}/weights": _pack_kernel(layer)}
+    if entry.get("input_levels"):
+        arrays[f"{name}/levels"] = layer.input_quantizer.table()
     if last:
         arrays[f"{name}/scale"], arrays[f"{name}/shift"] = _affine(layer, batchnorm)
     else:
@@ -212,7 +217,7 @@ def export(model: keras.Model, path: str | None = None) -> dict:
     Supported: a chain of `QuantConv2D` / `QuantDense` layers with binary
     kernels, each optionally followed by BatchNormalization, MaxPooling2D
     (after the BatchNorm) and Flatten. The first compute layer takes
-    `Uint8Input` inputs; the others binary (`SteSign`) inputs. BatchNorm and
+    `Uint8Input` or `SteppedInput` inputs; the others binary (`SteSign`) inputs. BatchNorm and
     sign fold into integer thresholds; the last layer keeps a float affine
     transform and gives the logits.
 
@@ -270,7 +275,7 @@ def export(model: keras.Model, path: str | None = None) -> dict:
         i += 1
     spec = {
         "format": spec_io.FORMAT,
-        "version": spec_io.VERSION,
+        "version": 2 if any(entry.get("input_levels") for entry in spec_layers) else 1,
         "word_bits": 32,
         "input_shape": [int(d) for d in model.input_shape[1:]],
         "layers": spec_layers,

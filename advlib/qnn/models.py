@@ -8,7 +8,7 @@ import keras
 
 from advlib import _checks
 from advlib.qnn.layers import QuantConv2D, QuantDense
-from advlib.qnn.quantizers import KBitQuantizer, SteSign, Uint8Input, WeightClip
+from advlib.qnn.quantizers import KBitQuantizer, SteppedInput, SteSign, Uint8Input, WeightClip
 
 # BinaryNet's batch normalisation settings
 _BN = dict(momentum=0.9, epsilon=1e-4)
@@ -41,6 +41,12 @@ def _check_bits(activation_bits):
     _checks.check_choice("activation_bits", activation_bits, (1, 2, 3, 4, 5, 6, 7, 8, 32))
 
 
+def _first_quantizer(binary: bool, input_step: float | None):
+    if not binary:
+        return None
+    return Uint8Input() if input_step is None else SteppedInput(input_step)
+
+
 def binary_mlp(
     input_shape: Sequence[int] = (28, 28, 1),
     nb_classes: int = 10,
@@ -48,6 +54,7 @@ def binary_mlp(
     depth: int = 3,
     activation_bits: int = 1,
     binary: bool = True,
+    input_step: float | None = None,
     name: str = "binary_mlp",
 ) -> keras.Model:
     """The BinaryNet MLP: `depth` hidden binary layers of `width` units.
@@ -61,6 +68,8 @@ def binary_mlp(
         activation_bits: 1 for binary activations, 2-8 for k-bit ones.
         binary: False builds the float twin (same layers, no quantizers, with
             ReLU activations in place of the quantized ones).
+        input_step: quantize the inputs on this grid (`SteppedInput`, EEV's
+            input quantization) instead of to 8 bits; None: `Uint8Input`.
     """
     _check_bits(activation_bits)
     if not binary:
@@ -70,7 +79,7 @@ def binary_mlp(
         units = width if index < depth else nb_classes
         kwargs = _binary_kwargs(activation_bits, binary)
         if index == 0:
-            kwargs["input_quantizer"] = Uint8Input() if binary else None
+            kwargs["input_quantizer"] = _first_quantizer(binary, input_step)
         elif not binary:
             layers.append(keras.layers.Activation("relu"))
         layers += [QuantDense(units, **kwargs), keras.layers.BatchNormalization(**_BN)]
@@ -84,6 +93,7 @@ def binary_cnn(
     dense: int = 512,
     activation_bits: int = 1,
     binary: bool = True,
+    input_step: float | None = None,
     name: str = "binary_cnn",
 ) -> keras.Model:
     """A binary VGG-style CNN for 28x28 inputs.
@@ -98,6 +108,7 @@ def binary_cnn(
         dense: the hidden dense width.
         activation_bits: as in `binary_mlp`.
         binary: as in `binary_mlp`.
+        input_step: as in `binary_mlp`.
     """
     _check_bits(activation_bits)
     if not binary:
@@ -106,7 +117,7 @@ def binary_cnn(
     for index, width in enumerate(filters):
         kwargs = _binary_kwargs(activation_bits, binary)
         if index == 0:
-            kwargs["input_quantizer"] = Uint8Input() if binary else None
+            kwargs["input_quantizer"] = _first_quantizer(binary, input_step)
         elif not binary:
             layers.append(keras.layers.Activation("relu"))
         pad = 0.0 if index == 0 or not binary else 1.0

@@ -232,6 +232,53 @@ class Uint8Input(Quantizer):
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
+class SteppedInput(Uint8Input):
+    """Inputs in [0, 1] on a coarse grid: the integers k = round(l / (255 step)) of
+    the 8-bit levels l = round(255 x), from 0 to about 1 / step.
+
+    The input quantization of EEV (Jia & Rinard 2020, a step of 0.61 on MNIST):
+    an eps-ball then covers one or two grid values of most pixels, and the
+    verifier fixes those pixels before it solves. The 8-bit level comes first,
+    as in `Uint8Input`, because the exported engine reads 8-bit pixels: it
+    maps each of the 256 levels through `table()`, which this layer computes,
+    so that the engine agrees with it bit for bit. The output is the integer
+    k (the BatchNorm after the layer learns the scale); the gradient is the
+    straight-through estimator's, 1 / step inside [0, 1].
+
+    Args:
+        step: the grid's spacing in the units of the inputs, from 1/255 (every
+            8-bit level) to 1 (two values).
+
+    Example:
+        >>> QuantConv2D(16, 4, strides=2, input_quantizer=SteppedInput(0.61),
+        ...             kernel_quantizer="ste_sign", use_bias=False)
+    """
+
+    def __init__(self, step: float = 0.61, **kwargs: Any):
+        super().__init__(**kwargs)
+        # below 1/255, two neighbouring 8-bit levels could skip a grid value, and the
+        # verifier counts on every value between two reachable ones being reachable
+        self.step = float(_checks.check_number("step", step, low=1 / 255, high=1.0))
+        self.precision = max(int(self.table().max()).bit_length(), 1)
+
+    def call(self, inputs):
+        return _ste_round(super().call(inputs) * (1.0 / (255.0 * self.step)))
+
+    def table(self) -> np.ndarray:
+        """The grid value of each 8-bit level, (256,) uint8: the layer's own output
+        on the inputs level / 255, which it maps back to their levels."""
+        levels = np.arange(256, dtype=np.float32)
+        inputs = levels / np.float32(255)
+        own = ops.convert_to_numpy(Uint8Input.call(self, ops.convert_to_tensor(inputs)))
+        if not np.array_equal(own, levels):  # float32 guarantees it; checked, not assumed
+            raise AssertionError("level / 255 does not round back to its 8-bit level.")
+        return ops.convert_to_numpy(self.call(ops.convert_to_tensor(inputs))).astype(np.uint8)
+
+    def get_config(self):
+        return {**super().get_config(), "step": self.step}
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
 class WeightClip(keras.constraints.Constraint):
     """Clips latent real-valued weights to [-clip_value, clip_value] after each update."""
 

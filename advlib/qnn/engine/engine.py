@@ -38,6 +38,7 @@ class BinaryEngine:
         self.spec = spec
         self.arrays = arrays
         self.input_shape = tuple(spec["input_shape"])
+        self.input_levels = input_levels(spec, arrays)
         self._gpu: Any = None
         self._backend: Any
         if backend in ("cupy", "auto"):
@@ -132,7 +133,19 @@ class BinaryEngine:
     ) -> tuple[np.ndarray, list[np.ndarray]]:
         # Uint8Input: round(clip(x, 0, 1) * 255) in float32, rounding half to even
         x8 = np.round(np.clip(x.astype(np.float32), 0, 1) * np.float32(255)).astype(np.uint8)
+        if self.input_levels is not None:  # SteppedInput's grid
+            x8 = self.input_levels[x8]
         return walk(self.spec, self._backend, x8, keep_hidden)
+
+
+def input_levels(spec: dict, arrays: dict[str, np.ndarray]) -> np.ndarray | None:
+    """The value the first layer reads for each 8-bit level, (256,) uint8, where the
+    network quantizes its inputs more coarsely (`SteppedInput`); None where it reads
+    the levels themselves."""
+    for index, layer in enumerate(spec["layers"]):
+        if layer.get("input") == "uint8":
+            return arrays[f"layer{index}/levels"] if layer.get("input_levels") else None
+    return None
 
 
 def walk(

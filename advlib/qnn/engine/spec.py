@@ -13,7 +13,9 @@ between (per example):
 
 Dense and conv layers also have `input` ("uint8": the 8-bit first layer, or
 "binary") and `output`: "bits", with arrays threshold (N,) int64 and flip
-(N,) bool, or "logits", with scale and shift (N,) float32.
+(N,) bool, or "logits", with scale and shift (N,) float32. A "uint8" layer
+with `input_levels` true (a `SteppedInput` grid) reads each 8-bit level through
+the array levels (256,) uint8, nondecreasing, in steps of 0 or 1.
 """
 
 from __future__ import annotations
@@ -28,7 +30,10 @@ import numpy as np
 from advlib.qnn.engine.packing import unpack_bits, words_for
 
 FORMAT = "advlib-binary-engine"
-VERSION = 1
+# version 2 adds input_levels; a network without them is written as version 1, which
+# readers from before version 2 still load (they refuse version 2 rather than misread it)
+VERSION = 2
+VERSIONS = (1, 2)
 _COMPUTE = ("dense", "conv")
 
 
@@ -43,6 +48,8 @@ def layer_arrays(index: int, layer: dict[str, Any]) -> dict[str, tuple]:
         kh, kw = layer["kernel"]
         wshape = (units, kh * kw * words_for(layer["in_shape"][-1]))
     arrays: dict[str, tuple[type, tuple[int, ...]]] = {f"layer{index}/weights": (np.uint32, wshape)}
+    if layer.get("input_levels"):
+        arrays[f"layer{index}/levels"] = (np.uint8, (256,))
     if layer["output"] == "bits":
         arrays[f"layer{index}/threshold"] = (np.int64, (units,))
         arrays[f"layer{index}/flip"] = (np.bool_, (units,))
@@ -138,12 +145,16 @@ def validate_structure(spec) -> None:
     Raises:
         ValueError: naming the first bad field.
     """
-    if not isinstance(spec, dict) or spec.get("format") != FORMAT or spec.get("version") != VERSION:
+    if (
+        not isinstance(spec, dict)
+        or spec.get("format") != FORMAT
+        or spec.get("version") not in VERSIONS
+    ):
         got = (
             spec if not isinstance(spec, dict) else {k: spec.get(k) for k in ("format", "version")}
         )
         raise ValueError(
-            f"spec is not an advlib binary-engine network of version {VERSION} ({got!r})."
+            f"spec is not an advlib binary-engine network of a version in {VERSIONS} ({got!r})."
         )
     if not _positive_ints(spec.get("input_shape")):
         raise ValueError(
@@ -191,6 +202,14 @@ def validate(spec: dict[str, Any], arrays: dict[str, np.ndarray], source: str = 
                 raise ValueError(
                     f"{where} has input {layer.get('input')!r}; expected 'uint8' or 'binary'."
                 )
+            if layer.get("input_levels") not in (None, False, True) or (
+                layer.get("input_levels") and (layer["input"] != "uint8" or spec["version"] < 2)
+            ):
+                raise ValueError(
+                    f"{where}: input_levels must be true or false, and true only for "
+                    f"'uint8' input in version 2; got {layer.get('input_levels')!r} with "
+                    f"input {layer['input']!r} in version {spec['version']}."
+                )
             if layer.get("output") not in ("bits", "logits"):
                 raise ValueError(f"{where} has output {layer.get('output')!r}.")
             if (layer["output"] == "logits") != (index == len(layers) - 1):
@@ -203,6 +222,13 @@ def validate(spec: dict[str, Any], arrays: dict[str, np.ndarray], source: str = 
                     f"{source}: array {name!r} has dtype {arrays[name].dtype} "
                     f"and shape {arrays[name].shape}; expected "
                     f"{np.dtype(dtype)} and {array_shape}."
+                )
+        if layer.get("input_levels"):
+            steps = np.diff(arrays[f"layer{index}/levels"].astype(np.int64))
+            if not np.isin(steps, (0, 1)).all():
+                # the verifier takes every value between two reachable ones as reachable
+                raise ValueError(
+                    f"{where}: the levels array must be nondecreasing in steps of 0 or 1."
                 )
         shape = list(layer["out_shape"])
     if layers[-1]["type"] not in _COMPUTE or layers[-1]["output"] != "logits":

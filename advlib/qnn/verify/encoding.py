@@ -25,6 +25,8 @@ class NetworkEncoding:
                 f"got {type(engine).__name__}."
             )
         self.spec, self.arrays = self.engine.spec, self.engine.arrays
+        # what the first layer reads of each 8-bit level (None: the level itself)
+        self.input_levels = self.engine.input_levels
         # the same integers on float32 BLAS: fast for the search's large batches
         self.fast_engine = self.engine.on_blas()
         self.layers = [
@@ -120,12 +122,30 @@ class NetworkEncoding:
             quantize(np.minimum(x + np.float32(eps), 1)),
         )
 
-    @classmethod
-    def image_at_levels(cls, x: np.ndarray, levels: np.ndarray, eps: float) -> np.ndarray:
-        """An image within eps of `x` whose quantized pixel levels are `levels` (each
-        inside the box of `input_box`); for levels of shape (n, pixels), n images."""
+    def level_box(self, x: np.ndarray, eps: float):
+        """Per input: the lowest and highest value the first layer reads inside the
+        ball: the 8-bit levels of `input_box`, or, for a network with a
+        `SteppedInput`, their grid values (every value between the two is read
+        at some level in between: the grid's steps are 0 or 1)."""
+        low, high = self.input_box(x, eps)
+        if self.input_levels is None:
+            return low, high
+        return self.input_levels[low].astype(np.int64), self.input_levels[high].astype(np.int64)
+
+    def levels_of(self, images: np.ndarray) -> np.ndarray:
+        """The values the first layer reads of `images`, flattened per image."""
+        flat = images.reshape(len(images), -1).astype(np.float32)
+        levels = np.round(np.clip(flat, 0, 1) * np.float32(255)).astype(np.int64)
+        return levels if self.input_levels is None else self.input_levels[levels].astype(np.int64)
+
+    def image_at_levels(self, x: np.ndarray, levels: np.ndarray, eps: float) -> np.ndarray:
+        """An image within eps of `x` at which the first layer reads `levels` (each
+        inside the box of `level_box`); for levels of shape (n, pixels), n images."""
         flat = x.reshape(-1).astype(np.float32)
-        low, high = cls.input_box(flat, eps)
+        low, high = self.input_box(flat, eps)
+        if self.input_levels is not None:
+            # each grid value's first 8-bit level in the box
+            levels = np.maximum(np.searchsorted(self.input_levels, levels, side="left"), low)
         image = np.where(
             levels == low,
             np.maximum(flat - np.float32(eps), 0),

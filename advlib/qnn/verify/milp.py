@@ -113,7 +113,7 @@ def _affine(prepared: dict, values: _Values):
 # -- the program of one ball ---------------------------------------------------------------
 def solution_levels(solution: np.ndarray, box) -> np.ndarray:
     """The pixel levels of a solution of a program from `encode` over `box` (the
-    ball's `input_box`): its fixed levels, and the solved ones (the first
+    ball's `level_box`): its fixed levels, and the solved ones (the first
     variables) elsewhere."""
     low, high = box
     levels = low.copy()
@@ -139,7 +139,7 @@ def encode(encoding: NetworkEncoding, x: np.ndarray, eps: float):
     logits as affine expressions: (program, logits_const, logits_matrix,
     logits_vars, logits_low, logits_high, stats)."""
     program = _Program()
-    low, high = encoding.input_box(x.reshape(-1), eps)
+    low, high = encoding.level_box(x.reshape(-1), eps)
     free = low != high
     var = np.full(low.shape, -1, np.int64)
     var[free] = program.variables(low[free], high[free])
@@ -308,7 +308,7 @@ def _append_constant(values: _Values, value: float) -> _Values:
 # -- the decider ----------------------------------------------------------------------------
 def _decode(x: np.ndarray, solution: np.ndarray, encoding: NetworkEncoding, eps: float):
     """The image of a MILP solution (the levels of the free pixels, in order)."""
-    box = encoding.input_box(x.reshape(-1), eps)
+    box = encoding.level_box(x.reshape(-1), eps)
     return encoding.image_at_levels(x, solution_levels(solution, box), eps)
 
 

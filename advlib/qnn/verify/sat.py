@@ -130,7 +130,7 @@ class SatEncoding:
         self.encoding = encoding
         self.solver = Solver(name=_SOLVER)
         self.builder = _Builder(self.solver)
-        self.low, self.high = encoding.input_box(x.reshape(-1), eps)
+        self.low, self.high = encoding.level_box(x.reshape(-1), eps)
         self.units = self.fixed = 0
         self.last = self._hidden_layers()
 

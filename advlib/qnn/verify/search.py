@@ -78,12 +78,10 @@ def search_counterexample(
     """
     deadline = time.perf_counter() + time_limit
     rng = np.random.default_rng(seed)
-    low, high = encoding.input_box(x.reshape(-1), eps)
+    low, high = encoding.level_box(x.reshape(-1), eps)
     free = np.flatnonzero(low != high)
     origin = x if start is None else start
-    levels = np.clip(
-        np.round(np.clip(origin.reshape(-1).astype(np.float32), 0, 1) * 255), low, high
-    ).astype(np.int64)
+    levels = np.clip(encoding.levels_of(origin[None])[0], low, high)
     scorer = _Scorer(encoding, x, eps, label)
     margin, wrong = scorer.one(levels)
     kicks = 0
