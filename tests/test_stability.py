@@ -56,11 +56,32 @@ def test_at_eps_zero_the_bounds_are_the_model_itself(digits_qnns, digits):
         np.testing.assert_allclose(numpy(center), values, rtol=1e-5, atol=1e-4)
 
 
-@pytest.mark.parametrize("kind", ["mlp", "cnn"])
+def stepped_mlp(step=0.25):
+    """An untrained binary MLP on a SteppedInput grid, with random BatchNorm
+    statistics so that its thresholds fall anywhere."""
+    keras.utils.set_random_seed(0)
+    model = qnn.binary_mlp((8, 8, 1), width=64, depth=2, input_step=step)
+    rng = np.random.default_rng(0)
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            shape = layer.gamma.shape
+            layer.set_weights(
+                [
+                    rng.normal(size=shape).astype(np.float32),
+                    rng.normal(size=shape).astype(np.float32),
+                    3 * rng.normal(size=shape).astype(np.float32),
+                    rng.uniform(0.5, 5, size=shape).astype(np.float32),
+                ]
+            )
+    return model
+
+
+@pytest.mark.parametrize("kind", ["mlp", "cnn", "stepped mlp"])
 def test_open_units_are_the_verifiers_binary_variables(digits_qnns, digits, tmp_path, kind):
     """The share of open units matches the verifier's own interval propagation on
-    the exported engine, image by image."""
-    model = digits_qnns[kind]
+    the exported engine, image by image (on a SteppedInput grid too: both read
+    the ball's grid values)."""
+    model = stepped_mlp() if kind == "stepped mlp" else digits_qnns[kind]
     path = str(tmp_path / "net.npz")
     qnn.export(model, path)
     encoding = NetworkEncoding(path)
