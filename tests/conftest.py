@@ -239,3 +239,24 @@ def linear_model(weights, bias=None):
         ]
     )
     return model
+
+
+def randomize_batchnorm(model, seed=0, mean_scale=5.0, variance=(0.1, 20.0)):
+    """Random BatchNorm scales, offsets and statistics for an untrained binary
+    network, so that its folded thresholds fall anywhere in the accumulators'
+    range; returns the model."""
+    import keras
+
+    rng = np.random.default_rng(seed)
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            shape = layer.gamma.shape
+            layer.set_weights(
+                [
+                    rng.normal(size=shape).astype(np.float32),
+                    rng.normal(size=shape).astype(np.float32),
+                    mean_scale * rng.normal(size=shape).astype(np.float32),
+                    rng.uniform(*variance, size=shape).astype(np.float32),
+                ]
+            )
+    return model

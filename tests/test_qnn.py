@@ -3,7 +3,7 @@
 import keras
 import numpy as np
 import pytest
-from conftest import run_python
+from conftest import randomize_batchnorm, run_python
 from keras import ops
 
 from advlib import backend, qnn
@@ -434,18 +434,8 @@ def test_stepped_networks_export_bit_exact(kind, step):
         model = qnn.binary_cnn((8, 8, 1), filters=(8, 8, 16, 16), dense=32, input_step=step)
     else:
         model = qnn.binary_mlp((8, 8, 1), width=32, depth=2, input_step=step)
+    randomize_batchnorm(model)
     rng = np.random.default_rng(0)
-    for layer in model.layers:
-        if isinstance(layer, keras.layers.BatchNormalization):
-            shape = layer.gamma.shape
-            layer.set_weights(
-                [
-                    rng.normal(size=shape).astype(np.float32),
-                    rng.normal(size=shape).astype(np.float32),
-                    5 * rng.normal(size=shape).astype(np.float32),
-                    rng.uniform(0.1, 20, size=shape).astype(np.float32),
-                ]
-            )
     exported = qnn.export(model)
     engine = BinaryEngine(exported["spec"], exported["arrays"])
     levels = np.repeat(np.arange(256, dtype=np.float32)[:, None] / 255, 64, axis=1)

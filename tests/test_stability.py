@@ -5,6 +5,8 @@ import pytest
 
 keras = pytest.importorskip("keras")
 
+from conftest import randomize_batchnorm
+
 from advlib import backend, qnn
 from advlib.qnn.stability import VerifiableModel, instability, interval_bounds
 from advlib.qnn.verify import NetworkEncoding, milp
@@ -57,23 +59,10 @@ def test_at_eps_zero_the_bounds_are_the_model_itself(digits_qnns, digits):
 
 
 def stepped_mlp(step=0.25):
-    """An untrained binary MLP on a SteppedInput grid, with random BatchNorm
-    statistics so that its thresholds fall anywhere."""
+    """An untrained binary MLP on a SteppedInput grid, its thresholds anywhere."""
     keras.utils.set_random_seed(0)
     model = qnn.binary_mlp((8, 8, 1), width=64, depth=2, input_step=step)
-    rng = np.random.default_rng(0)
-    for layer in model.layers:
-        if isinstance(layer, keras.layers.BatchNormalization):
-            shape = layer.gamma.shape
-            layer.set_weights(
-                [
-                    rng.normal(size=shape).astype(np.float32),
-                    rng.normal(size=shape).astype(np.float32),
-                    3 * rng.normal(size=shape).astype(np.float32),
-                    rng.uniform(0.5, 5, size=shape).astype(np.float32),
-                ]
-            )
-    return model
+    return randomize_batchnorm(model, mean_scale=3.0, variance=(0.5, 5.0))
 
 
 @pytest.mark.parametrize("kind", ["mlp", "cnn", "stepped mlp"])

@@ -131,11 +131,16 @@ class BinaryEngine:
     def _forward(
         self, x: np.ndarray, keep_hidden: bool = True
     ) -> tuple[np.ndarray, list[np.ndarray]]:
-        # Uint8Input: round(clip(x, 0, 1) * 255) in float32, rounding half to even
-        x8 = np.round(np.clip(x.astype(np.float32), 0, 1) * np.float32(255)).astype(np.uint8)
+        x8 = eight_bit_levels(x)
         if self.input_levels is not None:  # SteppedInput's grid
             x8 = self.input_levels[x8]
         return walk(self.spec, self._backend, x8, keep_hidden)
+
+
+def eight_bit_levels(x: np.ndarray) -> np.ndarray:
+    """`Uint8Input`'s levels of inputs in [0, 1]: round(clip(x, 0, 1) * 255) in float32,
+    rounding half to even, as uint8."""
+    return np.round(np.clip(np.asarray(x, np.float32), 0, 1) * np.float32(255)).astype(np.uint8)
 
 
 def input_levels(spec: dict, arrays: dict[str, np.ndarray]) -> np.ndarray | None:

@@ -1,5 +1,6 @@
 """What every decider of the verifier shares: the exported network as sparse
-+-1 layers with their thresholds, and the ball as a box of 8-bit pixel levels."""
++-1 layers with their thresholds, and the ball as a box of 8-bit pixel levels
+(or of their grid values, for a network with a `SteppedInput`)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import scipy.sparse as sparse
 
 from advlib.qnn.engine import BinaryEngine
 from advlib.qnn.engine import spec as spec_io
+from advlib.qnn.engine.engine import eight_bit_levels
 
 
 class NetworkEncoding:
@@ -113,9 +115,7 @@ class NetworkEncoding:
     def input_box(x: np.ndarray, eps: float):
         """Per pixel: the lowest and highest level the engine's quantization gives
         inside [x - eps, x + eps] and [0, 1]."""
-        quantize = lambda v: np.round(np.clip(v.astype(np.float32), 0, 1) * np.float32(255)).astype(
-            np.int64
-        )
+        quantize = lambda v: eight_bit_levels(v).astype(np.int64)
         x = x.astype(np.float32)
         return (
             quantize(np.maximum(x - np.float32(eps), 0)),
@@ -134,8 +134,7 @@ class NetworkEncoding:
 
     def levels_of(self, images: np.ndarray) -> np.ndarray:
         """The values the first layer reads of `images`, flattened per image."""
-        flat = images.reshape(len(images), -1).astype(np.float32)
-        levels = np.round(np.clip(flat, 0, 1) * np.float32(255)).astype(np.int64)
+        levels = eight_bit_levels(images.reshape(len(images), -1)).astype(np.int64)
         return levels if self.input_levels is None else self.input_levels[levels].astype(np.int64)
 
     def image_at_levels(self, x: np.ndarray, levels: np.ndarray, eps: float) -> np.ndarray:
