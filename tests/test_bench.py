@@ -155,15 +155,9 @@ def kill_protocol(cli_env, tmp_path_factory):
     # two attacks: resuming is what is tested, not the ensemble
     protocol["attacks"] = [a for a in protocol["attacks"] if a["name"] in ("fgsm", "pgd-cw")]
     json.dump(protocol, open(protocol_file, "w"))
-    previous = os.environ.get("ADVLIB_CACHE")
-    os.environ["ADVLIB_CACHE"] = cli_env["ADVLIB_CACHE"]
-    try:
+    with pytest.MonkeyPatch.context() as patch:  # the model the command line loads
+        patch.setenv("ADVLIB_CACHE", cli_env["ADVLIB_CACHE"])
         model, _ = bench.reference_model(verbose=False)
-    finally:
-        if previous is None:
-            del os.environ["ADVLIB_CACHE"]
-        else:
-            os.environ["ADVLIB_CACHE"] = previous
     straight = str(folder / "straight")
     report = bench.evaluate(model, protocol_file, out_dir=straight, batch_size=30, progress=False)
     return protocol_file, straight, report

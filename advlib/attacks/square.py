@@ -208,7 +208,9 @@ class SquareAttack(Attack):
             rows = ops.convert_to_tensor(active)
             count = min(step, n_queries - first)
             if step == 1:
-                row_x, row_best = (ops.take(t, rows, axis=0) for t in (x, x_best))
+                row_x, row_best, row_margin, row_objective = _take_rows(
+                    (x, x_best, margin, objective), rows
+                )
                 candidate = self._propose(
                     row_x,
                     row_best,
@@ -223,8 +225,8 @@ class SquareAttack(Attack):
                 )
                 accepted = self._accept(
                     row_best,
-                    ops.take(margin, rows, axis=0),
-                    ops.take(objective, rows, axis=0),
+                    row_margin,
+                    row_objective,
                     candidate,
                     new_margin,
                     new_objective,
@@ -310,9 +312,9 @@ class SquareAttack(Attack):
     ):
         """`len(sides)` queries for the rows running at the chunk's start; a row that
         succeeds stops changing (and stops counting queries) within the chunk. The
-        loop works on those rows alone, gathered once and put back once: on small
-        models the per-query gathers and scatters cost more than the model."""
-        row_x, row_labels = (ops.take(t, rows, axis=0) for t in (x, labels))
+        loop works on those rows alone, gathered once and put back once, not at
+        every query."""
+        row_x, row_labels = _take_rows((x, labels), rows)
 
         def query(i, state):
             row_best, row_margin, row_objective, queries = state
@@ -328,8 +330,7 @@ class SquareAttack(Attack):
             )
             return (*accepted, queries + ops.sum(ops.cast(active, "int32")))
 
-        rows_state = tuple(ops.take(t, rows, axis=0) for t in (x_best, margin, objective))
-        state = (*rows_state, ops.convert_to_tensor(0, "int32"))
+        state = (*_take_rows((x_best, margin, objective), rows), ops.convert_to_tensor(0, "int32"))
         *accepted, queries = ops.fori_loop(0, ops.shape(sides)[0], query, state)
         return (*_put_rows((x_best, margin, objective), rows, accepted), queries)
 
@@ -408,6 +409,11 @@ class SquareAttack(Attack):
             ops.where(keep, new_margin, margin),
             ops.where(improved, new_objective, objective),
         )
+
+
+def _take_rows(tensors, rows) -> tuple:
+    """Each tensor's `rows`."""
+    return tuple(ops.take(t, rows, axis=0) for t in tensors)
 
 
 def _put_rows(tensors, rows, values):

@@ -275,7 +275,7 @@ def export(model: keras.Model, path: str | None = None) -> dict:
         i += 1
     spec = {
         "format": spec_io.FORMAT,
-        "version": 2 if any(entry.get("input_levels") for entry in spec_layers) else 1,
+        "version": spec_io.version_for(spec_layers),
         "word_bits": 32,
         "input_shape": [int(d) for d in model.input_shape[1:]],
         "layers": spec_layers,

@@ -259,7 +259,11 @@ class SteppedInput(Uint8Input):
         # below 1/255, two neighbouring 8-bit levels could skip a grid value, and the
         # verifier counts on every value between two reachable ones being reachable
         self.step = float(_checks.check_number("step", step, low=1 / 255, high=1.0))
-        self.precision = max(int(self.table().max()).bit_length(), 1)
+
+    @property
+    def precision(self) -> int:  # type: ignore[override]
+        """Bits of the largest grid value."""
+        return max(int(self.table().max()).bit_length(), 1)
 
     def call(self, inputs):
         return _ste_round(super().call(inputs) * (1.0 / (255.0 * self.step)))

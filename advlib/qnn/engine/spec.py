@@ -59,6 +59,11 @@ def layer_arrays(index: int, layer: dict[str, Any]) -> dict[str, tuple]:
     return arrays
 
 
+def version_for(layers: list[dict[str, Any]]) -> int:
+    """The oldest version that holds these layers: 2 with input_levels, else 1."""
+    return 2 if any(layer.get("input_levels") for layer in layers) else 1
+
+
 def fan_in(layer: dict[str, Any]) -> int:
     """Inputs per unit of a dense or conv layer."""
     if layer["type"] == "dense":
@@ -203,7 +208,8 @@ def validate(spec: dict[str, Any], arrays: dict[str, np.ndarray], source: str = 
                     f"{where} has input {layer.get('input')!r}; expected 'uint8' or 'binary'."
                 )
             if layer.get("input_levels") not in (None, False, True) or (
-                layer.get("input_levels") and (layer["input"] != "uint8" or spec["version"] < 2)
+                layer.get("input_levels")
+                and (layer["input"] != "uint8" or spec["version"] < version_for([layer]))
             ):
                 raise ValueError(
                     f"{where}: input_levels must be true or false, and true only for "
