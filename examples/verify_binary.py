@@ -11,6 +11,8 @@ verifier proves the lower one, and together they make a certified interval.
     python examples/verify_binary.py --dataset fashion-mnist --width 256 --depth 2 \
         --epochs 10 --verifiable 0.03 --n 200 --eps 0.00392156862745098 \
         0.00784313725490196 0.02 --time-limit 60
+    python examples/verify_binary.py --network conv-small --input-step 0.61 \
+        --mask-decay 1e-5 --adversarial 0.1 --eps 0.1 0.2 --time-limit 2   # EEV's recipe
 
 Trains a small binary MLP (or, with --network cnn, the reference binary CNN of
 `examples/trustworthy_evaluation.py`) on scikit-learn's digits (offline; or with
@@ -22,7 +24,10 @@ robust accuracy after the attacks, the certified interval, the verifier's
 counterexamples that every attack missed, and the share of hidden units whose
 sign interval bounds leave open over the ball (the verifier's binary variables).
 With --verifiable EPS the network trains with `VerifiableModel`'s loss on those
-units over eps-balls, which makes it far quicker to verify. The run saves its
+units over eps-balls, which makes it far quicker to verify. EEV's recipe (Jia &
+Rinard 2020) is --network conv-small (their small convolutional network) with
+--input-step (inputs on a coarse grid), --mask-decay (ternary weights with a
+learned mask) and --adversarial EPS (PGD training at that radius). The run saves its
 state after every batch (--batch-size): stopped, it continues with the same
 command and --resume, which reloads the saved network instead of training
 another.
@@ -40,12 +45,13 @@ from advlib import bench, qnn
 from advlib.datasets import load
 from advlib.models import QNNModelWrapper, load_model
 from advlib.qnn.stability import VerifiableModel, instability
+from advlib.training import AdversarialModel
 
 # epochs by network: the MLP's, and the reference CNN's recipe
-EPOCHS = {"mlp": 20, "cnn": 15}
+EPOCHS = {"mlp": 20, "cnn": 15, "conv-small": 30}
 # the verifier's default search share by network (RESULTS.md: HiGHS proves nothing on
 # the CNN, whose decisions are all the search's counterexamples)
-SEARCH_SHARE = {"mlp": 0.5, "cnn": 0.9}
+SEARCH_SHARE = {"mlp": 0.5, "cnn": 0.9, "conv-small": 0.5}
 # per data set: the protocol whose attacks run first, and the training batch size
 DATASETS = {"digits": ("digits-linf-0.2", 64), "fashion-mnist": ("fashion-mnist-linf-0.1", 128)}
 
@@ -58,16 +64,30 @@ def train(
     verifiable=None,
     verifiable_weight: float = 2.0,
     dataset: str = "digits",
+    input_step: float | None = None,
+    mask_decay: float | None = None,
+    adversarial: float | None = None,
 ) -> keras.Model:
     """The seeded binary network; with `verifiable` (an eps), trained with
-    `VerifiableModel`'s instability loss over balls of that radius."""
+    `VerifiableModel`'s instability loss over balls of that radius; with
+    `adversarial` (an eps), with PGD-10 at that radius. `input_step` puts the
+    inputs on a grid; `mask_decay` gives conv-small ternary weights."""
     (x_train, y_train), _ = load(dataset)
     keras.utils.set_random_seed(0)
+    shape = x_train.shape[1:]
     if network == "cnn":
-        model = qnn.binary_cnn(x_train.shape[1:], filters=(32, 32, 64, 64), dense=128)
+        model = qnn.binary_cnn(shape, filters=(32, 32, 64, 64), dense=128, input_step=input_step)
+    elif network == "conv-small":
+        masks = dict(kernel_mask=mask_decay is not None, mask_decay=mask_decay or 0.0)
+        model = qnn.conv_small(shape, input_step=input_step, **masks)
     else:
-        model = qnn.binary_mlp(x_train.shape[1:], width=width, depth=depth)
-    trained = model if verifiable is None else VerifiableModel(model, verifiable, verifiable_weight)
+        model = qnn.binary_mlp(shape, width=width, depth=depth, input_step=input_step)
+    trained = model
+    if verifiable is not None:
+        trained = VerifiableModel(model, verifiable, verifiable_weight)
+    elif adversarial is not None:
+        attack = dict(eps=adversarial, eps_iter=adversarial / 4, nb_iter=10, rand_init=True)
+        trained = AdversarialModel(model, attack_params=dict(attack, clip_min=0.0, clip_max=1.0))
     trained.compile(
         keras.optimizers.Adam(3e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     )
@@ -134,6 +154,17 @@ def main(argv=None):
     )
     parser.add_argument("--verifiable-weight", type=float, default=2.0, help="that loss's weight")
     parser.add_argument(
+        "--input-step",
+        type=float,
+        help="quantize the inputs on this grid (SteppedInput; EEV: 0.61); default: 8 bits",
+    )
+    parser.add_argument(
+        "--mask-decay",
+        type=float,
+        help="conv-small with ternary weights (learned masks), this penalty per kept weight",
+    )
+    parser.add_argument("--adversarial", type=float, help="train with PGD-10 at this eps")
+    parser.add_argument(
         "--batch-size",
         type=int,
         help="examples per batch, whose results are saved as it ends "
@@ -153,6 +184,14 @@ def main(argv=None):
         "be that run's)",
     )
     args = parser.parse_args(argv)
+    if args.verifiable is not None and args.adversarial is not None:
+        parser.error("--verifiable and --adversarial are two trainings: choose one.")
+    if args.mask_decay is not None and args.network != "conv-small":
+        parser.error("--mask-decay is for --network conv-small.")
+    if args.input_step is not None and not 1 / 255 <= args.input_step <= 1:
+        parser.error(f"--input-step must be in [1/255, 1], got {args.input_step}.")
+    if args.mask_decay is not None and args.mask_decay < 0:
+        parser.error(f"--mask-decay must be non-negative, got {args.mask_decay}.")
     if args.batch_size is not None and args.batch_size < 1:
         parser.error(f"--batch-size must be a positive integer, got {args.batch_size}.")
     if args.search_share is None:
@@ -182,6 +221,9 @@ def main(argv=None):
             args.verifiable,
             args.verifiable_weight,
             args.dataset,
+            args.input_step,
+            args.mask_decay,
+            args.adversarial,
         )
         model.save(model_path)
         qnn.export(model, engine)

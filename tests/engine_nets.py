@@ -21,10 +21,12 @@ def random_network(
     classes=5,
     flat=False,
     step=None,
+    sparsity=None,
 ):
     """A random binary network: an 8-bit first layer (on a `SteppedInput` grid of
     `step`, if given), binary layers with "same" padding (+1 and -1), a max-pool, a
-    flatten and dense layers."""
+    flatten and dense layers. With `sparsity`, every thresholded layer is ternary:
+    each weight is masked out with that probability."""
     rng = np.random.default_rng(seed)
     layers, arrays = [], {}
     shape = list(input_shape)
@@ -36,13 +38,21 @@ def random_network(
             name=f"l{index}", keras_output=f"l{index}", output="logits" if last else "bits"
         )
         signs = np.where(rng.random((units, length)) < 0.5, -1.0, 1.0)
-        if entry["type"] == "conv":
-            kh, kw = entry["kernel"]
-            weights = pack_signs(signs.reshape(units, kh, kw, shape[-1])).reshape(units, -1)
-        else:
-            weights = pack_signs(signs)
-        arrays[f"layer{index}/weights"] = weights
+
+        def packed(values):
+            if entry["type"] == "conv":
+                kh, kw = entry["kernel"]
+                return pack_signs(values.reshape(units, kh, kw, shape[-1])).reshape(units, -1)
+            return pack_signs(values)
+
+        arrays[f"layer{index}/weights"] = packed(signs)
+        if sparsity is not None and not last:
+            entry["mask"] = True
+            kept = rng.random((units, length)) >= sparsity
+            arrays[f"layer{index}/mask"] = packed(np.where(kept, 1.0, -1.0))
         bound = top * length if entry["input"] == "uint8" else length
+        if entry.get("mask"):  # thresholds within the kept weights' reach
+            bound = int(bound * (1 - sparsity))
         if entry["input"] == "uint8" and step is not None:
             entry["input_levels"] = True
             arrays[f"layer{index}/levels"] = stepped_levels(step)
@@ -106,7 +116,7 @@ def random_network(
         shape = [units]
     spec = {
         "format": spec_io.FORMAT,
-        "version": spec_io.VERSION,
+        "version": spec_io.version_for(layers),
         "word_bits": 32,
         "input_shape": list(input_shape),
         "layers": layers,

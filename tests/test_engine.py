@@ -70,6 +70,22 @@ def test_bit_plane_dot_equals_integer_matmul(length):
     np.testing.assert_array_equal(acc, x8.astype(np.int64) @ w.T)
 
 
+@pytest.mark.parametrize("length", [1, 33, 100])
+def test_masked_dot_products_equal_ternary_matmul(length):
+    """Ternary weights (a mask over +-1 signs): the masked popcounts of binary and
+    8-bit inputs equal integer products with weights in {-1, 0, +1}."""
+    rng = np.random.default_rng(length)
+    a, w = signs(rng, 7, length), signs(rng, 9, length)
+    kept = rng.random((9, length)) < 0.4
+    ternary = np.where(kept, w, 0)
+    mask = pack_signs(np.where(kept, 1.0, -1.0))
+    acc = ops.binary_dot(pack_signs(a), pack_signs(w), length, mask)
+    np.testing.assert_array_equal(acc, a @ ternary.T)
+    x8 = rng.integers(0, 256, (6, length), dtype=np.uint8)
+    acc = ops.plane_dot(ops.bit_planes(x8), pack_signs(w), mask)
+    np.testing.assert_array_equal(acc, x8.astype(np.int64) @ ternary.T)
+
+
 def reference_conv(x, w, stride, pads, pad_value):
     """Direct convolution of (N, H, W, C) integers with (F, kh, kw, C) weights."""
     (top, bottom), (left, right) = pads
@@ -237,9 +253,15 @@ def test_bad_inputs_to_predict(saved):
         BinaryEngine(engine.spec, engine.arrays, backend="fpga")
 
 
-@pytest.mark.parametrize("seed, flat, step", [(0, False, None), (1, False, 0.1), (2, True, None)])
-def test_blas_backend_equals_the_packed_reference_bit_for_bit(seed, flat, step):
-    spec, arrays = random_network(seed=seed, flat=flat, input_shape=(9, 7, 2), step=step)
+@pytest.mark.parametrize(
+    "seed, flat, step, sparsity",
+    [(0, False, None, None), (1, False, 0.1, None), (2, True, None, None), (3, False, None, 0.5)]
+    + [(4, True, 0.25, 0.3)],
+)
+def test_blas_backend_equals_the_packed_reference_bit_for_bit(seed, flat, step, sparsity):
+    spec, arrays = random_network(
+        seed=seed, flat=flat, input_shape=(9, 7, 2), step=step, sparsity=sparsity
+    )
     reference = BinaryEngine(spec, arrays)
     blas = BinaryEngine(spec, arrays, backend="blas")
     assert blas.backend == "blas"
@@ -315,3 +337,37 @@ def test_input_levels_are_read_through_their_table_and_checked(tmp_path):
         BinaryEngine(spec, skipping)
     with pytest.raises(ValueError, match="input_levels must be true or false"):
         BinaryEngine(dict(spec, version=1), arrays)
+
+
+def test_masks_are_kept_in_the_file_and_checked(tmp_path):
+    """A ternary network is a version-3 file that keeps its masks; a mask with bits
+    past the fan-in, a mask on the logits layer, or one in an older version is
+    refused."""
+    spec, arrays = random_network(seed=5, input_shape=(5, 4, 1), channels=(3, 4), sparsity=0.5)
+    assert spec["version"] == 3 and spec_io.version_for(spec["layers"]) == 3
+    masked = [i for i, layer in enumerate(spec["layers"]) if layer.get("mask")]
+    assert masked and all(spec["layers"][i]["output"] == "bits" for i in masked)
+    path = str(tmp_path / "ternary.npz")
+    spec_io.save(path, spec, arrays)
+    loaded = BinaryEngine.load(path)
+    x = np.random.default_rng(5).random((16, 5, 4, 1), dtype=np.float32)
+    np.testing.assert_array_equal(loaded.predict(x), BinaryEngine(spec, arrays).predict(x))
+    # the masks matter: masks that keep every weight give other logits
+    dense = dict(arrays)
+    for i in masked:
+        layer = spec["layers"][i]
+        keep_all = np.ones((len(arrays[f"layer{i}/mask"]), spec_io.fan_in(layer)), bool)
+        dense[f"layer{i}/mask"] = spec_io.pack_like_weights(layer, keep_all)
+    assert not np.array_equal(BinaryEngine(spec, dense).predict(x), loaded.predict(x))
+    first = f"layer{masked[0]}/mask"
+    stray = dict(arrays, **{first: arrays[first] | np.uint32(1 << 31)})  # past 9 inputs
+    with pytest.raises(ValueError, match="the mask sets bits past the fan-in"):
+        BinaryEngine(spec, stray)
+    with pytest.raises(ValueError, match="mask must be true or false"):
+        BinaryEngine(dict(spec, version=2), arrays)
+    on_logits = json.loads(json.dumps(spec))
+    last = len(on_logits["layers"]) - 1
+    on_logits["layers"][last]["mask"] = True
+    weights = arrays[f"layer{last}/weights"]
+    with pytest.raises(ValueError, match="true only for a layer with 'bits' output"):
+        BinaryEngine(on_logits, dict(arrays, **{f"layer{last}/mask": weights}))

@@ -8,6 +8,8 @@ import sys
 
 import pytest
 
+from advlib.qnn.engine import BinaryEngine
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "examples"))
 
@@ -268,6 +270,30 @@ def test_verify_binary_example(tmp_path):
     assert verify_binary.main(arguments + ["--resume"]) == rows
     with pytest.raises(SystemExit):
         verify_binary.main(["--resume", "--out-dir", str(tmp_path / "elsewhere")])
+    # EEV's recipe: conv-small on a grid, with masks, PGD-trained, exported ternary
+    eev = tmp_path / "eev"
+    recipe = ["--network", "conv-small", "--input-step", "0.61", "--mask-decay", "1e-4"]
+    rows = verify_binary.main(
+        recipe
+        + ["--adversarial", "0.1", "--epochs", "3", "--n", "20", "--eps", "0.1"]
+        + ["--iterations", "5", "--square-queries", "50", "--time-limit", "1"]
+        + ["--out-dir", str(eev)]
+    )
+    (row,) = rows
+    assert row["robust"] + row["broken"] + row["unknown"] == row["verified"]
+    assert row["interval"][0] <= row["interval"][1] <= row["after_attacks"]
+    engine = BinaryEngine.load(str(eev / "binary_conv-small.npz"))
+    assert engine.spec["version"] == 3 and engine.input_levels is not None
+    assert [bool(layer.get("mask")) for layer in engine.spec["layers"] if "output" in layer] == [
+        True,
+        True,
+        True,
+        False,
+    ]
+    for bad in (["--input-step", "2"], ["--mask-decay", "1e-4"], ["--adversarial", "0.1"]):
+        with pytest.raises(SystemExit) as stopped:
+            verify_binary.main(bad + ["--verifiable", "0.02", "--out-dir", str(tmp_path / "b")])
+        assert stopped.value.code == 2 and not os.path.exists(tmp_path / "b")
 
 
 @pytest.mark.slow

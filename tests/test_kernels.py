@@ -192,6 +192,23 @@ def test_flatten_equals_numpy(backend, shape):
     np.testing.assert_array_equal(out.get(), ops.flatten_words(words, list(shape[1:])))
 
 
+@pytest.mark.parametrize("seed, flat", [(4, False), (5, True)])
+def test_ternary_layers_are_bit_exact(device, seed, flat):
+    """Masked (ternary) layers run as pairs of +-1 units through the same kernels,
+    then `threshold_pairs` adds each pair up: both GEMM paths equal the NumPy
+    engine, which computes them with masked popcounts, bit for bit."""
+    spec, arrays = random_network(seed, flat=flat, sparsity=0.6)
+    assert any(layer.get("mask") for layer in spec["layers"])
+    x = np.random.default_rng(seed).random((9, 9, 7, 2), dtype=np.float32)
+    x[0] = 1.0  # every first-layer sum at its largest
+    expected_logits, expected_hidden = BinaryEngine(spec, arrays).forward(x)
+    for gemm in ("cuda", "tensor"):
+        logits, hidden = BinaryEngine(spec, arrays, backend="cupy", gemm=gemm).forward(x)
+        np.testing.assert_array_equal(logits, expected_logits)
+        for ours, theirs in zip(hidden, expected_hidden, strict=True):
+            np.testing.assert_array_equal(ours, theirs)
+
+
 def whole_engine_cases(device):
     batches = (1, 37, 1000) if device == "gpu" else (1, 9)
     return [

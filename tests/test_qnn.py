@@ -399,6 +399,67 @@ def test_keras_loads_qnn_files_after_importing_advlib_models(tmp_path):
 
 
 @pytest.mark.backends
+@pytest.mark.slow  # out of the JAX leg: JAX compiles the export's probes anew (13 s)
+def test_masked_layers_are_ternary_and_export_bit_exact(tmp_path):
+    """EEV's BinMask on conv-small: a weight is zero exactly where its mask is
+    negative, the gate passes the gradient straight through, MaskDecay counts the
+    kept weights, the mask survives saving, and the exported ternary engine equals
+    the Keras model on random images and on every 8-bit level. A mask on the
+    logits layer is refused."""
+    y, grad = forward_and_gradient(qnn.ste_step)
+    np.testing.assert_array_equal(y, [0, 0, 0, 1, 1, 1, 1])
+    np.testing.assert_array_equal(grad, np.ones(7))
+    keras.utils.set_random_seed(0)
+    model = qnn.conv_small((8, 8, 1), input_step=0.25, kernel_mask=True, mask_decay=1e-3)
+    randomize_batchnorm(model)
+    masked = [layer for layer in model.layers if getattr(layer, "mask", None) is not None]
+    assert len(masked) == 3  # the two convolutions and the hidden dense layer
+    rng = np.random.default_rng(0)
+    for layer in masked:
+        layer.mask.assign(rng.normal(size=layer.mask.shape).astype(np.float32))
+    for layer in masked:
+        kernel = backend.to_numpy(layer.quantized_kernel())
+        np.testing.assert_array_equal(kernel == 0, backend.to_numpy(layer.mask) < 0)
+    kept = sum(int((backend.to_numpy(layer.mask) >= 0).sum()) for layer in masked)
+    penalty = sum(float(backend.to_numpy(loss)) for loss in model.losses)
+    np.testing.assert_allclose(penalty, 1e-3 * kept, rtol=1e-5)
+    images = np.concatenate(
+        [
+            rng.random((200, 64), dtype=np.float32),
+            np.repeat(np.arange(256, dtype=np.float32)[:, None] / 255, 64, axis=1),
+        ]
+    ).reshape(-1, 8, 8, 1)
+    exported = qnn.export(model)
+    assert exported["spec"]["version"] == 3
+    computed = [layer for layer in exported["spec"]["layers"] if "output" in layer]
+    assert [bool(layer.get("mask")) for layer in computed] == [True, True, True, False]
+    assert qnn.check_exactness(model, BinaryEngine(**exported), images)["exact"]
+    path = str(tmp_path / "masked.keras")
+    model.save(path)
+    again = keras.models.load_model(path)
+    for ours, theirs in zip(masked, [again.get_layer(layer.name) for layer in masked]):
+        np.testing.assert_array_equal(backend.to_numpy(ours.mask), backend.to_numpy(theirs.mask))
+    np.testing.assert_array_equal(
+        backend.to_numpy(again(images[:50])), backend.to_numpy(model(images[:50]))
+    )
+    logits_masked = keras.Sequential(
+        [
+            keras.Input((8, 8, 1)),
+            keras.layers.Flatten(),
+            qnn.QuantDense(
+                4, input_quantizer="uint8", kernel_quantizer="ste_sign", kernel_mask=True
+            ),
+        ]
+    )
+    with pytest.raises(ValueError, match="logits layer must keep dense"):
+        qnn.export(logits_masked)
+    with pytest.raises(TypeError, match="kernel_mask must be True or False"):
+        qnn.QuantDense(4, kernel_mask="yes")
+    with pytest.raises(ValueError, match="mask_decay"):
+        qnn.QuantDense(4, kernel_mask=True, mask_decay=-1.0)
+
+
+@pytest.mark.backends
 def test_stepped_input_is_eevs_grid_with_a_straight_through_gradient():
     quantizer = qnn.SteppedInput(0.61)
     # EEV's round(x / step): 0.31 / 0.61 = 0.508 rounds up, 0.92 / 0.61 = 1.508 too

@@ -117,15 +117,16 @@ def test_the_time_limit_gives_unknown(monkeypatch):
 
 
 @pytest.mark.parametrize(
-    "flat, step",
+    "flat, step, sparsity",
     [
-        pytest.param(False, None, marks=pytest.mark.slow),
-        (True, None),
-        (False, 0.05),
-        (True, 0.25),
+        pytest.param(False, None, None, marks=pytest.mark.slow),
+        (True, None, None),
+        (False, 0.05, None),
+        (False, 0.05, 0.5),
+        (True, 0.25, 0.5),
     ],
 )
-def test_every_method_agrees_with_brute_force_at_a_large_eps(monkeypatch, flat, step):
+def test_every_method_agrees_with_brute_force_at_a_large_eps(monkeypatch, flat, step, sparsity):
     """Three pixels at eps 0.1 (51 levels each): boxes where many examples break,
     so that a wrong 'robust' or a missed counterexample would show. Both complete
     backends must give enumeration's answers; then, with the complete programs
@@ -133,14 +134,23 @@ def test_every_method_agrees_with_brute_force_at_a_large_eps(monkeypatch, flat, 
     the search must break each example that enumeration breaks and no other,
     every counterexample re-checked. (One enumeration serves both: it is the
     test's cost.) With a SteppedInput grid (`step`), the deciders see a few grid
-    values per pixel, while enumeration still runs over every 8-bit level."""
+    values per pixel, while enumeration still runs over every 8-bit level; with
+    `sparsity`, the hidden layers are ternary (masked)."""
     from advlib.qnn.verify import milp as module
 
     shape = (1, 3, 1)
     statuses, found = [], 0
-    for seed in range(2):
+    # seeds whose networks break some of the examples and not all
+    for seed in (0, 1) if sparsity is None else (2, 3):
         spec, arrays = random_network(
-            seed, input_shape=shape, channels=(4, 6), dense=(8,), classes=4, flat=flat, step=step
+            seed,
+            input_shape=shape,
+            channels=(4, 6),
+            dense=(8,),
+            classes=4,
+            flat=flat,
+            step=step,
+            sparsity=sparsity,
         )
         engine = BinaryEngine(spec, arrays)
         encoding = NetworkEncoding(engine)

@@ -111,8 +111,9 @@ def _affine(layer, batchnorm):
     return inv.astype(np.float32), (shift + bias * inv).astype(np.float32)
 
 
-def _pack_kernel(layer) -> np.ndarray:
-    kernel = ops.convert_to_numpy(layer.kernel)
+def _pack_kernel(layer, variable) -> np.ndarray:
+    """A kernel-shaped variable's signs (bit 1 where >= 0), packed as the engine's weights."""
+    kernel = ops.convert_to_numpy(variable)
     if isinstance(layer, QuantDense):
         return pack_signs(kernel.T)
     filters = kernel.shape[-1]
@@ -198,7 +199,9 @@ def _layer_arrays(layer, batchnorm, entry: dict, index: int, last: bool) -> dict
     if max_abs >= 2**24:
         _fail(layer, f"accumulators up to {max_abs} exceed float32's exact integers.")
     name = f"layer{index}"
-    arrays = {f"{name}/weights": _pack_kernel(layer)}
+    arrays = {f"{name}/weights": _pack_kernel(layer, layer.kernel)}
+    if entry.get("mask"):  # a weight takes part where its mask is >= 0, as ste_step gates
+        arrays[f"{name}/mask"] = _pack_kernel(layer, layer.mask)
     if entry.get("input_levels"):
         arrays[f"{name}/levels"] = layer.input_quantizer.table()
     if last:
@@ -217,7 +220,9 @@ def export(model: keras.Model, path: str | None = None) -> dict:
     Supported: a chain of `QuantConv2D` / `QuantDense` layers with binary
     kernels, each optionally followed by BatchNormalization, MaxPooling2D
     (after the BatchNorm) and Flatten. The first compute layer takes
-    `Uint8Input` or `SteppedInput` inputs; the others binary (`SteSign`) inputs. BatchNorm and
+    `Uint8Input` or `SteppedInput` inputs; the others binary (`SteSign`) inputs.
+    Hidden layers with `kernel_mask` are written with their masks (ternary
+    weights). BatchNorm and
     sign fold into integer thresholds; the last layer keeps a float affine
     transform and gives the logits.
 
@@ -256,6 +261,14 @@ def export(model: keras.Model, path: str | None = None) -> dict:
             entry.update(
                 output="logits" if last else "bits", keras_output=(batchnorm or layer).name
             )
+            if layer.mask is not None:
+                if last:
+                    _fail(
+                        layer,
+                        "the logits layer must keep dense +-1 weights (kernel_mask=False): "
+                        "the verifier's last step counts agreements with them.",
+                    )
+                entry["mask"] = True
             arrays.update(_layer_arrays(layer, batchnorm, entry, index, last))
         elif i > compute[-1]:
             _fail(

@@ -7,6 +7,7 @@ from typing import Any
 import keras
 from keras import ops
 
+from advlib import _checks
 from advlib.qnn import quantizers
 
 _PACKAGE = "advlib"
@@ -24,21 +25,52 @@ class _QuantizedMixin:
     activation: Any
     input_quantizer: Any
     kernel_quantizer: Any
+    add_weight: Any
 
-    def _set_quantizers(self, input_quantizer, kernel_quantizer):
+    def _set_quantizers(self, input_quantizer, kernel_quantizer, kernel_mask, mask_decay):
         self.input_quantizer = quantizers.get(input_quantizer)
         self.kernel_quantizer = quantizers.get(kernel_quantizer)
+        if not isinstance(kernel_mask, bool):
+            raise TypeError(f"kernel_mask must be True or False, got {kernel_mask!r}.")
+        self.kernel_mask = kernel_mask
+        self.mask_decay = float(_checks.check_number("mask_decay", mask_decay, low=0))
+        self.mask: keras.Variable | None = None
+
+    def _build_mask(self):
+        """The learned mask (EEV's BinMask), beside the kernel it gates."""
+        if self.kernel_mask:
+            self.mask = self.add_weight(
+                name="mask",
+                shape=tuple(self.kernel.shape),
+                initializer=quantizers.MaskInitializer(),
+                regularizer=quantizers.MaskDecay(self.mask_decay) if self.mask_decay else None,
+            )
 
     def _quantized(self, inputs):
         if self.input_quantizer is not None:
             inputs = self.input_quantizer(inputs)
         return inputs, self.quantized_kernel()
 
+    # Keras saves the variables it knows of a Dense or Conv2D; the mask goes after them
+    def save_own_variables(self, store):
+        super().save_own_variables(store)  # type: ignore[misc]
+        if self.mask is not None:
+            store[str(len(list(store.keys())))] = self.mask
+
+    def load_own_variables(self, store):
+        super().load_own_variables(store)  # type: ignore[misc]
+        if self.mask is not None:
+            self.mask.assign(store[str(len(list(store.keys())) - 1)])
+
     def quantized_kernel(self):
-        """The kernel the layer multiplies by: the latent one through its quantizer."""
-        if self.kernel_quantizer is None:
-            return self.kernel
-        return self.kernel_quantizer(self.kernel)
+        """The kernel the layer multiplies by: the latent one through its quantizer,
+        and, with `kernel_mask`, zero where the mask is negative (ternary weights)."""
+        kernel = (
+            self.kernel if self.kernel_quantizer is None else self.kernel_quantizer(self.kernel)
+        )
+        if self.mask is not None:
+            kernel = kernel * quantizers.ste_step(self.mask)
+        return kernel
 
     def _finish(self, outputs):
         if self.use_bias:
@@ -46,6 +78,13 @@ class _QuantizedMixin:
         return self.activation(outputs) if self.activation is not None else outputs
 
     def _quantizer_config(self):
+        return {
+            "kernel_mask": self.kernel_mask,
+            "mask_decay": self.mask_decay,
+            **self._quantizers_config(),
+        }
+
+    def _quantizers_config(self):
         return {
             name: None if q is None else keras.saving.serialize_keras_object(q)
             for name, q in (
@@ -65,6 +104,11 @@ class QuantDense(_QuantizedMixin, keras.layers.Dense):
         kernel_quantizer: applied to the latent kernel in every call.
         kernel_constraint: e.g. `WeightClip(1.0)` (Larq's "weight_clip"), which keeps
             the latent weights in [-1, 1] as BinaryNet does.
+        kernel_mask: learn a mask beside the kernel (EEV's BinMask): a weight
+            is zero where its mask is negative, so binary kernels become
+            ternary, and the verifier's units depend on fewer inputs.
+        mask_decay: the penalty per kept weight (`MaskDecay`), which pushes
+            the mask towards sparsity; 0 for none.
         **kwargs: the arguments of `keras.layers.Dense`.
 
     Example:
@@ -78,12 +122,18 @@ class QuantDense(_QuantizedMixin, keras.layers.Dense):
         input_quantizer: QuantizerSpec = None,
         kernel_quantizer: QuantizerSpec = None,
         kernel_constraint: str | keras.constraints.Constraint | None = None,
+        kernel_mask: bool = False,
+        mask_decay: float = 0.0,
         **kwargs: Any,
     ):
         super().__init__(
             units, kernel_constraint=quantizers.get_constraint(kernel_constraint), **kwargs
         )
-        self._set_quantizers(input_quantizer, kernel_quantizer)
+        self._set_quantizers(input_quantizer, kernel_quantizer, kernel_mask, mask_decay)
+
+    def build(self, input_shape):
+        super().build(input_shape)
+        self._build_mask()
 
     def call(self, inputs, training=None):
         return self._finish(self.linear(*self._quantized(inputs)))
@@ -114,6 +164,8 @@ class QuantConv2D(_QuantizedMixin, keras.layers.Conv2D):
         input_quantizer: as in `QuantDense`.
         kernel_quantizer: as in `QuantDense`.
         kernel_constraint: as in `QuantDense`.
+        kernel_mask: as in `QuantDense`.
+        mask_decay: as in `QuantDense`.
         pad_values: the value "same" padding adds around the quantized inputs.
             Binary activations are +-1 and the packed engine has no zero, so
             binary layers pad with 1.0 (or -1.0); 0.0 keeps Keras's zeros, which
@@ -132,6 +184,8 @@ class QuantConv2D(_QuantizedMixin, keras.layers.Conv2D):
         kernel_quantizer: QuantizerSpec = None,
         kernel_constraint: str | keras.constraints.Constraint | None = None,
         pad_values: float = 0.0,
+        kernel_mask: bool = False,
+        mask_decay: float = 0.0,
         **kwargs: Any,
     ):
         super().__init__(
@@ -142,8 +196,12 @@ class QuantConv2D(_QuantizedMixin, keras.layers.Conv2D):
         )
         if self.data_format != "channels_last":
             raise ValueError(f"data_format must be 'channels_last', got {self.data_format!r}.")
-        self._set_quantizers(input_quantizer, kernel_quantizer)
+        self._set_quantizers(input_quantizer, kernel_quantizer, kernel_mask, mask_decay)
         self.pad_values = float(pad_values)
+
+    def build(self, input_shape):
+        super().build(input_shape)
+        self._build_mask()
 
     def call(self, inputs, training=None):
         return self._finish(self.linear(*self._quantized(inputs)))

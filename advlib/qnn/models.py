@@ -47,6 +47,49 @@ def _first_quantizer(binary: bool, input_step: float | None):
     return Uint8Input() if input_step is None else SteppedInput(input_step)
 
 
+def _convolutions(
+    input_shape, filters, kernel, strides, activation_bits, binary, input_step, pool, masks=None
+):
+    """Input, then per width a "same" QuantConv2D and BatchNorm (the first reading
+    the quantized inputs), with max-pooling after every second one if `pool`;
+    `masks`: the mask arguments of every layer."""
+    if not binary:
+        activation_bits = 32
+    layers = [keras.Input(tuple(input_shape))]
+    for index, width in enumerate(filters):
+        kwargs = {**_binary_kwargs(activation_bits, binary), **(masks or {})}
+        if index == 0:
+            kwargs["input_quantizer"] = _first_quantizer(binary, input_step)
+        elif not binary:
+            layers.append(keras.layers.Activation("relu"))
+        # the 8-bit first layer pads with zeros; binary inputs have no zero
+        pad = 0.0 if index == 0 or not binary else 1.0
+        layers += [
+            QuantConv2D(width, kernel, strides=strides, padding="same", pad_values=pad, **kwargs),
+            keras.layers.BatchNormalization(**_BN),
+        ]
+        if pool and index % 2 == 1:
+            layers.append(keras.layers.MaxPooling2D(pool))
+    return layers
+
+
+def _dense_head(widths, activation_bits, binary, masks=None):
+    """Flatten, then per width a QuantDense and BatchNorm; the last gives the logits.
+    `masks`: the mask arguments of the hidden layers (the logits layer keeps +-1)."""
+    if not binary:
+        activation_bits = 32
+    layers: list = [keras.layers.Flatten()]
+    for index, units in enumerate(widths):
+        if not binary:
+            layers.append(keras.layers.Activation("relu"))
+        hidden = masks if index < len(widths) - 1 else None
+        layers += [
+            QuantDense(units, **_binary_kwargs(activation_bits, binary), **(hidden or {})),
+            keras.layers.BatchNormalization(**_BN),
+        ]
+    return layers
+
+
 def binary_mlp(
     input_shape: Sequence[int] = (28, 28, 1),
     nb_classes: int = 10,
@@ -111,28 +154,46 @@ def binary_cnn(
         input_step: as in `binary_mlp`.
     """
     _check_bits(activation_bits)
-    if not binary:
-        activation_bits = 32
-    layers = [keras.Input(tuple(input_shape))]
-    for index, width in enumerate(filters):
-        kwargs = _binary_kwargs(activation_bits, binary)
-        if index == 0:
-            kwargs["input_quantizer"] = _first_quantizer(binary, input_step)
-        elif not binary:
-            layers.append(keras.layers.Activation("relu"))
-        pad = 0.0 if index == 0 or not binary else 1.0
-        layers += [
-            QuantConv2D(width, 3, padding="same", pad_values=pad, **kwargs),
-            keras.layers.BatchNormalization(**_BN),
-        ]
-        if index % 2 == 1:
-            layers.append(keras.layers.MaxPooling2D(2))
-    layers.append(keras.layers.Flatten())
-    for units in (dense, nb_classes):
-        if not binary:
-            layers.append(keras.layers.Activation("relu"))
-        layers += [
-            QuantDense(units, **_binary_kwargs(activation_bits, binary)),
-            keras.layers.BatchNormalization(**_BN),
-        ]
-    return keras.Sequential(layers, name=name)
+    layers = _convolutions(input_shape, filters, 3, 1, activation_bits, binary, input_step, pool=2)
+    return keras.Sequential(
+        layers + _dense_head((dense, nb_classes), activation_bits, binary), name=name
+    )
+
+
+def conv_small(
+    input_shape: Sequence[int] = (28, 28, 1),
+    nb_classes: int = 10,
+    filters: Sequence[int] = (16, 32),
+    dense: int = 100,
+    input_step: float | None = 0.61,
+    kernel_mask: bool = False,
+    mask_decay: float = 0.0,
+    binary: bool = True,
+    name: str = "conv_small",
+) -> keras.Model:
+    """EEV's "conv-small" binary network (Jia & Rinard 2020, after Wong & Kolter's
+    small MNIST network), built to be verified exactly.
+
+    Input quantization, then conv(16, 4x4, stride 2) conv(32, 4x4, stride 2)
+    dense(100) dense(classes), each followed by BatchNorm; no pooling. "same"
+    padding gives EEV's padding of 1 on 28x28 inputs (28 -> 14 -> 7) and on
+    the 8x8 digits (8 -> 4 -> 2); binary layers pad with +1.
+
+    Args:
+        filters: the two convolutions' widths.
+        dense: the hidden dense width.
+        input_step: the input grid (`SteppedInput`); EEV used 0.61 on MNIST
+            at eps 0.1 and 0.3. None: 8-bit inputs (`Uint8Input`).
+        kernel_mask: ternary weights in the hidden layers, each with a learned
+            mask (EEV's BinMask; `QuantDense`); the logits layer keeps +-1.
+        mask_decay: the masks' penalty per kept weight (`MaskDecay`).
+        binary: False builds the float twin, as in `binary_mlp`.
+
+    Example:
+        >>> model = conv_small((28, 28, 1), input_step=0.61)
+        >>> qnn.export(model, "conv_small.npz")   # after training
+    """
+    masks = dict(kernel_mask=True, mask_decay=mask_decay) if kernel_mask and binary else None
+    layers = _convolutions(input_shape, filters, 4, 2, 1, binary, input_step, None, masks)
+    head = _dense_head((dense, nb_classes), 1, binary, masks)
+    return keras.Sequential(layers + head, name=name)

@@ -296,6 +296,58 @@ class WeightClip(keras.constraints.Constraint):
         return {"clip_value": self.clip_value}
 
 
+def ste_step(x):
+    """1 where x >= 0 and 0 elsewhere; gradient: the identity (straight through).
+
+    The gate of a learned weight mask (EEV's BinMask): a weight takes part
+    where its mask is non-negative.
+    """
+    return x + ops.stop_gradient(ops.cast(x >= 0, x.dtype) - x)
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class MaskInitializer(keras.initializers.Initializer):
+    """|N(0, stddev)|: every weight starts in its layer's mask, each at its own
+    small distance from being dropped (EEV's BinMask initialization).
+
+    Args:
+        stddev: the standard deviation of the normal draw.
+        seed: as for Keras's initializers.
+    """
+
+    def __init__(self, stddev: float = 0.01, seed: int | None = None):
+        self.stddev = float(_checks.check_number("stddev", stddev, low=0))
+        self.seed = seed
+        self._normal = keras.initializers.RandomNormal(stddev=self.stddev, seed=seed)
+
+    def __call__(self, shape, dtype=None):
+        return ops.abs(self._normal(shape, dtype=dtype))
+
+    def get_config(self):
+        return {"stddev": self.stddev, "seed": self.seed}
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class MaskDecay(keras.regularizers.Regularizer):
+    """`decay` times the number of weights a mask keeps: the pressure towards
+    sparse layers, whose units the verifier decides from fewer inputs. Its
+    gradient is `decay` on every kept weight (straight through the gate), as
+    EEV's weight decay on BinMask.
+
+    Args:
+        decay: the penalty per kept weight, added to the training loss.
+    """
+
+    def __init__(self, decay: float = 1e-5):
+        self.decay = float(_checks.check_number("decay", decay, low=0))
+
+    def __call__(self, mask):
+        return self.decay * ops.sum(ste_step(mask))
+
+    def get_config(self):
+        return {"decay": self.decay}
+
+
 # Larq's names where advlib has the same quantizer, and advlib's own
 _BY_NAME = {"ste_sign": SteSign, "stochastic": StochasticBinarization, "uint8": Uint8Input}
 _K_BIT_NAMES = [f"{k}bit" for k in range(1, 9)]

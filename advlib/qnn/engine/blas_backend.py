@@ -40,8 +40,8 @@ class BlasBackend:
                     f"per unit, beyond float32's exact integers (2**24); "
                     f"use backend='numpy'."
                 )
-            bits = spec_io.weight_bits(layer, arrays[f"layer{index}/weights"])
-            self._weights[index] = np.where(bits, np.float32(1), np.float32(-1)).T.copy()
+            values = spec_io.weight_values(layer, arrays, index)
+            self._weights[index] = np.ascontiguousarray(values.T, dtype=np.float32)
 
     @property
     def weight_bytes(self) -> int:

@@ -24,6 +24,7 @@ import numpy as np
 
 from advlib import _checks
 from advlib.qnn.engine import nvrtc
+from advlib.qnn.engine import spec as spec_io
 from advlib.qnn.engine.packing import words_for
 
 GEMM_KERNELS = ("auto", "cuda", "tensor")
@@ -92,6 +93,16 @@ class Kernels:
         return self._cache[name]
 
 
+def ternary_pairs(layer: dict, weights: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """A ternary layer's weights t in {-1, 0, +1} as 2N rows of +-1 weights, a over
+    b, with a + b = 2 t: a is +1 where w is +1 or masked out, b is +1 where w is +1
+    and kept. So the +-1 kernels compute the layer, and its accumulator is half
+    the sum of a unit's two. Bits past the fan-in stay 0, as the kernels expect.
+    """
+    valid = spec_io.pack_like_weights(layer, np.ones((len(weights), spec_io.fan_in(layer)), bool))
+    return np.concatenate([(weights | ~mask) & valid, weights & mask])
+
+
 class CupyBackend:
     """Runs an exported network on the GPU; weights stay on the device.
 
@@ -121,6 +132,13 @@ class CupyBackend:
         self.use_tensor_cores = gemm == "tensor" or (gemm == "auto" and tensor_ok)
         self.spec = spec
         self.device = {name: self.cp.asarray(value) for name, value in (arrays or {}).items()}
+        for index, layer in enumerate(spec["layers"] if spec and arrays else []):
+            if layer.get("mask"):
+                assert arrays is not None
+                name = f"layer{index}"
+                self.device[f"{name}/weights"] = self.cp.asarray(
+                    ternary_pairs(layer, arrays[f"{name}/weights"], arrays[f"{name}/mask"])
+                )
         self.weight_ones = {}
         for name, value in self.device.items():
             if name.endswith("/weights"):
@@ -203,7 +221,8 @@ class CupyBackend:
     def conv(self, x, b, layer, planes=1, epilogue=("int",)):
         """Convolution: x (planes, n, H, W, words) or (n, H, W, words) as an implicit GEMM."""
         height, width, channels = layer["in_shape"]
-        out_h, out_w, filters = layer["out_shape"]
+        out_h, out_w, _ = layer["out_shape"]
+        filters = b.shape[0]  # a ternary layer's pairs: twice the layer's filters
         images = x.shape[-4]
         m = images * out_h * out_w
         out, extra = self._epilogue_output(m, filters, epilogue)
@@ -256,6 +275,25 @@ class CupyBackend:
             (epilogue[1], epilogue[2], np.int32(out_words)),
         )
 
+    def threshold_pairs(self, acc, threshold, flip):
+        """A ternary layer's packed bits from the (M, 2N) accumulators of its pairs."""
+        rows, units = acc.shape[0], acc.shape[1] // 2
+        out_words = words_for(units)
+        out = self.cp.empty((rows, out_words), self.cp.uint32)
+        self.kernels["threshold_pairs"](
+            ((rows * out_words + 255) // 256,),
+            (256,),
+            (
+                self.cp.ascontiguousarray(acc),
+                out,
+                threshold,
+                flip,
+                np.int64(rows),
+                *_ints(units, out_words),
+            ),
+        )
+        return out
+
     def unpack(self, words, length):
         """Packed rows (..., words) to booleans (..., length), on the device as uint8."""
         cp = self.cp
@@ -303,10 +341,15 @@ class CupyBackend:
         logits, else its packed bits in the layout the next layer reads."""
         name = f"layer{index}"
         weights = self.device[f"{name}/weights"]
+        epilogue: tuple
         if layer["output"] == "logits":
             epilogue = ("logits", self.device[f"{name}/scale"], self.device[f"{name}/shift"])
         else:
             epilogue = ("bits", self.device[f"{name}/threshold"], self.device[f"{name}/flip"])
+        pairs = bool(layer.get("mask"))
+        if pairs:  # ternary: 2N units of +-1 weights, added up after the product
+            thresholds = epilogue[1:]
+            epilogue = ("int",)
         first = layer["input"] == "uint8"
         if layer["type"] == "dense":
             rows = self.bit_planes(state) if first else state.reshape(len(state), -1)
@@ -326,6 +369,8 @@ class CupyBackend:
                 planes=8 if first else 1,
                 epilogue=epilogue,
             )
+        if pairs:
+            out = self.threshold_pairs(out, *thresholds)
         *positions, units = layer["out_shape"]
         last = units if layer["output"] == "logits" else words_for(units)
         return out.reshape((len(state), *positions, last))

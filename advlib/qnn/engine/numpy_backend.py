@@ -19,24 +19,30 @@ def _row_blocks(rows: int, units: int, words: int):
     return range(0, rows, step), step
 
 
-def binary_dot(a: np.ndarray, w: np.ndarray, length: int) -> np.ndarray:
-    """+-1 dot products from packed bits: K - 2 * popcount(a XOR w).
+def binary_dot(
+    a: np.ndarray, w: np.ndarray, length: int, mask: np.ndarray | None = None
+) -> np.ndarray:
+    """+-1 dot products from packed bits: K - 2 * popcount(a XOR w); with a mask
+    (ternary weights), popcount(M) - 2 * popcount((a XOR w) AND M).
 
     Args:
         a: (M, words) packed activations.
         w: (N, words) packed weights.
         length: K, the number of true bits per row.
+        mask: (N, words) packed, bit 1 where the weight takes part; None: all do.
 
     Returns:
         (M, N) int32 accumulators.
     """
     out = np.empty((a.shape[0], w.shape[0]), np.int32)
     starts, step = _row_blocks(a.shape[0], w.shape[0], w.shape[1])
+    terms = length if mask is None else popcount(mask).sum(axis=-1, dtype=np.int32)
     for start in starts:
-        mismatches = popcount(a[start : start + step, None, :] ^ w[None, :, :]).sum(
-            axis=-1, dtype=np.int32
-        )
-        out[start : start + step] = length - 2 * mismatches
+        differ = a[start : start + step, None, :] ^ w[None, :, :]
+        if mask is not None:
+            differ &= mask[None, :, :]
+        mismatches = popcount(differ).sum(axis=-1, dtype=np.int32)
+        out[start : start + step] = terms - 2 * mismatches
     return out
 
 
@@ -45,16 +51,18 @@ def bit_planes(x8: np.ndarray) -> np.ndarray:
     return np.stack([pack_bits((x8 >> b) & 1) for b in range(8)])
 
 
-def plane_dot(planes: np.ndarray, w: np.ndarray) -> np.ndarray:
+def plane_dot(planes: np.ndarray, w: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
     """Exact dot products of 8-bit inputs with +-1 weights, from bit-planes.
 
     For a plane P and packed weights W (bit 1 = +1):
     sum_i P_i w_i = popcount(P & W) - popcount(P & ~W) = 2 popcount(P & W) - popcount(P);
-    the planes add up weighted by 2**b.
+    the planes add up weighted by 2**b. With a mask M (ternary weights), P & M
+    takes the place of P.
 
     Args:
         planes: (8, M, words) packed planes.
         w: (N, words) packed weights.
+        mask: as in `binary_dot`.
 
     Returns:
         (M, N) int64 accumulators.
@@ -64,11 +72,17 @@ def plane_dot(planes: np.ndarray, w: np.ndarray) -> np.ndarray:
     starts, step = _row_blocks(rows, w.shape[0], w.shape[1])
     for bit in range(8):
         plane = planes[bit]
-        ones = popcount(plane).sum(axis=-1, dtype=np.int64)
+        ones = popcount(plane).sum(axis=-1, dtype=np.int64)[:, None]
         for start in starts:
-            block = plane[start : start + step]
-            agree = popcount(block[:, None, :] & w[None, :, :]).sum(axis=-1, dtype=np.int64)
-            out[start : start + step] += (2 * agree - ones[start : start + step, None]) << bit
+            block = plane[start : start + step, None, :]
+            if mask is None:
+                agree = popcount(block & w[None, :, :]).sum(axis=-1, dtype=np.int64)
+                count = ones[start : start + step]
+            else:
+                kept = block & mask[None, :, :]
+                agree = popcount(kept & w[None, :, :]).sum(axis=-1, dtype=np.int64)
+                count = popcount(kept).sum(axis=-1, dtype=np.int64)
+            out[start : start + step] += (2 * agree - count) << bit
     return out
 
 
@@ -161,12 +175,13 @@ class NumpyBackend:
     def accumulate(self, index: int, layer: dict, state: np.ndarray) -> np.ndarray:
         """The layer's integer accumulators, before the threshold or the affine map."""
         weights = self.arrays[f"layer{index}/weights"]
+        mask = self.arrays.get(f"layer{index}/mask") if layer.get("mask") else None
         first = layer["input"] == "uint8"
         if layer["type"] == "dense":
             rows = state.reshape(len(state), -1)
             if first:
-                return plane_dot(bit_planes(rows), weights)
-            return binary_dot(rows, weights, layer["in_shape"][0])
+                return plane_dot(bit_planes(rows), weights, mask)
+            return binary_dot(rows, weights, layer["in_shape"][0], mask)
         height, width, channels = layer["in_shape"]
         kh, kw = layer["kernel"]
         out_h, out_w, filters = layer["out_shape"]
@@ -180,7 +195,7 @@ class NumpyBackend:
                     for p in planes
                 ]
             )
-            acc = plane_dot(columns.reshape(8, n * out_h * out_w, -1), weights)
+            acc = plane_dot(columns.reshape(8, n * out_h * out_w, -1), weights, mask)
         else:
             fill = (
                 valid_bits_mask(channels)
@@ -188,5 +203,7 @@ class NumpyBackend:
                 else np.zeros(state.shape[-1], state.dtype)
             )
             columns = im2col(pad_spatial(state, layer["pads"], fill), (kh, kw), layer["strides"])
-            acc = binary_dot(columns.reshape(n * out_h * out_w, -1), weights, kh * kw * channels)
+            acc = binary_dot(
+                columns.reshape(n * out_h * out_w, -1), weights, kh * kw * channels, mask
+            )
         return acc.reshape(n, out_h, out_w, filters)

@@ -15,7 +15,10 @@ Dense and conv layers also have `input` ("uint8": the 8-bit first layer, or
 "binary") and `output`: "bits", with arrays threshold (N,) int64 and flip
 (N,) bool, or "logits", with scale and shift (N,) float32. A "uint8" layer
 with `input_levels` true (a `SteppedInput` grid) reads each 8-bit level through
-the array levels (256,) uint8, nondecreasing, in steps of 0 or 1.
+the array levels (256,) uint8, nondecreasing, in steps of 0 or 1. A "bits"
+layer with `mask` true has ternary weights (a learned mask, EEV's BinMask): the
+array mask, shaped and packed as weights, has bit 1 where the weight takes part
+and 0 where it is zero, and no bit set past the fan-in.
 """
 
 from __future__ import annotations
@@ -27,13 +30,14 @@ from typing import Any
 
 import numpy as np
 
-from advlib.qnn.engine.packing import unpack_bits, words_for
+from advlib.qnn.engine.packing import pack_bits, unpack_bits, words_for
 
 FORMAT = "advlib-binary-engine"
-# version 2 adds input_levels; a network without them is written as version 1, which
-# readers from before version 2 still load (they refuse version 2 rather than misread it)
-VERSION = 2
-VERSIONS = (1, 2)
+# version 2 adds input_levels, version 3 masks; a network is written in the oldest
+# version that holds it, so that older readers load it (and refuse, rather than
+# misread, what they do not know)
+VERSION = 3
+VERSIONS = (1, 2, 3)
 _COMPUTE = ("dense", "conv")
 
 
@@ -50,6 +54,8 @@ def layer_arrays(index: int, layer: dict[str, Any]) -> dict[str, tuple]:
     arrays: dict[str, tuple[type, tuple[int, ...]]] = {f"layer{index}/weights": (np.uint32, wshape)}
     if layer.get("input_levels"):
         arrays[f"layer{index}/levels"] = (np.uint8, (256,))
+    if layer.get("mask"):
+        arrays[f"layer{index}/mask"] = (np.uint32, wshape)
     if layer["output"] == "bits":
         arrays[f"layer{index}/threshold"] = (np.int64, (units,))
         arrays[f"layer{index}/flip"] = (np.bool_, (units,))
@@ -60,7 +66,10 @@ def layer_arrays(index: int, layer: dict[str, Any]) -> dict[str, tuple]:
 
 
 def version_for(layers: list[dict[str, Any]]) -> int:
-    """The oldest version that holds these layers: 2 with input_levels, else 1."""
+    """The oldest version that holds these layers: 3 with masks, 2 with
+    input_levels, else 1."""
+    if any(layer.get("mask") for layer in layers):
+        return 3
     return 2 if any(layer.get("input_levels") for layer in layers) else 1
 
 
@@ -81,6 +90,24 @@ def weight_bits(layer: dict[str, Any], words: np.ndarray) -> np.ndarray:
     kh, kw = layer["kernel"]
     units = words.shape[0]
     return unpack_bits(words.reshape(units, kh * kw, -1), layer["in_shape"][-1]).reshape(units, -1)
+
+
+def pack_like_weights(layer: dict[str, Any], bits: np.ndarray) -> np.ndarray:
+    """(units, fan-in) booleans packed as a layer's weights: `weight_bits`'s inverse."""
+    if layer["type"] == "dense":
+        return pack_bits(bits)
+    kh, kw = layer["kernel"]
+    units = bits.shape[0]
+    return pack_bits(bits.reshape(units, kh * kw, -1)).reshape(units, -1)
+
+
+def weight_values(layer: dict[str, Any], arrays: dict[str, np.ndarray], index: int) -> np.ndarray:
+    """A dense or conv layer's weights as (units, fan-in) int8 of -1, 0 (masked
+    out) and +1, in `weight_bits`'s order."""
+    signs = np.where(weight_bits(layer, arrays[f"layer{index}/weights"]), 1, -1).astype(np.int8)
+    if layer.get("mask"):
+        signs[~weight_bits(layer, arrays[f"layer{index}/mask"])] = 0
+    return signs
 
 
 def output_shape(layer) -> list[int]:
@@ -220,6 +247,15 @@ def validate(spec: dict[str, Any], arrays: dict[str, np.ndarray], source: str = 
                 raise ValueError(f"{where} has output {layer.get('output')!r}.")
             if (layer["output"] == "logits") != (index == len(layers) - 1):
                 raise ValueError(f"{where}: only the last layer outputs logits.")
+            if layer.get("mask") not in (None, False, True) or (
+                layer.get("mask") and (layer["output"] != "bits" or spec["version"] < 3)
+            ):
+                # the verifier's last step counts agreements with +-1 weights
+                raise ValueError(
+                    f"{where}: mask must be true or false, and true only for a "
+                    f"layer with 'bits' output in version 3; got {layer.get('mask')!r} "
+                    f"with output {layer['output']!r} in version {spec['version']}."
+                )
         for name, (dtype, array_shape) in layer_arrays(index, layer).items():
             if name not in arrays:
                 raise ValueError(f"{source} lacks the array {name!r}.")
@@ -229,6 +265,10 @@ def validate(spec: dict[str, Any], arrays: dict[str, np.ndarray], source: str = 
                     f"and shape {arrays[name].shape}; expected "
                     f"{np.dtype(dtype)} and {array_shape}."
                 )
+        if layer.get("mask"):
+            mask = arrays[f"layer{index}/mask"]
+            if not np.array_equal(pack_like_weights(layer, weight_bits(layer, mask)), mask):
+                raise ValueError(f"{where}: the mask sets bits past the fan-in.")
         if layer.get("input_levels"):
             steps = np.diff(arrays[f"layer{index}/levels"].astype(np.int64))
             if not np.isin(steps, (0, 1)).all():

@@ -44,8 +44,9 @@ class NetworkEncoding:
         self.tolerance = 1e-5 * (np.abs(self.scale).max() * bound + np.abs(self.shift).max()) + 1e-9
 
     def _signs(self, index, layer) -> np.ndarray:
-        """(units, fan-in) +-1 weights in the engine's (row, column, channel) order."""
-        return np.where(spec_io.weight_bits(layer, self.arrays[f"layer{index}/weights"]), 1.0, -1.0)
+        """(units, fan-in) weights of -1, 0 (masked out) and +1, in the engine's
+        (row, column, channel) order."""
+        return spec_io.weight_values(layer, self.arrays, index).astype(np.float64)
 
     def _prepare(self, index, layer) -> dict:
         kind = layer["type"]
@@ -107,6 +108,7 @@ class NetworkEncoding:
         matrix = sparse.csr_matrix(
             (vals.ravel(), (rows.ravel(), cols.ravel())), shape=(pixels * filters, pad_column + 1)
         )
+        matrix.eliminate_zeros()  # a masked-out weight is no term of its unit
         pad = 0.0 if layer["input"] == "uint8" else (1.0 if layer["pad_value"] > 0 else -1.0)
         return matrix, pad
 

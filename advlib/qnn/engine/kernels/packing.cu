@@ -108,3 +108,30 @@ extern "C" __global__ void flatten_words(const unsigned int* __restrict__ x,
     }
     out[index] = bits;
 }
+
+// The epilogue of a layer with ternary (masked) weights, which runs as 2N units of
+// +-1 weights: unit u's accumulator is half the sum of columns u and N + u of acc
+// (M, 2N), then thresholded as store_bits does. One thread per output word, which
+// it writes whole: out (M, out_words) needs no zeroing.
+extern "C" __global__ void threshold_pairs(const int* __restrict__ acc,
+                                           unsigned int* __restrict__ out,
+                                           const long long* __restrict__ threshold,
+                                           const unsigned char* __restrict__ flip,
+                                           long long rows, int units, int out_words) {
+    long long index = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (index >= rows * out_words) return;
+    long long row = index / out_words;
+    int word = index % out_words;
+    const int* pairs = acc + row * 2LL * units;
+    unsigned int bits = 0u;
+    int first = word * 32;
+    int count = min(32, units - first);
+    for (int i = 0; i < count; ++i) {
+        int unit = first + i;
+        // the two halves' sum is twice an integer: exact
+        long long value = ((long long)pairs[unit] + pairs[units + unit]) / 2;
+        bool bit = flip[unit] ? (value <= threshold[unit]) : (value >= threshold[unit]);
+        bits |= (bit ? 1u : 0u) << i;
+    }
+    out[index] = bits;
+}
