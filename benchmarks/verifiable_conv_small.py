@@ -28,10 +28,10 @@ from advlib.qnn.verify.encoding import NetworkEncoding
 from advlib.training import AdversarialModel
 
 
-def train(dataset, masks: bool, step: float, train_eps: float, epochs: int, batch: int):
+def train(dataset, masks: bool, step, train_eps, epochs: int, batch: int, decay: float):
     (x_train, y_train), _ = load(dataset)
     keras.utils.set_random_seed(0)
-    model = qnn.conv_small(x_train.shape[1:], input_step=step, kernel_mask=masks, mask_decay=1e-4)
+    model = qnn.conv_small(x_train.shape[1:], input_step=step, kernel_mask=masks, mask_decay=decay)
     attack = dict(eps=train_eps, eps_iter=train_eps / 4, nb_iter=10, rand_init=True)
     trainer = AdversarialModel(
         model, attack_params=dict(attack, clip_min=0.0, clip_max=1.0), seed=0
@@ -40,7 +40,7 @@ def train(dataset, masks: bool, step: float, train_eps: float, epochs: int, batc
         keras.optimizers.Adam(3e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     )
     trainer.fit(x_train, y_train, epochs=epochs, batch_size=batch, verbose=0)
-    return qnn.export(model)
+    return model, qnn.export(model)
 
 
 def main(argv=None):
@@ -49,9 +49,20 @@ def main(argv=None):
     parser.add_argument("--step", type=float, default=0.61, help="the input grid")
     parser.add_argument("--train-eps", type=float, default=0.1)
     parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--mask-decay", type=float, default=1e-4, help="per kept weight")
     parser.add_argument("--eps", type=float, nargs="+", default=[0.1, 0.2])
     parser.add_argument("--n", type=int, help="test images (default: all)")
     parser.add_argument("--time-limit", type=float, default=2.0, help="seconds per image")
+    parser.add_argument(
+        "--weights", default="both", choices=("both", "binary", "ternary"), help="which networks"
+    )
+    parser.add_argument(
+        "--search-share", type=float, nargs="+", default=[0.0, 0.5], help="verify with each"
+    )
+    parser.add_argument("--save", help="also write each exported network here (a folder)")
+    parser.add_argument(
+        "--engine", help="verify this exported network (a --save file) instead of training"
+    )
     parser.add_argument("--out", default="verifiable_conv_small.json")
     args = parser.parse_args(argv)
     if os.path.exists(args.out):
@@ -65,10 +76,25 @@ def main(argv=None):
         "| median ms | p95 ms |"
     )
     print("|---|---|---|---|---|---|---|---|---|---|---|")
-    for masks in (False, True):
+    kinds = {"both": (False, True), "binary": (False,), "ternary": (True,)}[args.weights]
+    for masks in kinds if args.engine is None else (None,):
         start = time.perf_counter()
-        exported = train(args.dataset, masks, args.step, args.train_eps, args.epochs, batch)
+        if args.engine is None:
+            model, exported = train(
+                args.dataset, masks, args.step, args.train_eps, args.epochs, batch, args.mask_decay
+            )
+        else:
+            spec, arrays = spec_io.load(args.engine)
+            exported = {"spec": spec, "arrays": arrays}
+            masks = any(layer.get("mask") for layer in spec["layers"])
         train_seconds = time.perf_counter() - start
+        if args.save and args.engine is None:
+            os.makedirs(args.save, exist_ok=True)
+            name = f"conv_small_{args.dataset}_{'ternary' if masks else 'binary'}"
+            spec_io.save(
+                os.path.join(args.save, name + ".npz"), exported["spec"], exported["arrays"]
+            )
+            model.save(os.path.join(args.save, name + ".keras"))  # for `advlib bench --verify`
         layers = exported["spec"]["layers"]
         values = [
             spec_io.weight_values(layer, exported["arrays"], i)
@@ -79,7 +105,7 @@ def main(argv=None):
         encoding = NetworkEncoding(BinaryEngine(**exported))
         clean = float((encoding.engine.predict_classes(x_test) == y_test).mean())
         for eps in args.eps:
-            for share in (0.0, 0.5):
+            for share in args.search_share:
                 start = time.perf_counter()
                 result = verify(
                     encoding,

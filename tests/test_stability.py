@@ -142,6 +142,51 @@ def test_training_with_the_loss_leaves_fewer_open_units(digits, tmp_path):
     assert binaries[1] < 0.6 * binaries[0]
 
 
+@pytest.mark.backends
+@pytest.mark.slow  # out of the JAX leg: 16 s of compiling there
+def test_cardinality_bound_decay_is_eevs_hinge_on_the_bias(digits):
+    """The hinge equals a NumPy computation from the moving statistics: per unit of
+    the hidden layers after the first, k = (tau + kept) / 2 agreements, with tau the
+    folded threshold and kept the unit's non-zero weights (masks included), and
+    relu(k - 5) summed. Trained with it, the bounds come down."""
+    keras.utils.set_random_seed(0)
+    model = qnn.conv_small((8, 8, 1), filters=(4, 8), dense=16, kernel_mask=True)
+    randomize_batchnorm(model, mean_scale=20.0)
+    rng = np.random.default_rng(0)
+    quantized = [layer for layer in model.layers if isinstance(layer, qnn.QuantConv2D)]
+    quantized += [layer for layer in model.layers if isinstance(layer, qnn.QuantDense)]
+    norms = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    for layer in quantized[:-1]:
+        layer.mask.assign(rng.normal(size=layer.mask.shape).astype(np.float32))
+    expected = 0.0
+    for layer, norm in list(zip(quantized, norms))[1:-1]:
+        kernel = numpy(layer.quantized_kernel())
+        kept = (kernel.reshape(-1, kernel.shape[-1]) != 0).sum(axis=0)
+        gamma, beta, mean, variance = (numpy(w).astype(np.float64) for w in norm.weights)
+        tau = mean - beta * np.sqrt(variance + norm.epsilon) / gamma
+        expected += np.maximum((tau + kept) / 2 - 5.0, 0).sum()
+    assert expected > 0
+    got = float(numpy(qnn.cardinality_bound_decay(model)))
+    assert got == pytest.approx(expected, rel=1e-4)
+    (x_train, y_train), _ = digits
+    decays = []
+    for hinge in (0.0, 0.05):
+        keras.utils.set_random_seed(0)
+        model = qnn.conv_small((8, 8, 1), filters=(4, 8), dense=16)
+        trainer = VerifiableModel(model, eps=0.05, weight=0.0, bias_hinge=hinge)
+        trainer.compile(
+            keras.optimizers.Adam(3e-2),
+            keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        )
+        history = trainer.fit(x_train[:512], y_train[:512], epochs=2, batch_size=64, verbose=0)
+        decays.append(history.history["bound_decay"][-1])
+    assert decays[1] < 0.5 * decays[0]
+    with pytest.raises(ValueError, match="training=True needs the batch"):
+        qnn.cardinality_bound_decay(model, training=True)
+    with pytest.raises(ValueError, match="bias_hinge"):
+        VerifiableModel(model, eps=0.1, bias_hinge=-1.0)
+
+
 def test_bad_input_is_refused_by_name(digits_qnns):
     float_twin = qnn.binary_mlp((8, 8, 1), width=8, depth=1, binary=False)
     with pytest.raises(ValueError, match="input quantizer"):

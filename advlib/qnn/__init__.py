@@ -34,6 +34,7 @@ _EXPORTS = {
     "VerifiableModel": "stability",
     "interval_bounds": "stability",
     "instability": "stability",
+    "cardinality_bound_decay": "stability",
 }
 
 __all__ = sorted(_EXPORTS) + ["engine"]

@@ -108,28 +108,16 @@ def _batchnorm_affine(layer, inputs, training: bool):
     return scale, offset
 
 
-def interval_bounds(model: keras.Model, x, eps: float, training: bool = False) -> list[tuple]:
-    """(center, radius) of each thresholded BatchNorm output of a binary network
-    over the L-inf ball of radius `eps` around each image of `x`.
-
-    Args:
-        model: a binary network in the exported engine's form (`binary_mlp`,
-            `binary_cnn`).
-        x: images in [0, 1].
-        eps: the ball's radius.
-        training: normalize with the batch's statistics, as `model(x,
-            training=True)` does; else with the moving ones, as the engine does.
-
-    Returns:
-        One (center, radius) pair per hidden binary layer, in order; the sign
-        of a unit is decided over the ball where |center| >= radius (strictly,
-        center - radius >= 0 or center + radius < 0).
-    """
+def _thresholded(model: keras.Model, x, eps: float, training: bool) -> list[dict]:
+    """One walk through a binary network's layers: per BatchNorm, its output's
+    (center, radius) over the eps-balls, its affine map (scale, offset), and the
+    number of non-zero weights of each unit of the layer before it (kept)."""
     _checks.check_number("eps", eps, low=0, high=1)
     x = ops.convert_to_tensor(x, "float32")
     clean = x
     low, high = ops.clip(x - eps, 0.0, 1.0), ops.clip(x + eps, 0.0, 1.0)
     normalized = []
+    kept = None
     # in training, the clean batch runs beside the bounds for BatchNorm's statistics
     for layer in _layers(model):
         if isinstance(layer, _PASSTHROUGH):
@@ -137,6 +125,8 @@ def interval_bounds(model: keras.Model, x, eps: float, training: bool = False) -
             clean = layer(clean) if training else None
         elif isinstance(layer, (QuantDense, QuantConv2D)):
             kernel = layer.quantized_kernel()
+            units = kernel.shape[-1]
+            kept = ops.sum(ops.cast(ops.reshape(kernel, [-1, units]) != 0, "float32"), axis=0)
             clean = (
                 layer._finish(layer.linear(layer.input_quantizer(clean), kernel))
                 if training
@@ -149,9 +139,69 @@ def interval_bounds(model: keras.Model, x, eps: float, training: bool = False) -
             clean = clean * scale + offset if training else None
             center = (low + high) / 2 * scale + offset
             radius = (high - low) / 2 * ops.abs(scale)
-            normalized.append((center, radius))
+            normalized.append(
+                dict(center=center, radius=radius, scale=scale, offset=offset, kept=kept)
+            )
             low, high = center - radius, center + radius
-    return normalized[:-1]  # the last BatchNorm gives the logits, which no sign follows
+    return normalized
+
+
+def interval_bounds(model: keras.Model, x, eps: float, training: bool = False) -> list[tuple]:
+    """(center, radius) of each thresholded BatchNorm output of a binary network
+    over the L-inf ball of radius `eps` around each image of `x`.
+
+    Args:
+        model: a binary network in the exported engine's form (`binary_mlp`,
+            `binary_cnn`, `conv_small`).
+        x: images in [0, 1].
+        eps: the ball's radius.
+        training: normalize with the batch's statistics, as `model(x,
+            training=True)` does; else with the moving ones, as the engine does.
+
+    Returns:
+        One (center, radius) pair per hidden binary layer, in order; the sign
+        of a unit is decided over the ball where |center| >= radius (strictly,
+        center - radius >= 0 or center + radius < 0).
+    """
+    # the last BatchNorm gives the logits, which no sign follows
+    return [(b["center"], b["radius"]) for b in _thresholded(model, x, eps, training)[:-1]]
+
+
+def _bound_decay(layers: list[dict], threshold: float):
+    """EEV's cardinality bound decay over the walk's layers (see below)."""
+    total = 0.0
+    for layer in layers[1:-1]:
+        scale, offset, kept = layer["scale"], layer["offset"], layer["kept"]
+        safe = ops.where(scale >= 0, 1.0, -1.0) * ops.maximum(ops.abs(scale), 1e-6)
+        # the unit's threshold on acc = 2 (agreements) - kept, in agreements
+        bound = (-offset / safe + kept) / 2
+        total = total + ops.sum(ops.relu(bound - threshold))
+    return total
+
+
+def cardinality_bound_decay(
+    model: keras.Model, x=None, threshold: float = 5.0, training: bool = False
+):
+    """The hinge on the BatchNorm bias of Jia & Rinard (EEV's cardinality bound
+    decay): the sum over hidden units of relu(k - threshold), where k is the
+    number of the unit's inputs that must agree with its (non-zero) weights for
+    it to switch on. The verifier's SAT program holds each unit as "at least k
+    of these literals"; small bounds make them easy to decide. As in EEV, the
+    first layer (on the pixels) and the logits are left out.
+
+    Args:
+        model: a binary network in the exported engine's form.
+        x: a batch, whose statistics BatchNorm uses in training; None with
+            `training=False` (the moving statistics).
+        threshold: bounds up to this are free (EEV: 5).
+        training: as in `interval_bounds`.
+    """
+    _checks.check_number("threshold", threshold, low=0)
+    if x is None:
+        if training:
+            raise ValueError("cardinality_bound_decay: training=True needs the batch x.")
+        x = np.zeros((1,) + tuple(model.input_shape[1:]), np.float32)
+    return _bound_decay(_thresholded(model, x, 0.0, training), threshold)
 
 
 def instability(model: keras.Model, x, eps: float, training: bool = False) -> tuple:
@@ -162,8 +212,12 @@ def instability(model: keras.Model, x, eps: float, training: bool = False) -> tu
     decided by the bounds. The share counts the units whose sign the bounds
     leave open, the verifier's binary variables before its own tightening.
     """
+    return _instability(_thresholded(model, x, eps, training)[:-1])
+
+
+def _instability(layers: list[dict]) -> tuple:
     losses, open_units, total = [], [], 0
-    for center, radius in interval_bounds(model, x, eps, training):
+    for center, radius in ((layer["center"], layer["radius"]) for layer in layers):
         units = int(np.prod(center.shape[1:]))
         flat_center = ops.reshape(center, [-1, units])
         flat_radius = ops.reshape(radius, [-1, units])
@@ -197,6 +251,10 @@ class VerifiableModel(keras.Model):
         weight: the weight of the instability loss. On the Fashion-MNIST MLP,
             2 at eps 0.03 kept 8 of 512 units open at 1/255 and 78.7%
             accuracy (`benchmarks/RESULTS.md`).
+        bias_hinge: the weight of EEV's cardinality bound decay
+            (`cardinality_bound_decay`, with the batch's statistics); 0 for
+            none. EEV used 5e-4 with a threshold of 5.
+        hinge_threshold: the bound up to which the hinge is 0.
 
     Example:
         >>> trainer = VerifiableModel(qnn.binary_mlp((28, 28, 1), width=256, depth=2),
@@ -207,17 +265,30 @@ class VerifiableModel(keras.Model):
         >>> qnn.export(trainer.model, "verifiable.npz")
     """
 
-    def __init__(self, model: keras.Model, eps: float, weight: float = 2.0, **kwargs):
+    def __init__(
+        self,
+        model: keras.Model,
+        eps: float,
+        weight: float = 2.0,
+        bias_hinge: float = 0.0,
+        hinge_threshold: float = 5.0,
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         if not isinstance(model, keras.Model):
             raise TypeError(f"model must be a keras.Model, got {type(model).__name__}.")
         _layers(model)
         _checks.check_number("eps", eps, low=0, high=1)
         _checks.check_number("weight", weight, low=0)
+        _checks.check_number("bias_hinge", bias_hinge, low=0)
+        _checks.check_number("hinge_threshold", hinge_threshold, low=0)
         self.model = model
         self.eps = float(eps)
         self.weight = float(weight)
+        self.bias_hinge = float(bias_hinge)
+        self.hinge_threshold = float(hinge_threshold)
         self.open_units = keras.metrics.Mean(name="open_units")
+        self.bound_decay = keras.metrics.Mean(name="bound_decay")
 
     def call(self, inputs, training=False):
         return self.model(inputs, training=training)
@@ -226,6 +297,9 @@ class VerifiableModel(keras.Model):
         loss = super().compute_loss(
             x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=training
         )
-        penalty, open_share = instability(self.model, x, self.eps, training=training)
+        layers = _thresholded(self.model, x, self.eps, training)
+        penalty, open_share = _instability(layers[:-1])
         self.open_units.update_state(open_share)
-        return loss + self.weight * penalty
+        decay = _bound_decay(layers, self.hinge_threshold)
+        self.bound_decay.update_state(decay)
+        return loss + self.weight * penalty + self.bias_hinge * decay

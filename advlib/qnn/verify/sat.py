@@ -27,7 +27,6 @@ serves the next.
 
 from __future__ import annotations
 
-import math
 import time
 
 import numpy as np
@@ -173,55 +172,74 @@ class SatEncoding:
                 bits = self._binary_layer(prepared, bits)
         raise AssertionError("validated specs end in a logits layer")
 
-    def _threshold(self, prepared, row: int, const: float, lits: np.ndarray, step: int):
-        """The unit's bit, for acc = const + step * (number of true `lits`)."""
-        threshold = prepared["threshold"][row]
-        self.units += 1
-        if prepared["flip"][row]:  # bit <=> acc <= t <=> not (count >= floor(.) + 1)
-            result = self.builder.at_least(lits, math.floor((threshold - const) / step) + 1)
-            result = (not result) if isinstance(result, bool) else -result
-        else:  # bit <=> acc >= t
-            result = self.builder.at_least(lits, math.ceil((threshold - const) / step))
-        self.fixed += isinstance(result, bool)
-        return result
+    def _thresholds(self, prepared, const: np.ndarray, counts: np.ndarray, step: int, literals):
+        """Every unit's bit, for acc = const + step * (number of its true literals).
+
+        The bounds decide most units (k <= 0 or k > the number of literals) and
+        those are constants, found for the whole layer at once; only the open
+        ones reach `literals(row)`, which lists theirs, and the solver."""
+        threshold, flip = prepared["threshold"], prepared["flip"]
+        # bit <=> acc >= t, or with flip, bit <=> acc <= t <=> not (count >= floor(.) + 1)
+        need = np.where(
+            flip, np.floor((threshold - const) / step) + 1, np.ceil((threshold - const) / step)
+        )
+        always, never = need <= 0, need > counts
+        values = np.where(flip, never, always)
+        self.units += len(need)
+        self.fixed += int(np.count_nonzero(always | never))
+        out: list = [bool(v) for v in values]
+        for row in np.flatnonzero(~(always | never)):
+            result = self.builder.at_least(literals(row), int(need[row]))
+            out[row] = -result if flip[row] else result
+        return _Bits.from_list(out)
+
+    @staticmethod
+    def _row_ids(matrix) -> np.ndarray:
+        return np.repeat(np.arange(matrix.shape[0]), np.diff(matrix.indptr))
 
     def _first_layer(self, prepared, pixels) -> _Bits:
+        matrix = prepared["matrix"]
         pixel_count = len(self.low)
-        out = []
-        for row, cols, signs in _rows(prepared["matrix"]):
-            keep = cols < pixel_count  # the padding input of a uint8 layer is 0
-            cols, signs = cols[keep], signs[keep]
-            const = float(np.dot(signs, self.low[cols]))
-            parts = []
-            for col, sign in zip(cols, signs):
-                lits = pixels[col]
-                if sign > 0:
-                    parts.append(lits)
-                else:  # -level = -(low + count) = -low - m + count(not u)
-                    parts.append(-lits)
-                    const -= len(lits)
-            lits = np.concatenate(parts) if parts else np.zeros(0, np.int64)
-            out.append(self._threshold(prepared, row, const, lits, 1))
-        return _Bits.from_list(out)
+        rows, cols, signs = self._row_ids(matrix), matrix.indices, matrix.data
+        keep = cols < pixel_count  # the padding input of a uint8 layer is 0
+        rows, cols, signs = rows[keep], cols[keep], signs[keep]
+        width = (self.high - self.low)[cols]
+        units = matrix.shape[0]
+        # -level = -(low + m) = -low - width + (number of true negated literals)
+        const = np.bincount(rows, signs * self.low[cols] - (signs < 0) * width, units)
+        counts = np.bincount(rows, width, units)
+        starts = np.searchsorted(rows, np.arange(units + 1))
+
+        def literals(row):
+            part = slice(starts[row], starts[row + 1])
+            parts = [
+                pixels[col] if sign > 0 else -pixels[col]
+                for col, sign in zip(cols[part], signs[part])
+            ]
+            return np.concatenate(parts) if parts else np.zeros(0, np.int64)
+
+        return self._thresholds(prepared, const, counts, 1, literals)
 
     def _binary_layer(self, prepared, bits: _Bits) -> _Bits:
-        size = len(bits.lit)
-        out = []
-        for row, cols, signs in _rows(prepared["matrix"]):
-            const = 0.0
-            pad = cols >= size
-            if pad.any():  # the padding input: the constant +-1 value
-                const += float(signs[pad].sum()) * prepared["pad"]
-                cols, signs = cols[~pad], signs[~pad]
-            lit = bits.lit[cols]
-            open_ = lit != 0
-            values = np.where(bits.value[cols], 1.0, -1.0)
-            const += float(np.dot(signs[~open_], values[~open_]))
-            # an open input adds w (2 b - 1): 2 [agrees] - 1, agrees = b or not b
-            oriented = np.where(signs[open_] > 0, lit[open_], -lit[open_])
-            const -= oriented.size
-            out.append(self._threshold(prepared, row, const, oriented, 2))
-        return _Bits.from_list(out)
+        matrix = prepared["matrix"]
+        size, units = len(bits.lit), matrix.shape[0]
+        rows, cols, signs = self._row_ids(matrix), matrix.indices, matrix.data
+        pad = cols >= size  # the padding input: the constant +-1 value
+        inside = np.minimum(cols, size - 1)
+        lit = np.where(pad, 0, bits.lit[inside])
+        open_ = lit != 0
+        value = np.where(pad, prepared.get("pad", 0.0), np.where(bits.value[inside], 1.0, -1.0))
+        # an open input adds w (2 b - 1) = 2 [agrees] - 1, agrees = b or not b
+        const = np.bincount(rows, np.where(open_, -1.0, signs * value), units)
+        counts = np.bincount(rows, open_, units)
+        oriented = np.where(signs > 0, lit, -lit)
+        starts = matrix.indptr
+
+        def literals(row):
+            part = slice(starts[row], starts[row + 1])
+            return oriented[part][open_[part]]
+
+        return self._thresholds(prepared, const, counts, 2, literals)
 
     def _max_pool(self, prepared, bits: _Bits) -> _Bits:
         channels = prepared["layer"]["in_shape"][-1]
