@@ -150,24 +150,41 @@ def test_cardinality_bound_decay_is_eevs_hinge_on_the_bias(digits):
     folded threshold and kept the unit's non-zero weights (masks included), and
     relu(k - 5) summed. Trained with it, the bounds come down."""
     keras.utils.set_random_seed(0)
-    model = qnn.conv_small((8, 8, 1), filters=(4, 8), dense=16, kernel_mask=True)
-    randomize_batchnorm(model, mean_scale=20.0)
+    masked = qnn.conv_small((8, 8, 1), filters=(4, 8), dense=16, kernel_mask=True)
+    binary = dict(input_quantizer="ste_sign", kernel_quantizer="ste_sign")
+    biased = keras.Sequential(
+        [keras.Input((8, 8, 1)), keras.layers.Flatten()]
+        + [qnn.QuantDense(12, input_quantizer="uint8", kernel_quantizer="ste_sign")]
+        + [keras.layers.BatchNormalization()]
+        + [qnn.QuantDense(12, **binary), keras.layers.BatchNormalization()]
+        + [qnn.QuantDense(10, **binary), keras.layers.BatchNormalization()]
+        + [qnn.QuantDense(3, **binary), keras.layers.BatchNormalization()]
+    )
     rng = np.random.default_rng(0)
-    quantized = [layer for layer in model.layers if isinstance(layer, qnn.QuantConv2D)]
-    quantized += [layer for layer in model.layers if isinstance(layer, qnn.QuantDense)]
-    norms = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
-    for layer in quantized[:-1]:
-        layer.mask.assign(rng.normal(size=layer.mask.shape).astype(np.float32))
-    expected = 0.0
-    for layer, norm in list(zip(quantized, norms))[1:-1]:
-        kernel = numpy(layer.quantized_kernel())
-        kept = (kernel.reshape(-1, kernel.shape[-1]) != 0).sum(axis=0)
-        gamma, beta, mean, variance = (numpy(w).astype(np.float64) for w in norm.weights)
-        tau = mean - beta * np.sqrt(variance + norm.epsilon) / gamma
-        expected += np.maximum((tau + kept) / 2 - 5.0, 0).sum()
-    assert expected > 0
-    got = float(numpy(qnn.cardinality_bound_decay(model)))
-    assert got == pytest.approx(expected, rel=1e-4)
+    for model in (masked, biased):
+        randomize_batchnorm(model, mean_scale=20.0)
+        quantized = [layer for layer in model.layers if isinstance(layer, qnn.QuantConv2D)]
+        quantized += [layer for layer in model.layers if isinstance(layer, qnn.QuantDense)]
+        norms = [
+            layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)
+        ]
+        for layer in quantized:
+            if layer.mask is not None:
+                layer.mask.assign(rng.normal(size=layer.mask.shape).astype(np.float32))
+            if layer.use_bias:
+                layer.bias.assign(rng.normal(scale=3.0, size=layer.bias.shape).astype(np.float32))
+        expected = 0.0
+        for layer, norm in list(zip(quantized, norms))[1:-1]:
+            kernel = numpy(layer.quantized_kernel())
+            kept = (kernel.reshape(-1, kernel.shape[-1]) != 0).sum(axis=0)
+            gamma, beta, mean, variance = (numpy(w).astype(np.float64) for w in norm.weights)
+            tau = mean - beta * np.sqrt(variance + norm.epsilon) / gamma
+            if layer.use_bias:
+                tau = tau - numpy(layer.bias)
+            expected += np.maximum((tau + kept) / 2 - 5.0, 0).sum()
+        assert expected > 0
+        got = float(numpy(qnn.cardinality_bound_decay(model)))
+        assert got == pytest.approx(expected, rel=1e-4)
     (x_train, y_train), _ = digits
     decays = []
     for hinge in (0.0, 0.05):

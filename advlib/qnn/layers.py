@@ -78,20 +78,14 @@ class _QuantizedMixin:
         return self.activation(outputs) if self.activation is not None else outputs
 
     def _quantizer_config(self):
-        return {
-            "kernel_mask": self.kernel_mask,
-            "mask_decay": self.mask_decay,
-            **self._quantizers_config(),
-        }
-
-    def _quantizers_config(self):
-        return {
+        serialized = {
             name: None if q is None else keras.saving.serialize_keras_object(q)
             for name, q in (
                 ("input_quantizer", self.input_quantizer),
                 ("kernel_quantizer", self.kernel_quantizer),
             )
         }
+        return {**serialized, "kernel_mask": self.kernel_mask, "mask_decay": self.mask_decay}
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)

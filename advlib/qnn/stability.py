@@ -110,14 +110,14 @@ def _batchnorm_affine(layer, inputs, training: bool):
 
 def _thresholded(model: keras.Model, x, eps: float, training: bool) -> list[dict]:
     """One walk through a binary network's layers: per BatchNorm, its output's
-    (center, radius) over the eps-balls, its affine map (scale, offset), and the
-    number of non-zero weights of each unit of the layer before it (kept)."""
+    (center, radius) over the eps-balls, its affine map (scale, offset), and of
+    the layer before it, each unit's non-zero weights (kept) and bias."""
     _checks.check_number("eps", eps, low=0, high=1)
     x = ops.convert_to_tensor(x, "float32")
     clean = x
     low, high = ops.clip(x - eps, 0.0, 1.0), ops.clip(x + eps, 0.0, 1.0)
     normalized = []
-    kept = None
+    kept = bias = None
     # in training, the clean batch runs beside the bounds for BatchNorm's statistics
     for layer in _layers(model):
         if isinstance(layer, _PASSTHROUGH):
@@ -127,6 +127,7 @@ def _thresholded(model: keras.Model, x, eps: float, training: bool) -> list[dict
             kernel = layer.quantized_kernel()
             units = kernel.shape[-1]
             kept = ops.sum(ops.cast(ops.reshape(kernel, [-1, units]) != 0, "float32"), axis=0)
+            bias = layer.bias if layer.use_bias else ops.zeros((units,))
             clean = (
                 layer._finish(layer.linear(layer.input_quantizer(clean), kernel))
                 if training
@@ -140,7 +141,7 @@ def _thresholded(model: keras.Model, x, eps: float, training: bool) -> list[dict
             center = (low + high) / 2 * scale + offset
             radius = (high - low) / 2 * ops.abs(scale)
             normalized.append(
-                dict(center=center, radius=radius, scale=scale, offset=offset, kept=kept)
+                dict(center=center, radius=radius, scale=scale, offset=offset, kept=kept, bias=bias)
             )
             low, high = center - radius, center + radius
     return normalized
@@ -173,8 +174,9 @@ def _bound_decay(layers: list[dict], threshold: float):
     for layer in layers[1:-1]:
         scale, offset, kept = layer["scale"], layer["offset"], layer["kept"]
         safe = ops.where(scale >= 0, 1.0, -1.0) * ops.maximum(ops.abs(scale), 1e-6)
-        # the unit's threshold on acc = 2 (agreements) - kept, in agreements
-        bound = (-offset / safe + kept) / 2
+        # the unit's threshold on acc = 2 (agreements) - kept (BatchNorm sees acc + bias),
+        # in agreements
+        bound = (-offset / safe - layer["bias"] + kept) / 2
         total = total + ops.sum(ops.relu(bound - threshold))
     return total
 
