@@ -131,10 +131,15 @@ class CupyBackend:
             )
         self.use_tensor_cores = gemm == "tensor" or (gemm == "auto" and tensor_ok)
         self.spec = spec
-        self.device = {name: self.cp.asarray(value) for name, value in (arrays or {}).items()}
-        for index, layer in enumerate(spec["layers"] if spec and arrays else []):
+        arrays = arrays or {}
+        # a ternary layer's masks live on the device inside its +-1 pairs (`ternary_pairs`)
+        self.device = {
+            name: self.cp.asarray(value)
+            for name, value in arrays.items()
+            if not name.endswith("/mask")
+        }
+        for index, layer in enumerate(spec["layers"] if spec else []):
             if layer.get("mask"):
-                assert arrays is not None
                 name = f"layer{index}"
                 self.device[f"{name}/weights"] = self.cp.asarray(
                     ternary_pairs(layer, arrays[f"{name}/weights"], arrays[f"{name}/mask"])
