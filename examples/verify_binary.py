@@ -12,17 +12,18 @@ verifier proves the lower one, and together they make a certified interval.
         --epochs 10 --verifiable 0.03 --n 200 --eps 0.00392156862745098 \
         0.00784313725490196 0.02 --time-limit 60
     python examples/verify_binary.py --network conv-small --input-step 0.61 \
-        --mask-decay 1e-5 --adversarial 0.1 --eps 0.1 0.2 --time-limit 2   # EEV's recipe
+        --mask-decay 1e-5 --adversarial 0.1 --eps 0.1 0.2 --time-limit 2   # EEV's recipe, SAT
 
 Trains a small binary MLP (or, with --network cnn, the reference binary CNN of
 `examples/trustworthy_evaluation.py`) on scikit-learn's digits (offline; or with
 --dataset fashion-mnist on Fashion-MNIST, under that protocol), exports its exact
 bit-packed engine, and runs the harness with `verify=True`: the attacks first
-(STE gradients, judged by the engine), then the MILP verifier on every example
-they left, at each eps. Writes the report under --out-dir and prints, per eps,
-robust accuracy after the attacks, the certified interval, the verifier's
-counterexamples that every attack missed, and the share of hidden units whose
-sign interval bounds leave open over the ball (the verifier's binary variables).
+(STE gradients, judged by the engine), then the verifier (MILP, or SAT for
+conv-small) on every example they left, at each eps. Writes the report under
+--out-dir and prints, per eps, robust accuracy after the attacks, the
+certified interval, the verifier's counterexamples that every attack missed,
+and the share of hidden units whose sign interval bounds leave open over the
+ball (the verifier's binary variables).
 With --verifiable EPS the network trains with `VerifiableModel`'s loss on those
 units over eps-balls, which makes it far quicker to verify. EEV's recipe (Jia &
 Rinard 2020) is --network conv-small (their small convolutional network) with
@@ -45,13 +46,15 @@ from advlib import bench, qnn
 from advlib.datasets import load
 from advlib.models import QNNModelWrapper, load_model
 from advlib.qnn.stability import VerifiableModel, instability
+from advlib.qnn.verify import sat
 from advlib.training import AdversarialModel
 
 # epochs by network: the MLP's, and the reference CNN's recipe
 EPOCHS = {"mlp": 20, "cnn": 15, "conv-small": 30}
 # the verifier's default search share by network (RESULTS.md: HiGHS proves nothing on
-# the CNN, whose decisions are all the search's counterexamples)
-SEARCH_SHARE = {"mlp": 0.5, "cnn": 0.9, "conv-small": 0.5}
+# the CNN, whose decisions are all the search's counterexamples; on a ternary
+# conv-small the SAT solver alone decides each digit in a few ms, the search costs more)
+SEARCH_SHARE = {"mlp": 0.5, "cnn": 0.9, "conv-small": 0.0}
 # per data set: the protocol whose attacks run first, and the training batch size
 DATASETS = {"digits": ("digits-linf-0.2", 64), "fashion-mnist": ("fashion-mnist-linf-0.1", 128)}
 
@@ -140,11 +143,17 @@ def main(argv=None):
         "--time-limit", type=float, default=10.0, help="verifier seconds per example"
     )
     parser.add_argument(
+        "--backend",
+        choices=("milp", "sat"),
+        help="the verifier's solver (default: sat for conv-small where python-sat is "
+        "installed, else milp)",
+    )
+    parser.add_argument(
         "--search-share",
         type=float,
         help="the verifier's share of each example's time for the local "
         "search (default: 0.9 for the CNN, where HiGHS decides "
-        "nothing in time, 0.5 for the MLP)",
+        "nothing in time, 0.5 for the MLP, 0 for conv-small)",
     )
     parser.add_argument(
         "--verifiable",
@@ -196,6 +205,8 @@ def main(argv=None):
         parser.error(f"--batch-size must be a positive integer, got {args.batch_size}.")
     if args.search_share is None:
         args.search_share = SEARCH_SHARE[args.network]
+    if args.backend is None:
+        args.backend = "sat" if args.network == "conv-small" and sat.available() else "milp"
 
     model_path = os.path.join(args.out_dir, f"binary_{args.network}.keras")
     engine = os.path.join(args.out_dir, f"binary_{args.network}.npz")
@@ -242,6 +253,7 @@ def main(argv=None):
             verify=True,
             verify_time_limit=args.time_limit,
             verify_search_share=args.search_share,
+            verify_backend=args.backend,
         )
     except ValueError as error:  # bad options, or a run that --resume cannot continue
         parser.error(str(error))

@@ -278,18 +278,25 @@ def test_verify_binary_example(tmp_path, monkeypatch):
     assert engine.spec["version"] == 3 and engine.input_levels is not None
     computed = [layer for layer in engine.spec["layers"] if "output" in layer]
     assert [bool(layer.get("mask")) for layer in computed] == [True, True, True, False]
-    # the command line hands the recipe to train, and refuses what does not go together
+    # the command line hands the recipe to train, and the verifier SAT alone (search share 0)
     handed = []
 
-    def stop(*args):
+    def fake_train(*args):
         handed.append(args)
+        return model
+
+    def stop(wrapped, document, **kwargs):
+        handed.append(kwargs)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(verify_binary, "train", stop)
+    monkeypatch.setattr(verify_binary, "train", fake_train)
+    monkeypatch.setattr(verify_binary.bench, "evaluate", stop)
     recipe = ["--network", "conv-small", "--input-step", "0.61", "--mask-decay", "1e-4"]
     with pytest.raises(KeyboardInterrupt):
         verify_binary.main(recipe + ["--adversarial", "0.1", "--out-dir", str(tmp_path / "eev")])
-    assert handed == [("conv-small", 32, 2, 30, None, 2.0, "digits", 0.61, 1e-4, 0.1)]
+    assert handed[0] == ("conv-small", 32, 2, 30, None, 2.0, "digits", 0.61, 1e-4, 0.1)
+    assert handed[1]["verify_backend"] == "sat" and handed[1]["verify_search_share"] == 0.0
+    # and refuses what does not go together, before it writes anything
     for bad in (["--input-step", "2"], ["--mask-decay", "1e-4"], ["--adversarial", "0.1"]):
         with pytest.raises(SystemExit) as stopped:
             verify_binary.main(bad + ["--verifiable", "0.02", "--out-dir", str(tmp_path / "b")])
