@@ -240,7 +240,7 @@ def validate(spec: dict[str, Any], arrays: dict[str, np.ndarray], source: str = 
             ):
                 raise ValueError(
                     f"{where}: input_levels must be true or false, and true only for "
-                    f"'uint8' input in version 2; got {layer.get('input_levels')!r} with "
+                    f"'uint8' input from version 2; got {layer.get('input_levels')!r} with "
                     f"input {layer['input']!r} in version {spec['version']}."
                 )
             if layer.get("output") not in ("bits", "logits"):
@@ -248,12 +248,13 @@ def validate(spec: dict[str, Any], arrays: dict[str, np.ndarray], source: str = 
             if (layer["output"] == "logits") != (index == len(layers) - 1):
                 raise ValueError(f"{where}: only the last layer outputs logits.")
             if layer.get("mask") not in (None, False, True) or (
-                layer.get("mask") and (layer["output"] != "bits" or spec["version"] < 3)
+                layer.get("mask")
+                and (layer["output"] != "bits" or spec["version"] < version_for([layer]))
             ):
                 # the verifier's last step counts agreements with +-1 weights
                 raise ValueError(
                     f"{where}: mask must be true or false, and true only for a "
-                    f"layer with 'bits' output in version 3; got {layer.get('mask')!r} "
+                    f"layer with 'bits' output from version 3; got {layer.get('mask')!r} "
                     f"with output {layer['output']!r} in version {spec['version']}."
                 )
         for name, (dtype, array_shape) in layer_arrays(index, layer).items():
