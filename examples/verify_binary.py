@@ -12,7 +12,8 @@ verifier proves the lower one, and together they make a certified interval.
         --epochs 10 --verifiable 0.03 --n 200 --eps 0.00392156862745098 \
         0.00784313725490196 0.02 --time-limit 60
     python examples/verify_binary.py --network conv-small --input-step 0.61 \
-        --mask-decay 1e-5 --adversarial 0.1 --eps 0.1 0.2 --time-limit 2   # EEV's recipe, SAT
+        --mask-decay 1e-5 --adversarial 0.1 --ramp 5 --counterexamples 500 \
+        --eps 0.1 0.2 --time-limit 2                          # EEV's recipe, SAT
 
 Trains a small binary MLP (or, with --network cnn, the reference binary CNN of
 `examples/trustworthy_evaluation.py`) on scikit-learn's digits (offline; or with
@@ -28,7 +29,9 @@ With --verifiable EPS the network trains with `VerifiableModel`'s loss on those
 units over eps-balls, which makes it far quicker to verify. EEV's recipe (Jia &
 Rinard 2020) is --network conv-small (their small convolutional network) with
 --input-step (inputs on a coarse grid), --mask-decay (ternary weights with a
-learned mask) and --adversarial EPS (PGD training at that radius). The run saves its
+learned mask) and --adversarial EPS (PGD training at that radius), with --ramp
+(EPS raised over the first epochs) and --counterexamples (the verifier's
+counterexamples mixed into the batches). The run saves its
 state after every batch (--batch-size): stopped, it continues with the same
 command and --resume, which reloads the saved network instead of training
 another.
@@ -47,7 +50,7 @@ from advlib.datasets import load
 from advlib.models import QNNModelWrapper, load_model
 from advlib.qnn.stability import VerifiableModel, instability
 from advlib.qnn.verify import sat
-from advlib.training import AdversarialModel
+from advlib.training import AdversarialModel, EpsilonRamp
 
 # epochs by network: the MLP's, and the reference CNN's recipe
 EPOCHS = {"mlp": 20, "cnn": 15, "conv-small": 30}
@@ -70,10 +73,14 @@ def train(
     input_step: float | None = None,
     mask_decay: float | None = None,
     adversarial: float | None = None,
+    ramp: int = 0,
+    counterexamples: int = 0,
 ) -> keras.Model:
     """The seeded binary network; with `verifiable` (an eps), trained with
     `VerifiableModel`'s instability loss over balls of that radius; with
-    `adversarial` (an eps), with PGD-10 at that radius. `input_step` puts the
+    `adversarial` (an eps), with PGD-10 at that radius, raised over the first
+    `ramp` epochs, and with `counterexamples` training images verified after
+    each epoch, whose counterexamples join the batches. `input_step` puts the
     inputs on a grid; `mask_decay` gives conv-small ternary weights."""
     (x_train, y_train), _ = load(dataset)
     keras.utils.set_random_seed(0)
@@ -86,15 +93,26 @@ def train(
     else:
         model = qnn.binary_mlp(shape, width=width, depth=depth, input_step=input_step)
     trained = model
+    batch_size = DATASETS[dataset][1]
+    data: dict = dict(x=x_train, y=y_train, batch_size=batch_size)
+    callbacks: list = []
     if verifiable is not None:
         trained = VerifiableModel(model, verifiable, verifiable_weight)
     elif adversarial is not None:
         attack = dict(eps=adversarial, eps_iter=adversarial / 4, nb_iter=10, rand_init=True)
         trained = AdversarialModel(model, attack_params=dict(attack, clip_min=0.0, clip_max=1.0))
+        if ramp:
+            callbacks.append(EpsilonRamp(ramp))
+        if counterexamples:
+            mixing = qnn.CounterexampleMixing(
+                x_train, y_train, adversarial, batch_size, n=counterexamples, verbose=0
+            )
+            callbacks.append(mixing)
+            data = dict(x=mixing.batches)
     trained.compile(
         keras.optimizers.Adam(3e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     )
-    trained.fit(x_train, y_train, epochs=epochs, batch_size=DATASETS[dataset][1], verbose=0)
+    trained.fit(**data, epochs=epochs, callbacks=callbacks, verbose=0)
     return model
 
 
@@ -174,6 +192,17 @@ def main(argv=None):
     )
     parser.add_argument("--adversarial", type=float, help="train with PGD-10 at this eps")
     parser.add_argument(
+        "--ramp", type=int, default=0, help="--adversarial: raise eps over these first epochs"
+    )
+    parser.add_argument(
+        "--counterexamples",
+        type=int,
+        default=0,
+        metavar="N",
+        help="--adversarial: after each epoch, verify N training images and mix the "
+        "counterexamples into the batches",
+    )
+    parser.add_argument(
         "--batch-size",
         type=int,
         help="examples per batch, whose results are saved as it ends "
@@ -195,6 +224,13 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.verifiable is not None and args.adversarial is not None:
         parser.error("--verifiable and --adversarial are two trainings: choose one.")
+    if (args.ramp or args.counterexamples) and args.adversarial is None:
+        parser.error("--ramp and --counterexamples shape --adversarial training: add it.")
+    if args.ramp < 0 or args.counterexamples < 0:
+        parser.error(
+            f"--ramp and --counterexamples must be non-negative, got {args.ramp} and "
+            f"{args.counterexamples}."
+        )
     if args.mask_decay is not None and args.network != "conv-small":
         parser.error("--mask-decay is for --network conv-small.")
     if args.input_step is not None and not 1 / 255 <= args.input_step <= 1:
@@ -235,6 +271,8 @@ def main(argv=None):
             args.input_step,
             args.mask_decay,
             args.adversarial,
+            args.ramp,
+            args.counterexamples,
         )
         model.save(model_path)
         qnn.export(model, engine)

@@ -273,7 +273,9 @@ def test_verify_binary_example(tmp_path, monkeypatch):
         verify_binary.main(["--resume", "--out-dir", str(tmp_path / "elsewhere")])
     # EEV's recipe: conv-small on a grid, with masks, PGD-trained, exported ternary (the
     # harness after it is the one the MLP's run above went through)
-    model = verify_binary.train("conv-small", 0, 0, 1, None, 2.0, "digits", 0.61, 1e-4, 0.1)
+    model = verify_binary.train(
+        "conv-small", 0, 0, 2, None, 2.0, "digits", 0.61, 1e-4, 0.1, ramp=1, counterexamples=4
+    )
     engine = BinaryEngine(**qnn.export(model))
     assert engine.spec["version"] == 3 and engine.input_levels is not None
     computed = [layer for layer in engine.spec["layers"] if "output" in layer]
@@ -292,12 +294,19 @@ def test_verify_binary_example(tmp_path, monkeypatch):
     monkeypatch.setattr(verify_binary, "train", fake_train)
     monkeypatch.setattr(verify_binary.bench, "evaluate", stop)
     recipe = ["--network", "conv-small", "--input-step", "0.61", "--mask-decay", "1e-4"]
+    recipe += ["--ramp", "5", "--counterexamples", "500"]
     with pytest.raises(KeyboardInterrupt):
         verify_binary.main(recipe + ["--adversarial", "0.1", "--out-dir", str(tmp_path / "eev")])
-    assert handed[0] == ("conv-small", 32, 2, 30, None, 2.0, "digits", 0.61, 1e-4, 0.1)
+    assert handed[0] == ("conv-small", 32, 2, 30, None, 2.0, "digits", 0.61, 1e-4, 0.1, 5, 500)
     assert handed[1]["verify_backend"] == "sat" and handed[1]["verify_search_share"] == 0.0
     # and refuses what does not go together, before it writes anything
-    for bad in (["--input-step", "2"], ["--mask-decay", "1e-4"], ["--adversarial", "0.1"]):
+    for bad in (
+        ["--input-step", "2"],
+        ["--mask-decay", "1e-4"],
+        ["--adversarial", "0.1"],
+        ["--ramp", "3"],
+        ["--counterexamples", "-1"],
+    ):
         with pytest.raises(SystemExit) as stopped:
             verify_binary.main(bad + ["--verifiable", "0.02", "--out-dir", str(tmp_path / "b")])
         assert stopped.value.code == 2 and not os.path.exists(tmp_path / "b")

@@ -232,3 +232,75 @@ def test_bad_input_is_refused_by_name(digits_qnns):
     )
     with pytest.raises(ValueError, match="not followed by BatchNormalization"):
         VerifiableModel(no_norm, eps=0.1)
+
+
+@pytest.mark.backends
+def test_counterexample_mixing_pools_the_verifiers_counterexamples(digits):
+    """Between epochs the callback verifies training digits; what it pools are
+    points within eps of digits the exported engine classifies correctly, which
+    the engine misclassifies; and the next batches carry them."""
+    from advlib.qnn.engine import BinaryEngine
+    from advlib.training import AdversarialModel
+
+    (x_train, y_train), _ = digits
+    keras.utils.set_random_seed(0)
+    model = qnn.binary_mlp((8, 8, 1), width=16, depth=2, input_step=0.25)
+    trainer = AdversarialModel.from_recipe("goodfellow", model, eps=0.1, seed=0)
+    trainer.compile(keras.optimizers.Adam(3e-3))
+    mixing = qnn.CounterexampleMixing(
+        x_train[:512], y_train[:512], eps=0.1, batch_size=64, n=64, time_limit=1.0, verbose=0
+    )
+    history = trainer.fit(mixing.batches, epochs=2, callbacks=[mixing], verbose=0).history
+    found = [int(c) for c in history["counterexamples"]]
+    assert found[-1] > 0 and history["pool"] == [found[0], sum(found)]
+    assert 0 <= history["verified_robust"][-1] < 1
+    pool = mixing.batches
+    points, labels, rows = (
+        pool.pool_x[-found[-1] :],
+        pool.pool_y[-found[-1] :],
+        pool.pool_rows[-found[-1] :],
+    )
+    np.testing.assert_array_equal(labels, y_train[rows])
+    assert np.abs(points - x_train[rows]).max() <= 0.1 + 1e-6
+    engine = BinaryEngine(**qnn.export(model))  # the weights of the last check
+    np.testing.assert_array_equal(engine.predict_classes(x_train[rows]), labels)
+    assert (engine.predict_classes(points) != labels).all()
+    x, y = pool[0]
+    mixed = min(round(0.25 * 64), len(pool.pool_x))
+    for point, label in zip(x[-mixed:], y[-mixed:]):
+        matches = np.flatnonzero((pool.pool_x == point).all(axis=(1, 2, 3)))
+        assert matches.size and label in pool.pool_y[matches]
+    assert len(x) == 64
+
+
+def test_mixed_batches_repeat_from_their_seed_and_cover_the_data():
+    x = np.random.default_rng(0).random((100, 2, 2, 1)).astype("float32")
+    y = np.arange(100) % 10
+    a, b = (qnn.MixedBatches(x, y, batch_size=32, share=0.5, seed=3) for _ in range(2))
+    seen = np.concatenate([a[i][1] for i in range(len(a))])
+    assert len(a) == 4 and sorted(seen) == sorted(y)  # an empty pool mixes nothing
+    for batches in (a, b):
+        batches.add(np.ones((5, 2, 2, 1), "float32"), np.full(5, 7), np.arange(5), capacity=4)
+        batches.on_epoch_end()
+    assert len(a.pool_x) == 4 and a.pool_rows.tolist() == [1, 2, 3, 4]
+    for i in range(len(a)):
+        (xa, ya), (xb, yb) = a[i], b[i]
+        np.testing.assert_array_equal(xa, xb)
+        np.testing.assert_array_equal(ya, yb)
+        mixed = min(round(0.5 * len(xa)), 4)
+        assert (xa[-mixed:] == 1).all() and (ya[-mixed:] == 7).all()
+        assert not (xa[:-mixed] == 1).all(axis=(1, 2, 3)).any()
+
+
+def test_counterexample_mixing_refuses_bad_input_by_name():
+    x, y = np.zeros((8, 8, 8, 1), "float32"), np.zeros(8, int)
+    with pytest.raises(ValueError, match="share"):
+        qnn.CounterexampleMixing(x, y, eps=0.1, share=1.0)
+    with pytest.raises(ValueError, match="eps"):
+        qnn.CounterexampleMixing(x, y, eps=0.0)
+    with pytest.raises(ValueError, match="backend"):
+        qnn.CounterexampleMixing(x, y, eps=0.1, backend="z3")
+    with pytest.raises(ValueError, match="y must hold one class index"):
+        qnn.CounterexampleMixing(x, np.eye(10)[y], eps=0.1)
+    with pytest.raises(ValueError, match="x"):
+        qnn.CounterexampleMixing(x + 2, y, eps=0.1)

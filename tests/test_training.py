@@ -19,6 +19,7 @@ from advlib.training import (
     RECIPES,
     AdversarialModel,
     CatastrophicOverfittingWarning,
+    EpsilonRamp,
     RobustnessCallback,
 )
 
@@ -109,6 +110,53 @@ def test_training_attack_uses_current_weights_in_graph(digits):
     ).mean()
     assert logs["adv_loss"] == pytest.approx(expected, rel=1e-4)
     assert logs["adv_loss"] > logs["clean_loss"]
+
+
+@pytest.mark.backends
+def test_epsilon_ramp_scales_the_attack_inside_the_compiled_step(digits):
+    """EpsilonRamp's scale reaches the compiled step at each epoch: at scale 0 the
+    FGSM examples are the clean ones, so the two losses agree; a compiled
+    evaluation at scale 0.5 matches FGSM crafted afresh at half the radius."""
+    (x_train, y_train), _ = digits
+    keras.utils.set_random_seed(0)
+    model = mlp((8, 8, 1), hidden=(32,))
+    robust = AdversarialModel.from_recipe("goodfellow", model, eps=EPS, seed=0)
+    robust.compile(keras.optimizers.Adam(2e-3))
+    history = robust.fit(
+        x_train[:256],
+        y_train[:256],
+        epochs=3,
+        batch_size=64,
+        verbose=0,
+        callbacks=[EpsilonRamp(epochs=2)],
+    ).history
+    assert history["radius_scale"] == [0.0, 0.5, 1.0]
+    assert history["adv_loss"][0] == pytest.approx(history["clean_loss"][0], rel=1e-5)
+    assert history["adv_loss"][2] > 1.2 * history["clean_loss"][2]
+    assert float(ops.convert_to_numpy(robust.radius_scale)) == 1.0
+    robust.radius_scale.assign(0.5)
+    x, y = x_train[:64], y_train[:64]
+    logs = robust.evaluate(x, y, batch_size=64, verbose=0, return_dict=True)
+    x_adv = FastGradientMethod(model).generate_np(x, y=y, eps=EPS / 2, clip_min=0.0, clip_max=1.0)
+    expected = ops.convert_to_numpy(
+        keras.losses.sparse_categorical_crossentropy(
+            y, model.predict(x_adv, verbose=0), from_logits=True
+        )
+    ).mean()
+    assert logs["adv_loss"] == pytest.approx(expected, rel=1e-4)
+
+
+def test_epsilon_ramp_schedule_and_bad_input():
+    ramp = EpsilonRamp(epochs=4, start=0.2)
+    assert [ramp.scale(e) for e in range(6)] == pytest.approx([0.2, 0.4, 0.6, 0.8, 1.0, 1.0])
+    with pytest.raises(ValueError, match="epochs"):
+        EpsilonRamp(epochs=0)
+    with pytest.raises(ValueError, match="start"):
+        EpsilonRamp(epochs=3, start=1.0)
+    model = mlp((8, 8, 1), hidden=(8,))
+    model.compile("adam", "sparse_categorical_crossentropy")
+    with pytest.raises(TypeError, match="AdversarialModel"):
+        model.fit(np.zeros((4, 8, 8, 1)), np.zeros(4, int), verbose=0, callbacks=[EpsilonRamp(2)])
 
 
 @pytest.mark.backends

@@ -116,6 +116,51 @@ def test_the_time_limit_gives_unknown(monkeypatch):
     assert low < high
 
 
+def test_a_float_tie_hands_its_point_to_the_search(monkeypatch):
+    """A decider that ends on a float tie keeps its point; the search starts there,
+    even with search_share 0, and its counterexample is checked by the engine.
+    Without a tie, search_share 0 leaves the example unknown."""
+    import advlib.qnn.verify as verify_module
+    from advlib.qnn.verify import search
+    from advlib.qnn.verify.result import Verdict
+
+    spec, arrays = random_network(0, input_shape=SHAPE, channels=(3, 5), dense=(6,), classes=4)
+    engine = BinaryEngine(spec, arrays)
+    x = (np.random.default_rng(0).integers(0, 256, (16,) + SHAPE) / 255).astype(np.float32)
+    y = engine.predict_classes(x)
+    found = verify(engine, x, y, 4 / 255)
+    broken = [i for i, v in enumerate(found.verdicts) if v.status == "broken"]
+    assert broken
+    points = {i: found.verdicts[i].counterexample for i in broken}
+    starts = []
+    original = search.search_counterexample
+    monkeypatch.setattr(
+        search,
+        "search_counterexample",
+        lambda *args, start=None, **kwargs: (
+            starts.append(start) or original(*args, start=start, **kwargs)
+        ),
+    )
+    for tie in (True, False):
+        answers = iter(broken)
+
+        def fake(question, time_limit):
+            point = points[next(answers)]
+            return Verdict("unknown", question.label, tie=point if tie else None, reason="tie")
+
+        monkeypatch.setitem(verify_module.BACKENDS, "milp", fake)
+        starts.clear()
+        result = verify(engine, x[broken], y[broken], 4 / 255, search_share=0)
+        if not tie:
+            assert set(result.statuses) == {"unknown"} and starts == []
+            continue
+        assert set(result.statuses) == {"broken"}
+        assert all(np.array_equal(s, points[i]) for s, i in zip(starts, broken))
+        images = np.stack([v.counterexample for v in result.verdicts])
+        assert (engine.predict_classes(images) != y[broken]).all()
+        assert np.abs(images - x[broken]).max() <= 4 / 255 + 1e-6
+
+
 @pytest.mark.parametrize(
     "flat, step, sparsity",
     [

@@ -35,6 +35,8 @@ _EXPORTS = {
     "interval_bounds": "stability",
     "instability": "stability",
     "cardinality_bound_decay": "stability",
+    "CounterexampleMixing": "counterexamples",
+    "MixedBatches": "counterexamples",
 }
 
 __all__ = sorted(_EXPORTS) + ["engine"]

@@ -8,13 +8,18 @@ Example:
 """
 
 from advlib.training.adversarial_model import AdversarialModel, kl_divergence
-from advlib.training.callbacks import CatastrophicOverfittingWarning, RobustnessCallback
+from advlib.training.callbacks import (
+    CatastrophicOverfittingWarning,
+    EpsilonRamp,
+    RobustnessCallback,
+)
 from advlib.training.noise import GaussianAugmentation
 from advlib.training.recipes import RECIPES, Recipe
 
 __all__ = [
     "AdversarialModel",
     "CatastrophicOverfittingWarning",
+    "EpsilonRamp",
     "GaussianAugmentation",
     "RECIPES",
     "Recipe",

@@ -33,6 +33,8 @@ _CRAFT_KEYS = (
     "sigma",
 )
 _ACCURACY_NAMES = ("accuracy", "acc")
+# the radii that `radius_scale` multiplies (a ramp shrinks them together)
+_RADIUS_KEYS = ("eps", "eps_iter", "rand_minmax", "sigma")
 
 
 def kl_divergence(labels, logits):
@@ -147,6 +149,14 @@ class AdversarialModel(keras.Model):
             dtype="int32",
             trainable=False,
             name="crafting_step",
+            aggregation="only_first_replica",
+        )
+        # multiplies the attack's radii; `advlib.training.EpsilonRamp` raises it to 1
+        self.radius_scale = keras.Variable(
+            1.0,
+            dtype="float32",
+            trainable=False,
+            name="radius_scale",
             aggregation="only_first_replica",
         )
         self.output_loss = None
@@ -285,7 +295,7 @@ class AdversarialModel(keras.Model):
                 ops.softmax(ops.cast(self.wrapper.get_logits(x), "float32"), axis=-1)
             )
         x_adv = self.attack.perturb(
-            x, targets, seed_pair=self._seed_pair(1 if training else 2), **self.craft_params
+            x, targets, seed_pair=self._seed_pair(1 if training else 2), **self._scaled_params()
         )
         adv_logits = ops.cast(self.wrapper.get_logits(x_adv, training=training), "float32")
         clean = self._loss(y, labels, clean_logits, sample_weight)
@@ -325,6 +335,14 @@ class AdversarialModel(keras.Model):
         if self.wrapper.output_kind == "logits" and y_pred is not None:
             return ops.cast(y_pred, "float32")
         return ops.cast(self.wrapper.get_logits(x, training=training), "float32")
+
+    def _scaled_params(self):
+        """The attack's parameters with its radii times `radius_scale`."""
+        scale = ops.cast(self.radius_scale, "float32")
+        return {
+            key: value * scale if key in _RADIUS_KEYS and value is not None else value
+            for key, value in self.craft_params.items()
+        }
 
     def _seed_pair(self, salt):
         replica_id, _ = backend.replica()

@@ -1,5 +1,6 @@
-"""`RobustnessCallback`: PGD robust accuracy every epoch, with early stopping,
-roll-back to the best robust weights, and catastrophic-overfitting alarms."""
+"""Training callbacks: `RobustnessCallback` (PGD robust accuracy every epoch, with
+early stopping, roll-back to the best robust weights and catastrophic-overfitting
+alarms) and `EpsilonRamp` (the attack radius raised over the first epochs)."""
 
 from __future__ import annotations
 
@@ -152,3 +153,60 @@ class RobustnessCallback(keras.callbacks.Callback):
     def on_train_end(self, logs=None):
         if self.restore_best and self.best_weights is not None:
             self._target().set_weights(self.best_weights)
+
+
+class EpsilonRamp(keras.callbacks.Callback):
+    """Raises an `AdversarialModel`'s attack radius linearly over the first epochs.
+
+    Epoch `e` (counted from 0) trains with the attack's radii (`eps`,
+    `eps_iter`, and `rand_minmax` or `sigma` where set) times
+    `start + (1 - start) * min(e / epochs, 1)`: from `start` times the radius
+    at the first epoch to the full radius from epoch `epochs` on. Large radii
+    from the first step can stall training, binary networks' above all; EEV
+    (Jia & Rinard 2020) ramped eps up for theirs. The scale returns to 1 when
+    training ends, so `evaluate` and later fits use the full radius.
+
+    Args:
+        epochs: the epochs the ramp takes.
+        start: the scale at the first epoch, in [0, 1).
+        verbose: 1 prints the radius scale at each epoch of the ramp.
+
+    Example:
+        >>> robust = AdversarialModel(model, attack_params=dict(eps=0.1, eps_iter=0.025,
+        ...     nb_iter=10, rand_init=True, clip_min=0.0, clip_max=1.0))
+        >>> robust.compile("adam")
+        >>> robust.fit(x, y, epochs=20, callbacks=[EpsilonRamp(epochs=5)])
+    """
+
+    def __init__(self, epochs: int, start: float = 0.0, verbose: int = 0):
+        super().__init__()
+        _checks.check_number("epochs", epochs, low=1, integer=True)
+        _checks.check_number("start", start, low=0, high=1, high_open=True)
+        self.epochs, self.start, self.verbose = int(epochs), float(start), verbose
+
+    def scale(self, epoch: int) -> float:
+        """The radius scale at `epoch` (counted from 0)."""
+        return self.start + (1 - self.start) * min(epoch / self.epochs, 1.0)
+
+    def on_train_begin(self, logs=None):
+        from advlib.training.adversarial_model import AdversarialModel
+
+        if not isinstance(self.model, AdversarialModel):
+            raise TypeError(
+                f"EpsilonRamp scales an AdversarialModel's attack; it was given to the fit "
+                f"of a {type(self.model).__name__}."
+            )
+
+    def on_epoch_begin(self, epoch, logs=None):
+        scale = self.scale(epoch)
+        # set between epochs: JAX's compiled loop reads the variables at an epoch's start
+        self.model.radius_scale.assign(scale)
+        if self.verbose and scale < 1:
+            print(f"epoch {epoch + 1}: attack radius x {scale:.3f}")
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs["radius_scale"] = self.scale(epoch)
+
+    def on_train_end(self, logs=None):
+        self.model.radius_scale.assign(1.0)

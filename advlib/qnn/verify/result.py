@@ -52,6 +52,8 @@ class Verdict:
         programs: MILPs solved (one per class that the bounds could not rule out).
         nodes: branch-and-bound nodes, summed over the programs.
         reason: why "unknown", or how the answer was reached.
+        tie: for "unknown" from a float tie, the decider's point at the tie,
+            where the search for a counterexample starts; else None.
     """
 
     status: str
@@ -64,6 +66,7 @@ class Verdict:
     programs: int = 0
     nodes: int = 0
     reason: str = ""
+    tie: np.ndarray | None = None
 
 
 @dataclasses.dataclass
@@ -138,11 +141,12 @@ def judge_candidate(
 ) -> Verdict:
     """A decider's point for class `target`, checked through the exact `engine`:
     `broken` if the engine misclassifies it, else `unknown` (it lies within float
-    rounding of a tie)."""
+    rounding of a tie), with the point kept as the verdict's `tie`."""
     predicted = int(engine.predict_classes(image[None])[0])
     if predicted != verdict.label:
         verdict.counterexample, verdict.target = image, predicted
         return finish(verdict, "broken", start, reason=f"class {predicted}")
+    verdict.tie = image
     return finish(
         verdict,
         "unknown",

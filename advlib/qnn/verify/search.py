@@ -112,7 +112,9 @@ def decide(
         question: the example's `Question`.
         time_limit, seed, restarts: as for `search_counterexample`.
         verdict: a complete decider's undecided verdict, which keeps its
-            statistics and reason; default: a new one.
+            statistics and reason; default: a new one. Where it ended on a
+            float tie, the search starts from the tie's point, a step or two
+            from a counterexample as a rule.
 
     Returns:
         `broken` with the counterexample, or `unknown`: the search can only break.
@@ -120,7 +122,9 @@ def decide(
     start = time.perf_counter()
     encoding, x, label, eps, _ = question
     verdict = Verdict("unknown", int(label)) if verdict is None else verdict
-    image = search_counterexample(encoding, x, label, eps, time_limit, seed=seed, restarts=restarts)
+    image = search_counterexample(
+        encoding, x, label, eps, time_limit, seed=seed, start=verdict.tie, restarts=restarts
+    )
     if image is None:
         return finish(verdict, "unknown", start, reason=verdict.reason or "no counterexample")
     verdict = judge_candidate(verdict, encoding.engine, image, -1, start)
