@@ -274,7 +274,7 @@ def test_verify_binary_example(tmp_path, monkeypatch):
     # EEV's recipe: conv-small on a grid, with masks, PGD-trained, exported ternary (the
     # harness after it is the one the MLP's run above went through)
     model = verify_binary.train(
-        "conv-small", 0, 0, 2, None, 2.0, "digits", 0.61, 1e-4, 0.1, ramp=1, counterexamples=4
+        "conv-small", 0, 0, 1, None, 2.0, "digits", 0.61, 1e-4, 0.1, ramp=1, counterexamples=1
     )
     engine = BinaryEngine(**qnn.export(model))
     assert engine.spec["version"] == 3 and engine.input_levels is not None

@@ -248,7 +248,7 @@ def test_counterexample_mixing_pools_the_verifiers_counterexamples(digits):
     trainer = AdversarialModel.from_recipe("goodfellow", model, eps=0.1, seed=0)
     trainer.compile(keras.optimizers.Adam(3e-3))
     mixing = qnn.CounterexampleMixing(
-        x_train[:512], y_train[:512], eps=0.1, batch_size=64, n=64, time_limit=1.0, verbose=0
+        x_train[:256], y_train[:256], eps=0.1, batch_size=64, n=48, time_limit=1.0, verbose=0
     )
     history = trainer.fit(mixing.batches, epochs=2, callbacks=[mixing], verbose=0).history
     found = [int(c) for c in history["counterexamples"]]
